@@ -1,0 +1,44 @@
+"""The .abs language: parsing, lowering to a Space, formatting."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from autobuild_dsl.lang.diagnostics import CompileError, Diagnostic, DiagnosticSink, SourceFile
+from autobuild_dsl.space.model import Space
+
+__all__ = ["CompileError", "Diagnostic", "compile_file", "compile_text"]
+
+
+def compile_text(text: str, path: str = "<text>", space: str | None = None) -> Space:
+    """Compile `.abs` text to a Space, or raise CompileError with every diagnostic."""
+    from autobuild_dsl.lang.lower import Finaliser, Lowerer
+    from autobuild_dsl.lang.checks import check_space
+
+    sink = DiagnosticSink()
+    lowerer = Lowerer(sink)
+    source, tree = lowerer.load_file(path, text)
+    if tree is None:
+        sink.raise_if_any()
+    draft = lowerer.draft(source, tree, space)
+    sink.raise_if_any()
+    if draft is None:
+        sink.error(source, 1, 1, "the file holds no space (`space NAME { ... }`)")
+        sink.raise_if_any()
+    result = Finaliser(draft, sink).run()
+    sink.raise_if_any()
+    assert result is not None
+    check_space(result, draft, sink)
+    sink.raise_if_any()
+    return result
+
+
+def compile_file(path: str | Path, space: str | None = None) -> Space:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise CompileError(
+            [Diagnostic(path=str(path), line=1, column=1, message=f"cannot read the file: {error}")]
+        ) from None
+    return compile_text(text, str(path), space)

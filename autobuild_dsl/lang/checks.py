@@ -1,0 +1,75 @@
+"""Checks that need the whole Space: countable rules, a non-empty space, consistent shapes."""
+
+from __future__ import annotations
+
+import random
+
+from autobuild_dsl.lang.diagnostics import DiagnosticSink, SourceFile
+from autobuild_dsl.space.decisions import SpaceTooComplex, index_of
+from autobuild_dsl.space.model import Space
+
+
+def _at(where: str | None) -> tuple[str, int, int]:
+    if not where:
+        return ("<space>", 1, 1)
+    path, line, column = where.rsplit(":", 2)
+    return path, int(line), int(column)
+
+
+def check_space(space: Space, draft, sink: DiagnosticSink) -> None:
+    sources: dict[str, SourceFile] = {}
+
+    def report(where: str | None, message: str) -> None:
+        path, line, column = _at(where)
+        if path not in sources:
+            source = _find_source(draft, path)
+            sources[path] = source
+        sink.error(sources[path], line, column, message)
+
+    try:
+        index = index_of(space)
+    except SpaceTooComplex as error:
+        report(space.rules[0].where if space.rules else None, str(error))
+        return
+    if index.size() == 0:
+        # Find the rule that empties the space on its own, else blame the last one.
+        blame = space.rules[-1] if space.rules else None
+        for rule in space.rules:
+            alone = space.model_copy(update={"rules": [rule]})
+            if index_of(alone).size() == 0:
+                blame = rule
+                break
+        text = f"`{blame.text}`" if blame else "the rules"
+        report(blame.where if blame else None, f"no architecture satisfies {text}: the space is empty")
+        return
+    _check_shapes(space, index, report)
+
+
+def _check_shapes(space: Space, index, report) -> None:
+    from autobuild_dsl.space.resolve import ResolveError, flow_shapes, resolve
+
+    rng = random.Random(0)
+    # A few sampled architectures catch shape mistakes without enumerating the space.
+    for _ in range(8):
+        arch = index.sample(rng)
+        try:
+            flow_shapes(resolve(space, arch))
+        except ResolveError as error:
+            message = str(error)
+            where = None
+            head = message.split(": ", 1)[0]
+            if head.count(":") >= 2:
+                where, message = head, message.split(": ", 1)[1]
+            report(where or (space.stages[0].where if space.stages else None), message)
+            return
+
+
+def _find_source(draft, path: str) -> SourceFile:
+    from pathlib import Path
+
+    if draft is not None and draft.loc.source.path == path:
+        return draft.loc.source
+    try:
+        return SourceFile(path=path, text=Path(path).read_text(encoding="utf-8"))
+    except OSError:
+        return SourceFile(path=path, text="")

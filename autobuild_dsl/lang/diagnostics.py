@@ -1,0 +1,82 @@
+"""Located diagnostics: every user-facing error points at a file, line and column."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+
+class SourceFile(BaseModel):
+    """A named piece of source text, kept so diagnostics can quote the offending line."""
+
+    path: str
+    text: str
+
+    def line(self, number: int) -> str:
+        lines = self.text.splitlines()
+        if 1 <= number <= len(lines):
+            return lines[number - 1]
+        return ""
+
+
+class Location(BaseModel):
+    path: str
+    line: int
+    column: int
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}:{self.column}"
+
+
+class Diagnostic(BaseModel):
+    """One error with its place in the source and the line it points into."""
+
+    path: str
+    line: int
+    column: int
+    message: str
+    source_line: str = ""
+
+    def render(self) -> str:
+        head = f"{self.path}:{self.line}:{self.column}: error: {self.message}"
+        if not self.source_line:
+            return head
+        caret = " " * (max(self.column, 1) - 1) + "^"
+        # Tabs keep their width so the caret lines up under the spot.
+        prefix = "".join("\t" if ch == "\t" else " " for ch in self.source_line[: self.column - 1])
+        caret = prefix + "^"
+        return f"{head}\n    {self.source_line}\n    {caret}"
+
+
+class CompileError(Exception):
+    """Raised with every diagnostic found; the CLI prints them and exits with status 2."""
+
+    def __init__(self, diagnostics: list[Diagnostic]) -> None:
+        self.diagnostics = sorted(diagnostics, key=lambda d: (d.path, d.line, d.column))
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        return "\n".join(d.render() for d in self.diagnostics)
+
+
+class DiagnosticSink:
+    """Collects diagnostics against one source file (or several, for `extends`)."""
+
+    def __init__(self) -> None:
+        self.items: list[Diagnostic] = []
+
+    def error(self, source: SourceFile, line: int, column: int, message: str) -> None:
+        line = max(line, 1)
+        column = max(column, 1)
+        self.items.append(
+            Diagnostic(
+                path=source.path,
+                line=line,
+                column=column,
+                message=message,
+                source_line=source.line(line),
+            )
+        )
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            raise CompileError(self.items)

@@ -1,0 +1,639 @@
+"""What a Space contains: exact size, module enumeration, uniform sampling, validation and
+the mutations the searches use.
+
+Decisions come in three kinds. Global choices (`resolution`) and per-stage scalars (a
+stage's depth and its stage-level choices, keyed `stage.name`) are the *scalars*; rules
+only ever name scalars. Per-layer choices (`kernel`, `expand`, the alternative) are free
+within a stage once its depth is known. So the number of architectures is a sum over
+scalar assignments that satisfy the rules of a product of per-stage layer counts, which is
+computed exactly, component by component, without enumerating architectures.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from autobuild_dsl.space.architecture import Architecture, StageArch
+from autobuild_dsl.space.expr import ExprError, Value, evaluate, format_value, names_in
+from autobuild_dsl.space.model import Space, Stage, StageModule, Unit
+
+# Above this many joint scalar assignments in one group of linked rules, counting refuses.
+MAX_JOINT_ASSIGNMENTS = 2_000_000
+
+
+class ArchitectureError(ValueError):
+    """An architecture does not belong to its space; the message says where and why."""
+
+
+class SpaceTooComplex(ValueError):
+    """Rules link so many decisions that counting them exactly would not finish."""
+
+
+Assignment = tuple[tuple[str, Value], ...]
+
+
+def _same(a: Value, b: Value) -> bool:
+    return type(a) is type(b) and a == b or (
+        isinstance(a, int | float)
+        and isinstance(b, int | float)
+        and not isinstance(a, bool)
+        and not isinstance(b, bool)
+        and a == b
+        and isinstance(a, float) == isinstance(b, float)
+    )
+
+
+def _find(domain: list[Value], value: object) -> Value | None:
+    """The domain's own value equal to `value` (so 3 never silently matches 3.0 or True)."""
+    for candidate in domain:
+        if type(candidate) is type(value) and candidate == value:
+            return candidate
+    # JSON has one number type: accept 4.0 for an integer domain value 4, and 3 for 3.0.
+    for candidate in domain:
+        if (
+            isinstance(candidate, int | float)
+            and not isinstance(candidate, bool)
+            and isinstance(value, int | float)
+            and not isinstance(value, bool)
+            and candidate == value
+        ):
+            return candidate
+    return None
+
+
+def _show(domain: list[Value]) -> str:
+    return "{" + ", ".join(format_value(v) for v in domain) + "}"
+
+
+@dataclass
+class _Variable:
+    """A counting variable: one global choice, or one unit's scalar state."""
+
+    name: str
+    keys: list[str]
+    states: list[Assignment]
+    weights: list[int]
+    unit: Unit | None = None
+
+
+@dataclass
+class _Component:
+    variables: list[int]
+    rules: list[int]
+    # Satisfying joint states (index per variable) and their cumulative weights.
+    joint: list[tuple[int, ...]] = field(default_factory=list)
+    cumulative: list[int] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return self.cumulative[-1] if self.cumulative else 0
+
+
+class SpaceIndex:
+    """Everything derived from a Space once: layer configurations, states, components."""
+
+    def __init__(self, space: Space) -> None:
+        self.space = space
+        self.stages = {stage.name: stage for stage in space.stages}
+        self.layer_configs = {s.name: _layer_configurations(s) for s in space.stages}
+        self.units = space.module_units()
+        self.unit_of = {s: u for u in self.units for s in u.stages}
+        self.variables: list[_Variable] = []
+        self.variable_of: dict[str, int] = {}
+        for name, domain in space.choices.items():
+            self._add(_Variable(name=name, keys=[name], states=[((name, v),) for v in domain], weights=[1] * len(domain)))
+        for unit in self.units:
+            states, weights = self._unit_states(unit)
+            keys = [k for s in unit.stages for k in self._stage_keys(self.stages[s])]
+            self._add(_Variable(name=unit.name, keys=keys, states=states, weights=weights, unit=unit))
+        self.components = self._components()
+
+    def _add(self, variable: _Variable) -> None:
+        index = len(self.variables)
+        self.variables.append(variable)
+        for key in variable.keys:
+            self.variable_of[key] = index
+
+    @staticmethod
+    def _stage_keys(stage: Stage) -> list[str]:
+        return [f"{stage.name}.depth"] + [f"{stage.name}.{c}" for c in stage.choices]
+
+    def _unit_states(self, unit: Unit) -> tuple[list[Assignment], list[int]]:
+        restricted = self.space.restrictions.get(unit.name)
+        if restricted is not None:
+            counts: dict[Assignment, int] = {}
+            for module in restricted:
+                state = tuple(
+                    item
+                    for stage_name, part in zip(unit.stages, module, strict=True)
+                    for item in _stage_state(self.stages[stage_name], part.depth, part.choices)
+                )
+                counts[state] = counts.get(state, 0) + 1
+            return list(counts), list(counts.values())
+        per_stage = []
+        for stage_name in unit.stages:
+            stage = self.stages[stage_name]
+            width = len(self.layer_configs[stage_name])
+            options = []
+            for depth in stage.depths:
+                for values in itertools.product(*stage.choices.values()):
+                    choices = dict(zip(stage.choices, values, strict=True))
+                    options.append((_stage_state(stage, depth, choices), width**depth))
+            per_stage.append(options)
+        states, weights = [], []
+        for combo in itertools.product(*per_stage):
+            states.append(tuple(item for state, _ in combo for item in state))
+            weight = 1
+            for _, w in combo:
+                weight *= w
+            weights.append(weight)
+        return states, weights
+
+    def _components(self) -> list[_Component]:
+        parent = list(range(len(self.variables)))
+
+        def root(i: int) -> int:
+            while parent[i] != i:
+                parent[i] = parent[parent[i]]
+                i = parent[i]
+            return i
+
+        rule_vars: list[list[int]] = []
+        for rule in self.space.rules:
+            indices = sorted({self.variable_of[n] for n in names_in(rule.expr)})
+            rule_vars.append(indices)
+            for a, b in itertools.pairwise(indices):
+                parent[root(a)] = root(b)
+        groups: dict[int, _Component] = {}
+        for index in range(len(self.variables)):
+            groups.setdefault(root(index), _Component(variables=[], rules=[])).variables.append(index)
+        for rule_index, indices in enumerate(rule_vars):
+            if indices:
+                groups[root(indices[0])].rules.append(rule_index)
+        components = list(groups.values())
+        for component in components:
+            self._enumerate(component)
+        return components
+
+    def _enumerate(self, component: _Component) -> None:
+        variables = [self.variables[i] for i in component.variables]
+        if not component.rules:
+            # A lone free variable: its states are the joint states.
+            assert len(variables) == 1
+            total = 0
+            for index, weight in enumerate(variables[0].weights):
+                total += weight
+                component.joint.append((index,))
+                component.cumulative.append(total)
+            return
+        joint_size = 1
+        for variable in variables:
+            joint_size *= len(variable.states)
+        if joint_size > MAX_JOINT_ASSIGNMENTS:
+            names = ", ".join(v.name for v in variables)
+            raise SpaceTooComplex(
+                f"rules link {names} into {joint_size:,} joint choices; counting them exactly "
+                f"is limited to {MAX_JOINT_ASSIGNMENTS:,}. Split the rule or narrow the choices."
+            )
+        rules = [self.space.rules[i] for i in component.rules]
+        total = 0
+        for indices in itertools.product(*(range(len(v.states)) for v in variables)):
+            env: dict[str, Value] = {}
+            weight = 1
+            for variable, index in zip(variables, indices, strict=True):
+                env.update(variable.states[index])
+                weight *= variable.weights[index]
+            if weight and all(_holds(rule.expr, env) for rule in rules):
+                total += weight
+                component.joint.append(indices)
+                component.cumulative.append(total)
+
+    # ----- queries ------------------------------------------------------------------
+
+    def size(self) -> int:
+        total = 1
+        for component in self.components:
+            total *= component.total
+        return total
+
+    def sample(self, rng: random.Random) -> Architecture:
+        env: dict[str, Value] = {}
+        chosen: dict[int, int] = {}
+        for component in self.components:
+            if component.total == 0:
+                raise ArchitectureError("the space is empty: no architecture satisfies its rules")
+            pick = rng.randrange(component.total)
+            joint = component.joint[bisect.bisect_right(component.cumulative, pick)]
+            for variable_index, state_index in zip(component.variables, joint, strict=True):
+                chosen[variable_index] = state_index
+                env.update(self.variables[variable_index].states[state_index])
+        return self._build(env, rng)
+
+    def _build(self, env: dict[str, Value], rng: random.Random, keep: Architecture | None = None, redo: set[str] | None = None) -> Architecture:
+        globals_ = {name: env[name] for name in self.space.choices}
+        stages: dict[str, StageArch] = {}
+        for unit in self.units:
+            if keep is not None and redo is not None and unit.name not in redo:
+                for s in unit.stages:
+                    stages[s] = keep.stages[s]
+                continue
+            restricted = self.space.restrictions.get(unit.name)
+            if restricted is not None:
+                matching = [
+                    module
+                    for module in restricted
+                    if all(
+                        _state_matches(self.stages[s], part, env)
+                        for s, part in zip(unit.stages, module, strict=True)
+                    )
+                ]
+                module = matching[rng.randrange(len(matching))]
+                for s, part in zip(unit.stages, module, strict=True):
+                    stages[s] = StageArch(depth=part.depth, choices=dict(part.choices), layers=[dict(x) for x in part.layers])
+                continue
+            for s in unit.stages:
+                stage = self.stages[s]
+                depth = int(env[f"{s}.depth"])  # type: ignore[arg-type]
+                configs = self.layer_configs[s]
+                layers = [dict(configs[rng.randrange(len(configs))]) for _ in range(depth)]
+                choices = {c: env[f"{s}.{c}"] for c in stage.choices}
+                stages[s] = StageArch(depth=depth, choices=choices, layers=layers)
+        return Architecture(space=self.space.name, globals=globals_, stages=stages)
+
+    def scalars(self, arch: Architecture) -> dict[str, Value]:
+        env: dict[str, Value] = dict(arch.globals)
+        for name, stage in arch.stages.items():
+            env[f"{name}.depth"] = stage.depth
+            for choice, value in stage.choices.items():
+                env[f"{name}.{choice}"] = value
+        return env
+
+    def resample_unit(self, arch: Architecture, unit: Unit, rng: random.Random) -> Architecture:
+        """Replace one unit's whole module, keeping every rule satisfied."""
+        variable_index = self.variable_of[f"{unit.stages[0]}.depth"]
+        variable = self.variables[variable_index]
+        env = self.scalars(arch)
+        component = next(c for c in self.components if variable_index in c.variables)
+        rules = [self.space.rules[i] for i in component.rules]
+        candidates, cumulative, total = [], [], 0
+        for index, state in enumerate(variable.states):
+            trial = {**env, **dict(state)}
+            if all(_holds(rule.expr, trial) for rule in rules):
+                total += variable.weights[index]
+                candidates.append(state)
+                cumulative.append(total)
+        if total == 0:
+            return arch
+        state = candidates[bisect.bisect_right(cumulative, rng.randrange(total))]
+        env.update(dict(state))
+        return self._build(env, rng, keep=arch, redo={unit.name})
+
+
+def _stage_state(stage: Stage, depth: int, choices: dict[str, Value]) -> Assignment:
+    return ((f"{stage.name}.depth", depth), *((f"{stage.name}.{c}", choices[c]) for c in stage.choices))
+
+
+def _state_matches(stage: Stage, part: StageModule, env: dict[str, Value]) -> bool:
+    if env.get(f"{stage.name}.depth") != part.depth:
+        return False
+    return all(_same(env[f"{stage.name}.{c}"], part.choices[c]) for c in stage.choices)
+
+
+def _holds(expr, env: dict[str, Value]) -> bool:
+    try:
+        return bool(evaluate(expr, env.__getitem__))
+    except (ExprError, KeyError):
+        return False
+
+
+def _layer_configurations(stage: Stage) -> list[dict[str, Value]]:
+    """Every distinct layer a slot of this stage can hold, in a fixed order."""
+    configs: list[dict[str, Value]] = []
+    several = len(stage.options) > 1
+    for option in stage.options:
+        keys = list(option.choices)
+        for values in itertools.product(*option.choices.values()):
+            layer: dict[str, Value] = {"op": option.label} if several else {}
+            layer.update(zip(keys, values, strict=True))
+            configs.append(layer)
+    return configs
+
+
+_INDEX_CACHE: dict[int, tuple[Space, SpaceIndex]] = {}
+_INDEX_CACHE_SIZE = 32
+
+
+def index_of(space: Space) -> SpaceIndex:
+    """The (cached) index of a space; building it validates that rules can be counted."""
+    # Keyed by identity: the cache holds the space itself, so an id is never reused while
+    # its entry lives. Spaces are frozen, so the index never goes stale.
+    entry = _INDEX_CACHE.get(id(space))
+    if entry is not None and entry[0] is space:
+        return entry[1]
+    index = SpaceIndex(space)
+    if len(_INDEX_CACHE) >= _INDEX_CACHE_SIZE:
+        _INDEX_CACHE.pop(next(iter(_INDEX_CACHE)))
+    _INDEX_CACHE[id(space)] = (space, index)
+    return index
+
+
+# ===== public operations ===============================================================
+
+
+def space_size(space: Space) -> int:
+    """The exact number of architectures (rules applied), as a Python int."""
+    return index_of(space).size()
+
+
+def stage_module_choices(space: Space, stage: Stage) -> dict[str, list[Value]]:
+    """A stage's own stage-level choices plus those merged into another stage's (ties)."""
+    choices = dict(stage.choices)
+    for alias, keeper in space.ties.items():
+        owner, _, name = alias.partition(".")
+        if owner == stage.name and name:
+            choices[name] = _domain_of(space, keeper)
+    return choices
+
+
+def _domain_of(space: Space, key: str) -> list[Value]:
+    if "." in key:
+        owner, name = key.split(".", 1)
+        return list(space.stage(owner).choices[name])
+    return list(space.choices[key])
+
+
+def unit_module_count(space: Space, unit: Unit) -> int:
+    index = index_of(space)
+    restricted = space.restrictions.get(unit.name)
+    if restricted is not None:
+        return len(restricted)
+    total = 1
+    for stage_name in unit.stages:
+        stage = index.stages[stage_name]
+        width = len(index.layer_configs[stage_name])
+        combos = 1
+        for domain in stage_module_choices(space, stage).values():
+            combos *= len(domain)
+        total *= combos * sum(width**d for d in stage.depths)
+    return total
+
+
+def unit_modules(space: Space, unit: Unit) -> Iterator[list[StageModule]]:
+    """Every module of a unit, in a deterministic order (depth, stage choices, layers)."""
+    restricted = space.restrictions.get(unit.name)
+    if restricted is not None:
+        yield from ([StageModule.model_validate(p.model_dump()) for p in m] for m in restricted)
+        return
+    index = index_of(space)
+    per_stage = [_stage_modules(space, index.stages[s], index.layer_configs[s]) for s in unit.stages]
+    for combo in itertools.product(*per_stage):
+        yield list(combo)
+
+
+def _stage_modules(space: Space, stage: Stage, configs: list[dict[str, Value]]) -> list[StageModule]:
+    choices = stage_module_choices(space, stage)
+    modules = []
+    for depth in stage.depths:
+        for values in itertools.product(*choices.values()):
+            chosen = dict(zip(choices, values, strict=True))
+            for layers in itertools.product(configs, repeat=depth):
+                modules.append(StageModule(depth=depth, choices=chosen, layers=[dict(x) for x in layers]))
+    return modules
+
+
+def sample(space: Space, n: int, seed: int = 0) -> list[Architecture]:
+    """`n` architectures drawn uniformly (with replacement) from the constrained space."""
+    rng = random.Random(seed)
+    index = index_of(space)
+    return [index.sample(rng) for _ in range(n)]
+
+
+def check_stage_module(space: Space, stage: Stage, part: StageModule) -> StageModule:
+    """Validate one stage's module (depth, stage choices, layers) and return it canonical."""
+    if part.depth not in stage.depths:
+        raise ArchitectureError(f"depth {part.depth} is not one of {_show(list(stage.depths))}")
+    if len(part.layers) < part.depth:
+        raise ArchitectureError(f"depth {part.depth} needs {part.depth} layers, got {len(part.layers)}")
+    choices = stage_module_choices(space, stage)
+    canonical_choices: dict[str, Value] = {}
+    for name, value in part.choices.items():
+        if name not in choices:
+            known = ", ".join(choices) or "none"
+            raise ArchitectureError(f"unknown stage choice '{name}' (choices: {known})")
+        found = _find(choices[name], value)
+        if found is None:
+            raise ArchitectureError(f"choice '{name}' = {format_value(value)} is not one of {_show(choices[name])}")
+        canonical_choices[name] = found
+    missing = [c for c in choices if c not in part.choices]
+    if missing:
+        raise ArchitectureError(f"missing stage choice '{missing[0]}'")
+    layers = [_check_layer(stage, i, layer) for i, layer in enumerate(part.layers[: part.depth])]
+    return StageModule(depth=part.depth, choices=canonical_choices, layers=layers)
+
+
+def _check_layer(stage: Stage, index: int, layer: dict[str, Value]) -> dict[str, Value]:
+    where = f"layer {index}"
+    if not isinstance(layer, dict):
+        raise ArchitectureError(f"{where}: expected an object of choices, got {layer!r}")
+    if len(stage.options) > 1:
+        labels = [o.label for o in stage.options]
+        label = layer.get("op")
+        if label is None:
+            raise ArchitectureError(f"{where}: missing 'op' (one of {', '.join(labels)})")
+        option = next((o for o in stage.options if o.label == label), None)
+        if option is None:
+            raise ArchitectureError(f"{where}: op '{label}' is not one of {', '.join(labels)}")
+        result: dict[str, Value] = {"op": option.label}
+    else:
+        option = stage.options[0]
+        result = {}
+        if "op" in layer and layer["op"] != option.label:
+            raise ArchitectureError(f"{where}: op '{layer['op']}' is not '{option.label}'")
+    for key, value in layer.items():
+        if key == "op":
+            continue
+        if key not in option.choices:
+            known = ", ".join(option.choices) or "none"
+            raise ArchitectureError(f"{where}: unknown choice '{key}' (choices of {option.label}: {known})")
+        found = _find(option.choices[key], value)
+        if found is None:
+            raise ArchitectureError(f"{where}: {key} = {format_value(value)} is not one of {_show(option.choices[key])}")
+        result[key] = found
+    missing = [k for k in option.choices if k not in layer]
+    if missing:
+        raise ArchitectureError(f"{where}: missing choice '{missing[0]}'")
+    return result
+
+
+def canonicalize(space: Space, raw: Architecture | dict) -> Architecture:
+    """Check an architecture against its space and return its canonical form.
+
+    Layers beyond a stage's depth (unused slots) are dropped, and a merged choice given
+    under both of its names must agree; anything else outside the space is an error.
+    """
+    if isinstance(raw, Architecture):
+        data = raw.model_dump(mode="python")
+    elif isinstance(raw, dict):
+        data = raw
+    else:
+        raise ArchitectureError(f"expected an architecture object, got {type(raw).__name__}")
+    unknown_top = set(data) - {"space", "globals", "stages"}
+    if unknown_top:
+        raise ArchitectureError(f"unknown field '{sorted(unknown_top)[0]}' (fields: space, globals, stages)")
+    raw_globals = data.get("globals") or {}
+    raw_stages = data.get("stages")
+    if not isinstance(raw_globals, dict):
+        raise ArchitectureError("'globals' must be an object")
+    if not isinstance(raw_stages, dict):
+        raise ArchitectureError("'stages' must be an object with one entry per stage")
+    globals_: dict[str, Value] = {}
+    for name, value in raw_globals.items():
+        if name in space.ties:
+            continue
+        if name not in space.choices:
+            known = ", ".join(space.choices) or "none"
+            raise ArchitectureError(f"globals.{name}: unknown choice (global choices: {known})")
+        found = _find(space.choices[name], value)
+        if found is None:
+            raise ArchitectureError(f"globals.{name}: {format_value(value)} is not one of {_show(space.choices[name])}")
+        globals_[name] = found
+    for name in space.choices:
+        if name not in globals_:
+            raise ArchitectureError(f"globals.{name}: missing (one of {_show(space.choices[name])})")
+    names = [s.name for s in space.stages]
+    extra = [s for s in raw_stages if s not in names]
+    if extra:
+        raise ArchitectureError(f"stages.{extra[0]}: no such stage (stages: {', '.join(names)})")
+    stages: dict[str, StageArch] = {}
+    aliases: list[tuple[str, Value]] = []
+    for stage in space.stages:
+        raw_stage = raw_stages.get(stage.name)
+        where = f"stages.{stage.name}"
+        if raw_stage is None:
+            raise ArchitectureError(f"{where}: missing")
+        if isinstance(raw_stage, StageArch):
+            raw_stage = raw_stage.model_dump()
+        if not isinstance(raw_stage, dict):
+            raise ArchitectureError(f"{where}: expected an object with depth, choices, layers")
+        depth = raw_stage.get("depth")
+        layers = raw_stage.get("layers")
+        if not isinstance(depth, int) or isinstance(depth, bool):
+            raise ArchitectureError(f"{where}.depth: expected an integer, got {depth!r}")
+        if not isinstance(layers, list):
+            raise ArchitectureError(f"{where}.layers: expected a list")
+        raw_choices = dict(raw_stage.get("choices") or {})
+        own = {k: v for k, v in raw_choices.items() if f"{stage.name}.{k}" not in space.ties}
+        for k, v in raw_choices.items():
+            if f"{stage.name}.{k}" in space.ties:
+                aliases.append((f"{stage.name}.{k}", v))
+        try:
+            if depth not in stage.depths:
+                raise ArchitectureError(f"depth {depth} is not one of {_show(list(stage.depths))}")
+            if len(layers) < depth:
+                raise ArchitectureError(f"depth {depth} needs {depth} layers, got {len(layers)}")
+            for name in own:
+                if name not in stage.choices:
+                    known = ", ".join(stage.choices) or "none"
+                    raise ArchitectureError(f"unknown stage choice '{name}' (choices: {known})")
+            choices = {}
+            for name, domain in stage.choices.items():
+                if name not in own:
+                    raise ArchitectureError(f"missing stage choice '{name}' (one of {_show(domain)})")
+                found = _find(domain, own[name])
+                if found is None:
+                    raise ArchitectureError(f"choice '{name}' = {format_value(own[name])} is not one of {_show(domain)}")
+                choices[name] = found
+            checked = [_check_layer(stage, i, layer) for i, layer in enumerate(layers[:depth])]
+        except ArchitectureError as error:
+            raise ArchitectureError(f"{where}: {error}") from None
+        stages[stage.name] = StageArch(depth=depth, choices=choices, layers=checked)
+    arch = Architecture(space=space.name, globals=globals_, stages=stages)
+    env = index_of(space).scalars(arch)
+    for alias, value in aliases:
+        keeper = env[space.ties[alias]]
+        if _find([keeper], value) is None:
+            raise ArchitectureError(
+                f"stages.{alias.replace('.', '.choices.', 1)}: {format_value(value)} differs from "
+                f"{space.ties[alias]} = {format_value(keeper)}, which it must equal"
+            )
+    for rule in space.rules:
+        if not _holds(rule.expr, env):
+            values = ", ".join(f"{n} = {format_value(env[n])}" for n in names_in(rule.expr) if n in env)
+            where = f" (rule at {rule.where})" if rule.where else ""
+            raise ArchitectureError(f"breaks the rule `{rule.text}`{where}: {values}")
+    for unit_name, modules in space.restrictions.items():
+        unit = next(u for u in space.module_units() if u.name == unit_name)
+        mine = [StageModule(depth=stages[s].depth, choices=stages[s].choices, layers=stages[s].layers) for s in unit.stages]
+        if not any(mine == list(module) for module in modules):
+            raise ArchitectureError(f"stages.{unit_name}: this module is not one the reduced space allows")
+    return arch
+
+
+def validate(space: Space, raw: Architecture | dict) -> Architecture:
+    """Alias of `canonicalize` for readability at call sites that only check."""
+    return canonicalize(space, raw)
+
+
+def mutate(space: Space, arch: Architecture, rng: random.Random, mode: str = "stage") -> Architecture:
+    """One random neighbour of `arch` that satisfies every rule.
+
+    mode "stage" replaces one unit's whole module or one global choice (Stage-Full);
+    mode "layer" changes one layer, or adds or removes one layer (Layer-Full).
+    """
+    index = index_of(space)
+    for _ in range(64):
+        if mode == "layer":
+            candidate = _mutate_layer(space, index, arch, rng)
+        else:
+            candidate = _mutate_stage(space, index, arch, rng)
+        if candidate is not None and candidate != arch:
+            try:
+                return canonicalize(space, candidate)
+            except ArchitectureError:
+                continue
+    return arch
+
+
+def _mutate_stage(space: Space, index: SpaceIndex, arch: Architecture, rng: random.Random) -> Architecture | None:
+    targets: list[str] = [u.name for u in index.units] + [f"@{g}" for g in space.choices if len(space.choices[g]) > 1]
+    target = targets[rng.randrange(len(targets))]
+    if target.startswith("@"):
+        name = target[1:]
+        others = [v for v in space.choices[name] if not _same(v, arch.globals[name])]
+        if not others:
+            return None
+        globals_ = {**arch.globals, name: others[rng.randrange(len(others))]}
+        return arch.model_copy(update={"globals": globals_})
+    unit = next(u for u in index.units if u.name == target)
+    return index.resample_unit(arch, unit, rng)
+
+
+def _mutate_layer(space: Space, index: SpaceIndex, arch: Architecture, rng: random.Random) -> Architecture | None:
+    stage = space.stages[rng.randrange(len(space.stages))]
+    if index.unit_of[stage.name].name in space.restrictions:
+        return index.resample_unit(arch, index.unit_of[stage.name], rng)
+    current = arch.stages[stage.name]
+    configs = index.layer_configs[stage.name]
+    layers = [dict(x) for x in current.layers]
+    moves = ["change"]
+    if current.depth + 1 in stage.depths:
+        moves.append("add")
+    if current.depth - 1 in stage.depths:
+        moves.append("remove")
+    move = moves[rng.randrange(len(moves))]
+    if move == "change":
+        position = rng.randrange(len(layers))
+        others = [c for c in configs if c != layers[position]]
+        if not others:
+            return None
+        layers[position] = dict(others[rng.randrange(len(others))])
+    elif move == "add":
+        layers.insert(rng.randrange(len(layers) + 1), dict(configs[rng.randrange(len(configs))]))
+    else:
+        layers.pop(rng.randrange(len(layers)))
+    new_stage = current.model_copy(update={"depth": len(layers), "layers": layers})
+    return arch.model_copy(update={"stages": {**arch.stages, stage.name: new_stage}})

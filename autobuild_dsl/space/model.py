@@ -1,0 +1,170 @@
+"""The typed specification of a search space: what `.abs` text lowers to.
+
+The Space is the hub of the tool: everything downstream (counting, sampling, graphs,
+compilation, building) asks the Space and never re-reads the text. It round-trips
+through JSON exactly (`Space.model_validate_json(space.model_dump_json()) == space`).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from autobuild_dsl.space.expr import Expr, Value
+
+
+class NodeTemplate(BaseModel):
+    """One operation as written in the space; attribute values may depend on choices."""
+
+    model_config = ConfigDict(frozen=True)
+
+    op: str
+    attrs: dict[str, Expr] = Field(default_factory=dict)
+    condition: Expr | None = Field(default=None, description="the node exists only when true")
+    where: str | None = Field(default=None, description="file:line:col of the node", exclude=False)
+
+
+class LayerOption(BaseModel):
+    """One alternative for a layer: a sequence of nodes and its own per-layer choices."""
+
+    model_config = ConfigDict(frozen=True)
+
+    label: str
+    nodes: list[NodeTemplate]
+    choices: dict[str, list[Value]] = Field(
+        default_factory=dict, description="per-layer decisions of this alternative, by name"
+    )
+
+    def size(self) -> int:
+        total = 1
+        for domain in self.choices.values():
+            total *= len(domain)
+        return total
+
+
+class Stage(BaseModel):
+    """A searchable stage: a depth range and the layer alternatives each layer picks from."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: Literal["stage"] = "stage"
+    name: str
+    section: str | None = None
+    index: int = Field(description="0-based position among all stages of the space")
+    depths: list[int]
+    options: list[LayerOption]
+    choices: dict[str, list[Value]] = Field(
+        default_factory=dict, description="stage-level decisions (one value for the stage)"
+    )
+    lets: dict[str, Expr] = Field(default_factory=dict, description="stage constants")
+    before: list[NodeTemplate] = Field(default_factory=list)
+    after: list[NodeTemplate] = Field(default_factory=list)
+    where: str | None = None
+
+    def layer_configurations(self) -> int:
+        """How many distinct layers one slot of this stage can hold."""
+        return sum(option.size() for option in self.options)
+
+
+class FixedBlock(BaseModel):
+    """A fixed part of the network: the stem, the head, or a named block (a U-Net middle)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: Literal["stem", "fixed", "head"]
+    name: str
+    section: str | None = None
+    nodes: list[NodeTemplate]
+    where: str | None = None
+
+
+Part = Annotated[Stage | FixedBlock, Field(discriminator="kind")]
+
+
+class SkipSpec(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    source: str
+    target: str
+
+
+class Unit(BaseModel):
+    """Stages whose modules are enumerated and scored together (ProxylessNAS's last two)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    stages: list[str]
+
+
+class Rule(BaseModel):
+    """A `require` rule kept as a filter (equalities of two choices are merged instead)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    expr: Expr
+    text: str
+    where: str | None = None
+
+
+class StageModule(BaseModel):
+    """One stage's part of a module: its depth, stage-level choices and per-layer choices."""
+
+    model_config = ConfigDict(frozen=True)
+
+    depth: int
+    choices: dict[str, Value] = Field(default_factory=dict)
+    layers: list[dict[str, Value]]
+
+
+class Space(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    description: str = ""
+    extends: str | None = None
+    input: dict[str, Expr] = Field(default_factory=dict)
+    lets: dict[str, Expr] = Field(default_factory=dict)
+    choices: dict[str, list[Value]] = Field(default_factory=dict, description="global decisions")
+    parts: list[Part]
+    skips: list[SkipSpec] = Field(default_factory=list)
+    units: list[Unit] = Field(default_factory=list)
+    ties: dict[str, str] = Field(
+        default_factory=dict,
+        description="merged decisions: alias key -> the key that holds the value",
+    )
+    rules: list[Rule] = Field(default_factory=list)
+    restrictions: dict[str, list[list[StageModule]]] = Field(
+        default_factory=dict,
+        description="unit or stage name -> the modules it may use (each a list, one per stage)",
+    )
+
+    @property
+    def stages(self) -> list[Stage]:
+        return [part for part in self.parts if isinstance(part, Stage)]
+
+    def stage(self, name: str) -> Stage:
+        for stage in self.stages:
+            if stage.name == name:
+                return stage
+        raise KeyError(name)
+
+    def module_units(self) -> list[Unit]:
+        """Units in stage order: declared units plus one unit per remaining stage."""
+        declared = {s: unit for unit in self.units for s in unit.stages}
+        result: list[Unit] = []
+        for stage in self.stages:
+            unit = declared.get(stage.name)
+            if unit is None:
+                result.append(Unit(name=stage.name, stages=[stage.name]))
+            elif unit.stages[0] == stage.name:
+                result.append(unit)
+        return result
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> Space:
+        return cls.model_validate_json(text)

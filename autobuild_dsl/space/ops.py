@@ -1,0 +1,254 @@
+"""The operation catalog: every operation a space may name, its attributes and shape rule.
+
+The catalog is pure data (no torch) so the language can check a space against it: an
+unknown operation, an unknown attribute or a value of the wrong type is a diagnostic at
+the `.abs` line. `autobuild_dsl.compile` supplies a PyTorch module for each entry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+ACTIVATIONS = ("none", "relu", "relu6", "hswish", "hsigmoid", "swish", "silu", "sigmoid", "gelu")
+NORMS = ("none", "bn", "gn", "ln")
+
+
+@dataclass(frozen=True)
+class AttrSpec:
+    """One attribute of an operation.
+
+    kind is 'int', 'float', 'bool' or 'enum'. A required attribute has no default.
+    """
+
+    kind: str
+    default: object = None
+    required: bool = False
+    values: tuple[str, ...] = ()
+    doc: str = ""
+
+    def type_name(self) -> str:
+        if self.kind == "enum":
+            return "one of " + ", ".join(self.values)
+        return {"int": "an integer", "float": "a number", "bool": "true or false"}[self.kind]
+
+    def accepts(self, value: object) -> bool:
+        if self.kind == "int":
+            return isinstance(value, int) and not isinstance(value, bool)
+        if self.kind == "float":
+            return isinstance(value, int | float) and not isinstance(value, bool)
+        if self.kind == "bool":
+            return isinstance(value, bool)
+        return isinstance(value, str) and value in self.values
+
+
+@dataclass(frozen=True)
+class Shape:
+    channels: int
+    size: int
+
+
+ShapeRule = Callable[[Shape, dict[str, object]], Shape]
+
+
+def _strided(size: int, stride: int) -> int:
+    # "same" padding: ceil(size / stride), as every conv in these families uses.
+    return -(-size // stride)
+
+
+def _conv_shape(shape: Shape, attrs: dict[str, object]) -> Shape:
+    return Shape(int(attrs["out"]), _strided(shape.size, int(attrs.get("stride", 1))))
+
+
+def _keep_channels(shape: Shape, attrs: dict[str, object]) -> Shape:
+    return Shape(shape.channels, _strided(shape.size, int(attrs.get("stride", 1))))
+
+
+def _identity_shape(shape: Shape, attrs: dict[str, object]) -> Shape:
+    out = int(attrs.get("out", 0)) or shape.channels
+    return Shape(out, _strided(shape.size, int(attrs.get("stride", 1))))
+
+
+def _pool_shape(shape: Shape, attrs: dict[str, object]) -> Shape:
+    kernel = int(attrs.get("kernel", 0))
+    if kernel == 0:
+        return Shape(shape.channels, 1)
+    return Shape(shape.channels, _strided(shape.size, int(attrs.get("stride", kernel))))
+
+
+def _linear_shape(shape: Shape, attrs: dict[str, object]) -> Shape:
+    return Shape(int(attrs["out"]), shape.size)
+
+
+def _down_shape(shape: Shape, attrs: dict[str, object]) -> Shape:
+    out = int(attrs.get("out", 0)) or shape.channels
+    return Shape(out, _strided(shape.size, 2))
+
+
+def _up_shape(shape: Shape, attrs: dict[str, object]) -> Shape:
+    out = int(attrs.get("out", 0)) or shape.channels
+    return Shape(out, shape.size * 2)
+
+
+def _out_or_same(shape: Shape, attrs: dict[str, object]) -> Shape:
+    out = int(attrs.get("out", 0)) or shape.channels
+    return Shape(out, shape.size)
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    name: str
+    doc: str
+    attrs: dict[str, AttrSpec]
+    shape: ShapeRule
+    category: str = "layer"
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+def _act(default: str) -> AttrSpec:
+    return AttrSpec("enum", default, values=ACTIVATIONS, doc="activation function")
+
+
+def _norm(default: str) -> AttrSpec:
+    return AttrSpec("enum", default, values=NORMS, doc="normalisation after the op")
+
+
+_OUT = AttrSpec("int", required=True, doc="output channels")
+_OUT_OPTIONAL = AttrSpec("int", 0, doc="output channels (0 keeps the input channels)")
+
+CATALOG: dict[str, OpSpec] = {
+    spec.name: spec
+    for spec in [
+        OpSpec(
+            "conv",
+            "Convolution, then normalisation and activation.",
+            {
+                "out": _OUT,
+                "kernel": AttrSpec("int", 1, doc="kernel size"),
+                "stride": AttrSpec("int", 1, doc="stride"),
+                "groups": AttrSpec("int", 1, doc="convolution groups"),
+                "bias": AttrSpec("bool", False, doc="add a bias"),
+                "norm": _norm("bn"),
+                "act": _act("relu"),
+            },
+            _conv_shape,
+        ),
+        OpSpec(
+            "dwconv",
+            "Depthwise convolution (channels unchanged), normalisation and activation.",
+            {
+                "kernel": AttrSpec("int", 3, doc="kernel size"),
+                "stride": AttrSpec("int", 1, doc="stride"),
+                "norm": _norm("bn"),
+                "act": _act("relu"),
+            },
+            _keep_channels,
+        ),
+        OpSpec(
+            "mbconv",
+            "Inverted residual (MobileNetV2/V3): 1x1 expansion, depthwise kxk, optional "
+            "squeeze-excite, 1x1 projection; a residual add when shapes allow.",
+            {
+                "out": _OUT,
+                "kernel": AttrSpec("int", 3, doc="depthwise kernel size"),
+                "expand": AttrSpec("float", 6, doc="expansion ratio of the hidden width"),
+                "stride": AttrSpec("int", 1, doc="depthwise stride"),
+                "se": AttrSpec("bool", False, doc="squeeze-and-excite on the hidden width"),
+                "act": _act("relu"),
+                "divisor": AttrSpec(
+                    "int", 8, doc="round hidden widths to a multiple of this (1: no rounding)"
+                ),
+            },
+            _conv_shape,
+        ),
+        OpSpec(
+            "identity",
+            "Passes its input on; becomes a 1x1 convolution with batch norm when the stride "
+            "or the channel count changes.",
+            {"out": _OUT_OPTIONAL, "stride": AttrSpec("int", 1, doc="stride")},
+            _identity_shape,
+        ),
+        OpSpec(
+            "pool",
+            "Pooling; kernel 0 means global pooling to 1x1.",
+            {
+                "kind": AttrSpec("enum", "avg", values=("avg", "max"), doc="pooling kind"),
+                "kernel": AttrSpec("int", 0, doc="window (0: global)"),
+                "stride": AttrSpec("int", 0, doc="stride (0: same as kernel)"),
+            },
+            _pool_shape,
+            category="fixed",
+        ),
+        OpSpec(
+            "linear",
+            "Fully connected layer on the flattened features.",
+            {
+                "out": _OUT,
+                "bias": AttrSpec("bool", True, doc="add a bias"),
+                "act": _act("none"),
+            },
+            _linear_shape,
+        ),
+        OpSpec(
+            "dropout",
+            "Dropout (inactive at inference).",
+            {"p": AttrSpec("float", 0.0, doc="drop probability")},
+            _out_or_same,
+        ),
+        OpSpec(
+            "norm",
+            "Normalisation and activation on their own.",
+            {
+                "kind": _norm("gn"),
+                "groups": AttrSpec("int", 32, doc="groups for group norm"),
+                "act": _act("none"),
+            },
+            _out_or_same,
+        ),
+        OpSpec(
+            "resblock",
+            "Time-conditioned residual block (GroupNorm, SiLU, 3x3 conv, timestep projection, "
+            "GroupNorm, SiLU, 3x3 conv; 1x1 shortcut when channels change). In a decoder stage "
+            "its input is concatenated with the matching encoder skip.",
+            {
+                "out": _OUT,
+                "groups": AttrSpec("int", 32, doc="groups of the group norms"),
+            },
+            _out_or_same,
+        ),
+        OpSpec(
+            "attention",
+            "Spatial transformer: GroupNorm, 1x1 projection, then transformer blocks of "
+            "self-attention, cross-attention to the context and a GEGLU feed-forward.",
+            {
+                "heads": AttrSpec("int", 8, doc="attention heads"),
+                "depth": AttrSpec("int", 1, doc="transformer blocks"),
+                "groups": AttrSpec("int", 32, doc="groups of the group norm"),
+            },
+            _out_or_same,
+        ),
+        OpSpec(
+            "downsample",
+            "Halves the resolution with a stride-2 3x3 convolution.",
+            {"out": _OUT_OPTIONAL},
+            _down_shape,
+        ),
+        OpSpec(
+            "upsample",
+            "Doubles the resolution (nearest) followed by a 3x3 convolution.",
+            {"out": _OUT_OPTIONAL},
+            _up_shape,
+        ),
+        OpSpec(
+            "timestep_embedding",
+            "Sinusoidal embedding of the diffusion timestep followed by a two-layer MLP; its "
+            "output conditions every resblock. Leaves the feature map unchanged.",
+            {
+                "dim": AttrSpec("int", required=True, doc="width of the embedding MLP"),
+                "channels": AttrSpec("int", 0, doc="sinusoid channels (0: the input channels)"),
+            },
+            _out_or_same,
+            category="fixed",
+        ),
+    ]
+}

@@ -1,0 +1,88 @@
+"""Shared pieces of the CLI: consoles, error rendering, atomic output, loading inputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from autobuild_dsl.lang import CompileError, compile_file
+from autobuild_dsl.space.model import Space
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+EXIT_USER_ERROR = 1
+EXIT_COMPILE_ERROR = 2
+
+
+class UserError(click.ClickException):
+    """A mistake in what the user gave us; printed as `error: ...`, exit status 1."""
+
+    exit_code = EXIT_USER_ERROR
+
+    def show(self, file=None) -> None:  # noqa: ARG002 - click's signature
+        err_console.print(f"[bold red]error:[/] {self.format_message()}", markup=True, highlight=False)
+
+
+def run_guarded(group: click.Group) -> int:
+    """Run the click group; turn every expected failure into a message and an exit code."""
+    try:
+        group.main(standalone_mode=False)
+    except CompileError as error:
+        err_console.print(error.render(), markup=False, highlight=False)
+        count = len(error.diagnostics)
+        err_console.print(f"{count} error{'s' if count != 1 else ''}", style="bold red")
+        return EXIT_COMPILE_ERROR
+    except click.exceptions.Abort:
+        err_console.print("aborted", style="red")
+        return 130
+    except click.ClickException as error:
+        error.show()
+        return error.exit_code
+    except click.exceptions.Exit as error:
+        return error.exit_code
+    except KeyboardInterrupt:
+        err_console.print("interrupted", style="red")
+        return 130
+    except BrokenPipeError:
+        return 0
+    return 0
+
+
+def load_space(path: str, name: str | None = None) -> Space:
+    """Compile a `.abs` file, or read a Space saved as JSON (`abc compile --spec`)."""
+    if path.endswith(".json"):
+        try:
+            return Space.from_json(Path(path).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            raise UserError(f"{path}: not a saved space: {error}") from None
+    return compile_file(path, name)
+
+
+def write_atomic(path: Path, text: str, force: bool = False) -> None:
+    """Write a whole file or nothing: a temporary file renamed into place."""
+    if path.exists() and not force:
+        raise UserError(f"{path} exists; pass --force to overwrite it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_json_file(path: str) -> object:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as error:
+        raise UserError(f"{path}: cannot read: {error.strerror}") from None
+    except json.JSONDecodeError as error:
+        raise UserError(f"{path}:{error.lineno}:{error.colno}: not valid JSON: {error.msg}") from None

@@ -1,0 +1,165 @@
+"""`abc compile`, `abc sample`, `abc validate`, `abc fmt`: the language and the space."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+from autobuild_dsl.cli.common import UserError, console, err_console, load_space, read_json_file, write_atomic
+from autobuild_dsl.space import summary
+from autobuild_dsl.space.decisions import ArchitectureError, canonicalize, sample
+
+
+@click.command("compile")
+@click.argument("space_file", type=click.Path(dir_okay=False))
+@click.option("--space", "space_name", help="Which space of the file (default: the last one).")
+@click.option("--json", "as_json", is_flag=True, help="Print {space, size, stages} as JSON only.")
+@click.option("--spec", "spec_out", type=click.Path(dir_okay=False), help="Also save the typed spec as JSON here.")
+@click.option("--force", is_flag=True, help="Overwrite --spec if it exists.")
+def compile_cmd(space_file: str, space_name: str | None, as_json: bool, spec_out: str | None, force: bool) -> None:
+    """Check SPACE_FILE and summarise the space: stages, layer choices, modules, exact size."""
+    space = load_space(space_file, space_name)
+    info = summary.summarize(space)
+    if spec_out:
+        write_atomic(Path(spec_out), space.to_json() + "\n", force=force)
+    if as_json:
+        payload = {
+            "space": info.name,
+            "size": info.size,
+            "stages": [{"name": u.name, "modules": u.modules} for u in info.units],
+        }
+        click.echo(json.dumps(payload))
+        return
+    console.print(f"[bold]{info.name}[/]  {info.description}")
+    if info.globals:
+        for name, domain in info.globals.items():
+            console.print(f"  global [cyan]{name}[/]: {summary.show_domain(domain)}")
+    table = Table(title=None, show_lines=False)
+    for column in ("stage", "section", "depth", "layer choices", "stage choices", "modules"):
+        table.add_column(column, justify="right" if column == "modules" else "left")
+    for stage in info.stages:
+        table.add_row(
+            stage.name,
+            stage.section or "",
+            stage.depth,
+            stage.layer_choices,
+            stage.stage_choices,
+            f"{stage.modules:,}" if stage.modules is not None else "(in unit)",
+        )
+    console.print(table)
+    for unit in info.units:
+        if len(unit.stages) > 1:
+            console.print(f"  unit [cyan]{unit.name}[/] = {' + '.join(unit.stages)}: {unit.modules:,} modules")
+    for rule in info.rules:
+        console.print(f"  rule: {rule}")
+    for tie in info.ties:
+        console.print(f"  tied: {tie}")
+    console.print(f"size: [bold]{info.size:,}[/] architectures ({summary.scientific(info.size)})")
+
+
+@click.command("sample")
+@click.argument("space_file", type=click.Path(dir_okay=False))
+@click.option("-n", "count", type=click.IntRange(min=1), default=10, show_default=True, help="How many.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--space", "space_name", help="Which space of the file.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write JSON lines here instead of stdout.")
+@click.option("--force", is_flag=True, help="Overwrite --output if it exists.")
+def sample_cmd(space_file: str, count: int, seed: int, space_name: str | None, output: str | None, force: bool) -> None:
+    """Draw N architectures uniformly from the (constrained) space, as JSON lines."""
+    space = load_space(space_file, space_name)
+    archs = sample(space, count, seed=seed)
+    lines = "".join(json.dumps({"arch": a.model_dump(mode="json")}) + "\n" for a in archs)
+    if output:
+        write_atomic(Path(output), lines, force=force)
+        err_console.print(f"wrote {count} architectures to {output}")
+    else:
+        sys.stdout.write(lines)
+
+
+@click.command("validate")
+@click.argument("space_file", type=click.Path(dir_okay=False))
+@click.argument("arch_file", type=click.Path(dir_okay=False))
+@click.option("--space", "space_name", help="Which space of the file.")
+def validate_cmd(space_file: str, arch_file: str, space_name: str | None) -> None:
+    """Check that ARCH_FILE (one architecture, or JSON lines of them) belongs to the space."""
+    space = load_space(space_file, space_name)
+    records = _read_architectures(arch_file)
+    for where, raw in records:
+        try:
+            canonicalize(space, raw)
+        except ArchitectureError as error:
+            raise UserError(f"{where}: {error}") from None
+    noun = "architecture" if len(records) == 1 else "architectures"
+    console.print(f"[green]ok[/]: {len(records)} {noun} in {space.name}")
+
+
+def _read_architectures(path: str) -> list[tuple[str, dict]]:
+    """One JSON architecture, or JSON lines each holding one (bare or under "arch")."""
+    text = Path(path).read_text(encoding="utf-8") if Path(path).is_file() else None
+    if text is None:
+        raise UserError(f"{path}: no such file")
+    stripped = text.strip()
+    records: list[tuple[str, dict]] = []
+    try:
+        whole = json.loads(stripped)
+        items = [(path, whole)]
+    except json.JSONDecodeError:
+        items = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                items.append((f"{path}:{number}", json.loads(line)))
+            except json.JSONDecodeError as error:
+                raise UserError(f"{path}:{number}: not valid JSON: {error.msg}") from None
+    for where, item in items:
+        if isinstance(item, dict) and "arch" in item:
+            item = item["arch"]
+        if not isinstance(item, dict):
+            raise UserError(f"{where}: expected an architecture object")
+        records.append((where, item))
+    if not records:
+        raise UserError(f"{path}: holds no architecture")
+    return records
+
+
+@click.command("fmt")
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--check", is_flag=True, help="Only check; exit 1 if a file is not in canonical form.")
+@click.option("--write", "-w", is_flag=True, help="Rewrite the files in place.")
+def fmt_cmd(files: tuple[str, ...], check: bool, write: bool) -> None:
+    """Print .abs files in canonical form (or check / rewrite them)."""
+    from autobuild_dsl.lang.formatter import format_file
+
+    unformatted = []
+    for name in files:
+        original = Path(name).read_text(encoding="utf-8") if Path(name).is_file() else None
+        if original is None:
+            raise UserError(f"{name}: no such file")
+        formatted = format_file(name, original)
+        if check:
+            if formatted != original:
+                unformatted.append(name)
+        elif write:
+            if formatted != original:
+                write_atomic(Path(name), formatted, force=True)
+        else:
+            sys.stdout.write(formatted)
+    if check:
+        for name in unformatted:
+            err_console.print(f"would reformat {name}")
+        if unformatted:
+            raise click.exceptions.Exit(1)
+        err_console.print(f"{len(files)} file{'s' if len(files) != 1 else ''} already formatted")
+
+
+def register(group: click.Group) -> None:
+    for command in (compile_cmd, sample_cmd, validate_cmd, fmt_cmd):
+        group.add_command(command)
+
+
+_ = read_json_file

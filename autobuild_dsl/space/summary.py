@@ -1,0 +1,94 @@
+"""A plain-data summary of a space, for the CLI and the docs."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+from autobuild_dsl.space.decisions import space_size, stage_module_choices, unit_module_count
+from autobuild_dsl.space.expr import Value, format_expr, format_value
+from autobuild_dsl.space.model import Space
+
+
+class StageSummary(BaseModel):
+    name: str
+    section: str | None
+    depth: str
+    layer_choices: str
+    stage_choices: str
+    modules: int | None
+
+
+class UnitSummary(BaseModel):
+    name: str
+    stages: list[str]
+    modules: int
+
+
+class SpaceSummary(BaseModel):
+    name: str
+    description: str
+    size: int
+    globals: dict[str, list[Value]]
+    stages: list[StageSummary]
+    units: list[UnitSummary]
+    rules: list[str]
+    ties: list[str]
+
+
+def show_domain(domain: list[Value]) -> str:
+    if len(domain) > 6 and all(isinstance(v, int) and not isinstance(v, bool) for v in domain):
+        steps = {b - a for a, b in zip(domain, domain[1:], strict=False)}
+        if len(steps) == 1:
+            step = steps.pop()
+            text = f"{domain[0]}..{domain[-1]}"
+            return (text + (f" step {step}" if step != 1 else "")) + f" ({len(domain)} values)"
+    return "{" + ", ".join(format_value(v) for v in domain) + "}"
+
+
+def scientific(number: int) -> str:
+    return f"{float(number):.3e}"
+
+
+def summarize(space: Space) -> SpaceSummary:
+    units = space.module_units()
+    unit_counts = {u.name: unit_module_count(space, u) for u in units}
+    stage_rows = []
+    for stage in space.stages:
+        depth = (
+            f"{stage.depths[0]}..{stage.depths[-1]}"
+            if len(stage.depths) > 1 and stage.depths == list(range(stage.depths[0], stage.depths[-1] + 1))
+            else ", ".join(str(d) for d in stage.depths)
+        )
+        options = []
+        for option in stage.options:
+            ops = " ; ".join(n.op for n in option.nodes)
+            picks = " ".join(f"{k}{show_domain(v)}" for k, v in option.choices.items())
+            fixed = " ".join(
+                f"{k}={format_expr(v)}"
+                for n in option.nodes
+                for k, v in n.attrs.items()
+                if k not in option.choices and k in ("kernel", "expand")
+            )
+            text = " ".join(x for x in (ops, picks, fixed) if x)
+            options.append(f"{option.label}: {text}" if len(stage.options) > 1 else text)
+        choices = stage_module_choices(space, stage)
+        stage_rows.append(
+            StageSummary(
+                name=stage.name,
+                section=stage.section,
+                depth=depth,
+                layer_choices=" | ".join(options),
+                stage_choices=" ".join(f"{k}{show_domain(v)}" for k, v in choices.items()),
+                modules=unit_counts.get(stage.name),
+            )
+        )
+    return SpaceSummary(
+        name=space.name,
+        description=space.description,
+        size=space_size(space),
+        globals=dict(space.choices),
+        stages=stage_rows,
+        units=[UnitSummary(name=u.name, stages=u.stages, modules=unit_counts[u.name]) for u in units],
+        rules=[r.text for r in space.rules],
+        ties=[f"{alias} = {keeper}" for alias, keeper in space.ties.items()],
+    )

@@ -51,6 +51,15 @@ def run_guarded(group: click.Group) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except Exception as error:  # noqa: BLE001 - the last line of defence: never a traceback
+        if os.environ.get("ABC_DEBUG"):
+            raise
+        err_console.print(
+            f"[bold red]internal error:[/] {type(error).__name__}: {error}\n"
+            "This is a bug in autobuild-dsl; rerun with ABC_DEBUG=1 to see the traceback.",
+            highlight=False,
+        )
+        return 3
     return 0
 
 

@@ -16,7 +16,7 @@ from autobuild_dsl.space.decisions import ArchitectureError, canonicalize, sampl
 
 @click.command("compile")
 @click.argument("space_file", type=click.Path(dir_okay=False))
-@click.option("--space", "space_name", help="Which space of the file (default: the last one).")
+@click.option("--space", "space_name", help="Which space of the file (default: the first one).")
 @click.option("--json", "as_json", is_flag=True, help="Print {space, size, stages} as JSON only.")
 @click.option("--spec", "spec_out", type=click.Path(dir_okay=False), help="Also save the typed spec as JSON here.")
 @click.option("--force", is_flag=True, help="Overwrite --spec if it exists.")

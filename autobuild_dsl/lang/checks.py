@@ -54,7 +54,7 @@ def _check_shapes(space: Space, index, report) -> None:
         arch = index.sample(rng)
         try:
             flow_shapes(resolve(space, arch))
-        except ResolveError as error:
+        except (ResolveError, ArithmeticError, ValueError) as error:
             message = str(error)
             where = None
             head = message.split(": ", 1)[0]

@@ -176,7 +176,7 @@ class Lowerer:
         if not spaces:
             return None
         if name is None:
-            chosen = spaces[-1][1]
+            chosen = spaces[0][1]
         else:
             matches = [decl for n, decl in spaces if n == name]
             if not matches:
@@ -742,6 +742,13 @@ class Finaliser:
             return name
         return None
 
+    def _rank(self, key: str) -> int:
+        if "." not in key:
+            return list(self.draft.choices).index(key) if key in self.draft.choices else -1
+        order = [s.name for s in self.stages]
+        stage = key.split(".", 1)[0]
+        return len(self.draft.choices) + (order.index(stage) if stage in order else 0)
+
     def _requires(self, domains: dict[str, list[Value]]) -> tuple[dict[str, str], list[Rule]]:
         ties: dict[str, str] = {}
         rules: list[Rule] = []
@@ -765,6 +772,9 @@ class Finaliser:
                 a, b = find(expr.left.name), find(expr.right.name)
                 if a == b:
                     continue
+                # The decision declared first (globals, then stages in order) keeps the value.
+                if self._rank(b) < self._rank(a):
+                    a, b = b, a
                 merged = [v for v in domains[a] if any(_same(v, w) for w in domains[b])]
                 if not merged:
                     self.error(loc, f"no architecture satisfies this rule: {a} takes {_show(domains[a])} and {b} takes {_show(domains[b])}, with no value in common")

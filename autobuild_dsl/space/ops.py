@@ -26,17 +26,24 @@ class AttrSpec:
     required: bool = False
     values: tuple[str, ...] = ()
     doc: str = ""
+    minimum: float | None = None
 
     def type_name(self) -> str:
         if self.kind == "enum":
             return "one of " + ", ".join(self.values)
-        return {"int": "an integer", "float": "a number", "bool": "true or false"}[self.kind]
+        name = {"int": "an integer", "float": "a number", "bool": "true or false"}[self.kind]
+        if self.minimum is not None:
+            bound = int(self.minimum) if float(self.minimum).is_integer() else self.minimum
+            name += f" >= {bound}" if self.minimum != 0 or self.kind == "int" else " >= 0"
+        return name
 
     def accepts(self, value: object) -> bool:
-        if self.kind == "int":
-            return isinstance(value, int) and not isinstance(value, bool)
-        if self.kind == "float":
-            return isinstance(value, int | float) and not isinstance(value, bool)
+        if self.kind in ("int", "float"):
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                return False
+            if self.kind == "int" and not isinstance(value, int):
+                return False
+            return self.minimum is None or value >= self.minimum
         if self.kind == "bool":
             return isinstance(value, bool)
         return isinstance(value, str) and value in self.values
@@ -73,7 +80,8 @@ def _pool_shape(shape: Shape, attrs: dict[str, object]) -> Shape:
     kernel = int(attrs.get("kernel", 0))
     if kernel == 0:
         return Shape(shape.channels, 1)
-    return Shape(shape.channels, _strided(shape.size, int(attrs.get("stride", kernel))))
+    stride = int(attrs.get("stride", 0)) or kernel
+    return Shape(shape.channels, _strided(shape.size, stride))
 
 
 def _linear_shape(shape: Shape, attrs: dict[str, object]) -> Shape:
@@ -113,8 +121,8 @@ def _norm(default: str) -> AttrSpec:
     return AttrSpec("enum", default, values=NORMS, doc="normalisation after the op")
 
 
-_OUT = AttrSpec("int", required=True, doc="output channels")
-_OUT_OPTIONAL = AttrSpec("int", 0, doc="output channels (0 keeps the input channels)")
+_OUT = AttrSpec("int", required=True, doc="output channels", minimum=1)
+_OUT_OPTIONAL = AttrSpec("int", 0, doc="output channels (0 keeps the input channels)", minimum=0)
 
 CATALOG: dict[str, OpSpec] = {
     spec.name: spec
@@ -124,9 +132,9 @@ CATALOG: dict[str, OpSpec] = {
             "Convolution, then normalisation and activation.",
             {
                 "out": _OUT,
-                "kernel": AttrSpec("int", 1, doc="kernel size"),
-                "stride": AttrSpec("int", 1, doc="stride"),
-                "groups": AttrSpec("int", 1, doc="convolution groups"),
+                "kernel": AttrSpec("int", 1, doc="kernel size", minimum=1),
+                "stride": AttrSpec("int", 1, doc="stride", minimum=1),
+                "groups": AttrSpec("int", 1, doc="convolution groups", minimum=1),
                 "bias": AttrSpec("bool", False, doc="add a bias"),
                 "norm": _norm("bn"),
                 "act": _act("relu"),
@@ -137,8 +145,8 @@ CATALOG: dict[str, OpSpec] = {
             "dwconv",
             "Depthwise convolution (channels unchanged), normalisation and activation.",
             {
-                "kernel": AttrSpec("int", 3, doc="kernel size"),
-                "stride": AttrSpec("int", 1, doc="stride"),
+                "kernel": AttrSpec("int", 3, doc="kernel size", minimum=1),
+                "stride": AttrSpec("int", 1, doc="stride", minimum=1),
                 "norm": _norm("bn"),
                 "act": _act("relu"),
             },
@@ -150,9 +158,9 @@ CATALOG: dict[str, OpSpec] = {
             "squeeze-excite, 1x1 projection; a residual add when shapes allow.",
             {
                 "out": _OUT,
-                "kernel": AttrSpec("int", 3, doc="depthwise kernel size"),
-                "expand": AttrSpec("float", 6, doc="expansion ratio of the hidden width"),
-                "stride": AttrSpec("int", 1, doc="depthwise stride"),
+                "kernel": AttrSpec("int", 3, doc="depthwise kernel size", minimum=1),
+                "expand": AttrSpec("float", 6, doc="expansion ratio of the hidden width", minimum=1),
+                "stride": AttrSpec("int", 1, doc="depthwise stride", minimum=1),
                 "se": AttrSpec("bool", False, doc="squeeze-and-excite on the hidden width"),
                 "act": _act("relu"),
                 "divisor": AttrSpec(
@@ -165,7 +173,7 @@ CATALOG: dict[str, OpSpec] = {
             "identity",
             "Passes its input on; becomes a 1x1 convolution with batch norm when the stride "
             "or the channel count changes.",
-            {"out": _OUT_OPTIONAL, "stride": AttrSpec("int", 1, doc="stride")},
+            {"out": _OUT_OPTIONAL, "stride": AttrSpec("int", 1, doc="stride", minimum=1)},
             _identity_shape,
         ),
         OpSpec(
@@ -173,8 +181,8 @@ CATALOG: dict[str, OpSpec] = {
             "Pooling; kernel 0 means global pooling to 1x1.",
             {
                 "kind": AttrSpec("enum", "avg", values=("avg", "max"), doc="pooling kind"),
-                "kernel": AttrSpec("int", 0, doc="window (0: global)"),
-                "stride": AttrSpec("int", 0, doc="stride (0: same as kernel)"),
+                "kernel": AttrSpec("int", 0, doc="window (0: global)", minimum=0),
+                "stride": AttrSpec("int", 0, doc="stride (0: same as kernel)", minimum=0),
             },
             _pool_shape,
             category="fixed",
@@ -192,7 +200,7 @@ CATALOG: dict[str, OpSpec] = {
         OpSpec(
             "dropout",
             "Dropout (inactive at inference).",
-            {"p": AttrSpec("float", 0.0, doc="drop probability")},
+            {"p": AttrSpec("float", 0.0, doc="drop probability", minimum=0)},
             _out_or_same,
         ),
         OpSpec(
@@ -200,7 +208,7 @@ CATALOG: dict[str, OpSpec] = {
             "Normalisation and activation on their own.",
             {
                 "kind": _norm("gn"),
-                "groups": AttrSpec("int", 32, doc="groups for group norm"),
+                "groups": AttrSpec("int", 32, doc="groups for group norm", minimum=1),
                 "act": _act("none"),
             },
             _out_or_same,
@@ -212,7 +220,7 @@ CATALOG: dict[str, OpSpec] = {
             "its input is concatenated with the matching encoder skip.",
             {
                 "out": _OUT,
-                "groups": AttrSpec("int", 32, doc="groups of the group norms"),
+                "groups": AttrSpec("int", 32, doc="groups of the group norms", minimum=1),
             },
             _out_or_same,
         ),
@@ -221,9 +229,9 @@ CATALOG: dict[str, OpSpec] = {
             "Spatial transformer: GroupNorm, 1x1 projection, then transformer blocks of "
             "self-attention, cross-attention to the context and a GEGLU feed-forward.",
             {
-                "heads": AttrSpec("int", 8, doc="attention heads"),
-                "depth": AttrSpec("int", 1, doc="transformer blocks"),
-                "groups": AttrSpec("int", 32, doc="groups of the group norm"),
+                "heads": AttrSpec("int", 8, doc="attention heads", minimum=1),
+                "depth": AttrSpec("int", 1, doc="transformer blocks", minimum=1),
+                "groups": AttrSpec("int", 32, doc="groups of the group norm", minimum=1),
             },
             _out_or_same,
         ),

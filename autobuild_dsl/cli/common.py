@@ -32,9 +32,13 @@ class UserError(click.ClickException):
 def run_guarded(group: click.Group) -> int:
     """Run the click group; turn every expected failure into a message and an exit code."""
     try:
-        group.main(standalone_mode=False)
+        # Without standalone mode click returns (not raises) the code of an Exit.
+        result = group.main(standalone_mode=False)
+        if isinstance(result, int) and not isinstance(result, bool):
+            return result
     except CompileError as error:
-        err_console.print(error.render(), markup=False, highlight=False)
+        # Plain echo: rich would wrap long source lines and misplace the caret.
+        click.echo(error.render(), err=True)
         count = len(error.diagnostics)
         err_console.print(f"{count} error{'s' if count != 1 else ''}", style="bold red")
         return EXIT_COMPILE_ERROR

@@ -21,10 +21,11 @@ def compile_text(text: str, path: str = "<text>", space: str | None = None) -> S
     if tree is None:
         sink.raise_if_any()
     draft = lowerer.draft(source, tree, space)
-    sink.raise_if_any()
     if draft is None:
-        sink.error(source, 1, 1, "the file holds no space (`space NAME { ... }`)")
+        if not sink.items:
+            sink.error(source, 1, 1, "the file holds no space (`space NAME { ... }`)")
         sink.raise_if_any()
+    # Finalise even after lowering errors, so one run reports every mistake.
     result = Finaliser(draft, sink).run()
     sink.raise_if_any()
     assert result is not None

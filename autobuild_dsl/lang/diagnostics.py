@@ -12,7 +12,8 @@ class SourceFile(BaseModel):
     text: str
 
     def line(self, number: int) -> str:
-        lines = self.text.splitlines()
+        # Lark counts lines by "\n" only, so the quoted line must be found the same way.
+        lines = self.text.split("\n")
         if 1 <= number <= len(lines):
             return lines[number - 1]
         return ""

@@ -13,7 +13,7 @@ from functools import cache
 from lark import Lark, Token, Tree
 
 from autobuild_dsl.lang.diagnostics import DiagnosticSink, SourceFile
-from autobuild_dsl.lang.lower import Lowerer, _kids
+from autobuild_dsl.lang.lower import Lowerer, _kids, normalize_newlines
 from autobuild_dsl.lang.parser import grammar_text, parse
 from autobuild_dsl.space.expr import format_expr, format_value
 
@@ -38,6 +38,7 @@ def _comment_parser() -> Lark:
 def format_file(path: str, text: str) -> str:
     """The canonical text; raises CompileError (with diagnostics) if the text does not parse."""
     sink = DiagnosticSink()
+    text = normalize_newlines(text)
     source = SourceFile(path=path, text=text)
     if parse(source, sink) is None:
         sink.raise_if_any()

@@ -134,6 +134,10 @@ class Draft:
     restrictions: list[DraftRestriction] = field(default_factory=list)
 
 
+def normalize_newlines(text: str) -> str:
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
 def _loc(source: SourceFile, item: Tree | Token) -> Loc:
     if isinstance(item, Token):
         return Loc(source, item.line or 1, item.column or 1)
@@ -160,7 +164,7 @@ class Lowerer:
         if key not in self._files:
             if text is None:
                 text = Path(path).read_text(encoding="utf-8")
-            source = SourceFile(path=path, text=text)
+            source = SourceFile(path=path, text=normalize_newlines(text))
             self._files[key] = (source, parse(source, self.sink))
         return self._files[key]
 
@@ -411,9 +415,11 @@ class Lowerer:
                 high = int(kids[2]) if len(kids) > 2 else low
                 if high < low:
                     self._error(_loc(source, kids[1]), f"depth range {low}..{high} is empty")
+                    stage._depth_error = True  # type: ignore[attr-defined]
                     continue
                 if low < 1:
                     self._error(_loc(source, kids[1]), "a stage needs at least one layer (depth >= 1)")
+                    stage._depth_error = True  # type: ignore[attr-defined]
                     continue
                 stage.depths = list(range(low, high + 1))
                 stage.depth_loc = _loc(source, item)
@@ -669,7 +675,7 @@ class Finaliser:
         if not self.stages:
             self.error(draft.loc, f"space '{draft.name}' has no stage: nothing to search")
         for stage in self.stages:
-            if not stage.depths:
+            if not stage.depths and not getattr(stage, "_depth_error", False):
                 self.error(stage.loc, f"stage '{stage.name}' needs a depth (`depth 2..4` or `depth 3`)")
             if not stage.options:
                 self.error(stage.loc, f"stage '{stage.name}' needs a layer (`layer OP(...)`)")

@@ -89,7 +89,7 @@ def _hint(error: UnexpectedToken) -> str:
     """A friendlier word for the mistakes people make most often."""
     token = error.token
     if token.type == "NAME" and "EQUAL" in error.expected and token.value in ("in", "is"):
-        return " (write `choice NAME = {...}` or `NAME = value`)"
+        return " (a choice is written `choice kernel = {3, 5, 7}`)"
     if token.type == "$END" and "RBRACE" in error.expected:
         return " (a '{' was never closed)"
     return ""
@@ -142,7 +142,7 @@ def error_is_eof(error: UnexpectedInput) -> bool:
 
 
 def _end_position(text: str) -> tuple[int, int]:
-    lines = text.splitlines() or [""]
+    lines = text.split("\n")
     # Point just past the last non-blank line, where the missing text belongs.
     for index in range(len(lines) - 1, -1, -1):
         if lines[index].strip():

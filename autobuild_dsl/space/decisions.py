@@ -637,3 +637,43 @@ def _mutate_layer(space: Space, index: SpaceIndex, arch: Architecture, rng: rand
         layers.pop(rng.randrange(len(layers)))
     new_stage = current.model_copy(update={"depth": len(layers), "layers": layers})
     return arch.model_copy(update={"stages": {**arch.stages, stage.name: new_stage}})
+
+
+def architecture_from_modules(
+    space: Space, globals_: dict[str, Value], modules: dict[str, list[StageModule]]
+) -> Architecture | None:
+    """Assemble an architecture from one module per unit; None when a tie or rule fails.
+
+    Module choices include merged (tied) choices, so a combination whose tied values
+    disagree is not an architecture of the space.
+    """
+    stages: dict[str, StageArch] = {}
+    env: dict[str, Value] = dict(globals_)
+    for unit in index_of(space).units:
+        for stage_name, part in zip(unit.stages, modules[unit.name], strict=True):
+            env[f"{stage_name}.depth"] = part.depth
+            for choice, value in part.choices.items():
+                env[f"{stage_name}.{choice}"] = value
+            own = {c: v for c, v in part.choices.items() if f"{stage_name}.{c}" not in space.ties}
+            stages[stage_name] = StageArch(depth=part.depth, choices=own, layers=[dict(x) for x in part.layers])
+    for alias, keeper in space.ties.items():
+        if alias in env and keeper in env and not _same(env[alias], env[keeper]):
+            return None
+    if not all(_holds(rule.expr, env) for rule in space.rules):
+        return None
+    return Architecture(space=space.name, globals=dict(globals_), stages=stages)
+
+
+def iter_architectures(space: Space) -> Iterator[Architecture]:
+    """Every architecture of the space, in a deterministic order (for small spaces)."""
+    units = index_of(space).units
+    per_unit = [list(unit_modules(space, unit)) for unit in units]
+    names = list(space.choices)
+    for values in itertools.product(*space.choices.values()):
+        globals_ = dict(zip(names, values, strict=True))
+        for combo in itertools.product(*per_unit):
+            arch = architecture_from_modules(
+                space, globals_, {u.name: m for u, m in zip(units, combo, strict=True)}
+            )
+            if arch is not None:
+                yield arch

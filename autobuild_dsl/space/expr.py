@@ -82,6 +82,9 @@ _PRECEDENCE.update({"+": 5, "-": 5, "*": 6, "/": 6})
 
 
 def _number(value: Value, op: str) -> float | int:
+    if isinstance(value, str):
+        # Bare words are symbols (`relu`); in arithmetic one is a name nobody defined.
+        raise ExprError(f"unknown name '{value}'")
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ExprError(f"'{op}' needs numbers, got {format_value(value)}")
     return value

@@ -1,0 +1,3 @@
+from autobuild_dsl.cli import main
+
+main()

@@ -78,7 +78,9 @@ def test_validate_reports_where_an_architecture_leaves_its_space(tmp_path: Path)
     path.write_text(json.dumps(arch))
     result = abc("validate", str(SPACES / "nas_bench_macro.abs"), str(path))
     assert result.returncode == 1
-    assert "stages.s2: layer 1: op 'mb_e9k9' is not one of identity, mb_e3k3, mb_e6k5" in result.stderr
+    assert (
+        "stages.s2: layer 1: op 'mb_e9k9' is not one of identity, mb_e3k3, mb_e6k5" in result.stderr
+    )
 
 
 def test_fmt_check(tmp_path: Path) -> None:

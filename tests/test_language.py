@@ -157,13 +157,19 @@ def test_semantic_errors_are_all_reported_with_positions() -> None:
         ("stage s { depth 1 layer conv(kernel = 3) }", "needs the attribute 'out'"),
         ("stage s { depth 1 layer conv(out = 4, bias = 3) }", "bias must be true or false"),
         ("stage s { depth 1 layer conv(out = 4, kernel = {3, 3}) }", "3 is listed twice"),
-        ("stage s { depth 1 layer conv(out = 4) } stage s { depth 1 layer conv(out = 4) }", "defined twice"),
+        (
+            "stage s { depth 1 layer conv(out = 4) } stage s { depth 1 layer conv(out = 4) }",
+            "defined twice",
+        ),
         ("stage s { layer conv(out = 4) }", "needs a depth"),
         ("stage s { depth 2 }", "needs a layer"),
         ("choice c = 5..1 stage s { depth 1 layer conv(out = c) }", "range 5..1 is empty"),
         ("stage s { depth 1 layer conv(out = 4) } require nope > 1", "unknown choice 'nope'"),
         ("stage s { depth 1 layer conv(out = 4) } skip s -> t", "unknown stage 't'"),
-        ("stage s { depth 1 layer conv(out = 4, kernel = {1, 3}) } unit u = s + t", "unknown stage 't'"),
+        (
+            "stage s { depth 1 layer conv(out = 4, kernel = {1, 3}) } unit u = s + t",
+            "unknown stage 't'",
+        ),
     ],
 )
 def test_semantic_error_messages(body: str, needle: str) -> None:
@@ -253,7 +259,7 @@ def test_extends_cannot_add_stages_and_reports_missing_parents(tmp_path: Path) -
 
 
 def test_several_spaces_in_one_file_and_selection() -> None:
-    text = SMALL + '\nspace bigger extends small {\n  choice width = {64, 128, 256}\n}\n'
+    text = SMALL + "\nspace bigger extends small {\n  choice width = {64, 128, 256}\n}\n"
     assert compile_text(text).name == "small"
     bigger = compile_text(text, space="bigger")
     assert space_size(bigger) == 3 * 12 * 2
@@ -262,7 +268,9 @@ def test_several_spaces_in_one_file_and_selection() -> None:
 
 
 def test_restrict_lists_modules_of_a_reduced_space() -> None:
-    text = SMALL + """
+    text = (
+        SMALL
+        + """
 space reduced extends small {
   restrict a to {
     [(op = conv, kernel = 3)],
@@ -270,6 +278,7 @@ space reduced extends small {
   }
 }
 """
+    )
     reduced = compile_text(text, space="reduced")
     assert unit_module_count(reduced, reduced.module_units()[0]) == 2
     assert space_size(reduced) == 2 * 2 * 2

@@ -11,9 +11,12 @@ from autobuild_dsl.lang import CompileError, compile_text
 from autobuild_dsl.lang.formatter import format_file
 from autobuild_dsl.space.decisions import space_size
 
-SEEDS = {p.name: p.read_text() for p in sorted((Path(__file__).resolve().parent.parent / "spaces").glob("*.abs"))}
+SEEDS = {
+    p.name: p.read_text()
+    for p in sorted((Path(__file__).resolve().parent.parent / "spaces").glob("*.abs"))
+}
 # Self-contained seeds only: sd14_unet_hw extends another file by a relative path.
-SELF_CONTAINED = [text for name, text in SEEDS.items() if "from \"" not in text]
+SELF_CONTAINED = [text for name, text in SEEDS.items() if 'from "' not in text]
 
 TOKENS = [
     "space", "stage", "stages", "layer", "depth", "choice", "require", "skip", "unit", "restrict",
@@ -109,7 +112,8 @@ def small_space(draw: st.DrawFn) -> str:
     bound = draw(st.integers(2, 9))
     return (
         "space r {\n  input(channels = 3, size = 8)\n"
-        f"  choice w = {{{', '.join(map(str, widths))}}}\n" + "".join(stages)
+        f"  choice w = {{{', '.join(map(str, widths))}}}\n"
+        + "".join(stages)
         + f"  require s0.depth + w <= {bound}\n}}\n"
     )
 

@@ -84,7 +84,10 @@ def test_unused_slots_are_dropped_so_equal_networks_are_equal() -> None:
     arch = sample(space, 1, seed=1)[0]
     raw = arch.model_dump(mode="json")
     stage = raw["stages"]["s1"]
-    padded = {**stage, "layers": stage["layers"] + [{"kernel": 7, "expand": 6}] * (4 - stage["depth"])}
+    padded = {
+        **stage,
+        "layers": stage["layers"] + [{"kernel": 7, "expand": 6}] * (4 - stage["depth"]),
+    }
     raw_padded = {**raw, "stages": {**raw["stages"], "s1": padded}}
     assert canonicalize(space, raw_padded) == arch
     assert canonicalize(space, raw_padded).key() == arch.key()
@@ -95,7 +98,10 @@ def test_unused_slots_are_dropped_so_equal_networks_are_equal() -> None:
     [
         (lambda r: r["globals"].update(resolution=225), "globals.resolution: 225 is not one of"),
         (lambda r: r["stages"]["s2"].update(depth=5), "stages.s2: depth 5 is not one of {2, 3, 4}"),
-        (lambda r: r["stages"]["s3"]["layers"][0].update(kernel=9), "stages.s3: layer 0: kernel = 9"),
+        (
+            lambda r: r["stages"]["s3"]["layers"][0].update(kernel=9),
+            "stages.s3: layer 0: kernel = 9",
+        ),
         (lambda r: r["stages"]["s3"]["layers"][0].update(width=9), "unknown choice 'width'"),
         (lambda r: r["stages"].pop("s4"), "stages.s4: missing"),
         (lambda r: r["stages"].update(s9={}), "stages.s9: no such stage"),
@@ -196,6 +202,10 @@ def test_unet_ties_reach_the_decoder_channels() -> None:
         base = arch.globals["base"]
         for k in (1, 2, 3, 4):
             mult = arch.stages[f"e{k}"].choices["mult"]
-            outs = {n.attrs["out"] for n in net.nodes if n.position.block == f"d{k}" and n.op == "resblock"}
+            outs = {
+                n.attrs["out"]
+                for n in net.nodes
+                if n.position.block == f"d{k}" and n.op == "resblock"
+            }
             assert outs == {base * mult}
         flow_shapes(net)

@@ -25,8 +25,10 @@ class UserError(click.ClickException):
 
     exit_code = EXIT_USER_ERROR
 
-    def show(self, file=None) -> None:  # noqa: ARG002 - click's signature
-        err_console.print(f"[bold red]error:[/] {self.format_message()}", markup=True, highlight=False)
+    def show(self, file=None) -> None:
+        err_console.print(
+            f"[bold red]error:[/] {self.format_message()}", markup=True, highlight=False
+        )
 
 
 def run_guarded(group: click.Group) -> int:
@@ -55,7 +57,7 @@ def run_guarded(group: click.Group) -> int:
         return 130
     except BrokenPipeError:
         return 0
-    except Exception as error:  # noqa: BLE001 - the last line of defence: never a traceback
+    except Exception as error:
         if os.environ.get("ABC_DEBUG"):
             raise
         err_console.print(
@@ -98,4 +100,6 @@ def read_json_file(path: str) -> object:
     except OSError as error:
         raise UserError(f"{path}: cannot read: {error.strerror}") from None
     except json.JSONDecodeError as error:
-        raise UserError(f"{path}:{error.lineno}:{error.colno}: not valid JSON: {error.msg}") from None
+        raise UserError(
+            f"{path}:{error.lineno}:{error.colno}: not valid JSON: {error.msg}"
+        ) from None

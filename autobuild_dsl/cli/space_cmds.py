@@ -9,7 +9,14 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from autobuild_dsl.cli.common import UserError, console, err_console, load_space, read_json_file, write_atomic
+from autobuild_dsl.cli.common import (
+    UserError,
+    console,
+    err_console,
+    load_space,
+    read_json_file,
+    write_atomic,
+)
 from autobuild_dsl.space import summary
 from autobuild_dsl.space.decisions import ArchitectureError, canonicalize, sample
 
@@ -18,9 +25,16 @@ from autobuild_dsl.space.decisions import ArchitectureError, canonicalize, sampl
 @click.argument("space_file", type=click.Path(dir_okay=False))
 @click.option("--space", "space_name", help="Which space of the file (default: the first one).")
 @click.option("--json", "as_json", is_flag=True, help="Print {space, size, stages} as JSON only.")
-@click.option("--spec", "spec_out", type=click.Path(dir_okay=False), help="Also save the typed spec as JSON here.")
+@click.option(
+    "--spec",
+    "spec_out",
+    type=click.Path(dir_okay=False),
+    help="Also save the typed spec as JSON here.",
+)
 @click.option("--force", is_flag=True, help="Overwrite --spec if it exists.")
-def compile_cmd(space_file: str, space_name: str | None, as_json: bool, spec_out: str | None, force: bool) -> None:
+def compile_cmd(
+    space_file: str, space_name: str | None, as_json: bool, spec_out: str | None, force: bool
+) -> None:
     """Check SPACE_FILE and summarise the space: stages, layer choices, modules, exact size."""
     space = load_space(space_file, space_name)
     info = summary.summarize(space)
@@ -53,7 +67,9 @@ def compile_cmd(space_file: str, space_name: str | None, as_json: bool, spec_out
     console.print(table)
     for unit in info.units:
         if len(unit.stages) > 1:
-            console.print(f"  unit [cyan]{unit.name}[/] = {' + '.join(unit.stages)}: {unit.modules:,} modules")
+            console.print(
+                f"  unit [cyan]{unit.name}[/] = {' + '.join(unit.stages)}: {unit.modules:,} modules"
+            )
     for rule in info.rules:
         console.print(f"  rule: {rule}")
     for tie in info.ties:
@@ -63,12 +79,21 @@ def compile_cmd(space_file: str, space_name: str | None, as_json: bool, spec_out
 
 @click.command("sample")
 @click.argument("space_file", type=click.Path(dir_okay=False))
-@click.option("-n", "count", type=click.IntRange(min=1), default=10, show_default=True, help="How many.")
+@click.option(
+    "-n", "count", type=click.IntRange(min=1), default=10, show_default=True, help="How many."
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--space", "space_name", help="Which space of the file.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write JSON lines here instead of stdout.")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False),
+    help="Write JSON lines here instead of stdout.",
+)
 @click.option("--force", is_flag=True, help="Overwrite --output if it exists.")
-def sample_cmd(space_file: str, count: int, seed: int, space_name: str | None, output: str | None, force: bool) -> None:
+def sample_cmd(
+    space_file: str, count: int, seed: int, space_name: str | None, output: str | None, force: bool
+) -> None:
     """Draw N architectures uniformly from the (constrained) space, as JSON lines."""
     space = load_space(space_file, space_name)
     archs = sample(space, count, seed=seed)
@@ -129,7 +154,9 @@ def _read_architectures(path: str) -> list[tuple[str, dict]]:
 
 @click.command("fmt")
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option("--check", is_flag=True, help="Only check; exit 1 if a file is not in canonical form.")
+@click.option(
+    "--check", is_flag=True, help="Only check; exit 1 if a file is not in canonical form."
+)
 @click.option("--write", "-w", is_flag=True, help="Rewrite the files in place.")
 def fmt_cmd(files: tuple[str, ...], check: bool, write: bool) -> None:
     """Print .abs files in canonical form (or check / rewrite them)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from autobuild_dsl.lang.diagnostics import CompileError, Diagnostic, DiagnosticSink, SourceFile
+from autobuild_dsl.lang.diagnostics import CompileError, Diagnostic, DiagnosticSink
 from autobuild_dsl.space.model import Space
 
 __all__ = ["CompileError", "Diagnostic", "compile_file", "compile_text"]
@@ -12,8 +12,8 @@ __all__ = ["CompileError", "Diagnostic", "compile_file", "compile_text"]
 
 def compile_text(text: str, path: str = "<text>", space: str | None = None) -> Space:
     """Compile `.abs` text to a Space, or raise CompileError with every diagnostic."""
-    from autobuild_dsl.lang.lower import Finaliser, Lowerer
     from autobuild_dsl.lang.checks import check_space
+    from autobuild_dsl.lang.lower import Finaliser, Lowerer
 
     sink = DiagnosticSink()
     lowerer = Lowerer(sink)

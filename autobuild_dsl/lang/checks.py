@@ -40,7 +40,9 @@ def check_space(space: Space, draft, sink: DiagnosticSink) -> None:
                 blame = rule
                 break
         text = f"`{blame.text}`" if blame else "the rules"
-        report(blame.where if blame else None, f"no architecture satisfies {text}: the space is empty")
+        report(
+            blame.where if blame else None, f"no architecture satisfies {text}: the space is empty"
+        )
         return
     _check_shapes(space, index, report)
 

@@ -56,7 +56,9 @@ def format_file(path: str, text: str) -> str:
 
 
 class _Printer:
-    def __init__(self, comments: list[tuple[int, str]], lowerer: Lowerer, source: SourceFile) -> None:
+    def __init__(
+        self, comments: list[tuple[int, str]], lowerer: Lowerer, source: SourceFile
+    ) -> None:
         self.comments = comments
         self.next_comment = 0
         self.lines: list[str] = []
@@ -71,12 +73,20 @@ class _Printer:
             self.lines.append("")
 
     def flush_comments(self, before_line: int, indent: str) -> None:
-        while self.next_comment < len(self.comments) and self.comments[self.next_comment][0] < before_line:
+        while (
+            self.next_comment < len(self.comments)
+            and self.comments[self.next_comment][0] < before_line
+        ):
             line, text = self.comments[self.next_comment]
-            if self.last_end_line and line > self.last_end_line + 1 and self.lines and self.lines[-1] != "":
-                # Keep one blank line where the user left a gap before a comment.
-                if not self.lines[-1].endswith("{"):
-                    self.lines.append("")
+            # Keep one blank line where the user left a gap before a comment.
+            if (
+                self.last_end_line
+                and line > self.last_end_line + 1
+                and self.lines
+                and self.lines[-1] != ""
+                and not self.lines[-1].endswith("{")
+            ):
+                self.lines.append("")
             self.lines.append(indent + text)
             self.last_end_line = line
             self.next_comment += 1
@@ -84,7 +94,13 @@ class _Printer:
     def emit(self, item: Tree | Token, indent: str, texts: list[str]) -> None:
         start, end = _span(item)
         self.flush_comments(start, indent)
-        if self.last_end_line and start > self.last_end_line + 1 and self.lines and self.lines[-1] != "" and not self.lines[-1].endswith("{"):
+        if (
+            self.last_end_line
+            and start > self.last_end_line + 1
+            and self.lines
+            and self.lines[-1] != ""
+            and not self.lines[-1].endswith("{")
+        ):
             self.lines.append("")
         trailing = []
         while self.next_comment < len(self.comments) and self.comments[self.next_comment][0] <= end:
@@ -99,10 +115,18 @@ class _Printer:
     def open(self, item: Tree, indent: str, header: str) -> None:
         start, _ = _span(item)
         self.flush_comments(start, indent)
-        if self.last_end_line and start > self.last_end_line + 1 and self.lines and self.lines[-1] != "" and not self.lines[-1].endswith("{"):
+        if (
+            self.last_end_line
+            and start > self.last_end_line + 1
+            and self.lines
+            and self.lines[-1] != ""
+            and not self.lines[-1].endswith("{")
+        ):
             self.lines.append("")
         trailing = []
-        while self.next_comment < len(self.comments) and self.comments[self.next_comment][0] == start:
+        while (
+            self.next_comment < len(self.comments) and self.comments[self.next_comment][0] == start
+        ):
             trailing.append(self.comments[self.next_comment][1])
             self.next_comment += 1
         self.lines.append(indent + header + ("  " + " ".join(trailing) if trailing else ""))
@@ -147,7 +171,11 @@ class _Printer:
         elif kind == "let_decl":
             self.emit(item, indent, [f"let {kids[1]} = {self.expr(kids[2])}"])
         elif kind == "fixed_block":
-            name = f" {kids[1]}" if len(kids) > 1 and isinstance(kids[1], Token) and kids[1].type == "NAME" else ""
+            name = (
+                f" {kids[1]}"
+                if len(kids) > 1 and isinstance(kids[1], Token) and kids[1].type == "NAME"
+                else ""
+            )
             nodes = kids[2:] if name else kids[1:]
             self.open(item, indent, f"{kids[0]}{name} {{")
             for node in nodes:
@@ -233,7 +261,11 @@ class _Printer:
 
     def alternative(self, alternative: Tree) -> list[str]:
         kids = _kids(alternative)
-        suffix = f" as {kids[-1]}" if len(kids) >= 3 and isinstance(kids[-2], Token) and kids[-2].type == "AS" else ""
+        suffix = (
+            f" as {kids[-1]}"
+            if len(kids) >= 3 and isinstance(kids[-2], Token) and kids[-2].type == "AS"
+            else ""
+        )
         body = kids[0]
         if isinstance(body, Tree) and body.data == "node_block":
             nodes = [self.node_item(n) for n in _kids(body)]
@@ -249,7 +281,9 @@ class _Printer:
                 if isinstance(stage_module, Token):
                     continue
                 assignments = [self.assignment(a) for a in _kids(stage_module)]
-                has_choices = any(isinstance(k, Token) and k.type == "LSQB" for k in stage_module.children[1:]) and isinstance(stage_module.children[0], Tree)
+                has_choices = any(
+                    isinstance(k, Token) and k.type == "LSQB" for k in stage_module.children[1:]
+                ) and isinstance(stage_module.children[0], Tree)
                 if has_choices:
                     parts.append(f"{assignments[0]} [{', '.join(assignments[1:])}]")
                 else:

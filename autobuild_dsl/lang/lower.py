@@ -252,7 +252,9 @@ class Lowerer:
         self._error(_loc(source, kids[1]), f"no space named '{parent_name}' {where}")
         return None
 
-    def _space_item(self, source: SourceFile, draft: Draft, item: Tree, section: str | None) -> None:
+    def _space_item(
+        self, source: SourceFile, draft: Draft, item: Tree, section: str | None
+    ) -> None:
         kind = item.data
         kids = _kids(item)
         if kind == "description":
@@ -301,7 +303,9 @@ class Lowerer:
 
     # ----- fixed parts and stages ---------------------------------------------------
 
-    def _fixed_block(self, source: SourceFile, draft: Draft, item: Tree, section: str | None) -> None:
+    def _fixed_block(
+        self, source: SourceFile, draft: Draft, item: Tree, section: str | None
+    ) -> None:
         kids = _kids(item)
         kind = str(kids[0])
         rest = kids[1:]
@@ -313,7 +317,9 @@ class Lowerer:
             self._error(_loc(source, item), "a fixed block needs a name: `fixed NAME { ... }`")
             return
         nodes = [n for n in (self._node_item(source, k) for k in rest) if n is not None]
-        block = DraftFixed(kind=kind, name=name, section=section, nodes=nodes, loc=_loc(source, item))
+        block = DraftFixed(
+            kind=kind, name=name, section=section, nodes=nodes, loc=_loc(source, item)
+        )
         for index, part in enumerate(draft.parts):
             if isinstance(part, DraftFixed) and part.name == name:
                 block.section = section or part.section
@@ -323,7 +329,10 @@ class Lowerer:
                 self._error(block.loc, f"'{name}' is already a stage")
                 return
         if draft.extends is not None:
-            self._error(block.loc, f"'{name}' is not a part of '{draft.extends}'; a derived space can only change its parts")
+            self._error(
+                block.loc,
+                f"'{name}' is not a part of '{draft.extends}'; a derived space can only change its parts",
+            )
             return
         draft.parts.append(block)
 
@@ -333,7 +342,9 @@ class Lowerer:
                 return part
         return None
 
-    def _stage_for(self, source: SourceFile, draft: Draft, name_token: Token, section: str | None) -> DraftStage | None:
+    def _stage_for(
+        self, source: SourceFile, draft: Draft, name_token: Token, section: str | None
+    ) -> DraftStage | None:
         name = str(name_token)
         loc = _loc(source, name_token)
         existing = self._find_stage(draft, name)
@@ -350,20 +361,27 @@ class Lowerer:
             self._error(loc, f"'{name}' is already a fixed block")
             return None
         if draft.extends is not None:
-            self._error(loc, f"stage '{name}' is not in '{draft.extends}'; a derived space can only change its stages")
+            self._error(
+                loc,
+                f"stage '{name}' is not in '{draft.extends}'; a derived space can only change its stages",
+            )
             return None
         stage = DraftStage(name=name, section=section, loc=loc)
         draft.parts.append(stage)
         return stage
 
-    def _stage_decl(self, source: SourceFile, draft: Draft, item: Tree, section: str | None) -> None:
+    def _stage_decl(
+        self, source: SourceFile, draft: Draft, item: Tree, section: str | None
+    ) -> None:
         kids = _kids(item)
         stage = self._stage_for(source, draft, kids[1], section)
         if stage is None:
             return
         self._stage_body(source, stage, kids[2:])
 
-    def _stages_decl(self, source: SourceFile, draft: Draft, item: Tree, section: str | None) -> None:
+    def _stages_decl(
+        self, source: SourceFile, draft: Draft, item: Tree, section: str | None
+    ) -> None:
         kids = _kids(item)
         columns: list[Token] = []
         index = 1
@@ -403,7 +421,9 @@ class Lowerer:
                     stage.lets[column] = expr
             self._stage_body(source, stage, body, keep_depth=True)
 
-    def _stage_body(self, source: SourceFile, stage: DraftStage, items: list, keep_depth: bool = False) -> None:
+    def _stage_body(
+        self, source: SourceFile, stage: DraftStage, items: list, keep_depth: bool = False
+    ) -> None:
         replaced_options = False
         for item in items:
             kids = _kids(item)
@@ -418,7 +438,9 @@ class Lowerer:
                     stage._depth_error = True  # type: ignore[attr-defined]
                     continue
                 if low < 1:
-                    self._error(_loc(source, kids[1]), "a stage needs at least one layer (depth >= 1)")
+                    self._error(
+                        _loc(source, kids[1]), "a stage needs at least one layer (depth >= 1)"
+                    )
                     stage._depth_error = True  # type: ignore[attr-defined]
                     continue
                 stage.depths = list(range(low, high + 1))
@@ -466,7 +488,9 @@ class Lowerer:
     def _call(self, source: SourceFile, call: Tree, condition: Expr | None) -> DraftNode | None:
         kids = _kids(call)
         op = str(kids[0])
-        node = DraftNode(op=op, args={}, arg_locs={}, domains={}, condition=condition, loc=_loc(source, call))
+        node = DraftNode(
+            op=op, args={}, arg_locs={}, domains={}, condition=condition, loc=_loc(source, call)
+        )
         for arg in kids[1:]:
             arg_kids = _kids(arg)
             key = str(arg_kids[0])
@@ -505,7 +529,13 @@ class Lowerer:
                     continue
                 sm_kids = _kids(stage_module)
                 choices: dict[str, Value] = {}
-                if len(sm_kids) and isinstance(sm_kids[0], Tree) and sm_kids[0].data == "assignment" and len(sm_kids) > 1 and _is_stage_assignment(stage_module):
+                if (
+                    len(sm_kids)
+                    and isinstance(sm_kids[0], Tree)
+                    and sm_kids[0].data == "assignment"
+                    and len(sm_kids) > 1
+                    and _is_stage_assignment(stage_module)
+                ):
                     choices = self._assignment(source, sm_kids[0])
                     sm_kids = sm_kids[1:]
                 layers = [self._assignment(source, a) for a in sm_kids]
@@ -597,11 +627,17 @@ class Lowerer:
             name = str(kids[0])
             args = [self._expr(source, k) for k in _kids(tree)[1:]]
             if name not in FUNCTIONS:
-                self._error(_loc(source, tree), f"unknown function '{name}' (functions: {', '.join(FUNCTIONS)})")
+                self._error(
+                    _loc(source, tree),
+                    f"unknown function '{name}' (functions: {', '.join(FUNCTIONS)})",
+                )
                 return Const(value=0)
             low, high = FUNCTIONS[name]
             if len(args) < low or (high is not None and len(args) > high):
-                self._error(_loc(source, tree), f"{name}() takes {low if high == low else f'at least {low}'} argument(s), got {len(args)}")
+                self._error(
+                    _loc(source, tree),
+                    f"{name}() takes {low if high == low else f'at least {low}'} argument(s), got {len(args)}",
+                )
             return Call(func=name, args=args)
         if kind in ("or_expr", "and_expr", "sum", "product", "comparison"):
             result = self._expr(source, kids[0])
@@ -620,10 +656,16 @@ class Lowerer:
 
 
 def _is_stage_assignment(stage_module: Tree) -> bool:
-    kids = [k for k in stage_module.children if not (isinstance(k, Token) and k.type in _PUNCTUATION)]
+    kids = [
+        k for k in stage_module.children if not (isinstance(k, Token) and k.type in _PUNCTUATION)
+    ]
     # `(attn = true) [ ... ]`: the first assignment stands before the opening bracket.
     first_bracket = next(
-        (i for i, k in enumerate(stage_module.children) if isinstance(k, Token) and k.type == "LSQB"),
+        (
+            i
+            for i, k in enumerate(stage_module.children)
+            if isinstance(k, Token) and k.type == "LSQB"
+        ),
         0,
     )
     return first_bracket > 0 and len(kids) > 1
@@ -676,7 +718,9 @@ class Finaliser:
             self.error(draft.loc, f"space '{draft.name}' has no stage: nothing to search")
         for stage in self.stages:
             if not stage.depths and not getattr(stage, "_depth_error", False):
-                self.error(stage.loc, f"stage '{stage.name}' needs a depth (`depth 2..4` or `depth 3`)")
+                self.error(
+                    stage.loc, f"stage '{stage.name}' needs a depth (`depth 2..4` or `depth 3`)"
+                )
             if not stage.options:
                 self.error(stage.loc, f"stage '{stage.name}' needs a layer (`layer OP(...)`)")
         for key in ("channels", "size"):
@@ -690,7 +734,9 @@ class Finaliser:
             for k, v in draft.input.items()
         }
         for key, expr in input_exprs.items():
-            self._check_typed(expr, _INPUT_KEYS[key], domains, draft.input_locs[key], f"input {key}")
+            self._check_typed(
+                expr, _INPUT_KEYS[key], domains, draft.input_locs[key], f"input {key}"
+            )
         parts = []
         stage_index = 0
         for part in draft.parts:
@@ -700,7 +746,13 @@ class Finaliser:
             else:
                 nodes = [self._node(n, None, space_lets, domains) for n in part.nodes]
                 parts.append(
-                    FixedBlock(kind=part.kind, name=part.name, section=part.section, nodes=nodes, where=str(part.loc))  # type: ignore[arg-type]
+                    FixedBlock(
+                        kind=part.kind,
+                        name=part.name,
+                        section=part.section,
+                        nodes=nodes,
+                        where=str(part.loc),
+                    )  # type: ignore[arg-type]
                 )
         skips = self._skips()
         units = self._units()
@@ -739,7 +791,9 @@ class Finaliser:
 
     # ----- rules and ties -----------------------------------------------------------
 
-    def _canonical_key(self, name: str, stage: DraftStage | None, domains: dict[str, list[Value]]) -> str | None:
+    def _canonical_key(
+        self, name: str, stage: DraftStage | None, domains: dict[str, list[Value]]
+    ) -> str | None:
         if "." in name:
             return name if name in domains else None
         if stage is not None and f"{stage.name}.{name}" in domains and name in stage.choices:
@@ -770,11 +824,24 @@ class Finaliser:
             if unknown:
                 for name in unknown:
                     if name in lets:
-                        self.error(loc, f"rule names the constant '{name}'; rules compare choices (constants are always equal to themselves)")
+                        self.error(
+                            loc,
+                            f"rule names the constant '{name}'; rules compare choices (constants are always equal to themselves)",
+                        )
                     else:
-                        self.error(loc, f"rule names an unknown choice '{name}'; choices: {', '.join(sorted(domains)) or 'none'}")
+                        self.error(
+                            loc,
+                            f"rule names an unknown choice '{name}'; choices: {', '.join(sorted(domains)) or 'none'}",
+                        )
                 continue
-            if isinstance(expr, Binary) and expr.op == "==" and isinstance(expr.left, Ref) and isinstance(expr.right, Ref) and not expr.left.name.endswith(".depth") and not expr.right.name.endswith(".depth"):
+            if (
+                isinstance(expr, Binary)
+                and expr.op == "=="
+                and isinstance(expr.left, Ref)
+                and isinstance(expr.right, Ref)
+                and not expr.left.name.endswith(".depth")
+                and not expr.right.name.endswith(".depth")
+            ):
                 a, b = find(expr.left.name), find(expr.right.name)
                 if a == b:
                     continue
@@ -783,7 +850,10 @@ class Finaliser:
                     a, b = b, a
                 merged = [v for v in domains[a] if any(_same(v, w) for w in domains[b])]
                 if not merged:
-                    self.error(loc, f"no architecture satisfies this rule: {a} takes {_show(domains[a])} and {b} takes {_show(domains[b])}, with no value in common")
+                    self.error(
+                        loc,
+                        f"no architecture satisfies this rule: {a} takes {_show(domains[a])} and {b} takes {_show(domains[b])}, with no value in common",
+                    )
                     continue
                 domains[a] = merged
                 ties[b] = a
@@ -801,13 +871,29 @@ class Finaliser:
 
     # ----- names --------------------------------------------------------------------
 
-    def _resolve_lets(self, lets: dict[str, Expr], stage: DraftStage | None, domains: dict[str, list[Value]], loc: Loc, outer: dict[str, Expr] | None = None) -> dict[str, Expr]:
+    def _resolve_lets(
+        self,
+        lets: dict[str, Expr],
+        stage: DraftStage | None,
+        domains: dict[str, list[Value]],
+        loc: Loc,
+        outer: dict[str, Expr] | None = None,
+    ) -> dict[str, Expr]:
         resolved: dict[str, Expr] = dict(outer or {})
         for name, expr in lets.items():
             resolved[name] = self._resolve(expr, stage, resolved, {}, domains, loc, context="let")
         return resolved
 
-    def _resolve(self, expr: Expr, stage: DraftStage | None, lets: dict[str, Expr], layer_domains: dict[str, list[Value]], domains: dict[str, list[Value]], loc: Loc, context: str) -> Expr:
+    def _resolve(
+        self,
+        expr: Expr,
+        stage: DraftStage | None,
+        lets: dict[str, Expr],
+        layer_domains: dict[str, list[Value]],
+        domains: dict[str, list[Value]],
+        loc: Loc,
+        context: str,
+    ) -> Expr:
         """Inline constants, turn names into decision keys, and unknown bare names into symbols."""
         ties = getattr(self, "_ties", {})
 
@@ -824,7 +910,9 @@ class Finaliser:
                     if stage_name not in self.stage_names:
                         self.error(loc, f"unknown stage '{stage_name}' in '{name}'")
                     else:
-                        self.error(loc, f"stage '{stage_name}' has no choice '{name.split('.', 1)[1]}'")
+                        self.error(
+                            loc, f"stage '{stage_name}' has no choice '{name.split('.', 1)[1]}'"
+                        )
                     return Const(value=0)
                 if context == "condition":
                     self.error(loc, f"unknown name '{name}' in a condition")
@@ -843,7 +931,13 @@ class Finaliser:
 
     # ----- stages and nodes ---------------------------------------------------------
 
-    def _stage(self, stage: DraftStage, index: int, space_lets: dict[str, Expr], domains: dict[str, list[Value]]) -> Stage:
+    def _stage(
+        self,
+        stage: DraftStage,
+        index: int,
+        space_lets: dict[str, Expr],
+        domains: dict[str, list[Value]],
+    ) -> Stage:
         lets = self._resolve_lets(stage.lets, stage, domains, stage.loc, outer=space_lets)
         options = []
         labels_seen: dict[str, Loc] = {}
@@ -854,13 +948,18 @@ class Finaliser:
                 first = option.nodes[0].op
                 label = first if ops.count(first) == 1 else f"{first}{number}"
             if label in labels_seen:
-                self.error(option.loc, f"two layer alternatives are labelled '{label}'; name them with `as NAME`")
+                self.error(
+                    option.loc,
+                    f"two layer alternatives are labelled '{label}'; name them with `as NAME`",
+                )
             labels_seen[label] = option.loc
             layer_domains: dict[str, list[Value]] = {}
             for node in option.nodes:
                 for key, domain in node.domains.items():
                     if key in layer_domains:
-                        self.error(node.arg_locs[key], f"two per-layer choices named '{key}' in one layer")
+                        self.error(
+                            node.arg_locs[key], f"two per-layer choices named '{key}' in one layer"
+                        )
                     layer_domains[key] = domain
             nodes = [self._node(n, stage, lets, domains, layer_domains) for n in option.nodes]
             options.append(LayerOption(label=label, nodes=nodes, choices=layer_domains))
@@ -882,7 +981,14 @@ class Finaliser:
             where=str(stage.loc),
         )
 
-    def _node(self, node: DraftNode, stage: DraftStage | None, lets: dict[str, Expr], domains: dict[str, list[Value]], layer_domains: dict[str, list[Value]] | None = None) -> NodeTemplate:
+    def _node(
+        self,
+        node: DraftNode,
+        stage: DraftStage | None,
+        lets: dict[str, Expr],
+        domains: dict[str, list[Value]],
+        layer_domains: dict[str, list[Value]] | None = None,
+    ) -> NodeTemplate:
         spec = CATALOG.get(node.op)
         attrs: dict[str, Expr] = {}
         if spec is None:
@@ -890,7 +996,9 @@ class Finaliser:
             self.error(node.loc, f"unknown operation '{node.op}' (operations: {known})")
         for key, expr in node.args.items():
             loc = node.arg_locs[key]
-            resolved = self._resolve(expr, stage, lets, layer_domains or {}, domains, loc, context="attr")
+            resolved = self._resolve(
+                expr, stage, lets, layer_domains or {}, domains, loc, context="attr"
+            )
             attrs[key] = resolved
             if spec is None:
                 continue
@@ -902,7 +1010,10 @@ class Finaliser:
             if isinstance(resolved, LayerRef):
                 for value in (layer_domains or {}).get(key, []):
                     if not attr.accepts(value):
-                        self.error(loc, f"{node.op}.{key} must be {attr.type_name()}, got {format_value(value)}")
+                        self.error(
+                            loc,
+                            f"{node.op}.{key} must be {attr.type_name()}, got {format_value(value)}",
+                        )
                         break
                 continue
             self._check_typed(resolved, attr.kind, domains, loc, f"{node.op}.{key}", attr)
@@ -912,11 +1023,15 @@ class Finaliser:
                     self.error(node.loc, f"'{node.op}' needs the attribute '{key}' ({attr.doc})")
         condition = None
         if node.condition is not None:
-            condition = self._resolve(node.condition, stage, lets, {}, domains, node.loc, context="condition")
+            condition = self._resolve(
+                node.condition, stage, lets, {}, domains, node.loc, context="condition"
+            )
             self._check_typed(condition, "bool", domains, node.loc, "the condition")
         return NodeTemplate(op=node.op, attrs=attrs, condition=condition, where=str(node.loc))
 
-    def _check_typed(self, expr: Expr, kind: str, domains: dict[str, list[Value]], loc: Loc, what: str, attr=None) -> None:
+    def _check_typed(
+        self, expr: Expr, kind: str, domains: dict[str, list[Value]], loc: Loc, what: str, attr=None
+    ) -> None:
         """Evaluate the expression for the choices it uses and check every result's type."""
         names = names_in(expr)
         combos = 1
@@ -934,9 +1049,16 @@ class Finaliser:
                 return
             ok = attr.accepts(value) if attr is not None else _kind_accepts(kind, value)
             if not ok:
-                expected = attr.type_name() if attr is not None else {"int": "an integer", "bool": "true or false"}.get(kind, kind)
+                expected = (
+                    attr.type_name()
+                    if attr is not None
+                    else {"int": "an integer", "bool": "true or false"}.get(kind, kind)
+                )
                 if isinstance(value, str) and (attr is None or attr.kind != "enum"):
-                    self.error(loc, f"{what}: unknown name '{value}' (not a choice, a constant or a stage value here)")
+                    self.error(
+                        loc,
+                        f"{what}: unknown name '{value}' (not a choice, a constant or a stage value here)",
+                    )
                 else:
                     when = ", ".join(f"{n} = {format_value(v)}" for n, v in env.items())
                     suffix = f" (when {when})" if when else ""
@@ -998,13 +1120,19 @@ class Finaliser:
         for restriction in self.draft.restrictions:
             unit = units.get(restriction.target)
             if unit is None:
-                self.error(restriction.loc, f"restrict names an unknown stage or unit '{restriction.target}' (units: {', '.join(units)})")
+                self.error(
+                    restriction.loc,
+                    f"restrict names an unknown stage or unit '{restriction.target}' (units: {', '.join(units)})",
+                )
                 continue
             modules: list[list[StageModule]] = []
             seen: set[str] = set()
             for number, module in enumerate(restriction.modules, start=1):
                 if len(module) != len(unit.stages):
-                    self.error(restriction.loc, f"module {number} has {len(module)} stage part(s); unit '{unit.name}' has {len(unit.stages)} ({' + '.join(unit.stages)})")
+                    self.error(
+                        restriction.loc,
+                        f"module {number} has {len(module)} stage part(s); unit '{unit.name}' has {len(unit.stages)} ({' + '.join(unit.stages)})",
+                    )
                     continue
                 parts = []
                 for stage_name, (choices, layers) in zip(unit.stages, module, strict=True):
@@ -1047,7 +1175,11 @@ def _substitute_refs(expr: Expr, ties: dict[str, str]) -> Expr:
     if isinstance(expr, Unary):
         return Unary(op=expr.op, operand=_substitute_refs(expr.operand, ties))
     if isinstance(expr, Binary):
-        return Binary(op=expr.op, left=_substitute_refs(expr.left, ties), right=_substitute_refs(expr.right, ties))
+        return Binary(
+            op=expr.op,
+            left=_substitute_refs(expr.left, ties),
+            right=_substitute_refs(expr.right, ties),
+        )
     if isinstance(expr, Call):
         return Call(func=expr.func, args=[_substitute_refs(a, ties) for a in expr.args])
     return expr

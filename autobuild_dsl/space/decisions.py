@@ -37,7 +37,7 @@ Assignment = tuple[tuple[str, Value], ...]
 
 
 def _same(a: Value, b: Value) -> bool:
-    return type(a) is type(b) and a == b or (
+    return (type(a) is type(b) and a == b) or (
         isinstance(a, int | float)
         and isinstance(b, int | float)
         and not isinstance(a, bool)
@@ -105,11 +105,20 @@ class SpaceIndex:
         self.variables: list[_Variable] = []
         self.variable_of: dict[str, int] = {}
         for name, domain in space.choices.items():
-            self._add(_Variable(name=name, keys=[name], states=[((name, v),) for v in domain], weights=[1] * len(domain)))
+            self._add(
+                _Variable(
+                    name=name,
+                    keys=[name],
+                    states=[((name, v),) for v in domain],
+                    weights=[1] * len(domain),
+                )
+            )
         for unit in self.units:
             states, weights = self._unit_states(unit)
             keys = [k for s in unit.stages for k in self._stage_keys(self.stages[s])]
-            self._add(_Variable(name=unit.name, keys=keys, states=states, weights=weights, unit=unit))
+            self._add(
+                _Variable(name=unit.name, keys=keys, states=states, weights=weights, unit=unit)
+            )
         self.components = self._components()
 
     def _add(self, variable: _Variable) -> None:
@@ -170,7 +179,9 @@ class SpaceIndex:
                 parent[root(a)] = root(b)
         groups: dict[int, _Component] = {}
         for index in range(len(self.variables)):
-            groups.setdefault(root(index), _Component(variables=[], rules=[])).variables.append(index)
+            groups.setdefault(root(index), _Component(variables=[], rules=[])).variables.append(
+                index
+            )
         for rule_index, indices in enumerate(rule_vars):
             if indices:
                 groups[root(indices[0])].rules.append(rule_index)
@@ -233,7 +244,13 @@ class SpaceIndex:
                 env.update(self.variables[variable_index].states[state_index])
         return self._build(env, rng)
 
-    def _build(self, env: dict[str, Value], rng: random.Random, keep: Architecture | None = None, redo: set[str] | None = None) -> Architecture:
+    def _build(
+        self,
+        env: dict[str, Value],
+        rng: random.Random,
+        keep: Architecture | None = None,
+        redo: set[str] | None = None,
+    ) -> Architecture:
         globals_ = {name: env[name] for name in self.space.choices}
         stages: dict[str, StageArch] = {}
         for unit in self.units:
@@ -253,7 +270,11 @@ class SpaceIndex:
                 ]
                 module = matching[rng.randrange(len(matching))]
                 for s, part in zip(unit.stages, module, strict=True):
-                    stages[s] = StageArch(depth=part.depth, choices=dict(part.choices), layers=[dict(x) for x in part.layers])
+                    stages[s] = StageArch(
+                        depth=part.depth,
+                        choices=dict(part.choices),
+                        layers=[dict(x) for x in part.layers],
+                    )
                 continue
             for s in unit.stages:
                 stage = self.stages[s]
@@ -294,7 +315,10 @@ class SpaceIndex:
 
 
 def _stage_state(stage: Stage, depth: int, choices: dict[str, Value]) -> Assignment:
-    return ((f"{stage.name}.depth", depth), *((f"{stage.name}.{c}", choices[c]) for c in stage.choices))
+    return (
+        (f"{stage.name}.depth", depth),
+        *((f"{stage.name}.{c}", choices[c]) for c in stage.choices),
+    )
 
 
 def _state_matches(stage: Stage, part: StageModule, env: dict[str, Value]) -> bool:
@@ -389,19 +413,25 @@ def unit_modules(space: Space, unit: Unit) -> Iterator[list[StageModule]]:
         yield from ([StageModule.model_validate(p.model_dump()) for p in m] for m in restricted)
         return
     index = index_of(space)
-    per_stage = [_stage_modules(space, index.stages[s], index.layer_configs[s]) for s in unit.stages]
+    per_stage = [
+        _stage_modules(space, index.stages[s], index.layer_configs[s]) for s in unit.stages
+    ]
     for combo in itertools.product(*per_stage):
         yield list(combo)
 
 
-def _stage_modules(space: Space, stage: Stage, configs: list[dict[str, Value]]) -> list[StageModule]:
+def _stage_modules(
+    space: Space, stage: Stage, configs: list[dict[str, Value]]
+) -> list[StageModule]:
     choices = stage_module_choices(space, stage)
     modules = []
     for depth in stage.depths:
         for values in itertools.product(*choices.values()):
             chosen = dict(zip(choices, values, strict=True))
             for layers in itertools.product(configs, repeat=depth):
-                modules.append(StageModule(depth=depth, choices=chosen, layers=[dict(x) for x in layers]))
+                modules.append(
+                    StageModule(depth=depth, choices=chosen, layers=[dict(x) for x in layers])
+                )
     return modules
 
 
@@ -417,7 +447,9 @@ def check_stage_module(space: Space, stage: Stage, part: StageModule) -> StageMo
     if part.depth not in stage.depths:
         raise ArchitectureError(f"depth {part.depth} is not one of {_show(list(stage.depths))}")
     if len(part.layers) < part.depth:
-        raise ArchitectureError(f"depth {part.depth} needs {part.depth} layers, got {len(part.layers)}")
+        raise ArchitectureError(
+            f"depth {part.depth} needs {part.depth} layers, got {len(part.layers)}"
+        )
     choices = stage_module_choices(space, stage)
     canonical_choices: dict[str, Value] = {}
     for name, value in part.choices.items():
@@ -426,7 +458,9 @@ def check_stage_module(space: Space, stage: Stage, part: StageModule) -> StageMo
             raise ArchitectureError(f"unknown stage choice '{name}' (choices: {known})")
         found = _find(choices[name], value)
         if found is None:
-            raise ArchitectureError(f"choice '{name}' = {format_value(value)} is not one of {_show(choices[name])}")
+            raise ArchitectureError(
+                f"choice '{name}' = {format_value(value)} is not one of {_show(choices[name])}"
+            )
         canonical_choices[name] = found
     missing = [c for c in choices if c not in part.choices]
     if missing:
@@ -458,10 +492,14 @@ def _check_layer(stage: Stage, index: int, layer: dict[str, Value]) -> dict[str,
             continue
         if key not in option.choices:
             known = ", ".join(option.choices) or "none"
-            raise ArchitectureError(f"{where}: unknown choice '{key}' (choices of {option.label}: {known})")
+            raise ArchitectureError(
+                f"{where}: unknown choice '{key}' (choices of {option.label}: {known})"
+            )
         found = _find(option.choices[key], value)
         if found is None:
-            raise ArchitectureError(f"{where}: {key} = {format_value(value)} is not one of {_show(option.choices[key])}")
+            raise ArchitectureError(
+                f"{where}: {key} = {format_value(value)} is not one of {_show(option.choices[key])}"
+            )
         result[key] = found
     missing = [k for k in option.choices if k not in layer]
     if missing:
@@ -483,7 +521,9 @@ def canonicalize(space: Space, raw: Architecture | dict) -> Architecture:
         raise ArchitectureError(f"expected an architecture object, got {type(raw).__name__}")
     unknown_top = set(data) - {"space", "globals", "stages"}
     if unknown_top:
-        raise ArchitectureError(f"unknown field '{sorted(unknown_top)[0]}' (fields: space, globals, stages)")
+        raise ArchitectureError(
+            f"unknown field '{sorted(unknown_top)[0]}' (fields: space, globals, stages)"
+        )
     raw_globals = data.get("globals") or {}
     raw_stages = data.get("stages")
     if not isinstance(raw_globals, dict):
@@ -499,11 +539,15 @@ def canonicalize(space: Space, raw: Architecture | dict) -> Architecture:
             raise ArchitectureError(f"globals.{name}: unknown choice (global choices: {known})")
         found = _find(space.choices[name], value)
         if found is None:
-            raise ArchitectureError(f"globals.{name}: {format_value(value)} is not one of {_show(space.choices[name])}")
+            raise ArchitectureError(
+                f"globals.{name}: {format_value(value)} is not one of {_show(space.choices[name])}"
+            )
         globals_[name] = found
     for name in space.choices:
         if name not in globals_:
-            raise ArchitectureError(f"globals.{name}: missing (one of {_show(space.choices[name])})")
+            raise ArchitectureError(
+                f"globals.{name}: missing (one of {_show(space.choices[name])})"
+            )
     names = [s.name for s in space.stages]
     extra = [s for s in raw_stages if s not in names]
     if extra:
@@ -542,10 +586,14 @@ def canonicalize(space: Space, raw: Architecture | dict) -> Architecture:
             choices = {}
             for name, domain in stage.choices.items():
                 if name not in own:
-                    raise ArchitectureError(f"missing stage choice '{name}' (one of {_show(domain)})")
+                    raise ArchitectureError(
+                        f"missing stage choice '{name}' (one of {_show(domain)})"
+                    )
                 found = _find(domain, own[name])
                 if found is None:
-                    raise ArchitectureError(f"choice '{name}' = {format_value(own[name])} is not one of {_show(domain)}")
+                    raise ArchitectureError(
+                        f"choice '{name}' = {format_value(own[name])} is not one of {_show(domain)}"
+                    )
                 choices[name] = found
             checked = [_check_layer(stage, i, layer) for i, layer in enumerate(layers[:depth])]
         except ArchitectureError as error:
@@ -562,14 +610,21 @@ def canonicalize(space: Space, raw: Architecture | dict) -> Architecture:
             )
     for rule in space.rules:
         if not _holds(rule.expr, env):
-            values = ", ".join(f"{n} = {format_value(env[n])}" for n in names_in(rule.expr) if n in env)
+            values = ", ".join(
+                f"{n} = {format_value(env[n])}" for n in names_in(rule.expr) if n in env
+            )
             where = f" (rule at {rule.where})" if rule.where else ""
             raise ArchitectureError(f"breaks the rule `{rule.text}`{where}: {values}")
     for unit_name, modules in space.restrictions.items():
         unit = next(u for u in space.module_units() if u.name == unit_name)
-        mine = [StageModule(depth=stages[s].depth, choices=stages[s].choices, layers=stages[s].layers) for s in unit.stages]
+        mine = [
+            StageModule(depth=stages[s].depth, choices=stages[s].choices, layers=stages[s].layers)
+            for s in unit.stages
+        ]
         if not any(mine == list(module) for module in modules):
-            raise ArchitectureError(f"stages.{unit_name}: this module is not one the reduced space allows")
+            raise ArchitectureError(
+                f"stages.{unit_name}: this module is not one the reduced space allows"
+            )
     return arch
 
 
@@ -578,7 +633,9 @@ def validate(space: Space, raw: Architecture | dict) -> Architecture:
     return canonicalize(space, raw)
 
 
-def mutate(space: Space, arch: Architecture, rng: random.Random, mode: str = "stage") -> Architecture:
+def mutate(
+    space: Space, arch: Architecture, rng: random.Random, mode: str = "stage"
+) -> Architecture:
     """One random neighbour of `arch` that satisfies every rule.
 
     mode "stage" replaces one unit's whole module or one global choice (Stage-Full);
@@ -598,8 +655,12 @@ def mutate(space: Space, arch: Architecture, rng: random.Random, mode: str = "st
     return arch
 
 
-def _mutate_stage(space: Space, index: SpaceIndex, arch: Architecture, rng: random.Random) -> Architecture | None:
-    targets: list[str] = [u.name for u in index.units] + [f"@{g}" for g in space.choices if len(space.choices[g]) > 1]
+def _mutate_stage(
+    space: Space, index: SpaceIndex, arch: Architecture, rng: random.Random
+) -> Architecture | None:
+    targets: list[str] = [u.name for u in index.units] + [
+        f"@{g}" for g in space.choices if len(space.choices[g]) > 1
+    ]
     target = targets[rng.randrange(len(targets))]
     if target.startswith("@"):
         name = target[1:]
@@ -612,7 +673,9 @@ def _mutate_stage(space: Space, index: SpaceIndex, arch: Architecture, rng: rand
     return index.resample_unit(arch, unit, rng)
 
 
-def _mutate_layer(space: Space, index: SpaceIndex, arch: Architecture, rng: random.Random) -> Architecture | None:
+def _mutate_layer(
+    space: Space, index: SpaceIndex, arch: Architecture, rng: random.Random
+) -> Architecture | None:
     stage = space.stages[rng.randrange(len(space.stages))]
     if index.unit_of[stage.name].name in space.restrictions:
         return index.resample_unit(arch, index.unit_of[stage.name], rng)
@@ -655,7 +718,9 @@ def architecture_from_modules(
             for choice, value in part.choices.items():
                 env[f"{stage_name}.{choice}"] = value
             own = {c: v for c, v in part.choices.items() if f"{stage_name}.{c}" not in space.ties}
-            stages[stage_name] = StageArch(depth=part.depth, choices=own, layers=[dict(x) for x in part.layers])
+            stages[stage_name] = StageArch(
+                depth=part.depth, choices=own, layers=[dict(x) for x in part.layers]
+            )
     for alias, keeper in space.ties.items():
         if alias in env and keeper in env and not _same(env[alias], env[keeper]):
             return None

@@ -90,7 +90,9 @@ def _number(value: Value, op: str) -> float | int:
     return value
 
 
-def evaluate(expr: Expr, lookup: Callable[[str], Value], layer: Callable[[str], Value] | None = None) -> Value:
+def evaluate(
+    expr: Expr, lookup: Callable[[str], Value], layer: Callable[[str], Value] | None = None
+) -> Value:
     """Evaluate `expr`; names are resolved by `lookup` (which raises ExprError if unknown)."""
     if isinstance(expr, Const):
         return expr.value
@@ -107,9 +109,13 @@ def evaluate(expr: Expr, lookup: Callable[[str], Value], layer: Callable[[str], 
         return -_number(value, "-")
     if isinstance(expr, Binary):
         if expr.op == "and":
-            return bool(evaluate(expr.left, lookup, layer)) and bool(evaluate(expr.right, lookup, layer))
+            return bool(evaluate(expr.left, lookup, layer)) and bool(
+                evaluate(expr.right, lookup, layer)
+            )
         if expr.op == "or":
-            return bool(evaluate(expr.left, lookup, layer)) or bool(evaluate(expr.right, lookup, layer))
+            return bool(evaluate(expr.left, lookup, layer)) or bool(
+                evaluate(expr.right, lookup, layer)
+            )
         left = evaluate(expr.left, lookup, layer)
         right = evaluate(expr.right, lookup, layer)
         return _binary(expr.op, left, right)

@@ -37,11 +37,19 @@ def _lookup(env: dict[str, Value], where: str | None):
     return lookup
 
 
-def _node(template: NodeTemplate, env: dict[str, Value], layer: dict[str, Value] | None, position: NodePosition, first_layer: bool) -> ResolvedNode | None:
+def _node(
+    template: NodeTemplate,
+    env: dict[str, Value],
+    layer: dict[str, Value] | None,
+    position: NodePosition,
+    first_layer: bool,
+) -> ResolvedNode | None:
     lookup = _lookup(env, template.where)
     layer_lookup = (lambda name: layer[name]) if layer is not None else None
     try:
-        if template.condition is not None and not evaluate(template.condition, lookup, layer_lookup):
+        if template.condition is not None and not evaluate(
+            template.condition, lookup, layer_lookup
+        ):
             return None
         spec = CATALOG[template.op]
         attrs: dict[str, Value] = {
@@ -109,7 +117,9 @@ def _stage_nodes(stage: Stage, arch: Architecture, env: dict[str, Value]) -> lis
         if len(stage.options) > 1:
             option = next(o for o in stage.options if o.label == layer["op"])
         for template in option.nodes:
-            node = _node(template, env, layer, position("layer", layer_index), first_layer=layer_index == 0)
+            node = _node(
+                template, env, layer, position("layer", layer_index), first_layer=layer_index == 0
+            )
             if node is not None:
                 nodes.append(node)
     for template in stage.after:
@@ -153,10 +163,14 @@ def flow_shapes(net: ResolvedNetwork) -> list[Shape]:
         # After the last node of a source layer, its output joins the skip group.
         index = len(shapes) - 1
         following = net.nodes[index + 1] if index + 1 < len(net.nodes) else None
-        if stage in sources and pos.role == "layer" and (
-            following is None
-            or (following.position.block, following.position.layer_index) != layer_key
-            or following.position.role != "layer"
+        if (
+            stage in sources
+            and pos.role == "layer"
+            and (
+                following is None
+                or (following.position.block, following.position.layer_index) != layer_key
+                or following.position.role != "layer"
+            )
         ):
             groups.setdefault(stage, []).append(shape)
     return shapes

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from pydantic import BaseModel
 
 from autobuild_dsl.space.decisions import space_size, stage_module_choices, unit_module_count
@@ -37,7 +39,7 @@ class SpaceSummary(BaseModel):
 
 def show_domain(domain: list[Value]) -> str:
     if len(domain) > 6 and all(isinstance(v, int) and not isinstance(v, bool) for v in domain):
-        steps = {b - a for a, b in zip(domain, domain[1:], strict=False)}
+        steps = {b - a for a, b in itertools.pairwise(domain)}
         if len(steps) == 1:
             step = steps.pop()
             text = f"{domain[0]}..{domain[-1]}"
@@ -56,7 +58,8 @@ def summarize(space: Space) -> SpaceSummary:
     for stage in space.stages:
         depth = (
             f"{stage.depths[0]}..{stage.depths[-1]}"
-            if len(stage.depths) > 1 and stage.depths == list(range(stage.depths[0], stage.depths[-1] + 1))
+            if len(stage.depths) > 1
+            and stage.depths == list(range(stage.depths[0], stage.depths[-1] + 1))
             else ", ".join(str(d) for d in stage.depths)
         )
         options = []
@@ -88,7 +91,9 @@ def summarize(space: Space) -> SpaceSummary:
         size=space_size(space),
         globals=dict(space.choices),
         stages=stage_rows,
-        units=[UnitSummary(name=u.name, stages=u.stages, modules=unit_counts[u.name]) for u in units],
+        units=[
+            UnitSummary(name=u.name, stages=u.stages, modules=unit_counts[u.name]) for u in units
+        ],
         rules=[r.text for r in space.rules],
         ties=[f"{alias} = {keeper}" for alias, keeper in space.ties.items()],
     )

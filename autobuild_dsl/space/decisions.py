@@ -730,15 +730,65 @@ def architecture_from_modules(
 
 
 def iter_architectures(space: Space) -> Iterator[Architecture]:
-    """Every architecture of the space, in a deterministic order (for small spaces)."""
-    units = index_of(space).units
-    per_unit = [list(unit_modules(space, unit)) for unit in units]
-    names = list(space.choices)
-    for values in itertools.product(*space.choices.values()):
-        globals_ = dict(zip(names, values, strict=True))
-        for combo in itertools.product(*per_unit):
-            arch = architecture_from_modules(
-                space, globals_, {u.name: m for u, m in zip(units, combo, strict=True)}
-            )
-            if arch is not None:
-                yield arch
+    """Every architecture of the space, in a deterministic order, streamed.
+
+    Walks the rule-satisfying scalar assignments of each component (never the product of
+    all modules), then every choice of layers for those scalars, so a tied U-Net space is
+    enumerated at the speed of its valid architectures.
+    """
+    index = index_of(space)
+    joints = [component.joint for component in index.components]
+    for combo in itertools.product(*joints):
+        env: dict[str, Value] = {}
+        for component, joint in zip(index.components, combo, strict=True):
+            for variable_index, state_index in zip(component.variables, joint, strict=True):
+                env.update(index.variables[variable_index].states[state_index])
+        globals_ = {name: env[name] for name in space.choices}
+        per_unit = [list(_unit_layer_choices(space, index, unit, env)) for unit in index.units]
+        for parts in itertools.product(*per_unit):
+            stages = {name: stage for unit_parts in parts for name, stage in unit_parts}
+            # Values come from the space itself: skip re-validation in this hot loop.
+            yield Architecture.model_construct(space=space.name, globals=globals_, stages=stages)
+
+
+def _unit_layer_choices(
+    space: Space, index: SpaceIndex, unit: Unit, env: dict[str, Value]
+) -> Iterator[list[tuple[str, StageArch]]]:
+    restricted = space.restrictions.get(unit.name)
+    if restricted is not None:
+        for module in restricted:
+            if all(
+                _state_matches(index.stages[s], p, env)
+                for s, p in zip(unit.stages, module, strict=True)
+            ):
+                yield [
+                    (
+                        s,
+                        StageArch.model_construct(
+                            depth=p.depth,
+                            choices=dict(p.choices),
+                            layers=[dict(x) for x in p.layers],
+                        ),
+                    )
+                    for s, p in zip(unit.stages, module, strict=True)
+                ]
+        return
+    per_stage = []
+    for stage_name in unit.stages:
+        stage = index.stages[stage_name]
+        depth = int(env[f"{stage_name}.depth"])  # type: ignore[arg-type]
+        choices = {c: env[f"{stage_name}.{c}"] for c in stage.choices}
+        configs = index.layer_configs[stage_name]
+        per_stage.append(
+            [
+                (
+                    stage_name,
+                    StageArch.model_construct(
+                        depth=depth, choices=choices, layers=[dict(x) for x in layers]
+                    ),
+                )
+                for layers in itertools.product(configs, repeat=depth)
+            ]
+        )
+    for combo in itertools.product(*per_stage):
+        yield list(combo)

@@ -1,0 +1,47 @@
+"""Compile a ResolvedNetwork into a PyTorch module and ONNX, and measure it.
+
+- `registry`: op name -> module factory (`register_op`), and `Cond`, the side inputs
+  (timestep, its embedding, context) every compiled op's `forward(x, cond)` receives;
+- `torch_ops`: the CNN ops; `unet_ops`: the U-Net ops;
+- `network`: `build_module`, `count_params`, `count_macs`;
+- `onnx_export`: `export_onnx`, `check_onnx`; `measure`: `measure`.
+"""
+
+from autobuild_dsl.compile.measure import measure
+from autobuild_dsl.compile.network import (
+    CompiledNetwork,
+    CompileError,
+    build_module,
+    count_macs,
+    count_params,
+    example_inputs,
+    params_and_macs,
+)
+from autobuild_dsl.compile.onnx_export import check_onnx, export_onnx
+from autobuild_dsl.compile.registry import (
+    Cond,
+    CondDims,
+    UnknownOpError,
+    get_factory,
+    register_op,
+    registered_ops,
+)
+
+__all__ = [
+    "CompileError",
+    "CompiledNetwork",
+    "Cond",
+    "CondDims",
+    "UnknownOpError",
+    "build_module",
+    "check_onnx",
+    "count_macs",
+    "count_params",
+    "example_inputs",
+    "export_onnx",
+    "get_factory",
+    "measure",
+    "params_and_macs",
+    "register_op",
+    "registered_ops",
+]

@@ -1,7 +1,8 @@
 """The Stable Diffusion v1.x U-Net operations, built as diffusers' `UNet2DConditionModel` does.
 
-Each module mirrors one diffusers building block (structure, epsilons, the order of every
-step and the parameter names, so an SD checkpoint's weights map over by prefix):
+Each op module follows the registry's protocol, `forward(x, cond)`, and mirrors one
+diffusers building block: structure, epsilons, the order of every step and the parameter
+names (so an SD checkpoint's per-block state dicts load as they are):
 
 - `ResBlock`            ~ ResnetBlock2D           (op `resblock`)
 - `SpatialTransformer`  ~ Transformer2DModel, SD 1.x flavour: 1x1 conv projections
@@ -17,10 +18,15 @@ them so the counts can be checked without torch or memory.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from autobuild_dsl.compile.registry import Cond, CondDims, register_op
+from autobuild_dsl.space.ops import Shape
+from autobuild_dsl.space.resolved import AttrValue
 
 # diffusers' epsilons for SD 1.x: the U-Net's norm_eps for ResnetBlock2D, 1e-6 for the
 # transformer's GroupNorm, nn.LayerNorm's default inside the transformer blocks.
@@ -67,11 +73,13 @@ class ResBlock(nn.Module):
             nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
         )
 
-    def forward(self, x: torch.Tensor, temb: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cond: Cond | None = None) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
-        if self.time_emb_proj is not None and temb is not None:
+        if self.time_emb_proj is not None:
+            if cond is None or cond.temb is None:
+                raise ValueError("resblock: built with a timestep projection but given no temb")
             # diffusers applies SiLU to the shared embedding inside every block.
-            h = h + self.time_emb_proj(F.silu(temb))[:, :, None, None]
+            h = h + self.time_emb_proj(F.silu(cond.temb))[:, :, None, None]
         h = self.conv2(self.dropout(F.silu(self.norm2(h))))
         shortcut = self.conv_shortcut(x) if self.conv_shortcut is not None else x
         return shortcut + h
@@ -143,7 +151,9 @@ class BasicTransformerBlock(nn.Module):
         self.attn1 = Attention(dim, heads, dim_head)
         # Without a context diffusers drops the cross-attention (and its norm) altogether.
         self.norm2 = nn.LayerNorm(dim, eps=LAYERNORM_EPS) if context_dim is not None else None
-        self.attn2 = Attention(dim, heads, dim_head, context_dim) if context_dim is not None else None
+        self.attn2 = (
+            Attention(dim, heads, dim_head, context_dim) if context_dim is not None else None
+        )
         self.norm3 = nn.LayerNorm(dim, eps=LAYERNORM_EPS)
         self.ff = FeedForward(dim)
 
@@ -178,8 +188,12 @@ class SpatialTransformer(nn.Module):
             BasicTransformerBlock(inner, heads, dim_head, context_dim) for _ in range(depth)
         )
         self.proj_out = nn.Conv2d(inner, channels, 1)
+        self.cross_attention = context_dim is not None
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cond: Cond | None = None) -> torch.Tensor:
+        context = cond.context if cond is not None else None
+        if self.cross_attention and context is None:
+            raise ValueError("attention: built for cross-attention but given no context")
         b, _, h, w = x.shape
         t = self.proj_in(self.norm(x))
         inner = t.shape[1]
@@ -197,7 +211,7 @@ class Downsample(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, 3, stride=2, padding=1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cond: Cond | None = None) -> torch.Tensor:
         return self.conv(x)
 
 
@@ -208,7 +222,7 @@ class Upsample(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cond: Cond | None = None) -> torch.Tensor:
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
@@ -226,19 +240,76 @@ def timestep_sinusoid(timesteps: torch.Tensor, channels: int) -> torch.Tensor:
 
 
 class TimestepEmbedder(nn.Module):
-    """Sinusoid of the timestep, then Linear, SiLU, Linear (diffusers' TimestepEmbedding)."""
+    """Sinusoid of the timestep, then Linear, SiLU, Linear (diffusers' TimestepEmbedding).
+
+    As an op it leaves the feature map alone and sets `cond.temb` for the ops after it.
+    """
 
     def __init__(self, channels: int, dim: int) -> None:
         super().__init__()
+        if channels < 2:
+            raise ValueError(f"timestep_embedding: {channels} sinusoid channels; need at least 2")
         self.channels = channels
+        self.provides_temb = dim  # the registry's announcement: later ops see dims.temb
         self.linear_1 = nn.Linear(channels, dim)
         self.linear_2 = nn.Linear(dim, dim)
 
-    def forward(self, timesteps: torch.Tensor, batch: int, dtype: torch.dtype) -> torch.Tensor:
-        # A scalar timestep serves the whole batch, as in UNet2DConditionModel.
-        t = timesteps.reshape(-1).expand(batch) if timesteps.numel() == 1 else timesteps
+    def forward(self, x: torch.Tensor, cond: Cond | None = None) -> torch.Tensor:
+        if cond is None or cond.timestep is None:
+            raise ValueError("timestep_embedding: the network was called without a timestep")
+        cond.temb = self.embed(cond.timestep, x.shape[0], x.dtype)
+        return x
+
+    def embed(self, timesteps: torch.Tensor, batch: int, dtype: torch.dtype) -> torch.Tensor:
+        # A scalar timestep serves the whole batch, as in UNet2DConditionModel; no branch on
+        # the size, so a traced (ONNX) graph stays valid for either form.
+        t = timesteps.reshape(-1).expand(batch)
         emb = timestep_sinusoid(t, self.channels).to(dtype)
         return self.linear_2(F.silu(self.linear_1(emb)))
+
+
+# ------------------------------------------------------------------------ registration
+
+
+def _int(attrs: Mapping[str, AttrValue], key: str, default: int = 0) -> int:
+    return int(attrs.get(key, default))
+
+
+def _resblock(in_shape: Shape, attrs: Mapping[str, AttrValue], dims: CondDims) -> nn.Module:
+    return ResBlock(in_shape.channels, _int(attrs, "out"), dims.temb, _int(attrs, "groups", 32))
+
+
+def _attention(in_shape: Shape, attrs: Mapping[str, AttrValue], dims: CondDims) -> nn.Module:
+    return SpatialTransformer(
+        in_shape.channels,
+        _int(attrs, "heads", 8),
+        _int(attrs, "depth", 1),
+        _int(attrs, "groups", 32),
+        dims.context,
+    )
+
+
+def _downsample(in_shape: Shape, attrs: Mapping[str, AttrValue], dims: CondDims) -> nn.Module:
+    return Downsample(in_shape.channels, _int(attrs, "out") or in_shape.channels)
+
+
+def _upsample(in_shape: Shape, attrs: Mapping[str, AttrValue], dims: CondDims) -> nn.Module:
+    return Upsample(in_shape.channels, _int(attrs, "out") or in_shape.channels)
+
+
+def _timestep_embedding(
+    in_shape: Shape, attrs: Mapping[str, AttrValue], dims: CondDims
+) -> nn.Module:
+    if not dims.timestep:
+        raise ValueError("timestep_embedding needs a network input with `timestep = true`")
+    return TimestepEmbedder(_int(attrs, "channels") or in_shape.channels, _int(attrs, "dim"))
+
+
+register_op("resblock", _resblock)
+register_op("attention", _attention)
+register_op("downsample", _downsample)
+register_op("upsample", _upsample)
+register_op("timestep_embedding", _timestep_embedding)
 
 
 # --------------------------------------------------------------- closed-form param counts
@@ -268,8 +339,11 @@ def attention_params(channels: int, heads: int, depth: int, context_dim: int | N
     if context_dim is not None:
         block += 2 * inner + inner * inner + 2 * context_dim * inner + _linear_params(inner, inner)
     block += 2 * inner + _linear_params(inner, 2 * ff) + _linear_params(ff, inner)  # norm3, ff
-    return 2 * channels + _conv_params(channels, inner, 1) + depth * block + _conv_params(
-        inner, channels, 1
+    return (
+        2 * channels
+        + _conv_params(channels, inner, 1)
+        + depth * block
+        + _conv_params(inner, channels, 1)
     )
 
 

@@ -85,7 +85,8 @@ def _pool_shape(shape: Shape, attrs: dict[str, object]) -> Shape:
 
 
 def _linear_shape(shape: Shape, attrs: dict[str, object]) -> Shape:
-    return Shape(int(attrs["out"]), shape.size)
+    # A linear layer flattens (C, H, W) into one vector: its output has no spatial extent.
+    return Shape(int(attrs["out"]), 1)
 
 
 def _down_shape(shape: Shape, attrs: dict[str, object]) -> Shape:
@@ -159,7 +160,9 @@ CATALOG: dict[str, OpSpec] = {
             {
                 "out": _OUT,
                 "kernel": AttrSpec("int", 3, doc="depthwise kernel size", minimum=1),
-                "expand": AttrSpec("float", 6, doc="expansion ratio of the hidden width", minimum=1),
+                "expand": AttrSpec(
+                    "float", 6, doc="expansion ratio of the hidden width", minimum=1
+                ),
                 "stride": AttrSpec("int", 1, doc="depthwise stride", minimum=1),
                 "se": AttrSpec("bool", False, doc="squeeze-and-excite on the hidden width"),
                 "act": _act("relu"),
@@ -227,7 +230,8 @@ CATALOG: dict[str, OpSpec] = {
         OpSpec(
             "attention",
             "Spatial transformer: GroupNorm, 1x1 projection, then transformer blocks of "
-            "self-attention, cross-attention to the context and a GEGLU feed-forward.",
+            "self-attention, cross-attention to the context and a GEGLU feed-forward; each "
+            "head is channels / heads wide.",
             {
                 "heads": AttrSpec("int", 8, doc="attention heads", minimum=1),
                 "depth": AttrSpec("int", 1, doc="transformer blocks", minimum=1),
@@ -252,8 +256,10 @@ CATALOG: dict[str, OpSpec] = {
             "Sinusoidal embedding of the diffusion timestep followed by a two-layer MLP; its "
             "output conditions every resblock. Leaves the feature map unchanged.",
             {
-                "dim": AttrSpec("int", required=True, doc="width of the embedding MLP"),
-                "channels": AttrSpec("int", 0, doc="sinusoid channels (0: the input channels)"),
+                "dim": AttrSpec("int", required=True, doc="width of the embedding MLP", minimum=1),
+                "channels": AttrSpec(
+                    "int", 0, doc="sinusoid channels (0: the input channels)", minimum=0
+                ),
             },
             _out_or_same,
             category="fixed",

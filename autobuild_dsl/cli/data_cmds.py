@@ -1,0 +1,244 @@
+"""`abc data import` and `abc data describe`: labeled datasets."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+from rich.markup import escape
+from rich.table import Table
+
+from autobuild_dsl.cli.common import UserError, console, err_console, load_space
+
+# How many rejected rows an import prints before summarising the rest.
+SHOWN_REJECTIONS = 20
+
+
+@contextmanager
+def _progress(label: str) -> Iterator[Callable[[int, int], None]]:
+    """A progress callback drawn on stderr (transient; silent when stderr is not a tty)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        console=err_console,
+        transient=True,
+    ) as bar:
+        task = bar.add_task(label, total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total or None)
+
+        yield update
+
+
+def _parse_metric_options(items: tuple[str, ...]) -> dict[str, str]:
+    metrics: dict[str, str] = {}
+    for item in items:
+        name, sep, column = item.partition("=")
+        if not sep or not name.strip() or not column:
+            raise UserError(f"--metric {item!r}: expected NAME=COLUMN (e.g. top1='Top-1 Acc')")
+        metrics[name.strip()] = column
+    return metrics
+
+
+@click.group("data")
+def data_group() -> None:
+    """Labeled datasets: import public benchmarks or your own tables, describe them."""
+
+
+@data_group.command("import")
+@click.option(
+    "--from",
+    "fmt",
+    required=True,
+    type=click.Choice(["ofa", "nas-bench-macro", "generic"]),
+    help="Input format.",
+)
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option(
+    "--space", "space_file", required=True, type=click.Path(dir_okay=False), help="SPACE.abs"
+)
+@click.option("--space-name", help="Which space of the file (default: the first one).")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="OUT.jsonl")
+@click.option("--skip-bad", is_flag=True, help="Write the good rows even if some are rejected.")
+@click.option("--force", is_flag=True, help="Overwrite the output if it exists.")
+@click.option(
+    "--map",
+    "map_file",
+    type=click.Path(dir_okay=False),
+    help="generic: a JSON mapping (arch column, metric columns, format).",
+)
+@click.option("--arch", "arch_column", help="generic: the column holding the architecture.")
+@click.option(
+    "--arch-format",
+    type=click.Choice(["canonical", "ofa"]),
+    help="generic: how the architecture is written (default canonical).",
+)
+@click.option(
+    "--metric",
+    "metric_options",
+    multiple=True,
+    metavar="NAME=COLUMN",
+    help="generic: a metric and its column (repeat for several).",
+)
+def import_cmd(
+    fmt: str,
+    files: tuple[str, ...],
+    space_file: str,
+    space_name: str | None,
+    output: str,
+    skip_bad: bool,
+    force: bool,
+    map_file: str | None,
+    arch_column: str | None,
+    arch_format: str | None,
+    metric_options: tuple[str, ...],
+) -> None:
+    """Import FILES (in format --from) as a labeled dataset of the space, as JSON lines.
+
+    Rows naming the same architecture are merged (metrics averaged, `count` kept). Any row
+    that does not parse or does not fit the space is reported with file, row and reason,
+    and the import exits 1 without writing unless --skip-bad.
+    """
+    from autobuild_dsl.data.dataset import DatasetError, save_dataset
+    from autobuild_dsl.data.importers import GenericMapping, import_files, load_mapping
+
+    out = Path(output)
+    if out.exists() and not force:
+        raise UserError(f"{out} exists; pass --force to overwrite it")
+    generic_options = arch_column or arch_format or metric_options
+    mapping = None
+    if fmt == "generic":
+        try:
+            if map_file:
+                mapping = load_mapping(map_file)
+                overrides: dict[str, object] = {}
+                if arch_column:
+                    overrides["arch"] = arch_column
+                if arch_format:
+                    overrides["arch_format"] = arch_format
+                if metric_options:
+                    overrides["metrics"] = _parse_metric_options(metric_options)
+                mapping = mapping.model_copy(update=overrides)
+            else:
+                metrics = _parse_metric_options(metric_options)
+                if not metrics:
+                    raise UserError("--from generic needs --map MAPPING.json or --metric NAME=COL")
+                mapping = GenericMapping(
+                    arch=arch_column or "arch",
+                    arch_format=arch_format or "canonical",  # type: ignore[arg-type]
+                    metrics=metrics,
+                )
+        except DatasetError as error:
+            raise UserError(escape(str(error))) from None
+    elif map_file or generic_options:
+        raise UserError("--map, --arch, --arch-format and --metric are for --from generic")
+    space = load_space(space_file, space_name)
+    try:
+        with _progress(f"importing {fmt}") as update:
+            result = import_files(fmt, list(files), space, mapping=mapping, progress=update)
+    except DatasetError as error:
+        raise UserError(escape(str(error))) from None
+    report = result.report
+    for rejection in report.rejected[:SHOWN_REJECTIONS]:
+        err_console.print(f"[red]rejected[/] {escape(str(rejection))}", soft_wrap=True)
+    if len(report.rejected) > SHOWN_REJECTIONS:
+        err_console.print(f"[red]... and {len(report.rejected) - SHOWN_REJECTIONS} more[/]")
+    for note in report.notes:
+        err_console.print(f"note: {escape(note)}", soft_wrap=True)
+    summary = (
+        f"read {report.read:,} rows ({report.distinct_raw:,} distinct as written), "
+        f"imported {report.imported:,} architectures, merged {report.merged:,}, "
+        f"rejected {len(report.rejected):,}"
+    )
+    # soft_wrap: one line per fact, so the summary stays greppable in logs.
+    console.print(summary, soft_wrap=True)
+    if report.metrics:
+        console.print(f"metrics: {', '.join(report.metrics)}", soft_wrap=True)
+    if result.dataset is None:
+        raise UserError("no row could be imported; nothing written")
+    if report.rejected and not skip_bad:
+        raise UserError(
+            f"{len(report.rejected):,} row(s) rejected; nothing written "
+            f"(pass --skip-bad to write the {report.imported:,} good architectures)"
+        )
+    save_dataset(result.dataset, out, overwrite=True)
+    console.print(f"wrote {out}")
+
+
+def _number(value: float) -> str:
+    if not math.isfinite(value):
+        return str(value)
+    if value.is_integer() and abs(value) < 1e15:
+        return f"{int(value):,}"
+    return f"{value:.6g}"
+
+
+@data_group.command("describe")
+@click.argument("data_file", type=click.Path(dir_okay=False))
+@click.option(
+    "--space", "space_file", required=True, type=click.Path(dir_okay=False), help="SPACE.abs"
+)
+@click.option("--space-name", help="Which space of the file.")
+@click.option("--target", "target_text", help="Also evaluate a target expression, e.g. 'top1'.")
+@click.option("--json", "as_json", is_flag=True, help="Print the description as JSON only.")
+def describe_cmd(
+    data_file: str,
+    space_file: str,
+    space_name: str | None,
+    target_text: str | None,
+    as_json: bool,
+) -> None:
+    """Summarise DATA_FILE: size, metrics (min/mean/max), depth coverage per stage."""
+    from autobuild_dsl.data.dataset import DatasetError, load_dataset
+    from autobuild_dsl.data.describe import describe
+    from autobuild_dsl.data.target import TargetError, parse_target
+
+    try:
+        target = parse_target(target_text) if target_text is not None else None
+    except TargetError as error:
+        raise UserError(escape(str(error))) from None
+    space = load_space(space_file, space_name)
+    try:
+        dataset = load_dataset(data_file, space)
+        info = describe(dataset, target)
+    except (DatasetError, TargetError) as error:
+        raise UserError(escape(str(error))) from None
+    if as_json:
+        click.echo(info.model_dump_json())
+        return
+    console.print(
+        f"[bold]{escape(data_file)}[/]: {info.rows:,} architectures of "
+        f"{escape(info.space)} ({info.measurements:,} measurements)"
+    )
+    table = Table(title="metrics")
+    for column in ("metric", "rows", "min", "mean", "max"):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    rows = [(escape(n), m) for n, m in info.metrics.items()]
+    if info.target is not None and info.target_summary is not None:
+        rows.append((f"[cyan]{escape(info.target)}[/]", info.target_summary))
+    for name, m in rows:
+        cells = [_number(v) if v is not None else "-" for v in (m.min, m.mean, m.max)]
+        table.add_row(name, f"{m.rows:,}", *cells)
+    console.print(table)
+    depths = Table(title="architectures per stage depth")
+    depths.add_column("stage")
+    all_depths = sorted({d for per in info.stage_depths.values() for d in per})
+    for d in all_depths:
+        depths.add_column(f"depth {d}", justify="right")
+    for stage, per in info.stage_depths.items():
+        depths.add_row(stage, *(f"{per[d]:,}" if d in per else "" for d in all_depths))
+    console.print(depths)
+    for name, g in info.globals.items():
+        extent = f", {_number(g.min)}..{_number(g.max)}" if g.min is not None else ""
+        console.print(f"global [cyan]{escape(name)}[/]: {g.distinct} of {g.of} values{extent}")
+
+
+def register(group: click.Group) -> None:
+    group.add_command(data_group)

@@ -1,0 +1,374 @@
+"""`abc train` and `abc predict`: AutoBuild scorers (ensembles of ranked-embedding GNNs)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.markup import escape
+from rich.table import Table
+
+from autobuild_dsl.cli.common import UserError, console, err_console, load_space, write_atomic
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    """Library errors a user can cause become `error: ...` messages, not tracebacks."""
+    from autobuild_dsl.data.dataset import DatasetError
+    from autobuild_dsl.data.target import TargetError
+    from autobuild_dsl.graphs.encode import EncodeError
+    from autobuild_dsl.scorer.ensemble import EnsembleError
+    from autobuild_dsl.scorer.run import RunError
+    from autobuild_dsl.space.decisions import ArchitectureError
+
+    try:
+        yield
+    except (
+        DatasetError,
+        TargetError,
+        RunError,
+        EnsembleError,
+        EncodeError,
+        ArchitectureError,
+    ) as error:
+        raise UserError(escape(str(error))) from None
+
+
+class _TrainProgress:
+    """Renders the library's progress events: one bar for members, one per running member."""
+
+    def __init__(self) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.bar = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[info]}"),
+            console=err_console,
+        )
+        # Hidden until the first event, so an early error leaves no empty bar behind.
+        self.members = self.bar.add_task("members", total=None, info="", visible=False)
+        self.tasks: dict[str, Any] = {}
+
+    def __enter__(self) -> _TrainProgress:
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.__exit__(*exc)  # type: ignore[arg-type]
+
+    def __call__(self, event: object) -> None:
+        from autobuild_dsl.scorer.run import MemberDone
+        from autobuild_dsl.scorer.train import EpochProgress
+
+        self.bar.update(self.members, visible=True)
+        if isinstance(event, EpochProgress):
+            task = self.tasks.get(event.member)
+            if task is None:
+                task = self.bar.add_task(event.member, total=event.epochs, info="")
+                self.tasks[event.member] = task
+            info = f"loss {event.loss:.4f}"
+            if event.srcc is not None:
+                info += f" · train srcc {event.srcc:.3f}"
+            if event.test_srcc is not None:
+                info += f" · test srcc {event.test_srcc:.3f}"
+            self.bar.update(task, completed=event.epoch, info=info)
+        elif isinstance(event, MemberDone):
+            task = self.tasks.pop(event.name, None)
+            if task is not None:
+                self.bar.remove_task(task)
+            m = event.metrics
+            done = "done before" if event.skipped else "done"
+            info = f"{event.name} {done}: pred srcc {_fmt(m.pred_srcc)}"
+            self.bar.update(self.members, completed=event.done, total=event.total, info=info)
+
+
+@click.command("train")
+@click.argument("space_file", type=click.Path(dir_okay=False))
+@click.argument("data_file", type=click.Path(dir_okay=False))
+@click.option("--target", "target_text", required=True, help="What to learn, e.g. 'top1 - 2*lat'.")
+@click.option(
+    "-o", "--output", required=True, type=click.Path(file_okay=False), help="Run folder (RUN/)."
+)
+@click.option("--space-name", help="Which space of the file (default: the first one).")
+@click.option(
+    "--loss",
+    type=click.Choice(["ranked", "mse"]),
+    default="ranked",
+    show_default=True,
+    help="ranked: MSE + per-hop SRCC of embedding norms (AutoBuild); mse: MSE only "
+    "(the Exhaustive-Search predictor).",
+)
+@click.option("--epochs", type=click.IntRange(min=1), default=200, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=2), default=128, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-4, show_default=True)
+@click.option("--weight-decay", type=click.FloatRange(min=0), default=1e-5, show_default=True)
+@click.option(
+    "--rank-lambda",
+    type=click.FloatRange(min=0),
+    default=1.0,
+    show_default=True,
+    help="Weight of the ranking term.",
+)
+@click.option(
+    "--softrank-strength",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1.0,
+    show_default=True,
+    help="Soft-rank regularisation (smaller: closer to hard ranks).",
+)
+@click.option(
+    "--softrank",
+    "softrank_backend",
+    type=click.Choice(["auto", "torchsort", "torch"]),
+    default="auto",
+    show_default=True,
+    help="Soft-rank implementation (auto: torchsort when installed).",
+)
+@click.option(
+    "--layers",
+    type=click.IntRange(min=1),
+    help="Message-passing layers (default: max(4, longest module - 1)).",
+)
+@click.option(
+    "--batch-norm/--no-batch-norm",
+    default=False,
+    show_default=True,
+    help="BatchNorm after each GATv2 layer (the authors' code has it).",
+)
+@click.option(
+    "--folds",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="K-fold members (1: one train/test split).",
+)
+@click.option(
+    "--seeds", type=click.IntRange(min=1), default=1, show_default=True, help="Members per fold."
+)
+@click.option("--ensemble", is_flag=True, help="Shorthand for --folds 5 --seeds 4 (20 members).")
+@click.option(
+    "--test-fraction",
+    type=click.FloatRange(min=0, max=1, min_open=True, max_open=True),
+    default=0.1,
+    show_default=True,
+    help="Held-out share when --folds 1.",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--jobs",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Members trained in parallel by local worker processes.",
+)
+@click.option("--ray", "ray_address", help="Train members on a Ray cluster (ADDRESS, or 'local').")
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Torch threads when training in this process.",
+)
+@click.option("--force", is_flag=True, help="Overwrite an existing run folder.")
+@click.option("--resume", is_flag=True, help="Finish an interrupted run: skip finished members.")
+@click.option("--quiet", is_flag=True, help="No progress bar and no summary.")
+@click.option("--json", "as_json", is_flag=True, help="Print only the final test metrics as JSON.")
+def train_cmd(
+    space_file: str,
+    data_file: str,
+    target_text: str,
+    output: str,
+    space_name: str | None,
+    loss: str,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    weight_decay: float,
+    rank_lambda: float,
+    softrank_strength: float,
+    softrank_backend: str,
+    layers: int | None,
+    batch_norm: bool,
+    folds: int,
+    seeds: int,
+    ensemble: bool,
+    test_fraction: float,
+    seed: int,
+    jobs: int,
+    ray_address: str | None,
+    threads: int,
+    force: bool,
+    resume: bool,
+    quiet: bool,
+    as_json: bool,
+) -> None:
+    """Train AutoBuild scorers on DATA_FILE (labeled architectures of SPACE_FILE) into a run.
+
+    The run folder holds the configuration, each member's weights, held-out metrics and the
+    statistics that module ranking needs. An interrupted run continues with --resume.
+    """
+    from autobuild_dsl.data.dataset import load_dataset
+    from autobuild_dsl.data.target import parse_target
+    from autobuild_dsl.scorer.run import EnsembleConfig, summary_json, train_run
+    from autobuild_dsl.scorer.train import TrainConfig
+
+    if force and resume:
+        raise UserError("--force and --resume contradict each other; pick one")
+    if ensemble:
+        folds, seeds = 5, 4
+    space = load_space(space_file, space_name)
+    with _user_errors():
+        target = parse_target(target_text)
+        dataset = load_dataset(data_file, space)
+        train = TrainConfig(
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            weight_decay=weight_decay,
+            loss=loss,  # type: ignore[arg-type]
+            rank_lambda=rank_lambda,
+            regularization_strength=softrank_strength,
+            softrank_backend=softrank_backend,  # type: ignore[arg-type]
+            batch_norm=batch_norm,
+            threads=threads,
+        )
+        ensemble_config = EnsembleConfig(
+            folds=folds, seeds=seeds, test_fraction=test_fraction, seed=seed
+        )
+        show = not (quiet or as_json)
+        with _TrainProgress() if show else nullcontext() as progress:
+            run = train_run(
+                space,
+                dataset,
+                target,
+                output,
+                train=train,
+                ensemble=ensemble_config,
+                num_layers=layers,
+                jobs=jobs,
+                ray_address=ray_address,
+                force=force,
+                resume=resume,
+                data_path=data_file,
+                progress=progress,
+            )
+    assert run.metrics is not None
+    if as_json:
+        click.echo(json.dumps(summary_json(run.metrics)))
+        return
+    if quiet:
+        return
+    _render_metrics(run, output)
+
+
+def _render_metrics(run: Any, output: str) -> None:
+    metrics = run.metrics
+    hops = len(metrics.mean.hop_srcc)
+    table = Table(title=f"held-out metrics ({len(run.members)} member(s))")
+    table.add_column("member")
+    for h in range(hops):
+        table.add_column(f"hop {h}", justify="right")
+    for column in ("pred srcc", "mae", "s/epoch"):
+        table.add_column(column, justify="right")
+    rows = list(metrics.members.items()) if len(run.members) > 1 else []
+    for name, m in rows:
+        table.add_row(
+            name,
+            *(_fmt(v) for v in m.hop_srcc),
+            _fmt(m.pred_srcc),
+            _fmt(m.mae, 4),
+            _fmt(m.seconds_per_epoch, 3),
+        )
+    mean = metrics.mean
+    table.add_row(
+        "[bold]mean[/]" if rows else "[bold]test[/]",
+        *(_fmt(v) for v in mean.hop_srcc),
+        _fmt(mean.pred_srcc),
+        _fmt(mean.mae, 4),
+        _fmt(mean.seconds_per_epoch, 3),
+    )
+    console.print(table)
+    console.print(
+        f"target [cyan]{escape(run.config.target)}[/] · {run.config.rows:,} architectures · "
+        f"{run.config.model.num_layers} GNN layers · soft rank: {metrics.softrank_backend}"
+    )
+    console.print(f"wrote [bold]{escape(output)}[/]")
+
+
+@click.command("predict")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.argument("arch_file", type=click.Path(dir_okay=False))
+@click.option(
+    "--json", "as_json", is_flag=True, help="JSON lines {row, mean, std} (default: table)."
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False),
+    help="Write the JSON lines here instead of stdout.",
+)
+@click.option("--force", is_flag=True, help="Overwrite --output if it exists.")
+def predict_cmd(
+    run_dir: str, arch_file: str, as_json: bool, output: str | None, force: bool
+) -> None:
+    """Predict the run's target for the architectures in ARCH_FILE (JSON lines, or one JSON).
+
+    Prints the ensemble mean and spread (the members' weighted standard deviation).
+    """
+    from autobuild_dsl.cli.space_cmds import _read_architectures
+    from autobuild_dsl.scorer.run import load_run, predict
+    from autobuild_dsl.space.decisions import ArchitectureError, canonicalize
+
+    with _user_errors():
+        run = load_run(run_dir)
+        records = _read_architectures(arch_file)
+        archs = []
+        for where, raw in records:
+            try:
+                archs.append(canonicalize(run.space, raw))
+            except ArchitectureError as error:
+                raise UserError(f"{where}: {escape(str(error))}") from None
+        graphs = run.encoder().encode_many(archs)
+        mean, std = predict(run, graphs)
+    lines = [
+        json.dumps({"row": i, "mean": float(m), "std": float(s)})
+        for i, (m, s) in enumerate(zip(mean, std, strict=True))
+    ]
+    if output:
+        write_atomic(Path(output), "".join(line + "\n" for line in lines), force=force)
+        err_console.print(f"wrote {len(lines)} predictions to {output}")
+        return
+    if as_json:
+        for line in lines:
+            click.echo(line)
+        return
+    table = Table(title=f"{escape(run.config.target)} ({len(run.members)} member(s))")
+    for column in ("row", "where", "mean", "std"):
+        table.add_column(column, justify="left" if column == "where" else "right")
+    for i, ((where, _), m, s) in enumerate(zip(records, mean, std, strict=True)):
+        table.add_row(str(i), escape(where), f"{m:.6g}", f"{s:.3g}")
+    console.print(table)
+
+
+def register(group: click.Group) -> None:
+    for command in (train_cmd, predict_cmd):
+        group.add_command(command)

@@ -1,0 +1,506 @@
+"""Architecture -> sequence graph (the AutoBuild paper's format), as a PyG `Data`.
+
+One node per resolved node of the searchable stages (layers, and per-stage extras such as
+a U-Net's downsample/upsample), in forward order; edges run i -> i+1, plus one edge per
+skip link from an encoder stage's last node to its mirrored decoder stage's first node.
+The fixed stem, head and middle blocks are left out: they are the same in every
+architecture, except where a global choice shapes them, and globals are on every node.
+
+Node features are integer codes, one column per `FeatureCategory`:
+  op        the operation (`mbconv`, `identity`, `resblock`, ...); an alternative label
+            (`mb_e3k3`) is encoded as its op plus the attribute columns that tell it apart;
+  attr      one column per operation attribute that varies at some position of the space
+            (kernel, expand, out, ...); attributes fixed by position carry no information;
+  position  section (when stages sit in several sections), stage index, layer index;
+  global    each global choice (resolution), the same on every node.
+A column holds 1 + the value's index in the category's vocabulary, or 0 where the category
+does not apply (the kernel of an identity, the layer index of a downsample). Categories with
+fewer than two states are dropped: a constant column carries no information.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterable, Sequence
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch_geometric.data import Data
+
+from autobuild_dsl.space.architecture import Architecture
+from autobuild_dsl.space.decisions import index_of, stage_module_choices
+from autobuild_dsl.space.expr import Binary, Call, Expr, LayerRef, Ref, Unary, Value
+from autobuild_dsl.space.model import LayerOption, NodeTemplate, Space, Stage, StageModule
+from autobuild_dsl.space.resolve import ResolveError, _node
+from autobuild_dsl.space.resolved import NodePosition
+
+Progress = Callable[[int, int], None]
+
+# Above this many value combinations for one node template, the vocabulary scan refuses.
+_MAX_TEMPLATE_COMBINATIONS = 200_000
+
+
+class EncodeError(ValueError):
+    """An architecture (or module) cannot be encoded for this space; the message says why."""
+
+
+class FeatureCategory(BaseModel):
+    """One column of `Data.x`: its name, kind and the values it can hold (code = index + 1)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    group: Literal["op", "attr", "position", "global"]
+    vocab: list[Value]
+    ops: list[str] = Field(
+        default_factory=list, description="attr categories: the ops the attribute applies to"
+    )
+
+
+def _vkey(value: object) -> tuple[str, object]:
+    """A hashable key under which 3 == 3.0 but True != 1 (Python's dicts conflate those)."""
+    if isinstance(value, bool):
+        return ("b", value)
+    if isinstance(value, int | float):
+        return ("n", float(value))
+    return ("s", str(value))
+
+
+def _sorted_values(values: Iterable[Value]) -> list[Value]:
+    unique: dict[tuple[str, object], Value] = {}
+    for value in values:
+        unique.setdefault(_vkey(value), value)
+    # Booleans, then numbers, then strings: a fixed order whatever the input order.
+    return [unique[k] for k in sorted(unique, key=lambda k: (k[0], k[1]))]
+
+
+def _expr_names(expr: Expr | None, scalars: set[str], layer: set[str]) -> None:
+    if expr is None:
+        return
+    if isinstance(expr, Ref):
+        scalars.add(expr.name)
+    elif isinstance(expr, LayerRef):
+        layer.add(expr.name)
+    elif isinstance(expr, Unary):
+        _expr_names(expr.operand, scalars, layer)
+    elif isinstance(expr, Binary):
+        _expr_names(expr.left, scalars, layer)
+        _expr_names(expr.right, scalars, layer)
+    elif isinstance(expr, Call):
+        for arg in expr.args:
+            _expr_names(arg, scalars, layer)
+
+
+def _template_names(template: NodeTemplate) -> tuple[set[str], set[str]]:
+    scalars: set[str] = set()
+    layer: set[str] = set()
+    _expr_names(template.condition, scalars, layer)
+    for expr in template.attrs.values():
+        _expr_names(expr, scalars, layer)
+    return scalars, layer
+
+
+class SequenceGraph(Data):
+    """A PyG `Data` whose per-node `stage_index`/`layer_index` survive batching.
+
+    PyG offsets every attribute named `*index*` by the node count when it batches graphs
+    (right for `edge_index`); these two are labels, not node references, so they are not.
+    """
+
+    def __inc__(self, key: str, value: object, *args: object, **kwargs: object) -> object:
+        if key in ("stage_index", "layer_index"):
+            return 0
+        return super().__inc__(key, value, *args, **kwargs)
+
+    def __cat_dim__(self, key: str, value: object, *args: object, **kwargs: object) -> object:
+        if key in ("stage_index", "layer_index"):
+            return 0
+        return super().__cat_dim__(key, value, *args, **kwargs)
+
+
+class _StagePlan:
+    """What encoding needs of one stage: its templates, the scalars they read, its options."""
+
+    def __init__(self, space: Space, stage: Stage, position: int) -> None:
+        self.stage = stage
+        self.position = position  # index among the space's stages (= graph order)
+        self.options: dict[str, LayerOption] = {o.label: o for o in stage.options}
+        self.several = len(stage.options) > 1
+        names: set[str] = set()
+        templates = [*stage.before, *stage.after]
+        templates += [t for option in stage.options for t in option.nodes]
+        for template in templates:
+            scalars, _ = _template_names(template)
+            names |= scalars
+        self.refs: tuple[str, ...] = tuple(sorted(names))
+
+
+class GraphEncoder:
+    """Turns architectures (and single modules) of one space into sequence graphs."""
+
+    def __init__(self, space: Space) -> None:
+        self.space = space
+        self._index = index_of(space)
+        self._plans = [_StagePlan(space, s, i) for i, s in enumerate(space.stages)]
+        self._plan_of = {p.stage.name: p for p in self._plans}
+        self._ties = dict(space.ties)
+        self._scan()
+        self._row_cache: dict[tuple, np.ndarray] = {}
+        self._edge_cache: dict[tuple, np.ndarray] = {}
+
+    # ----- categories (derived once from the space) --------------------------------
+
+    def _domain(self, name: str) -> list[Value]:
+        space = self.space
+        if name in space.choices:
+            return list(space.choices[name])
+        owner, _, choice = name.partition(".")
+        if choice == "depth":
+            return list(space.stage(owner).depths)
+        if choice:
+            domains = stage_module_choices(space, space.stage(owner))
+            if choice in domains:
+                return list(domains[choice])
+        raise EncodeError(f"the space gives '{name}' no domain; cannot derive features")
+
+    def _template_nodes(
+        self, plan: _StagePlan, template: NodeTemplate, option: LayerOption | None, role: str
+    ) -> Iterable[tuple[bool, str, dict[str, Value]]]:
+        """Every (first layer?, op, attrs) the template can produce, over all its inputs."""
+        scalars, layer_names = _template_names(template)
+        scalar_names = sorted(scalars)
+        layer_list = sorted(layer_names)
+        domains = [self._domain(n) for n in scalar_names]
+        if option is None and layer_list:
+            raise EncodeError(
+                f"{template.where}: {template.op} outside a layer reads a layer choice"
+            )
+        layer_domains = [list(option.choices[n]) for n in layer_list] if option else []
+        total = 1
+        for domain in (*domains, *layer_domains):
+            total *= len(domain)
+        if total > _MAX_TEMPLATE_COMBINATIONS:
+            raise EncodeError(
+                f"{template.where}: {template.op} reads {total:,} value combinations; "
+                "too many to derive its feature vocabulary"
+            )
+        firsts = (True, False) if role == "layer" else (True,)
+        position = NodePosition(
+            part="stage", block=plan.stage.name, stage_index=plan.stage.index, role=role
+        )  # type: ignore[arg-type]
+        for values in itertools.product(*domains):
+            env = dict(zip(scalar_names, values, strict=True))
+            for layer_values in itertools.product(*layer_domains):
+                layer = dict(zip(layer_list, layer_values, strict=True)) if option else None
+                for first in firsts:
+                    try:
+                        node = _node(template, env, layer, position, first_layer=first)
+                    except ResolveError:
+                        continue  # a combination the rules exclude may not evaluate
+                    if node is not None:
+                        yield first, node.op, dict(node.attrs)
+
+    def _scan(self) -> None:
+        """Derive the categories: which ops exist, which attributes vary, their values."""
+        ops: set[str] = set()
+        values: dict[tuple[str, str], list[Value]] = {}
+        varying: set[tuple[str, str]] = set()
+        for plan in self._plans:
+            stage = plan.stage
+            slots: list[tuple[str, int, NodeTemplate, LayerOption | None]] = []
+            slots += [("before", i, t, None) for i, t in enumerate(stage.before)]
+            slots += [("after", i, t, None) for i, t in enumerate(stage.after)]
+            for option in stage.options:
+                slots += [("layer", i, t, option) for i, t in enumerate(option.nodes)]
+            # Values seen at one position (same slot, same first-layer flag), per op/attr.
+            groups: dict[tuple, set[tuple[str, object]]] = {}
+            for role, slot, template, option in slots:
+                for first, op, attrs in self._template_nodes(plan, template, option, role):
+                    ops.add(op)
+                    for attr, value in attrs.items():
+                        values.setdefault((op, attr), []).append(value)
+                        groups.setdefault((role, slot, first, op, attr), set()).add(_vkey(value))
+            for (_, _, _, op, attr), seen in groups.items():
+                if len(seen) > 1:
+                    varying.add((op, attr))
+        categories: list[FeatureCategory] = []
+        if len(ops) > 1:
+            categories.append(FeatureCategory(name="op", group="op", vocab=_sorted_values(ops)))
+        for attr in sorted({a for _, a in varying}):
+            applies = sorted(op for op, a in varying if a == attr)
+            vocab = _sorted_values(v for op in applies for v in values[(op, attr)])
+            categories.append(FeatureCategory(name=attr, group="attr", vocab=vocab, ops=applies))
+        stages = self.space.stages
+        sections = {s.section for s in stages}
+        if len(sections) > 1:
+            vocab = _sorted_values(s for s in sections if s is not None)
+            categories.append(FeatureCategory(name="section", group="position", vocab=vocab))
+        if len(stages) > 1:
+            vocab = [s.index for s in stages]
+            categories.append(FeatureCategory(name="stage", group="position", vocab=vocab))
+        max_depth = max(max(s.depths) for s in stages)
+        has_extras = any(s.before or s.after for s in stages)
+        if max_depth > 1 or (has_extras and max_depth >= 1):
+            vocab = list(range(max_depth))
+            categories.append(FeatureCategory(name="layer", group="position", vocab=vocab))
+        taken = {c.name for c in categories}
+        global_names: list[tuple[int, str]] = []
+        for name, domain in self.space.choices.items():
+            if len(domain) < 2:
+                continue  # a global with one value is the same on every graph
+            shown = name if name not in taken else f"global_{name}"
+            global_names.append((len(categories), name))
+            categories.append(
+                FeatureCategory(name=shown, group="global", vocab=_sorted_values(domain))
+            )
+        self.categories: list[FeatureCategory] = categories
+        self._codes = [{_vkey(v): i + 1 for i, v in enumerate(c.vocab)} for c in categories]
+        column = {(c.group, c.name): i for i, c in enumerate(categories)}
+        self._op_col = column.get(("op", "op"))
+        self._attr_cols = [
+            (i, c.name, frozenset(c.ops)) for i, c in enumerate(categories) if c.group == "attr"
+        ]
+        self._section_col = column.get(("position", "section"))
+        self._stage_col = column.get(("position", "stage"))
+        self._layer_col = column.get(("position", "layer"))
+        self._global_columns = [(col, name, self._codes[col]) for col, name in global_names]
+
+    @property
+    def num_categories(self) -> int:
+        return len(self.categories)
+
+    def _code(self, col: int, value: object, what: str) -> int:
+        code = self._codes[col].get(_vkey(value))
+        if code is None:
+            category = self.categories[col]
+            shown = ", ".join(str(v) for v in category.vocab)
+            raise EncodeError(
+                f"{what}: {category.name} = {value!r} is not in the space (values: {shown})"
+            )
+        return code
+
+    # ----- rows (cached per stage, scalar inputs, layer and position) ---------------
+
+    def _rows(
+        self,
+        plan: _StagePlan,
+        env: dict[str, Value],
+        role: str,
+        layer_index: int,
+        layer: dict[str, Value] | None,
+    ) -> np.ndarray:
+        """Feature rows of one layer (or the stage's before/after extras), plus 2 columns:
+        stage index and layer index. Global columns are left 0 and filled per graph."""
+        env_key = tuple((type(env.get(n)), env.get(n)) for n in plan.refs)
+        layer_key = (
+            tuple(sorted((k, type(v).__name__, v) for k, v in layer.items()))
+            if layer is not None
+            else None
+        )
+        key = (plan.position, env_key, role, layer_index, layer_key)
+        cached = self._row_cache.get(key)
+        if cached is not None:
+            return cached
+        stage = plan.stage
+        where = f"stage {stage.name}" + (f" layer {layer_index}" if role == "layer" else "")
+        if role == "layer":
+            assert layer is not None
+            if plan.several:
+                label = layer.get("op")
+                option = plan.options.get(label)  # type: ignore[arg-type]
+                if option is None:
+                    raise EncodeError(
+                        f"{where}: op {label!r} is not one of {', '.join(plan.options)}"
+                    )
+            else:
+                option = stage.options[0]
+            templates = option.nodes
+        else:
+            templates = stage.before if role == "before" else stage.after
+        position = NodePosition(
+            part="stage",
+            block=stage.name,
+            section=stage.section,
+            stage_index=stage.index,
+            layer_index=layer_index if role == "layer" else None,
+            role=role,  # type: ignore[arg-type]
+        )
+        rows: list[list[int]] = []
+        width = len(self.categories)
+        for template in templates:
+            try:
+                node = _node(template, env, layer, position, first_layer=layer_index == 0)
+            except (ResolveError, KeyError) as error:
+                raise EncodeError(f"{where}: {error}") from None
+            if node is None:
+                continue
+            row = [0] * (width + 2)
+            if self._op_col is not None:
+                row[self._op_col] = self._code(self._op_col, node.op, where)
+            for col, attr, ops in self._attr_cols:
+                if node.op in ops and attr in node.attrs:
+                    row[col] = self._code(col, node.attrs[attr], f"{where} ({node.op})")
+            if self._section_col is not None and stage.section is not None:
+                row[self._section_col] = self._code(self._section_col, stage.section, where)
+            if self._stage_col is not None:
+                row[self._stage_col] = self._code(self._stage_col, stage.index, where)
+            if self._layer_col is not None and role == "layer":
+                row[self._layer_col] = self._code(self._layer_col, layer_index, where)
+            row[width] = stage.index
+            row[width + 1] = layer_index if role == "layer" else -1
+            rows.append(row)
+        block = np.array(rows, dtype=np.int64).reshape(len(rows), width + 2)
+        block.setflags(write=False)
+        self._row_cache[key] = block
+        return block
+
+    def _stage_block(
+        self, plan: _StagePlan, env: dict[str, Value], layers: Sequence[dict[str, Value]]
+    ) -> list[np.ndarray]:
+        blocks = []
+        if plan.stage.before:
+            blocks.append(self._rows(plan, env, "before", -1, None))
+        for i, layer in enumerate(layers):
+            blocks.append(self._rows(plan, env, "layer", i, layer))
+        if plan.stage.after:
+            blocks.append(self._rows(plan, env, "after", -1, None))
+        return blocks
+
+    def _graph(
+        self,
+        plans: Sequence[_StagePlan],
+        env: dict[str, Value],
+        stage_layers: Sequence[Sequence[dict[str, Value]]],
+        globals_: dict[str, Value],
+    ) -> Data:
+        blocks: list[np.ndarray] = []
+        spans: dict[str, tuple[int, int]] = {}
+        count = 0
+        for plan, layers in zip(plans, stage_layers, strict=True):
+            start = count
+            for block in self._stage_block(plan, env, layers):
+                if len(block):
+                    blocks.append(block)
+                    count += len(block)
+            if count > start:
+                spans[plan.stage.name] = (start, count - 1)
+        width = len(self.categories)
+        # concatenate copies, so the cached (read-only) blocks are never written to.
+        table = np.concatenate(blocks) if blocks else np.zeros((0, width + 2), dtype=np.int64)
+        for col, name, codes in self._global_columns:
+            value = globals_.get(name)
+            code = codes.get(_vkey(value))
+            if code is None:
+                shown = ", ".join(str(v) for v in self.categories[col].vocab)
+                raise EncodeError(f"globals.{name} = {value!r} is not one of {shown}")
+            table[:, col] = code
+        skips = tuple(
+            (spans[s.source][1], spans[s.target][0])
+            for s in self.space.skips
+            if s.source in spans and s.target in spans
+        )
+        edges = self._edges(count, skips)
+        return SequenceGraph(
+            x=torch.from_numpy(np.ascontiguousarray(table[:, :width])),
+            edge_index=torch.from_numpy(edges.copy()),
+            stage_index=torch.from_numpy(table[:, width].copy()),
+            layer_index=torch.from_numpy(table[:, width + 1].copy()),
+            num_nodes=count,
+        )
+
+    def _edges(self, count: int, skips: tuple[tuple[int, int], ...]) -> np.ndarray:
+        key = (count, skips)
+        cached = self._edge_cache.get(key)
+        if cached is None:
+            chain = np.stack([np.arange(count - 1), np.arange(1, count)]) if count > 1 else None
+            parts = [chain] if chain is not None else []
+            # A skip between adjacent nodes is already the chain edge: no double edge.
+            extra = [(a, b) for a, b in skips if b != a + 1]
+            if extra:
+                parts.append(np.array(extra, dtype=np.int64).T)
+            cached = (
+                np.concatenate(parts, axis=1).astype(np.int64)
+                if parts
+                else np.zeros((2, 0), dtype=np.int64)
+            )
+            self._edge_cache[key] = cached
+        return cached
+
+    def _env(self, scalars: dict[str, Value]) -> dict[str, Value]:
+        env = dict(scalars)
+        for alias, keeper in self._ties.items():
+            if keeper in env:
+                env[alias] = env[keeper]
+        return env
+
+    # ----- public API ----------------------------------------------------------------
+
+    def encode(self, arch: Architecture) -> Data:
+        """The sequence graph of one (canonical) architecture of the space."""
+        env = self._env(self._index.scalars(arch))
+        layers = []
+        for plan in self._plans:
+            chosen = arch.stages.get(plan.stage.name)
+            if chosen is None:
+                raise EncodeError(f"stages.{plan.stage.name}: missing from the architecture")
+            # Slots past the depth are unused: they never reach the graph.
+            layers.append(chosen.layers[: chosen.depth])
+        return self._graph(self._plans, env, layers, arch.globals)
+
+    def encode_many(
+        self, archs: Iterable[Architecture], progress: Progress | None = None
+    ) -> list[Data]:
+        archs = list(archs)
+        graphs: list[Data] = []
+        step = max(1, len(archs) // 100)
+        for i, arch in enumerate(archs):
+            graphs.append(self.encode(arch))
+            if progress is not None and ((i + 1) % step == 0 or i + 1 == len(archs)):
+                progress(i + 1, len(archs))
+        return graphs
+
+    def encode_module(
+        self,
+        unit_name: str,
+        module: list[StageModule],
+        globals: dict[str, Value] | None = None,
+    ) -> Data:
+        """The graph of one unit's module alone, with its stages' real positions.
+
+        Global choices default to the first value of each domain; decisions of stages
+        outside the unit, which a template might read, default to their first value too.
+        """
+        unit = next((u for u in self._index.units if u.name == unit_name), None)
+        if unit is None:
+            names = ", ".join(u.name for u in self._index.units)
+            raise EncodeError(f"no unit or stage '{unit_name}' (units: {names})")
+        if len(module) != len(unit.stages):
+            raise EncodeError(
+                f"unit {unit_name} has {len(unit.stages)} stage(s), the module gives {len(module)}"
+            )
+        globals_ = {name: domain[0] for name, domain in self.space.choices.items()}
+        globals_.update(globals or {})
+        scalars: dict[str, Value] = dict(globals_)
+        for stage in self.space.stages:
+            scalars[f"{stage.name}.depth"] = stage.depths[0]
+            for name, domain in stage_module_choices(self.space, stage).items():
+                scalars[f"{stage.name}.{name}"] = domain[0]
+        mine: dict[str, Value] = {}
+        for stage_name, part in zip(unit.stages, module, strict=True):
+            mine[f"{stage_name}.depth"] = part.depth
+            for name, value in part.choices.items():
+                mine[f"{stage_name}.{name}"] = value
+        scalars.update(mine)
+        # A tied choice given on this unit's side decides the other side too.
+        for alias, keeper in self._ties.items():
+            if alias in mine and keeper not in mine:
+                scalars[keeper] = mine[alias]
+        env = self._env(scalars)
+        plans = [self._plan_of[s] for s in unit.stages]
+        layers = [part.layers[: part.depth] for part in module]
+        return self._graph(plans, env, layers, globals_)
+
+
+__all__ = ["EncodeError", "FeatureCategory", "GraphEncoder", "SequenceGraph"]

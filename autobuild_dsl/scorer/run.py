@@ -1,0 +1,611 @@
+"""Run folders: train an ensemble of scorers into a folder, load it back, predict with it.
+
+Layout of a run folder (every file written whole or not at all: temp file + rename):
+
+    config.json            RunConfig: space (JSON), target, hyper-parameters, encoder
+                           categories, soft-rank backend, the planned members
+    members/<name>.pt      one member's weights (state dict)
+    members/<name>.json    MemberRecord: its rows, held-out metrics, and the statistics
+                           ranking needs (label mean/sd overall and per (stage, depth),
+                           node-embedding norm mean/sd per hop, over its training split)
+    metrics.json           RunMetrics: every member's metrics and their mean
+
+A member counts as done when its .json exists (written after its .pt), so an interrupted
+run resumes by training only the members without one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, Field
+
+from autobuild_dsl.data.dataset import LabeledDataset
+from autobuild_dsl.data.splits import LabelStats, label_stats
+from autobuild_dsl.data.target import Target, parse_target
+from autobuild_dsl.scorer.ensemble import MemberResult, plan_members, run_members
+from autobuild_dsl.scorer.model import (
+    FeatureScore,
+    ModelConfig,
+    PackedGraphs,
+    ScorerModel,
+    check_codes,
+    feature_importance,
+    pack_graphs,
+)
+from autobuild_dsl.scorer.softrank import resolve_backend
+from autobuild_dsl.scorer.train import EpochProgress, MemberMetrics, Moments, TrainConfig, embed
+from autobuild_dsl.space.model import Space
+
+RUN_FORMAT = "autobuild-scorer-run"
+RUN_VERSION = 1
+# Settings that change nothing about the result: a resumed run may differ in them.
+_NOT_IDENTITY = {"threads", "eval_every"}
+
+
+class RunError(ValueError):
+    """A run folder cannot be created, resumed or read; the message says why."""
+
+
+class CategoryInfo(BaseModel):
+    name: str
+    group: str
+    vocab: list[Any]
+
+
+class EnsembleConfig(BaseModel):
+    folds: int = Field(default=1, ge=1, description="1: one seeded train/test split")
+    seeds: int = Field(default=1, ge=1)
+    test_fraction: float = Field(default=0.1, gt=0, lt=1, description="used when folds = 1")
+    seed: int = 0
+
+
+class RunConfig(BaseModel):
+    format: Literal["autobuild-scorer-run"] = RUN_FORMAT
+    version: int = RUN_VERSION
+    space_name: str
+    space: dict[str, Any] = Field(description="the Space as JSON (no .abs file needed later)")
+    target: str
+    data: str = Field(default="", description="where the labels came from (informational)")
+    data_fingerprint: str
+    rows: int = Field(description="labeled architectures used")
+    train: TrainConfig
+    ensemble: EnsembleConfig
+    model: ModelConfig
+    categories: list[CategoryInfo]
+    softrank_backend: Literal["torchsort", "torch"]
+    members: list[str]
+
+
+class MemberRecord(BaseModel):
+    name: str
+    fold: int
+    seed: int
+    weights: str = Field(description="file of the state dict, relative to the run folder")
+    train_rows: list[int]
+    test_rows: list[int]
+    metrics: MemberMetrics
+    label: Moments = Field(description="training labels (the head predicts them standardised)")
+    label_stats: LabelStats = Field(description="training labels overall, per (stage, depth)")
+    hop_norms: list[Moments] = Field(description="node-embedding norms per hop, training graphs")
+
+
+class SummaryMetrics(BaseModel):
+    """Members' mean of the held-out metrics (what `abc train --json` prints)."""
+
+    hop_srcc: list[float | None]
+    pred_srcc: float | None
+    mae: float | None
+    seconds_per_epoch: float
+
+
+class RunMetrics(BaseModel):
+    members: dict[str, MemberMetrics]
+    mean: SummaryMetrics
+    softrank_backend: str
+    train_seconds: float = Field(description="sum of the members' training time")
+
+
+# ----- progress events (rendered by the CLI) ---------------------------------------------
+
+
+@dataclass
+class MemberDone:
+    name: str
+    done: int
+    total: int
+    metrics: MemberMetrics
+    skipped: bool = False  # finished by an earlier, interrupted run
+
+
+ProgressEvent = EpochProgress | MemberDone
+RunProgress = Callable[[ProgressEvent], None]
+
+
+# ----- atomic files ------------------------------------------------------------------------
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
+def _write_bytes_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        # mkstemp makes 0600 files; a run folder is for sharing, so honour the umask.
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _write_json(path: Path, model: BaseModel) -> None:
+    _write_bytes_atomic(path, (model.model_dump_json(indent=2) + "\n").encode())
+
+
+def _save_state(path: Path, state: dict[str, torch.Tensor]) -> None:
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    _write_bytes_atomic(path, buffer.getvalue())
+
+
+# ----- training a run ----------------------------------------------------------------------
+
+
+def _fingerprint(dataset: LabeledDataset, y: np.ndarray) -> str:
+    digest = hashlib.sha256()
+    for arch in dataset.architectures:
+        digest.update(arch.key().encode())
+    digest.update(np.ascontiguousarray(y, dtype=np.float64).tobytes())
+    return digest.hexdigest()[:32]
+
+
+def default_num_layers(space: Space, graphs: Sequence[Any] | None = None) -> int:
+    """Message-passing layers: enough hops to span the longest module, at least 4.
+
+    The longest module is counted in graph nodes (a U-Net layer can hold two nodes), from
+    the graphs when given, else from the stages' depths. The floor of 4 is the paper's
+    setting for OFA (modules of up to 4 layers); U-Net output stages of 7 nodes give 6.
+    """
+    stage_unit = {s: u.name for u in space.module_units() for s in u.stages}
+    index_unit = {stage.index: stage_unit[stage.name] for stage in space.stages}
+    longest = 0
+    for unit in space.module_units():
+        longest = max(longest, sum(max(space.stage(s).depths) for s in unit.stages))
+    for graph in graphs or []:
+        stage_index = getattr(graph, "stage_index", None)
+        if stage_index is None:
+            continue
+        counts: dict[str, int] = {}
+        for value in stage_index.tolist():
+            unit = index_unit.get(int(value))
+            if unit is not None:
+                counts[unit] = counts.get(unit, 0) + 1
+        if counts:
+            longest = max(longest, max(counts.values()))
+    return max(4, longest - 1)
+
+
+def _prepare_folder(out: Path, config: RunConfig, *, force: bool, resume: bool) -> set[str]:
+    """Create or reuse the run folder; returns the names of members already finished."""
+    config_path = out / "config.json"
+    if out.exists() and not out.is_dir():
+        raise RunError(f"{out} exists and is not a folder")
+    if resume and config_path.exists():
+        try:
+            old = RunConfig.model_validate_json(config_path.read_text(encoding="utf-8"))
+        except ValueError as error:
+            raise RunError(f"{config_path}: not a run configuration: {error}") from None
+        differences = _config_differences(old, config)
+        if differences:
+            raise RunError(
+                f"{out}: cannot resume, the run was started with other settings "
+                f"({'; '.join(differences[:4])}); use --force to start over"
+            )
+        return {
+            name
+            for name in config.members
+            if (out / "members" / f"{name}.json").exists()
+            and (out / "members" / f"{name}.pt").exists()
+        }
+    if out.exists() and any(out.iterdir()):
+        if not force:
+            raise RunError(
+                f"{out} exists and is not empty; pass --force to overwrite it "
+                "(or --resume to finish an interrupted run)"
+            )
+        # Remove only what a run writes: a mistyped -o must not wipe unrelated files.
+        shutil.rmtree(out / "members", ignore_errors=True)
+        for name in ("config.json", "metrics.json"):
+            (out / name).unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json(config_path, config)
+    return set()
+
+
+def _config_differences(old: RunConfig, new: RunConfig) -> list[str]:
+    a = old.model_dump(mode="json")
+    b = new.model_dump(mode="json")
+    for dump in (a, b):
+        for key in _NOT_IDENTITY:
+            dump["train"].pop(key, None)
+        dump.pop("data", None)
+    return [f"{key} differs" for key in sorted(set(a) | set(b)) if a.get(key) != b.get(key)]
+
+
+def train_run(
+    space: Space,
+    dataset: LabeledDataset,
+    target: Target | str,
+    out: str | Path,
+    *,
+    train: TrainConfig | None = None,
+    ensemble: EnsembleConfig | None = None,
+    num_layers: int | None = None,
+    jobs: int = 1,
+    ray_address: str | None = None,
+    force: bool = False,
+    resume: bool = False,
+    data_path: str = "",
+    progress: RunProgress | None = None,
+    encoder: Any = None,
+) -> TrainedRun:
+    """Train the members of an ensemble (or one predictor) into the run folder `out`.
+
+    `train.num_layers` is replaced by `num_layers` when given, else by
+    `default_num_layers(space, graphs)`. Rows whose target is missing are left out.
+    """
+    from autobuild_dsl.graphs.encode import GraphEncoder
+
+    out = Path(out)
+    target = parse_target(target) if isinstance(target, str) else target
+    train = train or TrainConfig()
+    ensemble = ensemble or EnsembleConfig()
+    # Rows lacking a metric the target reads cannot be labeled: leave them out.
+    missing = [m for m in target.metrics if m not in dataset.metric_names]
+    if missing:
+        raise RunError(
+            f"target `{target.text}`: unknown metric '{missing[0]}' "
+            f"(the data has: {', '.join(dataset.metric_names) or 'none'})"
+        )
+    keep = np.ones(len(dataset), dtype=bool)
+    for name in target.metrics:
+        keep &= ~np.isnan(dataset.metric(name))
+    if not keep.all():
+        dataset = dataset.subset(np.flatnonzero(keep))
+    if len(dataset) < 4:
+        raise RunError(f"{len(dataset)} labeled architectures: at least 4 are needed")
+    y = target.evaluate(dataset)
+    encoder = encoder or GraphEncoder(space)
+    graphs = dataset.graphs(encoder)
+    layers = num_layers or default_num_layers(space, graphs)
+    train = train.model_copy(update={"num_layers": layers})
+    backend = resolve_backend(train.softrank_backend)
+    vocab_sizes = [len(c.vocab) for c in encoder.categories]
+    if ensemble.folds > len(dataset):
+        raise RunError(f"{ensemble.folds} folds need at least as many rows ({len(dataset)})")
+    specs = plan_members(
+        len(dataset),
+        folds=ensemble.folds,
+        seeds=ensemble.seeds,
+        test_fraction=ensemble.test_fraction,
+        seed=ensemble.seed,
+    )
+    config = RunConfig(
+        space_name=space.name,
+        space=json.loads(space.to_json()),
+        target=target.text,
+        data=data_path,
+        data_fingerprint=_fingerprint(dataset, y),
+        rows=len(dataset),
+        train=train,
+        ensemble=ensemble,
+        model=train.model_config_for(vocab_sizes),
+        categories=[
+            CategoryInfo(name=c.name, group=c.group, vocab=list(c.vocab))
+            for c in encoder.categories
+        ],
+        softrank_backend=backend,
+        members=[s.name for s in specs],
+    )
+    finished = _prepare_folder(out, config, force=force, resume=resume)
+    packed = pack_graphs(graphs)
+    check_codes(packed, vocab_sizes)
+    total = len(specs)
+    done_count = 0
+    for spec in specs:
+        if spec.name in finished:
+            done_count += 1
+            if progress is not None:
+                record = _read_record(out, spec.name)
+                progress(MemberDone(spec.name, done_count, total, record.metrics, skipped=True))
+
+    def save(result: MemberResult) -> None:
+        nonlocal done_count
+        name = result.spec.name
+        _save_state(out / "members" / f"{name}.pt", result.state)
+        record = MemberRecord(
+            name=name,
+            fold=result.spec.fold,
+            seed=result.spec.seed,
+            weights=f"members/{name}.pt",
+            train_rows=result.spec.train,
+            test_rows=result.spec.test,
+            metrics=result.metrics,
+            label=result.label,
+            label_stats=label_stats(dataset, y, result.spec.train),
+            hop_norms=result.hop_norms,
+        )
+        # The record last: its presence marks the member as finished.
+        _write_json(out / "members" / f"{name}.json", record)
+        done_count += 1
+        if progress is not None:
+            progress(MemberDone(name, done_count, total, result.metrics))
+
+    todo = [s for s in specs if s.name not in finished]
+    run_members(
+        todo,
+        packed,
+        y,
+        vocab_sizes,
+        train,
+        on_done=save,
+        jobs=jobs,
+        ray_address=ray_address,
+        progress=progress,
+    )
+    run = load_run(out)
+    _write_json(out / "metrics.json", _summarise(run))
+    run.metrics = _summarise(run)
+    return run
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    kept = [v for v in values if v is not None and not math.isnan(v)]
+    return sum(kept) / len(kept) if kept else None
+
+
+def _summarise(run: TrainedRun) -> RunMetrics:
+    metrics = [m.record.metrics for m in run.members]
+    hops = max((len(m.hop_srcc) for m in metrics), default=0)
+    mean = SummaryMetrics(
+        hop_srcc=[
+            _mean([m.hop_srcc[h] for m in metrics if h < len(m.hop_srcc)]) for h in range(hops)
+        ],
+        pred_srcc=_mean([m.pred_srcc for m in metrics]),
+        mae=_mean([m.mae for m in metrics]),
+        seconds_per_epoch=_mean([m.seconds_per_epoch for m in metrics]) or 0.0,
+    )
+    return RunMetrics(
+        members={m.record.name: m.record.metrics for m in run.members},
+        mean=mean,
+        softrank_backend=run.config.softrank_backend,
+        train_seconds=sum(m.train_seconds for m in metrics),
+    )
+
+
+# ----- loading and using a run ---------------------------------------------------------------
+
+
+@dataclass
+class LoadedMember:
+    record: MemberRecord
+    model: ScorerModel
+
+    @property
+    def name(self) -> str:
+        return self.record.name
+
+    def hop_weight(self, hop: int) -> float:
+        """This member's weight for scores at `hop`: its held-out SRCC there (>= 0)."""
+        values = self.record.metrics.hop_srcc
+        value = values[hop] if hop < len(values) else None
+        return max(value, 0.0) if value is not None else 0.0
+
+    @property
+    def prediction_weight(self) -> float:
+        """Weight in `predict`: the held-out SRCC of the prediction head (>= 0)."""
+        value = self.record.metrics.pred_srcc
+        return max(value, 0.0) if value is not None else 0.0
+
+
+@dataclass
+class TrainedRun:
+    path: Path
+    config: RunConfig
+    members: list[LoadedMember]
+    metrics: RunMetrics | None = None
+    _encoder: Any = field(default=None, repr=False)
+
+    @cached_property
+    def space(self) -> Space:
+        return Space.model_validate(self.config.space)
+
+    @property
+    def target(self) -> str:
+        return self.config.target
+
+    @property
+    def target_name(self) -> str:
+        """The target's text: a metric name for plain targets (`top1`)."""
+        return self.config.target
+
+    @property
+    def categories(self) -> list[CategoryInfo]:
+        return self.config.categories
+
+    @property
+    def num_hops(self) -> int:
+        return self.config.model.num_layers + 1
+
+    def encoder(self) -> Any:
+        """A GraphEncoder for the run's space (built once)."""
+        if self._encoder is None:
+            from autobuild_dsl.graphs.encode import GraphEncoder
+
+            self._encoder = GraphEncoder(self.space)
+            names = [c.name for c in self._encoder.categories]
+            if names != [c.name for c in self.config.categories]:
+                raise RunError(
+                    f"{self.path}: the encoder's features ({', '.join(names)}) differ from "
+                    "the run's; it was trained with another version of the encoder"
+                )
+        return self._encoder
+
+
+def _read_record(path: Path, name: str) -> MemberRecord:
+    file = path / "members" / f"{name}.json"
+    try:
+        return MemberRecord.model_validate_json(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise RunError(f"{file}: cannot read member record: {error}") from None
+
+
+def load_run(path: str | Path) -> TrainedRun:
+    """A trained run folder: its config and every finished member's model (eval mode)."""
+    path = Path(path)
+    config_path = path / "config.json"
+    if not config_path.is_file():
+        raise RunError(f"{path}: not a run folder (no config.json)")
+    try:
+        config = RunConfig.model_validate_json(config_path.read_text(encoding="utf-8"))
+    except ValueError as error:
+        raise RunError(f"{config_path}: not a run configuration: {error}") from None
+    members: list[LoadedMember] = []
+    for name in config.members:
+        if not (path / "members" / f"{name}.json").exists():
+            continue  # not finished (an interrupted run)
+        record = _read_record(path, name)
+        model = ScorerModel(config.model)
+        try:
+            state = torch.load(path / record.weights, map_location="cpu", weights_only=True)
+            model.load_state_dict(state)
+        except (OSError, RuntimeError, ValueError) as error:
+            raise RunError(f"{path / record.weights}: cannot load weights: {error}") from None
+        model.eval()
+        members.append(LoadedMember(record=record, model=model))
+    if not members:
+        raise RunError(f"{path}: no finished member (resume it with `abc train ... --resume`)")
+    metrics = None
+    metrics_path = path / "metrics.json"
+    if metrics_path.is_file():
+        try:
+            metrics = RunMetrics.model_validate_json(metrics_path.read_text(encoding="utf-8"))
+        except ValueError:
+            metrics = None
+    return TrainedRun(path=path, config=config, members=members, metrics=metrics)
+
+
+def _as_packed(graphs: Sequence[Any] | PackedGraphs, model: ScorerModel) -> PackedGraphs:
+    packed = graphs if isinstance(graphs, PackedGraphs) else pack_graphs(list(graphs))
+    check_codes(packed, model.config.vocab_sizes)
+    return packed
+
+
+def _weights(values: Sequence[float]) -> np.ndarray:
+    w = np.asarray(values, dtype=np.float64)
+    # No member beats chance: fall back to an unweighted ensemble.
+    return w / w.sum() if w.sum() > 0 else np.full(len(w), 1.0 / len(w))
+
+
+def member_predictions(run: TrainedRun, graphs: Sequence[Any] | PackedGraphs) -> np.ndarray:
+    """[members, graphs]: each member's prediction in target units."""
+    packed = _as_packed(graphs, run.members[0].model)
+    rows = []
+    with torch.inference_mode():
+        for member in run.members:
+            pred, _, _ = embed(member.model, packed)
+            label = member.record.label
+            rows.append(pred.double().numpy() * (label.sd if label.sd > 0 else 1.0) + label.mean)
+    return np.stack(rows)
+
+
+def predict(run: TrainedRun, graphs: Sequence[Any] | PackedGraphs) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, spread) of the members' predictions, in target units.
+
+    Members are weighted by the held-out SRCC of their predictions (the paper's weighting
+    of Exhaustive-Search predictors); the spread is the weighted standard deviation.
+    """
+    preds = member_predictions(run, graphs)
+    w = _weights([m.prediction_weight for m in run.members])
+    mean = w @ preds
+    spread = np.sqrt(np.maximum(w @ (preds - mean) ** 2, 0.0))
+    return mean, spread
+
+
+def node_norms(
+    model: ScorerModel, graphs: Sequence[Any] | PackedGraphs
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(norms [hops, nodes], node_ptr [graphs + 1]): every node's embedding norm per hop.
+
+    Graph g's nodes are `node_ptr[g]:node_ptr[g + 1]`; a module's score is the norm of its
+    last node at hop = (its nodes - 1).
+    """
+    packed = _as_packed(graphs, model)
+    _, _, per_hop = embed(model, packed)
+    return torch.stack(per_hop), packed.node_ptr
+
+
+def run_feature_importance(run: TrainedRun) -> list[FeatureScore]:
+    """FE-MLP scores averaged over members, weighted by their held-out hop-0 SRCC."""
+    w = _weights([m.hop_weight(0) for m in run.members])
+    tables = [feature_importance(m.model, run.config.categories) for m in run.members]
+    merged = []
+    for i, row in enumerate(tables[0]):
+        score = float(sum(wk * t[i].score for wk, t in zip(w, tables, strict=True)))
+        raw = float(sum(wk * t[i].raw for wk, t in zip(w, tables, strict=True)))
+        merged.append(row.model_copy(update={"score": score, "raw": raw}))
+    return merged
+
+
+def summary_json(metrics: RunMetrics) -> dict[str, Any]:
+    """The final test metrics as `abc train --json` prints them."""
+    mean = metrics.mean
+    return {
+        "hop_srcc": mean.hop_srcc,
+        "pred_srcc": mean.pred_srcc,
+        "mae": mean.mae,
+        "seconds_per_epoch": mean.seconds_per_epoch,
+    }
+
+
+__all__ = [
+    "CategoryInfo",
+    "EnsembleConfig",
+    "LoadedMember",
+    "MemberDone",
+    "MemberRecord",
+    "RunConfig",
+    "RunError",
+    "RunMetrics",
+    "SummaryMetrics",
+    "TrainedRun",
+    "default_num_layers",
+    "load_run",
+    "member_predictions",
+    "node_norms",
+    "predict",
+    "run_feature_importance",
+    "summary_json",
+    "train_run",
+]

@@ -1,0 +1,577 @@
+"""Evaluators: what gives an architecture its metrics during a search.
+
+One interface (`Evaluator.evaluate(archs) -> list[dict[str, float]]`), one pydantic config
+per kind, and a one-line spec syntax for the command line:
+
+    lookup:DATA.jsonl                exact lookup in a labeled dataset
+    predictor:RUN                    a trained scorer run or ensemble (mean and std)
+    measure[:METRIC,...]             compile and measure (params, macs, latency, ...)
+    python:MODULE:FUNCTION           the user's function, `f(arch) -> {metric: value}`
+    python:path/to/file.py:FUNCTION  (same, loaded from a file)
+    command:TEMPLATE                 the user's shell command: the architecture as JSON on
+                                     stdin, or in a file whose path replaces `{arch}`; it
+                                     prints a JSON object of metrics (its last stdout line)
+    @config.json / {"kind": ...}     the full pydantic config (timeouts, tags, ...)
+
+Each evaluator has an `identity`: the cache key prefix. It changes when what the evaluator
+would answer can change (the data file, the run's files, the user's source file).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import tempfile
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from autobuild_dsl.space.architecture import Architecture
+from autobuild_dsl.space.model import Space
+
+ARCH_PLACEHOLDER = "{arch}"
+
+
+class EvaluationError(RuntimeError):
+    """An evaluator could not produce metrics for an architecture (or was misconfigured)."""
+
+
+# --------------------------------------------------------------------------- configs
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class LookupConfig(_Config):
+    kind: Literal["lookup"] = "lookup"
+    data: str = Field(description="a labeled dataset (JSON lines) of this space")
+
+
+class PredictorConfig(_Config):
+    kind: Literal["predictor"] = "predictor"
+    run: str = Field(description="a scorer run folder (one predictor or an ensemble)")
+    batch_size: int = Field(default=1024, ge=1)
+
+
+class MeasureConfig(_Config):
+    kind: Literal["measure"] = "measure"
+    metrics: list[str] = Field(default_factory=lambda: ["params", "macs"])
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="keyword arguments passed on to `measure`"
+    )
+
+
+class PythonConfig(_Config):
+    kind: Literal["python"] = "python"
+    function: str = Field(description="MODULE:FUNCTION or path/to/file.py:FUNCTION")
+    tag: str = Field(default="", description="change it to invalidate cached results")
+
+
+class CommandConfig(_Config):
+    kind: Literal["command"] = "command"
+    command: str = Field(description="a shell command; `{arch}` becomes a JSON file's path")
+    timeout: float | None = Field(default=None, gt=0, description="seconds per architecture")
+    cwd: str | None = None
+    tag: str = Field(default="", description="change it to invalidate cached results")
+
+
+EvaluatorConfig = Annotated[
+    LookupConfig | PredictorConfig | MeasureConfig | PythonConfig | CommandConfig,
+    Field(discriminator="kind"),
+]
+_CONFIG_ADAPTER: TypeAdapter[Any] = TypeAdapter(EvaluatorConfig)
+
+
+def config_from_json(text: str) -> Any:
+    try:
+        return _CONFIG_ADAPTER.validate_json(text)
+    except ValidationError as error:
+        raise EvaluationError(f"not a valid evaluator config: {_pydantic_message(error)}") from None
+
+
+def config_to_json(config: Any) -> str:
+    return config.model_dump_json()
+
+
+def parse_evaluator_spec(spec: str, base: Path | None = None) -> Any:
+    """Turn a command-line spec into a config; relative paths are made absolute against
+    `base` (default: the current directory) so workers and cache keys do not depend on it."""
+    base = Path.cwd() if base is None else base
+    text = spec.strip()
+    if text.startswith("@"):
+        path = _absolute(text[1:], base)
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as error:
+            raise EvaluationError(f"{path}: cannot read the evaluator config: {error}") from None
+        return _absolutise(config_from_json(text), Path(path).parent)
+    if text.startswith("{"):
+        return _absolutise(config_from_json(text), base)
+    kind, sep, rest = text.partition(":")
+    kind = kind.strip().lower()
+    if kind == "measure":
+        metrics = [m.strip() for m in rest.split(",") if m.strip()] if sep else []
+        return MeasureConfig(metrics=metrics) if metrics else MeasureConfig()
+    if not sep or not rest.strip():
+        raise EvaluationError(
+            f"evaluator '{spec}': expected KIND:ARGUMENT with KIND one of lookup, predictor, "
+            "measure, python, command (or @config.json)"
+        )
+    if kind == "lookup":
+        return LookupConfig(data=_absolute(rest, base))
+    if kind == "predictor":
+        return PredictorConfig(run=_absolute(rest, base))
+    if kind == "python":
+        target, colon, function = rest.rpartition(":")
+        if not colon or not target or not function:
+            raise EvaluationError(f"evaluator '{spec}': expected python:MODULE:FUNCTION")
+        if target.endswith(".py"):
+            target = _absolute(target, base)
+        return PythonConfig(function=f"{target}:{function}")
+    if kind in ("command", "cmd"):
+        return CommandConfig(command=rest.strip(), cwd=str(base))
+    raise EvaluationError(
+        f"evaluator '{spec}': unknown kind '{kind}' "
+        "(lookup, predictor, measure, python, command, or @config.json)"
+    )
+
+
+def _absolute(path: str, base: Path) -> str:
+    expanded = Path(path.strip()).expanduser()
+    return str(expanded if expanded.is_absolute() else (base / expanded).resolve())
+
+
+def _absolutise(config: Any, base: Path) -> Any:
+    if isinstance(config, LookupConfig):
+        return config.model_copy(update={"data": _absolute(config.data, base)})
+    if isinstance(config, PredictorConfig):
+        return config.model_copy(update={"run": _absolute(config.run, base)})
+    if isinstance(config, PythonConfig):
+        target, _, function = config.function.rpartition(":")
+        if target.endswith(".py"):
+            return config.model_copy(update={"function": f"{_absolute(target, base)}:{function}"})
+    if isinstance(config, CommandConfig):
+        cwd = _absolute(config.cwd, base) if config.cwd else str(base)
+        return config.model_copy(update={"cwd": cwd})
+    return config
+
+
+def _pydantic_message(error: ValidationError) -> str:
+    parts = []
+    for item in error.errors():
+        where = ".".join(str(x) for x in item["loc"]) or "config"
+        parts.append(f"{where}: {item['msg']}")
+    return "; ".join(parts)
+
+
+# --------------------------------------------------------------------------- interface
+
+
+class Evaluator(ABC):
+    """Gives architectures metrics. Subclasses are built from their config and the space."""
+
+    #: worth caching on disk (a table lookup is not)
+    cacheable: bool = True
+    #: worth spreading over worker processes (a lookup is not)
+    parallel: bool = True
+
+    def __init__(self, config: Any, space: Space) -> None:
+        self.config = config
+        self.space = space
+
+    @cached_property
+    def identity(self) -> str:
+        """What the cache key starts with: the config, the space and what can change.
+        Computed once (the first time it is needed), so it describes what was loaded."""
+        space_hash = hashlib.sha256(self.space.to_json().encode("utf-8")).hexdigest()[:16]
+        extra = self._fingerprint()
+        return f"{config_to_json(self.config)}|space={space_hash}|{extra}"
+
+    def _fingerprint(self) -> str:
+        return ""
+
+    @abstractmethod
+    def evaluate(self, archs: Sequence[Architecture]) -> list[dict[str, float]]:
+        """Metrics for each architecture, in order; raises EvaluationError."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook, most evaluators hold nothing
+        """Release resources (worker processes, files)."""
+
+
+def make_evaluator(config: Any, space: Space) -> Evaluator:
+    kinds: dict[str, type[Evaluator]] = {
+        "lookup": LookupEvaluator,
+        "predictor": PredictorEvaluator,
+        "measure": MeasureEvaluator,
+        "python": PythonEvaluator,
+        "command": CommandEvaluator,
+    }
+    return kinds[config.kind](config, space)
+
+
+def _metrics_of(value: object, where: str) -> dict[str, float]:
+    """Check and convert what an evaluator returned: a mapping of names to numbers."""
+    if not isinstance(value, Mapping) or not value:
+        raise EvaluationError(
+            f"{where}: expected a non-empty JSON object of metrics, got {value!r}"
+        )
+    metrics: dict[str, float] = {}
+    for name, number in value.items():
+        if not isinstance(name, str) or isinstance(number, bool):
+            raise EvaluationError(f"{where}: metric {name!r} = {number!r} is not a number")
+        try:
+            metrics[name] = float(number)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise EvaluationError(
+                f"{where}: metric {name!r} = {number!r} is not a number"
+            ) from None
+    return metrics
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- lookup
+
+
+class LookupEvaluator(Evaluator):
+    """Exact lookup: an architecture absent from the table is an error, never a guess.
+
+    Rows of the same architecture (repeated measurements) are averaged by the loader.
+    """
+
+    cacheable = False
+    parallel = False
+
+    def __init__(self, config: LookupConfig, space: Space) -> None:
+        super().__init__(config, space)
+        path = Path(config.data)
+        if not path.exists():
+            raise EvaluationError(f"{path}: no such labeled dataset")
+        self._digest = _file_digest(path)  # before loading: the identity of what is read
+        self._table = _load_table(path, space)
+
+    def _fingerprint(self) -> str:
+        return f"data={self._digest}"
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+    def evaluate(self, archs: Sequence[Architecture]) -> list[dict[str, float]]:
+        results = []
+        for arch in archs:
+            found = self._table.get(arch.key())
+            if found is None:
+                raise EvaluationError(
+                    f"{self.config.data}: the architecture is not in the table "
+                    f"({len(self._table)} architectures): {arch.key()}"
+                )
+            results.append(dict(found))
+        return results
+
+
+def _load_table(path: Path, space: Space) -> dict[str, dict[str, float]]:
+    try:
+        from autobuild_dsl.data import DatasetError, load_dataset
+    except ImportError as error:
+        raise EvaluationError(f"the lookup evaluator needs autobuild_dsl.data ({error})") from None
+    if not path.exists():
+        raise EvaluationError(f"{path}: no such labeled dataset")
+    try:
+        # The loader already merges repeated rows of one architecture (mean per metric).
+        dataset = load_dataset(path, space)
+    except DatasetError as error:
+        raise EvaluationError(f"{path}: {error}") from None
+    return {arch.key(): dataset.row_metrics(i) for i, arch in enumerate(dataset.architectures)}
+
+
+# --------------------------------------------------------------------------- predictor
+
+
+class PredictorEvaluator(Evaluator):
+    """A trained scorer run (one predictor or an ensemble): metric `<target>` is the
+    ensemble's (SRCC-weighted) mean prediction and `<target>_std` the members' spread; an
+    expression target (`acc - 0.5*lat`) goes by `score` / `score_std`.
+
+    Graphs come from the run's own encoder (the features it was trained on), so a reduced
+    space that `extends` the run's space is scored consistently.
+    """
+
+    def __init__(self, config: PredictorConfig, space: Space) -> None:
+        super().__init__(config, space)
+        try:
+            from autobuild_dsl.scorer import load_run, predict
+        except ImportError as error:
+            raise EvaluationError(
+                f"the predictor evaluator needs autobuild_dsl.scorer ({error})"
+            ) from None
+        run_path = Path(config.run)
+        if not run_path.exists():
+            raise EvaluationError(f"{run_path}: no such scorer run")
+        try:
+            self._run = load_run(run_path)
+            self._encoder = self._run.encoder()
+        except ValueError as error:  # RunError: not a run, no finished member, old encoder
+            raise EvaluationError(str(error)) from None
+        self._predict = predict
+        self.metric = _run_metric_name(self._run)
+
+    def _fingerprint(self) -> str:
+        root = Path(self.config.run)
+        files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
+        digest = hashlib.sha256()
+        for path in files:
+            stat = path.stat()
+            digest.update(
+                f"{path.relative_to(root.parent)}:{stat.st_size}:{stat.st_mtime_ns}".encode()
+            )
+        return f"run={digest.hexdigest()[:16]}"
+
+    def evaluate(self, archs: Sequence[Architecture]) -> list[dict[str, float]]:
+        results: list[dict[str, float]] = []
+        size = self.config.batch_size
+        for start in range(0, len(archs), size):
+            chunk = list(archs[start : start + size])
+            try:
+                graphs = self._encoder.encode_many(chunk)
+            except ValueError as error:  # an architecture the run's space cannot encode
+                raise EvaluationError(f"predictor:{self.config.run}: {error}") from None
+            mean, std = self._predict(self._run, graphs)
+            for m, s in zip(_floats(mean), _floats(std), strict=True):
+                results.append({self.metric: m, f"{self.metric}_std": s})
+        return results
+
+
+def _run_metric_name(run: Any) -> str:
+    """The name a run's prediction goes by: its target's name where the run knows it."""
+    for attr in ("target_name", "metric", "target"):
+        value = getattr(run, attr, None)
+        name = getattr(value, "name", value)
+        if isinstance(name, str) and name:
+            return name if name.isidentifier() else "score"
+    return "score"
+
+
+def _floats(values: Any) -> list[float]:
+    if hasattr(values, "detach"):
+        values = values.detach().cpu().numpy()
+    if hasattr(values, "tolist"):
+        values = values.tolist()
+    return [float(v) for v in values]
+
+
+# --------------------------------------------------------------------------- measure
+
+
+class MeasureEvaluator(Evaluator):
+    """Compile each architecture and measure it (parameters, MACs, ONNX Runtime latency)."""
+
+    def __init__(self, config: MeasureConfig, space: Space) -> None:
+        super().__init__(config, space)
+        try:
+            from autobuild_dsl.compile.measure import measure
+            from autobuild_dsl.space.resolve import resolve
+        except ImportError as error:
+            raise EvaluationError(
+                f"the measure evaluator needs autobuild_dsl.compile.measure ({error})"
+            ) from None
+        self._measure = measure
+        self._resolve = resolve
+
+    def _fingerprint(self) -> str:
+        # Latency depends on the machine and the runtime; counts do not, but are cheap.
+        import torch
+
+        versions = f"torch={torch.__version__}"
+        if any("latency" in m for m in self.config.metrics):
+            try:
+                import onnxruntime
+
+                versions += f",ort={onnxruntime.__version__}"
+            except ImportError:
+                pass
+            versions += f",host={platform.node()},cpu={platform.processor() or platform.machine()}"
+        return versions
+
+    def evaluate(self, archs: Sequence[Architecture]) -> list[dict[str, float]]:
+        results = []
+        for arch in archs:
+            try:
+                net = self._resolve(self.space, arch)
+                value = self._measure(net, metrics=list(self.config.metrics), **self.config.options)
+            except (ValueError, TypeError) as error:  # unknown metric or option, bad net
+                raise EvaluationError(f"measure: {error}") from None
+            if hasattr(value, "model_dump"):
+                value = value.model_dump()
+            metrics = _metrics_of(
+                {k: v for k, v in dict(value).items() if v is not None}, "measure"
+            )
+            results.append(metrics)
+        return results
+
+
+# --------------------------------------------------------------------------- python
+
+
+class PythonEvaluator(Evaluator):
+    """`FUNCTION(arch)` (or `FUNCTION(arch, space=space)` if it takes `space`) returns a
+    mapping of metric names to numbers."""
+
+    def __init__(self, config: PythonConfig, space: Space) -> None:
+        super().__init__(config, space)
+        self._function, self._source = _import_function(config.function)
+        try:
+            parameters = inspect.signature(self._function).parameters
+        except (TypeError, ValueError):
+            parameters = {}
+        self._pass_space = "space" in parameters
+
+    def _fingerprint(self) -> str:
+        # Editing the user's source invalidates its cached results.
+        return f"source={_file_digest(self._source)}" if self._source else ""
+
+    def evaluate(self, archs: Sequence[Architecture]) -> list[dict[str, float]]:
+        results = []
+        for arch in archs:
+            try:
+                if self._pass_space:
+                    value = self._function(arch, space=self.space)
+                else:
+                    value = self._function(arch)
+            except EvaluationError:
+                raise
+            except Exception as error:
+                raise EvaluationError(
+                    f"{self.config.function} failed on {arch.key()}: "
+                    f"{type(error).__name__}: {error}"
+                ) from error
+            results.append(_metrics_of(value, self.config.function))
+        return results
+
+
+def _import_function(spec: str) -> tuple[Callable[..., Any], Path | None]:
+    target, _, name = spec.rpartition(":")
+    try:
+        if target.endswith(".py"):
+            path = Path(target)
+            if not path.exists():
+                raise EvaluationError(f"{spec}: no such file {path}")
+            module_name = f"_abc_user_{hashlib.sha256(str(path).encode()).hexdigest()[:12]}"
+            module = sys.modules.get(module_name)
+            if module is None:
+                loader_spec = importlib.util.spec_from_file_location(module_name, path)
+                if loader_spec is None or loader_spec.loader is None:
+                    raise EvaluationError(f"{spec}: cannot load {path}")
+                module = importlib.util.module_from_spec(loader_spec)
+                sys.modules[module_name] = module
+                loader_spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(target)
+    except EvaluationError:
+        raise
+    except Exception as error:
+        raise EvaluationError(f"{spec}: cannot import: {type(error).__name__}: {error}") from None
+    function = getattr(module, name, None)
+    if not callable(function):
+        raise EvaluationError(f"{spec}: '{name}' is not a function of {module.__name__}")
+    source = getattr(module, "__file__", None)
+    return function, Path(source) if source else None
+
+
+# --------------------------------------------------------------------------- command
+
+
+class CommandEvaluator(Evaluator):
+    """Run the user's shell command once per architecture.
+
+    The architecture's JSON (`Architecture.to_json()`) goes to the command on stdin, or,
+    when the template holds `{arch}`, into a temporary file whose quoted path replaces it.
+    The last non-empty line of stdout must be a JSON object of metrics.
+    """
+
+    def _fingerprint(self) -> str:
+        # Hash any file the command names (a script), so editing it invalidates the cache.
+        digests = []
+        cwd = Path(self.config.cwd or ".")
+        try:
+            tokens = shlex.split(self.config.command.replace(ARCH_PLACEHOLDER, ""))
+        except ValueError:
+            tokens = []
+        for token in tokens:
+            path = Path(token) if Path(token).is_absolute() else cwd / token
+            if len(token) < 4096 and path.is_file():
+                digests.append(f"{token}={_file_digest(path)}")
+        return ",".join(digests)
+
+    def evaluate(self, archs: Sequence[Architecture]) -> list[dict[str, float]]:
+        return [self._one(arch) for arch in archs]
+
+    def _one(self, arch: Architecture) -> dict[str, float]:
+        payload = arch.to_json()
+        template = self.config.command
+        temp_path: str | None = None
+        try:
+            if ARCH_PLACEHOLDER in template:
+                fd, temp_path = tempfile.mkstemp(prefix="abc-arch-", suffix=".json")
+                with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                    handle.write(payload)
+                command = template.replace(ARCH_PLACEHOLDER, shlex.quote(temp_path))
+                stdin = ""
+            else:
+                command, stdin = template, payload
+            try:
+                done = subprocess.run(
+                    command,
+                    shell=True,
+                    input=stdin,
+                    capture_output=True,
+                    text=True,
+                    timeout=self.config.timeout,
+                    cwd=self.config.cwd,
+                    check=False,
+                )
+            except subprocess.TimeoutExpired:
+                raise EvaluationError(
+                    f"command timed out after {self.config.timeout:g} s on {arch.key()}"
+                ) from None
+        finally:
+            if temp_path is not None:
+                Path(temp_path).unlink(missing_ok=True)
+        if done.returncode != 0:
+            raise EvaluationError(
+                f"command exited with status {done.returncode} on {arch.key()}: "
+                f"{_tail(done.stderr) or _tail(done.stdout) or '(no output)'}"
+            )
+        lines = [line for line in done.stdout.splitlines() if line.strip()]
+        if not lines:
+            raise EvaluationError(f"command printed nothing on {arch.key()}; expected JSON metrics")
+        try:
+            value = json.loads(lines[-1])
+        except ValueError:
+            raise EvaluationError(
+                f"command's last output line is not JSON: {lines[-1][:200]!r}"
+            ) from None
+        return _metrics_of(value, "command output")
+
+
+def _tail(text: str, limit: int = 500) -> str:
+    text = text.strip()
+    return text if len(text) <= limit else "..." + text[-limit:]

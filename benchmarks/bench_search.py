@@ -1,0 +1,216 @@
+"""Benchmark the searches: the evolutionary search on NAS-Bench-Macro and the exhaustive
+search (the paper's ES baseline) on the SD v1.4 U-Net spaces.
+
+    python benchmarks/bench_search.py                    # EA + exhaustive on sd14_unet_hw
+    python benchmarks/bench_search.py --skip-hw --fid --fid-limit 4096  # FID space: a prefix
+    python benchmarks/bench_search.py --fid              # all 786,432 of sd14_unet_fid (hours)
+    python benchmarks/bench_search.py --run RUN          # score with your trained run
+
+Without --run the exhaustive search scores with a real scorer ensemble of the paper's ES
+shape (20 MSE-only predictors: 5 folds x 4 seeds, trained by `autobuild_dsl.scorer`) that
+is trained for a few epochs on 68 random architectures with SYNTHETIC labels (a formula of
+the architecture, not FID): its throughput is the real ensemble's, its ranking means
+nothing. Training it takes a few seconds and is not counted in the throughput.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from autobuild_dsl.lang import compile_file  # noqa: E402
+from autobuild_dsl.search.evaluators import (  # noqa: E402
+    LookupConfig,
+    PredictorConfig,
+    make_evaluator,
+)
+from autobuild_dsl.search.evolution import SearchConfig, run_search  # noqa: E402
+from autobuild_dsl.search.exhaustive import ExhaustiveConfig, exhaustive_search  # noqa: E402
+from autobuild_dsl.search.pareto import parse_objectives  # noqa: E402
+from autobuild_dsl.search.runner import EvaluationRunner  # noqa: E402
+from autobuild_dsl.space.architecture import Architecture  # noqa: E402
+from autobuild_dsl.space.decisions import iter_architectures, space_size  # noqa: E402
+from autobuild_dsl.space.model import Space  # noqa: E402
+
+SHARED = ROOT.parent / "shared" / "data"
+MACRO_JSON = SHARED / "nas_bench_macro" / "nas-bench-macro_cifar10.json"
+
+
+def synthetic_run(space: Space, out: Path, members: tuple[int, int] = (5, 4)) -> Path:
+    """Train an ES-shaped ensemble on SYNTHETIC labels (for throughput only)."""
+    from autobuild_dsl.data import from_records
+    from autobuild_dsl.scorer import EnsembleConfig, TrainConfig, train_run
+    from autobuild_dsl.space.decisions import sample
+
+    def label(arch: Architecture) -> float:
+        # Wider and deeper -> larger: enough signal for the MSE fit to be non-degenerate.
+        total = 0.0
+        for stage in arch.stages.values():
+            total += stage.depth + sum(
+                float(v) for v in stage.choices.values() if not isinstance(v, bool)
+            )
+        return total + sum(float(v) / 64 for v in arch.globals.values() if not isinstance(v, bool))
+
+    archs = sample(space, 68, seed=0)
+    dataset, _ = from_records(space, [(a, {"synthetic": label(a)}, 1, None) for a in archs])
+    folds, seeds = members
+    train_run(
+        space,
+        dataset,
+        "synthetic",
+        out,
+        train=TrainConfig(epochs=3, loss="mse"),
+        ensemble=EnsembleConfig(folds=folds, seeds=seeds),
+        force=True,
+    )
+    return out
+
+
+def bench_evolution(data: str | None, seeds: int = 5) -> None:
+    """Stage-Full, Layer-Full and random search (generation 0 only), budget 250, on the
+    real benchmark values; hypervolume of (max mean_acc, min flops), mean over seeds."""
+    import numpy as np
+    from pymoo.indicators.hv import HV
+
+    space = compile_file(ROOT / "spaces" / "nas_bench_macro.abs")
+    with tempfile.TemporaryDirectory() as scratch:
+        if data is None:
+            if not MACRO_JSON.exists():
+                print("evolution: skipped (no NAS-Bench-Macro data at ../shared/data)")
+                return
+            data = str(Path(scratch) / "macro.jsonl")
+            command = [sys.executable, "-m", "autobuild_dsl", "data", "import", "--from"]
+            subprocess.run(
+                [
+                    *command,
+                    "nas-bench-macro",
+                    str(MACRO_JSON),
+                    "--space",
+                    str(space_path()),
+                    "-o",
+                    data,
+                ],
+                check=True,
+                capture_output=True,
+            )
+        start = time.perf_counter()
+        evaluator = make_evaluator(LookupConfig(data=data), space)
+        print(
+            f"lookup table of {len(evaluator):,} rows loaded in {time.perf_counter() - start:.1f} s"
+        )
+    objectives = parse_objectives("max mean_acc, min flops")
+    reference = np.array([-45.0, 1.2e8])  # worse than every benchmark row in both
+    hv = HV(ref_point=reference)
+    variants = {
+        "stage (Stage-Full)": {"mode": "stage"},
+        "layer (Layer-Full)": {"mode": "layer"},
+        "random (no mutation)": {"init": 250},
+    }
+    for name, options in variants.items():
+        volumes, bests, seconds = [], [], 0.0
+        for seed in range(seeds):
+            config = SearchConfig(objectives=objectives, budget=250, seed=seed, **options)
+            start = time.perf_counter()
+            result = run_search(space, EvaluationRunner(space, evaluator=evaluator), config)
+            seconds += time.perf_counter() - start
+            front = np.array(
+                [[-r.metrics["mean_acc"], r.metrics["flops"]] for r in result.front_records()]
+            )
+            volumes.append(hv(front))
+            bests.append(max(r.metrics["mean_acc"] for r in result.records))
+        print(
+            f"evolution  nas_bench_macro {name:22s}: budget 250 x {seeds} seeds, "
+            f"{seconds / seeds:.2f} s/search; hypervolume {np.mean(volumes) / 1e8:.3f}e8 "
+            f"(sd {np.std(volumes) / 1e8:.3f}e8); best mean_acc {np.mean(bests):.2f} "
+            "(benchmark max 93.13)"
+        )
+
+
+def space_path() -> Path:
+    return ROOT / "spaces" / "nas_bench_macro.abs"
+
+
+def bench_exhaustive(
+    space_file: str, run: str | None, limit: int | None, batch_size: int, top: int
+) -> None:
+    space = compile_file(ROOT / "spaces" / space_file)
+    with tempfile.TemporaryDirectory() as scratch:
+        if run:
+            label = f"predictor:{run}"
+        else:
+            start = time.perf_counter()
+            run = str(synthetic_run(space, Path(scratch) / "run"))
+            label = (
+                "20-member ES ensemble on SYNTHETIC labels, "
+                f"trained in {time.perf_counter() - start:.0f} s (not counted)"
+            )
+        evaluator = make_evaluator(PredictorConfig(run=run, batch_size=batch_size), space)
+        runner = EvaluationRunner(space, evaluator=evaluator)
+        size = space_size(space)
+        if limit is not None and limit < size:
+            # Score only a prefix of the enumeration, through the same runner.
+            archs = iter_architectures(space)
+            start = time.perf_counter()
+            done = 0
+            batches = iter(lambda: list(itertools.islice(archs, batch_size)), [])
+            for batch, _ in runner.stream(batches):
+                done += len(batch)
+                if done >= limit:
+                    break
+            seconds = time.perf_counter() - start
+            rate = done / seconds
+            print(
+                f"exhaustive {space.name}: {done:,} of {size:,} in {seconds:.1f} s = "
+                f"{rate:,.0f} archs/s ({label}); whole space est. {size / rate:.0f} s; "
+                f"peak RSS {_peak_mib():.0f} MiB"
+            )
+            return
+        objective = parse_objectives(f"max {evaluator.metric}")[0]  # type: ignore[attr-defined]
+        config = ExhaustiveConfig(objective=objective, top=top, batch_size=batch_size)
+        result = exhaustive_search(space, runner, config)
+    print(
+        f"exhaustive {space.name}: {result.evaluated:,} of {result.size:,} in "
+        f"{result.seconds:.1f} s = {result.throughput:,.0f} archs/s "
+        f"(first batch {result.first_batch_throughput:,.0f}/s; {label}); "
+        f"top-{top} kept; peak RSS {_peak_mib():.0f} MiB"
+    )
+
+
+def _peak_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", help="a trained scorer run folder (else a synthetic one)")
+    parser.add_argument("--data", help="NAS-Bench-Macro imported as a labeled dataset")
+    parser.add_argument("--fid", action="store_true", help="also the 786,432-arch FID space")
+    parser.add_argument("--fid-limit", type=int, help="score only this many of the FID space")
+    parser.add_argument("--hw-limit", type=int, help="score only this many of the HW space")
+    parser.add_argument("--batch-size", type=int, default=2048)
+    parser.add_argument("--top", type=int, default=4)
+    parser.add_argument("--skip-evolution", action="store_true")
+    parser.add_argument("--skip-hw", action="store_true", help="no exhaustive run on the HW space")
+    args = parser.parse_args()
+    import torch
+
+    print(f"torch threads: {torch.get_num_threads()}")
+    if not args.skip_evolution:
+        bench_evolution(args.data)
+    if not args.skip_hw:
+        bench_exhaustive("sd14_unet_hw.abs", args.run, args.hw_limit, args.batch_size, args.top)
+    if args.fid:
+        bench_exhaustive("sd14_unet_fid.abs", args.run, args.fid_limit, args.batch_size, args.top)
+
+
+if __name__ == "__main__":
+    main()

@@ -161,7 +161,7 @@ def _best_first(space: Space, tables: list[ModuleTable]) -> Iterator[BuiltArchit
         # Each tuple has one parent (increment only at or after the last changed unit).
         for j in range(last, len(units)):
             if positions[j] + 1 < len(table.units[units[j]]):
-                child = (*positions[:j], positions[j] + 1, *positions[j + 1:])
+                child = (*positions[:j], positions[j] + 1, *positions[j + 1 :])
                 heapq.heappush(heap, (-_total(table, units, child), t, child, j))
         chosen = {u: table.units[u][i] for u, i in zip(units, positions, strict=True)}
         arch = architecture_from_modules(

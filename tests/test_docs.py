@@ -143,3 +143,22 @@ def test_op_reference_check_detects_a_stale_section(tmp_path: Path) -> None:
     assert subprocess.run(write, capture_output=True, check=False).returncode == 0
     assert subprocess.run(check, capture_output=True, check=False).returncode == 0
     assert "`conv`" in stale.read_text(encoding="utf-8")
+
+
+def test_cli_reference_is_up_to_date() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "gen_cli_reference.py"), "--check"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr or result.stdout
+
+
+def test_cli_reference_covers_every_command() -> None:
+    from autobuild_dsl.cli import cli
+
+    text = (ROOT / "docs" / "cli.md").read_text(encoding="utf-8")
+    for name in cli.list_commands(None):  # type: ignore[arg-type]
+        assert f"## abc {name}\n" in text

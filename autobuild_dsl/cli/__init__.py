@@ -27,7 +27,14 @@ def _register() -> None:
     # Later command groups register themselves here when their modules exist.
     import importlib
 
-    for module in ("data_cmds", "train_cmds", "build_cmds", "compile_cmds", "search_cmds"):
+    for module in (
+        "data_cmds",
+        "graph_cmds",
+        "train_cmds",
+        "build_cmds",
+        "compile_cmds",
+        "search_cmds",
+    ):
         try:
             loaded = importlib.import_module(f"autobuild_dsl.cli.{module}")
         except ModuleNotFoundError as error:

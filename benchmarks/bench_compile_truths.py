@@ -14,7 +14,10 @@ network node for node. Then it is counted two ways:
 - fast: `fast_params_and_macs`, per-node counts with a cache.
 
 Usage:  python benchmarks/bench_compile_truths.py [--data ../shared/data] [--workers N]
-        [--device auto|cpu|meta] [--modes full,fast] [--limit N]
+        [--device auto|cpu|meta] [--modes full,fast] [--limit N] [--markdown PATH]
+
+`--markdown PATH` also writes the results as a section of docs/results.md (see
+benchmarks/run_all.py).
 """
 
 from __future__ import annotations
@@ -161,6 +164,7 @@ def main() -> int:
     parser.add_argument("--device", choices=("auto", "cpu", "meta"), default="auto")
     parser.add_argument("--modes", default="full,fast")
     parser.add_argument("--limit", type=int, default=0, help="check only the first N of each")
+    parser.add_argument("--markdown", type=Path, help="also write a results section here")
     args = parser.parse_args()
     if not args.data.is_dir():
         print(f"no data at {args.data}")
@@ -175,12 +179,13 @@ def main() -> int:
         f"NAS-Bench-Macro: {len(macro)} keys; DyNAS-T: {len(dynast)} distinct subnets ({rows} rows)"
     )
     failed = False
+    rows: list[str] = []
     for family, items, truth in (
         ("macro", macro, "params+flops"),
         ("ofa_mbv3", dynast, "params+MACs"),
     ):
         device = args.device
-        if device == "auto":
+        if device == "auto" and "full" in args.modes.split(","):
             device, timing = pick_device(family, items)
             shown = ", ".join(f"{d} {t * 1000:.1f} ms" for d, t in timing.items())
             print(f"{family}: full count per network: {shown} -> {device}")
@@ -195,7 +200,38 @@ def main() -> int:
             for point, p, m, wp, wm in bad[:5]:
                 print(f"  MISMATCH {point}: params {p} vs {wp}, MACs {m} vs {wm}")
             failed |= bool(bad)
+            rows.append(
+                f"| {family} | {truth} | {len(items)} | {matched} | {where} | {seconds:.1f} | "
+                f"{seconds / len(items) * 1000:.1f} |"
+            )
+    if args.markdown:
+        write_markdown(args.markdown, rows, args)
     return 1 if failed else 0
+
+
+def write_markdown(path: Path, rows: list[str], args: argparse.Namespace) -> None:
+    command = "python benchmarks/bench_compile_truths.py " + " ".join(
+        a for a in sys.argv[1:] if not a.startswith("--markdown") and a != str(args.markdown)
+    )
+    lines = [
+        "## Compiler: exact parameters and MACs against the outside truths",
+        "",
+        "Every network is built from its space file and counted (MACs: FlopCounterMode total",
+        "/ 2). *full*: the whole module, run once; *fast*: `fast_params_and_macs`, node by node",
+        "with a cache (the path `abc measure --device meta` takes); the tests check that both",
+        "give the same numbers.",
+        "",
+        f"- {os.cpu_count()} CPUs, {args.workers} worker process(es), torch {torch.__version__}",
+        "",
+        "| family | truth | networks | exact | mode | wall s | ms / network |",
+        "|---|---|---:|---:|---|---:|---:|",
+        *rows,
+        "",
+        f"Command: `{command.strip()}`",
+        "",
+    ]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines), encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -150,7 +150,7 @@ def write_report(demo: Demo) -> None:
     built = [_target(r["metrics"]) for r in _read_jsonl(demo.out / "built_measured.jsonl")]
     metrics_file = demo.out / "run" / "metrics.json"
     metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
-    summary = metrics.get("summary", metrics)
+    summary = metrics.get("mean", metrics)
     hop_srcc = summary.get("hop_srcc") or []
     hops = ", ".join("n/a" if v is None else f"{v:.3f}" for v in hop_srcc)
     pred = summary.get("pred_srcc")

@@ -97,3 +97,75 @@ def test_fmt_check(tmp_path: Path) -> None:
 def test_compile_spaces_that_extend_or_merge(space: str) -> None:
     result = abc("compile", str(SPACES / space), "--json")
     assert result.returncode == 0, result.stderr
+
+
+TIED = """space t {
+  input(channels = 3, size = 32)
+  choice a = {1, 2}
+  choice b = {1, 2, 3}
+  stage s1 {
+    depth 1
+    layer conv(out = 8 * a)
+  }
+  require b == a
+}
+"""
+
+
+def test_validate_rejects_an_architecture_of_another_space(tmp_path: Path) -> None:
+    out = tmp_path / "fid.jsonl"
+    result = abc("sample", str(SPACES / "sd14_unet_fid.abs"), "-n", "1", "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    wrong = abc("validate", str(SPACES / "sd14_unet.abs"), str(out))
+    assert wrong.returncode == 1
+    assert "the architecture is of space 'sd14_unet_fid', not 'sd14_unet'" in wrong.stderr
+
+
+def test_validate_checks_a_merged_global_given_under_its_alias(tmp_path: Path) -> None:
+    space = tmp_path / "t.abs"
+    space.write_text(TIED)
+    arch = {"space": "t", "globals": {"a": 1}, "stages": {"s1": {"depth": 1, "layers": [{}]}}}
+    good, bad = tmp_path / "good.json", tmp_path / "bad.json"
+    good.write_text(json.dumps({**arch, "globals": {"a": 1, "b": 1}}))
+    bad.write_text(json.dumps({**arch, "globals": {"a": 1, "b": 2}}))
+    assert abc("validate", str(space), str(good)).returncode == 0
+    result = abc("validate", str(space), str(bad))
+    assert result.returncode == 1
+    assert "globals.b: 2 differs from a = 1, which it must equal" in result.stderr
+
+
+def test_long_error_messages_are_not_wrapped(tmp_path: Path) -> None:
+    folder = tmp_path / ("a_folder_with_a_long_name_" * 3)
+    folder.mkdir()
+    space = folder / "t.abs"
+    space.write_text(TIED)
+    arch = folder / "arch.json"
+    arch.write_text(json.dumps({"space": "t", "globals": {"a": 1, "b": 2}, "stages": {}}))
+    result = abc("validate", str(space), str(arch))
+    assert result.returncode == 1
+    (line,) = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(line) > 120 and line.startswith("error: ") and str(arch) in line
+
+
+def test_error_messages_with_brackets_are_printed_verbatim(tmp_path: Path) -> None:
+    arch = tmp_path / "arch.json"
+    arch.write_text(
+        json.dumps({"space": "nas_bench_macro", "globals": {"[bold]x": 1}, "stages": {}})
+    )
+    result = abc("validate", str(SPACES / "nas_bench_macro.abs"), str(arch))
+    assert result.returncode == 1
+    assert "globals.[bold]x: unknown choice" in result.stderr
+
+
+def test_fmt_keeps_quoted_strings_in_rules(tmp_path: Path) -> None:
+    path = tmp_path / "q.abs"
+    path.write_text(
+        "space q {\n  input(channels = 3, size = 8)\n  choice act = {relu, hswish}\n"
+        "  stage s { depth 1 layer conv(out = 4, act = act) }\n"
+        '  require act == "relu"\n}\n'
+    )
+    assert abc("fmt", "--write", str(path)).returncode == 0
+    assert 'require act == "relu"' in path.read_text()
+    compiled = abc("compile", str(path), "--json")
+    assert compiled.returncode == 0, compiled.stderr
+    assert json.loads(compiled.stdout)["size"] == 1

@@ -259,7 +259,7 @@ def _differences(a: Architecture, b: Architecture) -> list[tuple[str, int]]:
 def test_mutation_modes_change_a_stage_or_a_layer(macro) -> None:
     for mode in ("stage", "layer"):
         result = run_search(macro, toy_runner(macro), CONFIG.model_copy(update={"mode": mode}))
-        archs = [Architecture.model_validate(r.architecture) for r in result.records]
+        archs = [Architecture.model_validate(r.arch) for r in result.records]
         stage_counts = []
         for record, arch in zip(result.records, archs, strict=True):
             if record.parent is None:
@@ -287,7 +287,7 @@ def test_reduced_space_search_stays_in_the_kept_modules(macro) -> None:
         space="r",
     )
     result = run_search(reduced, toy_runner(reduced), CONFIG.model_copy(update={"budget": 60}))
-    codes = {macro_code(Architecture.model_validate(r.architecture)) for r in result.records}
+    codes = {macro_code(Architecture.model_validate(r.arch)) for r in result.records}
     assert len(codes) == 60
     assert {c[:2] for c in codes} <= {"22", "10"} and {c[2:5] for c in codes} <= {"222", "001"}
 
@@ -374,7 +374,7 @@ def test_cli_search_with_a_shell_command_evaluator_end_to_end(tmp_path: Path, ma
     records = [json.loads(line) for line in (out / RECORDS_FILE).read_text().splitlines()]
     assert len(records) == 24
     for record in records:
-        arch = Architecture.model_validate(record["architecture"])
+        arch = Architecture.model_validate(record["arch"])
         assert record["metrics"] == toy_metrics(macro_code(arch))
     front = [json.loads(line) for line in (out / "front.jsonl").read_text().splitlines()]
     assert {r["key"] for r in front} <= {r["key"] for r in records} and front
@@ -596,12 +596,12 @@ def test_lookup_search_on_nas_bench_macro_matches_the_benchmark(
     one = run_search(macro, runner(), search)
     assert len(one.records) == 250 == len({r.key for r in one.records})
     for record in one.front_records():
-        row = macro_bench[macro_code(Architecture.model_validate(record.architecture))]
+        row = macro_bench[macro_code(Architecture.model_validate(record.arch))]
         assert record.metrics["mean_acc"] == pytest.approx(row["mean_acc"], abs=1e-9)
         assert record.metrics["flops"] == row["flops"] and record.metrics["params"] == row["params"]
     # The front is truly Pareto-optimal among what was evaluated, per the benchmark itself.
     rows = [
-        macro_bench[macro_code(Architecture.model_validate(r.architecture))] for r in one.records
+        macro_bench[macro_code(Architecture.model_validate(r.arch))] for r in one.records
     ]
     assert one.front == pareto_front(search.objectives, rows)
     assert max(r["mean_acc"] for r in rows) > 92.5  # well above the median (90.99)

@@ -146,3 +146,40 @@ def tiny_unet(**overrides: object) -> ResolvedNetwork:
     }
     settings.update(overrides)
     return unet_network(**settings)  # type: ignore[arg-type]
+
+
+def reduced(
+    net: ResolvedNetwork,
+    divisor: int = 16,
+    size: int = 16,
+    groups: int = 4,
+    heads: int = 2,
+    context_dim: int = 32,
+    context_tokens: int = 8,
+) -> ResolvedNetwork:
+    """A narrow, low-resolution copy of a resolved U-Net with the same topology (depths,
+    attention, skips): every width of the stem, the stages and the middle (`out`, the
+    timestep embedding's `dim`) divided by `divisor`; group norms with `groups` groups,
+    `heads` attention heads, a `context_dim`-wide context of `context_tokens` tokens and a
+    `size` x `size` input. The head keeps its output channels. For the seed spaces'
+    U-Nets, whose widths are multiples of 64: 860M parameters become a few million."""
+    nodes: list[ResolvedNode] = []
+    for node in net.nodes:
+        attrs = dict(node.attrs)
+        out = attrs.get("out")
+        if node.position.part != "head" and isinstance(out, int) and out > 0:
+            if out % divisor:
+                raise ValueError(f"{node.op}: out = {out} is not a multiple of {divisor}")
+            attrs["out"] = out // divisor
+        if node.op == "timestep_embedding":
+            attrs["dim"] = int(attrs["dim"]) // divisor
+        if node.op in ("resblock", "attention", "norm") and "groups" in attrs:
+            attrs["groups"] = groups
+        if node.op == "attention":
+            attrs["heads"] = heads
+        nodes.append(node.model_copy(update={"attrs": attrs}))
+    spec = net.input
+    update: dict[str, object] = {"size": size}
+    if spec.context_dim is not None:
+        update.update(context_dim=context_dim, context_tokens=context_tokens)
+    return net.model_copy(update={"input": spec.model_copy(update=update), "nodes": nodes})

@@ -198,6 +198,11 @@ def _assignment_text(values: dict[str, Value]) -> str:
     return "(" + ", ".join(f"{k} = {_value_text(v)}" for k, v in values.items()) + ")"
 
 
+def assignment_text(values: dict[str, Value]) -> str:
+    """`(kernel = 3, expand = 4)`: choices as the `.abs` language writes them."""
+    return _assignment_text(values)
+
+
 def module_text(part: StageModule) -> str:
     """One stage's module in the `restrict` syntax: `(choices) [(layer), ...]`."""
     layers = ", ".join(_assignment_text(layer) for layer in part.layers)
@@ -212,20 +217,28 @@ def reduced_space_text(
     selection: ModuleTable,
     name: str,
     header: list[str] | None = None,
+    global_values: dict[str, list[Value]] | None = None,
 ) -> str:
     """A `.abs` file that extends the original space and restricts every unit.
 
     Global choices are fixed to the values the modules were scored with, so the reduced
     space holds exactly the products of the kept modules (less any that break a rule).
+    `global_values` narrows each global to several values instead (modules scored under
+    several assignments of the globals).
     """
     relative = Path(_relative_path(space_file.resolve(), output_file.resolve().parent))
     lines = [f"# {line}" if line else "#" for line in header or []]
     if lines:
         lines.append("")
     lines.append(f'space {name} extends {space.name} from "{relative.as_posix()}" {{')
-    for key, value in selection.globals.items():
-        lines.append(f"  choice {key} = {{{_value_text(value)}}}")
-    if selection.globals:
+    values = (
+        global_values
+        if global_values is not None
+        else {key: [value] for key, value in selection.globals.items()}
+    )
+    for key, domain in values.items():
+        lines.append(f"  choice {key} = {{{', '.join(_value_text(v) for v in domain)}}}")
+    if values:
         lines.append("")
     units = index_of(space).units
     for number, unit in enumerate(units):

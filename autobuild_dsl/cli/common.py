@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.markup import escape
 
 from autobuild_dsl.lang import CompileError, compile_file
 from autobuild_dsl.space.model import Space
@@ -26,8 +27,13 @@ class UserError(click.ClickException):
     exit_code = EXIT_USER_ERROR
 
     def show(self, file=None) -> None:
+        # soft_wrap: a long message (paths, rules) stays on one line; escape: a message
+        # may hold `[...]` (restrict modules, layer lists) that is not rich markup.
         err_console.print(
-            f"[bold red]error:[/] {self.format_message()}", markup=True, highlight=False
+            f"[bold red]error:[/] {escape(self.format_message())}",
+            markup=True,
+            highlight=False,
+            soft_wrap=True,
         )
 
 
@@ -61,9 +67,10 @@ def run_guarded(group: click.Group) -> int:
         if os.environ.get("ABC_DEBUG"):
             raise
         err_console.print(
-            f"[bold red]internal error:[/] {type(error).__name__}: {error}\n"
+            f"[bold red]internal error:[/] {type(error).__name__}: {escape(str(error))}\n"
             "This is a bug in autobuild-dsl; rerun with ABC_DEBUG=1 to see the traceback.",
             highlight=False,
+            soft_wrap=True,
         )
         return 3
     return 0

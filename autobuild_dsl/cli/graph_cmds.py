@@ -8,6 +8,7 @@ import click
 from rich.table import Table
 
 from autobuild_dsl.cli.common import UserError, console, load_space
+from autobuild_dsl.cli.ir_support import ENCODINGS, cache_option, fit_ir_encoder
 from autobuild_dsl.graphs.encode import EncodeError, GraphEncoder
 from autobuild_dsl.space.decisions import ArchitectureError, canonicalize
 
@@ -27,8 +28,22 @@ def _value_text(value: object) -> str:
     help="Which architecture of a JSON-lines file (1-based).",
 )  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print nodes, categories and edges as JSON.")
+@click.option(
+    "--encoding",
+    type=click.Choice(ENCODINGS),
+    default="sequence",
+    show_default=True,
+    help="sequence (a node per layer) or ir (a node per ONNX operation).",
+)
+@cache_option
 def graph_cmd(
-    space_file: str, arch_file: str, space_name: str | None, line: int, as_json: bool
+    space_file: str,
+    arch_file: str,
+    space_name: str | None,
+    line: int,
+    as_json: bool,
+    encoding: str = "sequence",
+    ir_cache: str | None = None,
 ) -> None:
     """Print the sequence graph of one architecture: a node per layer and extra node, its
     feature values per category, and the edges of the forward pass (skips included)."""
@@ -41,7 +56,11 @@ def graph_cmd(
     where, raw = records[line - 1]
     try:
         arch = canonicalize(space, raw)
-        encoder = GraphEncoder(space)
+        if encoding == "ir":
+            # Vocabularies fitted on this one network: its own values, as codes.
+            encoder = fit_ir_encoder([space], [arch], cache=ir_cache, show=False)
+        else:
+            encoder = GraphEncoder(space)
         graph = encoder.encode(arch)
     except (ArchitectureError, EncodeError) as error:
         raise UserError(f"{where}: {error}") from None

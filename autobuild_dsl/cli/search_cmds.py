@@ -324,7 +324,7 @@ def _render_exhaustive(result: ExhaustiveResult) -> None:
         table.add_row(
             str(entry.rank),
             *(_fmt(entry.metrics[m]) for m in metric_names),
-            escape(_short(entry.architecture)),
+            escape(_short(entry.arch)),
         )
     console.print(table)
     console.print(

@@ -114,6 +114,13 @@ def validate_cmd(space_file: str, arch_file: str, space_name: str | None) -> Non
     space = load_space(space_file, space_name)
     records = _read_architectures(arch_file)
     for where, raw in records:
+        named = raw.get("space")
+        if named is not None and named != space.name:
+            # An architecture names its space; one of another space is not checked as ours.
+            hint = f"; if the file defines it, pass --space {named}" if space_name is None else ""
+            raise UserError(
+                f"{where}: the architecture is of space '{named}', not '{space.name}'{hint}"
+            )
         try:
             canonicalize(space, raw)
         except ArchitectureError as error:
@@ -124,32 +131,12 @@ def validate_cmd(space_file: str, arch_file: str, space_name: str | None) -> Non
 
 def _read_architectures(path: str) -> list[tuple[str, dict]]:
     """One JSON architecture, or JSON lines each holding one (bare or under "arch")."""
-    text = Path(path).read_text(encoding="utf-8") if Path(path).is_file() else None
-    if text is None:
-        raise UserError(f"{path}: no such file")
-    stripped = text.strip()
-    records: list[tuple[str, dict]] = []
+    from autobuild_dsl.space.architecture import ArchitectureFileError, read_architecture_records
+
     try:
-        whole = json.loads(stripped)
-        items = [(path, whole)]
-    except json.JSONDecodeError:
-        items = []
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                items.append((f"{path}:{number}", json.loads(line)))
-            except json.JSONDecodeError as error:
-                raise UserError(f"{path}:{number}: not valid JSON: {error.msg}") from None
-    for where, item in items:
-        if isinstance(item, dict) and "arch" in item:
-            item = item["arch"]
-        if not isinstance(item, dict):
-            raise UserError(f"{where}: expected an architecture object")
-        records.append((where, item))
-    if not records:
-        raise UserError(f"{path}: holds no architecture")
-    return records
+        return read_architecture_records(path)
+    except ArchitectureFileError as error:
+        raise UserError(str(error)) from None
 
 
 @click.command("fmt")

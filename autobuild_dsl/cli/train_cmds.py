@@ -13,6 +13,13 @@ from rich.markup import escape
 from rich.table import Table
 
 from autobuild_dsl.cli.common import UserError, console, err_console, load_space, write_atomic
+from autobuild_dsl.cli.ir_support import (
+    ENCODINGS,
+    cache_option,
+    export_jobs_option,
+    fit_ir_encoder,
+    record_space,
+)
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
@@ -27,6 +34,7 @@ def _user_errors() -> Iterator[None]:
     from autobuild_dsl.graphs.encode import EncodeError
     from autobuild_dsl.scorer.ensemble import EnsembleError
     from autobuild_dsl.scorer.run import RunError
+    from autobuild_dsl.space.architecture import ArchitectureFileError
     from autobuild_dsl.space.decisions import ArchitectureError
 
     try:
@@ -38,6 +46,7 @@ def _user_errors() -> Iterator[None]:
         EnsembleError,
         EncodeError,
         ArchitectureError,
+        ArchitectureFileError,
     ) as error:
         raise UserError(escape(str(error))) from None
 
@@ -192,6 +201,23 @@ class _TrainProgress:
 @click.option("--resume", is_flag=True, help="Finish an interrupted run: skip finished members.")
 @click.option("--quiet", is_flag=True, help="No progress bar and no summary.")
 @click.option("--json", "as_json", is_flag=True, help="Print only the final test metrics as JSON.")
+@click.option(
+    "--encoding",
+    type=click.Choice(ENCODINGS),
+    default="sequence",
+    show_default=True,
+    help="Graphs: sequence (a node per layer) or ir (a node per ONNX operation; docs/ir.md).",
+)
+@click.option(
+    "--add-space",
+    "extra_spaces",
+    multiple=True,
+    type=click.Path(dir_okay=False),
+    help="ir: another space whose architectures DATA_FILE also holds (repeatable); "
+    "each row names its space in arch.space.",
+)
+@cache_option
+@export_jobs_option
 def train_cmd(
     space_file: str,
     data_file: str,
@@ -220,6 +246,10 @@ def train_cmd(
     resume: bool,
     quiet: bool,
     as_json: bool,
+    encoding: str = "sequence",
+    extra_spaces: tuple[str, ...] = (),
+    ir_cache: str | None = None,
+    export_jobs: int = 1,
 ) -> None:
     """Train AutoBuild scorers on DATA_FILE (labeled architectures of SPACE_FILE) into a run.
 
@@ -238,7 +268,21 @@ def train_cmd(
     space = load_space(space_file, space_name)
     with _user_errors():
         target = parse_target(target_text)
-        dataset = load_dataset(data_file, space)
+        encoder = None
+        if extra_spaces and encoding != "ir":
+            raise UserError("--add-space (architectures of several spaces) needs --encoding ir")
+        spaces = [space, *(load_space(path) for path in extra_spaces)]
+        if len(spaces) > 1:
+            from autobuild_dsl.data.mixed import load_mixed_dataset
+
+            dataset = load_mixed_dataset(data_file, spaces)
+        else:
+            dataset = load_dataset(data_file, space)
+        if encoding == "ir":
+            show_ir = not (quiet or as_json)
+            encoder = fit_ir_encoder(
+                spaces, dataset.architectures, cache=ir_cache, jobs=export_jobs, show=show_ir
+            )
         train = TrainConfig(
             epochs=epochs,
             batch_size=batch_size,
@@ -270,6 +314,7 @@ def train_cmd(
                 resume=resume,
                 data_path=data_file,
                 progress=progress,
+                encoder=encoder,
             )
     assert run.metrics is not None
     if as_json:
@@ -334,17 +379,17 @@ def predict_cmd(
 
     Prints the ensemble mean and spread (the members' weighted standard deviation).
     """
-    from autobuild_dsl.cli.space_cmds import _read_architectures
     from autobuild_dsl.scorer.run import load_run, predict
+    from autobuild_dsl.space.architecture import read_architecture_records
     from autobuild_dsl.space.decisions import ArchitectureError, canonicalize
 
     with _user_errors():
         run = load_run(run_dir)
-        records = _read_architectures(arch_file)
+        records = read_architecture_records(arch_file)
         archs = []
         for where, raw in records:
             try:
-                archs.append(canonicalize(run.space, raw))
+                archs.append(canonicalize(record_space(run, raw), raw))
             except ArchitectureError as error:
                 raise UserError(f"{where}: {escape(str(error))}") from None
         graphs = run.encoder().encode_many(archs)

@@ -20,6 +20,7 @@ from autobuild_dsl.data.importers import (
     load_mapping,
     ofa_subnet_to_arch,
 )
+from autobuild_dsl.data.mixed import MixedDataset, load_mixed_dataset
 from autobuild_dsl.data.splits import (
     GroupStats,
     LabelStats,
@@ -39,6 +40,7 @@ __all__ = [
     "ImportResult",
     "LabelStats",
     "LabeledDataset",
+    "MixedDataset",
     "RowError",
     "Split",
     "Target",
@@ -49,6 +51,7 @@ __all__ = [
     "label_stats",
     "load_dataset",
     "load_mapping",
+    "load_mixed_dataset",
     "ofa_subnet_to_arch",
     "parse_target",
     "save_dataset",

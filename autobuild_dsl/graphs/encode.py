@@ -33,7 +33,7 @@ from autobuild_dsl.space.architecture import Architecture
 from autobuild_dsl.space.decisions import index_of, stage_module_choices
 from autobuild_dsl.space.expr import Binary, Call, Expr, LayerRef, Ref, Unary, Value
 from autobuild_dsl.space.model import LayerOption, NodeTemplate, Space, Stage, StageModule
-from autobuild_dsl.space.resolve import ResolveError, _node
+from autobuild_dsl.space.resolve import ResolveError, resolve_node
 from autobuild_dsl.space.resolved import NodePosition
 
 Progress = Callable[[int, int], None]
@@ -196,7 +196,7 @@ class GraphEncoder:
                 layer = dict(zip(layer_list, layer_values, strict=True)) if option else None
                 for first in firsts:
                     try:
-                        node = _node(template, env, layer, position, first_layer=first)
+                        node = resolve_node(template, env, layer, position, first_layer=first)
                     except ResolveError:
                         continue  # a combination the rules exclude may not evaluate
                     if node is not None:
@@ -331,7 +331,7 @@ class GraphEncoder:
         width = len(self.categories)
         for template in templates:
             try:
-                node = _node(template, env, layer, position, first_layer=layer_index == 0)
+                node = resolve_node(template, env, layer, position, first_layer=layer_index == 0)
             except (ResolveError, KeyError) as error:
                 raise EncodeError(f"{where}: {error}") from None
             if node is None:

@@ -29,7 +29,12 @@ def check_space(space: Space, draft, sink: DiagnosticSink) -> None:
     try:
         index = index_of(space)
     except SpaceTooComplex as error:
-        report(space.rules[0].where if space.rules else None, str(error))
+        # Blame the rule that links the most joint choices on its own; name the others.
+        culprits = [space.rules[i] for i in error.rules if i < len(space.rules)]
+        blame = culprits[0] if culprits else (space.rules[0] if space.rules else None)
+        others = [r.where for r in culprits[1:] if r.where]
+        also = f" (linked with the rules at {', '.join(others)})" if others else ""
+        report(blame.where if blame else None, f"{error}{also}")
         return
     if index.size() == 0:
         # Find the rule that empties the space on its own, else blame the last one.

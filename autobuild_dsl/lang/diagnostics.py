@@ -68,15 +68,16 @@ class DiagnosticSink:
     def error(self, source: SourceFile, line: int, column: int, message: str) -> None:
         line = max(line, 1)
         column = max(column, 1)
-        self.items.append(
-            Diagnostic(
-                path=source.path,
-                line=line,
-                column=column,
-                message=message,
-                source_line=source.line(line),
-            )
+        diagnostic = Diagnostic(
+            path=source.path,
+            line=line,
+            column=column,
+            message=message,
+            source_line=source.line(line),
         )
+        # A stage family's body is checked once per stage: say each mistake once.
+        if diagnostic not in self.items:
+            self.items.append(diagnostic)
 
     def raise_if_any(self) -> None:
         if self.items:

@@ -15,7 +15,7 @@ from lark import Lark, Token, Tree
 from autobuild_dsl.lang.diagnostics import DiagnosticSink, SourceFile
 from autobuild_dsl.lang.lower import Lowerer, _kids, normalize_newlines
 from autobuild_dsl.lang.parser import grammar_text, parse
-from autobuild_dsl.space.expr import format_expr, format_value
+from autobuild_dsl.space.expr import Const, format_expr, quote_string
 
 INDENT = "  "
 MAX_WIDTH = 100
@@ -45,7 +45,8 @@ def format_file(path: str, text: str) -> str:
     _comments.clear()
     tree = _comment_parser().parse(text)
     comments = sorted(((c.line, str(c).rstrip()) for c in _comments), key=lambda c: c[0])
-    printer = _Printer(comments, Lowerer(sink), source)
+    # A lenient lowerer: the formatter prints what is written, even an unknown function.
+    printer = _Printer(comments, Lowerer(sink, lenient=True), source)
     for index, decl in enumerate(tree.children):
         if index:
             printer.blank()
@@ -333,15 +334,17 @@ class _Printer:
         return "{" + ", ".join(self.value(k) for k in kids) + "}"
 
     def value(self, tree: Tree | Token) -> str:
-        if isinstance(tree, Tree) and tree.data == "string":
-            return str(tree.children[0])
         value = self.lowerer._value(self.source, tree)
-        return format_value(value)
+        if isinstance(tree, Tree) and tree.data == "string":
+            # A string stays a string (the same value as the bare word, but safe to write).
+            return quote_string(str(value))
+        if isinstance(value, str):
+            return value  # a bare word (symbol) stays bare
+        return format_expr(Const(value=value), source=True)
 
     def expr(self, tree: Tree | Token) -> str:
-        if isinstance(tree, Tree) and tree.data == "string":
-            return str(tree.children[0])
-        return format_expr(self.lowerer._expr(self.source, tree))
+        # `source=True`: strings keep their quotes, so the text means what it meant.
+        return format_expr(self.lowerer._expr(self.source, tree), source=True)
 
 
 def _span(item: Tree | Token) -> tuple[int, int]:

@@ -8,6 +8,7 @@ sees all of them in one run. Lowering works on a mutable draft so that a derived
 from __future__ import annotations
 
 import itertools
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -96,6 +97,7 @@ class DraftStage:
     choices: dict[str, list[Value]] = field(default_factory=dict)
     choice_locs: dict[str, Loc] = field(default_factory=dict)
     lets: dict[str, Expr] = field(default_factory=dict)
+    let_locs: dict[str, Loc] = field(default_factory=dict)
     before: list[DraftNode] = field(default_factory=list)
     after: list[DraftNode] = field(default_factory=list)
 
@@ -114,6 +116,10 @@ class DraftRestriction:
     target: str
     modules: list[list[tuple[dict[str, Value], list[dict[str, Value]]]]]
     loc: Loc
+    # Where each module, and each stage part of it, is written (diagnostics point there).
+    module_locs: list[Loc] = field(default_factory=list)
+    part_locs: list[list[Loc]] = field(default_factory=list)
+    layer_locs: list[list[list[Loc]]] = field(default_factory=list)
 
 
 @dataclass
@@ -125,6 +131,7 @@ class Draft:
     input: dict[str, Expr] = field(default_factory=dict)
     input_locs: dict[str, Loc] = field(default_factory=dict)
     lets: dict[str, Expr] = field(default_factory=dict)
+    let_locs: dict[str, Loc] = field(default_factory=dict)
     choices: dict[str, list[Value]] = field(default_factory=dict)
     choice_locs: dict[str, Loc] = field(default_factory=dict)
     parts: list[DraftStage | DraftFixed] = field(default_factory=list)
@@ -132,6 +139,9 @@ class Draft:
     units: list[tuple[str, list[str], Loc]] = field(default_factory=list)
     requires: list[tuple[Expr, Loc]] = field(default_factory=list)
     restrictions: list[DraftRestriction] = field(default_factory=list)
+    # What the space being lowered declares in its own body (not what it inherits):
+    # (namespace, name) -> (what it is, where). Declaring a name twice is an error.
+    local: dict[tuple[str, str], tuple[str, Loc]] = field(default_factory=dict)
 
 
 def normalize_newlines(text: str) -> str:
@@ -152,10 +162,13 @@ def _kids(tree: Tree) -> list[Tree | Token]:
 class Lowerer:
     """Lowers the spaces of one or more files; errors go to one shared sink."""
 
-    def __init__(self, sink: DiagnosticSink) -> None:
+    def __init__(self, sink: DiagnosticSink, lenient: bool = False) -> None:
         self.sink = sink
+        # Lenient (for `abc fmt`): keep calls of unknown functions as written.
+        self.lenient = lenient
         self._files: dict[str, tuple[SourceFile, Tree | None]] = {}
         self._in_progress: set[tuple[str, str]] = set()
+        self._names_checked: set[str] = set()
 
     # ----- entry points -------------------------------------------------------------
 
@@ -175,10 +188,24 @@ class Lowerer:
                 result.append((str(_kids(decl)[1]), decl))
         return result
 
+    def check_space_names(self, source: SourceFile, tree: Tree) -> None:
+        """Two spaces of one name in a file: an error at the second, naming the first."""
+        if source.path in self._names_checked:
+            return
+        self._names_checked.add(source.path)
+        first: dict[str, Loc] = {}
+        for name, decl in self.space_names(tree):
+            loc = _loc(source, _kids(decl)[1])
+            if name in first:
+                self._error(loc, f"space '{name}' is defined twice (first at {first[name]})")
+            else:
+                first[name] = loc
+
     def draft(self, source: SourceFile, tree: Tree, name: str | None) -> Draft | None:
         spaces = self.space_names(tree)
         if not spaces:
             return None
+        self.check_space_names(source, tree)
         if name is None:
             chosen = spaces[0][1]
         else:
@@ -214,6 +241,9 @@ class Lowerer:
                 draft.loc = _loc(source, name_token)
             if draft is None:
                 draft = Draft(name=name, loc=_loc(source, name_token))
+            # Only this space's own body counts for "declared twice"; it may restate
+            # what it inherits.
+            draft.local = {}
             for item in items:
                 self._space_item(source, draft, item, section=None)
             return draft
@@ -225,6 +255,41 @@ class Lowerer:
 
     def _error(self, loc: Loc, message: str) -> None:
         self.sink.error(loc.source, loc.line, loc.column, message)
+
+    def _declare(
+        self,
+        local: dict[tuple[str, str], tuple[str, Loc]],
+        key: tuple[str, str],
+        what: str,
+        loc: Loc,
+    ) -> bool:
+        """Record a declaration of one body; a second one is an error naming both places."""
+        previous = local.get(key)
+        if previous is None:
+            local[key] = (what, loc)
+            return True
+        first_what, first_loc = previous
+        name = key[1]
+        if not name:
+            self._error(loc, f"{what} is given twice (first at {first_loc})")
+        elif first_what == what:
+            verb = "given" if what == "input setting" else "declared"
+            self._error(loc, f"{what} '{name}' is {verb} twice (first at {first_loc})")
+        else:
+            self._error(
+                loc,
+                f"'{name}' is already a {first_what} (at {first_loc}); a {what} needs another name",
+            )
+        return False
+
+    def _reserved(self, name: str, loc: Loc, what: str) -> bool:
+        if name != "depth":
+            return False
+        self._error(
+            loc,
+            f"'depth' cannot name a {what}: it is reserved for a stage's depth (`depth`, `s1.depth`)",
+        )
+        return True
 
     def _inherit(self, source: SourceFile, tree: Tree, clause: Tree) -> Draft | None:
         kids = _kids(clause)
@@ -243,6 +308,7 @@ class Lowerer:
             if parent_tree is None:
                 self._error(_loc(source, kids[3]), f"'{raw}' has errors (shown above)")
                 return None
+            self.check_space_names(parent_source, parent_tree)
         else:
             parent_source, parent_tree = source, tree
         for name, decl in self.space_names(parent_tree):
@@ -258,7 +324,8 @@ class Lowerer:
         kind = item.data
         kids = _kids(item)
         if kind == "description":
-            draft.description = _unquote(str(kids[1]))
+            if self._declare(draft.local, ("description", ""), "description", _loc(source, item)):
+                draft.description = _unquote(str(kids[1]))
         elif kind == "input_decl":
             for arg in kids[1:]:
                 key, value = self._arg(source, arg, allow_domain=False)
@@ -269,16 +336,31 @@ class Lowerer:
                     known = ", ".join(_INPUT_KEYS)
                     self._error(loc, f"unknown input setting '{key}' (settings: {known})")
                     continue
+                if not self._declare(draft.local, ("input", key), "input setting", loc):
+                    continue
                 draft.input[key] = value
                 draft.input_locs[key] = loc
         elif kind == "choice_decl":
             name = str(kids[1])
+            loc = _loc(source, kids[1])
             domain = self._domain(source, kids[2])
+            if self._reserved(name, loc, "choice"):
+                return
+            if not self._declare(draft.local, ("name", name), "choice", loc):
+                return
             if domain is not None:
                 draft.choices[name] = domain
-                draft.choice_locs[name] = _loc(source, kids[1])
+                draft.choice_locs[name] = loc
         elif kind == "let_decl":
-            draft.lets[str(kids[1])] = self._expr(source, kids[2])
+            name = str(kids[1])
+            loc = _loc(source, kids[1])
+            expr = self._expr(source, kids[2])
+            if self._reserved(name, loc, "let"):
+                return
+            if not self._declare(draft.local, ("name", name), "let", loc):
+                return
+            draft.lets[name] = expr
+            draft.let_locs[name] = loc
         elif kind == "fixed_block":
             self._fixed_block(source, draft, item, section)
         elif kind == "stage_decl":
@@ -290,12 +372,17 @@ class Lowerer:
             for sub in kids[2:]:
                 self._space_item(source, draft, sub, section=name)
         elif kind == "skip_decl":
-            draft.skips.append((str(kids[1]), str(kids[2]), _loc(source, item)))
+            loc = _loc(source, item)
+            text = f"{kids[1]} -> {kids[2]}"
+            if self._declare(draft.local, ("skip", text), "skip", loc):
+                draft.skips.append((str(kids[1]), str(kids[2]), loc))
         elif kind == "require_decl":
             draft.requires.append((self._expr(source, kids[1]), _loc(source, kids[1])))
         elif kind == "unit_decl":
             names = [str(k) for k in kids[2:] if not (isinstance(k, Token) and k.type == "PLUS")]
-            draft.units.append((str(kids[1]), names, _loc(source, item)))
+            loc = _loc(source, item)
+            if self._declare(draft.local, ("unit", str(kids[1])), "unit", loc):
+                draft.units.append((str(kids[1]), names, loc))
         elif kind == "restrict_decl":
             draft.restrictions.append(self._restrict(source, item))
         else:  # pragma: no cover - the grammar has no other items
@@ -316,10 +403,26 @@ class Lowerer:
         elif kind == "fixed":
             self._error(_loc(source, item), "a fixed block needs a name: `fixed NAME { ... }`")
             return
-        nodes = [n for n in (self._node_item(source, k) for k in rest) if n is not None]
+        where = f"a `{kind}`" if name == kind else f"`{kind} {name}`"
+        nodes = [
+            n for n in (self._node_item(source, k, where=where) for k in rest) if n is not None
+        ]
         block = DraftFixed(
             kind=kind, name=name, section=section, nodes=nodes, loc=_loc(source, item)
         )
+        if kind in ("stem", "head"):
+            # One stem and one head per space, whatever their names.
+            first = draft.local.get(("part", f"@{kind}"))
+            if first is not None:
+                self._error(
+                    block.loc, f"a second `{kind}` (the first is at {first[1]}): a space has one"
+                )
+                return
+            draft.local[("part", f"@{kind}")] = (kind, block.loc)
+        if not self._declare(
+            draft.local, ("part", name), "fixed block" if kind == "fixed" else kind, block.loc
+        ):
+            return
         for index, part in enumerate(draft.parts):
             if isinstance(part, DraftFixed) and part.name == name:
                 block.section = section or part.section
@@ -349,12 +452,14 @@ class Lowerer:
         loc = _loc(source, name_token)
         existing = self._find_stage(draft, name)
         if existing is not None:
-            if draft.extends is None:
-                self._error(loc, f"stage '{name}' is defined twice (first at {existing.loc})")
+            first = draft.local.get(("part", name))
+            if draft.extends is None or first is not None:
+                where = first[1] if first is not None else existing.loc
+                self._error(loc, f"stage '{name}' is defined twice (first at {where})")
                 return None
-            # A derived space patches the inherited stage: its `before`/`after` restart.
-            existing.before = []
-            existing.after = []
+            # A derived space patches the inherited stage: what the patch does not
+            # restate (depth, layers, choices, lets, before, after) is kept.
+            draft.local[("part", name)] = ("stage", loc)
             existing._patched = True  # type: ignore[attr-defined]
             return existing
         if any(isinstance(p, DraftFixed) and p.name == name for p in draft.parts):
@@ -367,6 +472,7 @@ class Lowerer:
             )
             return None
         stage = DraftStage(name=name, section=section, loc=loc)
+        draft.local[("part", name)] = ("stage", loc)
         draft.parts.append(stage)
         return stage
 
@@ -377,7 +483,7 @@ class Lowerer:
         stage = self._stage_for(source, draft, kids[1], section)
         if stage is None:
             return
-        self._stage_body(source, stage, kids[2:])
+        self._stage_body(source, stage, kids[2:], local={})
 
     def _stages_decl(
         self, source: SourceFile, draft: Draft, item: Tree, section: str | None
@@ -391,9 +497,11 @@ class Lowerer:
         rows = [k for k in kids[index:] if isinstance(k, Tree) and k.data == "stage_row"]
         body = [k for k in kids[index:] if not (isinstance(k, Tree) and k.data == "stage_row")]
         names = [str(c) for c in columns]
+        column_locs: dict[tuple[str, str], tuple[str, Loc]] = {}
         for column in columns:
-            if names.count(str(column)) > 1:
-                self._error(_loc(source, column), f"column '{column}' is named twice")
+            if not self._declare(
+                column_locs, ("name", str(column)), "column", _loc(source, column)
+            ):
                 return
         for row in rows:
             row_kids = _kids(row)
@@ -419,16 +527,32 @@ class Lowerer:
                     stage._depth_from_row = True  # type: ignore[attr-defined]
                 else:
                     stage.lets[column] = expr
-            self._stage_body(source, stage, body, keep_depth=True)
+                    stage.let_locs[column] = _loc(source, value)
+            # The body's names must differ from the columns (a `let` would hide one).
+            self._stage_body(source, stage, body, keep_depth=True, local=dict(column_locs))
 
     def _stage_body(
-        self, source: SourceFile, stage: DraftStage, items: list, keep_depth: bool = False
+        self,
+        source: SourceFile,
+        stage: DraftStage,
+        items: list,
+        keep_depth: bool = False,
+        local: dict[tuple[str, str], tuple[str, Loc]] | None = None,
     ) -> None:
-        replaced_options = False
+        """Fill (or, in a derived space, patch) a stage from its body items.
+
+        A patch replaces only what it restates: `depth`; all layer alternatives (with
+        its first `layer`); all `before` operations (with its first `before`); all
+        `after` operations (with its first `after`); a choice or let by name.
+        """
+        local = {} if local is None else local
+        replaced: set[str] = set()
         for item in items:
             kids = _kids(item)
             kind = item.data
             if kind == "depth_decl":
+                if not self._declare(local, ("depth", ""), "depth", _loc(source, item)):
+                    continue
                 if keep_depth and getattr(stage, "_depth_from_row", False):
                     continue
                 low = int(kids[1])
@@ -446,24 +570,44 @@ class Lowerer:
                 stage.depths = list(range(low, high + 1))
                 stage.depth_loc = _loc(source, item)
             elif kind == "layer_decl":
-                if not replaced_options:
+                if "layer" not in replaced:
                     stage.options = []
-                    replaced_options = True
+                    replaced.add("layer")
                 for alternative in kids[1:]:
                     option = self._alternative(source, alternative)
                     if option is not None:
                         stage.options.append(option)
             elif kind == "choice_decl":
+                name = str(kids[1])
+                loc = _loc(source, kids[1])
                 domain = self._domain(source, kids[2])
+                if self._reserved(name, loc, "choice") or not self._declare(
+                    local, ("name", name), "choice", loc
+                ):
+                    continue
                 if domain is not None:
-                    stage.choices[str(kids[1])] = domain
-                    stage.choice_locs[str(kids[1])] = _loc(source, kids[1])
+                    stage.choices[name] = domain
+                    stage.choice_locs[name] = loc
             elif kind == "let_decl":
-                stage.lets[str(kids[1])] = self._expr(source, kids[2])
+                name = str(kids[1])
+                loc = _loc(source, kids[1])
+                expr = self._expr(source, kids[2])
+                if self._reserved(name, loc, "let") or not self._declare(
+                    local, ("name", name), "let", loc
+                ):
+                    continue
+                stage.lets[name] = expr
+                stage.let_locs[name] = loc
             elif kind in ("before_decl", "after_decl"):
-                node = self._node_item(source, kids[1])
-                if node is not None:
-                    (stage.before if kind == "before_decl" else stage.after).append(node)
+                word = "before" if kind == "before_decl" else "after"
+                node = self._node_item(source, kids[1], where=f"`{word}`")
+                if node is None:
+                    continue
+                if word not in replaced:
+                    # In a derived space the first `before`/`after` replaces the inherited ones.
+                    setattr(stage, word, [])
+                    replaced.add(word)
+                getattr(stage, word).append(node)
 
     def _alternative(self, source: SourceFile, alternative: Tree) -> DraftOption | None:
         kids = _kids(alternative)
@@ -472,20 +616,23 @@ class Lowerer:
             label = str(kids[-1])
         body = kids[0]
         if isinstance(body, Tree) and body.data == "node_block":
-            nodes = [self._node_item(source, k) for k in _kids(body)]
+            nodes = [self._node_item(source, k, where=None) for k in _kids(body)]
         else:
-            nodes = [self._call(source, body, None)]
+            nodes = [self._call(source, body, None, where=None)]
         clean = [n for n in nodes if n is not None]
         if not clean:
             return None
         return DraftOption(label=label, nodes=clean, loc=_loc(source, alternative))
 
-    def _node_item(self, source: SourceFile, item: Tree) -> DraftNode | None:
+    def _node_item(self, source: SourceFile, item: Tree, where: str | None) -> DraftNode | None:
         kids = _kids(item)
         condition = self._expr(source, kids[2]) if len(kids) > 2 else None
-        return self._call(source, kids[0], condition)
+        return self._call(source, kids[0], condition, where)
 
-    def _call(self, source: SourceFile, call: Tree, condition: Expr | None) -> DraftNode | None:
+    def _call(
+        self, source: SourceFile, call: Tree, condition: Expr | None, where: str | None
+    ) -> DraftNode | None:
+        """One operation; `where` names the fixed part it is in (None: inside a `layer`)."""
         kids = _kids(call)
         op = str(kids[0])
         node = DraftNode(
@@ -500,6 +647,14 @@ class Lowerer:
                 continue
             value = arg_kids[1]
             if isinstance(value, Tree) and value.data in ("set_domain", "range_domain"):
+                if where is not None:
+                    # Per-layer choices exist only in layers; say so here, not at the shape check.
+                    self._error(
+                        _loc(source, value),
+                        f"a set of values is not allowed in {where}: per-layer choices belong "
+                        f"in a `layer`; for one decision, declare `choice NAME = ...` and use "
+                        f"its name ({key} = NAME)",
+                    )
                 domain = self._domain(source, value)
                 if domain is None:
                     continue
@@ -522,11 +677,18 @@ class Lowerer:
         kids = _kids(item)
         target = str(kids[1])
         modules = []
+        module_locs: list[Loc] = []
+        part_locs: list[list[Loc]] = []
+        layer_locs: list[list[list[Loc]]] = []
         for module in kids[3:]:
             parts = []
+            module_locs.append(_loc(source, module))
+            part_locs.append([])
+            layer_locs.append([])
             for stage_module in _kids(module):
                 if isinstance(stage_module, Token):
                     continue
+                part_locs[-1].append(_loc(source, stage_module))
                 sm_kids = _kids(stage_module)
                 choices: dict[str, Value] = {}
                 if (
@@ -539,9 +701,17 @@ class Lowerer:
                     choices = self._assignment(source, sm_kids[0])
                     sm_kids = sm_kids[1:]
                 layers = [self._assignment(source, a) for a in sm_kids]
+                layer_locs[-1].append([_loc(source, a) for a in sm_kids])
                 parts.append((choices, layers))
             modules.append(parts)
-        return DraftRestriction(target=target, modules=modules, loc=_loc(source, kids[1]))
+        return DraftRestriction(
+            target=target,
+            modules=modules,
+            loc=_loc(source, kids[1]),
+            module_locs=module_locs,
+            part_locs=part_locs,
+            layer_locs=layer_locs,
+        )
 
     def _assignment(self, source: SourceFile, tree: Tree) -> dict[str, Value]:
         result: dict[str, Value] = {}
@@ -626,6 +796,8 @@ class Lowerer:
         if kind == "func_call":
             name = str(kids[0])
             args = [self._expr(source, k) for k in _kids(tree)[1:]]
+            if self.lenient:
+                return Call(func=name, args=args)
             if name not in FUNCTIONS:
                 self._error(
                     _loc(source, tree),
@@ -672,8 +844,8 @@ def _is_stage_assignment(stage_module: Tree) -> bool:
 
 
 def _unquote(text: str) -> str:
-    body = text[1:-1]
-    return body.replace('\\"', '"').replace("\\\\", "\\")
+    # One pass, so `\\"` is a backslash then a quote (the inverse of `quote_string`).
+    return re.sub(r'\\(["\\])', r"\1", text[1:-1])
 
 
 def _same(a: Value, b: Value) -> bool:
@@ -796,6 +968,9 @@ class Finaliser:
     ) -> str | None:
         if "." in name:
             return name if name in domains else None
+        if stage is not None and name == "depth" and f"{stage.name}.depth" in domains:
+            # A bare `depth` inside a stage (or a family's body) is that stage's depth.
+            return f"{stage.name}.depth"
         if stage is not None and f"{stage.name}.{name}" in domains and name in stage.choices:
             return f"{stage.name}.{name}"
         if name in self.draft.choices:
@@ -818,22 +993,24 @@ class Finaliser:
                 key = ties[key]
             return key
 
-        for expr, loc in self.draft.requires:
-            unknown = [n for n in names_in(expr) if n not in domains]
-            lets = [n for n in unknown if n in self.draft.lets]
-            if unknown:
-                for name in unknown:
-                    if name in lets:
-                        self.error(
-                            loc,
-                            f"rule names the constant '{name}'; rules compare choices (constants are always equal to themselves)",
-                        )
-                    else:
-                        self.error(
-                            loc,
-                            f"rule names an unknown choice '{name}'; choices: {', '.join(sorted(domains)) or 'none'}",
-                        )
+        inline = self._rule_inliner(domains)
+        for written, loc in self.draft.requires:
+            expr = inline(written, loc)
+            if expr is None:
                 continue
+            if not names_in(expr):
+                # No decision in it (constants only): it holds for all or for none.
+                try:
+                    holds = bool(evaluate(expr, lambda name: 0))
+                except ExprError:
+                    holds = False
+                if not holds:
+                    self.error(
+                        loc,
+                        f"no architecture satisfies `{format_expr(written, source=True)}`: "
+                        "it names no choice and is always false",
+                    )
+                    continue
             if (
                 isinstance(expr, Binary)
                 and expr.op == "=="
@@ -858,7 +1035,8 @@ class Finaliser:
                 domains[a] = merged
                 ties[b] = a
                 continue
-            rules.append(Rule(expr=expr, text=format_expr(expr), where=str(loc)))
+            # The text is the rule as written (with its `let` names); the expr is inlined.
+            rules.append(Rule(expr=expr, text=format_expr(written, source=True), where=str(loc)))
         # Flatten chains so every alias points straight at its keeper.
         ties = {alias: find(alias) for alias in ties}
         # Rules are stored over keeper keys.
@@ -868,6 +1046,101 @@ class Finaliser:
         ]
         self._ties = ties
         return ties, rules
+
+    def _rule_inliner(self, domains: dict[str, list[Value]]):  # type: ignore[no-untyped-def]
+        """A function that inlines `let`s into a rule, or reports what the rule names wrongly.
+
+        A top-level `let` is a shorthand for its expression, so a rule may name it
+        (`require doubled > 32` with `let doubled = width * 2`); a stage's constants (its
+        columns and `let`s) are named with the stage, `s1.hidden`. Returns None (after
+        reporting) for a rule that names something a rule cannot see.
+        """
+        real_sink = self.sink
+        self.sink = DiagnosticSink()  # the lets' own mistakes are reported where they are
+        poisoned: set[str] = set()
+        try:
+            top: dict[str, Expr] = {}
+            for name, expr in self.draft.lets.items():
+                before = len(self.sink.items)
+                top[name] = self._resolve(
+                    expr, None, top, {}, domains, self.draft.loc, context="let"
+                )
+                if len(self.sink.items) > before or poisoned & set(names_in(expr)):
+                    poisoned.add(name)
+            per_stage: dict[str, dict[str, Expr]] = {}
+            for stage in self.stages:
+                own: dict[str, Expr] = dict(top)
+                bad = set(poisoned)
+                for name, expr in stage.lets.items():
+                    before = len(self.sink.items)
+                    own[name] = self._resolve(expr, stage, own, {}, domains, stage.loc, "let")
+                    if len(self.sink.items) > before or bad & set(names_in(expr)):
+                        bad.add(name)
+                        poisoned.add(f"{stage.name}.{name}")
+                per_stage[stage.name] = {name: own[name] for name in stage.lets}
+        finally:
+            self.sink = real_sink
+
+        def inline(expr: Expr, loc: Loc) -> Expr | None:
+            problems: list[str] = []
+            skip = False
+
+            def walk(node: Expr) -> Expr:
+                nonlocal skip
+                if isinstance(node, Ref):
+                    name = node.name
+                    if name in domains:
+                        return node
+                    owner, _, member = name.partition(".")
+                    if not member and name in top:
+                        skip = skip or name in poisoned
+                        return top[name]
+                    if member and member in per_stage.get(owner, {}):
+                        skip = skip or name in poisoned
+                        return per_stage[owner][member]
+                    problems.append(self._rule_name_problem(name, domains))
+                    return node
+                if isinstance(node, Unary):
+                    return Unary(op=node.op, operand=walk(node.operand))
+                if isinstance(node, Binary):
+                    return Binary(op=node.op, left=walk(node.left), right=walk(node.right))
+                if isinstance(node, Call):
+                    return Call(func=node.func, args=[walk(a) for a in node.args])
+                return node
+
+            result = walk(expr)
+            for problem in dict.fromkeys(problems):
+                self.error(loc, problem)
+            return None if problems or skip else result
+
+        return inline
+
+    def _rule_name_problem(self, name: str, domains: dict[str, list[Value]]) -> str:
+        """Why a rule cannot name `name`, in the user's terms."""
+        choices = ", ".join(sorted(domains)) or "none"
+        owner, _, member = name.partition(".")
+        if member:
+            if owner not in self.stage_names:
+                return f"rule names an unknown choice '{name}': there is no stage '{owner}' (choices: {choices})"
+            return (
+                f"rule names an unknown choice '{name}': stage '{owner}' has no choice or "
+                f"constant '{member}' (choices: {choices})"
+            )
+        if name == "depth":
+            return "a rule names a bare `depth`; in a rule write the stage's depth as STAGE.depth (e.g. s1.depth)"
+        with_choice = [s.name for s in self.stages if name in s.choices]
+        if with_choice:
+            return (
+                f"rule names '{name}', a choice of stage {', '.join(with_choice)}; in a rule "
+                f"write it with its stage: {with_choice[0]}.{name}"
+            )
+        with_let = [s.name for s in self.stages if name in s.lets]
+        if with_let:
+            return (
+                f"rule names '{name}', a constant (column or `let`) of stage "
+                f"{', '.join(with_let)}; in a rule write it with its stage: {with_let[0]}.{name}"
+            )
+        return f"rule names an unknown choice '{name}'; choices: {choices}"
 
     # ----- names --------------------------------------------------------------------
 
@@ -880,8 +1153,10 @@ class Finaliser:
         outer: dict[str, Expr] | None = None,
     ) -> dict[str, Expr]:
         resolved: dict[str, Expr] = dict(outer or {})
+        locs = stage.let_locs if stage is not None else self.draft.let_locs
         for name, expr in lets.items():
-            resolved[name] = self._resolve(expr, stage, resolved, {}, domains, loc, context="let")
+            where = locs.get(name, loc)
+            resolved[name] = self._resolve(expr, stage, resolved, {}, domains, where, context="let")
         return resolved
 
     def _resolve(
@@ -913,6 +1188,13 @@ class Finaliser:
                         self.error(
                             loc, f"stage '{stage_name}' has no choice '{name.split('.', 1)[1]}'"
                         )
+                    return Const(value=0)
+                if name == "depth" and stage is None:
+                    self.error(
+                        loc,
+                        "a bare `depth` is the depth of the stage it is written in; "
+                        "outside a stage write STAGE.depth (e.g. s1.depth)",
+                    )
                     return Const(value=0)
                 if context == "condition":
                     self.error(loc, f"unknown name '{name}' in a condition")
@@ -1116,6 +1398,7 @@ class Finaliser:
         from autobuild_dsl.space.decisions import ArchitectureError, check_stage_module
 
         result: dict[str, list[list[StageModule]]] = {}
+        first_at: dict[str, Loc] = {}
         units = {u.name: u for u in space.module_units()}
         for restriction in self.draft.restrictions:
             unit = units.get(restriction.target)
@@ -1126,35 +1409,62 @@ class Finaliser:
                 )
                 continue
             modules: list[list[StageModule]] = []
-            seen: set[str] = set()
+            seen: dict[str, int] = {}
             for number, module in enumerate(restriction.modules, start=1):
+                # Point at the module (and the stage part of it) that is wrong.
+                module_loc = _at_index(restriction.module_locs, number - 1, restriction.loc)
+                part_locs = _at_index(restriction.part_locs, number - 1, [])
+                layer_locs = _at_index(restriction.layer_locs, number - 1, [])
                 if len(module) != len(unit.stages):
                     self.error(
-                        restriction.loc,
+                        module_loc,
                         f"module {number} has {len(module)} stage part(s); unit '{unit.name}' has {len(unit.stages)} ({' + '.join(unit.stages)})",
                     )
                     continue
                 parts = []
-                for stage_name, (choices, layers) in zip(unit.stages, module, strict=True):
+                for position, (stage_name, (choices, layers)) in enumerate(
+                    zip(unit.stages, module, strict=True)
+                ):
                     part = StageModule(depth=len(layers), choices=choices, layers=layers)
                     try:
                         part = check_stage_module(space, space.stage(stage_name), part)
                     except ArchitectureError as error:
-                        self.error(restriction.loc, f"module {number} of '{unit.name}': {error}")
+                        where = (
+                            f"module {number} of '{unit.name}'"
+                            if len(unit.stages) == 1
+                            else f"module {number} of '{unit.name}', stage '{stage_name}'"
+                        )
+                        at = _at_index(part_locs, position, module_loc)
+                        layer = re.match(r"layer (\d+):", str(error))
+                        if layer:
+                            layers_here = _at_index(layer_locs, position, [])
+                            at = _at_index(layers_here, int(layer.group(1)), at)
+                        self.error(at, f"{where}: {error}")
                         part = None
                     parts.append(part)
                 if any(p is None for p in parts):
                     continue
                 key = repr([p.model_dump() for p in parts])
                 if key in seen:
-                    self.error(restriction.loc, f"module {number} of '{unit.name}' is listed twice")
+                    self.error(
+                        module_loc,
+                        f"module {number} of '{unit.name}' is listed twice (first as module {seen[key]})",
+                    )
                     continue
-                seen.add(key)
+                seen[key] = number
                 modules.append(parts)  # type: ignore[arg-type]
             if restriction.target in result:
-                self.error(restriction.loc, f"'{restriction.target}' is restricted twice")
+                self.error(
+                    restriction.loc,
+                    f"'{restriction.target}' is restricted twice (first at {first_at[restriction.target]})",
+                )
+            first_at.setdefault(unit.name, restriction.loc)
             result[unit.name] = modules
         return result
+
+
+def _at_index(items: list, index: int, default):  # type: ignore[no-untyped-def]
+    return items[index] if 0 <= index < len(items) else default
 
 
 def _show(domain: list[Value]) -> str:

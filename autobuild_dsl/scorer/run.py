@@ -47,12 +47,15 @@ from autobuild_dsl.scorer.model import (
 )
 from autobuild_dsl.scorer.softrank import resolve_backend
 from autobuild_dsl.scorer.train import EpochProgress, MemberMetrics, Moments, TrainConfig, embed
+from autobuild_dsl.space.expr import Value
 from autobuild_dsl.space.model import Space
 
 RUN_FORMAT = "autobuild-scorer-run"
 RUN_VERSION = 1
 # Settings that change nothing about the result: a resumed run may differ in them.
 _NOT_IDENTITY = {"threads", "eval_every"}
+# Informational config fields (added later; absent from older runs): not compared on resume.
+_INFORMATIONAL = ("data", "space_file", "globals_seen")
 
 
 class RunError(ValueError):
@@ -63,6 +66,13 @@ class CategoryInfo(BaseModel):
     name: str
     group: str
     vocab: list[Any]
+
+
+class GlobalCount(BaseModel):
+    """One assignment of the space's global choices and how many labeled rows have it."""
+
+    values: dict[str, Value]
+    count: int
 
 
 class EnsembleConfig(BaseModel):
@@ -79,6 +89,14 @@ class RunConfig(BaseModel):
     space: dict[str, Any] = Field(description="the Space as JSON (no .abs file needed later)")
     target: str
     data: str = Field(default="", description="where the labels came from (informational)")
+    space_file: str = Field(
+        default="", description="the .abs file the space was compiled from (informational)"
+    )
+    globals_seen: list[GlobalCount] = Field(
+        default_factory=list,
+        description="global-choice assignments of the labeled rows, most frequent first "
+        "(module ranking scores these by default); empty in runs written before it existed",
+    )
     data_fingerprint: str
     rows: int = Field(description="labeled architectures used")
     train: TrainConfig
@@ -87,6 +105,13 @@ class RunConfig(BaseModel):
     categories: list[CategoryInfo]
     softrank_backend: Literal["torchsort", "torch"]
     members: list[str]
+    encoding: Literal["sequence", "ir"] = Field(
+        default="sequence",
+        description="graph format: sequence (graphs/encode.py), ir (graphs/ir.py)",
+    )
+    encoder_state: dict[str, Any] | None = Field(
+        default=None, description="ir: the encoder's spaces and fitted vocabularies"
+    )
 
 
 class MemberRecord(BaseModel):
@@ -180,6 +205,17 @@ def _fingerprint(dataset: LabeledDataset, y: np.ndarray) -> str:
     return digest.hexdigest()[:32]
 
 
+def _globals_seen(dataset: LabeledDataset) -> list[GlobalCount]:
+    """The global-choice assignments of the rows, most frequent first (ties: first seen)."""
+    counts: dict[str, tuple[dict[str, Value], int]] = {}
+    for arch in dataset.architectures:
+        key = json.dumps(arch.globals, sort_keys=True)
+        values, count = counts.get(key, (dict(arch.globals), 0))
+        counts[key] = (values, count + 1)
+    ordered = sorted(counts.values(), key=lambda item: -item[1])
+    return [GlobalCount(values=values, count=count) for values, count in ordered]
+
+
 def default_num_layers(space: Space, graphs: Sequence[Any] | None = None) -> int:
     """Message-passing layers: enough hops to span the longest module, at least 4.
 
@@ -249,7 +285,8 @@ def _config_differences(old: RunConfig, new: RunConfig) -> list[str]:
     for dump in (a, b):
         for key in _NOT_IDENTITY:
             dump["train"].pop(key, None)
-        dump.pop("data", None)
+        for key in _INFORMATIONAL:
+            dump.pop(key, None)
     return [f"{key} differs" for key in sorted(set(a) | set(b)) if a.get(key) != b.get(key)]
 
 
@@ -269,6 +306,7 @@ def train_run(
     data_path: str = "",
     progress: RunProgress | None = None,
     encoder: Any = None,
+    space_path: str = "",
 ) -> TrainedRun:
     """Train the members of an ensemble (or one predictor) into the run folder `out`.
 
@@ -316,6 +354,8 @@ def train_run(
         space=json.loads(space.to_json()),
         target=target.text,
         data=data_path,
+        space_file=space_path,
+        globals_seen=_globals_seen(dataset),
         data_fingerprint=_fingerprint(dataset, y),
         rows=len(dataset),
         train=train,
@@ -327,6 +367,11 @@ def train_run(
         ],
         softrank_backend=backend,
         members=[s.name for s in specs],
+        encoding=getattr(encoder, "encoding", "sequence"),
+        # An IR encoder's vocabularies are fitted to the data: the run keeps them.
+        encoder_state=(
+            encoder.run_state().model_dump(mode="json") if hasattr(encoder, "run_state") else None
+        ),
     )
     finished = _prepare_folder(out, config, force=force, resume=resume)
     packed = pack_graphs(graphs)
@@ -339,6 +384,9 @@ def train_run(
             if progress is not None:
                 record = _read_record(out, spec.name)
                 progress(MemberDone(spec.name, done_count, total, record.metrics, skipped=True))
+
+    # A mixed-space dataset (data/mixed.py) computes its own label statistics.
+    own_stats = getattr(dataset, "label_stats", None)
 
     def save(result: MemberResult) -> None:
         nonlocal done_count
@@ -353,7 +401,9 @@ def train_run(
             test_rows=result.spec.test,
             metrics=result.metrics,
             label=result.label,
-            label_stats=label_stats(dataset, y, result.spec.train),
+            label_stats=own_stats(y, result.spec.train)
+            if own_stats is not None
+            else label_stats(dataset, y, result.spec.train),
             hop_norms=result.hop_norms,
         )
         # The record last: its presence marks the member as finished.
@@ -459,7 +509,14 @@ class TrainedRun:
         return self.config.model.num_layers + 1
 
     def encoder(self) -> Any:
-        """A GraphEncoder for the run's space (built once)."""
+        """The run's graph encoder (built once): a GraphEncoder for the run's space, or for
+        `encoding: ir` an IrEncoder with the run's fitted vocabularies."""
+        if self._encoder is None and self.config.encoding == "ir":
+            from autobuild_dsl.graphs.ir import IrEncoder
+
+            if self.config.encoder_state is None:
+                raise RunError(f"{self.path}: an ir run without its encoder state")
+            self._encoder = IrEncoder.from_state(self.config.encoder_state)
         if self._encoder is None:
             from autobuild_dsl.graphs.encode import GraphEncoder
 
@@ -592,6 +649,7 @@ def summary_json(metrics: RunMetrics) -> dict[str, Any]:
 __all__ = [
     "CategoryInfo",
     "EnsembleConfig",
+    "GlobalCount",
     "LoadedMember",
     "MemberDone",
     "MemberRecord",

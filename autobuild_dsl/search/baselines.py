@@ -179,14 +179,13 @@ def _suggest_architecture(space: Space, index, trial) -> dict:  # type: ignore[n
                 # A tied choice is decided once, by the stage that keeps it.
                 if f"{stage_name}.{c}" not in space.ties
             }
-            configs = index.layer_configs[stage_name]
-            layers = [
-                dict(
-                    configs[
-                        trial.suggest_categorical(f"{stage_name}.L{i}", list(range(len(configs))))
-                    ]
+            layers = []
+            for i in range(depth):
+                # Slot 0 may offer more configurations (a stride choice acts there only).
+                configs = index.position_configs(stage_name, i)
+                pick = trial.suggest_categorical(
+                    f"{stage_name}.L{min(i, 1)}.{i}", list(range(len(configs)))
                 )
-                for i in range(depth)
-            ]
+                layers.append(dict(configs[pick]))
             stages[stage_name] = {"depth": depth, "choices": choices, "layers": layers}
     return {"space": space.name, "globals": globals_, "stages": stages}

@@ -69,7 +69,7 @@ class SearchRecord(BaseModel):
     generation: int
     parent: int | None = Field(description="index of the front member it mutates")
     key: str
-    architecture: dict
+    arch: dict
     metrics: dict[str, float]
     objectives: dict[str, float] = Field(description="objective label -> value")
 
@@ -211,7 +211,7 @@ def run_search(
                     generation=generation,
                     parent=parent,
                     key=arch.key(),
-                    architecture=arch.model_dump(mode="json"),
+                    arch=arch.model_dump(mode="json"),
                     metrics=values,
                     objectives={o.label: o.value(values) for o in config.objectives},
                 )
@@ -357,7 +357,7 @@ def _progress(
 
 def _architecture(space: Space, record: SearchRecord) -> Architecture:
     try:
-        arch = canonicalize(space, record.architecture)
+        arch = canonicalize(space, record.arch)
     except ArchitectureError as error:
         raise SearchStateError(f"record {record.index} is not in the space: {error}") from None
     if arch.key() != record.key:

@@ -54,7 +54,7 @@ class RankedArchitecture(BaseModel):
 
     rank: int
     key: str
-    architecture: dict
+    arch: dict
     metrics: dict[str, float]
     value: float = Field(description="the objective's value")
 
@@ -138,7 +138,7 @@ def exhaustive_search(
         RankedArchitecture(
             rank=i + 1,
             key=arch.key(),
-            architecture=arch.model_dump(mode="json"),
+            arch=arch.model_dump(mode="json"),
             metrics=values,
             value=objective.value(values),
         )

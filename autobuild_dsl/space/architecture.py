@@ -9,6 +9,8 @@ under the key that holds them, so two equal networks are equal values.
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -39,3 +41,47 @@ class Architecture(BaseModel):
 
     def to_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), sort_keys=False)
+
+
+class ArchitectureFileError(ValueError):
+    """A file of architectures cannot be read; the message says which file and line."""
+
+
+def read_architecture_records(path: str | Path) -> list[tuple[str, dict[str, Any]]]:
+    """The raw architectures of a file: one JSON object, or JSON lines each holding one
+    (bare, or under "arch" as `abc sample` and data sets write them).
+
+    Returns (where, record) pairs, `where` being "FILE" or "FILE:LINE" for messages;
+    records are not checked against a space (`decisions.canonicalize` does that).
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise ArchitectureFileError(f"{path}: no such file")
+    try:
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ArchitectureFileError(f"{path}: cannot read: {error}") from None
+    items: list[tuple[str, object]]
+    try:
+        items = [(str(path), json.loads(text))]
+    except json.JSONDecodeError:
+        items = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                items.append((f"{path}:{number}", json.loads(line)))
+            except json.JSONDecodeError as error:
+                raise ArchitectureFileError(
+                    f"{path}:{number}: not valid JSON: {error.msg}"
+                ) from None
+    records: list[tuple[str, dict[str, Any]]] = []
+    for where, item in items:
+        if isinstance(item, dict) and "arch" in item:
+            item = item["arch"]
+        if not isinstance(item, dict):
+            raise ArchitectureFileError(f"{where}: expected an architecture object")
+        records.append((where, item))
+    if not records:
+        raise ArchitectureFileError(f"{path}: holds no architecture")
+    return records

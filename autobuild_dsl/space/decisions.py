@@ -18,8 +18,19 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from autobuild_dsl.space.architecture import Architecture, StageArch
-from autobuild_dsl.space.expr import ExprError, Value, evaluate, format_value, names_in
-from autobuild_dsl.space.model import Space, Stage, StageModule, Unit
+from autobuild_dsl.space.expr import (
+    Binary,
+    Call,
+    Expr,
+    ExprError,
+    LayerRef,
+    Unary,
+    Value,
+    evaluate,
+    format_value,
+    names_in,
+)
+from autobuild_dsl.space.model import LayerOption, Space, Stage, StageModule, Unit
 
 # Above this many joint scalar assignments in one group of linked rules, counting refuses.
 MAX_JOINT_ASSIGNMENTS = 2_000_000
@@ -31,6 +42,11 @@ class ArchitectureError(ValueError):
 
 class SpaceTooComplex(ValueError):
     """Rules link so many decisions that counting them exactly would not finish."""
+
+    def __init__(self, message: str, rules: list[int] | None = None) -> None:
+        super().__init__(message)
+        # Indices (into space.rules) of the rules that link the decisions, the culprit first.
+        self.rules = rules or []
 
 
 Assignment = tuple[tuple[str, Value], ...]
@@ -99,7 +115,10 @@ class SpaceIndex:
     def __init__(self, space: Space) -> None:
         self.space = space
         self.stages = {stage.name: stage for stage in space.stages}
+        # What a stage's first layer can hold, and what every later layer can hold: a
+        # per-layer stride choice is a decision of the first layer only (the stride rule).
         self.layer_configs = {s.name: _layer_configurations(s) for s in space.stages}
+        self.later_configs = {s.name: _layer_configurations(s, first=False) for s in space.stages}
         self.units = space.module_units()
         self.unit_of = {s: u for u in self.units for s in u.stages}
         self.variables: list[_Variable] = []
@@ -146,12 +165,12 @@ class SpaceIndex:
         per_stage = []
         for stage_name in unit.stages:
             stage = self.stages[stage_name]
-            width = len(self.layer_configs[stage_name])
             options = []
             for depth in stage.depths:
+                fillings = self.layer_fillings(stage_name, depth)
                 for values in itertools.product(*stage.choices.values()):
                     choices = dict(zip(stage.choices, values, strict=True))
-                    options.append((_stage_state(stage, depth, choices), width**depth))
+                    options.append((_stage_state(stage, depth, choices), fillings))
             per_stage.append(options)
         states, weights = [], []
         for combo in itertools.product(*per_stage):
@@ -161,6 +180,16 @@ class SpaceIndex:
                 weight *= w
             weights.append(weight)
         return states, weights
+
+    def layer_fillings(self, stage_name: str, depth: int) -> int:
+        """How many different layer lists a stage of this depth can hold."""
+        first = len(self.layer_configs[stage_name])
+        later = len(self.later_configs[stage_name])
+        return first * later ** (depth - 1) if depth >= 1 else 1
+
+    def position_configs(self, stage_name: str, position: int) -> list[dict[str, Value]]:
+        """The layers slot `position` (0-based) of a stage can hold."""
+        return self.layer_configs[stage_name] if position == 0 else self.later_configs[stage_name]
 
     def _components(self) -> list[_Component]:
         parent = list(range(len(self.variables)))
@@ -208,7 +237,8 @@ class SpaceIndex:
             names = ", ".join(v.name for v in variables)
             raise SpaceTooComplex(
                 f"rules link {names} into {joint_size:,} joint choices; counting them exactly "
-                f"is limited to {MAX_JOINT_ASSIGNMENTS:,}. Split the rule or narrow the choices."
+                f"is limited to {MAX_JOINT_ASSIGNMENTS:,}. Split the rule or narrow the choices.",
+                rules=self._culprits(component),
             )
         rules = [self.space.rules[i] for i in component.rules]
         total = 0
@@ -222,6 +252,18 @@ class SpaceIndex:
                 total += weight
                 component.joint.append(indices)
                 component.cumulative.append(total)
+
+    def _culprits(self, component: _Component) -> list[int]:
+        """The component's rules, the one linking the most joint choices on its own first."""
+
+        def own_size(rule_index: int) -> int:
+            variables = {self.variable_of[n] for n in names_in(self.space.rules[rule_index].expr)}
+            size = 1
+            for variable in variables:
+                size *= len(self.variables[variable].states)
+            return size
+
+        return sorted(component.rules, key=lambda r: (-own_size(r), r))
 
     # ----- queries ------------------------------------------------------------------
 
@@ -279,8 +321,10 @@ class SpaceIndex:
             for s in unit.stages:
                 stage = self.stages[s]
                 depth = int(env[f"{s}.depth"])  # type: ignore[arg-type]
-                configs = self.layer_configs[s]
-                layers = [dict(configs[rng.randrange(len(configs))]) for _ in range(depth)]
+                layers = []
+                for position in range(depth):
+                    configs = self.position_configs(s, position)
+                    layers.append(dict(configs[rng.randrange(len(configs))]))
                 choices = {c: env[f"{s}.{c}"] for c in stage.choices}
                 stages[s] = StageArch(depth=depth, choices=choices, layers=layers)
         return Architecture(space=self.space.name, globals=globals_, stages=stages)
@@ -334,13 +378,65 @@ def _holds(expr, env: dict[str, Value]) -> bool:
         return False
 
 
-def _layer_configurations(stage: Stage) -> list[dict[str, Value]]:
-    """Every distinct layer a slot of this stage can hold, in a fixed order."""
+_FIRST_ONLY: dict[int, tuple[LayerOption, tuple[str, ...]]] = {}
+
+
+def first_layer_only(option: LayerOption) -> tuple[str, ...]:
+    """The per-layer choices of an alternative that only its first layer in a stage uses.
+
+    The stride rule gives every layer after a stage's first stride 1, so a per-layer
+    choice that is only ever a `stride` value decides nothing in those layers: the
+    canonical architecture leaves it out of them, and it is not counted there.
+    """
+    # Asked for every layer of every validation: cached by identity (the entry holds the
+    # option, so its id is not reused while the entry lives; options are frozen).
+    entry = _FIRST_ONLY.get(id(option))
+    if entry is not None and entry[0] is option:
+        return entry[1]
+    result: list[str] = []
+    for key in option.choices:
+        uses = [
+            (attr, expr)
+            for node in option.nodes
+            for attr, expr in node.attrs.items()
+            if key in _layer_names(expr)
+        ]
+        conditions = [n for n in option.nodes if n.condition and key in _layer_names(n.condition)]
+        if (
+            uses
+            and not conditions
+            and all(a == "stride" and isinstance(e, LayerRef) for a, e in uses)
+        ):
+            result.append(key)
+    if len(_FIRST_ONLY) >= 4096:
+        _FIRST_ONLY.clear()
+    _FIRST_ONLY[id(option)] = (option, tuple(result))
+    return tuple(result)
+
+
+def _layer_names(expr: Expr) -> set[str]:
+    if isinstance(expr, LayerRef):
+        return {expr.name}
+    if isinstance(expr, Unary):
+        return _layer_names(expr.operand)
+    if isinstance(expr, Binary):
+        return _layer_names(expr.left) | _layer_names(expr.right)
+    if isinstance(expr, Call):
+        return set().union(*(_layer_names(a) for a in expr.args))
+    return set()
+
+
+def _layer_configurations(stage: Stage, first: bool = True) -> list[dict[str, Value]]:
+    """Every distinct layer a slot of this stage can hold, in a fixed order.
+
+    `first=False`: a slot after the first, where first-layer-only choices do not exist.
+    """
     configs: list[dict[str, Value]] = []
     several = len(stage.options) > 1
     for option in stage.options:
-        keys = list(option.choices)
-        for values in itertools.product(*option.choices.values()):
+        dropped = set() if first else set(first_layer_only(option))
+        keys = [k for k in option.choices if k not in dropped]
+        for values in itertools.product(*(option.choices[k] for k in keys)):
             layer: dict[str, Value] = {"op": option.label} if several else {}
             layer.update(zip(keys, values, strict=True))
             configs.append(layer)
@@ -398,11 +494,10 @@ def unit_module_count(space: Space, unit: Unit) -> int:
     total = 1
     for stage_name in unit.stages:
         stage = index.stages[stage_name]
-        width = len(index.layer_configs[stage_name])
         combos = 1
         for domain in stage_module_choices(space, stage).values():
             combos *= len(domain)
-        total *= combos * sum(width**d for d in stage.depths)
+        total *= combos * sum(index.layer_fillings(stage_name, d) for d in stage.depths)
     return total
 
 
@@ -413,22 +508,24 @@ def unit_modules(space: Space, unit: Unit) -> Iterator[list[StageModule]]:
         yield from ([StageModule.model_validate(p.model_dump()) for p in m] for m in restricted)
         return
     index = index_of(space)
-    per_stage = [
-        _stage_modules(space, index.stages[s], index.layer_configs[s]) for s in unit.stages
-    ]
+    per_stage = [_stage_modules(space, index, index.stages[s]) for s in unit.stages]
     for combo in itertools.product(*per_stage):
         yield list(combo)
 
 
-def _stage_modules(
-    space: Space, stage: Stage, configs: list[dict[str, Value]]
-) -> list[StageModule]:
+def _layer_lists(index: SpaceIndex, stage_name: str, depth: int) -> Iterator[tuple]:
+    """Every layer list of a stage at one depth (the first slot has its own choices)."""
+    slots = [index.position_configs(stage_name, position) for position in range(depth)]
+    return itertools.product(*slots)
+
+
+def _stage_modules(space: Space, index: SpaceIndex, stage: Stage) -> list[StageModule]:
     choices = stage_module_choices(space, stage)
     modules = []
     for depth in stage.depths:
         for values in itertools.product(*choices.values()):
             chosen = dict(zip(choices, values, strict=True))
-            for layers in itertools.product(configs, repeat=depth):
+            for layers in _layer_lists(index, stage.name, depth):
                 modules.append(
                     StageModule(depth=depth, choices=chosen, layers=[dict(x) for x in layers])
                 )
@@ -487,6 +584,9 @@ def _check_layer(stage: Stage, index: int, layer: dict[str, Value]) -> dict[str,
         result = {}
         if "op" in layer and layer["op"] != option.label:
             raise ArchitectureError(f"{where}: op '{layer['op']}' is not '{option.label}'")
+    # After the first layer, a first-layer-only choice (a stride) may be given (it must be
+    # valid) but is dropped: it does not change the network there.
+    dropped = first_layer_only(option) if index > 0 else ()
     for key, value in layer.items():
         if key == "op":
             continue
@@ -500,8 +600,9 @@ def _check_layer(stage: Stage, index: int, layer: dict[str, Value]) -> dict[str,
             raise ArchitectureError(
                 f"{where}: {key} = {format_value(value)} is not one of {_show(option.choices[key])}"
             )
-        result[key] = found
-    missing = [k for k in option.choices if k not in layer]
+        if key not in dropped:
+            result[key] = found
+    missing = [k for k in option.choices if k not in layer and k not in dropped]
     if missing:
         raise ArchitectureError(f"{where}: missing choice '{missing[0]}'")
     return result
@@ -531,8 +632,11 @@ def canonicalize(space: Space, raw: Architecture | dict) -> Architecture:
     if not isinstance(raw_stages, dict):
         raise ArchitectureError("'stages' must be an object with one entry per stage")
     globals_: dict[str, Value] = {}
+    aliases: list[tuple[str, Value]] = []
     for name, value in raw_globals.items():
         if name in space.ties:
+            # A merged global given under its alias name must agree with the keeper.
+            aliases.append((name, value))
             continue
         if name not in space.choices:
             known = ", ".join(space.choices) or "none"
@@ -553,7 +657,6 @@ def canonicalize(space: Space, raw: Architecture | dict) -> Architecture:
     if extra:
         raise ArchitectureError(f"stages.{extra[0]}: no such stage (stages: {', '.join(names)})")
     stages: dict[str, StageArch] = {}
-    aliases: list[tuple[str, Value]] = []
     for stage in space.stages:
         raw_stage = raw_stages.get(stage.name)
         where = f"stages.{stage.name}"
@@ -604,8 +707,13 @@ def canonicalize(space: Space, raw: Architecture | dict) -> Architecture:
     for alias, value in aliases:
         keeper = env[space.ties[alias]]
         if _find([keeper], value) is None:
+            where = (
+                f"stages.{alias.replace('.', '.choices.', 1)}"
+                if "." in alias
+                else f"globals.{alias}"
+            )
             raise ArchitectureError(
-                f"stages.{alias.replace('.', '.choices.', 1)}: {format_value(value)} differs from "
+                f"{where}: {format_value(value)} differs from "
                 f"{space.ties[alias]} = {format_value(keeper)}, which it must equal"
             )
     for rule in space.rules:
@@ -617,10 +725,17 @@ def canonicalize(space: Space, raw: Architecture | dict) -> Architecture:
             raise ArchitectureError(f"breaks the rule `{rule.text}`{where}: {values}")
     for unit_name, modules in space.restrictions.items():
         unit = next(u for u in space.module_units() if u.name == unit_name)
-        mine = [
-            StageModule(depth=stages[s].depth, choices=stages[s].choices, layers=stages[s].layers)
-            for s in unit.stages
-        ]
+        mine = []
+        for s in unit.stages:
+            # A restricted module lists a stage's merged (tied) choices too: fill them in.
+            choices = dict(stages[s].choices)
+            for alias, keeper in space.ties.items():
+                owner, _, name = alias.partition(".")
+                if owner == s and name and keeper in env:
+                    choices[name] = env[keeper]
+            mine.append(
+                StageModule(depth=stages[s].depth, choices=choices, layers=stages[s].layers)
+            )
         if not any(mine == list(module) for module in modules):
             raise ArchitectureError(
                 f"stages.{unit_name}: this module is not one the reduced space allows"
@@ -680,7 +795,6 @@ def _mutate_layer(
     if index.unit_of[stage.name].name in space.restrictions:
         return index.resample_unit(arch, index.unit_of[stage.name], rng)
     current = arch.stages[stage.name]
-    configs = index.layer_configs[stage.name]
     layers = [dict(x) for x in current.layers]
     moves = ["change"]
     if current.depth + 1 in stage.depths:
@@ -690,16 +804,43 @@ def _mutate_layer(
     move = moves[rng.randrange(len(moves))]
     if move == "change":
         position = rng.randrange(len(layers))
+        configs = index.position_configs(stage.name, position)
         others = [c for c in configs if c != layers[position]]
         if not others:
             return None
         layers[position] = dict(others[rng.randrange(len(others))])
     elif move == "add":
-        layers.insert(rng.randrange(len(layers) + 1), dict(configs[rng.randrange(len(configs))]))
+        position = rng.randrange(len(layers) + 1)
+        configs = index.position_configs(stage.name, position)
+        layers.insert(position, dict(configs[rng.randrange(len(configs))]))
     else:
         layers.pop(rng.randrange(len(layers)))
+    layers = _refit_positions(stage, layers, rng)
     new_stage = current.model_copy(update={"depth": len(layers), "layers": layers})
     return arch.model_copy(update={"stages": {**arch.stages, stage.name: new_stage}})
+
+
+def _refit_positions(
+    stage: Stage, layers: list[dict[str, Value]], rng: random.Random
+) -> list[dict[str, Value]]:
+    """After adding or removing a layer, give the (new) first layer its first-layer-only
+    choices (drawn at random) and take them from the layers after it."""
+    options = {o.label: o for o in stage.options}
+    result = []
+    for position, layer in enumerate(layers):
+        option = options.get(str(layer.get("op"))) if len(stage.options) > 1 else stage.options[0]
+        if option is None:
+            result.append(layer)
+            continue
+        layer = dict(layer)
+        for key in first_layer_only(option):
+            if position > 0:
+                layer.pop(key, None)
+            elif key not in layer:
+                domain = option.choices[key]
+                layer[key] = domain[rng.randrange(len(domain))]
+        result.append(layer)
+    return result
 
 
 def architecture_from_modules(
@@ -778,7 +919,6 @@ def _unit_layer_choices(
         stage = index.stages[stage_name]
         depth = int(env[f"{stage_name}.depth"])  # type: ignore[arg-type]
         choices = {c: env[f"{stage_name}.{c}"] for c in stage.choices}
-        configs = index.layer_configs[stage_name]
         per_stage.append(
             [
                 (
@@ -787,7 +927,7 @@ def _unit_layer_choices(
                         depth=depth, choices=choices, layers=[dict(x) for x in layers]
                     ),
                 )
-                for layers in itertools.product(configs, repeat=depth)
+                for layers in _layer_lists(index, stage_name, depth)
             ]
         )
     for combo in itertools.product(*per_stage):

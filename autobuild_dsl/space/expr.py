@@ -202,25 +202,54 @@ def format_value(value: Value) -> str:
     return str(value)
 
 
-def format_expr(expr: Expr, parent: int = 0) -> str:
-    """The canonical text of an expression, with only the parentheses it needs."""
+def quote_string(text: str) -> str:
+    """A string literal of the language that reads back as `text`.
+
+    `"` is escaped; a backslash only where it would otherwise escape what follows it (a
+    quote, a backslash, the closing quote), so `"a\\nb"` is written as it was typed.
+    """
+    out = []
+    for index, char in enumerate(text):
+        following = text[index + 1] if index + 1 < len(text) else '"'
+        if char == '"' or (char == "\\" and following in '"\\'):
+            out.append("\\")
+        out.append(char)
+    return '"' + "".join(out) + '"'
+
+
+_COMPARISONS = {"==", "!=", "<", "<=", ">", ">="}
+
+
+def format_expr(expr: Expr, parent: int = 0, *, source: bool = False) -> str:
+    """The canonical text of an expression, with only the parentheses it needs.
+
+    With `source=True` the text is valid `.abs` source that parses back to the same
+    expression: strings keep their quotes (a bare word would be read as a name) and
+    an infinite number is written as a literal that overflows to it.
+    """
     if isinstance(expr, Const):
         if isinstance(expr.value, str):
-            return expr.value
+            return quote_string(expr.value) if source else expr.value
+        if source and isinstance(expr.value, float) and math.isinf(expr.value):
+            return "1e999" if expr.value > 0 else "(-1e999)"
         return format_value(expr.value)
     if isinstance(expr, Ref | LayerRef):
         return expr.name
     if isinstance(expr, Unary):
-        inner = format_expr(expr.operand, 7 if expr.op == "-" else 3)
+        inner = format_expr(expr.operand, 7 if expr.op == "-" else 3, source=source)
         text = f"-{inner}" if expr.op == "-" else f"not {inner}"
         return f"({text})" if parent > (7 if expr.op == "-" else 3) else text
     if isinstance(expr, Binary):
         level = _PRECEDENCE[expr.op]
-        left = format_expr(expr.left, level)
+        # Comparisons do not chain (`a < b == c` is a syntax error), so a comparison
+        # inside a comparison keeps its parentheses on either side.
+        left_level = level + 1 if expr.op in _COMPARISONS else level
+        left = format_expr(expr.left, left_level, source=source)
         # Right operands of - and / bind tighter so `a - (b - c)` keeps its parentheses.
-        right = format_expr(expr.right, level + 1)
+        right = format_expr(expr.right, level + 1, source=source)
         text = f"{left} {expr.op} {right}"
         return f"({text})" if parent > level else text
     if isinstance(expr, Call):
-        return f"{expr.func}({', '.join(format_expr(a) for a in expr.args)})"
+        args = ", ".join(format_expr(a, source=source) for a in expr.args)
+        return f"{expr.func}({args})"
     raise ExprError(f"cannot format {expr!r}")

@@ -46,6 +46,9 @@ def _node(
 ) -> ResolvedNode | None:
     lookup = _lookup(env, template.where)
     layer_lookup = (lambda name: layer[name]) if layer is not None else None
+    # A stage's stride applies to its first layer only (timm's rule). A later layer's
+    # stride is not even evaluated: a per-layer stride choice is not stored there.
+    later_stride = position.role == "layer" and not first_layer and "stride" in template.attrs
     try:
         if template.condition is not None and not evaluate(
             template.condition, lookup, layer_lookup
@@ -56,13 +59,32 @@ def _node(
             name: attr.default for name, attr in spec.attrs.items() if attr.default is not None
         }
         for name, expr in template.attrs.items():
+            if later_stride and name == "stride":
+                continue
             attrs[name] = evaluate(expr, lookup, layer_lookup)
     except (ExprError, KeyError) as error:
         raise ResolveError(f"{template.where}: {template.op}: {error}") from None
-    if position.role == "layer" and not first_layer and "stride" in template.attrs:
-        # A stage's stride applies to its first layer only (timm's rule).
+    if later_stride:
         attrs["stride"] = 1
     return ResolvedNode(op=template.op, attrs=attrs, position=position)
+
+
+def resolve_node(
+    template: NodeTemplate,
+    env: dict[str, Value],
+    layer: dict[str, Value] | None,
+    position: NodePosition,
+    *,
+    first_layer: bool,
+) -> ResolvedNode | None:
+    """One node template evaluated on its own: None when its condition is false.
+
+    `env` maps scalar decisions (and globals) to values, `layer` a layer's own choices
+    (None outside a layer). The graph encoder resolves templates one at a time, for
+    single modules and for every value a feature can take, without a whole architecture.
+    Raises ResolveError when an attribute cannot be evaluated.
+    """
+    return _node(template, env, layer, position, first_layer)
 
 
 def resolve(space: Space, arch: Architecture) -> ResolvedNetwork:

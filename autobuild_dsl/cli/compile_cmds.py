@@ -1,0 +1,290 @@
+"""`abc emit` and `abc measure`: architectures become files, and files get measured labels."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+from rich.markup import escape
+
+from autobuild_dsl.cli.common import UserError, console, err_console, load_space
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    """Library errors a user can cause become `error: ...` messages, not tracebacks
+    (`UserError` escapes rich markup itself)."""
+    from autobuild_dsl.compile.batch import BatchError
+    from autobuild_dsl.compile.emit import EmitError
+    from autobuild_dsl.compile.network import CompileError as NetworkError
+    from autobuild_dsl.space.decisions import ArchitectureError
+    from autobuild_dsl.space.resolve import ResolveError
+
+    try:
+        yield
+    except (BatchError, EmitError, NetworkError, ArchitectureError, ResolveError) as error:
+        raise UserError(str(error)) from None
+
+
+def _one_architecture(space, path: str, line: int | None):
+    """The architecture of ARCH.json: the file's only one, or the one at --line."""
+    from autobuild_dsl.compile.batch import canonical_arch, read_arch_records
+
+    records = read_arch_records(path)
+    if line is not None:
+        chosen = [r for r in records if r[0] == f"{path}:{line}"]
+        if not chosen:
+            raise UserError(f"{path}: no architecture on line {line}")
+        records = chosen
+    if len(records) > 1:
+        raise UserError(f"{path} holds {len(records)} architectures; choose one with --line N")
+    where, raw = records[0]
+    return canonical_arch(space, where, raw)
+
+
+@click.command("emit")
+@click.argument("space_file", type=click.Path(dir_okay=False))
+@click.argument("arch_file", type=click.Path(dir_okay=False))
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["torch", "onnx"]),
+    required=True,
+    help="torch: state dict + architecture (reload with autobuild_dsl.compile.load_emitted); "
+    "onnx: ONNX model (opset 17, dynamic batch), checked in ONNX Runtime.",
+)
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The file.")
+@click.option("--space", "space_name", help="Which space of the file (default: the first one).")
+@click.option(
+    "--line",
+    type=click.IntRange(min=1),
+    help="Take the architecture on this line of a JSON-lines ARCH_FILE.",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights.")
+@click.option(
+    "--atol",
+    type=click.FloatRange(min=0),
+    default=1e-4,
+    show_default=True,
+    help="onnx: the largest absolute difference from PyTorch allowed on a random input.",
+)
+@click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
+def emit_cmd(
+    space_file: str,
+    arch_file: str,
+    fmt: str,
+    output: str,
+    space_name: str | None,
+    line: int | None,
+    seed: int,
+    atol: float,
+    force: bool,
+) -> None:
+    """Compile one architecture (ARCH_FILE: a JSON architecture, or a line of `abc sample` or
+    dataset output) into a PyTorch module file or an ONNX model with random weights.
+
+    An ONNX model over 2 GB is written with its weights in OUTPUT.data next to it."""
+    from autobuild_dsl.compile.emit import emit_onnx, emit_torch
+
+    space = load_space(space_file, space_name)
+    out = Path(output)
+    with _user_errors():
+        arch = _one_architecture(space, arch_file, line)
+        if out.exists() and not force:
+            raise UserError(f"{out} exists; pass --force to overwrite it")
+        with err_console.status(f"compiling {space.name} to {fmt}"):
+            if fmt == "torch":
+                emit_torch(out, space, arch, overwrite=force, seed=seed)
+                done = None
+            else:
+                done = emit_onnx(out, space, arch, overwrite=force, seed=seed, atol=atol)
+    if done is None:
+        console.print(
+            f"wrote {escape(str(out))} (PyTorch state dict + architecture of {space.name})"
+        )
+        return
+    data = f" + {escape(str(done.data_path))}" if done.data_path else ""
+    console.print(f"wrote {escape(str(out))}{data} (ONNX, opset 17, dynamic batch)")
+    console.print(
+        f"ONNX Runtime vs PyTorch on a random input: max abs difference {done.max_abs_diff:.3g}"
+    )
+
+
+@click.command("measure")
+@click.argument("space_file", type=click.Path(dir_okay=False))
+@click.argument("archs_file", type=click.Path(dir_okay=False))
+@click.option(
+    "-o", "--output", required=True, type=click.Path(dir_okay=False), help="Dataset (JSON lines)."
+)
+@click.option(
+    "--metrics",
+    default="params,macs,latency",
+    show_default=True,
+    help="Comma-separated: params, macs (FlopCounterMode total / 2), latency (ms, ONNX "
+    "Runtime CPU, batch 1, median).",
+)
+@click.option("--space", "space_name", help="Which space of the file (default: the first one).")
+@click.option(
+    "--jobs",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Worker processes (with --ray: tasks in flight; default: what the cluster fits).",
+)
+@click.option("--ray", "ray_address", help="Run on Ray: an address, 'auto' or 'local'.")
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Threads per network (torch and ONNX Runtime), fixed and recorded with latency.",
+)
+@click.option(
+    "--warmup",
+    type=click.IntRange(min=0),
+    default=5,
+    show_default=True,
+    help="Untimed runs before timing latency.",
+)
+@click.option(
+    "--repeats",
+    type=click.IntRange(min=1),
+    default=30,
+    show_default=True,
+    help="Timed runs; latency is their median.",
+)
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "meta"]),
+    default="auto",
+    show_default=True,
+    help="Where params and MACs are counted; meta allocates nothing (any model size) but "
+    "cannot time latency; auto: cpu with latency, else meta.",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Random weights and input.")
+@click.option("--resume", is_flag=True, help="Continue OUTPUT: skip what it holds, append.")
+@click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
+def measure_cmd(
+    space_file: str,
+    archs_file: str,
+    output: str,
+    metrics: str,
+    space_name: str | None,
+    jobs: int,
+    ray_address: str | None,
+    threads: int,
+    warmup: int,
+    repeats: int,
+    device: str,
+    seed: int,
+    resume: bool,
+    force: bool,
+) -> None:
+    """Measure the architectures of ARCHS_FILE (lines holding an "arch", as `abc sample` and
+    dataset files write them) and write a dataset that `abc train` reads directly.
+
+    Each row is appended as soon as it is measured; after an interruption, rerun with
+    --resume to measure only what is missing."""
+    from autobuild_dsl.compile.batch import (
+        MeasureSettings,
+        measure_file,
+        oversubscribed,
+        read_architectures,
+    )
+    from autobuild_dsl.compile.measure import check_metrics
+
+    try:
+        wanted = check_metrics(metrics)
+    except ValueError as error:
+        raise UserError(f"--metrics: {error}") from None
+    if device == "meta" and "latency" in wanted:
+        raise UserError(
+            "--device meta counts params and MACs without memory; latency needs a real "
+            "network: drop latency from --metrics or use --device cpu"
+        )
+    if resume and force:
+        raise UserError("--resume and --force contradict each other: choose one")
+    space = load_space(space_file, space_name)
+    settings = MeasureSettings(
+        metrics=tuple(wanted),
+        threads=threads,
+        warmup=warmup,
+        repeats=repeats,
+        device=device,  # type: ignore[arg-type]
+        seed=seed,
+    )
+    if "latency" in wanted and ray_address is None:
+        warning = oversubscribed(jobs, threads)
+        if warning:
+            err_console.print(f"[yellow]warning:[/] {warning}")
+    saved = 0
+    with _user_errors():
+        archs = [arch for _, arch in read_architectures(archs_file, space)]
+        try:
+            with _progress_bar() as bar:
+                task = bar.add_task("measuring", total=None)
+
+                def show(event) -> None:
+                    nonlocal saved
+                    saved = event.done - event.failed
+                    bar.update(task, completed=event.done, total=event.total)
+
+                report = measure_file(
+                    space,
+                    archs,
+                    output,
+                    settings,
+                    jobs=jobs,
+                    ray=ray_address,
+                    resume=resume,
+                    overwrite=force,
+                    progress=show,
+                )
+        except KeyboardInterrupt:
+            err_console.print(
+                f"interrupted: {saved} new rows are in {escape(output)}; rerun with --resume"
+            )
+            raise
+    if report.repaired:
+        err_console.print(f"note: cut off a torn last line of {escape(output)}")
+    parts = [f"measured {report.measured} architectures into {escape(output)}"]
+    if report.already:
+        parts.append(f"{report.already} already there")
+    if report.distinct < report.rows:
+        parts.append(f"{report.rows - report.distinct} repeated in the input")
+    console.print(", ".join(parts))
+    if report.failures:
+        for key, reason in report.failures[:10]:
+            err_console.print(f"[red]failed:[/] {escape(reason)}\n  {escape(key)}")
+        raise UserError(
+            f"{len(report.failures)} architecture(s) could not be measured; the others were "
+            "written (rerun with --resume to retry)"
+        )
+
+
+def _progress_bar():
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=True,
+    )
+
+
+def register(group: click.Group) -> None:
+    for command in (emit_cmd, measure_cmd):
+        group.add_command(command)

@@ -1,0 +1,94 @@
+"""CLI side of ONNX-IR graphs (`--encoding ir`): build and fit an IrEncoder with a progress bar.
+
+Not a command module: `train_cmds` (and `graph_cmds`) call these helpers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from autobuild_dsl.cli.common import err_console
+
+if TYPE_CHECKING:  # torch loads only when an IR encoder is made, not for `abc --help`
+    from autobuild_dsl.graphs.ir import IrEncoder
+    from autobuild_dsl.space.architecture import Architecture
+    from autobuild_dsl.space.model import Space
+
+ENCODINGS = ("sequence", "ir")
+
+cache_option = click.option(
+    "--cache",
+    "ir_cache",
+    type=click.Path(file_okay=False),
+    help="ir: folder of cached IR graphs [default: $ABC_IR_CACHE or ~/.cache/autobuild-dsl/ir].",
+)
+export_jobs_option = click.option(
+    "--export-jobs",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="ir: worker processes exporting networks to ONNX (cache misses only).",
+)
+
+
+def fit_ir_encoder(
+    spaces: Sequence[Space],
+    archs: Sequence[Architecture],
+    *,
+    cache: str | None = None,
+    jobs: int = 1,
+    show: bool = True,
+) -> IrEncoder:
+    """An IrEncoder over `spaces`, its vocabularies fitted on `archs` (graphs built or read
+    from the cache behind a progress bar), and a one-line summary of where they came from."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from autobuild_dsl.graphs.ir import IrEncoder
+
+    encoder = IrEncoder(list(spaces), cache_dir=Path(cache) if cache else None, jobs=jobs)
+    if not show:
+        return encoder.fit(archs)
+    bar = Progress(
+        TextColumn("[bold]ONNX-IR graphs"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=True,
+    )
+    with bar:
+        task = bar.add_task("ir", total=len(archs))
+        encoder.fit(archs, progress=lambda done, total: bar.update(task, completed=done))
+    stats = encoder.stats
+    cached = stats.disk + stats.memory
+    err_console.print(
+        f"IR graphs: {stats.total:,} ({cached:,} from the cache, {stats.exported:,} exported) "
+        f"in {stats.seconds:.1f} s · cache {encoder.cache_dir}"
+    )
+    return encoder
+
+
+def record_space(run: object, raw: object) -> Space:
+    """The space an architecture record belongs to: the run's own, or for a mixed-space IR
+    run the one its `space` field names."""
+    space: Space = run.space  # type: ignore[attr-defined]
+    if run.config.encoding != "ir" or not isinstance(raw, dict):  # type: ignore[attr-defined]
+        return space
+    spaces = {s.name: s for s in run.encoder().spaces}  # type: ignore[attr-defined]
+    name = raw.get("space")
+    return spaces.get(name, space) if isinstance(name, str) else space
+
+
+__all__ = ["ENCODINGS", "cache_option", "export_jobs_option", "fit_ir_encoder", "record_space"]

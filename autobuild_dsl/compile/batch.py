@@ -1,0 +1,535 @@
+"""Measure many architectures of a space into a labeled-dataset file: parallel, resumable.
+
+The output is the dataset format of `autobuild_dsl.data.dataset` (JSON lines of
+`{"arch", "metrics", "count"}`), so `abc train` reads it directly. The row is written here
+by hand rather than through `data` because dependencies point from `data` to `compile`,
+not back; tests check that `load_dataset` reads what this module writes.
+
+Latency rows carry their settings as metrics of their own (`latency_threads`,
+`latency_warmup`, `latency_repeats`): the dataset format has no other place for them, and
+a row then says how it was measured wherever it goes.
+
+Each result is appended (one line, flushed) as soon as it is measured, so an interrupted
+run loses only the networks in flight; `resume=True` reads the file back, skips every
+architecture it already holds (by canonical key) and appends the rest. A line torn by a
+hard kill is cut off on resume, so the finished file is always valid JSON lines.
+
+Work runs in this process (`jobs=1`), in a pool of spawned processes (`jobs>1`; each
+worker fixes torch's and ONNX Runtime's thread counts), or on a Ray cluster
+(`ray="auto"`, `"local"` or an address; Ray is an optional extra, imported only then).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from autobuild_dsl.compile.measure import Device, check_metrics, measure
+from autobuild_dsl.space.architecture import Architecture
+from autobuild_dsl.space.decisions import ArchitectureError, canonicalize
+from autobuild_dsl.space.model import Space
+
+# Settings that latency rows record as metrics, and the MeasureSettings field of each.
+LATENCY_SETTINGS = {
+    "latency_threads": "threads",
+    "latency_warmup": "warmup",
+    "latency_repeats": "repeats",
+}
+# How many bad input lines an error message quotes before summarising the rest.
+_SHOWN = 20
+
+
+class BatchError(ValueError):
+    """Bad input for a batch measurement: unreadable files, architectures outside the space,
+    an output that cannot be resumed."""
+
+
+class MeasureSettings(BaseModel):
+    """How every network of one batch is measured (see `measure.measure`)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    metrics: tuple[str, ...]
+    threads: int = Field(1, ge=1)
+    warmup: int = Field(5, ge=0)
+    repeats: int = Field(30, ge=1)
+    device: Device = "auto"
+    seed: int = 0
+
+    def kwargs(self) -> dict[str, Any]:
+        return {
+            "metrics": self.metrics,
+            "threads": self.threads,
+            "warmup": self.warmup,
+            "repeats": self.repeats,
+            "device": self.device,
+            "seed": self.seed,
+        }
+
+
+@dataclass(frozen=True)
+class BatchProgress:
+    """One event: `done` of `total` networks finished in this run (`failed` of them failed);
+    `key` is the canonical key of the one that just finished."""
+
+    done: int
+    total: int
+    failed: int
+    key: str
+
+
+@dataclass
+class BatchReport:
+    rows: int  # architecture rows read from the input
+    distinct: int  # different architectures among them
+    already: int  # skipped: the output held them already (resume)
+    measured: int  # measured and appended in this run
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (key, reason)
+    repaired: bool = False  # a torn last line of the output was cut off
+
+
+# ------------------------------------------------------------------------ reading input
+
+
+def read_arch_records(path: str | os.PathLike[str]) -> list[tuple[str, dict[str, Any]]]:
+    """The raw architectures in a file, each with where it was (`file` or `file:line`).
+
+    Accepts one JSON architecture (any layout), a JSON list of them, or JSON lines; an item
+    may be the architecture itself or an object holding it under "arch" (as `abc sample`
+    and dataset files write it)."""
+    name = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise BatchError(f"{name}: no such file") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise BatchError(f"{name}: cannot read: {error}") from None
+    items: list[tuple[str, object]] = []
+    try:
+        whole = json.loads(text)
+    except json.JSONDecodeError:
+        errors = []
+        for number, line in enumerate(text.split("\n"), start=1):
+            if not line.strip():
+                continue
+            try:
+                items.append((f"{name}:{number}", json.loads(line)))
+            except json.JSONDecodeError as error:
+                errors.append(
+                    f"{name}:{number}: not valid JSON: {error.msg} (column {error.colno})"
+                )
+        if errors:
+            raise BatchError(_listing(errors)) from None
+    else:
+        if isinstance(whole, list):
+            items = [(f"{name}[{i}]", item) for i, item in enumerate(whole)]
+        else:
+            items = [(name, whole)]
+    records: list[tuple[str, dict[str, Any]]] = []
+    errors = []
+    for where, item in items:
+        if isinstance(item, dict) and "arch" in item:
+            item = item["arch"]
+        if isinstance(item, dict):
+            records.append((where, item))
+        else:
+            errors.append(f"{where}: expected an architecture object (or one under 'arch')")
+    if errors:
+        raise BatchError(_listing(errors))
+    if not records:
+        raise BatchError(f"{name}: holds no architecture")
+    return records
+
+
+def canonical_arch(space: Space, where: str, raw: dict[str, Any]) -> Architecture:
+    """`raw` checked against `space`; an error says where, which field and why."""
+    try:
+        return canonicalize(space, raw)
+    except ArchitectureError as error:
+        claimed = raw.get("space")
+        hint = ""
+        if isinstance(claimed, str) and claimed != space.name:
+            hint = f" (the architecture names space '{claimed}', this is '{space.name}')"
+        raise BatchError(f"{where}: {error}{hint}") from None
+
+
+def read_architectures(
+    path: str | os.PathLike[str], space: Space
+) -> list[tuple[str, Architecture]]:
+    """Every architecture of the file, canonical; all bad ones reported together."""
+    good: list[tuple[str, Architecture]] = []
+    errors: list[str] = []
+    for where, raw in read_arch_records(path):
+        try:
+            good.append((where, canonical_arch(space, where, raw)))
+        except BatchError as error:
+            errors.append(str(error))
+    if errors:
+        noun = "architecture" if len(errors) == 1 else "architectures"
+        raise BatchError(_listing(errors, f"{len(errors)} {noun} outside space {space.name}:"))
+    return good
+
+
+def _listing(lines: Sequence[str], title: str | None = None) -> str:
+    shown = list(lines[:_SHOWN])
+    if len(lines) > _SHOWN:
+        shown.append(f"... and {len(lines) - _SHOWN} more")
+    return "\n".join([title, *shown] if title else shown)
+
+
+# ------------------------------------------------------------------------- the output
+
+
+def dataset_row(arch: Architecture, metrics: dict[str, float | int]) -> str:
+    """One line of the dataset format (`autobuild_dsl.data.dataset`), newline included."""
+    record = {"arch": arch.model_dump(mode="json"), "metrics": metrics, "count": 1}
+    return json.dumps(record, separators=(",", ":")) + "\n"
+
+
+def _expected_settings(settings: MeasureSettings) -> dict[str, int]:
+    if "latency" not in settings.metrics:
+        return {}
+    return {metric: getattr(settings, attr) for metric, attr in LATENCY_SETTINGS.items()}
+
+
+def measured_keys(
+    path: str | os.PathLike[str], space: Space, settings: MeasureSettings
+) -> tuple[set[str], bool]:
+    """The canonical keys an existing output already holds, and whether its last line was
+    torn (cut off here, so appending continues a valid file). Every row must hold the
+    requested metrics, measured with the same settings: otherwise resuming would mix
+    numbers that do not compare."""
+    out = Path(path)
+    data = out.read_bytes()
+    repaired = False
+    if data and not data.endswith(b"\n"):
+        cut = data.rfind(b"\n") + 1
+        try:
+            json.loads(data[cut:])
+        except ValueError:
+            # A hard kill in the middle of a line: drop the torn tail, it is measured again.
+            with out.open("r+b") as handle:
+                handle.truncate(cut)
+            data = data[:cut]
+            repaired = True
+        else:
+            with out.open("ab") as handle:
+                handle.write(b"\n")
+    expected = _expected_settings(settings)
+    keys: set[str] = set()
+    errors: list[str] = []
+    for number, line in enumerate(data.decode("utf-8").split("\n"), start=1):
+        if not line.strip():
+            continue
+        where = f"{out}:{number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            errors.append(f"{where}: not valid JSON: {error.msg}")
+            continue
+        if not isinstance(record, dict) or not isinstance(record.get("metrics"), dict):
+            errors.append(f"{where}: not a dataset row (expected 'arch' and 'metrics')")
+            continue
+        if not isinstance(record.get("arch"), dict):
+            errors.append(f"{where}: missing 'arch'")
+            continue
+        try:
+            arch = canonical_arch(space, where, record["arch"])
+        except BatchError as error:
+            errors.append(str(error))
+            continue
+        metrics = record["metrics"]
+        missing = [m for m in settings.metrics if m not in metrics]
+        if missing:
+            raise BatchError(
+                f"{where}: cannot resume: this row has no {', '.join(missing)}; resume with "
+                "the --metrics it was measured with, or measure into a new file"
+            )
+        for metric, value in expected.items():
+            if metrics.get(metric) != value:
+                option = LATENCY_SETTINGS[metric]
+                raise BatchError(
+                    f"{where}: cannot resume: measured with {metric} = "
+                    f"{metrics.get(metric)!r}, this run uses {value}; resume with the same "
+                    f"--{option}, or measure into a new file"
+                )
+        keys.add(arch.key())
+    if errors:
+        raise BatchError(_listing(errors, f"{out}: cannot resume:"))
+    return keys, repaired
+
+
+# ------------------------------------------------------------------------- the workers
+
+# Per-process state of a worker: (space JSON, settings JSON) -> (space, settings).
+_STATE: dict[tuple[str, str], tuple[Space, MeasureSettings]] = {}
+
+
+def _state(space_json: str, settings_json: str) -> tuple[Space, MeasureSettings]:
+    key = (space_json, settings_json)
+    if key not in _STATE:
+        _STATE.clear()
+        _STATE[key] = (
+            Space.from_json(space_json),
+            MeasureSettings.model_validate_json(settings_json),
+        )
+    return _STATE[key]
+
+
+def _fix_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    with contextlib.suppress(RuntimeError):  # only settable before the first parallel op
+        torch.set_num_interop_threads(1)
+
+
+def _init_worker(space_json: str, settings_json: str) -> None:
+    # Ctrl-C reaches the whole process group: only the parent reacts (it stops the pool).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _, settings = _state(space_json, settings_json)
+    _fix_threads(settings.threads)
+
+
+def _measure_one(
+    space_json: str, settings_json: str, arch_json: str
+) -> tuple[str, dict[str, float | int] | None, str | None]:
+    """(canonical key, metrics or None, error or None): failures come back as text, so one
+    network that does not compile does not stop the batch."""
+    from autobuild_dsl.space.resolve import resolve
+
+    space, settings = _state(space_json, settings_json)
+    arch = Architecture.model_validate_json(arch_json)
+    try:
+        net = resolve(space, arch)
+        return arch.key(), measure(net, **settings.kwargs()), None
+    except (ValueError, RuntimeError, MemoryError) as error:
+        return arch.key(), None, f"{type(error).__name__}: {error}"
+
+
+def _ray_measure(
+    space_json: str, settings_json: str, arch_json: str
+) -> tuple[str, dict[str, float | int] | None, str | None]:
+    _, settings = _state(space_json, settings_json)
+    _fix_threads(settings.threads)
+    return _measure_one(space_json, settings_json, arch_json)
+
+
+Result = tuple[str, dict[str, float | int] | None, str | None]
+
+
+def _run_inline(space_json: str, settings_json: str, archs: list[str]) -> Iterator[Result]:
+    import torch
+
+    settings = MeasureSettings.model_validate_json(settings_json)
+    before = torch.get_num_threads()
+    torch.set_num_threads(settings.threads)
+    try:
+        for arch in archs:
+            yield _measure_one(space_json, settings_json, arch)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run_pool(space_json: str, settings_json: str, archs: list[str], jobs: int) -> Iterator[Result]:
+    # Spawned, not forked: a fork of a process that already runs torch's thread pools can
+    # deadlock. Each worker imports torch once and measures many networks.
+    pool = ProcessPoolExecutor(
+        max_workers=jobs,
+        mp_context=get_context("spawn"),
+        initializer=_init_worker,
+        initargs=(space_json, settings_json),
+    )
+    queue = list(reversed(archs))
+    running: set[Future[Result]] = set()
+    finished = False
+    try:
+        while queue or running:
+            # A bounded window: an interruption leaves little submitted work behind.
+            while queue and len(running) < 2 * jobs:
+                running.add(pool.submit(_measure_one, space_json, settings_json, queue.pop()))
+            done, running = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                yield future.result()
+        finished = True
+    finally:
+        if not finished:  # interrupted: stop the workers now, their results are not wanted
+            for process in list(getattr(pool, "_processes", {}).values()):
+                process.terminate()
+        pool.shutdown(wait=finished, cancel_futures=True)
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise BatchError(
+            "measuring on Ray needs the optional 'ray' extra: pip install 'autobuild-dsl[ray]'"
+        ) from None
+    return ray
+
+
+def _run_ray(
+    space_json: str,
+    settings_json: str,
+    archs: list[str],
+    address: str,
+    jobs: int,
+    threads: int,
+) -> Iterator[Result]:
+    ray = _import_ray()
+    started = not ray.is_initialized()
+    if started:
+        try:
+            ray.init(
+                address=None if address == "local" else address,
+                include_dashboard=False,
+                log_to_driver=False,
+            )
+        except Exception as error:  # ConnectionError, ValueError, RuntimeError, ...
+            where = "a local Ray cluster" if address == "local" else f"Ray at '{address}'"
+            raise BatchError(
+                f"cannot start or reach {where}: {str(error) or type(error).__name__}"
+            ) from None
+    try:
+        if jobs <= 1:  # as many tasks in flight as the cluster has room for
+            jobs = max(1, int(ray.cluster_resources().get("CPU", 1)) // threads)
+        task = ray.remote(num_cpus=threads)(_ray_measure)
+        space_ref = ray.put(space_json)
+        queue = list(reversed(archs))
+        running: list[Any] = []
+        try:
+            while queue or running:
+                while queue and len(running) < jobs:
+                    running.append(task.remote(space_ref, settings_json, queue.pop()))
+                done, running = ray.wait(running, num_returns=1)
+                yield ray.get(done[0])
+        finally:
+            for ref in running:
+                with contextlib.suppress(Exception):
+                    ray.cancel(ref, force=True)
+    finally:
+        if started:  # a cluster this call connected to (or started) is let go again
+            ray.shutdown()
+
+
+# ------------------------------------------------------------------------- the batch
+
+
+def measure_file(
+    space: Space,
+    archs: Sequence[Architecture],
+    out: str | os.PathLike[str],
+    settings: MeasureSettings,
+    *,
+    jobs: int = 1,
+    ray: str | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: Callable[[BatchProgress], None] | None = None,
+) -> BatchReport:
+    """Measure `archs` (canonical, of `space`) into the dataset file `out`, appending each
+    row as soon as it is measured. Without `resume` or `overwrite` an existing `out` is an
+    error; with `overwrite` it is replaced when the first row is ready."""
+    check_metrics(settings.metrics)  # fails fast, before any file is touched
+    if settings.device == "meta" and "latency" in settings.metrics:
+        raise BatchError(
+            "latency needs a real network on the CPU; the meta device counts params and MACs "
+            "only (drop --device meta, or measure latency separately)"
+        )
+    if jobs < 1:
+        raise BatchError("jobs must be at least 1")
+    if resume and overwrite:
+        raise BatchError("resume and overwrite contradict each other: choose one")
+    path = Path(out)
+    if path.is_dir():
+        raise BatchError(f"{path} is a folder")
+    distinct: dict[str, Architecture] = {}
+    for arch in archs:
+        distinct.setdefault(arch.key(), arch)
+    done: set[str] = set()
+    repaired = False
+    if path.exists():
+        if resume:
+            done, repaired = measured_keys(path, space, settings)
+        elif not overwrite:
+            raise BatchError(
+                f"{path} exists; pass --resume to continue it or --force to replace it"
+            )
+    # A new (or replaced) file is created with its first row: a run that fails before
+    # measuring anything leaves the old file, or none, as it was.
+    fresh = overwrite or not path.exists()
+    todo = [arch for key, arch in distinct.items() if key not in done]
+    report = BatchReport(
+        rows=len(archs),
+        distinct=len(distinct),
+        already=len(distinct) - len(todo),
+        measured=0,
+        repaired=repaired,
+    )
+    if not todo:
+        return report
+    space_json = space.to_json()
+    settings_json = settings.model_dump_json()
+    payloads = [arch.model_dump_json() for arch in todo]
+    if ray is not None:
+        _import_ray()  # now, not at the first result: a missing extra is a clear error
+        results = _run_ray(space_json, settings_json, payloads, ray, jobs, settings.threads)
+    elif jobs > 1 and len(todo) > 1:
+        results = _run_pool(space_json, settings_json, payloads, min(jobs, len(todo)))
+    else:
+        results = _run_inline(space_json, settings_json, payloads)
+    finished = 0
+    handle = None
+    try:
+        for key, metrics, error in results:
+            finished += 1
+            if metrics is None:
+                report.failures.append((key, error or "failed"))
+            else:
+                if handle is None:
+                    if fresh:
+                        _replace_with_empty(path)
+                    handle = path.open("a", encoding="utf-8")
+                handle.write(dataset_row(distinct[key], metrics))
+                handle.flush()  # on disk before the next one finishes: nothing to lose
+                report.measured += 1
+            if progress is not None:
+                progress(BatchProgress(finished, len(todo), len(report.failures), key))
+    finally:
+        close = getattr(results, "close", None)
+        if close is not None:
+            close()  # stops a pool or Ray tasks still running after an interruption
+        if handle is not None:
+            handle.flush()
+            os.fsync(handle.fileno())
+            handle.close()
+    return report
+
+
+def _replace_with_empty(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(b"")
+    os.replace(tmp, path)
+
+
+def oversubscribed(jobs: int, threads: int) -> str | None:
+    """A warning when parallel latency measurements would share CPU cores."""
+    cores = os.cpu_count() or 1
+    if jobs * threads > cores:
+        return (
+            f"{jobs} jobs x {threads} threads > {cores} CPU cores: latencies measured in "
+            "parallel compete for cores and come out slower and noisier"
+        )
+    return None

@@ -122,6 +122,7 @@ class Row:
     loss: str
     rows: int = 0
     layers: int = 0
+    n_train: int = 0
     n_test: int = 0
     hop_srcc: list[list[float]] = field(default_factory=list)  # [seed][hop]
     pred_srcc: list[float] = field(default_factory=list)
@@ -141,6 +142,7 @@ class Row:
             "data": self.bench.name,
             "loss": self.loss,
             "rows": self.rows,
+            "train_rows": self.n_train,
             "test_rows": self.n_test,
             "layers": self.layers,
             "seeds": len(self.pred_srcc),
@@ -196,6 +198,7 @@ def run_row(
         metrics = run.members[0].record.metrics
         row.rows = run.config.rows
         row.layers = run.config.model.num_layers
+        row.n_train = metrics.n_train
         row.n_test = metrics.n_test
         row.softrank_backend = run.config.softrank_backend
         row.hop_srcc.append([float("nan") if v is None else v for v in metrics.hop_srcc])
@@ -246,7 +249,7 @@ def markdown(rows: list[Row], command: str, load_before: float, load_after: floa
         "*authors*: their code (github.com/Ascend-Research/AutoBuild) with its defaults on a "
         "2-core CPU.",
         "",
-        "| data | archs (test) | loss | hop SRCC 0..L | pred SRCC | s / epoch | vs authors |",
+        "| data | train / test | loss | hop SRCC 0..L | pred SRCC | s / epoch | vs authors |",
         "|---|---|---|---|---:|---:|---|",
     ]
     for name, by_loss in by_bench.items():
@@ -260,7 +263,7 @@ def markdown(rows: list[Row], command: str, load_before: float, load_after: floa
             if bench.authors and loss == "ranked":
                 versus = f"{bench.authors.seconds_per_epoch / spe:.1f}x faster"
             lines.append(
-                f"| {bench.title} | {row.rows} ({row.n_test}) | {loss} | "
+                f"| {bench.title} | {row.n_train} / {row.n_test} | {loss} | "
                 f"{_hops(row.mean_hops())} | {row.mean(row.pred_srcc):.3f} | {spe:.3f} | "
                 f"{versus} |"
             )
@@ -279,9 +282,7 @@ def markdown(rows: list[Row], command: str, load_before: float, load_after: floa
         row = by_loss.get("ranked")
         if row is None:
             continue
-        parts = [
-            f"{_hops(h)} / {p:.3f}" for h, p in zip(row.hop_srcc, row.pred_srcc, strict=True)
-        ]
+        parts = [f"{_hops(h)} / {p:.3f}" for h, p in zip(row.hop_srcc, row.pred_srcc, strict=True)]
         lines.append(f"- {name}: " + "; ".join(parts))
     lines += [
         "",
@@ -325,7 +326,8 @@ def figure(rows: list[Row], path: Path) -> None:
         ax.set_ylim(-1.0, 1.0)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("test SRCC of embedding norm")
-    axes[0][0].legend(fontsize=7, loc="lower right")
+    fullest = max(axes[0], key=lambda ax: len(ax.get_lines()))
+    fullest.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

@@ -38,7 +38,16 @@ def test_graph_json_has_one_node_per_layer_and_a_chain(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     payload = json.loads(result.stdout)
     ops = [node["op"] for node in payload["nodes"]]
-    assert ops == ["identity", "mbconv", "mbconv", "identity", "mbconv", "mbconv", "mbconv", "mbconv"]
+    assert ops == [
+        "identity",
+        "mbconv",
+        "mbconv",
+        "identity",
+        "mbconv",
+        "mbconv",
+        "mbconv",
+        "mbconv",
+    ]
     kernels = [node.get("kernel") for node in payload["nodes"]]
     assert kernels == [None, 3, 5, None, 3, 5, 3, 5]
     assert payload["edges"] == [[i, i + 1] for i in range(7)]

@@ -292,6 +292,12 @@ def test_unet_build_satisfies_the_channel_rules(unet_run: Path, tmp_path: Path) 
     # Every combination counted as valid really is (ties e_k.mult == d_k.mult hold).
     valid = valid_combinations(space, result)
     assert valid is not None and 0 < valid <= 2**8
+    # The reduced space counts exactly those (restricted modules carry tied choices), and
+    # every architecture sampled from it belongs to both spaces.
+    assert space_size(reduced) == valid
+    for arch in sample(reduced, 40, seed=1):
+        canonicalize(reduced, arch)
+        canonicalize(space, arch.model_dump(mode="json") | {"space": space.name})
     everything = build_from_rankings(
         space, [rank_modules(run, standardize=True)], top_k=2, n=6, all_globals=True
     )

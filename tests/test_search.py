@@ -600,9 +600,7 @@ def test_lookup_search_on_nas_bench_macro_matches_the_benchmark(
         assert record.metrics["mean_acc"] == pytest.approx(row["mean_acc"], abs=1e-9)
         assert record.metrics["flops"] == row["flops"] and record.metrics["params"] == row["params"]
     # The front is truly Pareto-optimal among what was evaluated, per the benchmark itself.
-    rows = [
-        macro_bench[macro_code(Architecture.model_validate(r.arch))] for r in one.records
-    ]
+    rows = [macro_bench[macro_code(Architecture.model_validate(r.arch))] for r in one.records]
     assert one.front == pareto_front(search.objectives, rows)
     assert max(r["mean_acc"] for r in rows) > 92.5  # well above the median (90.99)
 

@@ -188,6 +188,8 @@ def build_from_rankings(
         selections, note = _best_assignment(space, selections)
         notes.append(note)
     architectures = best_architectures(space, selections, n) if n else []
+    if n and not architectures:
+        raise BuildError(_no_combination(space))
     for built in architectures:
         try:
             canonicalize(space, built.arch)
@@ -214,6 +216,15 @@ def build_from_rankings(
     )
 
 
+def _no_combination(space: Space) -> str:
+    rules = "; ".join(f"`{rule.text}`" for rule in space.rules) or "the ties"
+    return (
+        "no combination of the kept modules satisfies the space's rules "
+        f"({rules}): the best modules of different units disagree under them. Keep more "
+        "modules per unit (a larger --top-k), or leave --top-k out to build from every module"
+    )
+
+
 def _best_assignment(space: Space, selections: list[ModuleTable]) -> tuple[list[ModuleTable], str]:
     """The selection (one per global assignment) whose best architecture scores highest."""
     best: list[tuple[float, int]] = []
@@ -222,7 +233,7 @@ def _best_assignment(space: Space, selections: list[ModuleTable]) -> tuple[list[
         if top:
             best.append((top[0].score, i))
     if not best:
-        raise BuildError("no combination of the kept modules satisfies the space's rules")
+        raise BuildError(_no_combination(space))
     best.sort(key=lambda item: -item[0])
     chosen = selections[best[0][1]]
     shown = ", ".join(f"{k} = {v}" for k, v in chosen.globals.items())

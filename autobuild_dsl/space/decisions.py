@@ -16,6 +16,7 @@ import itertools
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from autobuild_dsl.space.architecture import Architecture, StageArch
 from autobuild_dsl.space.expr import (
@@ -24,6 +25,7 @@ from autobuild_dsl.space.expr import (
     Expr,
     ExprError,
     LayerRef,
+    Ref,
     Unary,
     Value,
     evaluate,
@@ -123,6 +125,9 @@ class SpaceIndex:
         self.unit_of = {s: u for u in self.units for s in u.stages}
         self.variables: list[_Variable] = []
         self.variable_of: dict[str, int] = {}
+        # The space's rules, plus one equality per tied choice that a `restrict` list fixes
+        # inside a unit (the module carries its own value of the tie, which must agree).
+        self.rules: list[Any] = list(space.rules)
         for name, domain in space.choices.items():
             self._add(
                 _Variable(
@@ -135,6 +140,10 @@ class SpaceIndex:
         for unit in self.units:
             states, weights = self._unit_states(unit)
             keys = [k for s in unit.stages for k in self._stage_keys(self.stages[s])]
+            tied = sorted({k for state in states for k, _ in state if k in space.ties})
+            keys += tied
+            for alias in tied:
+                self.rules.append(_TieCheck(alias, space.ties[alias]))
             self._add(
                 _Variable(name=unit.name, keys=keys, states=states, weights=weights, unit=unit)
             )
@@ -158,7 +167,10 @@ class SpaceIndex:
                 state = tuple(
                     item
                     for stage_name, part in zip(unit.stages, module, strict=True)
-                    for item in _stage_state(self.stages[stage_name], part.depth, part.choices)
+                    for item in (
+                        *_stage_state(self.stages[stage_name], part.depth, part.choices),
+                        *_tied_items(self.space, stage_name, part),
+                    )
                 )
                 counts[state] = counts.get(state, 0) + 1
             return list(counts), list(counts.values())
@@ -201,7 +213,7 @@ class SpaceIndex:
             return i
 
         rule_vars: list[list[int]] = []
-        for rule in self.space.rules:
+        for rule in self.rules:
             indices = sorted({self.variable_of[n] for n in names_in(rule.expr)})
             rule_vars.append(indices)
             for a, b in itertools.pairwise(indices):
@@ -240,7 +252,7 @@ class SpaceIndex:
                 f"is limited to {MAX_JOINT_ASSIGNMENTS:,}. Split the rule or narrow the choices.",
                 rules=self._culprits(component),
             )
-        rules = [self.space.rules[i] for i in component.rules]
+        rules = [self.rules[i] for i in component.rules]
         total = 0
         for indices in itertools.product(*(range(len(v.states)) for v in variables)):
             env: dict[str, Value] = {}
@@ -257,13 +269,14 @@ class SpaceIndex:
         """The component's rules, the one linking the most joint choices on its own first."""
 
         def own_size(rule_index: int) -> int:
-            variables = {self.variable_of[n] for n in names_in(self.space.rules[rule_index].expr)}
+            variables = {self.variable_of[n] for n in names_in(self.rules[rule_index].expr)}
             size = 1
             for variable in variables:
                 size *= len(self.variables[variable].states)
             return size
 
-        return sorted(component.rules, key=lambda r: (-own_size(r), r))
+        real = [r for r in component.rules if r < len(self.space.rules)]
+        return sorted(real, key=lambda r: (-own_size(r), r))
 
     # ----- queries ------------------------------------------------------------------
 
@@ -343,7 +356,7 @@ class SpaceIndex:
         variable = self.variables[variable_index]
         env = self.scalars(arch)
         component = next(c for c in self.components if variable_index in c.variables)
-        rules = [self.space.rules[i] for i in component.rules]
+        rules = [self.rules[i] for i in component.rules]
         candidates, cumulative, total = [], [], 0
         for index, state in enumerate(variable.states):
             trial = {**env, **dict(state)}
@@ -368,7 +381,34 @@ def _stage_state(stage: Stage, depth: int, choices: dict[str, Value]) -> Assignm
 def _state_matches(stage: Stage, part: StageModule, env: dict[str, Value]) -> bool:
     if env.get(f"{stage.name}.depth") != part.depth:
         return False
-    return all(_same(env[f"{stage.name}.{c}"], part.choices[c]) for c in stage.choices)
+    if not all(_same(env[f"{stage.name}.{c}"], part.choices[c]) for c in stage.choices):
+        return False
+    # A tied choice the module carries must agree with the value the tie holds.
+    return all(
+        _same(env[key], value)
+        for c, value in part.choices.items()
+        if c not in stage.choices and (key := f"{stage.name}.{c}") in env
+    )
+
+
+@dataclass(frozen=True)
+class _TieCheck:
+    """`alias == keeper` as a rule, for ties a restricted module fixes on its own."""
+
+    alias: str
+    keeper: str
+
+    @property
+    def expr(self) -> Binary:
+        return Binary(op="==", left=Ref(name=self.alias), right=Ref(name=self.keeper))
+
+
+def _tied_items(space: Space, stage_name: str, part: StageModule) -> Assignment:
+    return tuple(
+        (key, value)
+        for c, value in part.choices.items()
+        if (key := f"{stage_name}.{c}") in space.ties
+    )
 
 
 def _holds(expr, env: dict[str, Value]) -> bool:

@@ -148,17 +148,27 @@ def op_chart(scores: list[OpTypeScore], spaces: list[str], path: Path, title: st
 
     ordered = sorted(scores, key=lambda s: s.score)
     colours = []
+    present: set[str] = set()
     for s in ordered:
         g = group(s)
+        present.add(g)
         colours.append(colour_of[s.spaces[0]] if g.endswith(" only") else SPACE_COLOURS["shared"])
-    fig, ax = plt.subplots(figsize=(7, 0.35 * len(ordered) + 1.2))
+    fig, ax = plt.subplots(figsize=(7, 0.35 * len(ordered) + 1.8))
     ax.barh([s.op for s in ordered], [s.score for s in ordered], color=colours)
     ax.set_xlabel("FE-MLP score (|scalar| of the op type)")
     ax.set_title(title, fontsize=10)
     if len(spaces) > 1:
         handles = [Patch(color=colour_of[s], label=f"{s} only") for s in spaces]
         handles.append(Patch(color=SPACE_COLOURS["shared"], label="shared"))
-        ax.legend(handles=handles, loc="lower right", fontsize=8)
+        handles = [h for h in handles if h.get_label() in present]
+        ax.legend(
+            handles=handles,
+            loc="upper center",
+            bbox_to_anchor=(0.5, -0.12),
+            ncol=len(handles),
+            fontsize=8,
+            frameon=False,
+        )
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.png")
@@ -227,6 +237,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-ir-") as scratch_dir:
         scratch = Path(scratch_dir)
         cache = Path(args.cache) if args.cache else scratch / "ir-cache"
+        os.environ["ABC_IR_CACHE"] = str(cache)  # any encoder made from a run folder
 
         # 1. IR graphs of every DyNAS-T network.
         _log(f"1. IR graphs of {len(dynast)} DyNAS-T networks (cache {cache}) ...")
@@ -249,8 +260,8 @@ def main() -> None:
             dynast_ops,
             ["ofa_mbv3"],
             figures / "ir_dynast_op_importance.png",
-            f"DyNAS-T OFA MobileNetV3, target top1: op-type importance "
-            f"(hop-0 SRCC {_fmt(results['dynast_ir']['hop_srcc'][0])})",
+            f"DyNAS-T OFA MobileNetV3, target top1\nop-type importance "
+            f"(ONNX-IR scorer, held-out hop-0 SRCC {_fmt(results['dynast_ir']['hop_srcc'][0])})",
         )
         dynast_top = top_rooted_subgraphs(ir_run, args.top, archs=dynast.architectures)
         results["dynast_subgraphs"] = dynast_top.model_dump()
@@ -314,8 +325,8 @@ def main() -> None:
             mixed_ops,
             ["ofa_mbv3", "ofa_proxyless"],
             figures / "ir_mixed_op_importance.png",
-            f"OFA MobileNetV3 + ProxylessNAS, target MMACs: op-type importance "
-            f"(hop-0 SRCC {_fmt(results['mixed']['hop_srcc'][0])})",
+            f"OFA MobileNetV3 + ProxylessNAS, target MMACs\nop-type importance "
+            f"(ONNX-IR scorer, held-out hop-0 SRCC {_fmt(results['mixed']['hop_srcc'][0])})",
         )
         mixed_top = top_rooted_subgraphs(mixed_run, args.top, archs=mixed.architectures)
         results["mixed_subgraphs"] = mixed_top.model_dump()

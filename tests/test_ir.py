@@ -94,6 +94,14 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("ir-cache")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _default_cache(cache: Path):
+    """Encoders made without a folder (a loaded run's) use the test cache, never ~/.cache."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ABC_IR_CACHE", str(cache))
+        yield
+
+
 @pytest.fixture(scope="module")
 def macro_archs(macro):
     # Every 1200th of the 6561 networks (deterministic), plus the hand-picked one.
@@ -351,7 +359,6 @@ def test_ir_run_trains_saves_its_vocabulary_and_predicts(ir_run, tiny_archs, cac
         "nas_bench_macro",
         "tiny_se",
     ]
-    encoder.cache_dir = cache
     mean, spread = predict(run, encoder.encode_many(tiny_archs[:2]))
     assert mean.shape == (2,) and np.all(np.isfinite(mean)) and np.all(spread >= 0)
     importance = run_feature_importance(run)
@@ -362,7 +369,7 @@ def test_ir_run_trains_saves_its_vocabulary_and_predicts(ir_run, tiny_archs, cac
 
 def test_top_rooted_subgraphs(ir_run, macro_archs, tiny_archs, cache) -> None:
     run = load_run(ir_run.path)
-    run.encoder().cache_dir = cache
+    assert run.encoder().cache_dir == cache  # $ABC_IR_CACHE
     report = top_rooted_subgraphs(run, 4, archs=[*macro_archs, *tiny_archs])
     assert report.graphs == len(macro_archs) + len(tiny_archs)
     assert report.hops == list(range(1, run.num_hops))

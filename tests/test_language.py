@@ -712,3 +712,24 @@ def test_a_bare_depth_outside_a_stage_is_an_error() -> None:
 """
     (diagnostic,) = errors_of(text)
     assert diagnostic.line == 4 and "outside a stage write STAGE.depth" in diagnostic.message
+
+
+def test_a_shape_mistake_points_at_the_node_that_makes_it() -> None:
+    text = (
+        "space bad {\n"
+        "  input(channels = 4, size = 8)\n"
+        "  stem {\n"
+        "    conv(out = 32, kernel = 3)\n"
+        "  }\n"
+        "  stage s1 {\n"
+        "    depth 1..2\n"
+        "    layer resblock(out = 48)\n"
+        "  }\n"
+        "  head {\n"
+        "    conv(out = 4, kernel = 3)\n"
+        "  }\n"
+        "}\n"
+    )
+    (error,) = errors_of(text)
+    assert (error.line, error.column) == (8, 11)
+    assert "48 are not divisible into 32 groups" in error.message

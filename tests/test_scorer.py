@@ -38,7 +38,7 @@ from autobuild_dsl.scorer import (
 )
 from autobuild_dsl.scorer.ensemble import plan_members
 from autobuild_dsl.scorer.model import FeatureEmbedding, check_codes
-from autobuild_dsl.scorer.train import _batches, evaluate, label_moments
+from autobuild_dsl.scorer.train import MemberMetrics, _batches, evaluate, label_moments
 from autobuild_dsl.space.decisions import sample
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -201,6 +201,20 @@ def test_ranking_loss_makes_embedding_norms_rank_like_the_target() -> None:
     )
     assert mse.metrics.pred_srcc > 0.9
     assert np.mean(mse.metrics.hop_srcc) < np.mean(ranked.metrics.hop_srcc) - 0.05
+
+
+def test_metrics_written_before_cpu_time_existed_still_load() -> None:
+    old = {
+        "hop_srcc": [0.9, 0.8],
+        "pred_srcc": 0.9,
+        "mae": 0.1,
+        "n_train": 9,
+        "n_test": 1,
+        "epochs": 2,
+        "train_seconds": 0.2,
+        "seconds_per_epoch": 0.1,
+    }
+    assert MemberMetrics.model_validate(old).cpu_seconds_per_epoch is None
 
 
 def test_training_is_reproducible_for_a_seed() -> None:
@@ -384,8 +398,15 @@ def test_cli_train_json_and_predict(macro_data: LabeledDataset, tmp_path: Path) 
     result = runner.invoke(cli, [*args, "--json"])
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
-    assert set(payload) == {"hop_srcc", "pred_srcc", "mae", "seconds_per_epoch"}
+    assert set(payload) == {
+        "hop_srcc",
+        "pred_srcc",
+        "mae",
+        "seconds_per_epoch",
+        "cpu_seconds_per_epoch",
+    }
     assert len(payload["hop_srcc"]) == 5
+    assert payload["cpu_seconds_per_epoch"] > 0
     again = runner.invoke(cli, [*args, "--quiet"])
     assert again.exit_code == 1 and "--force" in " ".join(again.output.split())
     table = runner.invoke(cli, [*args, "--force"])

@@ -134,6 +134,7 @@ class SummaryMetrics(BaseModel):
     pred_srcc: float | None
     mae: float | None
     seconds_per_epoch: float
+    cpu_seconds_per_epoch: float | None = None  # absent in runs written before it existed
 
 
 class RunMetrics(BaseModel):
@@ -425,6 +426,8 @@ def train_run(
         progress=progress,
     )
     run = load_run(out)
+    # The encoder that made the training graphs (an IR one knows its graph cache).
+    run._encoder = encoder
     _write_json(out / "metrics.json", _summarise(run))
     run.metrics = _summarise(run)
     return run
@@ -445,6 +448,7 @@ def _summarise(run: TrainedRun) -> RunMetrics:
         pred_srcc=_mean([m.pred_srcc for m in metrics]),
         mae=_mean([m.mae for m in metrics]),
         seconds_per_epoch=_mean([m.seconds_per_epoch for m in metrics]) or 0.0,
+        cpu_seconds_per_epoch=_mean([m.cpu_seconds_per_epoch for m in metrics]),
     )
     return RunMetrics(
         members={m.record.name: m.record.metrics for m in run.members},
@@ -643,6 +647,7 @@ def summary_json(metrics: RunMetrics) -> dict[str, Any]:
         "pred_srcc": mean.pred_srcc,
         "mae": mean.mae,
         "seconds_per_epoch": mean.seconds_per_epoch,
+        "cpu_seconds_per_epoch": mean.cpu_seconds_per_epoch,
     }
 
 

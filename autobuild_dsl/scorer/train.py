@@ -84,6 +84,12 @@ class MemberMetrics(BaseModel):
     epochs: int
     train_seconds: float
     seconds_per_epoch: float
+    cpu_seconds_per_epoch: float | None = Field(
+        default=None,
+        description="CPU time of the training process per epoch: what an epoch costs, "
+        "unlike wall time not inflated by other jobs on a shared machine (absent in runs "
+        "written before it existed)",
+    )
 
 
 @dataclass
@@ -234,8 +240,10 @@ def train_member(
         order_gen = torch.Generator().manual_seed(seed)
         train_tensor = torch.tensor(train_idx, dtype=torch.long)
         train_seconds = 0.0
+        train_cpu_seconds = 0.0
         for epoch in range(1, config.epochs + 1):
             started = time.perf_counter()
+            cpu_started = time.process_time()
             model.train()
             perm = train_tensor[torch.randperm(len(train_idx), generator=order_gen)]
             total, batches = 0.0, 0
@@ -260,6 +268,7 @@ def train_member(
                     srcc_sum += sum(loss.hop_srcc) / len(loss.hop_srcc)
                     srcc_count += 1
             train_seconds += time.perf_counter() - started
+            train_cpu_seconds += time.process_time() - cpu_started
             if progress is not None:
                 test_srcc = None
                 due = config.eval_every and (
@@ -289,6 +298,7 @@ def train_member(
         epochs=config.epochs,
         train_seconds=train_seconds,
         seconds_per_epoch=train_seconds / config.epochs,
+        cpu_seconds_per_epoch=train_cpu_seconds / config.epochs,
     )
     model.eval()
     return TrainedMember(name=name, model=model, metrics=metrics, label=label, hop_norms=hop_norms)

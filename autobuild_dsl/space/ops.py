@@ -104,6 +104,20 @@ def _out_or_same(shape: Shape, attrs: dict[str, object]) -> Shape:
     return Shape(out, shape.size)
 
 
+def _grouped_shape(shape: Shape, attrs: dict[str, object]) -> Shape:
+    """Like `_out_or_same`, but the group norms need channels divisible by `groups`
+    (and attention heads need channels divisible by `heads`)."""
+    out = _out_or_same(shape, attrs)
+    groups = int(attrs.get("groups", 1) or 1)
+    for what, channels in (("input", shape.channels), ("output", out.channels)):
+        if channels % groups:
+            raise ValueError(f"{what} channels {channels} are not divisible into {groups} groups")
+    heads = int(attrs.get("heads", 1) or 1)
+    if out.channels % heads:
+        raise ValueError(f"channels {out.channels} are not divisible into {heads} heads")
+    return out
+
+
 @dataclass(frozen=True)
 class OpSpec:
     name: str
@@ -225,7 +239,7 @@ CATALOG: dict[str, OpSpec] = {
                 "out": _OUT,
                 "groups": AttrSpec("int", 32, doc="groups of the group norms", minimum=1),
             },
-            _out_or_same,
+            _grouped_shape,
         ),
         OpSpec(
             "attention",
@@ -237,7 +251,7 @@ CATALOG: dict[str, OpSpec] = {
                 "depth": AttrSpec("int", 1, doc="transformer blocks", minimum=1),
                 "groups": AttrSpec("int", 32, doc="groups of the group norm", minimum=1),
             },
-            _out_or_same,
+            _grouped_shape,
         ),
         OpSpec(
             "downsample",

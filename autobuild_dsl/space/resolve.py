@@ -66,7 +66,7 @@ def _node(
         raise ResolveError(f"{template.where}: {template.op}: {error}") from None
     if later_stride:
         attrs["stride"] = 1
-    return ResolvedNode(op=template.op, attrs=attrs, position=position)
+    return ResolvedNode(op=template.op, attrs=attrs, position=position, where=template.where)
 
 
 def resolve_node(
@@ -177,9 +177,13 @@ def flow_shapes(net: ResolvedNetwork) -> list[Shape]:
                         f"does not match {shape.size} at layer {pos.layer_index} of {stage}"
                     )
                 shape = Shape(shape.channels + skip.channels, shape.size)
-        shape = CATALOG[node.op].shape(shape, node.attrs)
+        at = f"{node.where}: " if node.where else ""
+        try:
+            shape = CATALOG[node.op].shape(shape, node.attrs)
+        except (ValueError, ArithmeticError) as error:
+            raise ResolveError(f"{at}{node.op} in {pos.block}: {error}") from None
         if shape.size < 1 or shape.channels < 1:
-            raise ResolveError(f"{node.op} in {pos.block}: the feature map vanishes ({shape})")
+            raise ResolveError(f"{at}{node.op} in {pos.block}: the feature map vanishes ({shape})")
         shapes.append(shape)
         previous = layer_key
         # After the last node of a source layer, its output joins the skip group.

@@ -46,6 +46,8 @@ class ResolvedNode(BaseModel):
     op: str
     attrs: dict[str, AttrValue]
     position: NodePosition
+    # file:line:col of the `.abs` node it came from, for diagnostics; not part of its value.
+    where: str | None = Field(default=None, exclude=True, repr=False, compare=False)
 
 
 class InputSpec(BaseModel):

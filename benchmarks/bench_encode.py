@@ -11,6 +11,7 @@ Usage:  python benchmarks/bench_encode.py [--data ../shared/data] [--repeat 3]
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -31,14 +32,23 @@ def timed(label: str, repeat: int, work):  # type: ignore[no-untyped-def]
         start = time.perf_counter()
         result = work()
         best = min(best, time.perf_counter() - start)
-    print(f"{label:<52} {best:7.3f} s")
+    _say(f"{label:<52} {best:7.3f} s")
     return result
+
+
+_LINES: list[str] = []
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+    _LINES.append(text)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--markdown", help="write the results section here")
     args = parser.parse_args()
     data = Path(args.data)
     cases = [
@@ -60,7 +70,7 @@ def main() -> None:
             lambda s=space, a=archs: GraphEncoder(s).encode_many(a),
         )
         nodes = sum(g.num_nodes for g in graphs)
-        print(f"{'':<52} {len(graphs)} graphs, {nodes:,} nodes, {len(graphs[0].x[0])} categories")
+        _say(f"{'':<52} {len(graphs)} graphs, {nodes:,} nodes, {len(graphs[0].x[0])} categories")
     space = compile_file(ROOT / "spaces" / "ofa_mbv3.abs")
     unit = index_of(space).units[0]
     modules = list(unit_modules(space, unit))
@@ -70,6 +80,23 @@ def main() -> None:
         args.repeat,
         lambda: [encoder.encode_module(unit.name, m) for m in modules],
     )
+    if args.markdown:
+        section = [
+            "## Graph encoding speed",
+            "",
+            "Importing the public data and encoding every architecture as a sequence graph",
+            f"(best of {args.repeat} runs, one process; 1-minute load average "
+            f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs when it finished):",
+            "",
+            "```text",
+            *_LINES,
+            "```",
+            "",
+            f"Command: `python benchmarks/bench_encode.py --repeat {args.repeat}`",
+            "",
+        ]
+        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.markdown).write_text("\n".join(section))
 
 
 if __name__ == "__main__":

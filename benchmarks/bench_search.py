@@ -85,7 +85,7 @@ def bench_evolution(data: str | None, seeds: int = 5) -> None:
     with tempfile.TemporaryDirectory() as scratch:
         if data is None:
             if not MACRO_JSON.exists():
-                print("evolution: skipped (no NAS-Bench-Macro data at ../shared/data)")
+                _say("evolution: skipped (no NAS-Bench-Macro data at ../shared/data)")
                 return
             data = str(Path(scratch) / "macro.jsonl")
             command = [sys.executable, "-m", "autobuild_dsl", "data", "import", "--from"]
@@ -104,7 +104,7 @@ def bench_evolution(data: str | None, seeds: int = 5) -> None:
             )
         start = time.perf_counter()
         evaluator = make_evaluator(LookupConfig(data=data), space)
-        print(
+        _say(
             f"lookup table of {len(evaluator):,} rows loaded in {time.perf_counter() - start:.1f} s"
         )
     objectives = parse_objectives("max mean_acc, min flops")
@@ -127,7 +127,7 @@ def bench_evolution(data: str | None, seeds: int = 5) -> None:
             )
             volumes.append(hv(front))
             bests.append(max(r.metrics["mean_acc"] for r in result.records))
-        print(
+        _say(
             f"evolution  nas_bench_macro {name:22s}: budget 250 x {seeds} seeds, "
             f"{seconds / seeds:.2f} s/search; hypervolume {np.mean(volumes) / 1e8:.3f}e8 "
             f"(sd {np.std(volumes) / 1e8:.3f}e8); best mean_acc {np.mean(bests):.2f} "
@@ -168,7 +168,7 @@ def bench_exhaustive(
                     break
             seconds = time.perf_counter() - start
             rate = done / seconds
-            print(
+            _say(
                 f"exhaustive {space.name}: {done:,} of {size:,} in {seconds:.1f} s = "
                 f"{rate:,.0f} archs/s ({label}); whole space est. {size / rate:.0f} s; "
                 f"peak RSS {_peak_mib():.0f} MiB"
@@ -177,12 +177,22 @@ def bench_exhaustive(
         objective = parse_objectives(f"max {evaluator.metric}")[0]  # type: ignore[attr-defined]
         config = ExhaustiveConfig(objective=objective, top=top, batch_size=batch_size)
         result = exhaustive_search(space, runner, config)
-    print(
+    _say(
         f"exhaustive {space.name}: {result.evaluated:,} of {result.size:,} in "
         f"{result.seconds:.1f} s = {result.throughput:,.0f} archs/s "
         f"(first batch {result.first_batch_throughput:,.0f}/s; {label}); "
         f"top-{top} kept; peak RSS {_peak_mib():.0f} MiB"
     )
+
+
+_LINES: list[str] = []
+
+
+def _say(*parts: object) -> None:
+    """Print a result line and keep it for the --markdown section."""
+    text = " ".join(str(p) for p in parts)
+    print(text, flush=True)
+    _LINES.append(text)
 
 
 def _peak_mib() -> float:
@@ -200,16 +210,37 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=4)
     parser.add_argument("--skip-evolution", action="store_true")
     parser.add_argument("--skip-hw", action="store_true", help="no exhaustive run on the HW space")
+    parser.add_argument("--markdown", help="write the results section here")
     args = parser.parse_args()
     import torch
 
-    print(f"torch threads: {torch.get_num_threads()}")
+    _say(f"torch threads: {torch.get_num_threads()}")
     if not args.skip_evolution:
         bench_evolution(args.data)
     if not args.skip_hw:
         bench_exhaustive("sd14_unet_hw.abs", args.run, args.hw_limit, args.batch_size, args.top)
     if args.fid:
         bench_exhaustive("sd14_unet_fid.abs", args.run, args.fid_limit, args.batch_size, args.top)
+    if args.markdown:
+        command = "python benchmarks/bench_search.py " + " ".join(
+            a for a in sys.argv[1:] if not a.startswith("--markdown") and a != args.markdown
+        )
+        section = [
+            "## Search and exhaustive-search throughput",
+            "",
+            "Evolutionary search on NAS-Bench-Macro (lookup evaluator, budget 250) and the",
+            "exhaustive search (the paper's ES baseline) over a U-Net space with a predictor",
+            "ensemble, as printed by the benchmark:",
+            "",
+            "```text",
+            *_LINES,
+            "```",
+            "",
+            f"Command: `{command.strip()}`",
+            "",
+        ]
+        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.markdown).write_text("\n".join(section))
 
 
 if __name__ == "__main__":

@@ -89,8 +89,8 @@ def _percentile(values: list[float], value: float) -> float:
 
 
 def run(demo: Demo) -> None:
-    n_sample = 60 if demo.quick else 160
-    epochs = 60 if demo.quick else 150
+    n_sample = 60 if demo.quick else 120
+    epochs = 60 if demo.quick else 120
     jobs = str(max(1, min(2, os.cpu_count() or 1)))
     d = demo.path
     demo.abc("compile the space", "compile", SPACE)

@@ -46,8 +46,17 @@ class ResolvedNode(BaseModel):
     op: str
     attrs: dict[str, AttrValue]
     position: NodePosition
-    # file:line:col of the `.abs` node it came from, for diagnostics; not part of its value.
-    where: str | None = Field(default=None, exclude=True, repr=False, compare=False)
+    # file:line:col of the `.abs` node it came from, for diagnostics; not part of its value
+    # (not serialised, not compared: a reloaded network equals the one resolved here).
+    where: str | None = Field(default=None, exclude=True, repr=False)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ResolvedNode):
+            return NotImplemented
+        return (self.op, self.attrs, self.position) == (other.op, other.attrs, other.position)
+
+    def __hash__(self) -> int:
+        return hash((self.op, repr(self.attrs), repr(self.position)))
 
 
 class InputSpec(BaseModel):

@@ -187,8 +187,9 @@ def _hops(values: list[float | None]) -> str:
 
 def subgraph_rows(report: SubgraphReport) -> list[str]:
     lines = [
-        "| rank | hop | z-score | root (place) | operations covered | layers | graphs holding it |",
-        "|---|---|---|---|---|---|---|",
+        "| rank | best hop | z-score | root (layer) | operations covered | layers covered | "
+        "subgraphs folded | graphs holding one |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for s in report.subgraphs:
         ops = ", ".join(f"{op} x{n}" for op, n in s.ops.items())
@@ -197,7 +198,7 @@ def subgraph_rows(report: SubgraphReport) -> list[str]:
         spaces = "/".join(s.spaces)
         lines.append(
             f"| {s.rank} | {s.hop} | {s.score:.2f} | {root} | {ops} | {places} | "
-            f"{s.occurrences} ({spaces}) |"
+            f"{s.variants} | {s.occurrences} ({spaces}) |"
         )
     return lines
 
@@ -400,8 +401,10 @@ def render(
         "",
         "![op-type importance, DyNAS-T](figures/ir_dynast_op_importance.png)",
         "",
-        f"Top rooted subgraphs of the DyNAS-T IR scorer (over its {build['archs']} networks; z-score of "
-        "the node-embedding norm at that hop, members' training statistics):",
+        f"Top rooted subgraphs of the DyNAS-T IR scorer over its {build['archs']} networks, one "
+        "row per root location (`top_rooted_subgraphs`; score: z-score of the root's "
+        "node-embedding norm at that hop, with the members' training statistics; the root's "
+        "number is its node index in the example network):",
         "",
         *subgraph_rows(dynast_top),
         "",

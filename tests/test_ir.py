@@ -381,6 +381,10 @@ def test_top_rooted_subgraphs(ir_run, macro_archs, tiny_archs, cache) -> None:
         assert distances[sub.root.index] == 0 and max(distances.values()) <= sub.hop
         assert sum(sub.ops.values()) == len(sub.nodes) and sub.occurrences >= 1
         assert sub.spaces and sub.example_space in sub.spaces
+    locations = [(s.example_space, s.root.op, s.root.place) for s in report.subgraphs]
+    assert len(set(locations)) == len(locations)  # one row per root location
+    finer = top_rooted_subgraphs(run, 4, archs=[*macro_archs, *tiny_archs], per_location=False)
+    assert finer.subgraphs[0].score == report.subgraphs[0].score  # the same best subgraph
     assert {o.op for o in report.op_types} == set(run.config.categories[0].vocab)
     assert next(o for o in report.op_types if o.op == "HardSwish").spaces == ["tiny_se"]
     # Default graphs: the run's data file.

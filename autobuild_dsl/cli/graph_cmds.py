@@ -46,7 +46,10 @@ def graph_cmd(
     ir_cache: str | None = None,
 ) -> None:
     """Print the sequence graph of one architecture: a node per layer and extra node, its
-    feature values per category, and the edges of the forward pass (skips included)."""
+    feature values per category, and the edges of the forward pass (skips included).
+
+    With --encoding ir: the ONNX-IR graph instead, a node per operation of the exported
+    network (docs/ir.md)."""
     from autobuild_dsl.cli.space_cmds import _read_architectures as read_architectures
 
     space = load_space(space_file, space_name)

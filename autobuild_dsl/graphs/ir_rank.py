@@ -16,9 +16,11 @@ Distinct subgraphs: two rooted subgraphs with the same features and the same ups
 structure get the same embedding, so they are one subgraph. They are found with
 Weisfeiler-Lehman refinement over in-neighbours (each node's id at hop h is interned from
 its id and its in-neighbours' ids at hop h - 1), which mirrors message passing exactly.
-Look-alikes (same hop, root operation and layer, the same operations and layers covered,
-other channel or kernel values) fold into one row, which shows the best of them, how many
-there were (`variants`) and how many of the scored graphs hold any (`occurrences`).
+By default the report has one row per root *location* (space, operation type and layer,
+e.g. the Conv of MobileNetV3's s4.3): the best of the subgraphs rooted there, over every hop and variant, with
+how many folded into it (`variants`) and how many of the scored graphs hold any of them
+(`occurrences`). `per_location=False` folds only look-alikes (same hop, root location,
+operations and layers covered; other channel or kernel values).
 
 Which graphs: the architectures given, or by default the rows of the data file the run was
 trained on (`config.data`), which must still exist; their IR graphs come from the cache.
@@ -45,7 +47,7 @@ if TYPE_CHECKING:
 
 Progress = Callable[[int, int], None]
 # Candidates per hop, per row asked for: look-alike subgraphs fold into one row.
-_LOOKALIKES = 25
+_LOOKALIKES = 50
 
 
 class SubgraphNode(BaseModel):
@@ -71,8 +73,9 @@ class RootedSubgraph(BaseModel):
     nodes: list[SubgraphNode]
     variants: int = Field(
         default=1,
-        description="distinct subgraphs folded into this row: the same hop, root, operations "
-        "and layers, other feature values (channels, kernel, ...); the row shows the best",
+        description="distinct subgraphs folded into this row (the same root location, or "
+        "with per_location=False the same hop, root, operations and layers); the row shows "
+        "the best",
     )
     occurrences: int = Field(description="scored graphs that hold this subgraph (any variant)")
     spaces: list[str] = Field(description="spaces of the graphs that hold it")
@@ -192,13 +195,18 @@ def top_rooted_subgraphs(
     *,
     archs: Sequence[Architecture] | None = None,
     hops: Sequence[int] | None = None,
+    per_location: bool = True,
     progress: Progress | None = None,
 ) -> SubgraphReport:
     """The `top` best distinct rooted subgraphs (node, hop) over a set of architectures.
 
     `archs`: the architectures to score (default: the run's data file). `hops`: which hop
     levels compete (default: every hop 1..L; hop 0 is a single node, which the op-type
-    scores already cover). `progress(done, total)` reports IR graphs built or read.
+    scores already cover). `per_location`: one row per root location (operation type and
+    layer), showing its best hop and variant, so the rows name different places of the
+    network; False: one row per look-alike group (the same root location at several hops,
+    or with other operations upstream, gets several rows). `progress(done, total)` reports
+    IR graphs built or read.
     """
     from autobuild_dsl.scorer.model import pack_graphs
     from autobuild_dsl.scorer.run import node_norms
@@ -272,7 +280,9 @@ def top_rooted_subgraphs(
         places = list(dict.fromkeys(n.place for n in nodes if n.place is not None))
         ops = dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
         # Look-alikes: same hop, root, operations and layers; other feature values.
-        signature = (h, graph.ops[root], graph.place(root), tuple(ops.items()), tuple(places))
+        signature: tuple[Any, ...] = (graph.space, graph.ops[root], graph.place(root))
+        if not per_location:
+            signature += (h, tuple(ops.items()), tuple(places))
         holders = np.flatnonzero(ids[h] == ids[h][node])
         owners = {int(g) for g in np.unique(graph_of[holders])}
         if signature in rows:

@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterable, Sequence
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import torch
 from pydantic import BaseModel, ConfigDict, Field
-from torch_geometric.data import Data
+
+if TYPE_CHECKING:
+    from torch_geometric.data import Data
 
 from autobuild_dsl.space.architecture import Architecture
 from autobuild_dsl.space.decisions import index_of, stage_module_choices
@@ -102,22 +103,48 @@ def _template_names(template: NodeTemplate) -> tuple[set[str], set[str]]:
     return scalars, layer
 
 
-class SequenceGraph(Data):
-    """A PyG `Data` whose per-node `stage_index`/`layer_index` survive batching.
+# torch and PyG are imported on first use, not with this module: PyG pulls in
+# torch._dynamo (~1 s), and the CLI imports `EncodeError` and `GraphEncoder` on paths
+# that never build a graph (`abc --help`; `abc rank` packs module graphs itself). `SequenceGraph` is still importable
+# from here (module `__getattr__`), and pickles by that name.
+_SEQUENCE_GRAPH: type | None = None
 
-    PyG offsets every attribute named `*index*` by the node count when it batches graphs
-    (right for `edge_index`); these two are labels, not node references, so they are not.
-    """
 
-    def __inc__(self, key: str, value: object, *args: object, **kwargs: object) -> object:
-        if key in ("stage_index", "layer_index"):
-            return 0
-        return super().__inc__(key, value, *args, **kwargs)
+def _sequence_graph_class() -> type:
+    global _SEQUENCE_GRAPH
+    if _SEQUENCE_GRAPH is None:
+        from torch_geometric.data import Data
 
-    def __cat_dim__(self, key: str, value: object, *args: object, **kwargs: object) -> object:
-        if key in ("stage_index", "layer_index"):
-            return 0
-        return super().__cat_dim__(key, value, *args, **kwargs)
+        class SequenceGraph(Data):
+            """A PyG `Data` whose per-node `stage_index`/`layer_index` survive batching.
+
+            PyG offsets every attribute named `*index*` by the node count when it batches
+            graphs (right for `edge_index`); these two are labels, not node references,
+            so they are not.
+            """
+
+            def __inc__(self, key: str, value: object, *args: object, **kwargs: object) -> Any:
+                if key in ("stage_index", "layer_index"):
+                    return 0
+                return super().__inc__(key, value, *args, **kwargs)
+
+            def __cat_dim__(
+                self, key: str, value: object, *args: object, **kwargs: object
+            ) -> Any:
+                if key in ("stage_index", "layer_index"):
+                    return 0
+                return super().__cat_dim__(key, value, *args, **kwargs)
+
+        SequenceGraph.__module__ = __name__
+        SequenceGraph.__qualname__ = "SequenceGraph"
+        _SEQUENCE_GRAPH = SequenceGraph
+    return _SEQUENCE_GRAPH
+
+
+def __getattr__(name: str) -> Any:
+    if name == "SequenceGraph":
+        return _sequence_graph_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class _StagePlan:
@@ -402,7 +429,9 @@ class GraphEncoder:
             if s.source in spans and s.target in spans
         )
         edges = self._edges(count, skips)
-        return SequenceGraph(
+        import torch
+
+        return _sequence_graph_class()(
             x=torch.from_numpy(np.ascontiguousarray(table[:, :width])),
             edge_index=torch.from_numpy(edges.copy()),
             stage_index=torch.from_numpy(table[:, width].copy()),

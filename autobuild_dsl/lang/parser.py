@@ -30,12 +30,16 @@ def grammar_text() -> str:
 
 @cache
 def _parser() -> Lark:
+    # cache=True: the LALR tables (~60 ms to build) are kept in the temp folder under a
+    # name that hashes the grammar, the options and Lark's version, so a changed grammar
+    # never loads stale tables; an unreadable or unwritable cache is silently rebuilt.
     return Lark(
         grammar_text(),
         parser="lalr",
         start=["start", "target"],
         propagate_positions=True,
         maybe_placeholders=False,
+        cache=True,
     )
 
 

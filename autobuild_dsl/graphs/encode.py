@@ -128,9 +128,7 @@ def _sequence_graph_class() -> type:
                     return 0
                 return super().__inc__(key, value, *args, **kwargs)
 
-            def __cat_dim__(
-                self, key: str, value: object, *args: object, **kwargs: object
-            ) -> Any:
+            def __cat_dim__(self, key: str, value: object, *args: object, **kwargs: object) -> Any:
                 if key in ("stage_index", "layer_index"):
                     return 0
                 return super().__cat_dim__(key, value, *args, **kwargs)
@@ -532,4 +530,4 @@ class GraphEncoder:
         return self._graph(plans, env, layers, globals_)
 
 
-__all__ = ["EncodeError", "FeatureCategory", "GraphEncoder", "SequenceGraph"]
+__all__ = ["EncodeError", "FeatureCategory", "GraphEncoder", "SequenceGraph"]  # noqa: F822

@@ -46,7 +46,14 @@ from autobuild_dsl.scorer.model import (
     pack_graphs,
 )
 from autobuild_dsl.scorer.softrank import resolve_backend
-from autobuild_dsl.scorer.train import EpochProgress, MemberMetrics, Moments, TrainConfig, embed
+from autobuild_dsl.scorer.train import (
+    EpochProgress,
+    MemberMetrics,
+    Moments,
+    TrainConfig,
+    embed,
+    predict_packed,
+)
 from autobuild_dsl.space.expr import Value
 from autobuild_dsl.space.model import Space
 
@@ -595,7 +602,7 @@ def member_predictions(run: TrainedRun, graphs: Sequence[Any] | PackedGraphs) ->
     rows = []
     with torch.inference_mode():
         for member in run.members:
-            pred, _, _ = embed(member.model, packed)
+            pred = predict_packed(member.model, packed)
             label = member.record.label
             rows.append(pred.double().numpy() * (label.sd if label.sd > 0 else 1.0) + label.mean)
     return np.stack(rows)

@@ -24,6 +24,9 @@ from autobuild_dsl.scorer.softrank import resolve_backend
 
 # Graphs per forward pass when evaluating (bounds memory, not a training setting).
 EVAL_CHUNK = 4096
+# Graphs per forward pass when only predicting: small enough that a chunk's activations
+# (~16 nodes x 32 floats per graph) stay in cache between the layers' ops.
+PREDICT_CHUNK = 256
 
 
 class TrainConfig(BaseModel):
@@ -172,11 +175,42 @@ def _srcc(a: np.ndarray, b: np.ndarray) -> float | None:
     return None if math.isnan(value) else value
 
 
+def predict_packed(
+    model: ScorerModel,
+    packed: PackedGraphs,
+    idx: Sequence[int] | torch.Tensor | None = None,
+    chunk: int = PREDICT_CHUNK,
+) -> torch.Tensor:
+    """[graphs]: standardised predictions in eval mode, nothing else computed."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            if idx is None:
+                n = packed.num_graphs
+                parts = [
+                    model.predict(packed.slice(start, min(start + chunk, n)))
+                    for start in range(0, n, chunk)
+                ]
+            else:
+                all_idx = torch.as_tensor(idx, dtype=torch.long)
+                parts = [model.predict(packed.select(c)) for c in all_idx.split(chunk)]
+        return torch.cat(parts) if parts else torch.zeros(0)
+    finally:
+        model.train(was_training)
+
+
 @torch.no_grad()
 def embed(
-    model: ScorerModel, packed: PackedGraphs, idx: Sequence[int] | torch.Tensor | None = None
+    model: ScorerModel,
+    packed: PackedGraphs,
+    idx: Sequence[int] | torch.Tensor | None = None,
+    *,
+    with_node_norms: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
-    """(standardised predictions, graph norms [hops, graphs], node norms per hop) in eval mode."""
+    """(standardised predictions, graph norms [hops, graphs], node norms per hop) in eval
+    mode; without `with_node_norms` the node norms are empty lists (they cost a quarter of
+    the forward pass and only Eq. 5's statistics read them)."""
     was_training = model.training
     model.eval()
     try:
@@ -192,8 +226,13 @@ def embed(
             out = model(packed.select(chunk))
             preds.append(out.prediction)
             norms.append(out.graph_norms(model.config.norm_ord))
-            nodes.append(out.node_norms(model.config.norm_ord))
-        node_norms = [torch.cat([n[h] for n in nodes]) for h in range(model.num_hops)]
+            if with_node_norms:
+                nodes.append(out.node_norms(model.config.norm_ord))
+        node_norms = (
+            [torch.cat([n[h] for n in nodes]) for h in range(model.num_hops)]
+            if with_node_norms
+            else []
+        )
         return torch.cat(preds), torch.cat(norms, dim=1), node_norms
     finally:
         model.train(was_training)
@@ -209,7 +248,7 @@ def evaluate(
     """Held-out (hop SRCCs, prediction SRCC, MAE in target units) on graphs `idx`."""
     if len(idx) == 0:
         return [None] * model.num_hops, None, None
-    pred, norms, _ = embed(model, packed, idx)
+    pred, norms, _ = embed(model, packed, idx, with_node_norms=False)
     truth = y[np.asarray(idx)]
     hop = [_srcc(norms[h].numpy(), truth) for h in range(model.num_hops)]
     pred_units = pred.numpy().astype(np.float64) * label.sd + label.mean

@@ -24,9 +24,9 @@ from autobuild_dsl.scorer.softrank import resolve_backend
 
 # Graphs per forward pass when evaluating (bounds memory, not a training setting).
 EVAL_CHUNK = 4096
-# Graphs per forward pass when only predicting: small enough that a chunk's activations
-# (~16 nodes x 32 floats per graph) stay in cache between the layers' ops.
-PREDICT_CHUNK = 256
+# Nodes per forward pass when only predicting: a chunk's activations (4096 x 32 floats,
+# 512 KiB) stay in cache between the layers' ops; 4x larger chunks ran ~15% slower.
+PREDICT_NODES = 4096
 
 
 class TrainConfig(BaseModel):
@@ -179,9 +179,13 @@ def predict_packed(
     model: ScorerModel,
     packed: PackedGraphs,
     idx: Sequence[int] | torch.Tensor | None = None,
-    chunk: int = PREDICT_CHUNK,
+    chunk: int | None = None,
 ) -> torch.Tensor:
-    """[graphs]: standardised predictions in eval mode, nothing else computed."""
+    """[graphs]: standardised predictions in eval mode, nothing else computed; `chunk`
+    graphs per pass (default: about PREDICT_NODES nodes)."""
+    if chunk is None:
+        mean_nodes = int(packed.node_ptr[-1]) / max(packed.num_graphs, 1)
+        chunk = max(1, int(PREDICT_NODES / max(mean_nodes, 1.0)))
     was_training = model.training
     model.eval()
     try:

@@ -265,7 +265,7 @@ def train_cmd(
     from autobuild_dsl.data.dataset import load_dataset
     from autobuild_dsl.data.target import parse_target
     from autobuild_dsl.scorer.run import EnsembleConfig, summary_json, train_run
-    from autobuild_dsl.scorer.train import TrainConfig
+    from autobuild_dsl.scorer.train import TrainConfig, thread_note
 
     if force and resume:
         raise UserError("--force and --resume contradict each other; pick one")
@@ -305,6 +305,9 @@ def train_cmd(
             folds=folds, seeds=seeds, test_fraction=test_fraction, seed=seed
         )
         show = not (quiet or as_json)
+        note = thread_note(threads) if jobs <= 1 and not ray_address else None
+        if note and not as_json:
+            err_console.print(f"note: {note}", style="yellow", highlight=False)
         with _TrainProgress() if show else nullcontext() as progress:
             run = train_run(
                 space,

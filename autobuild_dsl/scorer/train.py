@@ -130,6 +130,29 @@ def torch_threads(count: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+def thread_note(threads: int, jobs: int = 1) -> str | None:
+    """A warning when `threads` torch threads (in each of `jobs` processes) would share
+    cores with other work: measured on DyNAS-T, an epoch with 2 threads ran 11-37x slower
+    once another job held a core. None when the threads fit the idle cores."""
+    import os
+
+    if threads <= 1:
+        return None
+    cores = os.cpu_count() or 1
+    try:
+        busy = os.getloadavg()[0]
+    except OSError:  # no load average on this platform
+        busy = 0.0
+    idle = cores - busy
+    if threads * jobs <= idle:
+        return None
+    return (
+        f"{threads} torch threads x {jobs} process(es) asked, but only ~{max(idle, 0):.1f} of "
+        f"{cores} cores are idle (load {busy:.1f}); small graph batches are fastest on one "
+        "thread, and oversubscribed threads can slow training by an order of magnitude"
+    )
+
+
 def _batches(order: torch.Tensor, size: int) -> list[torch.Tensor]:
     chunks = list(order.split(size))
     # A last batch of one graph has no ranking signal: fold it into the previous one.

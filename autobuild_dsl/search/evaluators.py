@@ -319,6 +319,7 @@ class PredictorEvaluator(Evaluator):
         super().__init__(config, space)
         try:
             from autobuild_dsl.scorer import load_run, predict
+            from autobuild_dsl.scorer.train import torch_threads
         except ImportError as error:
             raise EvaluationError(
                 f"the predictor evaluator needs autobuild_dsl.scorer ({error})"
@@ -332,6 +333,7 @@ class PredictorEvaluator(Evaluator):
         except ValueError as error:  # RunError: not a run, no finished member, old encoder
             raise EvaluationError(str(error)) from None
         self._predict = predict
+        self._threads = torch_threads
         self.metric = _run_metric_name(self._run)
 
     def _fingerprint(self) -> str:
@@ -354,7 +356,11 @@ class PredictorEvaluator(Evaluator):
                 graphs = self._encoder.encode_many(chunk)
             except ValueError as error:  # an architecture the run's space cannot encode
                 raise EvaluationError(f"predictor:{self.config.run}: {error}") from None
-            mean, std = self._predict(self._run, graphs)
+            # One torch thread, here and in every worker process of a pool: a chunk's
+            # small ops gain nothing from more, and N workers x T threads oversubscribe
+            # the cores (--jobs 2 ran at a third of one process's rate).
+            with self._threads(1):
+                mean, std = self._predict(self._run, graphs)
             for m, s in zip(_floats(mean), _floats(std), strict=True):
                 results.append({self.metric: m, f"{self.metric}_std": s})
         return results

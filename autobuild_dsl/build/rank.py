@@ -1185,12 +1185,12 @@ def module_description(stages: Sequence[str], parts: Sequence[StageModule]) -> s
 
 __all__ = [
     "MIN_GROUP",
+    "SCORE_KINDS",
     "ModuleBatch",
     "RankError",
     "RankProgress",
     "RankResult",
     "RankedModule",
-    "SCORE_KINDS",
     "ScoreKind",
     "StageState",
     "UnitScores",

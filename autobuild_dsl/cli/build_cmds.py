@@ -356,6 +356,14 @@ def _short(value: Any) -> str:
     help="Scores as N(0,1) per hop (for tens of labels) instead of the label-unit shift (Eq. 5).",
 )
 @click.option(
+    "--score",
+    type=click.Choice(["pooled", "last"]),
+    default="pooled",
+    show_default=True,
+    help="How a module is read: its pooled module-graph embedding, or its last node (the "
+    "paper's reading; see docs/ranking.md).",
+)
+@click.option(
     "--globals",
     "globals_",
     multiple=True,
@@ -416,6 +424,7 @@ def rank_cmd(
     as_json: bool,
     top: int,
     standardize: bool,
+    score: str,
     globals_: tuple[str, ...],
     chart: str | None,
     force: bool,
@@ -483,6 +492,7 @@ def rank_cmd(
             result = rank_modules(
                 run,
                 standardize=standardize,
+                score=score,  # type: ignore[arg-type]
                 globals=_parse_globals(globals_),
                 threads=threads,
                 progress=progress,
@@ -702,6 +712,14 @@ def _space_file(runs: list[Any], given: str | None) -> tuple[str, Any]:
 @click.option("--name", help="Name of the reduced space (default: SPACE_top).")
 @click.option("--standardize", is_flag=True, help="Rank with N(0,1) scores (see abc rank).")
 @click.option(
+    "--score",
+    type=click.Choice(["pooled", "last"]),
+    default="pooled",
+    show_default=True,
+    help="How a module is read: its pooled module-graph embedding, or its last node (the "
+    "paper's reading; see docs/ranking.md).",
+)
+@click.option(
     "--globals",
     "globals_",
     multiple=True,
@@ -729,6 +747,7 @@ def build_cmd(
     space_path: str | None,
     name: str | None,
     standardize: bool,
+    score: str,
     globals_: tuple[str, ...],
     all_globals: bool,
     force: bool,
@@ -746,11 +765,10 @@ def build_cmd(
     """
     from autobuild_dsl.build.construct import (
         architecture_lines,
-        build_from_rankings,
         reduced_space,
         valid_combinations,
     )
-    from autobuild_dsl.build.rank import rank_modules
+    from autobuild_dsl.build.workflow import build_networks
     from autobuild_dsl.lang import compile_file
     from autobuild_dsl.space.decisions import canonicalize, space_size
 
@@ -787,27 +805,21 @@ def build_cmd(
         existing = [str(p) for p in files.values() if p.exists()]
         if existing and not force:
             raise UserError(f"{existing[0]} exists; pass --force to overwrite it")
-        rankings = []
         show = not (quiet or as_json)
-        for run in loaded:
-            with _RankProgress() if show else nullcontext() as progress:
-                rankings.append(
-                    rank_modules(
-                        run,
-                        standardize=standardize,
-                        globals=_parse_globals(globals_),
-                        threads=threads,
-                        progress=progress,
-                    )
-                )
-        result = build_from_rankings(
-            space,
-            rankings,
-            top_k=top_k,
-            n=n,
-            mode=mode,  # type: ignore[arg-type]
-            all_globals=all_globals,
-        )
+        with _RankProgress() if show else nullcontext() as progress:
+            result, rankings = build_networks(
+                loaded,
+                top_k=top_k,
+                n=n,
+                mode=mode,  # type: ignore[arg-type]
+                score=score,  # type: ignore[arg-type]
+                standardize=standardize,
+                globals=_parse_globals(globals_),
+                all_globals=all_globals,
+                space=space,
+                threads=threads,
+                progress=(lambda _, event: progress(event)) if progress else None,
+            )
         for built in result.architectures:
             canonicalize(space, built.arch)
         reduced_size = None
@@ -930,14 +942,26 @@ def _render_built(result: Any, space: Any) -> None:
     units = index_of(space).units
     table = Table(title=f"{len(result.architectures)} best architecture(s)")
     table.add_column("#", justify="right")
-    table.add_column("score", justify="right")
+    several = any(b.run_scores for b in result.architectures)
+    table.add_column("summed score" + (" per run" if several else ""), justify="right")
+    table.add_column("predicted" + (" per run" if several else ""), justify="right")
     table.add_column("architecture")
     for i, built in enumerate(result.architectures, start=1):
         lines = [_globals_text(built.globals)] if built.globals else []
         for unit in units:
             parts = _arch_parts(space, built.arch, unit.stages)
             lines.append(module_description(unit.stages, parts))
-        table.add_row(str(i), f"{built.score:.4g}", escape("\n".join(lines)))
+        scores = built.run_scores or [built.score]
+        score_text = " / ".join(f"{v:.4g}" for v in scores)
+        if built.score_sd is not None and not built.run_scores:
+            score_text += f" ± {built.score_sd:.2g}"
+        predicted = "-"
+        if built.predicted is not None:
+            spreads = built.predicted_sd or [0.0] * len(built.predicted)
+            predicted = " / ".join(
+                f"{m:.4g} ± {s:.2g}" for m, s in zip(built.predicted, spreads, strict=True)
+            )
+        table.add_row(str(i), score_text, predicted, escape("\n".join(lines)))
     console.print(table)
 
 

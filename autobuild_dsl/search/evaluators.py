@@ -196,7 +196,7 @@ class Evaluator(ABC):
     def identity(self) -> str:
         """What the cache key starts with: the config, the space and what can change.
         Computed once (the first time it is needed), so it describes what was loaded."""
-        space_hash = hashlib.sha256(self.space.to_json().encode("utf-8")).hexdigest()[:16]
+        space_hash = self.space.digest()[:16]
         extra = self._fingerprint()
         return f"{config_to_json(self.config)}|space={space_hash}|{extra}"
 

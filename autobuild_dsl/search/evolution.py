@@ -129,7 +129,7 @@ def fingerprint(space: Space, config: SearchConfig, evaluator: str) -> str:
     """Everything a search's result depends on, except the budget."""
     payload = json.dumps(
         {
-            "space": hashlib.sha256(space.to_json().encode("utf-8")).hexdigest(),
+            "space": space.digest(),
             "config": config.model_dump(mode="json", exclude={"budget"}),
             "evaluator": evaluator,
         },

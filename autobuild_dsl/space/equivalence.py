@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Iterator
-from functools import lru_cache
+from collections.abc import Callable, Iterable, Iterator
+from functools import lru_cache, partial
 
 from autobuild_dsl.space.architecture import Architecture
 from autobuild_dsl.space.decisions import iter_architectures, space_size
@@ -136,6 +136,19 @@ def may_have_equivalences(space: Space) -> bool:
     return False
 
 
+def network_keyer(space: Space) -> Callable[[Architecture], str]:
+    """The key that groups one space's architectures by network, as cheaply as possible.
+
+    `network_key` where the space may have equivalences; elsewhere `Architecture.key`
+    (no resolving): no node of such a space can be dropped, so this never merges two
+    different networks (at worst it keeps apart two equal ones that differ by a choice the
+    network does not read). Keys of the two kinds are never mixed for one space.
+    """
+    if may_have_equivalences(space):
+        return partial(network_key, space)
+    return Architecture.key
+
+
 def count_distinct_networks(space: Space, limit: int = COUNT_LIMIT) -> int | None:
     """How many distinct networks the space holds, or None when it has more than `limit`
     architectures (enumerating them would be too slow)."""
@@ -145,10 +158,12 @@ def count_distinct_networks(space: Space, limit: int = COUNT_LIMIT) -> int | Non
 
 
 def distinct(space: Space, archs: Iterable[Architecture]) -> Iterator[tuple[Architecture, str]]:
-    """The architectures whose network was not seen before, each with its key, in order."""
+    """The architectures whose network was not seen before, each with its key (of
+    `network_keyer`), in order."""
+    keyer = network_keyer(space)
     seen: set[str] = set()
     for arch in archs:
-        key = network_key(space, arch)
+        key = keyer(arch)
         if key not in seen:
             seen.add(key)
             yield arch, key

@@ -235,6 +235,17 @@ def from_records(
 
 def parse_row(space: Space, file: str, line: int, text: str) -> tuple[Architecture, dict, int]:
     """One JSON-lines row of a dataset file, checked; raises RowError-carrying DatasetError."""
+    raw, metrics, count = parse_record(file, line, text)
+    try:
+        arch = canonicalize(space, raw)
+    except ArchitectureError as error:
+        raise _row_error(file, line, f"arch: {error}") from None
+    return arch, metrics, count
+
+
+def parse_record(file: str, line: int, text: str) -> tuple[Any, dict[str, float], int]:
+    """One JSON-lines row as written: (raw architecture, metrics, count), the architecture
+    not yet checked against a space. Raises RowError-carrying DatasetError."""
     try:
         record = json.loads(text)
     except json.JSONDecodeError as error:
@@ -263,11 +274,7 @@ def parse_row(space: Space, file: str, line: int, text: str) -> tuple[Architectu
     count = record.get("count", 1)
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise _row_error(file, line, f"count: {count!r} is not a positive integer")
-    try:
-        arch = canonicalize(space, record["arch"])
-    except ArchitectureError as error:
-        raise _row_error(file, line, f"arch: {error}") from None
-    return arch, metrics, count
+    return record["arch"], metrics, count
 
 
 def _row_error(file: str, row: int | str, reason: str) -> DatasetError:
@@ -337,5 +344,6 @@ __all__ = [
     "from_records",
     "load_dataset",
     "metric_value",
+    "parse_record",
     "save_dataset",
 ]

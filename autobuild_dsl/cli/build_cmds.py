@@ -637,19 +637,6 @@ def _parse_top_k(text: str | None) -> int | list[int] | dict[str, int] | None:
         ) from None
 
 
-def _comparable(space: Any) -> Any:
-    """A space's JSON without source positions (the same space from another path)."""
-
-    def strip(value: Any) -> Any:
-        if isinstance(value, dict):
-            return {k: strip(v) for k, v in value.items() if k != "where"}
-        if isinstance(value, list):
-            return [strip(v) for v in value]
-        return value
-
-    return strip(json.loads(space.to_json()))
-
-
 def _space_file(runs: list[Any], given: str | None) -> tuple[str, Any]:
     """The .abs file the runs' space came from (checked to be that space)."""
     candidates = [given] if given else [r.config.space_file for r in runs if r.config.space_file]
@@ -667,7 +654,7 @@ def _space_file(runs: list[Any], given: str | None) -> tuple[str, Any]:
         space = load_space(path, runs[0].space.name)
     except CompileError:
         space = load_space(path)  # no space of that name: compare the file's first one
-    if _comparable(space) != _comparable(runs[0].space):
+    if space.digest() != runs[0].space.digest():
         raise UserError(f"{path}: space '{space.name}' is not the space the run was trained on")
     return path, space
 
@@ -784,9 +771,9 @@ def build_cmd(
                     f"{run.path}: an ONNX-IR run has no stage modules to build from; "
                     "use a sequence-graph run"
                 )
-        first = _comparable(loaded[0].space)
+        first = loaded[0].space.digest()
         for run in loaded[1:]:
-            if _comparable(run.space) != first:
+            if run.space.digest() != first:
                 raise UserError(f"{run.path}: trained on another space than {loaded[0].path}")
         space = loaded[0].space
         file_path = None

@@ -235,7 +235,9 @@ def spearman_table(trials: list[dict], budgets: list[int]) -> list[str]:
             cells = []
             for unit in units:
                 values = [t["spearman"][method][unit] for t in rows]
-                cells.append(f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})")
+                cells.append(
+                    f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
+                )
             lines.append(f"| {n} | {method.split(' ', 1)[1]} | " + " | ".join(cells) + " |")
     return lines
 

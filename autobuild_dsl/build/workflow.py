@@ -41,6 +41,7 @@ from autobuild_dsl.build.rank import (
 from autobuild_dsl.scorer.run import TrainedRun, predict
 from autobuild_dsl.space.architecture import Architecture
 from autobuild_dsl.space.decisions import architecture_from_modules, index_of
+from autobuild_dsl.space.equivalence import network_key
 from autobuild_dsl.space.model import Space, StageModule
 
 # Candidates drawn beyond n so that a tie at the cut can still be promoted.
@@ -89,7 +90,8 @@ def build_networks(
             )
         )
     several = len(runs) > 1
-    wanted = n + (min(2 * n, 200) + EXTRA_CANDIDATES if tie_break and not several and n else 0)
+    # Extra candidates: for ties at the cut, and for equivalent networks left out.
+    wanted = n + (min(2 * n, 200) + EXTRA_CANDIDATES if n else 0)
     result = build_from_rankings(
         space,
         rankings,
@@ -98,8 +100,14 @@ def build_networks(
         mode=mode,
         all_globals=all_globals,
     )
-    built = _with_predictions(runs, result.architectures)
     notes = list(result.notes)
+    distinct, merged = _distinct_networks(space, result.architectures)
+    if merged:
+        notes.append(
+            f"{merged} built architecture(s) left out: the same network as a better-placed "
+            "one (e.g. an identity layer at another position of its stage)"
+        )
+    built = _with_predictions(runs, distinct)
     if tie_break and not several:
         built, moved = _break_ties(built)
         if moved:
@@ -111,6 +119,21 @@ def build_networks(
     if check_changes and built:
         notes.extend(_one_module_changes(space, runs[0], rankings[0], result, built))
     return result.model_copy(update={"architectures": built, "notes": notes}), rankings
+
+
+def _distinct_networks(
+    space: Space, architectures: list[BuiltArchitecture]
+) -> tuple[list[BuiltArchitecture], int]:
+    """The architectures with every network once (the first, best placed, is kept)."""
+    seen: set[str] = set()
+    out = []
+    for built in architectures:
+        key = network_key(space, built.arch)
+        if key in seen:
+            continue
+        seen.add(key)
+        out.append(built)
+    return out, len(architectures) - len(out)
 
 
 def _with_predictions(

@@ -472,9 +472,14 @@ def test_cli_rank_and_build_end_to_end(
     assert space_size(reduced) == 12
     lines = (out / "architectures.jsonl").read_text().splitlines()
     assert len(lines) == 5
+    # Every built network is shown with its summed score and the ensemble's prediction.
+    assert "summed score" in text and "predicted" in text
     space = compile_file(MACRO)
     for line in lines:
-        canonicalize(space, json.loads(line)["arch"])
+        record = json.loads(line)
+        canonicalize(space, record["arch"])
+        assert len(record["predicted"]) == 1 and record["predicted_sd"][0] >= 0
+        assert f"{record['score']:.4g}" in text and f"{record['predicted'][0]:.4g}" in text
     code, text = _abc(["validate", str(MACRO), str(out / "architectures.jsonl")], capsys)
     assert code == 0, text
     # Refuses to overwrite; --force does.

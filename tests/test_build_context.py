@@ -81,7 +81,7 @@ def test_a_module_reading_another_stage_is_scored_per_context(chain_run: Path) -
     assert context_names(space, encoder, units["s1"]) == []
     # Building a module in a made-up context is refused, not silently done.
     module = next(iter(rank_modules(run).tables)).parts(0)
-    with pytest.raises(EncodeError, match="s1.width"):
+    with pytest.raises(EncodeError, match=r"s1\.width"):
         encoder.encode_module("s2", module)
     result = rank_modules(run)
     s2 = [t for t in result.tables if t.unit == "s2"]

@@ -100,7 +100,8 @@ def build_networks(
         mode=mode,
         all_globals=all_globals,
     )
-    notes = list(result.notes)
+    # The shortfall note is about the candidates asked for here, not the user's n.
+    notes = [note for note in result.notes if not note.startswith("only ")]
     distinct, merged = _distinct_networks(space, result.architectures)
     if merged:
         notes.append(
@@ -116,6 +117,11 @@ def build_networks(
                 "ordered by the ensemble's predicted target"
             )
     built = built[:n]
+    if len(built) < n:
+        notes.append(
+            f"only {len(built)} distinct network(s) from the kept modules satisfy the "
+            f"space's rules (asked for {n}); keep more modules per unit"
+        )
     if check_changes and built:
         notes.extend(_one_module_changes(space, runs[0], rankings[0], result, built))
     return result.model_copy(update={"architectures": built, "notes": notes}), rankings

@@ -192,13 +192,17 @@ def _module_json(module: Any, stages: list[str]) -> dict[str, Any]:
 def _scores_csv(result: Any) -> str:
     """Every module of every unit and global assignment, one row each, best first."""
     names = list(result.assignments()[0]) if result.tables else []
+    contexts = result.context_names()
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["unit", *names, "rank", "score", "z", "size", "nodes", "hop", "module"])
+    writer.writerow(
+        ["unit", *names, *contexts, "rank", "score", "z", "size", "nodes", "hop", "module"]
+    )
     for table in result.tables:
         texts = table.texts()
         order = table.order()
         glob = [table.globals.get(n) for n in names]
+        glob += [table.context.get(n, "") for n in contexts]
         glob = [json.dumps(v) if isinstance(v, bool) else v for v in glob]
         score, z, size = table.score, table.z, table.size
         nodes, hop = table.nodes, table.hop
@@ -560,9 +564,10 @@ def _render_ranking(result: Any, top: int) -> None:
             hops = sorted({int(h) for h in table.hop.tolist()})
             span = f"{hops[0]}" if len(hops) == 1 else f"{hops[0]}-{hops[-1]}"
             excluded = f", {table.excluded:,} unusable with these globals" if table.excluded else ""
+            context = f" in context {_globals_text(table.context)}" if table.context else ""
             grid = Table(
-                title=f"unit {escape(table.unit)}: {len(table):,} modules{excluded} "
-                f"(score hops {span})"
+                title=f"unit {escape(table.unit)}{escape(context)}: {len(table):,} "
+                f"modules{excluded} (score hops {span})"
             )
             for column in ("rank", "score", "z", "layers", "hop", "module"):
                 grid.add_column(column, justify="left" if column == "module" else "right")

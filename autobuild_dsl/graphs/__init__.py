@@ -15,6 +15,7 @@ if TYPE_CHECKING:
         EncodeError,
         FeatureCategory,
         GraphEncoder,
+        GraphTensors,
         SequenceGraph,
     )
     from autobuild_dsl.graphs.ir import IrEncoder, IrError, IrGraph
@@ -23,6 +24,7 @@ _WHERE = {
     "EncodeError": "encode",
     "FeatureCategory": "encode",
     "GraphEncoder": "encode",
+    "GraphTensors": "encode",
     "SequenceGraph": "encode",
     "IrEncoder": "ir",
     "IrError": "ir",
@@ -41,6 +43,7 @@ __all__ = [
     "EncodeError",
     "FeatureCategory",
     "GraphEncoder",
+    "GraphTensors",
     "IrEncoder",
     "IrError",
     "IrGraph",

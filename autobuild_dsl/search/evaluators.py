@@ -400,6 +400,9 @@ class PredictorEvaluator(Evaluator):
             raise EvaluationError(str(error)) from None
         self._predict = predict
         self._threads = torch_threads
+        from autobuild_dsl.graphs.encode import GraphEncoder
+
+        self._tensor_graphs = isinstance(self._encoder, GraphEncoder)
         self.metric = _run_metric_name(self._run)
 
     def _fingerprint(self) -> str:
@@ -419,7 +422,12 @@ class PredictorEvaluator(Evaluator):
         for start in range(0, len(archs), size):
             chunk = list(archs[start : start + size])
             try:
-                graphs = self._encoder.encode_many(chunk)
+                # Plain tensors, not PyG objects, where the encoder offers them: the
+                # scorer only packs them, and building PyG `Data` doubled encoding time.
+                if self._tensor_graphs:
+                    graphs = self._encoder.encode_many(chunk, as_data=False)
+                else:
+                    graphs = self._encoder.encode_many(chunk)
             except ValueError as error:  # an architecture the run's space cannot encode
                 raise EvaluationError(f"predictor:{self.config.run}: {error}") from None
             # One torch thread, here and in every worker process of a pool: a chunk's

@@ -10,8 +10,8 @@ h = min(nodes - 1, L), the hop whose receptive field is the whole module. Two re
                     (a graph's pooled norm must rank like the target);
   last              the norm of the module's last node embedding at hop h, as the paper and
                     its authors' code do. It favours modules that end in a big layer: on
-                    NAS-Bench-Macro its Spearman against the true module means is 0.68-0.79
-                    in the 3-layer stages, against 0.96-0.97 for the pooled reading
+                    NAS-Bench-Macro its Spearman against the true module means is 0.66-0.84
+                    in the 3-layer stages, against 0.96-0.98 for the pooled reading
                     (docs/ranking.md, benchmarks/bench_build_quality.py).
 
 Context: when a unit's layers read another unit's choice (a width chain

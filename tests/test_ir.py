@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from autobuild_dsl.build.ir_rank import _wl_ids, top_rooted_subgraphs
 from autobuild_dsl.cli import cli
 from autobuild_dsl.data.dataset import DatasetError, LabeledDataset, save_dataset
 from autobuild_dsl.data.mixed import MixedDataset, load_mixed_dataset
@@ -28,7 +29,6 @@ from autobuild_dsl.graphs.ir import (
     op_presence,
     space_hash,
 )
-from autobuild_dsl.build.ir_rank import _wl_ids, top_rooted_subgraphs
 from autobuild_dsl.lang import compile_file, compile_text
 from autobuild_dsl.scorer import EnsembleConfig, TrainConfig, load_run, predict, train_run
 from autobuild_dsl.scorer.run import run_feature_importance

@@ -38,7 +38,7 @@ from autobuild_dsl.data import import_files  # noqa: E402
 from autobuild_dsl.data.dataset import LabeledDataset  # noqa: E402
 from autobuild_dsl.data.mixed import load_mixed_dataset  # noqa: E402
 from autobuild_dsl.graphs.ir import IrEncoder, IrGraph, op_presence  # noqa: E402
-from autobuild_dsl.graphs.ir_rank import (  # noqa: E402
+from autobuild_dsl.build.ir_rank import (  # noqa: E402
     OpTypeScore,
     SubgraphReport,
     op_type_scores,

@@ -264,12 +264,12 @@ def _ir_subgraphs(run: Any, top: int) -> tuple[Any, str | None]:
     import importlib
 
     try:
-        ir_rank = importlib.import_module("autobuild_dsl.graphs.ir_rank")
+        ir_rank = importlib.import_module("autobuild_dsl.build.ir_rank")
     except ImportError:
-        return None, "this installation has no ONNX-IR subgraph ranking (graphs.ir_rank)"
+        return None, "this installation has no ONNX-IR subgraph ranking (build.ir_rank)"
     function = getattr(ir_rank, "top_rooted_subgraphs", None)
     if function is None:
-        return None, "graphs.ir_rank has no top_rooted_subgraphs()"
+        return None, "build.ir_rank has no top_rooted_subgraphs()"
     try:
         return function(run, top=top), None
     except ValueError as error:  # the IR package's errors (IrError) are ValueErrors

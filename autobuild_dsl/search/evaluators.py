@@ -262,10 +262,11 @@ class LookupEvaluator(Evaluator):
     guess.
 
     The table may hold more than the searched space (the full benchmark while a reduced
-    space is searched): rows outside the space are skipped, counted in `skipped` and named
-    once in `notes`. Rows are matched by network (`space.equivalence`), so the row of an
-    equivalent architecture (the same compiled network) answers, and repeated rows of one
-    network are averaged. Malformed rows are still an error.
+    space is searched): rows outside the space are no error; they are counted in `outside`
+    and named once in `notes`. Rows are matched by network (`space.equivalence`), so the
+    row of an equivalent architecture (the same compiled network) answers, even one outside
+    the space as written, and repeated rows of one network are averaged. Malformed rows
+    are still an error.
     """
 
     cacheable = False
@@ -278,11 +279,12 @@ class LookupEvaluator(Evaluator):
             raise EvaluationError(f"{path}: no such labeled dataset")
         self._digest = _file_digest(path)  # before loading: the identity of what is read
         self._keyer = network_keyer(space)
-        self._table, self.skipped, example = _load_table(path, space, self._keyer)
-        if self.skipped:
+        self._table, self.outside, example = _load_table(path, space, self._keyer)
+        if self.outside:
+            rows = "1 row is" if self.outside == 1 else f"{self.outside:,} rows are"
             self.notes.append(
-                f"{path}: {self.skipped:,} rows are outside space {space.name} and were "
-                f"skipped (e.g. {example}); {len(self._table):,} networks can be looked up"
+                f"{path}: {rows} outside space {space.name} (e.g. "
+                f"{example}); they answer only for an equivalent network of the space"
             )
 
     def _fingerprint(self) -> str:
@@ -299,10 +301,10 @@ class LookupEvaluator(Evaluator):
             except (ResolveError, KeyError, ValueError):  # not even a network of the space
                 found = None
             if found is None:
-                skipped = f", {self.skipped:,} rows outside the space" if self.skipped else ""
+                outside = f", {self.outside:,} rows outside the space" if self.outside else ""
                 raise EvaluationError(
                     f"{self.config.data}: the architecture is not in the table "
-                    f"({len(self._table):,} networks{skipped}): {arch.key()}"
+                    f"({len(self._table):,} networks{outside}): {arch.key()}"
                 )
             results.append(dict(found))
         return results
@@ -316,7 +318,7 @@ def _load_table(
     A row outside the space may still be an equivalent of an architecture inside it (a
     reduced space from `abc build` restricts its modules: the row of a full-space
     architecture that compiles to a kept network answers), so such rows are keyed in the
-    space without its restrictions and rules before they are given up.
+    space without its restrictions and rules; rows that are not even that are dropped.
     """
     try:
         from autobuild_dsl.data import DatasetError, from_records
@@ -332,7 +334,7 @@ def _load_table(
     keys: dict[str, str] = {}  # canonical architecture key -> network key
     records = []
     bad: list[str] = []
-    skipped, example = 0, ""
+    outside, example = 0, ""
     for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
@@ -345,13 +347,13 @@ def _load_table(
             arch = canonicalize(space, raw)
             keys.setdefault(arch.key(), keyer(arch))
         except (ArchitectureError, ResolveError) as error:
+            outside += 1
+            example = example or f"{path}:{number}: {error}"
             try:
                 arch = canonicalize(relaxed, raw)
                 keys.setdefault(arch.key(), relaxed_keyer(arch))
             except (ArchitectureError, ResolveError):
-                skipped += 1
-                example = example or f"{path}:{number}: {error}"
-                continue
+                continue  # no network of the space can be this row's
         records.append((arch, metrics, count, None))
     if bad:
         shown = "\n".join(bad[:5]) + (f"\n... and {len(bad) - 5} more" if len(bad) > 5 else "")
@@ -359,14 +361,14 @@ def _load_table(
     if not records:
         raise EvaluationError(
             f"{path}: no row is an architecture of space {space.name}"
-            + (f" ({skipped:,} rows outside it, e.g. {example})" if skipped else "")
+            + (f" ({outside:,} rows outside it, e.g. {example})" if outside else "")
         )
     # The loader merges repeated rows of one network (mean per metric, weighted by count).
     dataset, _ = from_records(space, records, key=lambda arch: keys[arch.key()])
     table = {
         keys[arch.key()]: dataset.row_metrics(i) for i, arch in enumerate(dataset.architectures)
     }
-    return table, skipped, example
+    return table, outside, example
 
 
 # --------------------------------------------------------------------------- predictor

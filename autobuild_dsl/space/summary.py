@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import itertools
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from autobuild_dsl.space.decisions import space_size, stage_module_choices, unit_module_count
+from autobuild_dsl.space.equivalence import count_distinct_networks, may_have_equivalences
 from autobuild_dsl.space.expr import Value, format_expr, format_value
 from autobuild_dsl.space.model import Space
 
@@ -35,6 +36,15 @@ class SpaceSummary(BaseModel):
     units: list[UnitSummary]
     rules: list[str]
     ties: list[str]
+    equivalences: bool = Field(
+        default=False,
+        description="some layer can be a no-op, so architectures may share one network",
+    )
+    networks: int | None = Field(
+        default=None,
+        description="distinct networks, when equivalences are possible and the space is "
+        "small enough to enumerate (space.equivalence.COUNT_LIMIT)",
+    )
 
 
 def show_domain(domain: list[Value]) -> str:
@@ -51,7 +61,9 @@ def scientific(number: int) -> str:
     return f"{float(number):.3e}"
 
 
-def summarize(space: Space) -> SpaceSummary:
+def summarize(space: Space, count_networks: bool = True) -> SpaceSummary:
+    """The summary; with `count_networks`, distinct networks are counted where the space
+    may have equivalent architectures and holds at most COUNT_LIMIT of them."""
     units = space.module_units()
     unit_counts = {u.name: unit_module_count(space, u) for u in units}
     stage_rows = []
@@ -85,6 +97,7 @@ def summarize(space: Space) -> SpaceSummary:
                 modules=unit_counts.get(stage.name),
             )
         )
+    equivalences = may_have_equivalences(space)
     return SpaceSummary(
         name=space.name,
         description=space.description,
@@ -96,4 +109,6 @@ def summarize(space: Space) -> SpaceSummary:
         ],
         rules=[r.text for r in space.rules],
         ties=[f"{alias} = {keeper}" for alias, keeper in space.ties.items()],
+        equivalences=equivalences,
+        networks=count_distinct_networks(space) if equivalences and count_networks else None,
     )

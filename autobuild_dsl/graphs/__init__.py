@@ -1,5 +1,5 @@
 """Architectures as graphs for the scorer: the sequence-graph format (`encode.py`) and the
-fine-grained ONNX-IR format (`ir.py`; rooted-subgraph reports of IR runs in `ir_rank.py`).
+fine-grained ONNX-IR format (`ir.py`; rooted-subgraph reports of IR runs are in `build/ir_rank.py`).
 
 Names are imported on first use: `ir.py` needs PyG and ONNX, which most callers of the
 sequence encoder never touch.

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
-import tempfile
+import sys
 from pathlib import Path
 
 import click
 from rich.console import Console
 from rich.markup import escape
 
+from autobuild_dsl import io
 from autobuild_dsl.lang import CompileError, compile_file
 from autobuild_dsl.space.model import Space
 
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+console = Console(highlight=False, emoji=False)
+err_console = Console(stderr=True, highlight=False, emoji=False)
 
 EXIT_USER_ERROR = 1
 EXIT_COMPILE_ERROR = 2
@@ -50,6 +53,10 @@ def run_guarded(group: click.Group) -> int:
         count = len(error.diagnostics)
         err_console.print(f"{count} error{'s' if count != 1 else ''}", style="bold red")
         return EXIT_COMPILE_ERROR
+    except click.UsageError as error:
+        # Usage mistakes are bad input like any other: exit 1; 2 is for `.abs` diagnostics.
+        error.show()
+        return EXIT_USER_ERROR
     except click.exceptions.Abort:
         err_console.print("aborted", style="red")
         return 130
@@ -62,7 +69,22 @@ def run_guarded(group: click.Group) -> int:
         err_console.print("interrupted", style="red")
         return 130
     except BrokenPipeError:
+        _quiet_stdout()
         return 0
+    except io.OutputError as error:
+        _show_error(str(error))
+        return EXIT_USER_ERROR
+    except RecursionError:
+        _show_error("the input is nested too deeply to process")
+        return EXIT_USER_ERROR
+    except OSError as error:
+        # The system refused a file operation (read-only folder, disk full, no such
+        # folder, permission): the user's environment, not a bug.
+        if error.errno == errno.EPIPE:
+            _quiet_stdout()
+            return 0
+        _show_error(_os_message(error))
+        return EXIT_USER_ERROR
     except Exception as error:
         if os.environ.get("ABC_DEBUG"):
             raise
@@ -74,6 +96,31 @@ def run_guarded(group: click.Group) -> int:
         )
         return 3
     return 0
+
+
+def _show_error(message: str) -> None:
+    err_console.print(
+        f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False, soft_wrap=True
+    )
+
+
+def _os_message(error: OSError) -> str:
+    reason = error.strerror or type(error).__name__
+    if error.filename is None:
+        return reason
+    where = os.fsdecode(error.filename)
+    if error.filename2 is not None:
+        where += f" -> {os.fsdecode(error.filename2)}"
+    return f"{where}: {reason}"
+
+
+def _quiet_stdout() -> None:
+    """After a broken pipe (`abc rank RUN | head -1`): point stdout at /dev/null so the
+    interpreter's final flush does not fail again and turn exit 0 into exit 1."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 def load_space(path: str, name: str | None = None) -> Space:
@@ -90,15 +137,7 @@ def write_atomic(path: Path, text: str, force: bool = False) -> None:
     """Write a whole file or nothing: a temporary file renamed into place."""
     if path.exists() and not force:
         raise UserError(f"{path} exists; pass --force to overwrite it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    io.write_atomic(path, text)
 
 
 def read_json_file(path: str) -> object:

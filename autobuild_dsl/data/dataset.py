@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+from autobuild_dsl import io
 from autobuild_dsl.space.architecture import Architecture
 from autobuild_dsl.space.decisions import ArchitectureError, canonicalize
 from autobuild_dsl.space.model import Space
@@ -309,15 +308,7 @@ def write_text_atomic(path: str | Path, text: str, overwrite: bool = True) -> No
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    io.write_atomic(path, text)
 
 
 def save_dataset(dataset: LabeledDataset, path: str | Path, overwrite: bool = True) -> None:

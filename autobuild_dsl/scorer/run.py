@@ -19,9 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -32,6 +30,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, Field
 
+from autobuild_dsl import io as abc_io
 from autobuild_dsl.data.dataset import LabeledDataset
 from autobuild_dsl.data.splits import LabelStats, label_stats
 from autobuild_dsl.data.target import Target, parse_target
@@ -163,24 +162,8 @@ RunProgress = Callable[[ProgressEvent], None]
 # ----- atomic files ------------------------------------------------------------------------
 
 
-def _umask() -> int:
-    current = os.umask(0)
-    os.umask(current)
-    return current
-
-
 def _write_bytes_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        # mkstemp makes 0600 files; a run folder is for sharing, so honour the umask.
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    abc_io.write_atomic(path, data)
 
 
 def _write_json(path: Path, model: BaseModel) -> None:

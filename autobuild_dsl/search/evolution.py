@@ -23,7 +23,6 @@ import hashlib
 import json
 import os
 import random
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal, Protocol
@@ -31,6 +30,7 @@ from typing import Literal, Protocol
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from autobuild_dsl import io as abc_io
 from autobuild_dsl.search.pareto import Objective, non_dominated
 from autobuild_dsl.space.architecture import Architecture
 from autobuild_dsl.space.decisions import ArchitectureError, canonicalize, index_of, mutate
@@ -471,16 +471,7 @@ def _write_front(path: Path, config: SearchConfig, records: Sequence[SearchRecor
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    abc_io.write_atomic(path, text)
 
 
 def load_result(path: Path) -> SearchResult:

@@ -286,6 +286,7 @@ _WORKER_SPACES: dict[str, Space] = {}
 
 
 def _worker_init() -> None:
+    abc_io.die_with_parent()  # a kill -9 of the parent must not leave workers running
     torch.set_num_threads(1)
 
 

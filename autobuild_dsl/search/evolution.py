@@ -144,14 +144,46 @@ def run_search(
     config: SearchConfig,
     out_dir: Path | None = None,
     progress: ProgressCallback | None = None,
+    *,
+    force: bool = False,
 ) -> SearchResult:
-    """Run (or resume, if `out_dir` holds a checkpoint of the same search) to the budget."""
+    """Run (or resume, if `out_dir` holds a checkpoint of the same search) to the budget.
+    One search per folder at a time (a second fails with `OutputBusy`); `force` discards
+    what the folder holds, and without it records that no checkpoint owns are refused."""
+    if out_dir is None:
+        return _run_search(space, runner, config, None, progress)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with abc_io.output_lock(out_dir / STATE_FILE, "search folder"):
+        if force:
+            for name in (STATE_FILE, RECORDS_FILE, FRONT_FILE):
+                (out_dir / name).unlink(missing_ok=True)
+        elif not (out_dir / STATE_FILE).exists():
+            stray = [
+                name
+                for name in (RECORDS_FILE, FRONT_FILE)
+                if (out_dir / name).exists() and (out_dir / name).stat().st_size > 0
+            ]
+            if stray:
+                raise SearchStateError(
+                    f"{out_dir} holds {' and '.join(stray)} but no {STATE_FILE}: not a "
+                    "checkpoint this search can resume; use another folder, or --force to "
+                    "discard them"
+                )
+        return _run_search(space, runner, config, out_dir, progress)
+
+
+def _run_search(
+    space: Space,
+    runner: Evaluates,
+    config: SearchConfig,
+    out_dir: Path | None,
+    progress: ProgressCallback | None,
+) -> SearchResult:
     print_ = fingerprint(space, config, runner.identity)
     records: list[SearchRecord] = []
     generation = 0
     resumed_from = 0
     if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
         state = _read_state(out_dir)
         if state is not None:
             _check_resumable(state, print_, config)

@@ -79,7 +79,10 @@ def metric_value(value: object) -> float | None:
     """A JSON/CSV metric value as a finite float, or None when it is not one."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond the float range (> ~1.8e308)
+        return None
     return number if math.isfinite(number) else None
 
 
@@ -214,8 +217,10 @@ def from_records(
             if len(pairs) == 1:
                 values[i, j] = pairs[0][0]
             else:
+                # Weights first: v * c of two huge values could overflow to infinity,
+                # a weighted mean of finite values never does.
                 total = sum(c for _, c in pairs)
-                values[i, j] = sum(v * c for v, c in pairs) / total
+                values[i, j] = math.fsum(v * (c / total) for v, c in pairs)
     known = [sources[k] for k in order]
     dataset = LabeledDataset(
         space=space,

@@ -525,8 +525,10 @@ def _read_record(path: Path, name: str) -> MemberRecord:
         raise RunError(f"{file}: cannot read member record: {error}") from None
 
 
-def load_run(path: str | Path) -> TrainedRun:
-    """A trained run folder: its config and every finished member's model (eval mode)."""
+def load_run(path: str | Path, *, partial: bool = False) -> TrainedRun:
+    """A trained run folder: its config and every finished member's model (eval mode).
+    A run with unfinished members (interrupted) is refused unless `partial`: its ensemble
+    would silently be smaller (one member: no spread, `std` 0)."""
     path = Path(path)
     config_path = path / "config.json"
     if not config_path.is_file():
@@ -550,6 +552,13 @@ def load_run(path: str | Path) -> TrainedRun:
         members.append(LoadedMember(record=record, model=model))
     if not members:
         raise RunError(f"{path}: no finished member (resume it with `abc train ... --resume`)")
+    if len(members) < len(config.members) and not partial:
+        missing = [n for n in config.members if n not in {m.record.name for m in members}]
+        raise RunError(
+            f"{path}: only {len(members)} of {len(config.members)} members finished (the run "
+            f"was interrupted; missing {', '.join(missing[:5])}"
+            f"{' ...' if len(missing) > 5 else ''}); finish it with `abc train ... --resume`"
+        )
     metrics = None
     metrics_path = path / "metrics.json"
     if metrics_path.is_file():

@@ -142,10 +142,12 @@ def write_atomic(path: Path, text: str, force: bool = False) -> None:
 
 def read_json_file(path: str) -> object:
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+        return json.loads(Path(path).read_text(encoding="utf-8-sig"))
     except OSError as error:
         raise UserError(f"{path}: cannot read: {error.strerror}") from None
     except json.JSONDecodeError as error:
         raise UserError(
             f"{path}:{error.lineno}:{error.colno}: not valid JSON: {error.msg}"
         ) from None
+    except ValueError as error:  # not UTF-8, or an integer of more than 4300 digits
+        raise UserError(f"{path}: not valid JSON: {error}") from None

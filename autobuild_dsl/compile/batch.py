@@ -111,7 +111,7 @@ def read_arch_records(path: str | os.PathLike[str]) -> list[tuple[str, dict[str,
     and dataset files write it)."""
     name = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = Path(path).read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise BatchError(f"{name}: no such file") from None
     except (OSError, UnicodeDecodeError) as error:
@@ -119,7 +119,7 @@ def read_arch_records(path: str | os.PathLike[str]) -> list[tuple[str, dict[str,
     items: list[tuple[str, object]] = []
     try:
         whole = json.loads(text)
-    except json.JSONDecodeError:
+    except ValueError:  # JSONDecodeError, or an integer of more than 4300 digits
         errors = []
         for number, line in enumerate(text.split("\n"), start=1):
             if not line.strip():
@@ -130,6 +130,8 @@ def read_arch_records(path: str | os.PathLike[str]) -> list[tuple[str, dict[str,
                 errors.append(
                     f"{name}:{number}: not valid JSON: {error.msg} (column {error.colno})"
                 )
+            except ValueError as error:
+                errors.append(f"{name}:{number}: not valid JSON: {error}")
         if errors:
             raise BatchError(_listing(errors)) from None
     else:

@@ -241,6 +241,8 @@ def parse_row(space: Space, file: str, line: int, text: str) -> tuple[Architectu
         raise _row_error(
             file, line, f"not valid JSON: {error.msg} (column {error.colno})"
         ) from None
+    except ValueError as error:  # an integer of more than 4300 digits
+        raise _row_error(file, line, f"not valid JSON: {error}") from None
     if not isinstance(record, dict):
         raise _row_error(file, line, "expected an object with 'arch' and 'metrics'")
     unknown = sorted(set(record) - {"arch", "metrics", "count"})
@@ -283,7 +285,7 @@ def load_dataset(path: str | Path, space: Space) -> LabeledDataset:
     """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise DatasetError(f"{path}: no such file") from None
     except (OSError, UnicodeDecodeError) as error:

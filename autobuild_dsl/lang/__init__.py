@@ -37,7 +37,7 @@ def compile_text(text: str, path: str = "<text>", space: str | None = None) -> S
 def compile_file(path: str | Path, space: str | None = None) -> Space:
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as error:
         raise CompileError(
             [Diagnostic(path=str(path), line=1, column=1, message=f"cannot read the file: {error}")]

@@ -77,6 +77,6 @@ def _find_source(draft, path: str) -> SourceFile:
     if draft is not None and draft.loc.source.path == path:
         return draft.loc.source
     try:
-        return SourceFile(path=path, text=Path(path).read_text(encoding="utf-8"))
+        return SourceFile(path=path, text=Path(path).read_text(encoding="utf-8-sig"))
     except OSError:
         return SourceFile(path=path, text="")

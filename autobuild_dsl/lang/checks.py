@@ -26,6 +26,8 @@ def check_space(space: Space, draft, sink: DiagnosticSink) -> None:
             sources[path] = source
         sink.error(sources[path], line, column, message)
 
+    if not _check_rules_are_booleans(space, report):
+        return
     try:
         index = index_of(space)
     except SpaceTooComplex as error:
@@ -50,6 +52,32 @@ def check_space(space: Space, draft, sink: DiagnosticSink) -> None:
         )
         return
     _check_shapes(space, index, report)
+
+
+def _check_rules_are_booleans(space: Space, report) -> bool:
+    from autobuild_dsl.lang.limits import is_boolean
+
+    def domain_of(name: str) -> list | None:
+        owner, _, choice = name.partition(".")
+        if not choice:
+            return space.choices.get(name)
+        if choice == "depth":
+            return [0]  # a number
+        for stage in space.stages:
+            if stage.name == owner:
+                return stage.choices.get(choice)
+        return None
+
+    ok = True
+    for rule in space.rules:
+        if not is_boolean(rule.expr, domain_of):
+            report(
+                rule.where,
+                f"`require {rule.text}` is not a truth value; a rule must be a comparison, "
+                "`and`/`or`/`not`, or a boolean choice",
+            )
+            ok = False
+    return ok
 
 
 def _check_shapes(space: Space, index, report) -> None:

@@ -122,7 +122,12 @@ def parse(source: SourceFile, sink: DiagnosticSink, start: str = "start") -> Tre
             if text is None:
                 break
             continue
-        return tree if last_line == 0 else None
+        if last_line != 0:
+            return None
+        # Sizes, magnitudes and nesting, before anything expands or recurses on them.
+        from autobuild_dsl.lang.limits import check_limits
+
+        return tree if check_limits(tree, source, sink) else None
     return None
 
 

@@ -74,7 +74,10 @@ def compile_cmd(
         console.print(f"  rule: {rule}")
     for tie in info.ties:
         console.print(f"  tied: {tie}")
-    console.print(f"size: [bold]{info.size:,}[/] architectures ({summary.scientific(info.size)})")
+    console.print(
+        f"size: [bold]{summary.grouped(info.size)}[/] architectures "
+        f"({summary.scientific(info.size)})"
+    )
 
 
 @click.command("sample")

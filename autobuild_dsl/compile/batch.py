@@ -157,6 +157,12 @@ def read_arch_records(path: str | os.PathLike[str]) -> list[tuple[str, dict[str,
 
 def canonical_arch(space: Space, where: str, raw: dict[str, Any]) -> Architecture:
     """`raw` checked against `space`; an error says where, which field and why."""
+    named = raw.get("space")
+    if named is not None and named != space.name:
+        # An architecture names its space; one of another space is not taken as ours.
+        raise BatchError(
+            f"{where}: the architecture is of space {_quoted(named)}, not '{space.name}'"
+        )
     try:
         return canonicalize(space, raw)
     except ArchitectureError as error:
@@ -165,6 +171,10 @@ def canonical_arch(space: Space, where: str, raw: dict[str, Any]) -> Architectur
         if isinstance(claimed, str) and claimed != space.name:
             hint = f" (the architecture names space '{claimed}', this is '{space.name}')"
         raise BatchError(f"{where}: {error}{hint}") from None
+
+
+def _quoted(value: object) -> str:
+    return f"'{value}'" if isinstance(value, str) else json.dumps(value, default=str)
 
 
 def read_architectures(

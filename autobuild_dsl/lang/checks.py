@@ -88,7 +88,7 @@ def _check_shapes(space: Space, index, report) -> None:
     for _ in range(8):
         arch = index.sample(rng)
         try:
-            flow_shapes(resolve(space, arch))
+            flow_shapes(resolve(space, arch), check_op)
         except (ResolveError, ArithmeticError, ValueError) as error:
             message = str(error)
             where = None
@@ -97,6 +97,53 @@ def _check_shapes(space: Space, index, report) -> None:
                 where, message = head, message.split(": ", 1)[1]
             report(where or (space.stages[0].where if space.stages else None), message)
             return
+
+
+# Feature maps beyond these cannot be built on any machine: a typo, not a design.
+MAX_CHANNELS = 1 << 20
+MAX_SIZE = 1 << 15
+
+
+def check_op(node, shape) -> None:  # type: ignore[no-untyped-def]
+    """The build rules of an op that its shape rule does not state (the PyTorch modules
+    would refuse them): raises ValueError with the reason. Runs on sampled architectures
+    of every space at compile time, so a space none of whose networks builds is refused."""
+    attrs = node.attrs
+    if shape.channels < 1 or shape.size < 1:
+        raise ValueError(
+            f"its input has {shape.channels} channels of {shape.size}x{shape.size}: nothing to compute"
+        )
+    if shape.channels > MAX_CHANNELS or shape.size > MAX_SIZE:
+        raise ValueError(
+            f"its input ({shape.channels} channels of {shape.size}x{shape.size}) exceeds "
+            f"{MAX_CHANNELS} channels or {MAX_SIZE} pixels a side"
+        )
+    out = attrs.get("out")
+    if isinstance(out, int) and not isinstance(out, bool) and out > MAX_CHANNELS:
+        raise ValueError(f"out = {out} exceeds {MAX_CHANNELS} channels")
+    if node.op == "upsample" and shape.size * 2 > MAX_SIZE:
+        raise ValueError(f"it would make {shape.size * 2} pixels a side, more than {MAX_SIZE}")
+    if node.op == "dropout":
+        p = attrs.get("p", 0.0)
+        if not isinstance(p, int | float) or not 0 <= p <= 1:
+            raise ValueError(f"p = {p}: a drop probability is between 0 and 1")
+    if node.op == "conv":
+        groups = int(attrs.get("groups", 1) or 1)
+        cout = int(attrs.get("out", 1))
+        if shape.channels % groups or cout % groups:
+            raise ValueError(
+                f"{shape.channels} -> {cout} channels are not divisible into {groups} groups"
+            )
+    if node.op in ("conv", "dwconv") and attrs.get("norm") == "gn":
+        channels = int(attrs.get("out", shape.channels)) if node.op == "conv" else shape.channels
+        if channels % 32:
+            raise ValueError(f"group norm (32 groups) on {channels} channels: not divisible")
+    if node.op == "norm" and attrs.get("kind") == "gn":
+        groups = int(attrs.get("groups", 32) or 1)
+        if shape.channels % groups:
+            raise ValueError(
+                f"group norm: {shape.channels} channels are not divisible into {groups} groups"
+            )
 
 
 def _find_source(draft, path: str) -> SourceFile:

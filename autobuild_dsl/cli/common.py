@@ -17,8 +17,19 @@ from autobuild_dsl import io
 from autobuild_dsl.lang import CompileError, compile_file
 from autobuild_dsl.space.model import Space
 
-console = Console(highlight=False, emoji=False)
-err_console = Console(stderr=True, highlight=False, emoji=False)
+
+class _Console(Console):
+    """rich's Console, but a closed pipe (`abc rank RUN | head -1`) ends the command
+    quietly with exit 0 (rich's own handling exits 1)."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        raise BrokenPipeError
+
+
+# emoji=False: user text such as `n.json:smile:` is printed as written.
+console = _Console(highlight=False, emoji=False)
+err_console = _Console(stderr=True, highlight=False, emoji=False)
 
 EXIT_USER_ERROR = 1
 EXIT_COMPILE_ERROR = 2

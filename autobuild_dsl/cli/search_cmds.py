@@ -193,7 +193,7 @@ def search_cmd(
     space = load_space(space_file, space_name)
     with _user_errors():
         config = parse_evaluator_spec(evaluator_spec)
-        parsed = parse_objectives(objectives) if objectives else None
+        parsed = parse_objectives(objectives) if objectives is not None else None
         cache = None if no_cache or exhaustive else Path(cache_dir or default_cache_dir())
         with EvaluationRunner(
             space, config, cache_dir=cache, jobs=jobs, ray_address=ray_address

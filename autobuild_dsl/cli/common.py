@@ -117,6 +117,8 @@ def _show_error(message: str) -> None:
 
 def _os_message(error: OSError) -> str:
     reason = error.strerror or type(error).__name__
+    if error.errno == errno.EEXIST and error.filename is not None:
+        reason = "exists and is not a folder"
     if error.filename is None:
         return reason
     where = os.fsdecode(error.filename)

@@ -669,3 +669,21 @@ def test_generated_foreign_files_are_never_changed_by_resume(macro, tmp_path: Pa
             measured_keys(path, macro, settings)
         except BatchError:
             assert path.read_bytes() == before
+
+
+def test_a_long_extends_chain_is_exit_1(tmp_path, capsys, monkeypatch) -> None:
+    (tmp_path / "s0.abs").write_text(MACRO_TEXT.replace("space nas_bench_macro", "space s0"))
+    for i in range(1, 500):
+        (tmp_path / f"s{i}.abs").write_text(
+            f'space s{i} extends s{i - 1} from "s{i - 1}.abs" {{\n}}\n'
+        )
+    code, _, err = abc(capsys, monkeypatch, "compile", tmp_path / "s499.abs")
+    assert code in (1, 2) and "error" in err
+
+
+def test_a_lookup_table_that_cannot_be_read_is_exit_1(tmp_path, capsys, monkeypatch) -> None:
+    code, _, err = abc(
+        capsys, monkeypatch, "search", MACRO_FILE, "-e", f"lookup:{tmp_path}",
+        "--objectives", "max acc", "--budget", 4, "-o", tmp_path / "s", "--no-cache",
+    )  # fmt: skip
+    assert code == 1 and "error" in err

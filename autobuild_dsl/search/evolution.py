@@ -416,7 +416,7 @@ def _check_resumable(state: _State, print_: str, config: SearchConfig) -> None:
     if state.fingerprint != print_:
         old, new = state.config, config
         diffs = [
-            f"{name}: {getattr(old, name)!r} -> {getattr(new, name)!r}"
+            f"{name}: {_shown(getattr(old, name))} -> {_shown(getattr(new, name))}"
             for name in ("objectives", "init", "per_generation", "mode", "seed")
             if getattr(old, name) != getattr(new, name)
         ]
@@ -429,6 +429,13 @@ def _check_resumable(state: _State, print_: str, config: SearchConfig) -> None:
             f"the folder already holds {state.records} evaluations, more than the budget "
             f"{config.budget}; give --budget {state.records} or more, or use another folder"
         )
+
+
+def _shown(value: object) -> str:
+    """A setting as a user writes it (objectives as `max acc, min lat`), not a repr."""
+    if isinstance(value, list):
+        return ", ".join(getattr(o, "label", str(o)) for o in value)
+    return str(value)
 
 
 def _read_records(path: Path, count: int) -> list[SearchRecord]:

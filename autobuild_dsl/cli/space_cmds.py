@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from autobuild_dsl.cli.common import (
@@ -71,9 +72,9 @@ def compile_cmd(
                 f"  unit [cyan]{unit.name}[/] = {' + '.join(unit.stages)}: {unit.modules:,} modules"
             )
     for rule in info.rules:
-        console.print(f"  rule: {rule}")
+        console.print(f"  rule: {escape(rule)}")
     for tie in info.ties:
-        console.print(f"  tied: {tie}")
+        console.print(f"  tied: {escape(tie)}")
     console.print(
         f"size: [bold]{summary.grouped(info.size)}[/] architectures "
         f"({summary.scientific(info.size)})"

@@ -687,3 +687,10 @@ def test_a_lookup_table_that_cannot_be_read_is_exit_1(tmp_path, capsys, monkeypa
         "--objectives", "max acc", "--budget", 4, "-o", tmp_path / "s", "--no-cache",
     )  # fmt: skip
     assert code == 1 and "error" in err
+
+
+def test_graph_refuses_another_space_architecture(macro, tmp_path, capsys, monkeypatch) -> None:
+    path = tmp_path / "a.json"
+    path.write_text(json.dumps({**_arch_rows(macro)[0], "space": "other"}))
+    code, _, err = abc(capsys, monkeypatch, "graph", MACRO_FILE, path)
+    assert code == 1 and "of space 'other'" in err

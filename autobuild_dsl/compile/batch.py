@@ -291,6 +291,8 @@ def measured_keys(
         raise BatchError(str(error)) from None
     if not keys and not claimed and (torn.strip() or text.strip()):
         raise BatchError(f"{out}: cannot resume: not a measure output (no dataset row)")
+    if not claimed and keys:  # an output of an older version: claim it from now on
+        abc_io.write_claim(out, "measure", **_claim(space, settings))
     repaired = False
     if torn:
         with out.open("r+b") as handle:

@@ -447,3 +447,10 @@ def test_trained_norms_rank_the_test_split(macro_data: LabeledDataset) -> None:
     for hop, value in enumerate(member.metrics.hop_srcc):
         expected = spearmanr(norms[hop].numpy(), y[45:60]).statistic
         assert value == pytest.approx(expected)
+
+
+def test_a_constant_target_is_refused(macro_data: LabeledDataset, tmp_path: Path) -> None:
+    # `acc - acc` is 0 everywhere: nothing to rank, so no run (and nothing to build from).
+    with pytest.raises(RunError, match="nothing to learn"):
+        train_run(macro_data.space, macro_data, "acc - acc", tmp_path / "run")
+    assert not (tmp_path / "run").exists()

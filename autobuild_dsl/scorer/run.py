@@ -318,6 +318,14 @@ def train_run(
     if len(dataset) < 4:
         raise RunError(f"{len(dataset)} labeled architectures: at least 4 are needed")
     y = target.evaluate(dataset)
+    finite = np.asarray(y, dtype=np.float64)
+    finite = finite[np.isfinite(finite)]
+    if finite.size and finite.min() == finite.max():
+        # Nothing to rank: every SRCC would be undefined and the scores meaningless.
+        raise RunError(
+            f"target `{target.text}` is {finite[0]:g} for all {len(dataset)} labeled "
+            "architectures: nothing to learn; choose a target that varies"
+        )
     encoder = encoder or GraphEncoder(space)
     graphs = dataset.graphs(encoder)
     layers = num_layers or default_num_layers(space, graphs)

@@ -694,3 +694,45 @@ def test_graph_refuses_another_space_architecture(macro, tmp_path, capsys, monke
     path.write_text(json.dumps({**_arch_rows(macro)[0], "space": "other"}))
     code, _, err = abc(capsys, monkeypatch, "graph", MACRO_FILE, path)
     assert code == 1 and "of space 'other'" in err
+
+
+def test_generated_cli_inputs_never_exit_3(macro, tmp_path, capsys, monkeypatch) -> None:
+    rng = random.Random(18)
+    arch = json.dumps(_arch_rows(macro)[0])
+    contents: list[bytes] = [
+        b"",
+        b"\xef\xbb\xbf" + arch.encode(),
+        b"\xff\xfe\x00garbage",
+        b"[" * 3000,
+        ('{"globals": {"x": ' + "9" * 4400 + "}}").encode(),
+        arch.encode()[: len(arch) // 2],
+        (arch + "\n" + arch[:-1] + ', "x": 1}').encode(),
+        b"null",
+        b'{"arch": 5}',
+        MACRO_TEXT.replace("{", "", 1).encode(),
+        MACRO_TEXT.replace("out = 1280", "out = 1e999").encode(),
+    ]
+    files = []
+    for i, data in enumerate(contents):
+        path = tmp_path / f"in{i}.{rng.choice(['json', 'jsonl', 'abs', 'csv'])}"
+        path.write_bytes(data)
+        files.append(path)
+    for path in files:
+        for args in (
+            ("compile", path),
+            ("fmt", path),
+            ("validate", MACRO_FILE, path),
+            ("graph", MACRO_FILE, path),
+            ("sample", path, "-n", 2),
+            ("emit", MACRO_FILE, path, "--format", "torch", "-o", tmp_path / "e.pt", "--force"),
+            (
+                "measure", MACRO_FILE, path, "--metrics", "params", "--device", "meta",
+                "-o", tmp_path / "m.jsonl", "--force",
+            ),
+            (
+                "data", "import", "--from", "generic", "--space", MACRO_FILE, "-o",
+                tmp_path / "o.jsonl", "--arch", "arch", "--metric", "acc=acc", "--force", path,
+            ),
+        ):  # fmt: skip
+            code, _, _ = abc(capsys, monkeypatch, *args)
+            assert code in (0, 1, 2), args

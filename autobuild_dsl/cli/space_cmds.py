@@ -155,7 +155,10 @@ def fmt_cmd(files: tuple[str, ...], check: bool, write: bool) -> None:
 
     unformatted = []
     for name in files:
-        original = Path(name).read_text(encoding="utf-8") if Path(name).is_file() else None
+        try:
+            original = Path(name).read_text(encoding="utf-8") if Path(name).is_file() else None
+        except UnicodeDecodeError as error:
+            raise UserError(f"{name}: not UTF-8 text (byte {error.start})") from None
         if original is None:
             raise UserError(f"{name}: no such file")
         formatted = format_file(name, original)

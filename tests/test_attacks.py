@@ -736,3 +736,48 @@ def test_generated_cli_inputs_never_exit_3(macro, tmp_path, capsys, monkeypatch)
         ):  # fmt: skip
             code, _, _ = abc(capsys, monkeypatch, *args)
             assert code in (0, 1, 2), args
+
+
+def test_generated_hostile_runs_specs_and_formats(macro, tmp_path, capsys, monkeypatch) -> None:
+    hostile = [
+        b"",
+        b"\xef\xbb\xbf{}",
+        b"\xff\xfe",
+        b"[" * 3000,
+        b'{"00000000": {"params": ' + b"9" * 4400 + b"}}",
+        b'{"a": 1, "a": 2}',
+        b"Sub-network,Top-1 Acc (%)\n\"{1: 2, 'ks': [3]}\",1\n",
+        b'Sub-network,MACs,MACs\n"{}",1,2\n',
+    ]
+    files = []
+    for i, data in enumerate(hostile):
+        path = tmp_path / f"h{i}.{['json', 'csv'][i % 2]}"
+        path.write_bytes(data)
+        files.append(path)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text('{"space": 1}')
+    ofa = ROOT / "spaces" / "ofa_mbv3.abs"
+    for path in files:
+        for fmt, space in (("ofa", ofa), ("nas-bench-macro", MACRO_FILE)):
+            args = ("data", "import", "--from", fmt, "--space", space, "-o", tmp_path / "o.jsonl")
+            assert abc(capsys, monkeypatch, *args, "--force", path)[0] in (0, 1)
+        for command in ("predict", "rank"):
+            args = (command, run, path) if command == "predict" else (command, path.parent / "no")
+            assert abc(capsys, monkeypatch, *args)[0] == 1
+        plot = ("plot", path, "--x", "min lat", "--y", "max acc", "-o", tmp_path / "p.png")
+        assert abc(capsys, monkeypatch, *plot)[0] in (0, 1)  # an empty file: an empty chart
+    for spec, objectives in (
+        (f"lookup:{files[3]}", "max acc"),
+        (f"lookup:{files[1]}", "max " + "(" * 500 + "acc" + ")" * 500),
+        ("command:" + "x" * 300, "max 1e309"),
+        ("python:nope.module:fn", "min acc, min acc"),
+        ("@" + str(files[5]), "max acc"),
+        ("bogus", ","),
+        ("{", "max"),
+    ):
+        code, _, _ = abc(
+            capsys, monkeypatch, "search", MACRO_FILE, "-e", spec, "--objectives", objectives,
+            "--budget", 3, "-o", tmp_path / "s", "--no-cache", "--force",
+        )  # fmt: skip
+        assert code == 1

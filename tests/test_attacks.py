@@ -781,3 +781,11 @@ def test_generated_hostile_runs_specs_and_formats(macro, tmp_path, capsys, monke
             "--budget", 3, "-o", tmp_path / "s", "--no-cache", "--force",
         )  # fmt: skip
         assert code == 1
+
+
+def test_a_bad_saved_space_is_one_plain_line(tmp_path, capsys, monkeypatch) -> None:
+    path = tmp_path / "sp.json"
+    path.write_text('{"name": 5}')
+    code, _, err = abc(capsys, monkeypatch, "compile", path)
+    assert code == 1 and "name: Input should be a valid string" in err
+    assert "For further information" not in err and "input_value" not in err

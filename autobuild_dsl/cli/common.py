@@ -109,6 +109,25 @@ def run_guarded(group: click.Group) -> int:
     return 0
 
 
+def plain_error(error: BaseException) -> str:
+    """An exception as one line for a user: a pydantic error as `where: what` (its first
+    problem and how many more), not the raw multi-line dump with Python reprs."""
+    errors = getattr(error, "errors", None)
+    if callable(errors):
+        try:
+            items = errors()
+        except Exception:  # not pydantic's errors(): fall back to the text
+            items = None
+        if items:
+            first = items[0]
+            where = ".".join(str(part) for part in first.get("loc", ())) or "(top level)"
+            more = f" (and {len(items) - 1} more)" if len(items) > 1 else ""
+            return f"{where}: {first.get('msg', 'invalid')}{more}"
+    if isinstance(error, OSError):
+        return error.strerror or str(error)
+    return str(error)
+
+
 def _show_error(message: str) -> None:
     err_console.print(
         f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False, soft_wrap=True
@@ -142,7 +161,7 @@ def load_space(path: str, name: str | None = None) -> Space:
         try:
             return Space.from_json(Path(path).read_text(encoding="utf-8"))
         except (OSError, ValueError) as error:
-            raise UserError(f"{path}: not a saved space: {error}") from None
+            raise UserError(f"{path}: not a saved space: {plain_error(error)}") from None
     return compile_file(path, name)
 
 

@@ -27,6 +27,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import nn
 
+from autobuild_dsl import io as abc_io
 from autobuild_dsl.compile.network import CompiledNetwork, build_module
 from autobuild_dsl.compile.onnx_export import OnnxExportError, check_onnx, export_onnx
 from autobuild_dsl.space.architecture import Architecture
@@ -112,23 +113,9 @@ def emit_torch(
         network=net,
     )
     payload = {"header": header.model_dump_json(), "state_dict": module.state_dict()}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-    os.close(fd)
-    try:
+    with abc_io.atomic_path(out) as tmp:
         torch.save(payload, tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 is for the staging only
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return out
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def read_emitted(
@@ -229,13 +216,12 @@ def emit_onnx(
             )
         staged_data = scratch / data_out.name
         if staged_data.exists():
-            os.chmod(staged_data, 0o666 & ~_umask())
-            os.replace(staged_data, data_out)
+            abc_io.replace_into(staged_data, data_out)
             data_path: Path | None = data_out
         else:
             data_out.unlink(missing_ok=True)  # a stale companion of an older, larger model
             data_path = None
-        os.replace(staged, out)
+        abc_io.replace_into(staged, out)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return OnnxEmitted(path=out, data_path=data_path, max_abs_diff=diff)

@@ -712,6 +712,13 @@ def canonicalize(space: Space, raw: Architecture | dict) -> Architecture:
             raise ArchitectureError(f"{where}.depth: expected an integer, got {depth!r}")
         if not isinstance(layers, list):
             raise ArchitectureError(f"{where}.layers: expected a list")
+        odd = sorted(str(k) for k in set(raw_stage) - {"depth", "choices", "layers"})
+        if odd:
+            raise ArchitectureError(
+                f"{where}: unknown field '{odd[0]}' (fields: depth, choices, layers)"
+            )
+        if not isinstance(raw_stage.get("choices") or {}, dict):
+            raise ArchitectureError(f"{where}.choices: expected an object of stage choices")
         raw_choices = dict(raw_stage.get("choices") or {})
         own = {k: v for k, v in raw_choices.items() if f"{stage.name}.{k}" not in space.ties}
         for k, v in raw_choices.items():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from autobuild_dsl.space.architecture import Architecture
 from autobuild_dsl.space.decisions import index_of
 from autobuild_dsl.space.expr import ExprError, Value, evaluate
@@ -151,8 +153,11 @@ def _stage_nodes(stage: Stage, arch: Architecture, env: dict[str, Value]) -> lis
     return nodes
 
 
-def flow_shapes(net: ResolvedNetwork) -> list[Shape]:
-    """The output shape of every node, by the catalog's shape rules (skips concatenate)."""
+def flow_shapes(
+    net: ResolvedNetwork, check: Callable[[ResolvedNode, Shape], None] | None = None
+) -> list[Shape]:
+    """The output shape of every node, by the catalog's shape rules (skips concatenate).
+    `check(node, input shape)` may add rules of its own (raising ValueError)."""
     shape = Shape(net.input.channels, net.input.size)
     shapes: list[Shape] = []
     groups: dict[str, list[Shape]] = {}
@@ -179,6 +184,8 @@ def flow_shapes(net: ResolvedNetwork) -> list[Shape]:
                 shape = Shape(shape.channels + skip.channels, shape.size)
         at = f"{node.where}: " if node.where else ""
         try:
+            if check is not None:
+                check(node, shape)
             shape = CATALOG[node.op].shape(shape, node.attrs)
         except (ValueError, ArithmeticError) as error:
             raise ResolveError(f"{at}{node.op} in {pos.block}: {error}") from None

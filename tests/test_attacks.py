@@ -491,7 +491,9 @@ def test_broken_pipe_is_a_quiet_exit_0() -> None:
         f"{sys.executable} -m autobuild_dsl sample {MACRO_FILE} -n 3000 | head -1",
         shell=True, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
-    assert done.stdout.count("\n") == 1 and done.stderr == ""
+    # The only stderr line is sample's own summary: no traceback, no pipe error.
+    assert done.stdout.count("\n") == 1
+    assert [line for line in done.stderr.splitlines() if "architectures" not in line] == []
 
     from autobuild_dsl.cli.common import _Console
 

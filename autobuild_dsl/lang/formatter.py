@@ -267,6 +267,12 @@ class _Printer:
             if len(kids) >= 3 and isinstance(kids[-2], Token) and kids[-2].type == "AS"
             else ""
         )
+        clause = next(
+            (k for k in kids if isinstance(k, Tree) and k.data == "residual_clause"), None
+        )
+        if clause is not None:
+            settings = self.args(_kids(clause)[1:])
+            suffix = f" residual({settings})" + suffix if settings else " residual" + suffix
         body = kids[0]
         if isinstance(body, Tree) and body.data == "node_block":
             nodes = [self.node_item(n) for n in _kids(body)]

@@ -180,6 +180,10 @@ class SpaceIndex:
             options = []
             for depth in stage.depths:
                 fillings = self.layer_fillings(stage_name, depth)
+                if depth == 0:
+                    # An absent stage has no stage-level choices: one state, not one per value.
+                    options.append((_stage_state(stage, 0, {}), fillings))
+                    continue
                 for values in itertools.product(*stage.choices.values()):
                     choices = dict(zip(stage.choices, values, strict=True))
                     options.append((_stage_state(stage, depth, choices), fillings))
@@ -338,7 +342,7 @@ class SpaceIndex:
                 for position in range(depth):
                     configs = self.position_configs(s, position)
                     layers.append(dict(configs[rng.randrange(len(configs))]))
-                choices = {c: env[f"{s}.{c}"] for c in stage.choices}
+                choices = {c: env[f"{s}.{c}"] for c in stage.choices} if depth else {}
                 stages[s] = StageArch(depth=depth, choices=choices, layers=layers)
         return Architecture(space=self.space.name, globals=globals_, stages=stages)
 
@@ -346,6 +350,8 @@ class SpaceIndex:
         env: dict[str, Value] = dict(arch.globals)
         for name, stage in arch.stages.items():
             env[f"{name}.depth"] = stage.depth
+            if stage.depth == 0 and name in self.stages:
+                env.update(absent_choices(self.stages[name]))
             for choice, value in stage.choices.items():
                 env[f"{name}.{choice}"] = value
         return env
@@ -371,7 +377,16 @@ class SpaceIndex:
         return self._build(env, rng, keep=arch, redo={unit.name})
 
 
+def absent_choices(stage: Stage) -> dict[str, Value]:
+    """What a stage's own choices read as when the stage is absent (depth 0): their first
+    values. They are not decisions then (not counted, not in the architecture); rules and
+    expressions that name them still get a value."""
+    return {f"{stage.name}.{c}": domain[0] for c, domain in stage.choices.items() if domain}
+
+
 def _stage_state(stage: Stage, depth: int, choices: dict[str, Value]) -> Assignment:
+    if depth == 0:
+        return ((f"{stage.name}.depth", 0), *absent_choices(stage).items())
     return (
         (f"{stage.name}.depth", depth),
         *((f"{stage.name}.{c}", choices[c]) for c in stage.choices),
@@ -381,6 +396,8 @@ def _stage_state(stage: Stage, depth: int, choices: dict[str, Value]) -> Assignm
 def _state_matches(stage: Stage, part: StageModule, env: dict[str, Value]) -> bool:
     if env.get(f"{stage.name}.depth") != part.depth:
         return False
+    if part.depth == 0:
+        return True
     if not all(_same(env[f"{stage.name}.{c}"], part.choices[c]) for c in stage.choices):
         return False
     # A tied choice the module carries must agree with the value the tie holds.
@@ -537,7 +554,10 @@ def unit_module_count(space: Space, unit: Unit) -> int:
         combos = 1
         for domain in stage_module_choices(space, stage).values():
             combos *= len(domain)
-        total *= combos * sum(index.layer_fillings(stage_name, d) for d in stage.depths)
+        # An absent stage (depth 0) is one module: no choices, no layers.
+        total *= sum(
+            (combos if d else 1) * index.layer_fillings(stage_name, d) for d in stage.depths
+        )
     return total
 
 
@@ -563,6 +583,9 @@ def _stage_modules(space: Space, index: SpaceIndex, stage: Stage) -> list[StageM
     choices = stage_module_choices(space, stage)
     modules = []
     for depth in stage.depths:
+        if depth == 0:
+            modules.append(StageModule(depth=0, choices={}, layers=[]))
+            continue
         for values in itertools.product(*choices.values()):
             chosen = dict(zip(choices, values, strict=True))
             for layers in _layer_lists(index, stage.name, depth):
@@ -587,6 +610,8 @@ def check_stage_module(space: Space, stage: Stage, part: StageModule) -> StageMo
         raise ArchitectureError(
             f"depth {part.depth} needs {part.depth} layers, got {len(part.layers)}"
         )
+    if part.depth == 0:
+        return StageModule(depth=0, choices={}, layers=[])
     choices = stage_module_choices(space, stage)
     canonical_choices: dict[str, Value] = {}
     for name, value in part.choices.items():
@@ -713,6 +738,9 @@ def canonicalize(space: Space, raw: Architecture | dict) -> Architecture:
         if not isinstance(layers, list):
             raise ArchitectureError(f"{where}.layers: expected a list")
         raw_choices = dict(raw_stage.get("choices") or {})
+        if depth == 0 and 0 in stage.depths:
+            # An absent stage decides nothing: its choices, like unused layer slots, go.
+            raw_choices = {}
         own = {k: v for k, v in raw_choices.items() if f"{stage.name}.{k}" not in space.ties}
         for k, v in raw_choices.items():
             if f"{stage.name}.{k}" in space.ties:
@@ -727,7 +755,7 @@ def canonicalize(space: Space, raw: Architecture | dict) -> Architecture:
                     known = ", ".join(stage.choices) or "none"
                     raise ArchitectureError(f"unknown stage choice '{name}' (choices: {known})")
             choices = {}
-            for name, domain in stage.choices.items():
+            for name, domain in stage.choices.items() if depth else ():
                 if name not in own:
                     raise ArchitectureError(
                         f"missing stage choice '{name}' (one of {_show(domain)})"
@@ -836,11 +864,13 @@ def _mutate_layer(
         return index.resample_unit(arch, index.unit_of[stage.name], rng)
     current = arch.stages[stage.name]
     layers = [dict(x) for x in current.layers]
-    moves = ["change"]
+    moves = ["change"] if layers else []
     if current.depth + 1 in stage.depths:
         moves.append("add")
     if current.depth - 1 in stage.depths:
         moves.append("remove")
+    if not moves:
+        return None
     move = moves[rng.randrange(len(moves))]
     if move == "change":
         position = rng.randrange(len(layers))
@@ -856,7 +886,15 @@ def _mutate_layer(
     else:
         layers.pop(rng.randrange(len(layers)))
     layers = _refit_positions(stage, layers, rng)
-    new_stage = current.model_copy(update={"depth": len(layers), "layers": layers})
+    choices = dict(current.choices)
+    if not layers:
+        choices = {}  # the stage becomes absent: its choices go with it
+    elif current.depth == 0:
+        # The stage appears: it draws its stage-level choices.
+        choices = {c: d[rng.randrange(len(d))] for c, d in stage.choices.items()}
+    new_stage = current.model_copy(
+        update={"depth": len(layers), "layers": layers, "choices": choices}
+    )
     return arch.model_copy(update={"stages": {**arch.stages, stage.name: new_stage}})
 
 
@@ -893,9 +931,12 @@ def architecture_from_modules(
     """
     stages: dict[str, StageArch] = {}
     env: dict[str, Value] = dict(globals_)
-    for unit in index_of(space).units:
+    index = index_of(space)
+    for unit in index.units:
         for stage_name, part in zip(unit.stages, modules[unit.name], strict=True):
             env[f"{stage_name}.depth"] = part.depth
+            if part.depth == 0:
+                env.update(absent_choices(index.stages[stage_name]))
             for choice, value in part.choices.items():
                 env[f"{stage_name}.{choice}"] = value
             own = {c: v for c, v in part.choices.items() if f"{stage_name}.{c}" not in space.ties}
@@ -958,7 +999,7 @@ def _unit_layer_choices(
     for stage_name in unit.stages:
         stage = index.stages[stage_name]
         depth = int(env[f"{stage_name}.depth"])  # type: ignore[arg-type]
-        choices = {c: env[f"{stage_name}.{c}"] for c in stage.choices}
+        choices = {c: env[f"{stage_name}.{c}"] for c in stage.choices} if depth else {}
         per_stage.append(
             [
                 (

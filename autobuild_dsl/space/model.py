@@ -14,6 +14,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from autobuild_dsl.space.expr import Expr, Value
 
 
+# Names an attribute value may use for what enters its layer (in a fixed part, its node):
+# the channel count and the spatial size. They are not decisions: the builder knows them.
+INPUT_NAMES = ("in_channels", "in_size")
+
+
 class NodeTemplate(BaseModel):
     """One operation as written in the space; attribute values may depend on choices."""
 
@@ -25,6 +30,21 @@ class NodeTemplate(BaseModel):
     where: str | None = Field(default=None, description="file:line:col of the node", exclude=False)
 
 
+class Residual(BaseModel):
+    """A shortcut around a whole layer alternative: `residual(shortcut = auto, act = relu)`.
+
+    shortcut `auto`: identity when the layer keeps the shape, else a 1x1 conv + batch norm
+    (stride as the layer's); `conv`: always the 1x1 conv + batch norm; `identity`: always
+    the identity (an error where the shape changes). `act` runs after the add (ResNet's
+    post-activation); `none` leaves the sum as it is.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    shortcut: Literal["auto", "conv", "identity"] = "auto"
+    act: str = "none"
+
+
 class LayerOption(BaseModel):
     """One alternative for a layer: a sequence of nodes and its own per-layer choices."""
 
@@ -32,6 +52,7 @@ class LayerOption(BaseModel):
 
     label: str
     nodes: list[NodeTemplate]
+    residual: Residual | None = None
     choices: dict[str, list[Value]] = Field(
         default_factory=dict, description="per-layer decisions of this alternative, by name"
     )

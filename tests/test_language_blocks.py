@@ -110,7 +110,15 @@ FBNET_BLOCKS = {
     "k5_e3": (5, 3, 1),
     "k5_e6": (5, 6, 1),
 }
-FBNET_STAGES = [(16, 1, 1), (24, 4, 2), (32, 4, 2), (64, 4, 2), (112, 4, 1), (184, 4, 2), (352, 1, 1)]
+FBNET_STAGES = [
+    (16, 1, 1),
+    (24, 4, 2),
+    (32, 4, 2),
+    (64, 4, 2),
+    (112, 4, 1),
+    (184, 4, 2),
+    (352, 1, 1),
+]
 
 
 def _params(module: nn.Module) -> int:
@@ -581,3 +589,45 @@ def test_grouped_mbconv_needs_divisible_widths() -> None:
               }
             }"""
         )
+
+
+# ----------------------------------------------------------------------- rule chains
+
+CHAIN_RULES = [
+    "s2.c == s1.c or s2.c == 2 * s1.c",
+    "s3.c >= s2.c and s3.depth <= s1.depth + 1",
+    "s1.depth + s2.depth + s3.depth <= 5",
+    "not (s1.c == 2) or s3.c != 1",
+    "max(s1.c, s2.c) - min(s2.c, s3.c) < 2",
+    "s1.c / s2.c >= 1",
+]
+
+
+def _fresh(space):  # type: ignore[no-untyped-def]
+    return type(space).model_validate_json(space.model_dump_json())
+
+
+@pytest.mark.parametrize("rules", [CHAIN_RULES[:1], CHAIN_RULES[:3], CHAIN_RULES])
+def test_rule_dp_counts_and_lists_what_listing_does(
+    rules: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stages = [(0, 2, [1, 2, 3], [1, 3]), (1, 2, [1, 2, 4], [1]), (1, 3, [1, 2], [1, 3])]
+    text = _space_text(stages, rules[0]).replace(
+        f"  require {rules[0]}\n", "".join(f"  require {r}\n" for r in rules)
+    )
+    from autobuild_dsl.space import decisions
+
+    monkeypatch.setattr(decisions, "DP_THRESHOLD", 10**9)
+    listed = compile_text(text, "c.abs")
+    expected = space_size(listed)
+    expected_archs = {a.key() for a in iter_architectures(listed)}
+    monkeypatch.setattr(decisions, "DP_THRESHOLD", 0)
+    chained = _fresh(listed)
+    index = decisions.index_of(chained)
+    assert any(c.dp is not None for c in index.components)
+    assert space_size(chained) == expected > 0
+    assert {a.key() for a in iter_architectures(chained)} == expected_archs
+    # Uniform sampling through the DP.
+    draws = Counter(a.key() for a in sample(chained, 30 * len(expected_archs), seed=3))
+    assert set(draws) <= expected_archs
+    assert chisquare([draws[k] for k in sorted(expected_archs)]).pvalue > 0.001

@@ -158,9 +158,7 @@ def _plan(
         plan.built.append(built)
         plan.info.append(NodeInfo(node.op, pos.block, shape, new_shape, dict(attrs)))
         added = tuple(ends.get(i, ()))
-        plan.steps.append(
-            _Step(push_in, tuple(popped), push_out, tuple(starts.get(i, ())), added)
-        )
+        plan.steps.append(_Step(push_in, tuple(popped), push_out, tuple(starts.get(i, ())), added))
         shape = new_shape
         for number in added:
             span = net.residuals[number]

@@ -222,9 +222,7 @@ class MBConv(CompiledOp):
         self.shuffle = ChannelShuffle(groups) if shuffle and groups > 1 else None
         self.depthwise = ConvBNAct(dw_in, dw_in, kernel, stride, size, groups=dw_in, act=act)
         self.se = SqueezeExcite(dw_in, make_divisible(dw_in // 4, divisor)) if se else None
-        self.project = ConvBNAct(
-            dw_in, cout, 1, 1, -(-size // stride), groups=groups, act="none"
-        )
+        self.project = ConvBNAct(dw_in, cout, 1, 1, -(-size // stride), groups=groups, act="none")
         self.residual = stride == 1 and cin == cout
 
     def forward(self, x: torch.Tensor, cond: Cond | None = None) -> torch.Tensor:
@@ -278,9 +276,7 @@ class ResBlock(CompiledOp):
             ]
         self.convs = nn.ModuleList(conv2d(a, b, k, s, z, g) for a, b, k, s, z, g in widths)
         # Post: BN after each conv; pre: BN before each conv (on its input width).
-        self.norms = nn.ModuleList(
-            nn.BatchNorm2d(w[0] if self.pre else w[1]) for w in widths
-        )
+        self.norms = nn.ModuleList(nn.BatchNorm2d(w[0] if self.pre else w[1]) for w in widths)
         self.act = activation(act)
         self.shortcut: nn.Module | None = None
         if stride != 1 or cin != cout:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from autobuild_dsl.space.architecture import Architecture, StageArch
+from autobuild_dsl.space.chain import RuleDP, TooManyStates
 from autobuild_dsl.space.expr import (
     Binary,
     Call,
@@ -36,6 +37,9 @@ from autobuild_dsl.space.model import LayerOption, Space, Stage, StageModule, Un
 
 # Above this many joint scalar assignments in one group of linked rules, counting refuses.
 MAX_JOINT_ASSIGNMENTS = 2_000_000
+# Above this many, linked rules are counted by dynamic programming over the variables
+# (space/chain.py) instead of listing every joint assignment.
+DP_THRESHOLD = 20_000
 
 
 class ArchitectureError(ValueError):
@@ -102,13 +106,30 @@ class _Variable:
 class _Component:
     variables: list[int]
     rules: list[int]
-    # Satisfying joint states (index per variable) and their cumulative weights.
-    joint: list[tuple[int, ...]] = field(default_factory=list)
+    # Satisfying joint states (index per variable) and their cumulative weights; for a
+    # large component, `dp` counts and samples them instead, and `joint` is listed lazily.
+    listed: list[tuple[int, ...]] = field(default_factory=list)
     cumulative: list[int] = field(default_factory=list)
+    dp: RuleDP | None = None
 
     @property
     def total(self) -> int:
+        if self.dp is not None:
+            return self.dp.total
         return self.cumulative[-1] if self.cumulative else 0
+
+    @property
+    def joint(self) -> list[tuple[int, ...]]:
+        if self.dp is not None and not self.listed and self.dp.total:
+            self.listed = list(self.dp.joints())
+        return self.listed
+
+    def pick(self, rng: random.Random) -> tuple[int, ...]:
+        """One satisfying joint state, uniform over the weighted total."""
+        if self.dp is not None:
+            return self.dp.sample(rng)
+        pick = rng.randrange(self.total)
+        return self.listed[bisect.bisect_right(self.cumulative, pick)]
 
 
 class SpaceIndex:
@@ -243,12 +264,23 @@ class SpaceIndex:
             total = 0
             for index, weight in enumerate(variables[0].weights):
                 total += weight
-                component.joint.append((index,))
+                component.listed.append((index,))
                 component.cumulative.append(total)
             return
         joint_size = 1
         for variable in variables:
             joint_size *= len(variable.states)
+        if joint_size > DP_THRESHOLD:
+            try:
+                component.dp = RuleDP(
+                    [v.states for v in variables],
+                    [v.weights for v in variables],
+                    [self.rules[i].expr for i in component.rules],
+                    max_states=MAX_JOINT_ASSIGNMENTS,
+                )
+                return
+            except TooManyStates:
+                pass  # the rules keep too much apart: say so below, as before
         if joint_size > MAX_JOINT_ASSIGNMENTS:
             names = ", ".join(v.name for v in variables)
             raise SpaceTooComplex(
@@ -266,7 +298,7 @@ class SpaceIndex:
                 weight *= variable.weights[index]
             if weight and all(_holds(rule.expr, env) for rule in rules):
                 total += weight
-                component.joint.append(indices)
+                component.listed.append(indices)
                 component.cumulative.append(total)
 
     def _culprits(self, component: _Component) -> list[int]:
@@ -296,8 +328,7 @@ class SpaceIndex:
         for component in self.components:
             if component.total == 0:
                 raise ArchitectureError("the space is empty: no architecture satisfies its rules")
-            pick = rng.randrange(component.total)
-            joint = component.joint[bisect.bisect_right(component.cumulative, pick)]
+            joint = component.pick(rng)
             for variable_index, state_index in zip(component.variables, joint, strict=True):
                 chosen[variable_index] = state_index
                 env.update(self.variables[variable_index].states[state_index])

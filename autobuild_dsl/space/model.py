@@ -13,7 +13,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from autobuild_dsl.space.expr import Expr, Value
 
-
 # Names an attribute value may use for what enters its layer (in a fixed part, its node):
 # the channel count and the spatial size. They are not decisions: the builder knows them.
 INPUT_NAMES = ("in_channels", "in_size")

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from autobuild_dsl.space.architecture import Architecture
 from autobuild_dsl.space.decisions import index_of
-from autobuild_dsl.space.expr import ExprError, Value, evaluate
-from autobuild_dsl.space.expr import names_in
+from autobuild_dsl.space.expr import ExprError, Value, evaluate, names_in
 from autobuild_dsl.space.model import INPUT_NAMES, LayerOption, NodeTemplate, Space, Stage
 from autobuild_dsl.space.ops import CATALOG, Shape
 from autobuild_dsl.space.resolved import (

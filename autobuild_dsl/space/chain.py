@@ -126,7 +126,7 @@ class RuleDP:
         states: Sequence[Sequence[tuple[tuple[str, Value], ...]]],
         weights: Sequence[Sequence[int]],
         rules: Sequence[Expr],
-        max_states: int = 2_000_000,
+        max_states: int = 200_000,
     ) -> None:
         self.states = states
         self.weights = weights
@@ -150,9 +150,9 @@ class RuleDP:
                         moves.append((index, nxt))
                         following.add(nxt)
                 level[state] = moves
+                if seen + len(level) + len(following) > max_states:
+                    raise TooManyStates(f"more than {max_states:,} partial rule states")
             seen += len(level)
-            if seen > max_states:
-                raise TooManyStates(f"more than {max_states:,} partial rule states")
             levels.append(level)
             frontier = following
         # Backward: how many weighted completions each state has.

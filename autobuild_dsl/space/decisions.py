@@ -40,6 +40,8 @@ MAX_JOINT_ASSIGNMENTS = 2_000_000
 # Above this many, linked rules are counted by dynamic programming over the variables
 # (space/chain.py) instead of listing every joint assignment.
 DP_THRESHOLD = 20_000
+# The DP gives up (and the space is refused as before) above this many partial states.
+MAX_DP_STATES = 50_000
 
 
 class ArchitectureError(ValueError):
@@ -276,7 +278,7 @@ class SpaceIndex:
                     [v.states for v in variables],
                     [v.weights for v in variables],
                     [self.rules[i].expr for i in component.rules],
-                    max_states=MAX_JOINT_ASSIGNMENTS,
+                    max_states=MAX_DP_STATES,
                 )
                 return
             except TooManyStates:

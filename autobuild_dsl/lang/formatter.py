@@ -203,6 +203,11 @@ class _Printer:
             self.emit(item, indent, [f"unit {kids[1]} = {' + '.join(names)}"])
         elif kind == "restrict_decl":
             self.restrict(item, indent)
+        elif kind == "code_decl":
+            entries = [_kids(e) for e in kids[3:]]
+            lines = [f"code {kids[1]} = {kids[2]} {{"]
+            lines += [f"{INDENT}{self.value(e[0])} -> {self.assignment(e[1])}" for e in entries]
+            self.emit(item, indent, [*lines, "}"])
 
     def stages_decl(self, item: Tree, indent: str) -> None:
         kids = _kids(item)

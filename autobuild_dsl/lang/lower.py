@@ -34,6 +34,7 @@ from autobuild_dsl.space.expr import (
 )
 from autobuild_dsl.space.model import (
     INPUT_NAMES,
+    ArchitectureCode,
     FixedBlock,
     LayerOption,
     NodeTemplate,
@@ -142,6 +143,7 @@ class Draft:
     units: list[tuple[str, list[str], Loc]] = field(default_factory=list)
     requires: list[tuple[Expr, Loc]] = field(default_factory=list)
     restrictions: list[DraftRestriction] = field(default_factory=list)
+    codes: dict[str, ArchitectureCode] = field(default_factory=dict)
     # What the space being lowered declares in its own body (not what it inherits):
     # (namespace, name) -> (what it is, where). Declaring a name twice is an error.
     local: dict[tuple[str, str], tuple[str, Loc]] = field(default_factory=dict)
@@ -388,6 +390,8 @@ class Lowerer:
                 draft.units.append((str(kids[1]), names, loc))
         elif kind == "restrict_decl":
             draft.restrictions.append(self._restrict(source, item))
+        elif kind == "code_decl":
+            self._code(source, draft, item)
         else:  # pragma: no cover - the grammar has no other items
             self._error(_loc(source, item), f"unsupported item '{kind}'")
 
@@ -636,6 +640,29 @@ class Lowerer:
         return DraftOption(
             label=label, nodes=clean, loc=_loc(source, alternative), residual=residual
         )
+
+    def _code(self, source: SourceFile, draft: Draft, item: Tree) -> None:
+        kids = _kids(item)
+        name, kind = str(kids[1]), str(kids[2])
+        loc = _loc(source, kids[1])
+        if not self._declare(draft.local, ("code", name), "code", loc):
+            return
+        if kind not in ("layers", "stages"):
+            self._error(_loc(source, kids[2]), "a code is `layers` or `stages`")
+            return
+        tokens: dict[str, dict[str, Value]] = {}
+        for entry in kids[3:]:
+            entry_kids = _kids(entry)
+            value = self._value(source, entry_kids[0])
+            token = format_value(value) if not isinstance(value, str) else value
+            if token in tokens:
+                self._error(_loc(source, entry), f"token '{token}' is given twice")
+                continue
+            tokens[token] = self._assignment(source, entry_kids[1])
+        if not tokens:
+            self._error(loc, f"code '{name}' lists no token")
+            return
+        draft.codes[name] = ArchitectureCode(kind=kind, tokens=tokens)  # type: ignore[arg-type]
 
     def _residual(self, source: SourceFile, clause: Tree) -> Residual:
         """`residual(shortcut = auto|conv|identity, act = ACTIVATION)`: literal names only."""
@@ -997,6 +1024,8 @@ class Finaliser:
         restrictions = self._restrictions(space)
         if restrictions:
             space = space.model_copy(update={"restrictions": restrictions})
+        if draft.codes:
+            space = space.model_copy(update={"codes": dict(draft.codes)})
         if len(self.sink.items) > before:
             return None
         return space

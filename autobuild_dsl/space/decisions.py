@@ -714,6 +714,19 @@ def canonicalize(space: Space, raw: Architecture | dict) -> Architecture:
     """
     if isinstance(raw, Architecture):
         data = raw.model_dump(mode="python")
+    elif isinstance(raw, dict) and "code" in raw and "stages" not in raw:
+        # {"code": "02012100", "scheme": NAME}: a compact code the space declares.
+        from autobuild_dsl.space.codes import CodeError, decode
+
+        unknown = set(raw) - {"code", "scheme", "globals", "space"}
+        if unknown:
+            raise ArchitectureError(
+                f"unknown field '{sorted(unknown)[0]}' next to a code (fields: code, scheme, globals)"
+            )
+        try:
+            data = decode(space, raw["code"], raw.get("scheme"), raw.get("globals"))
+        except CodeError as error:
+            raise ArchitectureError(str(error)) from None
     elif isinstance(raw, dict):
         data = raw
     else:

@@ -138,6 +138,21 @@ class StageModule(BaseModel):
     layers: list[dict[str, Value]]
 
 
+class ArchitectureCode(BaseModel):
+    """How a data set writes an architecture compactly: a sequence of tokens (the
+    characters of a string, or the items of a list), each standing for a layer (`layers`:
+    in layer order over all stages, every stage at its fixed or largest depth) or for a
+    present stage (`stages`: in stage order; the stages after the last token are absent)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: Literal["layers", "stages"]
+    tokens: dict[str, dict[str, Value]] = Field(
+        description="token (as text) -> a layer's `op` and per-layer choices, or a "
+        "stage's stage-level choices"
+    )
+
+
 class Space(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -158,6 +173,9 @@ class Space(BaseModel):
     restrictions: dict[str, list[list[StageModule]]] = Field(
         default_factory=dict,
         description="unit or stage name -> the modules it may use (each a list, one per stage)",
+    )
+    codes: dict[str, ArchitectureCode] = Field(
+        default_factory=dict, description="compact architecture codes, by name"
     )
 
     @property

@@ -138,3 +138,54 @@ def test_code_declarations_are_checked() -> None:
             " layer conv(out = 4, kernel = {1, 3})\n }\n"
             " code k = layers {\n 1 -> (kernel = 1)\n 1 -> (kernel = 3)\n }\n}"
         )
+
+
+# ----------------------------------------------------------------------- emit's check
+
+
+def _plant(path: Path, stage_prefix: str) -> str:
+    """Swap one ReLU for a sigmoid inside the nodes under `stage_prefix`."""
+    import onnx
+
+    model = onnx.load(str(path))
+    for node in model.graph.node:
+        if node.name.startswith(stage_prefix) and node.op_type == "Relu":
+            node.op_type = "Sigmoid"
+            onnx.save(model, str(path))
+            return node.name
+    raise AssertionError(f"no ReLU under {stage_prefix}")
+
+
+def test_emit_check_catches_a_wrong_operation_deep_inside(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from autobuild_dsl.compile import emit
+    from autobuild_dsl.space.decisions import sample
+    from autobuild_dsl.space.resolve import resolve
+
+    space = compile_file(SPACES / "nas_bench_macro.abs")
+    arch = canonicalize(space, {"code": "12121212"}) if space.codes else None
+    if arch is None:
+        arch = next(
+            a
+            for a in sample(space, 50, seed=1)
+            if all(layer["op"] != "identity" for layer in a.stages["s2"].layers)
+        )
+    net = resolve(space, arch)
+    middle = max(i for i, n in enumerate(net.nodes) if n.position.block == "s2")
+    clean = emit.emit_onnx(tmp_path / "clean.onnx", space, arch)
+    assert clean.path.exists()
+
+    real_export = emit.export_onnx
+    planted: list[str] = []
+
+    def export_and_plant(module, net, path):  # type: ignore[no-untyped-def]
+        result = real_export(module, net, path)
+        planted.append(_plant(Path(path), f"/nodes.{middle}/"))
+        return result
+
+    monkeypatch.setattr(emit, "export_onnx", export_and_plant)
+    with pytest.raises(emit.EmitError, match="at stage s2") as info:
+        emit.emit_onnx(tmp_path / "bad.onnx", space, arch)
+    assert planted and "nothing was written" in str(info.value)
+    assert not (tmp_path / "bad.onnx").exists()

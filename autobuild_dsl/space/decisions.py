@@ -39,7 +39,7 @@ from autobuild_dsl.space.model import LayerOption, Space, Stage, StageModule, Un
 MAX_JOINT_ASSIGNMENTS = 2_000_000
 # Above this many, linked rules are counted by dynamic programming over the variables
 # (space/chain.py) instead of listing every joint assignment.
-DP_THRESHOLD = 20_000
+DP_THRESHOLD = 1_000
 # The DP gives up (and the space is refused as before) above this many partial states.
 MAX_DP_STATES = 50_000
 

@@ -110,9 +110,19 @@ class GenericMapping(BaseModel):
         default=None, description="default: from the file extension"
     )
     arch: str = Field(default="arch", description="column holding the architecture")
-    arch_format: Literal["canonical", "ofa"] = Field(
+    arch_format: Literal["canonical", "ofa", "code"] = Field(
         default="canonical",
-        description="canonical: {globals, stages} as `abc sample` writes; ofa: {ks, e, d, r}",
+        description="canonical: {globals, stages} as `abc sample` writes; ofa: {ks, e, d, r}; "
+        "code: a compact code the space declares (`code NAME = ...`)",
+    )
+    code: str | None = Field(
+        default=None,
+        description="arch_format code: which of the space's codes (default: its only one)",
+    )
+    code_pattern: str | None = Field(
+        default=None,
+        description="arch_format code: a regular expression whose first group is the code "
+        "inside the column (`^\\d+-(\\d+)-` for `64-41414-basic`)",
     )
     metrics: dict[str, str] = Field(description="metric name -> column (or dotted path)")
     records: str | None = Field(
@@ -733,6 +743,8 @@ def import_generic(
         reason = _ofa_layout(space)
         if reason:
             raise DatasetError(f"space {space.name} cannot take OFA subnets: {reason}")
+    if mapping.arch_format == "code":
+        _check_code_mapping(space, mapping)
 
     def rows() -> Iterator[_Raw]:
         for path in paths:
@@ -748,16 +760,20 @@ def import_generic(
                     yield raw
                     continue
                 try:
-                    if isinstance(value, str):
-                        value = _literal(value)
-                    if not isinstance(value, dict):
-                        raise ValueError("expected an object")
-                    raw.key = _subnet_key(value)
-                    if mapping.arch_format == "ofa":
-                        value = ofa_subnet_to_arch(space, value)
-                    elif "arch" in value and "stages" not in value:
-                        value = value["arch"]  # a row of `abc sample` output
-                    raw.arch = value
+                    if mapping.arch_format == "code":
+                        raw.key = json.dumps(value)
+                        raw.arch = code_to_arch(space, mapping, value)
+                    else:
+                        if isinstance(value, str):
+                            value = _literal(value)
+                        if not isinstance(value, dict):
+                            raise ValueError("expected an object")
+                        raw.key = _subnet_key(value)
+                        if mapping.arch_format == "ofa":
+                            value = ofa_subnet_to_arch(space, value)
+                        elif "arch" in value and "stages" not in value:
+                            value = value["arch"]  # a row of `abc sample` output
+                        raw.arch = value
                 except ValueError as error:
                     raw.error = f"{mapping.arch}: {error}"
                     yield raw
@@ -775,6 +791,45 @@ def import_generic(
     return _collect("generic", paths, space, rows(), [], progress, list(mapping.metrics))
 
 
+def _check_code_mapping(space: Space, mapping: GenericMapping) -> None:
+    from autobuild_dsl.space.codes import CodeError, pick_code
+
+    try:
+        pick_code(space, mapping.code)
+    except CodeError as error:
+        raise DatasetError(f"mapping: {error}") from None
+    if mapping.code_pattern is not None:
+        try:
+            if re.compile(mapping.code_pattern).groups < 1:
+                raise DatasetError("mapping: code_pattern needs a group: (...) around the code")
+        except re.error as error:
+            raise DatasetError(
+                f"mapping: code_pattern is not a regular expression: {error}"
+            ) from None
+
+
+def code_to_arch(space: Space, mapping: GenericMapping, value: Any) -> dict[str, Any]:
+    """A cell holding an architecture code -> the raw architecture it stands for.
+
+    A string cell is read as written (a digit string keeps its leading zeros); a list
+    cell (JSON, or `[0, 2, 1]` in a CSV) is one token per item."""
+    from autobuild_dsl.space.codes import CodeError, decode
+
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        raise ValueError("a code written as a number loses its leading zeros; write it as a string")
+    if mapping.code_pattern is not None:
+        if not isinstance(value, str):
+            raise ValueError("code_pattern needs a text cell")
+        match = re.search(mapping.code_pattern, value)
+        if match is None:
+            raise ValueError(f"'{value}' does not match code_pattern {mapping.code_pattern}")
+        value = match.group(1)
+    try:
+        return decode(space, value, mapping.code)
+    except CodeError as error:
+        raise ValueError(str(error)) from None
+
+
 def load_mapping(path: str | Path) -> GenericMapping:
     """Read a generic-import mapping file (JSON)."""
     data = _read_json(str(path))
@@ -789,6 +844,7 @@ __all__ = [
     "GenericMapping",
     "ImportReport",
     "ImportResult",
+    "code_to_arch",
     "import_files",
     "import_generic",
     "import_nas_bench_macro",

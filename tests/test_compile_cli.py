@@ -21,6 +21,7 @@ from autobuild_dsl.compile.batch import BatchError, MeasureSettings, measure_fil
 from autobuild_dsl.compile.emit import (
     META_ARCH,
     EmitError,
+    calibrate_norms,
     emit_onnx,
     onnx_metadata,
     read_emitted,
@@ -93,6 +94,7 @@ def test_emit_torch_reloads_and_matches_the_onnx_file(macro, tmp_path: Path) -> 
     assert not module.training
     torch.manual_seed(0)  # the weights `emit` draws with its default --seed 0
     fresh = build_module(resolve(macro, arch))
+    calibrate_norms(fresh, resolve(macro, arch), 0)  # and its batch-norm calibration
     for name, tensor in fresh.state_dict().items():
         assert torch.equal(state[name], tensor), name
     # Both files hold the same network: ONNX Runtime on the .onnx equals the reloaded module.
@@ -153,6 +155,7 @@ def test_emit_onnx_over_the_protobuf_limit_uses_external_data(
     assert out.stat().st_size < 1 << 20 < done.data_path.stat().st_size
     torch.manual_seed(0)
     module = build_module(resolve(macro, arch))
+    calibrate_norms(module, resolve(macro, arch), 0)
     assert check_onnx(module, out, atol=1e-4, batch=2) <= 1e-4
     with pytest.raises(EmitError, match="exists"):
         emit_onnx(out, macro, arch)

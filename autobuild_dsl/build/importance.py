@@ -6,11 +6,10 @@ held-out hop-0 SRCC); this module draws them as a bar chart (matplotlib, Agg bac
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from autobuild_dsl import io
 from autobuild_dsl.scorer.model import FeatureScore
 from autobuild_dsl.scorer.run import TrainedRun, run_feature_importance
 from autobuild_dsl.space.expr import format_value
@@ -78,16 +77,9 @@ def importance_chart(rows: Sequence[FeatureScore], out: str | Path, title: str =
 
 
 def _save_atomic(figure: object, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
     suffix = out.suffix.lower()
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=suffix, dir=out.parent)
-    os.close(fd)
-    try:
+    with io.atomic_path(out, suffix=suffix) as tmp:
         figure.savefig(tmp, format=suffix.lstrip("."))  # type: ignore[attr-defined]
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 __all__ = ["CHART_FORMATS", "ChartError", "feature_importance", "importance_chart", "value_text"]

@@ -234,9 +234,10 @@ def _write_parquet(path: Path, text: str, force: bool) -> None:
     if path.exists() and not force:
         raise UserError(f"{path} exists; pass --force to overwrite it")
     table = pacsv.read_csv(io.BytesIO(text.encode()))
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp)
-    tmp.replace(path)
+    from autobuild_dsl import io as abc_io
+
+    with abc_io.atomic_path(path, suffix=".parquet") as tmp:
+        pq.write_table(table, tmp)
 
 
 def _importance_table(rows: list[Any], title: str) -> Table:

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from autobuild_dsl.cli.common import (
@@ -82,10 +83,13 @@ def compile_cmd(
                 f"  unit [cyan]{unit.name}[/] = {' + '.join(unit.stages)}: {unit.modules:,} modules"
             )
     for rule in info.rules:
-        console.print(f"  rule: {rule}")
+        console.print(f"  rule: {escape(rule)}")
     for tie in info.ties:
-        console.print(f"  tied: {tie}")
-    console.print(f"size: [bold]{info.size:,}[/] architectures ({summary.scientific(info.size)})")
+        console.print(f"  tied: {escape(tie)}")
+    console.print(
+        f"size: [bold]{summary.grouped(info.size)}[/] architectures "
+        f"({summary.scientific(info.size)})"
+    )
     if info.equivalences:
         console.print(_networks_line(info.networks), soft_wrap=True)
 
@@ -207,7 +211,10 @@ def fmt_cmd(files: tuple[str, ...], check: bool, write: bool) -> None:
 
     unformatted = []
     for name in files:
-        original = Path(name).read_text(encoding="utf-8") if Path(name).is_file() else None
+        try:
+            original = Path(name).read_text(encoding="utf-8") if Path(name).is_file() else None
+        except UnicodeDecodeError as error:
+            raise UserError(f"{name}: not UTF-8 text (byte {error.start})") from None
         if original is None:
             raise UserError(f"{name}: no such file")
         formatted = format_file(name, original)

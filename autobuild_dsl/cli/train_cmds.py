@@ -327,6 +327,14 @@ def train_cmd(
                 encoder=encoder,
             )
     assert run.metrics is not None
+    left_out = len(dataset) - run.config.rows
+    if left_out > 0 and not as_json:
+        # Said even with --quiet: training on fewer rows than given is never silent.
+        err_console.print(
+            f"note: {left_out:,} of {len(dataset):,} architectures lack a metric of the target "
+            f"and were left out",
+            markup=False,
+        )
     if as_json:
         click.echo(json.dumps(summary_json(run.metrics)))
         return

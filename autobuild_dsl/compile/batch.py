@@ -22,6 +22,7 @@ worker fixes torch's and ONNX Runtime's thread counts), or on a Ray cluster
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import signal
@@ -34,6 +35,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from autobuild_dsl import io as abc_io
 from autobuild_dsl.compile.measure import Device, check_metrics, measure
 from autobuild_dsl.space.architecture import Architecture
 from autobuild_dsl.space.decisions import ArchitectureError, canonicalize
@@ -109,7 +111,7 @@ def read_arch_records(path: str | os.PathLike[str]) -> list[tuple[str, dict[str,
     and dataset files write it)."""
     name = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = Path(path).read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise BatchError(f"{name}: no such file") from None
     except (OSError, UnicodeDecodeError) as error:
@@ -117,7 +119,7 @@ def read_arch_records(path: str | os.PathLike[str]) -> list[tuple[str, dict[str,
     items: list[tuple[str, object]] = []
     try:
         whole = json.loads(text)
-    except json.JSONDecodeError:
+    except ValueError:  # JSONDecodeError, or an integer of more than 4300 digits
         errors = []
         for number, line in enumerate(text.split("\n"), start=1):
             if not line.strip():
@@ -128,6 +130,8 @@ def read_arch_records(path: str | os.PathLike[str]) -> list[tuple[str, dict[str,
                 errors.append(
                     f"{name}:{number}: not valid JSON: {error.msg} (column {error.colno})"
                 )
+            except ValueError as error:
+                errors.append(f"{name}:{number}: not valid JSON: {error}")
         if errors:
             raise BatchError(_listing(errors)) from None
     else:
@@ -153,6 +157,12 @@ def read_arch_records(path: str | os.PathLike[str]) -> list[tuple[str, dict[str,
 
 def canonical_arch(space: Space, where: str, raw: dict[str, Any]) -> Architecture:
     """`raw` checked against `space`; an error says where, which field and why."""
+    named = raw.get("space")
+    if named is not None and named != space.name:
+        # An architecture names its space; one of another space is not taken as ours.
+        raise BatchError(
+            f"{where}: the architecture is of space {_quoted(named)}, not '{space.name}'"
+        )
     try:
         return canonicalize(space, raw)
     except ArchitectureError as error:
@@ -161,6 +171,10 @@ def canonical_arch(space: Space, where: str, raw: dict[str, Any]) -> Architectur
         if isinstance(claimed, str) and claimed != space.name:
             hint = f" (the architecture names space '{claimed}', this is '{space.name}')"
         raise BatchError(f"{where}: {error}{hint}") from None
+
+
+def _quoted(value: object) -> str:
+    return f"'{value}'" if isinstance(value, str) else json.dumps(value, default=str)
 
 
 def read_architectures(
@@ -211,24 +225,26 @@ def measured_keys(
     numbers that do not compare."""
     out = Path(path)
     data = out.read_bytes()
-    repaired = False
+    torn = b""
     if data and not data.endswith(b"\n"):
         cut = data.rfind(b"\n") + 1
         try:
             json.loads(data[cut:])
         except ValueError:
-            # A hard kill in the middle of a line: drop the torn tail, it is measured again.
-            with out.open("r+b") as handle:
-                handle.truncate(cut)
-            data = data[:cut]
-            repaired = True
+            # A hard kill in the middle of a line: the torn tail is cut off (and measured
+            # again), but only once the rest is known to be this command's own rows.
+            torn, data = data[cut:], data[:cut]
         else:
-            with out.open("ab") as handle:
-                handle.write(b"\n")
+            data += b"\n"
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BatchError(f"{out}: cannot resume: not a measure output (not UTF-8 text)") from None
     expected = _expected_settings(settings)
+    wanted = set(settings.metrics)
     keys: set[str] = set()
     errors: list[str] = []
-    for number, line in enumerate(data.decode("utf-8").split("\n"), start=1):
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         where = f"{out}:{number}"
@@ -250,23 +266,56 @@ def measured_keys(
             continue
         metrics = record["metrics"]
         missing = [m for m in settings.metrics if m not in metrics]
-        if missing:
+        extra = sorted(set(metrics) - wanted - set(LATENCY_SETTINGS))
+        if missing or extra:
+            what = f"has no {', '.join(missing)}" if missing else f"also has {', '.join(extra)}"
             raise BatchError(
-                f"{where}: cannot resume: this row has no {', '.join(missing)}; resume with "
-                "the --metrics it was measured with, or measure into a new file"
+                f"{where}: cannot resume: this row {what}; resume with the --metrics it was "
+                f"measured with ({', '.join(sorted(set(metrics) - set(LATENCY_SETTINGS)))}), "
+                "or measure into a new file"
             )
         for metric, value in expected.items():
             if metrics.get(metric) != value:
                 option = LATENCY_SETTINGS[metric]
                 raise BatchError(
                     f"{where}: cannot resume: measured with {metric} = "
-                    f"{metrics.get(metric)!r}, this run uses {value}; resume with the same "
+                    f"{_plain(metrics.get(metric))}, this run uses {value}; resume with the same "
                     f"--{option}, or measure into a new file"
                 )
         keys.add(arch.key())
     if errors:
         raise BatchError(_listing(errors, f"{out}: cannot resume:"))
+    try:  # the sidecar catches what rows cannot show (another space version, command)
+        claimed = abc_io.check_claim(out, "measure", **_claim(space, settings))
+    except abc_io.ForeignOutput as error:
+        raise BatchError(str(error)) from None
+    if not keys and not claimed and (torn.strip() or text.strip()):
+        raise BatchError(f"{out}: cannot resume: not a measure output (no dataset row)")
+    if not claimed and keys:  # an output of an older version: claim it from now on
+        abc_io.write_claim(out, "measure", **_claim(space, settings))
+    repaired = False
+    if torn:
+        with out.open("r+b") as handle:
+            handle.truncate(len(data))
+        repaired = True
+    elif data and not out.read_bytes().endswith(b"\n"):
+        with out.open("ab") as handle:
+            handle.write(b"\n")
     return keys, repaired
+
+
+def _claim(space: Space, settings: MeasureSettings) -> dict[str, Any]:
+    """What a measure output depends on: recorded beside it, checked on resume."""
+    return {
+        "space": space.name,
+        "space_digest": hashlib.sha256(space.to_json().encode("utf-8")).hexdigest(),
+        "metrics": sorted(settings.metrics),
+        **_expected_settings(settings),
+    }
+
+
+def _plain(value: object) -> str:
+    return "nothing" if value is None else json.dumps(value)
 
 
 # ------------------------------------------------------------------------- the workers
@@ -297,6 +346,7 @@ def _fix_threads(threads: int) -> None:
 def _init_worker(space_json: str, settings_json: str) -> None:
     # Ctrl-C reaches the whole process group: only the parent reacts (it stops the pool).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    abc_io.die_with_parent()
     _, settings = _state(space_json, settings_json)
     _fix_threads(settings.threads)
 
@@ -454,6 +504,33 @@ def measure_file(
     path = Path(out)
     if path.is_dir():
         raise BatchError(f"{path} is a folder")
+    # One writer per output: a second run (or resume) on the same file fails at once.
+    with abc_io.output_lock(path, "measure output"):
+        return _measure_locked(
+            space,
+            archs,
+            path,
+            settings,
+            jobs=jobs,
+            ray=ray,
+            resume=resume,
+            overwrite=overwrite,
+            progress=progress,
+        )
+
+
+def _measure_locked(
+    space: Space,
+    archs: Sequence[Architecture],
+    path: Path,
+    settings: MeasureSettings,
+    *,
+    jobs: int,
+    ray: str | None,
+    resume: bool,
+    overwrite: bool,
+    progress: Callable[[BatchProgress], None] | None,
+) -> BatchReport:
     distinct: dict[str, Architecture] = {}
     for arch in archs:
         distinct.setdefault(arch.key(), arch)
@@ -499,7 +576,8 @@ def measure_file(
             else:
                 if handle is None:
                     if fresh:
-                        _replace_with_empty(path)
+                        abc_io.write_atomic(path, b"")
+                        abc_io.write_claim(path, "measure", **_claim(space, settings))
                     handle = path.open("a", encoding="utf-8")
                 handle.write(dataset_row(distinct[key], metrics))
                 handle.flush()  # on disk before the next one finishes: nothing to lose
@@ -515,13 +593,6 @@ def measure_file(
             os.fsync(handle.fileno())
             handle.close()
     return report
-
-
-def _replace_with_empty(path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(b"")
-    os.replace(tmp, path)
 
 
 def oversubscribed(jobs: int, threads: int) -> str | None:

@@ -34,7 +34,14 @@ if TYPE_CHECKING:
 from autobuild_dsl.space.architecture import Architecture
 from autobuild_dsl.space.decisions import index_of, stage_module_choices
 from autobuild_dsl.space.expr import Binary, Call, Expr, LayerRef, Ref, Unary, Value
-from autobuild_dsl.space.model import LayerOption, NodeTemplate, Space, Stage, StageModule
+from autobuild_dsl.space.model import (
+    INPUT_NAMES,
+    LayerOption,
+    NodeTemplate,
+    Space,
+    Stage,
+    StageModule,
+)
 from autobuild_dsl.space.resolve import ResolveError, resolve_node
 from autobuild_dsl.space.resolved import NodePosition
 
@@ -101,7 +108,8 @@ def _template_names(template: NodeTemplate) -> tuple[set[str], set[str]]:
     _expr_names(template.condition, scalars, layer)
     for expr in template.attrs.values():
         _expr_names(expr, scalars, layer)
-    return scalars, layer
+    # The layer's input is no decision: attributes that follow it are not features.
+    return scalars - set(INPUT_NAMES), layer
 
 
 # torch and PyG are imported on first use, not with this module: PyG pulls in
@@ -247,7 +255,9 @@ class GraphEncoder:
                 layer = dict(zip(layer_list, layer_values, strict=True)) if option else None
                 for first in firsts:
                     try:
-                        node = resolve_node(template, env, layer, position, first_layer=first)
+                        node = resolve_node(
+                            template, env, layer, position, first_layer=first, skip_input_attrs=True
+                        )
                     except ResolveError:
                         continue  # a combination the rules exclude may not evaluate
                     if node is not None:
@@ -382,7 +392,14 @@ class GraphEncoder:
         width = len(self.categories)
         for template in templates:
             try:
-                node = resolve_node(template, env, layer, position, first_layer=layer_index == 0)
+                node = resolve_node(
+                    template,
+                    env,
+                    layer,
+                    position,
+                    first_layer=layer_index == 0,
+                    skip_input_attrs=True,
+                )
             except (ResolveError, KeyError) as error:
                 raise EncodeError(f"{where}: {error}") from None
             if node is None:
@@ -411,6 +428,8 @@ class GraphEncoder:
         self, plan: _StagePlan, env: dict[str, Value], layers: Sequence[dict[str, Value]]
     ) -> list[np.ndarray]:
         blocks = []
+        if not layers:
+            return blocks  # an absent stage (depth 0) is no node, not even its extras
         if plan.stage.before:
             blocks.append(self._rows(plan, env, "before", -1, None))
         for i, layer in enumerate(layers):

@@ -106,7 +106,9 @@ def parse(source: SourceFile, sink: DiagnosticSink, start: str = "start") -> Tre
     (only when its braces balance, so the structure around it survives) and the text is
     parsed again; a later error on a later line is then a real one of the user's.
     """
-    text = source.text
+    # A UTF-8 byte-order mark (some editors write one) is not part of the language; it
+    # is invisible, so columns on line 1 still match what the editor shows.
+    text = source.text.removeprefix("\ufeff")
     last_line = 0
     for _ in range(_MAX_SYNTAX_ERRORS):
         try:
@@ -124,7 +126,12 @@ def parse(source: SourceFile, sink: DiagnosticSink, start: str = "start") -> Tre
             if text is None:
                 break
             continue
-        return tree if last_line == 0 else None
+        if last_line != 0:
+            return None
+        # Sizes, magnitudes and nesting, before anything expands or recurses on them.
+        from autobuild_dsl.lang.limits import check_limits
+
+        return tree if check_limits(tree, source, sink) else None
     return None
 
 

@@ -599,8 +599,11 @@ class CommandEvaluator(Evaluator):
             tokens = []
         for token in tokens:
             path = Path(token) if Path(token).is_absolute() else cwd / token
-            if len(token) < 4096 and path.is_file():
-                digests.append(f"{token}={_file_digest(path)}")
+            try:  # a word may be no path at all (too long a name, unreadable)
+                if len(token) < 4096 and path.is_file():
+                    digests.append(f"{token}={_file_digest(path)}")
+            except OSError:
+                continue
         return ",".join(digests)
 
     def evaluate(self, archs: Sequence[Architecture]) -> list[dict[str, float]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 from pydantic import BaseModel, Field
 
@@ -58,7 +59,30 @@ def show_domain(domain: list[Value]) -> str:
 
 
 def scientific(number: int) -> str:
-    return f"{float(number):.3e}"
+    """`number` as `6.561e+03`, computed on integers: a space can hold more than 1.8e308
+    architectures (float overflow) or more than 4300 digits' worth (str() refuses)."""
+    if number < 0:
+        return "-" + scientific(-number)
+    if number < 10**15:
+        return f"{float(number):.3e}"
+    # Keep ~6 leading digits: divide by a power of ten found from the bit length.
+    shift = max(0, int((number.bit_length() - 1) * math.log10(2)) - 6)
+    head = number // 10**shift
+    digits = len(str(head))
+    mantissa = head / 10 ** (digits - 1)
+    exponent = shift + digits - 1
+    text = f"{mantissa:.3f}"
+    if text.startswith("10."):  # rounding carried into a new digit
+        text, exponent = "1.000", exponent + 1
+    return f"{text}e+{exponent:02d}"
+
+
+def grouped(number: int) -> str:
+    """`number` with thousands separators, or in scientific form when it is too long to
+    print in full (Python converts at most 4300 digits)."""
+    if number.bit_length() > 13000:  # ~3900 decimal digits
+        return scientific(number)
+    return f"{number:,}"
 
 
 def summarize(space: Space, count_networks: bool = True) -> SpaceSummary:

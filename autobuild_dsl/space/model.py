@@ -27,7 +27,6 @@ MEANING_ONLY = {"meaning_only": True}
 INPUT_NAMES = ("in_channels", "in_size")
 
 
-
 class _Located(BaseModel):
     """A part that records where it was written (`where`), which is not part of its value."""
 

@@ -77,7 +77,7 @@ BENCHES = {
         Bench(
             "dynast",
             "DyNAS-T OFA MobileNetV3, `top1`",
-            "ofa_mbv3.abs",
+            "mbv3.abs",
             "ofa",
             ("dynast_ofa_mbv3_acc/*.csv",),
             "top1",
@@ -86,7 +86,7 @@ BENCHES = {
         Bench(
             "help_2080ti_64",
             "HELP OFA MobileNetV3, `lat_2080ti_64`",
-            "ofa_mbv3.abs",
+            "mbv3.abs",
             "ofa",
             ("help_ofa_latency/*.json",),
             "lat_2080ti_64",
@@ -95,7 +95,7 @@ BENCHES = {
         Bench(
             "help_v100_1",
             "HELP OFA MobileNetV3, `lat_v100_1`",
-            "ofa_mbv3.abs",
+            "mbv3.abs",
             "ofa",
             ("help_ofa_latency/*.json",),
             "lat_v100_1",

@@ -102,7 +102,7 @@ def test_several_global_assignments_merge() -> None:
 
 
 def test_top_k_reduced_space_compiles_to_the_product_of_ks(tmp_path: Path) -> None:
-    space = compile_file(SPACES / "ofa_mbv3.abs")
+    space = compile_file(SPACES / "mbv3.abs")
     rng = random.Random(0)
     units = {}
     for unit in index_of(space).units:
@@ -118,7 +118,7 @@ def test_top_k_reduced_space_compiles_to_the_product_of_ks(tmp_path: Path) -> No
     out.parent.mkdir()
     out.write_text(
         reduced_space_text(
-            space, SPACES / "ofa_mbv3.abs", out, selection, "ofa_top", header=["test"]
+            space, SPACES / "mbv3.abs", out, selection, "ofa_top", header=["test"]
         )
     )
     reduced = compile_file(out)

@@ -109,7 +109,7 @@ def test_load_emitted_checks_the_space(macro, tmp_path: Path) -> None:
     with pytest.raises(EmitError, match="has changed"):
         load_emitted(pt, space=changed)
     with pytest.raises(EmitError, match="not 'ofa_mbv3'"):
-        load_emitted(pt, space=compile_file(ROOT / "spaces" / "ofa_mbv3.abs"))
+        load_emitted(pt, space=compile_file(ROOT / "spaces" / "mbv3.abs"))
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(EmitError, match="not an emitted PyTorch module"):
         load_emitted(tmp_path / "junk.pt")

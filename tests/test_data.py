@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SPACES = ROOT / "spaces"
 SHARED_DATA = ROOT.parent / "shared" / "data"  # tests that need it take `shared_data`
 
-OFA = str(SPACES / "ofa_mbv3.abs")
+OFA = str(SPACES / "mbv3.abs")
 MACRO = str(SPACES / "nas_bench_macro.abs")
 
 

@@ -141,7 +141,10 @@ def _collect(
         accepted.append((arch, raw.metrics, 1, f"{raw.file}:{raw.row}"))
     dataset, merged = (None, 0)
     if accepted:
-        dataset, merged = from_records(space, accepted, metric_order)
+        # Only the names some row has: a compact copy of a table may leave columns out.
+        present = {name for _, metrics, _, _ in accepted for name in metrics}
+        order = [name for name in metric_order if name in present]
+        dataset, merged = from_records(space, accepted, order)
     report = ImportReport(
         format=fmt,
         files=list(files),

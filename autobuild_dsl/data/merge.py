@@ -8,11 +8,12 @@ relative tolerance are a *disagreement*, reported with both sources; they are av
 tolerance are the same measurement written twice: the first is kept.
 
 Rows present in only some files are reported; `inner=True` keeps only the architectures
-that every file holds.
+that every file holds (so `abc sample` output, rows without metrics, picks rows of a table).
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -71,6 +72,18 @@ class _Value:
     repeats: list[tuple[float, int, str]] = field(default_factory=list)
 
 
+def _with_metrics(line: str) -> str:
+    """A row of bare architectures (`abc sample` output) joins with no metrics of its own."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return line  # parse_row says where and why
+    if isinstance(record, dict) and "arch" in record and "metrics" not in record:
+        record["metrics"] = {}
+        return json.dumps(record)
+    return line
+
+
 def _close(a: float, b: float, tolerance: float) -> bool:
     return math.isclose(a, b, rel_tol=tolerance, abs_tol=0.0) or a == b
 
@@ -111,7 +124,7 @@ def merge_files(
             if not line.strip():
                 continue
             try:
-                arch, metrics, count = parse_row(space, str(path), number, line)
+                arch, metrics, count = parse_row(space, str(path), number, _with_metrics(line))
             except DatasetError as error:
                 errors.extend(error.errors)
                 continue

@@ -172,24 +172,30 @@ def analyse(out: Path) -> dict:
     built = _read_jsonl(out / "built_measured.jsonl")
     measured = data + built
 
-    def features(m: dict) -> list[float]:
-        return [m["flops"] / 1e6, m["params"] / 1e6, 1.0]
+    ops = sorted(
+        {layer["op"] for r in table for s in r["arch"]["stages"].values() for layer in s["layers"]}
+    )
 
-    # Latency of all 6561 networks: a least-squares fit on MACs and params of the measured
-    # ones (the only latencies known on this machine); its fit quality is reported.
-    x = np.array([features(r["metrics"]) for r in measured])
+    def features(r: dict) -> list[float]:
+        # One indicator per (layer position, operation): latency adds up layer by layer.
+        layers = [layer["op"] for s in r["arch"]["stages"].values() for layer in s["layers"]]
+        return [float(op == o) for op in layers for o in ops[1:]] + [1.0]
+
+    # Latency of all 6561 networks: a least-squares fit on the layers of the measured ones
+    # (the only latencies known on this machine); its fit quality is reported.
+    x = np.array([features(r) for r in measured])
     y = np.array([r["metrics"]["lat"] for r in measured])
     coef, *_ = np.linalg.lstsq(x, y, rcond=None)
     fitted = x @ coef
     fit_srcc = _rank_srcc(fitted, y)
     fit_r2 = 1 - float(((y - fitted) ** 2).sum() / ((y - y.mean()) ** 2).sum())
     all_acc = np.array([r["metrics"]["acc"] for r in table])
-    all_lat = np.array([features(r["metrics"]) for r in table]) @ coef
+    all_lat = np.array([features(r) for r in table]) @ coef
     all_target = all_acc - 0.5 * all_lat
     sample_target = np.array([r["metrics"]["acc"] - 0.5 * r["metrics"]["lat"] for r in data])
     built_target = np.array([r["metrics"]["acc"] - 0.5 * r["metrics"]["lat"] for r in built])
     # The same networks' proxy latency, so built and all are compared on one scale too.
-    built_proxy = np.array([features(r["metrics"]) for r in built]) @ coef
+    built_proxy = np.array([features(r) for r in built]) @ coef
     built_target_proxy = np.array([r["metrics"]["acc"] for r in built]) - 0.5 * built_proxy
     metrics = json.loads((out / "run" / "metrics.json").read_text())
     return {
@@ -199,6 +205,7 @@ def analyse(out: Path) -> dict:
         "coef": coef,
         "fit_srcc": fit_srcc,
         "fit_r2": fit_r2,
+        "features": features,
         "all_acc": all_acc,
         "all_lat": all_lat,
         "all_target": all_target,
@@ -266,10 +273,11 @@ def write_report(demo: Demo) -> None:
         "## Where the built networks land",
         "",
         "Target of each built network with its *measured* latency and its true accuracy from",
-        "the table, its percentile among the 300 labels, and among all 6561 networks (their",
-        "latency from a linear fit on MACs and params of every measured network: Spearman",
-        f"{a['fit_srcc']:.3f}, R^2 {a['fit_r2']:.3f}; with the same fit for the built one, so",
-        "both sides of that comparison use one latency scale).",
+        f"the table, its percentile among the {len(a['data'])} labels, and among all 6561 networks",
+        "(their latency from a linear fit of every measured network's latency on its layers,",
+        "one indicator per layer position and operation: Spearman",
+        f"{a['fit_srcc']:.3f}, R^2 {a['fit_r2']:.3f} on the measured ones; the built networks'",
+        "percentile uses the same fit, so both sides of that comparison share one scale).",
         "",
         "| | acc | lat (ms) | target | percentile in labels | percentile in all 6561 (fit) |",
         "|---|---|---|---|---|---|",
@@ -278,7 +286,7 @@ def write_report(demo: Demo) -> None:
     bl = a["data"][best_label]["metrics"]
     lines.append(
         f"| best label | {bl['acc']:.2f} | {bl['lat']:.3f} | {sample_t[best_label]:.2f} | 100 | "
-        f"{pct(all_t, float(bl['acc'] - 0.5 * (np.array([bl['flops'] / 1e6, bl['params'] / 1e6, 1]) @ a['coef']))):.1f} |"
+        f"{pct(all_t, float(bl['acc'] - 0.5 * (np.array(a['features'](a['data'][best_label])) @ a['coef']))):.1f} |"
     )
     for i, r in enumerate(a["built"], start=1):
         m = r["metrics"]

@@ -23,29 +23,32 @@ EXIT_COMPILE_ERROR = 2
 # A working example per command, shown when the command is missing one of its inputs: a
 # new user learns more from a line that runs than from the name of a missing argument.
 # Each runs as typed in a checkout (the example data ships in examples/).
+_SAMPLE = "examples/nas_bench_macro/sample_lat.jsonl"
 EXAMPLES = {
     "compile": "abc compile spaces/mbv3.abs",
     "sample": "abc sample spaces/mbv3.abs -n 5 -o picks.jsonl",
-    "validate": "abc validate spaces/mbv3.abs picks.jsonl",
-    "emit": "abc emit spaces/mbv3.abs picks.jsonl --line 1 --format onnx -o net.onnx",
-    "measure": "abc measure spaces/mbv3.abs picks.jsonl -o measured.jsonl",
+    "validate": f"abc validate spaces/nas_bench_macro.abs {_SAMPLE}",
+    "emit": f"abc emit spaces/nas_bench_macro.abs {_SAMPLE} --line 1 --format onnx -o net.onnx",
+    "measure": (
+        f"abc measure spaces/nas_bench_macro.abs {_SAMPLE} -o measured.jsonl --metrics lat=latency"
+    ),
     "train": (
-        "abc train spaces/nas_bench_macro.abs examples/nas_bench_macro/sample_lat.jsonl "
-        '--target "acc - 0.5*lat" -o runs/acc_lat'
+        f'abc train spaces/nas_bench_macro.abs {_SAMPLE} --target "acc - 0.5*lat" -o runs/acc_lat'
     ),
     "rank": (
-        "abc rank spaces/nas_bench_macro.abs examples/nas_bench_macro/sample_lat.jsonl "
-        '--target "acc - 0.5*lat"    (or: abc rank runs/acc_lat)'
+        f'abc rank spaces/nas_bench_macro.abs {_SAMPLE} --target "acc - 0.5*lat"    '
+        "(or: abc rank runs/acc_lat)"
     ),
-    "build": "abc build runs/acc_lat -o built",
+    "build": "abc build runs/acc_lat -o out/built",
     "describe": (
-        "abc data describe examples/nas_bench_macro/sample_lat.jsonl "
-        '--space spaces/nas_bench_macro.abs --target "acc - 0.5*lat"'
+        f'abc data describe {_SAMPLE} --space spaces/nas_bench_macro.abs --target "acc - 0.5*lat"'
     ),
-    "merge": "abc data merge acc.jsonl lat.jsonl -o joined.jsonl",
     "import": (
-        "abc data import --from nas-bench-macro nas-bench-macro_cifar10.json "
-        "--space spaces/nas_bench_macro.abs -o macro.jsonl"
+        "abc data import --from nas-bench-macro examples/nas_bench_macro/nas_bench_macro.json "
+        "--space spaces/nas_bench_macro.abs -o table.jsonl"
+    ),
+    "merge": (
+        f"abc data merge {_SAMPLE} table.jsonl --space spaces/nas_bench_macro.abs -o joined.jsonl"
     ),
 }
 

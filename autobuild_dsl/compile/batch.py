@@ -141,6 +141,11 @@ def read_arch_records(path: str | os.PathLike[str]) -> list[tuple[str, dict[str,
     Accepts one JSON architecture (any layout), a JSON list of them, or JSON lines; an item
     may be the architecture itself or an object holding it under "arch" (as `abc sample`
     and dataset files write it)."""
+    return _records(str(path), _read_items(path))
+
+
+def _read_items(path: str | os.PathLike[str]) -> list[tuple[str, object]]:
+    """The JSON items of the file (one JSON value, a list, or JSON lines), with where."""
     name = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -169,7 +174,10 @@ def read_arch_records(path: str | os.PathLike[str]) -> list[tuple[str, dict[str,
             items = [(f"{name}[{i}]", item) for i, item in enumerate(whole)]
         else:
             items = [(name, whole)]
-    _ITEMS[name] = items
+    return items
+
+
+def _records(name: str, items: list[tuple[str, object]]) -> list[tuple[str, dict[str, Any]]]:
     records: list[tuple[str, dict[str, Any]]] = []
     errors = []
     for where, item in items:
@@ -186,21 +194,14 @@ def read_arch_records(path: str | os.PathLike[str]) -> list[tuple[str, dict[str,
     return records
 
 
-# The items of the file read last, by name: `read_labels` reads the same file again.
-_ITEMS: dict[str, list[tuple[str, object]]] = {}
-
-
 def read_labels(path: str | os.PathLike[str], space: Space) -> dict[str, dict[str, float]]:
     """The metrics the rows of an architecture file already carry (`{"arch", "metrics"}`
     rows, as dataset files hold them), by canonical key. A file of bare architectures has
     none. An architecture given twice with different metrics is an error: which to keep
     is the user's call (`abc data merge --average` averages repeats)."""
-    name = str(path)
-    if name not in _ITEMS:
-        read_arch_records(path)
     labels: dict[str, dict[str, float]] = {}
     where_of: dict[str, str] = {}
-    for where, item in _ITEMS.pop(name, []):
+    for where, item in _read_items(path):
         if not isinstance(item, dict) or not isinstance(item.get("metrics"), dict):
             continue
         metrics = {

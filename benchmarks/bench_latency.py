@@ -142,8 +142,8 @@ def main() -> None:
         lines = [
             "## Latency test-retest (`abc measure`)",
             "",
-            f"`python benchmarks/bench_latency.py --n {args.n} --jobs {args.jobs}"
-            f"{' --baseline' if args.baseline else ''} --markdown docs/results/latency.md`:",
+            f"`python benchmarks/bench_latency.py {' '.join(sys.argv[1:])}`"
+            f" ({time.perf_counter() - start:.0f} s in all, {_cpu():.0f} s CPU):",
             f"{len(archs)} OFA MobileNetV3 networks (spaces/mbv3.abs) at evenly spaced quantiles "
             f"of {args.candidates} sampled ones' parameter counts ({min(params) / 1e6:.2f}M to "
             f"{max(params) / 1e6:.2f}M), each measured twice in two independent passes "

@@ -54,9 +54,12 @@ def test_broken_file_exits_2_with_located_diagnostics(tmp_path: Path) -> None:
 
 
 def test_missing_file_is_a_clean_error(tmp_path: Path) -> None:
+    # A file that cannot be read is bad input (exit 1), not an .abs diagnostic (exit 2)
+    # with a made-up position.
     result = abc("compile", str(tmp_path / "nope.abs"))
-    assert result.returncode == 2
-    assert "cannot read the file" in result.stderr and "Traceback" not in result.stderr
+    assert result.returncode == 1
+    assert "nope.abs: no such file" in result.stderr and "Traceback" not in result.stderr
+    assert "holds no .abs files" in result.stderr and ":1:1" not in result.stderr
 
 
 def test_sample_then_validate(tmp_path: Path) -> None:

@@ -16,10 +16,10 @@ interquartile range over the median).
 
 Two clocks: "wall" (elapsed time) and "cpu" (the CPU time of the timing thread, for one
 thread only: ONNX Runtime with one intra-op thread runs on the caller's thread). On a
-machine that other jobs load, wall time mostly measures how often the scheduler runs
-someone else (test-retest Spearman 0.66 on six networks at load 6 on 2 cores), while CPU
-time measures the network's own work (0.94 in the same run). "auto" takes "cpu" with one
-thread and "wall" otherwise; rows record which (`latency_wall`: 1 wall, 0 CPU).
+machine that other jobs load, wall time also measures how often the scheduler runs
+someone else, while CPU time measures the network's own work (docs/results/latency.md
+compares them). "auto" takes "cpu" with one thread and "wall" otherwise; rows record
+which (`latency_wall`: 1 wall, 0 CPU).
 
 `time_latencies` times several networks *interleaved*: one run of each in turn (in a new
 random order every round), so a slow drift of the machine's speed (another job starting,

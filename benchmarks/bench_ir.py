@@ -225,7 +225,7 @@ def main() -> None:
     if not files:
         print(f"skipped: no DyNAS-T CSVs under {data_dir}")
         return
-    mbv3 = compile_file(ROOT / "spaces" / "ofa_mbv3.abs")
+    mbv3 = compile_file(ROOT / "spaces" / "mbv3.abs")
     proxyless = compile_file(ROOT / "spaces" / "ofa_proxyless.abs")
     imported = import_files("ofa", files, mbv3)
     assert imported.dataset is not None

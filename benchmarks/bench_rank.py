@@ -73,7 +73,7 @@ def _cli_seconds(args: list[str]) -> float:
 
 
 def bench_speed(data_dir: Path, epochs: int, run_dir: Path | None, repeats: int) -> dict:
-    space_file = ROOT / "spaces" / "ofa_mbv3.abs"
+    space_file = ROOT / "spaces" / "mbv3.abs"
     space = compile_file(space_file)
     files = sorted(str(p) for p in (data_dir / "dynast_ofa_mbv3_acc").glob("*.csv"))
     if not files:

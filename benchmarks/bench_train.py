@@ -80,7 +80,7 @@ BENCHES = {
         Bench(
             "dynast",
             "DyNAS-T OFA MobileNetV3, `top1`",
-            "ofa_mbv3.abs",
+            "mbv3.abs",
             "ofa",
             ("dynast_ofa_mbv3_acc/*.csv",),
             "top1",
@@ -89,7 +89,7 @@ BENCHES = {
         Bench(
             "help_2080ti_64",
             "HELP OFA MobileNetV3, `lat_2080ti_64`",
-            "ofa_mbv3.abs",
+            "mbv3.abs",
             "ofa",
             ("help_ofa_latency/*.json",),
             "lat_2080ti_64",
@@ -98,7 +98,7 @@ BENCHES = {
         Bench(
             "help_v100_1",
             "HELP OFA MobileNetV3, `lat_v100_1`",
-            "ofa_mbv3.abs",
+            "mbv3.abs",
             "ofa",
             ("help_ofa_latency/*.json",),
             "lat_v100_1",

@@ -106,7 +106,7 @@ def load_dynast(data_dir: Path) -> tuple[object, object]:
     from autobuild_dsl.data import import_files
     from autobuild_dsl.lang import compile_file
 
-    space = compile_file(ROOT / "spaces" / "ofa_mbv3.abs")
+    space = compile_file(ROOT / "spaces" / "mbv3.abs")
     files = sorted(str(p) for p in (data_dir / "dynast_ofa_mbv3_acc").glob("*.csv"))
     if not files:
         raise SystemExit(f"no DyNAS-T csv files under {data_dir / 'dynast_ofa_mbv3_acc'}")

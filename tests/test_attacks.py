@@ -759,7 +759,7 @@ def test_generated_hostile_runs_specs_and_formats(macro, tmp_path, capsys, monke
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.json").write_text('{"space": 1}')
-    ofa = ROOT / "spaces" / "ofa_mbv3.abs"
+    ofa = ROOT / "spaces" / "mbv3.abs"
     for path in files:
         for fmt, space in (("ofa", ofa), ("nas-bench-macro", MACRO_FILE)):
             args = ("data", "import", "--from", fmt, "--space", space, "-o", tmp_path / "o.jsonl")

@@ -111,7 +111,7 @@ def test_load_emitted_checks_the_space(macro, tmp_path: Path) -> None:
     with pytest.raises(EmitError, match="has changed"):
         load_emitted(pt, space=changed)
     with pytest.raises(EmitError, match="not 'ofa_mbv3'"):
-        load_emitted(pt, space=compile_file(ROOT / "spaces" / "ofa_mbv3.abs"))
+        load_emitted(pt, space=compile_file(ROOT / "spaces" / "mbv3.abs"))
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(EmitError, match="not an emitted PyTorch module"):
         load_emitted(tmp_path / "junk.pt")
@@ -207,7 +207,8 @@ def test_measure_writes_a_dataset_that_trains(macro, tmp_path: Path) -> None:
     assert f"measured 3 architectures into {out}, 1 repeated in the input" in text
     data = load_dataset(out, macro)
     assert data.metric_names == [
-        "params", "macs", "latency", "latency_threads", "latency_warmup", "latency_repeats",
+        "params", "macs", "latency", "latency_spread", "latency_ci", "latency_runs",
+        "latency_wall", "latency_threads", "latency_warmup", "latency_repeats",
     ]  # fmt: skip
     assert sorted(a.key() for a in data.architectures) == sorted(a.key() for a in archs)
     for i, arch in enumerate(data.architectures):
@@ -237,13 +238,13 @@ def test_measure_resumes_without_measuring_anything_twice(
     archs = sample(macro, 6, seed=12)
     settings = MeasureSettings(metrics=("params", "macs"))
     calls: list[str] = []
-    real = batch_module.measure
+    real = batch_module.prepare
 
-    def counting(net, **kwargs):
+    def counting(net, *args, **kwargs):
         calls.append(net.model_dump_json())
-        return real(net, **kwargs)
+        return real(net, *args, **kwargs)
 
-    monkeypatch.setattr(batch_module, "measure", counting)
+    monkeypatch.setattr(batch_module, "prepare", counting)
     out = tmp_path / "data.jsonl"
 
     def stop_after_three(event) -> None:

@@ -140,7 +140,7 @@ def test_the_key_ignores_the_space_name_and_repeats(macro) -> None:
 
 
 def test_equivalence_helpers_on_large_spaces() -> None:
-    space = compile_file(SPACES / "ofa_mbv3.abs")
+    space = compile_file(SPACES / "mbv3.abs")
     assert not may_have_equivalences(space)
     assert count_distinct_networks(space) is None  # far too many to enumerate
     assert may_have_equivalences(compile_file(SPACES / "nas_bench_macro.abs"))
@@ -301,7 +301,7 @@ def test_the_search_never_evaluates_two_equivalent_architectures(reduced) -> Non
 def test_compile_and_sample_report_distinct_networks(tmp_path: Path) -> None:
     done = abc("compile", SPACES / "nas_bench_macro.abs", "--json")
     assert json.loads(done.output)["networks"] == 3969
-    assert "networks" not in json.loads(abc("compile", SPACES / "ofa_mbv3.abs", "--json").output)
+    assert "networks" not in json.loads(abc("compile", SPACES / "mbv3.abs", "--json").output)
     done = abc("compile", SPACES / "nas_bench_macro.abs")
     assert "distinct networks: 3,969" in done.output
     big = tmp_path / "big.abs"

@@ -52,7 +52,7 @@ def test_small_space_counts_exactly() -> None:
 @pytest.mark.parametrize(
     ("name", "size", "modules"),
     [
-        ("ofa_mbv3.abs", 25 * 7371**5, [7371] * 5),
+        ("mbv3.abs", 25 * 7371**5, [7371] * 5),
         ("nas_bench_macro.abs", 6561, [9, 27, 27]),
         ("ofa_proxyless.abs", 7371**4 * 66339, [7371] * 4 + [66339]),
         ("sd14_unet.abs", 1, [1] * 8),

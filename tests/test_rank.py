@@ -93,7 +93,8 @@ def _subset(modules, count: int, seed: int = 0):
     ],
 )
 def test_fast_packing_equals_encoding_each_module(name: str, values: dict, layers: int) -> None:
-    space = compile_file(SPACES / f"{name}.abs")
+    # The space ofa_mbv3 lives in spaces/mbv3.abs (the file name users type).
+    space = compile_file(SPACES / ("mbv3.abs" if name == "ofa_mbv3" else f"{name}.abs"))
     encoder = GraphEncoder(space)
     torch.manual_seed(0)
     vocab = [len(c.vocab) for c in encoder.categories]

@@ -250,12 +250,13 @@ def _importance_table(rows: list[Any], title: str) -> Table:
     for row in rows:
         shown = row.category if row.category != previous else ""
         previous = row.category
+        unseen = getattr(row, "seen", None) is False  # never in the labeled data
         table.add_row(
             escape(shown),
             row.group,
-            escape(value_text(row.value)),
-            f"{row.score:.4f}",
-            f"{row.raw:+.4f}",
+            escape(value_text(row.value)) + (" [dim](unseen)[/]" if unseen else ""),
+            f"[dim]{row.score:.4f}[/]" if unseen else f"{row.score:.4f}",
+            f"[dim]{row.raw:+.4f}[/]" if unseen else f"{row.raw:+.4f}",
         )
     return table
 

@@ -34,6 +34,38 @@ err_console = _Console(stderr=True, highlight=False, emoji=False)
 EXIT_USER_ERROR = 1
 EXIT_COMPILE_ERROR = 2
 
+# A working example per command, shown when the command is missing one of its inputs: a
+# new user learns more from a line that runs than from the name of a missing argument.
+# Each runs as typed in a checkout (the example data ships in examples/).
+_SAMPLE = "examples/nas_bench_macro/sample_lat.jsonl"
+EXAMPLES = {
+    "compile": "abc compile spaces/mbv3.abs",
+    "sample": "abc sample spaces/mbv3.abs -n 5 -o picks.jsonl",
+    "validate": f"abc validate spaces/nas_bench_macro.abs {_SAMPLE}",
+    "emit": f"abc emit spaces/nas_bench_macro.abs {_SAMPLE} --line 1 --format onnx -o net.onnx",
+    "measure": (
+        f"abc measure spaces/nas_bench_macro.abs {_SAMPLE} -o measured.jsonl --metrics lat=latency"
+    ),
+    "train": (
+        f'abc train spaces/nas_bench_macro.abs {_SAMPLE} --target "acc - 0.5*lat" -o runs/acc_lat'
+    ),
+    "rank": (
+        f'abc rank spaces/nas_bench_macro.abs {_SAMPLE} --target "acc - 0.5*lat"    '
+        "(or: abc rank runs/acc_lat)"
+    ),
+    "build": "abc build runs/acc_lat -o out/built",
+    "describe": (
+        f'abc data describe {_SAMPLE} --space spaces/nas_bench_macro.abs --target "acc - 0.5*lat"'
+    ),
+    "import": (
+        "abc data import --from nas-bench-macro examples/nas_bench_macro/nas_bench_macro.json "
+        "--space spaces/nas_bench_macro.abs -o table.jsonl"
+    ),
+    "merge": (
+        f"abc data merge {_SAMPLE} table.jsonl --space spaces/nas_bench_macro.abs -o joined.jsonl"
+    ),
+}
+
 
 class UserError(click.ClickException):
     """A mistake in what the user gave us; printed as `error: ...`, exit status 1."""
@@ -64,8 +96,14 @@ def run_guarded(group: click.Group) -> int:
         count = len(error.diagnostics)
         err_console.print(f"{count} error{'s' if count != 1 else ''}", style="bold red")
         return EXIT_COMPILE_ERROR
-    except click.UsageError as error:
+    except click.MissingParameter as error:
         # Usage mistakes are bad input like any other: exit 1; 2 is for `.abs` diagnostics.
+        error.show()
+        example = EXAMPLES.get(error.ctx.command.name) if error.ctx is not None else None
+        if example:
+            err_console.print(f"example: {escape(example)}", highlight=False, soft_wrap=True)
+        return EXIT_USER_ERROR
+    except click.UsageError as error:
         error.show()
         return EXIT_USER_ERROR
     except click.exceptions.Abort:
@@ -162,7 +200,38 @@ def load_space(path: str, name: str | None = None) -> Space:
             return Space.from_json(Path(path).read_text(encoding="utf-8"))
         except (OSError, ValueError) as error:
             raise UserError(f"{path}: not a saved space: {plain_error(error)}") from None
+    _check_readable(path)
     return compile_file(path, name)
+
+
+def _check_readable(path: str) -> None:
+    """A space file that cannot be read is a plain user error (exit 1), not an `.abs`
+    diagnostic with a made-up position: name it, and list the `.abs` files that do exist
+    next to it, closest names first."""
+    import difflib
+
+    file = Path(path)
+    if file.is_file():
+        try:
+            with file.open("rb"):
+                return
+        except OSError as error:
+            raise UserError(f"{path}: cannot read: {error.strerror}") from None
+    why = "is a folder, not a .abs file" if file.is_dir() else "no such file"
+    folder = file if file.is_dir() else file.parent
+    try:
+        nearby = sorted(p.name for p in folder.glob("*.abs")) if folder.is_dir() else []
+    except OSError:
+        nearby = []
+    shown = str(folder) if str(folder) not in ("", ".") else "the current folder"
+    if nearby:
+        close = difflib.get_close_matches(file.name, nearby, n=3, cutoff=0.5)
+        ordered = close + [n for n in nearby if n not in close]
+        listing = ", ".join(str(folder / n) if str(folder) != "." else n for n in ordered)
+        hint = f"; .abs files in {shown}: {listing}"
+    else:
+        hint = f"; {shown} holds no .abs files" if folder.is_dir() else f"; {shown} does not exist"
+    raise UserError(f"{path}: {why}{hint}")
 
 
 def write_atomic(path: Path, text: str, force: bool = False) -> None:

@@ -284,6 +284,11 @@ def train_cmd(
             dataset = load_mixed_dataset(data_file, spaces)
         else:
             dataset = load_dataset(data_file, space)
+        # Rows lacking a metric the target reads are left out (as `abc data describe
+        # --target` leaves them out); say how many, and why.
+        note = target.labeled_rows(dataset).note() if hasattr(dataset, "metric_names") else None
+        if note and not as_json:
+            err_console.print(f"note: {escape(note)}", soft_wrap=True)
         if encoding == "ir":
             show_ir = not (quiet or as_json)
             encoder = fit_ir_encoder(

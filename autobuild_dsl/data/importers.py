@@ -174,7 +174,10 @@ def _collect(
         def network(arch: Architecture) -> str:
             return networks[arch.key()]
 
-        dataset, merged = from_records(space, accepted, metric_order, key=network)
+        # Only the names some row has: a compact copy of a table may leave columns out.
+        present = {name for _, metrics, _, _ in accepted for name in metrics}
+        order = [name for name in metric_order if name in present]
+        dataset, merged = from_records(space, accepted, order, key=network)
     architectures = len({arch.key() for arch, *_ in accepted})
     report = ImportReport(
         format=fmt,

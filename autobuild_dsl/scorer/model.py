@@ -435,6 +435,11 @@ class FeatureScore(BaseModel):
     value: object
     score: float = Field(description="|scalar|: the value's contribution to the hop-0 norm")
     raw: float = Field(description="the scalar before abs")
+    seen: bool | None = Field(
+        default=None,
+        description="whether the value occurs in the labeled data (None: not known); an "
+        "unseen value's score was never fitted to a label",
+    )
 
 
 def feature_importance(model: ScorerModel, categories: Sequence[object]) -> list[FeatureScore]:

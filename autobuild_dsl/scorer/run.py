@@ -33,7 +33,7 @@ from pydantic import BaseModel, Field
 from autobuild_dsl import io as abc_io
 from autobuild_dsl.data.dataset import LabeledDataset
 from autobuild_dsl.data.splits import LabelStats, label_stats
-from autobuild_dsl.data.target import Target, parse_target
+from autobuild_dsl.data.target import Target, TargetError, parse_target
 from autobuild_dsl.scorer.ensemble import MemberResult, plan_members, run_members
 from autobuild_dsl.scorer.model import (
     FeatureScore,
@@ -316,15 +316,11 @@ def train_run(
     train = train or TrainConfig()
     ensemble = ensemble or EnsembleConfig()
     # Rows lacking a metric the target reads cannot be labeled: leave them out.
-    missing = [m for m in target.metrics if m not in dataset.metric_names]
-    if missing:
-        raise RunError(
-            f"target `{target.text}`: unknown metric '{missing[0]}' "
-            f"(the data has: {', '.join(dataset.metric_names) or 'none'})"
-        )
-    keep = np.ones(len(dataset), dtype=bool)
-    for name in target.metrics:
-        keep &= ~np.isnan(dataset.metric(name))
+    # (the same rule as `abc data describe --target`: Target.labeled_rows).
+    try:
+        keep = target.labeled_rows(dataset).keep
+    except TargetError as error:
+        raise RunError(str(error)) from None
     if not keep.all():
         dataset = dataset.subset(np.flatnonzero(keep))
     if len(dataset) < 4:

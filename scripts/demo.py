@@ -2,7 +2,7 @@
 
 Every step is an `abc` command, run exactly as a user would type it (each is echoed), so
 the demo doubles as a worked example. The data is NAS-Bench-Macro (CIFAR-10 accuracy of
-all 6561 networks of its space), shipped in examples/nas_bench_macro/ (Apache-2.0):
+all 3969 distinct networks of its space), shipped in examples/nas_bench_macro/ (Apache-2.0):
 
  1. `abc compile spaces/mbv3.abs` (the first promised command) and the demo's space;
  2. import the table; sample architectures; join their accuracy onto them (`abc data
@@ -12,7 +12,7 @@ all 6561 networks of its space), shipped in examples/nas_bench_macro/ (Apache-2.
     accuracy from the table;
  5. `abc emit --format onnx` the best built network;
  6. report.md and a plot: the labels, their Pareto front, the built networks and the true
-    front of all 6561 networks (accuracy from the table; latency from a linear fit of the
+    front of all 3969 distinct networks (accuracy from the table; latency from a linear fit of the
     measured latencies on MACs and parameters, since only the sample is measured).
 
 Outputs go to a new folder out/demo-<time>/ (out/demo-latest points at it), so nothing is
@@ -91,7 +91,7 @@ def run(demo: Demo) -> None:
         "the first promised command: check the OFA MobileNetV3 space", "compile", "spaces/mbv3.abs"
     )
     demo.abc(
-        "the demo's space: NAS-Bench-Macro (all 6561 networks have known accuracy)",
+        "the demo's space: NAS-Bench-Macro (all 3969 distinct networks have known accuracy)",
         "compile",
         SPACE,
     )
@@ -181,7 +181,7 @@ def analyse(out: Path) -> dict:
         layers = [layer["op"] for s in r["arch"]["stages"].values() for layer in s["layers"]]
         return [float(op == o) for op in layers for o in ops[1:]] + [1.0]
 
-    # Latency of all 6561 networks: a least-squares fit on the layers of the measured ones
+    # Latency of all 3969 distinct networks: a least-squares fit on the layers of the measured ones
     # (the only latencies known on this machine); its fit quality is reported.
     x = np.array([features(r) for r in measured])
     y = np.array([r["metrics"]["lat"] for r in measured])
@@ -223,7 +223,7 @@ def plot(out: Path, a: dict) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5.5))
-    ax.scatter(a["all_lat"], a["all_acc"], s=3, c="#dddddd", label="all 6561 (latency: fit)")
+    ax.scatter(a["all_lat"], a["all_acc"], s=3, c="#dddddd", label="all 3969 networks (latency: fit)")
     true_front = _front(list(zip(a["all_lat"], a["all_acc"], strict=True)))
     front_pts = sorted((a["all_lat"][i], a["all_acc"][i]) for i in true_front)
     ax.step(*zip(*front_pts, strict=True), where="post", c="black", lw=1, label="true front")
@@ -264,7 +264,7 @@ def write_report(demo: Demo) -> None:
         "# autobuild-dsl demo report",
         "",
         f"- space `{SPACE}`; data: the NAS-Bench-Macro table shipped in `examples/` (accuracy of"
-        " all 6561 networks); latency measured here with `abc measure` (CPU-time clock)",
+        " all 3969 distinct networks); latency measured here with `abc measure` (CPU-time clock)",
         f"- target `{TARGET}`: {TARGET_TEXT}",
         f"- {len(a['data'])} sampled, labeled networks; scorer: 5 folds, held-out SRCC of the"
         f" prediction **{'n/a' if pred is None else f'{pred:.3f}'}**, of the embedding norm per"
@@ -273,13 +273,13 @@ def write_report(demo: Demo) -> None:
         "## Where the built networks land",
         "",
         "Target of each built network with its *measured* latency and its true accuracy from",
-        f"the table, its percentile among the {len(a['data'])} labels, and among all 6561 networks",
+        f"the table, its percentile among the {len(a['data'])} labels, and among all 3969 distinct networks",
         "(their latency from a linear fit of every measured network's latency on its layers,",
         "one indicator per layer position and operation: Spearman",
         f"{a['fit_srcc']:.3f}, R^2 {a['fit_r2']:.3f} on the measured ones; the built networks'",
         "percentile uses the same fit, so both sides of that comparison share one scale).",
         "",
-        "| | acc | lat (ms) | target | percentile in labels | percentile in all 6561 (fit) |",
+        "| | acc | lat (ms) | target | percentile in labels | percentile in all 3969 (fit) |",
         "|---|---|---|---|---|---|",
     ]
     best_label = int(np.argmax(sample_t))
@@ -297,11 +297,11 @@ def write_report(demo: Demo) -> None:
     best_all = int(np.argmax(all_t))
     beat = int((built_t > sample_t.max()).sum())
     lines += [
-        f"| best of all 6561 (fit) | {a['all_acc'][best_all]:.2f} | {a['all_lat'][best_all]:.3f}"
+        f"| best of all 3969 (fit) | {a['all_acc'][best_all]:.2f} | {a['all_lat'][best_all]:.3f}"
         f" | {all_t[best_all]:.2f} | | 100 |",
         "",
         f"{beat} of the {len(built_t)} built networks beat the best of the {len(sample_t)} labels"
-        f" on the target; their median percentile among all 6561 networks is "
+        f" on the target; their median percentile among all 3969 distinct networks is "
         f"{np.median([pct(all_t, v) for v in built_tp]):.1f}. Measured latency carries noise "
         "(each row records its spread), and the true front's latency is a fit, not a measurement.",
         "",
@@ -311,7 +311,7 @@ def write_report(demo: Demo) -> None:
         "",
         "## Files",
         "",
-        "- `table.jsonl`: all 6561 networks (acc, params, flops); `data.jsonl`: the labels",
+        "- `table.jsonl`: all 3969 distinct networks (acc, params, flops); `data.jsonl`: the labels",
         "- `run/`: the scorers; `module_scores.csv`, `feature_importance.png`",
         "- `built/`: the reduced space and the built networks; `built_measured.jsonl`;"
         " `best.onnx`; `fronts.png`",

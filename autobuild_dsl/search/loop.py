@@ -12,8 +12,9 @@ Each round:
 4. every evaluation is appended (fsync'd) to `evaluations.jsonl` and `labels.jsonl` the
    moment it finishes.
 
-When the reduced space holds nothing new, k grows by one (and stays grown); the loop stops
-at the budget, or when even the full space is exhausted.
+When the reduced space holds nothing new, or a round found nothing better than what was
+held before it (`widen_on_stall`), k grows by one (and stays grown); the loop stops at the
+budget, or when even the full space is exhausted.
 
 Resuming: `loop.json` (replaced atomically after each round) holds the finished rounds.
 A rerun retrains the interrupted round's scorers on the same labels (finished members are
@@ -79,6 +80,11 @@ class LoopConfig(BaseModel):
     per_generation: int = Field(
         default=8, ge=1, description="several objectives: mutants evaluated per batch"
     )
+    widen_on_stall: bool = Field(
+        default=True,
+        description="also keep one more module per unit after a round that "
+        "found nothing better (not only when the reduced space is exhausted)",
+    )
     seed: int = 0
     epochs: int = Field(default=100, ge=1, description="scorer training epochs")
     folds: int = Field(default=5, ge=1, description="ensemble folds per target")
@@ -115,6 +121,7 @@ class RoundInfo(BaseModel):
     reduced_size: int = Field(description="architectures in the reduced space")
     trained_on: int = Field(description="labeled architectures the scorers saw")
     evaluated: int = Field(description="new evaluations in this round")
+    improved: bool = Field(description="whether it found a network better than all before")
     built: dict = Field(description="the one-shot build #1 of this round's scorers")
     best: dict[str, float] = Field(description="best value per objective after the round")
 
@@ -211,6 +218,8 @@ class _Loop:
             self.archs[key] = arch
         self.label_count = len(self.known)
         self._k = config.top_k
+        self._round_keys: list[str] = []
+        self._round_set: set[str] = set()
 
     # ---- bookkeeping
 
@@ -276,6 +285,13 @@ class _Loop:
             for arch, values in zip(todo, metrics, strict=True):
                 if arch.key() not in self.known:
                     self._record(round_, arch, dict(values))
+        for arch in archs:
+            # This round's evaluations in the order the search asked for them: the same
+            # whether they were paid now or before an interruption.
+            key = arch.key()
+            if self.round_of[key] == round_ and key not in self._round_set:
+                self._round_set.add(key)
+                self._round_keys.append(key)
         return [dict(self.known[a.key()]) for a in archs]
 
     # ---- one round
@@ -350,9 +366,13 @@ class _Loop:
 
     def search(self, round_: int, reduced: Space, count: int) -> int:
         """Spend up to `count` evaluations inside the reduced space; returns how many."""
-        before = len(self.records)
-        held = [k for k in self._held_before(round_) if _inside(reduced, self.archs[k])]
-        rng_seed = f"autobuild-dsl/loop:{self.config.seed}:{round_}"
+        before = len(self._round_keys)
+        held = [
+            k
+            for k in [*self._held_before(round_), *self._round_keys]
+            if _inside(reduced, self.archs[k])
+        ]
+        rng_seed = f"autobuild-dsl/loop:{self.config.seed}:{round_}:{self._k}"
         if len(self.objectives) == 1:
             objective = self.objectives[0]
             sign = 1.0 if objective.direction == "max" else -1.0
@@ -365,14 +385,14 @@ class _Loop:
             regularized_evolution(reduced, value, count, seed=seed, mutation="stage", warm=warm)
         else:
             self._pareto(round_, reduced, count, held, rng_seed)
-        return len(self.records) - before
+        return len(self._round_keys) - before
 
     def _pareto(
         self, round_: int, reduced: Space, count: int, held: list[str], rng_seed: str
     ) -> None:
         """Stage-Full Pareto search in the reduced space, starting from the labels' front."""
         pool = list(held)
-        seen = set(self._held_before(round_))
+        seen = set(self._held_before(round_)) | self._round_set
         left, step = count, 0
         index = index_of(reduced)
         while left > 0:
@@ -453,21 +473,28 @@ class _Loop:
             rankings = self.rankings(round_)
             held = set(self._held_before(round_))
             count = min(self.config.per_round, self.config.budget - self._paid_before(round_))
+            self._round_keys, self._round_set = [], set()
             while True:
                 reduced, built, can_grow = self.reduce(rankings, self._k, round_)
                 size = index_of(reduced).size()
-                inside = sum(1 for k in held if _inside(reduced, self.archs[k]))
-                paid = 0
+                inside = sum(
+                    1 for k in [*held, *self._round_keys] if _inside(reduced, self.archs[k])
+                )
+                left = count - len(self._round_keys)
                 if size > inside:
                     self._report("search", round_, self._k, f"reduced space {size:,}")
-                    paid = self.search(round_, reduced, count)
-                if paid > 0 or not can_grow:
+                    self.search(round_, reduced, left)
+                if len(self._round_keys) == count or not can_grow:
                     break
-                self._k += 1  # nothing new among the kept modules: keep more per unit
+                # The kept modules hold nothing new (or the search found no more of it):
+                # keep one more module per unit and spend the rest of the round there.
+                self._k += 1
+            paid = len(self._round_keys)
             if paid == 0:
                 stopped = "exhausted"
                 break
             top = built.architectures[0]
+            improved = self._improved(round_, held)
             rounds.append(
                 RoundInfo(
                     round=round_,
@@ -475,10 +502,13 @@ class _Loop:
                     reduced_size=size,
                     trained_on=trained_on,
                     evaluated=paid,
+                    improved=improved,
                     built={"arch": top.arch.model_dump(mode="json"), "score": top.score},
                     best=self._best(),
                 )
             )
+            if not improved and self.config.widen_on_stall and can_grow:
+                self._k += 1  # the kept modules gave nothing better: look wider
             self._write_state(print_, rounds, "running")
             self._report("round", round_, self._k)
         self._write_state(print_, rounds, stopped)
@@ -488,6 +518,19 @@ class _Loop:
         )
         write_report(result, self.out)
         return result
+
+    def _improved(self, round_: int, held: set[str]) -> bool:
+        """Whether a network of this round is better than every earlier one (for several
+        objectives: not weakly dominated by any network held before the round)."""
+        before = [k for k in self.known if k in held]
+        new = [r.key for r in self.records if r.round == round_]
+        if not new:
+            return False
+        if not before:
+            return True
+        old = objective_matrix(self.objectives, [self.known[k] for k in before])
+        fresh = objective_matrix(self.objectives, [self.known[k] for k in new])
+        return any(not np.any(np.all(old <= point, axis=1)) for point in fresh)
 
     def _write_state(self, print_: str, rounds: list[RoundInfo], stopped: str) -> None:
         state = _State(

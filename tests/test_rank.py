@@ -40,7 +40,7 @@ from autobuild_dsl.data.dataset import LabeledDataset, save_dataset
 from autobuild_dsl.graphs.encode import GraphEncoder
 from autobuild_dsl.lang import compile_file
 from autobuild_dsl.scorer import EnsembleConfig, TrainConfig, load_run, node_norms, train_run
-from autobuild_dsl.scorer.model import ModelConfig, ScorerModel
+from autobuild_dsl.scorer.model import ModelConfig, ScorerModel, pack_graphs
 from autobuild_dsl.space.decisions import canonicalize, index_of, sample, space_size, unit_modules
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -111,6 +111,18 @@ def test_fast_packing_equals_encoding_each_module(name: str, values: dict, layer
         graphs = ModuleBatch(slow, slow.node_ptr[1:].numpy() - 1, counts)
         np.testing.assert_allclose(
             module_norms(model, forest, hops), module_norms(model, graphs, hops), rtol=1e-5
+        )
+        # ... and every module's pooled norm as the model's forward over its own graph does.
+        own = _graph_norms(
+            model,
+            [
+                encoder.encode_module(unit.name, modules.parts(i), values)
+                for i in range(modules.count)
+            ],
+        )
+        expected = own[np.clip(hops, 0, None), np.arange(modules.count)]
+        np.testing.assert_allclose(
+            module_norms(model, forest, hops, score="pooled"), expected, rtol=1e-5, atol=1e-6
         )
 
 
@@ -192,33 +204,48 @@ def unet_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def test_ranking_equals_a_brute_force_eq5(macro_run: Path) -> None:
-    """Every module built alone, each member's node norms, Eq. 5 and SRCC weights by hand."""
+def _graph_norms(model: ScorerModel, graphs: list) -> np.ndarray:
+    """[hops, graphs]: each graph's mean-pooled embedding norm, through the model's forward."""
+    with torch.no_grad():
+        out = model.eval()(pack_graphs(graphs).select())
+    return out.graph_norms(model.config.norm_ord).double().numpy()
+
+
+@pytest.mark.parametrize("score", ["pooled", "last"])
+def test_ranking_equals_a_brute_force_eq5(macro_run: Path, score: str) -> None:
+    """Every module built alone, each member's norms (its pooled graph embedding, or its last
+    node), Eq. 5 with the matching training statistics, and SRCC weights, by hand."""
     run = load_run(macro_run)
-    result = rank_modules(run)
+    result = rank_modules(run, score=score)
     assert result.mode == "shift" and result.members == 4 and result.modules == 9 + 27 + 27
+    assert result.score_kind == score
     encoder = run.encoder()
     for table in result.tables:
         unit = next(u for u in index_of(run.space).units if u.name == table.unit)
         modules = list(unit_modules(run.space, unit))
         graphs = [encoder.encode_module(unit.name, m) for m in modules]
         per_member = [node_norms(member.model, graphs) for member in run.members]
+        pooled = [_graph_norms(member.model, graphs) for member in run.members]
         expected = []
         for i, module in enumerate(modules):
             nodes = graphs[i].num_nodes
             hop = min(nodes - 1, run.config.model.num_layers)
             size = sum(p.depth for p in module)
             values, weights = [], []
-            for member, (norms, ptr) in zip(run.members, per_member, strict=True):
-                norm = float(norms[hop, int(ptr[i + 1]) - 1])
-                moments = member.record.hop_norms[hop]
+            for m, (member, (norms, ptr)) in enumerate(zip(run.members, per_member, strict=True)):
+                if score == "last":
+                    norm = float(norms[hop, int(ptr[i + 1]) - 1])
+                    moments = member.record.hop_norms[hop]
+                else:
+                    norm = float(pooled[m][hop, i])
+                    moments = member.record.graph_norms[hop]
                 group = member.record.label_stats.by_unit[unit.name][size]
                 z = (norm - moments.mean) / moments.sd
                 values.append(z * group.sd + group.mean)
                 weights.append(member.hop_weight(hop))
             w = np.array(weights) / sum(weights)
             expected.append(float(w @ np.array(values)))
-        np.testing.assert_allclose(table.score, expected, rtol=1e-5)
+        np.testing.assert_allclose(table.score, expected, rtol=1e-5, atol=1e-5)
         # The order is the brute force's order.
         assert [table.parts(int(i)) for i in table.order()][:5] == [
             modules[i] for i in np.argsort(-np.array(expected), kind="stable")[:5]

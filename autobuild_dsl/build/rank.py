@@ -2,9 +2,22 @@
 
 A module is one unit's part of an architecture (a stage's depth, stage choices and layers;
 ProxylessNAS's stages 5 and 6 together). It is built alone, with its stages' real
-positions, run through every member of the run's ensemble, and scored by the norm of its
-last node's embedding at hop h = min(nodes - 1, L), the hop whose receptive field is the
-whole module.
+positions, run through every member of the run's ensemble, and read at hop
+h = min(nodes - 1, L), the hop whose receptive field is the whole module. Two readings:
+
+  pooled (default)  the norm of the mean of the module's node embeddings at hop h: the
+                    module-graph embedding, which is what the hop-level ranking loss trains
+                    (a graph's pooled norm must rank like the target);
+  last              the norm of the module's last node embedding at hop h, as the paper and
+                    its authors' code do. It favours modules that end in a big layer: on
+                    NAS-Bench-Macro its Spearman against the true module means is 0.68-0.79
+                    in the 3-layer stages, against 0.96-0.97 for the pooled reading
+                    (docs/ranking.md, benchmarks/bench_build_quality.py).
+
+Context: when a unit's layers read another unit's choice (a width chain
+`out = s1.width * 2`), the unit's modules are scored once per value of what they read
+(their context), each in the graph it would really have there; builds then use the score
+of each module in the context the rest of the architecture gives it.
 
 Norms at different hops have different distributions, so scores of modules of different
 sizes are made comparable (Eq. 5):
@@ -44,12 +57,17 @@ from autobuild_dsl.space.expr import Value, format_value
 from autobuild_dsl.space.model import Space, Stage, StageModule, Unit
 
 Mode = Literal["shift", "standardize"]
+ScoreKind = Literal["pooled", "last"]
+SCORE_KINDS: tuple[str, ...] = ("pooled", "last")
 
 # A (unit, size) label group needs this many training labels for Eq. 5; smaller groups
 # fall back to the overall label statistics (and the result says so).
 MIN_GROUP = 2
 # Graphs per forward pass (bounds memory: ProxylessNAS's s5+s6 unit alone has 66,339).
 GRAPH_CHUNK = 65_536
+# Above this many contexts (values of other units' choices a unit's layers read), one unit
+# is not scored context by context: ranking refuses and says which choices are read.
+MAX_CONTEXTS = 4_096
 
 
 class RankError(ValueError):
@@ -81,6 +99,9 @@ class StageState(BaseModel):
 class RankedModule(ScoredModule):
     """A scored module with what its score came from."""
 
+    module_id: int | None = Field(
+        default=None, description="index in the unit's full enumeration (same in every context)"
+    )
     hop: int = Field(description="hop level of the score: min(nodes - 1, GNN layers)")
     nodes: int = Field(description="graph nodes of the module built alone")
     z: float = Field(description="ensemble mean of the standardised norm (before the shift)")
@@ -100,12 +121,24 @@ class UnitScores(BaseModel):
     unit: str
     stages: list[str]
     globals: dict[str, Value]
+    context: dict[str, Value] = Field(
+        default_factory=dict,
+        description="other units' choices this unit's layers read, as scored here",
+    )
     configs: list[list[list[dict[str, Value]]]] = Field(
         description="per stage, per layer position: the layers that slot can hold"
     )
     stage_states: list[list[StageState]] = Field(description="per stage: its scalar states")
     unit_states: list[tuple[int, ...]] = Field(description="one stage-state index per stage")
     state: Any = Field(description="np.ndarray [M]: index into unit_states")
+    module_id: Any = Field(
+        default=None,
+        description="np.ndarray [M]: index of each module in the unit's full enumeration "
+        "(the same module has the same id in every context)",
+    )
+    member_scores: Any = Field(
+        default=None, description="np.ndarray [members, M]: each member's comparable score"
+    )
     layers: list[Any] = Field(description="per stage np.ndarray [M, max depth], -1 unused")
     size: Any = Field(description="np.ndarray [M]: layers of the module (all its stages)")
     nodes: Any = Field(description="np.ndarray [M]: graph nodes")
@@ -135,6 +168,7 @@ class UnitScores(BaseModel):
     def module(self, i: int, rank: int | None = None) -> RankedModule:
         return RankedModule.model_construct(
             unit=self.unit,
+            module_id=int(self.module_id[i]) if self.module_id is not None else None,
             parts=self.parts(i),
             score=float(self.score[i]),
             size=int(self.size[i]),
@@ -196,6 +230,7 @@ class RankResult(BaseModel):
     run: str
     target: str
     mode: Mode
+    score_kind: ScoreKind = "pooled"
     members: int
     num_layers: int = Field(description="GNN layers: the highest hop a score can use")
     tables: list[UnitScores] = Field(description="one per (global assignment, unit)")
@@ -217,11 +252,21 @@ class RankResult(BaseModel):
         key = _globals_key(values)
         return [t for t in self.tables if _globals_key(t.globals) == key]
 
+    def context_names(self) -> list[str]:
+        """Every other-unit choice some unit's scores depend on (empty: no contexts)."""
+        names: dict[str, None] = {}
+        for table in self.tables:
+            names.update(dict.fromkeys(table.context))
+        return list(names)
+
     def module_table(
         self, values: dict[str, Value], keep: int | None = None, *, per_size: bool = False
     ) -> ModuleTable:
         """A builder table for one global assignment: each unit's best `keep` modules
-        (of every size with per_size; all when None)."""
+        (of every size with per_size; all when None). Context-free rankings only (with
+        contexts, `build.construct` picks each module's score per context)."""
+        if self.context_names():
+            raise RankError("scores depend on context: build with build.construct")
         return ModuleTable(
             globals=dict(values),
             units={t.unit: list(t.top(keep, per_size=per_size)) for t in self.for_globals(values)},
@@ -331,6 +376,10 @@ class _Modules:
     unit_states: list[tuple[int, ...]]
     state: np.ndarray  # [M]
     layers: list[np.ndarray]  # per stage [M, max depth]
+    ids: np.ndarray | None = None  # [M] index in the full enumeration (None: 0..M-1)
+
+    def module_ids(self) -> np.ndarray:
+        return self.ids if self.ids is not None else np.arange(self.count, dtype=np.int64)
 
     def subset(self, keep: np.ndarray) -> _Modules:
         return _Modules(
@@ -341,6 +390,7 @@ class _Modules:
             unit_states=self.unit_states,
             state=self.state[keep],
             layers=[layer[keep] for layer in self.layers],
+            ids=self.module_ids()[keep],
         )
 
     @property
@@ -530,16 +580,24 @@ def _fast_path(space: Space, unit: Unit) -> bool:
     return not any(s.source in inside and s.target in inside for s in space.skips)
 
 
-def _pack_slow(encoder: Any, modules: _Modules, values: dict[str, Value]) -> PackedGraphs:
+def _pack_slow(
+    encoder: Any,
+    modules: _Modules,
+    values: dict[str, Value],
+    context: dict[str, Value] | None = None,
+) -> PackedGraphs:
     graphs = [
-        encoder.encode_module(modules.unit.name, modules.parts(i), values)
+        encoder.encode_module(modules.unit.name, modules.parts(i), values, context=context)
         for i in range(modules.count)
     ]
     return pack_graphs(graphs)
 
 
 def _module_rows(
-    encoder: Any, modules: _Modules, values: dict[str, Value]
+    encoder: Any,
+    modules: _Modules,
+    values: dict[str, Value],
+    context: dict[str, Value] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """Every module's node rows without building its graph: (row table, row index of each
     node, module by module, nodes per module). Row blocks per (unit state, position, layer
@@ -580,7 +638,7 @@ def _module_rows(
                         depth=s.depth, choices=dict(s.choices), layers=layers
                     )
                 )
-            graph = encoder.encode_module(modules.unit.name, parts, values)
+            graph = encoder.encode_module(modules.unit.name, parts, values, context=context)
             x = graph.x.numpy()
             stage_of = graph.stage_index.numpy()
             layer_of = graph.layer_index.numpy()
@@ -664,7 +722,7 @@ def _packed(
 
 def _prefix_forest(
     table: np.ndarray, rows: np.ndarray, counts: np.ndarray
-) -> tuple[PackedGraphs, np.ndarray]:
+) -> tuple[PackedGraphs, np.ndarray, np.ndarray]:
     """Chain graphs merged along shared prefixes: (one forest graph, last node per module).
 
     In a chain, a node's embedding at every hop depends only on the nodes before it, so
@@ -693,36 +751,64 @@ def _prefix_forest(
     x = unique[contents] if total else np.zeros((0, table.shape[1]), dtype=np.int64)
     has_input = parents >= 0
     node_ptr = torch.tensor([0, total], dtype=torch.long)
-    return _packed(x, parents - np.arange(total), has_input, node_ptr), parent
+    return _packed(x, parents - np.arange(total), has_input, node_ptr), parent, parents
 
 
 @dataclass
 class ModuleBatch:
-    """Graphs holding every module's nodes, and where each module's last node is."""
+    """Graphs holding every module's nodes, and where each module's last node is.
+
+    `previous[v]` is the node before v in its module's own node list (-1 for a first
+    node): following it from a module's last node visits exactly that module's nodes,
+    so sums along it pool a module even when modules share prefix nodes (the forest).
+    """
 
     packed: PackedGraphs
     last: np.ndarray  # [M] node index in `packed` (-1: the module has no node)
     nodes: np.ndarray  # [M] nodes of the module's own graph
+    previous: np.ndarray | None = None  # [nodes of `packed`]; None: graph order
 
 
-def pack_modules(encoder: Any, modules: _Modules, values: dict[str, Value]) -> ModuleBatch:
+def _graph_previous(packed: PackedGraphs) -> np.ndarray:
+    """Each node's predecessor in its own graph's node order (-1 at a graph's first node)."""
+    total = int(packed.node_ptr[-1])
+    previous = np.arange(total, dtype=np.int64) - 1
+    starts = packed.node_ptr[:-1].numpy()
+    previous[starts[starts < total]] = -1
+    return previous
+
+
+def pack_modules(
+    encoder: Any,
+    modules: _Modules,
+    values: dict[str, Value],
+    context: dict[str, Value] | None = None,
+) -> ModuleBatch:
     """Every module's graph (as `encoder.encode_module` builds it), ready for one forward.
 
     Chain-shaped units become one prefix forest; others are packed graph by graph.
+    `context`: values of other units' choices that the unit's layers read.
     """
     width = len(encoder.categories)
     if not modules.count:
         empty = np.zeros(0, dtype=np.int64)
-        return ModuleBatch(_chain_packed(np.zeros((0, width), dtype=np.int64), empty), empty, empty)
+        return ModuleBatch(
+            _chain_packed(np.zeros((0, width), dtype=np.int64), empty), empty, empty, empty
+        )
     if _fast_path(encoder.space, modules.unit):
-        cut = _module_rows(encoder, modules, values)
+        cut = _module_rows(encoder, modules, values, context)
         if cut is not None:
             table, rows, counts = cut
-            packed, last = _prefix_forest(table, rows, counts)
-            return ModuleBatch(packed, np.where(counts > 0, last, -1), counts)
-    packed = _pack_slow(encoder, modules, values)
+            packed, last, parents = _prefix_forest(table, rows, counts)
+            return ModuleBatch(packed, np.where(counts > 0, last, -1), counts, parents)
+    packed = _pack_slow(encoder, modules, values, context)
     counts = packed.counts.numpy()
-    return ModuleBatch(packed, np.where(counts > 0, packed.node_ptr[1:].numpy() - 1, -1), counts)
+    return ModuleBatch(
+        packed,
+        np.where(counts > 0, packed.node_ptr[1:].numpy() - 1, -1),
+        counts,
+        _graph_previous(packed),
+    )
 
 
 # ----- ranking -----------------------------------------------------------------------------
@@ -755,10 +841,51 @@ def _label_groups(
     return means, sds
 
 
+def _stage_domain(space: Space, name: str) -> list[Value]:
+    owner, _, choice = name.partition(".")
+    stage = space.stage(owner)
+    if choice == "depth":
+        return list(stage.depths)
+    return list(stage_module_choices(space, stage).get(choice, []))
+
+
+def context_names(space: Space, encoder: Any, unit: Unit) -> list[str]:
+    """Other units' choices that this unit's layers read (tied aliases as their keeper)."""
+    own: set[str] = set()
+    for name in unit.stages:
+        stage = space.stage(name)
+        own.add(f"{name}.depth")
+        own.update(f"{name}.{c}" for c in stage_module_choices(space, stage))
+    own |= {space.ties.get(n, n) for n in own}
+    names: dict[str, None] = {}
+    for name in unit.stages:
+        for ref in encoder.stage_refs(name):
+            keeper = space.ties.get(ref, ref)
+            if ref in space.choices or ref in own or keeper in own:
+                continue
+            names[keeper] = None
+    return sorted(names)
+
+
+def unit_contexts(space: Space, encoder: Any, unit: Unit) -> list[dict[str, Value]]:
+    """Every assignment of the unit's context (one empty one for a context-free unit)."""
+    names = context_names(space, encoder, unit)
+    domains = [_stage_domain(space, n) for n in names]
+    total = math.prod(len(d) for d in domains)
+    if total > MAX_CONTEXTS:
+        raise RankError(
+            f"unit {unit.name} reads {', '.join(names)} of other stages: {total:,} contexts "
+            f"to score it in (more than {MAX_CONTEXTS:,}). Narrow those choices, or score "
+            "a reduced space"
+        )
+    return [dict(zip(names, values, strict=True)) for values in itertools.product(*domains)]
+
+
 def rank_modules(
     run: TrainedRun,
     *,
     standardize: bool = False,
+    score: ScoreKind = "pooled",
     globals: Sequence[dict[str, Any]] | None = None,
     units: Sequence[str] | None = None,
     threads: int = 1,
@@ -766,9 +893,11 @@ def rank_modules(
 ) -> RankResult:
     """Score every module of every unit of the run's space with the run's ensemble.
 
+    `score`: how a module is read (pooled module-graph embedding, or its last node);
     `globals`: the global assignments to score (default: those of the labeled data);
     `units`: only these units (default: all); `threads`: torch threads for the forward
-    passes (one is fastest on a shared machine).
+    passes (one is fastest on a shared machine). A unit whose layers read other units'
+    choices is scored in every context it can be built into.
     """
     if _encoding(run) != "sequence":
         raise RankError(
@@ -776,6 +905,8 @@ def rank_modules(
             "needs sequence-graph runs (one node per layer). Train with the sequence encoding "
             "to rank and build modules"
         )
+    if score not in SCORE_KINDS:
+        raise RankError(f"unknown module score '{score}' (one of {', '.join(SCORE_KINDS)})")
     started = time.perf_counter()
     space = run.space
     encoder = run.encoder()
@@ -802,26 +933,39 @@ def rank_modules(
         dtype=np.float64,
     )
     weights = hop_weights(srcc)
-    mu = np.array([[hm.mean for hm in m.record.hop_norms] for m in run.members])
-    sd = np.array([[hm.sd for hm in m.record.hop_norms] for m in run.members])
+    if score == "pooled":
+        if any(m.record.graph_norms is None for m in run.members):
+            raise RankError(
+                f"{run.path}: this run was trained before pooled norm statistics were "
+                "recorded; retrain it, or score modules by their last node (score 'last')"
+            )
+        moments = [m.record.graph_norms or [] for m in run.members]
+    else:
+        moments = [m.record.hop_norms for m in run.members]
+    mu = np.array([[hm.mean for hm in ms] for ms in moments])
+    sd = np.array([[hm.sd for hm in ms] for ms in moments])
     if mu.shape[1] < hops:
         raise RankError(f"{run.path}: members record {mu.shape[1]} hop statistics, need {hops}")
 
-    # Pack every (assignment, unit) first: one forward per member over all of them.
+    # Pack every (assignment, unit, context) first: one forward per member over all of them.
     enumerated = {u.name: enumerate_modules(space, u) for u in all_units}
-    jobs: list[tuple[dict[str, Value], _Modules, int]] = []
+    contexts = {u.name: unit_contexts(space, encoder, u) for u in all_units}
+    jobs: list[tuple[dict[str, Value], dict[str, Value], _Modules, int]] = []
     batches: list[ModuleBatch] = []
-    total_jobs = len(assignments) * len(all_units)
+    total_jobs = len(assignments) * sum(len(c) for c in contexts.values())
     for values in assignments:
         for unit in all_units:
             modules = enumerated[unit.name]
-            feasible = _feasible(space, modules, values)
-            keep = feasible[modules.state] if modules.count else np.zeros(0, dtype=bool)
-            kept = modules.subset(keep)
-            jobs.append((values, kept, int(modules.count - kept.count)))
-            batches.append(pack_modules(encoder, kept, values))
-            if progress is not None:
-                progress(RankProgress("encode", len(batches), total_jobs, unit.name))
+            for context in contexts[unit.name]:
+                feasible = _feasible(space, modules, {**values, **context})
+                keep = feasible[modules.state] if modules.count else np.zeros(0, dtype=bool)
+                if context and not keep.any():
+                    continue  # no architecture with these globals has this context
+                kept = modules.subset(keep)
+                jobs.append((values, context, kept, int(modules.count - kept.count)))
+                batches.append(pack_modules(encoder, kept, values, context or None))
+                if progress is not None:
+                    progress(RankProgress("encode", len(batches), total_jobs, unit.name))
     batch = _concat(batches)
     counts = batch.nodes
     hop = np.clip(np.minimum(counts - 1, num_layers), 0, None)
@@ -829,7 +973,7 @@ def rank_modules(
     raw = np.zeros((len(run.members), len(counts)))
     with torch_threads(threads):
         for m, member in enumerate(run.members):
-            raw[m] = module_norms(member.model, batch, hop)
+            raw[m] = module_norms(member.model, batch, hop, score=score)
             if progress is not None:
                 progress(RankProgress("score", m + 1, len(run.members), member.name))
     z = standardize_members(raw, mu, sd, hop)
@@ -838,7 +982,7 @@ def rank_modules(
     notes: set[str] = set()
     tables: list[UnitScores] = []
     offset = 0
-    for values, modules, excluded in jobs:
+    for values, context, modules, excluded in jobs:
         span = slice(offset, offset + modules.count)
         offset += modules.count
         size = modules.size()
@@ -855,10 +999,13 @@ def rank_modules(
                 unit=modules.unit.name,
                 stages=list(modules.unit.stages),
                 globals=dict(values),
+                context=dict(context),
                 configs=modules.configs,
                 stage_states=modules.stage_states,
                 unit_states=modules.unit_states,
                 state=modules.state,
+                module_id=modules.module_ids(),
+                member_scores=member_scores,
                 layers=modules.layers,
                 size=size,
                 nodes=counts[span],
@@ -878,10 +1025,19 @@ def rank_modules(
             f"the run does not record the global choices of its data (trained by an older "
             f"version): scored all {len(assignments)} assignments; --globals picks some"
         )
+    for unit in all_units:
+        names = context_names(space, encoder, unit)
+        if names:
+            low.append(
+                f"unit {unit.name} reads {', '.join(names)}: its modules are scored in each "
+                f"of {len(contexts[unit.name])} context(s), and builds use the score of the "
+                "context they are built into"
+            )
     return RankResult(
         run=str(run.path),
         target=run.config.target,
         mode="standardize" if standardize else "shift",
+        score_kind=score,
         members=len(run.members),
         num_layers=num_layers,
         tables=tables,
@@ -891,18 +1047,29 @@ def rank_modules(
 
 
 def module_norms(
-    model: ScorerModel, batch: ModuleBatch, hops: np.ndarray, chunk: int = GRAPH_CHUNK
+    model: ScorerModel,
+    batch: ModuleBatch,
+    hops: np.ndarray,
+    chunk: int = GRAPH_CHUNK,
+    *,
+    score: ScoreKind = "last",
 ) -> np.ndarray:
-    """[modules]: the norm of each module's last node embedding at hop `hops[m]`.
+    """[modules]: each module's norm at hop `hops[m]`, read as `score` says.
 
-    The same numbers as `scorer.node_norms(model, graphs)[hop, last node]`, without
-    pooling, the prediction head or norms that no score reads. 0 for a module with no node.
+    last: the norm of the module's last node embedding, the same numbers as
+    `scorer.node_norms(model, graphs)[hop, last node]`; pooled: the norm of the mean of
+    the module's node embeddings, the same numbers as the model's graph norm of the module
+    built alone. No prediction head, and no norm that no score reads. 0 for a module with
+    no node.
     """
+    if score not in SCORE_KINDS:
+        raise RankError(f"unknown module score '{score}' (one of {', '.join(SCORE_KINDS)})")
     packed = batch.packed
     check_codes(packed, model.config.vocab_sizes)
     hops = np.asarray(hops, dtype=np.int64)
     out = np.zeros(len(batch.last), dtype=np.float64)
     node_ptr = packed.node_ptr.numpy()
+    previous = batch.previous if batch.previous is not None else _graph_previous(packed)
     was_training = model.training
     model.eval()
     try:
@@ -915,14 +1082,35 @@ def module_norms(
                     continue
                 embeddings = model.node_embeddings(packed.select(torch.arange(start, stop)))
                 local = batch.last[mine] - first
+                local_previous = np.where(previous[first:end] >= 0, previous[first:end] - first, -1)
                 for h in np.unique(hops[mine]):
                     pick = hops[mine] == h
-                    rows = embeddings[int(h)][torch.from_numpy(local[pick])]
+                    at = torch.from_numpy(local[pick])
+                    if score == "last":
+                        rows = embeddings[int(h)][at]
+                    else:
+                        sums = _path_sums(embeddings[int(h)], local_previous)
+                        sizes = torch.from_numpy(batch.nodes[mine[pick]]).to(sums.dtype)
+                        rows = sums[at] / sizes.clamp(min=1)[:, None]
                     norms = torch.linalg.vector_norm(rows, ord=model.config.norm_ord, dim=-1)
                     out[mine[pick]] = norms.double().numpy()
     finally:
         model.train(was_training)
     return out
+
+
+def _path_sums(values: torch.Tensor, previous: np.ndarray) -> torch.Tensor:
+    """values [nodes, d] -> for every node, the sum of `values` over it and every node
+    reached by following `previous` (pointer jumping: log2(longest path) steps)."""
+    sums = values.double().clone()
+    pointer = torch.from_numpy(np.asarray(previous, dtype=np.int64))
+    while True:
+        has = pointer >= 0
+        if not bool(has.any()):
+            return sums
+        target = pointer.clamp(min=0)
+        sums = sums + torch.where(has[:, None], sums[target], torch.zeros_like(sums))
+        pointer = torch.where(has, pointer[target], pointer)
 
 
 def standardize_members(
@@ -937,7 +1125,7 @@ def _concat(batches: list[ModuleBatch]) -> ModuleBatch:
     if len(batches) == 1:
         return batches[0]
     slots = max(int(b.packed.rel_nbr.shape[0]) for b in batches)
-    xs, rels, masks, ptrs, lasts = [], [], [], [torch.zeros(1, dtype=torch.long)], []
+    xs, rels, masks, ptrs, lasts, previous = [], [], [], [torch.zeros(1, dtype=torch.long)], [], []
     offset = 0
     for b in batches:
         p = b.packed
@@ -952,6 +1140,8 @@ def _concat(batches: list[ModuleBatch]) -> ModuleBatch:
         masks.append(mask)
         ptrs.append(p.node_ptr[1:] + offset)
         lasts.append(np.where(b.last >= 0, b.last + offset, -1))
+        before = b.previous if b.previous is not None else _graph_previous(p)
+        previous.append(np.where(before >= 0, before + offset, -1))
         offset += n
     packed = PackedGraphs(
         x=torch.cat(xs),
@@ -959,7 +1149,12 @@ def _concat(batches: list[ModuleBatch]) -> ModuleBatch:
         nbr_mask=torch.cat(masks, dim=1),
         node_ptr=torch.cat(ptrs),
     )
-    return ModuleBatch(packed, np.concatenate(lasts), np.concatenate([b.nodes for b in batches]))
+    return ModuleBatch(
+        packed,
+        np.concatenate(lasts),
+        np.concatenate([b.nodes for b in batches]),
+        np.concatenate(previous),
+    )
 
 
 # ----- text --------------------------------------------------------------------------------
@@ -990,13 +1185,16 @@ def module_description(stages: Sequence[str], parts: Sequence[StageModule]) -> s
 
 __all__ = [
     "MIN_GROUP",
+    "SCORE_KINDS",
     "ModuleBatch",
     "RankError",
     "RankProgress",
     "RankResult",
     "RankedModule",
+    "ScoreKind",
     "StageState",
     "UnitScores",
+    "context_names",
     "ensemble",
     "enumerate_modules",
     "global_assignments",
@@ -1009,4 +1207,5 @@ __all__ = [
     "shift",
     "standardize",
     "standardize_members",
+    "unit_contexts",
 ]

@@ -461,16 +461,26 @@ class GraphEncoder:
                 progress(i + 1, len(archs))
         return graphs
 
+    def stage_refs(self, stage_name: str) -> tuple[str, ...]:
+        """The scalar names (globals, `stage.choice`, `stage.depth`) a stage's nodes read."""
+        plan = self._plan_of.get(stage_name)
+        if plan is None:
+            raise EncodeError(f"no stage '{stage_name}'")
+        return plan.refs
+
     def encode_module(
         self,
         unit_name: str,
         module: list[StageModule],
         globals: dict[str, Value] | None = None,
+        *,
+        context: dict[str, Value] | None = None,
     ) -> Data:
         """The graph of one unit's module alone, with its stages' real positions.
 
-        Global choices default to the first value of each domain; decisions of stages
-        outside the unit, which a template might read, default to their first value too.
+        Global choices default to the first value of each domain. `context` gives the
+        decisions of stages outside the unit that its nodes read (`s1.width`); a module
+        whose nodes read one that is not given is refused, never built in a made-up context.
         """
         unit = next((u for u in self._index.units if u.name == unit_name), None)
         if unit is None:
@@ -492,11 +502,26 @@ class GraphEncoder:
             mine[f"{stage_name}.depth"] = part.depth
             for name, value in part.choices.items():
                 mine[f"{stage_name}.{name}"] = value
+        given = dict(context or {})
+        scalars.update(given)
         scalars.update(mine)
         # A tied choice given on this unit's side decides the other side too.
         for alias, keeper in self._ties.items():
             if alias in mine and keeper not in mine:
                 scalars[keeper] = mine[alias]
+        decided = set(mine) | set(given) | set(globals_)
+        decided |= {k for a, k in self._ties.items() if a in decided}
+        missing = sorted(
+            ref
+            for stage_name in unit.stages
+            for ref in self._plan_of[stage_name].refs
+            if ref not in decided and self._ties.get(ref, ref) not in decided
+        )
+        if missing:
+            raise EncodeError(
+                f"unit {unit_name} reads {', '.join(missing)} of other stages: give them as "
+                "its context"
+            )
         env = self._env(scalars)
         plans = [self._plan_of[s] for s in unit.stages]
         layers = [part.layers[: part.depth] for part in module]

@@ -54,6 +54,7 @@ class MemberResult:
     metrics: MemberMetrics
     label: Moments
     hop_norms: list[Moments]
+    graph_norms: list[Moments]
 
 
 def plan_members(
@@ -110,6 +111,7 @@ def _train(
         metrics=trained.metrics,
         label=trained.label,
         hop_norms=trained.hop_norms,
+        graph_norms=trained.graph_norms,
     )
 
 

@@ -125,6 +125,11 @@ class MemberRecord(BaseModel):
     label: Moments = Field(description="training labels (the head predicts them standardised)")
     label_stats: LabelStats = Field(description="training labels overall, per (stage, depth)")
     hop_norms: list[Moments] = Field(description="node-embedding norms per hop, training graphs")
+    graph_norms: list[Moments] | None = Field(
+        default=None,
+        description="mean-pooled graph-embedding norms per hop, training graphs (None: a run "
+        "trained before they were recorded)",
+    )
 
 
 class SummaryMetrics(BaseModel):
@@ -406,6 +411,7 @@ def train_run(
             if own_stats is not None
             else label_stats(dataset, y, result.spec.train),
             hop_norms=result.hop_norms,
+            graph_norms=result.graph_norms,
         )
         # The record last: its presence marks the member as finished.
         _write_json(out / "members" / f"{name}.json", record)

@@ -114,6 +114,7 @@ class TrainedMember:
     metrics: MemberMetrics
     label: Moments  # training-split label mean/sd (the head predicts standardised labels)
     hop_norms: list[Moments]  # node-embedding norms at each hop over the training graphs
+    graph_norms: list[Moments]  # mean-pooled graph-embedding norms at each hop, same graphs
 
 
 @contextlib.contextmanager
@@ -188,15 +189,22 @@ def evaluate(
     return hop, _srcc(pred_units, truth), float(np.mean(np.abs(pred_units - truth)))
 
 
-def norm_moments(model: ScorerModel, packed: PackedGraphs, idx: Sequence[int]) -> list[Moments]:
-    """Mean/sd of node-embedding norms at each hop over the graphs `idx` (Eq. 5's mu_h, sd_h)."""
-    _, _, node_norms = embed(model, packed, idx)
-    result = []
-    for values in node_norms:
-        v = values.double()
-        sd = float(v.std()) if v.numel() > 1 else 0.0
-        result.append(Moments(mean=float(v.mean()), sd=sd, count=int(v.numel())))
-    return result
+def _moments(values: torch.Tensor) -> Moments:
+    v = values.double()
+    sd = float(v.std()) if v.numel() > 1 else 0.0
+    return Moments(mean=float(v.mean()), sd=sd, count=int(v.numel()))
+
+
+def norm_moments(
+    model: ScorerModel, packed: PackedGraphs, idx: Sequence[int]
+) -> tuple[list[Moments], list[Moments]]:
+    """Eq. 5's mu_h, sd_h over the graphs `idx`, per hop: (node-embedding norms,
+    mean-pooled graph-embedding norms). Module scores standardise with the one that
+    matches how they read a module (its last node, or its pooled graph)."""
+    _, graph_norms, node_norms = embed(model, packed, idx)
+    nodes = [_moments(values) for values in node_norms]
+    graphs = [_moments(graph_norms[h]) for h in range(graph_norms.shape[0])]
+    return nodes, graphs
 
 
 def label_moments(values: np.ndarray) -> Moments:
@@ -288,7 +296,7 @@ def train_member(
                     )
                 )
         hop, pred_srcc, mae = evaluate(model, packed, y, test_idx, label)
-        hop_norms = norm_moments(model, packed, train_idx)
+        hop_norms, graph_norms = norm_moments(model, packed, train_idx)
     metrics = MemberMetrics(
         hop_srcc=hop,
         pred_srcc=pred_srcc,
@@ -301,7 +309,14 @@ def train_member(
         cpu_seconds_per_epoch=train_cpu_seconds / config.epochs,
     )
     model.eval()
-    return TrainedMember(name=name, model=model, metrics=metrics, label=label, hop_norms=hop_norms)
+    return TrainedMember(
+        name=name,
+        model=model,
+        metrics=metrics,
+        label=label,
+        hop_norms=hop_norms,
+        graph_norms=graph_norms,
+    )
 
 
 def _summary_srcc(hop: list[float | None], pred: float | None, loss: LossKind) -> float | None:

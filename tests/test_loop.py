@@ -133,6 +133,17 @@ def test_resume_after_a_kill_mid_round_pays_nothing_twice(tmp_path: Path) -> Non
     # The same evaluations as a run that was never interrupted.
     assert [r.key for r in resumed.records] == [r.key for r in whole.records]
     assert len((tmp_path / "cut" / "labels.jsonl").read_text().splitlines()) == len(data) + 12
+    # Killed after a round's last evaluation, before its checkpoint: nothing is paid again
+    # and the round is recorded as it would have been.
+    # (The checkpoint after round 0 is the final one of a loop with a budget of one round.)
+    run_loop(SPACE, data, Counting(), config(budget=6), tmp_path / "one")
+    state = json.loads((tmp_path / "one" / "loop.json").read_text())
+    state["stopped"] = "running"
+    (tmp_path / "cut" / "loop.json").write_text(json.dumps(state))
+    again = Counting()
+    replayed = run_loop(SPACE, data, again, config(), tmp_path / "cut", resume=True)
+    assert again.paid == []
+    assert replayed.rounds == whole.rounds
     # A larger budget continues; a different setting is refused.
     more = Counting()
     run_loop(SPACE, data, more, config(budget=18), tmp_path / "cut", resume=True)

@@ -90,6 +90,13 @@ def _user_errors() -> Iterator[None]:
     show_default=True,
     help="Evaluations between retrainings of the scorers.",
 )
+@click.option(
+    "--widen-on-stall/--no-widen-on-stall",
+    default=True,
+    show_default=True,
+    help="Also keep one more module per unit after a round that found nothing better "
+    "(k always grows when the reduced space is exhausted).",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option(
     "--epochs", type=click.IntRange(min=1), default=100, show_default=True, help="Scorer epochs."
@@ -128,6 +135,7 @@ def improve_cmd(
     objectives: str | None,
     top_k: int,
     per_round: int,
+    widen_on_stall: bool,
     seed: int,
     epochs: int,
     folds: int,
@@ -168,6 +176,7 @@ def improve_cmd(
             budget=budget,
             top_k=top_k,
             per_round=per_round,
+            widen_on_stall=widen_on_stall,
             seed=seed,
             epochs=epochs,
             folds=folds,

@@ -11,8 +11,7 @@ rank of what a method returns and the true Pareto front are known.
      given B evaluations;
    - one-shot AutoBuild: the #1 built network of the first round's scorers (no evaluation);
    - ES: the first round's ensemble's prediction head scores all 6561 networks, top 1.
-   The loop's choices do not depend on B (16 per round, each round decided only by the
-   rounds before it), so one B = max run per seed gives the smaller B as prefixes.
+   The loop's first k depends on B, so every B is a run of its own.
 2. The paper's Figure 5: max accuracy, min MMACs; three targets `mean_acc - a * MMACs`;
    B evaluations: hypervolume of the evaluated networks' front (normalised by the space's
    worst accuracy and largest MACs) for AutoBuild-NAS (the loop, union of the three
@@ -134,35 +133,39 @@ def es_top1(run_folder: Path, table: Table) -> float:
 def single(table: Table, space, work: Path, seed: int, args) -> dict:  # type: ignore[no-untyped-def]
     labels = labels_for(table, args.labels, seed)
     budgets = [int(b) for b in args.budgets.split(",")]
-    out = work / f"single_s{seed}"
-    runner = Runner(table)
-    config = LoopConfig(targets=["mean_acc"], budget=max(budgets), top_k=3, per_round=16,
-                        epochs=args.epochs, folds=args.folds, seed=seed)  # fmt: skip
-    start, cpu = time.perf_counter(), time.process_time()
-    result = run_loop(space, labels, runner, config, out, resume=True)
-    seconds = (time.perf_counter() - start, time.process_time() - cpu)
-    curve = [row["max mean_acc"] for row in result.best_so_far]
     found: dict[str, dict[int, float]] = {m: {} for m in SINGLE}
-    built = Architecture.model_validate(result.rounds[0].built["arch"])
-    es = es_top1(out / "rounds" / "r00" / "target0", table)
     warm = [(a, table.metrics[a.key()]["mean_acc"]) for a in labels.architectures]
+    seconds = [0.0, 0.0]
+    rounds = {}
 
     def acc(arch: Architecture) -> float:
         return table.metrics[arch.key()]["mean_acc"]
 
     for b in budgets:
-        found["loop"][b] = curve[min(b, len(curve) - 1)]
+        # k is chosen from the budget (top_k=None), so every B is a run of its own.
+        out = work / f"single_s{seed}_b{b}"
+        config = LoopConfig(targets=["mean_acc"], budget=b, per_round=16, epochs=args.epochs,
+                            folds=args.folds, seed=seed)  # fmt: skip
+        start, cpu = time.perf_counter(), time.process_time()
+        result = run_loop(space, labels, Runner(table), config, out, resume=True)
+        seconds[0] += time.perf_counter() - start
+        seconds[1] += time.process_time() - cpu
+        rounds[str(b)] = [r.model_dump(mode="json", exclude={"built"}) for r in result.rounds]
+        curve = [row["max mean_acc"] for row in result.best_so_far]
+        found["loop"][b] = curve[-1]
         found["RE (warm)"][b] = regularized_evolution(
             space, acc, b, seed=seed, warm=warm
         ).best_value
         found["TPE (warm)"][b] = tpe_search(space, acc, b, seed=seed, warm=warm).best_value
+        # The first round's scorers do not depend on B: one-shot and ES read them.
+        built = Architecture.model_validate(result.rounds[0].built["arch"])
         found["one-shot AutoBuild"][b] = table.metrics[built.key()]["mean_acc"]
-        found["ES"][b] = es
+        found["ES"][b] = es_top1(out / "rounds" / "r00" / "target0", table)
     return {
         "seed": seed,
-        "labels_best": curve[0],
+        "labels_best": max(v for _, v in warm),
         "found": {m: {str(b): v for b, v in d.items()} for m, d in found.items()},
-        "rounds": [r.model_dump(mode="json", exclude={"built"}) for r in result.rounds],
+        "rounds": rounds,
         "seconds": seconds,
     }
 
@@ -299,8 +302,8 @@ def main() -> int:
     parser.add_argument("--front-budget", type=int, default=250)
     parser.add_argument("--front-round", type=int, default=125, help="evaluations per round")
     parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--epochs", type=int, default=60)
-    parser.add_argument("--folds", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=100)
+    parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--parts", default="single,front")
     parser.add_argument("--work", type=Path, default=ROOT / "out" / "bench" / "loop")
     parser.add_argument("--markdown", type=Path, help="write the results section here")
@@ -372,9 +375,8 @@ def main() -> int:
             "with equal accuracy share a rank) and, in brackets, the seeds that found rank 1",
             f"({table.sorted[0]:.2f}). Scorers: {args.folds}-fold ranked ensembles, "
             f"{args.epochs} epochs, retrained",
-            "every 16 evaluations; the loop starts from the top-3 modules per stage. The",
-            "loop's rounds do not depend on B, so B = 16 and 32 are prefixes of the B = "
-            f"{budgets[-1]} run.",
+            "every 16 evaluations; the loop's first k is the smallest whose reduced space",
+            "holds 1.5 x B networks (k = 3, 4, 5 for B = 16, 32, 64); one run per B.",
             "RE and TPE are warm-started with the same N labels. One-shot AutoBuild and ES",
             "use the first round's ensemble (ES: its prediction head over all networks) and",
             "pay no evaluation.",

@@ -112,6 +112,10 @@ def test_same_seed_same_result(tmp_path: Path) -> None:
     assert first.rounds == second.rounds
     other = run_loop(SPACE, data, Counting(), config(seed=2), tmp_path / "c")
     assert [r.key for r in other.records] != [r.key for r in first.records]
+    # Without --top-k, k is the smallest whose reduced space holds 1.5 x the budget:
+    # k = 2 gives 2^3 = 8 < 18 networks, k = 3 gives 27.
+    auto = run_loop(SPACE, data, Counting(), config(top_k=None), tmp_path / "d")
+    assert auto.rounds[0].k == 3 and auto.rounds[0].reduced_size == 27
 
 
 def test_resume_after_a_kill_mid_round_pays_nothing_twice(tmp_path: Path) -> None:

@@ -79,9 +79,8 @@ def _user_errors() -> Iterator[None]:
 @click.option(
     "--top-k",
     type=click.IntRange(min=1),
-    default=3,
-    show_default=True,
-    help="Modules kept per unit at the start (grows when the reduced space is exhausted).",
+    help="Modules kept per unit at the start (it grows when the reduced space is exhausted "
+    "or a round stalls) [default: the smallest k whose reduced space holds 1.5 x the budget].",
 )
 @click.option(
     "--per-round",
@@ -133,7 +132,7 @@ def improve_cmd(
     budget: int,
     out_dir: str,
     objectives: str | None,
-    top_k: int,
+    top_k: int | None,
     per_round: int,
     widen_on_stall: bool,
     seed: int,

@@ -58,6 +58,10 @@ FRONT_FILE = "front.jsonl"
 ROUNDS_DIR = "rounds"
 STATE_VERSION = 1
 TRIES_PER_ARCH = 50
+# Automatic k: the first reduced space holds this many times the budget. Small enough that
+# the evaluations cover a good part of it, large enough to hold what the scores misplace
+# (on NAS-Bench-Macro the best network uses a stage module of true marginal rank 5).
+AUTO_K_FACTOR = 1.5
 
 
 class LoopError(ValueError):
@@ -75,7 +79,12 @@ class LoopConfig(BaseModel):
         description="what the search optimises; empty: maximise the single target",
     )
     budget: int = Field(ge=1, description="real evaluations to pay for")
-    top_k: int = Field(default=3, ge=1, description="modules kept per unit at the start")
+    top_k: int | None = Field(
+        default=None,
+        ge=1,
+        description="modules kept per unit at the start; None: the smallest k whose reduced "
+        f"space holds {AUTO_K_FACTOR:g} x the budget",
+    )
     per_round: int = Field(default=16, ge=1, description="evaluations between retrainings")
     per_generation: int = Field(
         default=8, ge=1, description="several objectives: mutants evaluated per batch"
@@ -217,7 +226,7 @@ class _Loop:
             self.round_of[key] = -1
             self.archs[key] = arch
         self.label_count = len(self.known)
-        self._k = config.top_k
+        self._k = config.top_k or 0  # 0: chosen from the budget in the first round
         self._round_keys: list[str] = []
         self._round_set: set[str] = set()
 
@@ -434,7 +443,7 @@ class _Loop:
         print_ = fingerprint(self.space, self.labels, self.config, self.runner.identity)
         state = _read_state(self.out)
         rounds: list[RoundInfo] = []
-        self._k = self.config.top_k
+        self._k = self.config.top_k or 0
         resumed_from = 0
         if state is not None:
             if not resume:
@@ -474,6 +483,8 @@ class _Loop:
             held = set(self._held_before(round_))
             count = min(self.config.per_round, self.config.budget - self._paid_before(round_))
             self._round_keys, self._round_set = [], set()
+            if self._k == 0:
+                self._k = self._auto_k(rankings, round_)
             while True:
                 reduced, built, can_grow = self.reduce(rankings, self._k, round_)
                 size = index_of(reduced).size()
@@ -518,6 +529,15 @@ class _Loop:
         )
         write_report(result, self.out)
         return result
+
+    def _auto_k(self, rankings: list[Any], round_: int) -> int:
+        """The smallest k whose reduced space holds AUTO_K_FACTOR x the budget."""
+        k = 1
+        while True:
+            reduced, _, can_grow = self.reduce(rankings, k, round_)
+            if index_of(reduced).size() >= AUTO_K_FACTOR * self.config.budget or not can_grow:
+                return k
+            k += 1
 
     def _improved(self, round_: int, held: set[str]) -> bool:
         """Whether a network of this round is better than every earlier one (for several

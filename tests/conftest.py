@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SPACES = ROOT / "spaces"
-SHARED_DATA = ROOT.parent / "shared" / "data"
+# ABC_SHARED_DATA points elsewhere (a git worktree has no ../shared next to it).
+SHARED_DATA = Path(os.environ.get("ABC_SHARED_DATA") or ROOT.parent / "shared" / "data")
 
 
 @pytest.fixture(scope="session")

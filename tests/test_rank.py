@@ -22,6 +22,7 @@ from autobuild_dsl.build.construct import (
 from autobuild_dsl.build.rank import (
     ModuleBatch,
     RankError,
+    RankResult,
     _chain_packed,
     _module_rows,
     _pack_slow,
@@ -374,7 +375,7 @@ def test_constrained_mode_and_merged_runs(macro_run: Path, unet_run: Path) -> No
     merged = build_from_rankings(
         run.space, [ranking, rank_modules(run, standardize=True)], top_k=3, n=3
     )
-    assert any("z-scores" in note for note in merged.notes)
+    assert any("never added" in note for note in merged.notes)
     unet = load_run(unet_run)
     constrained = build_from_rankings(
         unet.space, [rank_modules(unet, standardize=True)], top_k=2, n=2, mode="constrained"
@@ -388,6 +389,36 @@ def test_constrained_mode_and_merged_runs(macro_run: Path, unet_run: Path) -> No
         normalize_top_k(run.space, [1, 2])
     with pytest.raises(BuildError, match="no unit 's9'"):
         normalize_top_k(run.space, {"s9": 1})
+
+
+def _negated(ranking: RankResult) -> RankResult:
+    """The same modules under an opposed target (what a latency run is to an accuracy run)."""
+    tables = [
+        t.model_copy(update={"score": -np.asarray(t.score), "member_scores": None})
+        for t in ranking.tables
+    ]
+    return ranking.model_copy(update={"tables": tables, "run": "opposed"})
+
+
+def test_several_runs_keep_each_runs_top_k_and_order_by_pareto(macro_run: Path) -> None:
+    run = load_run(macro_run)
+    ranking = rank_modules(run)
+    opposed = _negated(ranking)
+    merged = build_from_rankings(run.space, [ranking, opposed], top_k=2, n=6)
+    for unit, modules in merged.kept().units.items():
+        table = next(t for t in ranking.tables if t.unit == unit)
+        own = {repr(m.parts) for m in table.top(2)}
+        other = {repr(m.parts) for m in table.bottom(2)}
+        assert {repr(m.parts) for m in modules} == own | other  # the union, 4 per unit
+    fronts = [b.front for b in merged.architectures]
+    assert fronts == sorted(fronts) and fronts[0] == 1
+    best_a = build_from_rankings(run.space, [ranking], top_k=2, n=1).architectures[0]
+    best_b = build_from_rankings(run.space, [opposed], top_k=2, n=1).architectures[0]
+    first_front = {b.arch.key() for b in merged.architectures if b.front == 1}
+    # Each run's own best is on the first front: neither target is traded away by a sum.
+    assert best_a.arch.key() in first_front and best_b.arch.key() in first_front
+    for built in merged.architectures:
+        assert built.run_scores is not None and len(built.run_scores) == 2
 
 
 def test_ir_runs_are_refused_with_a_reason(
@@ -441,9 +472,14 @@ def test_cli_rank_and_build_end_to_end(
     assert space_size(reduced) == 12
     lines = (out / "architectures.jsonl").read_text().splitlines()
     assert len(lines) == 5
+    # Every built network is shown with its summed score and the ensemble's prediction.
+    assert "summed score" in text and "predicted" in text
     space = compile_file(MACRO)
     for line in lines:
-        canonicalize(space, json.loads(line)["arch"])
+        record = json.loads(line)
+        canonicalize(space, record["arch"])
+        assert len(record["predicted"]) == 1 and record["predicted_sd"][0] >= 0
+        assert f"{record['score']:.4g}" in text and f"{record['predicted'][0]:.4g}" in text
     code, text = _abc(["validate", str(MACRO), str(out / "architectures.jsonl")], capsys)
     assert code == 0, text
     # Refuses to overwrite; --force does.

@@ -46,6 +46,7 @@ from autobuild_dsl.search.plot import Series, front_2d, plot_fronts
 from autobuild_dsl.search.runner import EvaluationRunner
 from autobuild_dsl.space.architecture import Architecture
 from autobuild_dsl.space.decisions import iter_architectures
+from autobuild_dsl.space.equivalence import distinct, network_key
 
 MACRO = Path(__file__).resolve().parent.parent / "spaces" / "nas_bench_macro.abs"
 OP_CODE = {"identity": "0", "mb_e3k3": "1", "mb_e6k5": "2"}
@@ -221,7 +222,8 @@ def test_python_evaluator_from_a_file_passes_space(tmp_path: Path, macro) -> Non
 
 
 def test_runner_caches_and_deduplicates(tmp_path: Path, macro) -> None:
-    archs = list(itertools.islice(iter_architectures(macro), 10))
+    # Ten distinct networks (equivalent architectures share one evaluation: test_equivalence).
+    archs = [a for a, _ in itertools.islice(distinct(macro, iter_architectures(macro)), 10)]
     runner = toy_runner(macro, tmp_path)
     first = runner.evaluate(archs + archs[:3])
     assert runner.evaluator.calls == 10 and first[10:] == first[:3]
@@ -585,7 +587,7 @@ def test_lookup_search_on_nas_bench_macro_matches_the_benchmark(
     done = CliRunner().invoke(cli, [*args, "-o", str(imported)])
     assert done.exit_code == 0, done.output
     lookup = make_evaluator(parse_evaluator_spec(f"lookup:{imported}"), macro)
-    assert len(lookup) == 6561
+    assert len(lookup) == 3969  # networks: the import merged equivalent architectures
 
     def runner() -> EvaluationRunner:
         return EvaluationRunner(macro, evaluator=lookup)
@@ -595,6 +597,9 @@ def test_lookup_search_on_nas_bench_macro_matches_the_benchmark(
     )
     one = run_search(macro, runner(), search)
     assert len(one.records) == 250 == len({r.key for r in one.records})
+    # Never two equivalent architectures (one compiled network) in one search.
+    networks = {network_key(macro, Architecture.model_validate(r.arch)) for r in one.records}
+    assert len(networks) == 250
     for record in one.front_records():
         row = macro_bench[macro_code(Architecture.model_validate(record.arch))]
         assert record.metrics["mean_acc"] == pytest.approx(row["mean_acc"], abs=1e-9)

@@ -37,12 +37,18 @@ class ScoredModule(BaseModel):
     parts: list[StageModule]
     score: float
     size: int = Field(description="number of layers across the unit's stages (its depth)")
+    members: list[float] | None = Field(
+        default=None, description="each ensemble member's score (None: not kept)"
+    )
 
 
 class ModuleTable(BaseModel):
-    """Scores of every module of every unit, for one assignment of the global choices."""
+    """Scores of every module of every unit, for one assignment of the global choices
+    (and, when some unit's layers read another unit's choices, one assignment of those:
+    the context every module here was scored in)."""
 
     globals: dict[str, Value] = Field(default_factory=dict)
+    context: dict[str, Value] = Field(default_factory=dict)
     units: dict[str, list[ScoredModule]]
 
     def sorted(self) -> ModuleTable:
@@ -55,9 +61,27 @@ class ModuleTable(BaseModel):
 
 class BuiltArchitecture(BaseModel):
     arch: Architecture
-    score: float
+    score: float = Field(description="summed module score (the first run's, with several)")
     module_scores: dict[str, float]
     globals: dict[str, Value]
+    context: dict[str, Value] = Field(
+        default_factory=dict, description="the other-unit choices the module scores assume"
+    )
+    score_sd: float | None = Field(
+        default=None, description="spread of the summed score over ensemble members"
+    )
+    run_scores: list[float] | None = Field(
+        default=None, description="summed score under each run (several runs)"
+    )
+    predicted: list[float] | None = Field(
+        default=None, description="each run's ensemble prediction of its target"
+    )
+    predicted_sd: list[float] | None = Field(
+        default=None, description="spread of each run's members' predictions"
+    )
+    front: int | None = Field(
+        default=None, description="several runs: Pareto front over the runs (1 = best)"
+    )
 
 
 def _even_quotas(sizes: list[int], k: int) -> dict[int, int]:
@@ -108,7 +132,7 @@ def select_top_k(
                 raise BuildError(f"unit '{unit}' has only {len(of_size)} modules of size {size}")
             picks.extend(of_size[:count])
         kept[unit] = sorted(picks, key=lambda m: -m.score)
-    return ModuleTable(globals=table.globals, units=kept)
+    return ModuleTable(globals=table.globals, context=table.context, units=kept)
 
 
 def merge_selections(tables: list[ModuleTable]) -> ModuleTable:
@@ -169,11 +193,19 @@ def _best_first(space: Space, tables: list[ModuleTable]) -> Iterator[BuiltArchit
         )
         if arch is None:
             continue
+        members = [m.members for m in chosen.values()]
+        spread = None
+        if all(v is not None for v in members) and len(members[0] or []) > 1:
+            sums = [math.fsum(values) for values in zip(*members, strict=True)]  # type: ignore[misc]
+            mean = math.fsum(sums) / len(sums)
+            spread = math.sqrt(math.fsum((v - mean) ** 2 for v in sums) / len(sums))
         yield BuiltArchitecture(
             arch=arch,
             score=-negative,
             module_scores={u: m.score for u, m in chosen.items()},
             globals=dict(table.globals),
+            context=dict(table.context),
+            score_sd=spread,
         )
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -27,12 +28,14 @@ from autobuild_dsl.build.builder import (
     BuildError,
     BuiltArchitecture,
     ModuleTable,
+    ScoredModule,
     best_architectures,
     merge_selections,
     reduced_space_text,
     select_top_k,
 )
 from autobuild_dsl.build.rank import RankResult, UnitScores
+from autobuild_dsl.space.architecture import Architecture
 from autobuild_dsl.space.decisions import (
     ArchitectureError,
     architecture_from_modules,
@@ -40,7 +43,7 @@ from autobuild_dsl.space.decisions import (
     index_of,
 )
 from autobuild_dsl.space.expr import Value
-from autobuild_dsl.space.model import Space
+from autobuild_dsl.space.model import Space, StageModule
 
 SelectionMode = Literal["unconstrained", "constrained"]
 
@@ -69,18 +72,6 @@ class BuildResult(BaseModel):
                 if not any(type(v) is type(value) and v == value for v in seen):
                     seen.append(value)
         return values
-
-
-def _standardized(ranking: RankResult) -> RankResult:
-    """Scores as z-scores within each (unit, globals) table: targets of different runs
-    (accuracy, latency, ...) become comparable before their selections are merged."""
-    tables: list[UnitScores] = []
-    for table in ranking.tables:
-        score = np.asarray(table.score, dtype=np.float64)
-        sd = float(score.std()) if len(score) > 1 else 0.0
-        scaled = (score - score.mean()) / sd if sd > 0 else score - score.mean()
-        tables.append(table.model_copy(update={"score": scaled}))
-    return ranking.model_copy(update={"tables": tables})
 
 
 def normalize_top_k(space: Space, top_k: int | dict[str, int] | Sequence[int]) -> dict[str, int]:
@@ -113,6 +104,154 @@ def _same_globals(a: dict[str, Value], b: dict[str, Value]) -> bool:
     return a.keys() == b.keys() and all(type(a[k]) is type(b[k]) and a[k] == b[k] for k in a)
 
 
+def _key(values: dict[str, Value]) -> tuple:
+    return tuple(sorted((k, type(v).__name__, v) for k, v in values.items()))
+
+
+class _UnitView:
+    """One unit's scores under one global assignment, over all the contexts it was scored in."""
+
+    def __init__(self, tables: list[UnitScores]) -> None:
+        self.tables = tables
+        self.by_context = {_key(t.context): t for t in tables}
+        ids = np.concatenate([_ids(t) for t in tables])
+        scores = np.concatenate([np.asarray(t.score, dtype=np.float64) for t in tables])
+        self.ids, inverse = np.unique(ids, return_inverse=True)
+        inverse = np.asarray(inverse).reshape(-1)
+        # A module's overall score: its mean over the contexts it can be built into.
+        self.mean = np.bincount(inverse, weights=scores) / np.bincount(inverse)
+        where = np.full(len(self.ids), -1, dtype=np.int64)
+        table_of = np.concatenate([np.full(len(t), i) for i, t in enumerate(tables)])
+        row_of = np.concatenate([np.arange(len(t)) for t in tables])
+        where[inverse[::-1]] = np.arange(len(inverse))[::-1]  # first occurrence
+        self.first_table = table_of[where]
+        self.first_row = row_of[where]
+        self.sizes = np.array(
+            [int(tables[t].size[r]) for t, r in zip(self.first_table, self.first_row, strict=True)],
+            dtype=np.int64,
+        )
+
+    def kept_ids(self, k: int | None, per_size: bool) -> np.ndarray:
+        """The ids of the best k modules by overall score (k of every size with per_size)."""
+        order = np.argsort(-self.mean, kind="stable")
+        if k is None:
+            return self.ids[order]
+        if not per_size:
+            return self.ids[order[:k]]
+        keep = np.zeros(len(order), dtype=bool)
+        sizes = self.sizes[order]
+        for size in np.unique(sizes):
+            keep[np.flatnonzero(sizes == size)[:k]] = True
+        return self.ids[order[keep]]
+
+    def overall(self, ids: np.ndarray) -> list[ScoredModule]:
+        """Modules by id with their overall score (for selections and reduced spaces)."""
+        position = {int(v): i for i, v in enumerate(self.ids.tolist())}
+        out = []
+        for module_id in ids.tolist():
+            i = position[int(module_id)]
+            table = self.tables[int(self.first_table[i])]
+            module = table.module(int(self.first_row[i]))
+            out.append(module.model_copy(update={"score": float(self.mean[i])}))
+        return out
+
+
+def _ids(table: UnitScores) -> np.ndarray:
+    if table.module_id is not None:
+        return np.asarray(table.module_id, dtype=np.int64)
+    return np.arange(len(table), dtype=np.int64)
+
+
+def _owned(space: Space, stages: Sequence[str], table: UnitScores, names: Sequence[str]) -> list:
+    """Per unit state of the table: its own values of the context names it decides."""
+    mine = [n for n in names if n.partition(".")[0] in stages]
+    values = []
+    for state in table.unit_states:
+        own: dict[str, Value] = {}
+        for j, s_index in enumerate(state):
+            s = table.stage_states[j][s_index]
+            own[f"{stages[j]}.depth"] = s.depth
+            for choice, value in s.choices.items():
+                own[space.ties.get(f"{stages[j]}.{choice}", f"{stages[j]}.{choice}")] = value
+        values.append({n: own.get(n) for n in mine})
+    return values
+
+
+def _context_domain(space: Space, name: str) -> list[Value]:
+    owner, _, choice = name.partition(".")
+    stage = space.stage(owner)
+    if choice == "depth":
+        return list(stage.depths)
+    from autobuild_dsl.space.decisions import stage_module_choices
+
+    return list(stage_module_choices(space, stage).get(choice, []))
+
+
+def _tables_for(
+    space: Space,
+    ranking: RankResult,
+    values: dict[str, Value],
+    kept: dict[str, np.ndarray] | None,
+    keep: int | None,
+) -> list[ModuleTable]:
+    """Builder tables for one global assignment of one ranking: one per joint context.
+
+    kept: per unit, the module ids allowed (a top-k selection); otherwise each unit's best
+    `keep` modules in each context (all when None).
+    """
+    units = index_of(space).units
+    tables = ranking.for_globals(values)
+    names = list(dict.fromkeys(n for t in tables for n in t.context))
+    by_unit = {u.name: [t for t in tables if t.unit == u.name] for u in units}
+    joints = (
+        [
+            dict(zip(names, combo, strict=True))
+            for combo in itertools.product(*(_context_domain(space, n) for n in names))
+        ]
+        if names
+        else [{}]
+    )
+    out: list[ModuleTable] = []
+    for joint in joints:
+        chosen: dict[str, list[ScoredModule]] = {}
+        for unit in units:
+            scored = by_unit.get(unit.name, [])
+            if not scored:
+                break
+            want = {n: joint[n] for n in scored[0].context}
+            table = next((t for t in scored if _key(t.context) == _key(want)), None)
+            if table is None:
+                break  # nothing of this unit can be built into this context
+            rows = np.arange(len(table))
+            owned = _owned(space, unit.stages, table, names)
+            if any(owned):
+                ok = np.array(
+                    [
+                        all(v is None or _same_value(v, joint[n]) for n, v in own.items())
+                        for own in owned
+                    ],
+                    dtype=bool,
+                )
+                rows = rows[ok[np.asarray(table.state)]]
+            if kept is not None:
+                rows = rows[np.isin(_ids(table)[rows], kept[unit.name])]
+            rows = rows[np.argsort(-np.asarray(table.score)[rows], kind="stable")]
+            if kept is None and keep is not None:
+                rows = rows[:keep]
+            if not len(rows):
+                break
+            chosen[unit.name] = [table.module(int(r)) for r in rows]
+        else:
+            out.append(ModuleTable(globals=dict(values), context=joint, units=chosen))
+    return out
+
+
+def _same_value(a: object, b: object) -> bool:
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b
+    return a == b
+
+
 def build_from_rankings(
     space: Space,
     rankings: Sequence[RankResult],
@@ -123,17 +262,21 @@ def build_from_rankings(
     quotas: dict[str, dict[int, int]] | None = None,
     all_globals: bool = False,
 ) -> BuildResult:
-    """Keep each unit's top-k modules (of every run, merged), then take the n architectures
-    with the highest summed module score that satisfy every rule of the space.
+    """Keep each unit's top-k modules, then take the n architectures with the highest
+    summed module score that satisfy every rule of the space.
 
-    Several runs (one per target) are merged as the paper's Pareto experiments do: the
-    union of each run's top-k per unit; their scores are standardised per unit first so
-    that summed scores mix targets on one scale.
+    Several runs (one per target): the kept modules are the union of each run's own top-k
+    per unit (the paper's AutoBuild-NAS space). Scores of different targets are never added:
+    each run proposes its own n best (by its own summed score, inside the union), and the
+    candidates are ordered by Pareto front over the runs' summed scores, then by the best
+    rank they reach in any run, then by their mean rank across the runs (`front` and `run_scores` on each built architecture).
+
+    Contexts: a unit whose layers read another unit's choice has one score per context;
+    each combination is scored with every module in the context the others give it.
 
     Modules scored under several assignments of the global choices: by default the
     assignment whose best architecture scores highest is kept (so the reduced space has
-    exactly the product of the k's); `all_globals` keeps every assignment (the n best come
-    from all of them, and the reduced space keeps each unit's union).
+    exactly the product of the k's); `all_globals` keeps every assignment.
     """
     if not rankings:
         raise BuildError("no ranking to build from")
@@ -145,49 +288,92 @@ def build_from_rankings(
     if mode == "constrained" and ks is None:
         raise BuildError("the constrained selection needs --top-k (the modules kept per unit)")
     units = [u.name for u in index_of(space).units]
-    several = len(rankings) > 1
-    used = [_standardized(r) if several else r for r in rankings]
-    for ranking in used:
+    for ranking in rankings:
         scored = {t.unit for t in ranking.tables}
         missing = [u for u in units if u not in scored]
         if missing:
             raise BuildError(f"{ranking.run}: no scores for unit '{missing[0]}'")
-    if ks is not None:
-        keep: int | None = max(ks.values())
-        for ranking in used:
-            for table in ranking.tables:
-                if ks[table.unit] > len(table):
-                    where = _where(table)
-                    raise BuildError(
-                        f"unit '{table.unit}'{where} has {len(table):,} module(s); "
-                        f"cannot keep {ks[table.unit]}"
-                    )
-    elif space.rules or space.ties:
-        keep = None  # a rule can reject combinations: every module may be needed
-    else:
-        keep = max(n, 1)
     per_size = mode == "constrained"
     assignments: list[dict[str, Value]] = []
-    for ranking in used:
+    for ranking in rankings:
         for values in ranking.assignments():
             if not any(_same_globals(values, seen) for seen in assignments):
                 assignments.append(values)
-    selections: list[ModuleTable] = []
+    if ks is None and (space.rules or space.ties or len(rankings) > 1):
+        keep: int | None = None  # a rule can reject combinations: every module may be needed
+    else:
+        keep = max(n, 1) if ks is None else None
+    selections: list[ModuleTable] = []  # kept modules (overall scores), one per globals
+    per_run_tables: list[list[ModuleTable]] = [[] for _ in rankings]
     for values in assignments:
-        per_run = []
-        for ranking in used:
-            if not ranking.for_globals(values):
-                continue
-            table = ranking.module_table(values, keep, per_size=per_size)
-            if ks is not None:
-                table = select_top_k(table, ks, mode=mode, quotas=quotas)
-            per_run.append(table)
-        selections.append(merge_selections(per_run) if len(per_run) > 1 else per_run[0])
-    notes = []
-    if len(selections) > 1 and not all_globals:
-        selections, note = _best_assignment(space, selections)
+        kept: dict[str, np.ndarray] | None = None
+        selection: dict[str, list[ScoredModule]] = {}
+        if ks is not None:
+            kept = {}
+            for unit in units:
+                ids: list[np.ndarray] = []
+                for ranking in rankings:
+                    tables = [t for t in ranking.for_globals(values) if t.unit == unit]
+                    if not tables:
+                        continue
+                    view = _UnitView(tables)
+                    if ks[unit] > len(view.ids):
+                        raise BuildError(
+                            f"unit '{unit}'{_where(tables[0])} has {len(view.ids):,} module(s); "
+                            f"cannot keep {ks[unit]}"
+                        )
+                    if per_size:
+                        picked = select_top_k(
+                            ModuleTable(units={unit: view.overall(view.ids)}),
+                            {unit: ks[unit]},
+                            mode=mode,
+                            quotas=quotas,
+                        ).units[unit]
+                        wanted = {repr([p.model_dump() for p in m.parts]) for m in picked}
+                        every = view.overall(view.ids)
+                        ids.append(
+                            np.array(
+                                [
+                                    i
+                                    for i, m in zip(view.ids.tolist(), every, strict=True)
+                                    if repr([p.model_dump() for p in m.parts]) in wanted
+                                ],
+                                dtype=np.int64,
+                            )
+                        )
+                    else:
+                        ids.append(view.kept_ids(ks[unit], False))
+                union = np.array(list(dict.fromkeys(np.concatenate(ids).tolist())), np.int64)
+                kept[unit] = union
+                views = [
+                    _UnitView(tables)
+                    for ranking in rankings
+                    if (tables := [t for t in ranking.for_globals(values) if t.unit == unit])
+                ]
+                selection[unit] = []
+                for module_id in union.tolist():
+                    view = next(v for v in views if module_id in set(v.ids.tolist()))
+                    selection[unit].extend(view.overall(np.array([module_id], dtype=np.int64)))
+        for r, ranking in enumerate(rankings):
+            if ranking.for_globals(values):
+                per_run_tables[r].extend(_tables_for(space, ranking, values, kept, keep))
+        if ks is not None:
+            selections.append(ModuleTable(globals=dict(values), units=selection))
+    notes: list[str] = []
+    if len(assignments) > 1 and not all_globals:
+        chosen_globals, note = _best_assignment(space, per_run_tables[0])
         notes.append(note)
-    architectures = best_architectures(space, selections, n) if n else []
+        per_run_tables = [
+            [t for t in tables if _same_globals(t.globals, chosen_globals)]
+            for tables in per_run_tables
+        ]
+        selections = [t for t in selections if _same_globals(t.globals, chosen_globals)]
+    if not selections:
+        selections = _selection_of(per_run_tables[0])
+    if len(rankings) == 1:
+        architectures = best_architectures(space, per_run_tables[0], n) if n else []
+    else:
+        architectures = _pareto_candidates(space, per_run_tables, n)
     if n and not architectures:
         raise BuildError(_no_combination(space))
     for built in architectures:
@@ -200,10 +386,11 @@ def build_from_rankings(
             f"only {len(architectures)} combination(s) of the kept modules satisfy the "
             f"space's rules (asked for {n}); keep more modules per unit"
         )
-    if several:
+    if len(rankings) > 1:
         notes.append(
-            "several runs: scores are z-scores within each unit and run, so summed scores "
-            "compare modules of different targets on one scale"
+            "several runs: the kept modules are the union of each run's top-k; each run "
+            "proposes its best architectures by its own scores, ordered by Pareto front over "
+            "the runs (scores of different targets are never added)"
         )
     return BuildResult(
         space=space.name,
@@ -216,6 +403,157 @@ def build_from_rankings(
     )
 
 
+def _selection_of(tables: list[ModuleTable]) -> list[ModuleTable]:
+    """Without a top-k: the modules the builder used, one table per global assignment."""
+    grouped: list[ModuleTable] = []
+    for table in tables:
+        for i, seen in enumerate(grouped):
+            if _same_globals(seen.globals, table.globals):
+                grouped[i] = merge_selections([seen, table.model_copy(update={"context": {}})])
+                break
+        else:
+            grouped.append(table.model_copy(update={"context": {}}))
+    return grouped
+
+
+def _arch_key(arch: Architecture) -> str:
+    return arch.key()
+
+
+def _pareto_candidates(
+    space: Space, per_run: list[list[ModuleTable]], n: int
+) -> list[BuiltArchitecture]:
+    """Several runs: each run's n best (its own scores), scored by every run, ordered by
+    Pareto front over the runs' summed scores, then by the best rank reached in any run
+    (each run's own best come first), then by mean rank across the runs."""
+    if not n:
+        return []
+    candidates: dict[str, BuiltArchitecture] = {}
+    for tables in per_run:
+        for built in best_architectures(space, tables, n):
+            candidates.setdefault(_arch_key(built.arch), built)
+    pool = list(candidates.values())
+    scores = np.array([[_summed(space, tables, b) for tables in per_run] for b in pool])
+    fronts = pareto_fronts(scores)
+    ranks = np.argsort(np.argsort(-scores, axis=0, kind="stable"), axis=0, kind="stable")
+    # Within a front: first each run's own best ones (the extremes), then by mean rank.
+    best_rank = ranks.min(axis=1)
+    mean_rank = ranks.mean(axis=1)
+    order = sorted(range(len(pool)), key=lambda i: (fronts[i], best_rank[i], mean_rank[i]))
+    out = []
+    for i in order[:n]:
+        out.append(
+            pool[i].model_copy(
+                update={
+                    "score": float(scores[i, 0]),
+                    "run_scores": [float(v) for v in scores[i]],
+                    "front": int(fronts[i]),
+                }
+            )
+        )
+    return out
+
+
+def _summed(space: Space, tables: list[ModuleTable], built: BuiltArchitecture) -> float:
+    """A built architecture's summed module score under another run's tables (-inf if one of
+    its modules is not in them)."""
+    from autobuild_dsl.build.builder import module_text
+
+    units = index_of(space).units
+    wanted = {
+        u.name: " + ".join(module_text(p) for p in _parts_of(space, built.arch, u.stages))
+        for u in units
+    }
+    best = -math.inf
+    lookup = _text_scores(tables)
+    for t, table in enumerate(tables):
+        if not _same_globals(table.globals, built.globals):
+            continue
+        if table.context and not all(
+            _same_value(v, built.context.get(k, _scalar(built.arch, k)))
+            for k, v in table.context.items()
+        ):
+            continue
+        total = 0.0
+        for unit in units:
+            found = lookup[t][unit.name].get(wanted[unit.name])
+            if found is None:
+                break
+            total += found
+        else:
+            best = max(best, total)
+    return best
+
+
+_TEXT_CACHE: dict[int, tuple[list[ModuleTable], list[dict[str, dict[str, float]]]]] = {}
+
+
+def _text_scores(tables: list[ModuleTable]) -> list[dict[str, dict[str, float]]]:
+    """Per table, per unit: module text -> score (built once per list of tables)."""
+    from autobuild_dsl.build.builder import module_text
+
+    cached = _TEXT_CACHE.get(id(tables))
+    if cached is not None and cached[0] is tables:
+        return cached[1]
+    result = [
+        {
+            unit: {" + ".join(module_text(p) for p in m.parts): m.score for m in modules}
+            for unit, modules in table.units.items()
+        }
+        for table in tables
+    ]
+    _TEXT_CACHE.clear()
+    _TEXT_CACHE[id(tables)] = (tables, result)
+    return result
+
+
+def _scalar(arch: Architecture, name: str) -> Value | None:
+    stage, _, choice = name.partition(".")
+    chosen = arch.stages.get(stage)
+    if chosen is None:
+        return None
+    return chosen.depth if choice == "depth" else chosen.choices.get(choice)
+
+
+def _parts_of(space: Space, arch: Architecture, stages: Sequence[str]) -> list[StageModule]:
+    """An architecture's stages as modules, tied choices filled in from their keepers."""
+    parts = []
+    for stage in stages:
+        chosen = arch.stages[stage]
+        choices = dict(chosen.choices)
+        for alias, keeper in space.ties.items():
+            owner, _, choice = alias.partition(".")
+            if owner != stage:
+                continue
+            holder, _, key = keeper.partition(".")
+            source = arch.stages[holder].choices if key else arch.globals
+            choices[choice] = source.get(key or holder)
+        parts.append(
+            StageModule.model_construct(
+                depth=chosen.depth, choices=choices, layers=list(chosen.layers[: chosen.depth])
+            )
+        )
+    return parts
+
+
+def pareto_fronts(values: np.ndarray) -> np.ndarray:
+    """[points, objectives] (higher is better) -> front number per point (1 = not dominated)."""
+    count = values.shape[0]
+    front = np.zeros(count, dtype=np.int64)
+    remaining = np.arange(count)
+    number = 1
+    while len(remaining):
+        sub = values[remaining]
+        dominated = np.zeros(len(remaining), dtype=bool)
+        for i in range(len(remaining)):
+            better = np.all(sub >= sub[i], axis=1) & np.any(sub > sub[i], axis=1)
+            dominated[i] = bool(better.any())
+        front[remaining[~dominated]] = number
+        remaining = remaining[dominated]
+        number += 1
+    return front
+
+
 def _no_combination(space: Space) -> str:
     rules = "; ".join(f"`{rule.text}`" for rule in space.rules) or "the ties"
     return (
@@ -225,25 +563,32 @@ def _no_combination(space: Space) -> str:
     )
 
 
-def _best_assignment(space: Space, selections: list[ModuleTable]) -> tuple[list[ModuleTable], str]:
-    """The selection (one per global assignment) whose best architecture scores highest."""
-    best: list[tuple[float, int]] = []
-    for i, table in enumerate(selections):
-        top = best_architectures(space, [table], 1)
+def _best_assignment(space: Space, tables: list[ModuleTable]) -> tuple[dict[str, Value], str]:
+    """The global assignment whose best architecture scores highest."""
+    best: list[tuple[float, dict[str, Value]]] = []
+    groups: list[tuple[dict[str, Value], list[ModuleTable]]] = []
+    for table in tables:
+        for values, members in groups:
+            if _same_globals(values, table.globals):
+                members.append(table)
+                break
+        else:
+            groups.append((table.globals, [table]))
+    for values, members in groups:
+        top = best_architectures(space, members, 1)
         if top:
-            best.append((top[0].score, i))
+            best.append((top[0].score, values))
     if not best:
         raise BuildError(_no_combination(space))
     best.sort(key=lambda item: -item[0])
-    chosen = selections[best[0][1]]
-    shown = ", ".join(f"{k} = {v}" for k, v in chosen.globals.items())
+    chosen = best[0][1]
+    shown = ", ".join(f"{k} = {v}" for k, v in chosen.items())
     note = f"global choices fixed to {shown} (best architecture {best[0][0]:.4g}"
     if len(best) > 1:
-        runner = selections[best[1][1]]
-        other = ", ".join(f"{k} = {v}" for k, v in runner.globals.items())
+        other = ", ".join(f"{k} = {v}" for k, v in best[1][1].items())
         note += f"; next: {other} at {best[1][0]:.4g}"
-    note += f"; {len(selections)} assignments scored); --all-globals keeps them all"
-    return [chosen], note
+    note += f"; {len(groups)} assignments scored); --all-globals keeps them all"
+    return chosen, note
 
 
 def _where(table: UnitScores) -> str:
@@ -308,15 +653,25 @@ def valid_combinations(space: Space, result: BuildResult) -> int | None:
 
 
 def architecture_lines(result: BuildResult) -> list[str]:
-    """JSON lines `{"rank", "score", "module_scores", "arch"}` (`abc validate` reads them)."""
+    """JSON lines `{"rank", "score", "module_scores", "predicted", ..., "arch"}` (`abc
+    validate` and `abc measure` read them)."""
     lines = []
     for rank, built in enumerate(result.architectures, start=1):
-        record = {
+        record: dict[str, object] = {
             "rank": rank,
             "score": built.score,
+            "score_sd": built.score_sd,
             "module_scores": built.module_scores,
-            "arch": built.arch.model_dump(mode="json"),
         }
+        if built.run_scores is not None:
+            record["run_scores"] = built.run_scores
+            record["front"] = built.front
+        if built.predicted is not None:
+            record["predicted"] = built.predicted
+            record["predicted_sd"] = built.predicted_sd
+        if built.context:
+            record["context"] = built.context
+        record["arch"] = built.arch.model_dump(mode="json")
         lines.append(json.dumps(record))
     return lines
 

@@ -171,6 +171,11 @@ class UnitScores(BaseModel):
             module_id=int(self.module_id[i]) if self.module_id is not None else None,
             parts=self.parts(i),
             score=float(self.score[i]),
+            members=(
+                [float(v) for v in self.member_scores[:, i]]
+                if self.member_scores is not None
+                else None
+            ),
             size=int(self.size[i]),
             hop=int(self.hop[i]),
             nodes=int(self.nodes[i]),

@@ -192,13 +192,17 @@ def _module_json(module: Any, stages: list[str]) -> dict[str, Any]:
 def _scores_csv(result: Any) -> str:
     """Every module of every unit and global assignment, one row each, best first."""
     names = list(result.assignments()[0]) if result.tables else []
+    contexts = result.context_names()
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["unit", *names, "rank", "score", "z", "size", "nodes", "hop", "module"])
+    writer.writerow(
+        ["unit", *names, *contexts, "rank", "score", "z", "size", "nodes", "hop", "module"]
+    )
     for table in result.tables:
         texts = table.texts()
         order = table.order()
         glob = [table.globals.get(n) for n in names]
+        glob += [table.context.get(n, "") for n in contexts]
         glob = [json.dumps(v) if isinstance(v, bool) else v for v in glob]
         score, z, size = table.score, table.z, table.size
         nodes, hop = table.nodes, table.hop
@@ -356,6 +360,14 @@ def _short(value: Any) -> str:
     help="Scores as N(0,1) per hop (for tens of labels) instead of the label-unit shift (Eq. 5).",
 )
 @click.option(
+    "--score",
+    type=click.Choice(["pooled", "last"]),
+    default="pooled",
+    show_default=True,
+    help="How a module is read: its pooled module-graph embedding, or its last node (the "
+    "paper's reading; see docs/ranking.md).",
+)
+@click.option(
     "--globals",
     "globals_",
     multiple=True,
@@ -416,6 +428,7 @@ def rank_cmd(
     as_json: bool,
     top: int,
     standardize: bool,
+    score: str,
     globals_: tuple[str, ...],
     chart: str | None,
     force: bool,
@@ -483,6 +496,7 @@ def rank_cmd(
             result = rank_modules(
                 run,
                 standardize=standardize,
+                score=score,  # type: ignore[arg-type]
                 globals=_parse_globals(globals_),
                 threads=threads,
                 progress=progress,
@@ -550,9 +564,10 @@ def _render_ranking(result: Any, top: int) -> None:
             hops = sorted({int(h) for h in table.hop.tolist()})
             span = f"{hops[0]}" if len(hops) == 1 else f"{hops[0]}-{hops[-1]}"
             excluded = f", {table.excluded:,} unusable with these globals" if table.excluded else ""
+            context = f" in context {_globals_text(table.context)}" if table.context else ""
             grid = Table(
-                title=f"unit {escape(table.unit)}: {len(table):,} modules{excluded} "
-                f"(score hops {span})"
+                title=f"unit {escape(table.unit)}{escape(context)}: {len(table):,} "
+                f"modules{excluded} (score hops {span})"
             )
             for column in ("rank", "score", "z", "layers", "hop", "module"):
                 grid.add_column(column, justify="left" if column == "module" else "right")
@@ -627,19 +642,6 @@ def _parse_top_k(text: str | None) -> int | list[int] | dict[str, int] | None:
         ) from None
 
 
-def _comparable(space: Any) -> Any:
-    """A space's JSON without source positions (the same space from another path)."""
-
-    def strip(value: Any) -> Any:
-        if isinstance(value, dict):
-            return {k: strip(v) for k, v in value.items() if k != "where"}
-        if isinstance(value, list):
-            return [strip(v) for v in value]
-        return value
-
-    return strip(json.loads(space.to_json()))
-
-
 def _space_file(runs: list[Any], given: str | None) -> tuple[str, Any]:
     """The .abs file the runs' space came from (checked to be that space)."""
     candidates = [given] if given else [r.config.space_file for r in runs if r.config.space_file]
@@ -657,7 +659,7 @@ def _space_file(runs: list[Any], given: str | None) -> tuple[str, Any]:
         space = load_space(path, runs[0].space.name)
     except CompileError:
         space = load_space(path)  # no space of that name: compare the file's first one
-    if _comparable(space) != _comparable(runs[0].space):
+    if space.digest() != runs[0].space.digest():
         raise UserError(f"{path}: space '{space.name}' is not the space the run was trained on")
     return path, space
 
@@ -702,6 +704,14 @@ def _space_file(runs: list[Any], given: str | None) -> tuple[str, Any]:
 @click.option("--name", help="Name of the reduced space (default: SPACE_top).")
 @click.option("--standardize", is_flag=True, help="Rank with N(0,1) scores (see abc rank).")
 @click.option(
+    "--score",
+    type=click.Choice(["pooled", "last"]),
+    default="pooled",
+    show_default=True,
+    help="How a module is read: its pooled module-graph embedding, or its last node (the "
+    "paper's reading; see docs/ranking.md).",
+)
+@click.option(
     "--globals",
     "globals_",
     multiple=True,
@@ -729,6 +739,7 @@ def build_cmd(
     space_path: str | None,
     name: str | None,
     standardize: bool,
+    score: str,
     globals_: tuple[str, ...],
     all_globals: bool,
     force: bool,
@@ -746,11 +757,10 @@ def build_cmd(
     """
     from autobuild_dsl.build.construct import (
         architecture_lines,
-        build_from_rankings,
         reduced_space,
         valid_combinations,
     )
-    from autobuild_dsl.build.rank import rank_modules
+    from autobuild_dsl.build.workflow import build_networks
     from autobuild_dsl.lang import compile_file
     from autobuild_dsl.space.decisions import canonicalize, space_size
 
@@ -766,9 +776,9 @@ def build_cmd(
                     f"{run.path}: an ONNX-IR run has no stage modules to build from; "
                     "use a sequence-graph run"
                 )
-        first = _comparable(loaded[0].space)
+        first = loaded[0].space.digest()
         for run in loaded[1:]:
-            if _comparable(run.space) != first:
+            if run.space.digest() != first:
                 raise UserError(f"{run.path}: trained on another space than {loaded[0].path}")
         space = loaded[0].space
         file_path = None
@@ -787,27 +797,21 @@ def build_cmd(
         existing = [str(p) for p in files.values() if p.exists()]
         if existing and not force:
             raise UserError(f"{existing[0]} exists; pass --force to overwrite it")
-        rankings = []
         show = not (quiet or as_json)
-        for run in loaded:
-            with _RankProgress() if show else nullcontext() as progress:
-                rankings.append(
-                    rank_modules(
-                        run,
-                        standardize=standardize,
-                        globals=_parse_globals(globals_),
-                        threads=threads,
-                        progress=progress,
-                    )
-                )
-        result = build_from_rankings(
-            space,
-            rankings,
-            top_k=top_k,
-            n=n,
-            mode=mode,  # type: ignore[arg-type]
-            all_globals=all_globals,
-        )
+        with _RankProgress() if show else nullcontext() as progress:
+            result, rankings = build_networks(
+                loaded,
+                top_k=top_k,
+                n=n,
+                mode=mode,  # type: ignore[arg-type]
+                score=score,  # type: ignore[arg-type]
+                standardize=standardize,
+                globals=_parse_globals(globals_),
+                all_globals=all_globals,
+                space=space,
+                threads=threads,
+                progress=(lambda _, event: progress(event)) if progress else None,
+            )
         for built in result.architectures:
             canonicalize(space, built.arch)
         reduced_size = None
@@ -930,14 +934,26 @@ def _render_built(result: Any, space: Any) -> None:
     units = index_of(space).units
     table = Table(title=f"{len(result.architectures)} best architecture(s)")
     table.add_column("#", justify="right")
-    table.add_column("score", justify="right")
+    several = any(b.run_scores for b in result.architectures)
+    table.add_column("summed score" + (" per run" if several else ""), justify="right")
+    table.add_column("predicted" + (" per run" if several else ""), justify="right")
     table.add_column("architecture")
     for i, built in enumerate(result.architectures, start=1):
         lines = [_globals_text(built.globals)] if built.globals else []
         for unit in units:
             parts = _arch_parts(space, built.arch, unit.stages)
             lines.append(module_description(unit.stages, parts))
-        table.add_row(str(i), f"{built.score:.4g}", escape("\n".join(lines)))
+        scores = built.run_scores or [built.score]
+        score_text = " / ".join(f"{v:.4g}" for v in scores)
+        if built.score_sd is not None and not built.run_scores:
+            score_text += f" ± {built.score_sd:.2g}"
+        predicted = "-"
+        if built.predicted is not None:
+            spreads = built.predicted_sd or [0.0] * len(built.predicted)
+            predicted = " / ".join(
+                f"{m:.4g} ± {s:.2g}" for m, s in zip(built.predicted, spreads, strict=True)
+            )
+        table.add_row(str(i), score_text, predicted, escape("\n".join(lines)))
     console.print(table)
 
 

@@ -154,11 +154,18 @@ def import_cmd(
         err_console.print(f"note: {escape(note)}", soft_wrap=True)
     summary = (
         f"read {report.read:,} rows ({report.distinct_raw:,} distinct as written), "
-        f"imported {report.imported:,} architectures, merged {report.merged:,}, "
+        f"imported {report.imported:,} networks, merged {report.merged:,}, "
         f"rejected {len(report.rejected):,}"
     )
     # soft_wrap: one line per fact, so the summary stays greppable in logs.
     console.print(summary, soft_wrap=True)
+    if report.equivalent:
+        console.print(
+            f"{report.read:,} rows -> {report.imported:,} distinct networks "
+            f"({report.equivalent:,} architectures merged into an equivalent one: "
+            "the same compiled network)",
+            soft_wrap=True,
+        )
     if report.metrics:
         console.print(f"metrics: {', '.join(report.metrics)}", soft_wrap=True)
     if result.dataset is None:

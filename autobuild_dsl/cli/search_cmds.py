@@ -198,6 +198,8 @@ def search_cmd(
         with EvaluationRunner(
             space, config, cache_dir=cache, jobs=jobs, ray_address=ray_address
         ) as runner:
+            for note in runner.notes:
+                err_console.print(f"note: {escape(note)}", soft_wrap=True)
             if exhaustive:
                 _exhaustive(
                     space,

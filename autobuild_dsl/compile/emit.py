@@ -16,7 +16,6 @@ refuse to replace an existing file unless `overwrite=True`.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -71,8 +70,8 @@ class OnnxEmitted(BaseModel):
 
 
 def space_hash(space: Space) -> str:
-    """SHA-256 of the compiled space's canonical JSON (changes when the space does)."""
-    return hashlib.sha256(space.to_json().encode("utf-8")).hexdigest()
+    """The space's digest (`Space.digest()`: its meaning, not its source positions)."""
+    return space.digest()
 
 
 def _module_for(

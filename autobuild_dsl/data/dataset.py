@@ -16,7 +16,7 @@ import math
 import os
 import re
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -177,12 +177,15 @@ def from_records(
     space: Space,
     records: Iterable[tuple[Architecture, Mapping[str, float], int, str | None]],
     metric_names: Sequence[str] | None = None,
+    key: Callable[[Architecture], str] = Architecture.key,
 ) -> tuple[LabeledDataset, int]:
     """Build a dataset from (canonical arch, metrics, count, source) rows, merging repeats.
 
-    Rows with the same canonical architecture are merged: each metric is averaged over the
-    rows that have it, weighted by their counts, and the counts add up. Returns the dataset
-    and how many rows were merged into an earlier one.
+    Rows with the same key (by default: the same canonical architecture; an import passes
+    `space.equivalence.network_keyer(space)` to merge equivalent networks too) are merged:
+    each metric is averaged over the rows that have it, weighted by their counts, and the
+    counts add up; the first row's architecture is kept. Returns the dataset and how many
+    rows were merged into an earlier one.
     """
     names: list[str] = list(metric_names or [])
     order: list[str] = []
@@ -192,27 +195,28 @@ def from_records(
     sources: dict[str, str | None] = {}
     merged = 0
     for arch, metrics, count, source in records:
-        key = arch.key()
-        if key in archs:
+        row_key = key(arch)
+        if row_key in archs:
             merged += 1
         else:
-            archs[key] = arch
-            order.append(key)
-            seen[key], counts[key] = {}, 0
-            sources[key] = source
-        counts[key] += count
+            archs[row_key] = arch
+            order.append(row_key)
+            seen[row_key], counts[row_key] = {}, 0
+            sources[row_key] = source
+        counts[row_key] += count
         for name, value in metrics.items():
             if name not in names:
                 names.append(name)
-            seen[key].setdefault(name, []).append((value, count))
+            seen[row_key].setdefault(name, []).append((value, count))
     values = np.full((len(order), len(names)), np.nan)
-    for i, key in enumerate(order):
+    for i, row_key in enumerate(order):
         for j, name in enumerate(names):
-            pairs = seen[key].get(name)
+            pairs = seen[row_key].get(name)
             if not pairs:
                 continue
-            # One value is kept as is: value * count / count need not round-trip exactly.
-            if len(pairs) == 1:
+            # One value (or equal values: equivalent networks of a benchmark) is kept as
+            # is: value * count / count need not round-trip exactly.
+            if all(v == pairs[0][0] for v, _ in pairs):
                 values[i, j] = pairs[0][0]
             else:
                 total = sum(c for _, c in pairs)
@@ -231,6 +235,17 @@ def from_records(
 
 def parse_row(space: Space, file: str, line: int, text: str) -> tuple[Architecture, dict, int]:
     """One JSON-lines row of a dataset file, checked; raises RowError-carrying DatasetError."""
+    raw, metrics, count = parse_record(file, line, text)
+    try:
+        arch = canonicalize(space, raw)
+    except ArchitectureError as error:
+        raise _row_error(file, line, f"arch: {error}") from None
+    return arch, metrics, count
+
+
+def parse_record(file: str, line: int, text: str) -> tuple[Any, dict[str, float], int]:
+    """One JSON-lines row as written: (raw architecture, metrics, count), the architecture
+    not yet checked against a space. Raises RowError-carrying DatasetError."""
     try:
         record = json.loads(text)
     except json.JSONDecodeError as error:
@@ -259,11 +274,7 @@ def parse_row(space: Space, file: str, line: int, text: str) -> tuple[Architectu
     count = record.get("count", 1)
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise _row_error(file, line, f"count: {count!r} is not a positive integer")
-    try:
-        arch = canonicalize(space, record["arch"])
-    except ArchitectureError as error:
-        raise _row_error(file, line, f"arch: {error}") from None
-    return arch, metrics, count
+    return record["arch"], metrics, count
 
 
 def _row_error(file: str, row: int | str, reason: str) -> DatasetError:
@@ -333,5 +344,6 @@ __all__ = [
     "from_records",
     "load_dataset",
     "metric_value",
+    "parse_record",
     "save_dataset",
 ]

@@ -2,7 +2,9 @@
 
 Each importer turns its rows into (raw architecture dict, metrics); one shared pipeline
 then checks every architecture against the space (`canonicalize`), rejects what does not
-fit with file, row and reason, and merges rows that name the same network.
+fit with file, row and reason, and merges rows that name the same network: the same
+architecture, or an equivalent one that compiles to the same network (NAS-Bench-Macro's
+6561 rows are 3969 networks; see `space/equivalence.py`).
 
 Formats:
   ofa               OFA subnet dicts (`ks`, `e`, `d`, `r`): DyNAS-T CSVs and HELP's JSON
@@ -31,9 +33,12 @@ from autobuild_dsl.data.dataset import (
     from_records,
     metric_value,
 )
+from autobuild_dsl.space.architecture import Architecture
 from autobuild_dsl.space.decisions import ArchitectureError, canonicalize
+from autobuild_dsl.space.equivalence import network_keyer
 from autobuild_dsl.space.expr import Const
 from autobuild_dsl.space.model import Space
+from autobuild_dsl.space.resolve import ResolveError
 
 Progress = Callable[[int, int], None]
 FORMATS = ("ofa", "nas-bench-macro", "generic")
@@ -58,8 +63,16 @@ class ImportReport(BaseModel):
     files: list[str]
     read: int = Field(description="raw rows read")
     distinct_raw: int = Field(description="distinct architecture descriptions as written")
-    imported: int = Field(description="unique architectures in the dataset")
+    imported: int = Field(description="distinct networks in the dataset (one row each)")
     merged: int = Field(description="rows folded into an earlier row of the same network")
+    architectures: int = Field(
+        default=0, description="distinct canonical architectures among the accepted rows"
+    )
+    equivalent: int = Field(
+        default=0,
+        description="architectures folded into an equivalent one: another choice vector "
+        "that compiles to the same network (space/equivalence.py)",
+    )
     rejected: list[RowError] = Field(default_factory=list)
     metrics: list[str] = Field(default_factory=list)
     notes: list[str] = Field(default_factory=list, description="columns dropped, and why")
@@ -123,6 +136,8 @@ def _collect(
     accepted = []
     rejected: list[RowError] = []
     distinct: set[str] = set()
+    keyer = network_keyer(space)
+    networks: dict[str, str] = {}  # canonical architecture key -> its network's key
     table = list(rows)  # benchmark files are small; a known total makes progress useful
     read = len(table)
     step = max(1, read // 100)
@@ -135,13 +150,22 @@ def _collect(
             continue
         try:
             arch = canonicalize(space, raw.arch)
+            networks.setdefault(arch.key(), keyer(arch))
         except ArchitectureError as error:
             rejected.append(RowError(file=raw.file, row=raw.row, reason=f"arch: {error}"))
+            continue
+        except ResolveError as error:
+            rejected.append(RowError(file=raw.file, row=raw.row, reason=f"network: {error}"))
             continue
         accepted.append((arch, raw.metrics, 1, f"{raw.file}:{raw.row}"))
     dataset, merged = (None, 0)
     if accepted:
-        dataset, merged = from_records(space, accepted, metric_order)
+        # Rows of equivalent architectures (one compiled network) become one row.
+        def network(arch: Architecture) -> str:
+            return networks[arch.key()]
+
+        dataset, merged = from_records(space, accepted, metric_order, key=network)
+    architectures = len({arch.key() for arch, *_ in accepted})
     report = ImportReport(
         format=fmt,
         files=list(files),
@@ -149,6 +173,8 @@ def _collect(
         distinct_raw=len(distinct),
         imported=len(dataset) if dataset is not None else 0,
         merged=merged,
+        architectures=architectures,
+        equivalent=architectures - (len(dataset) if dataset is not None else 0),
         rejected=rejected,
         metrics=list(dataset.metric_names) if dataset is not None else [],
         notes=notes,

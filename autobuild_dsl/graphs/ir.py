@@ -251,7 +251,7 @@ def cache_tag() -> str:
 
 
 def space_hash(space: Space) -> str:
-    return hashlib.sha256(space.to_json().encode("utf-8")).hexdigest()[:20]
+    return space.digest()[:20]
 
 
 def _arch_hash(arch: Architecture) -> str:
@@ -299,10 +299,10 @@ def _worker_init() -> None:
 
 def _worker_export(space_json: str, arch_json: str) -> tuple[str, float]:
     start = time.process_time()
-    key = hashlib.sha256(space_json.encode("utf-8")).hexdigest()
-    space = _WORKER_SPACES.get(key)
+    # Parsed once per worker; keyed by the JSON text itself (Space.digest() needs a Space).
+    space = _WORKER_SPACES.get(space_json)
     if space is None:
-        space = _WORKER_SPACES[key] = Space.from_json(space_json)
+        space = _WORKER_SPACES[space_json] = Space.from_json(space_json)
     arch = Architecture.model_validate_json(arch_json)
     graph = export_ir(space, arch).model_dump_json()
     return graph, time.process_time() - start

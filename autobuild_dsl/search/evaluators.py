@@ -39,7 +39,10 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from autobuild_dsl.space.architecture import Architecture
+from autobuild_dsl.space.decisions import ArchitectureError, canonicalize
+from autobuild_dsl.space.equivalence import network_keyer
 from autobuild_dsl.space.model import Space
+from autobuild_dsl.space.resolve import ResolveError
 
 ARCH_PLACEHOLDER = "{arch}"
 
@@ -191,12 +194,14 @@ class Evaluator(ABC):
     def __init__(self, config: Any, space: Space) -> None:
         self.config = config
         self.space = space
+        #: things the user should hear about once (the CLI prints them), e.g. skipped rows
+        self.notes: list[str] = []
 
     @cached_property
     def identity(self) -> str:
         """What the cache key starts with: the config, the space and what can change.
         Computed once (the first time it is needed), so it describes what was loaded."""
-        space_hash = hashlib.sha256(self.space.to_json().encode("utf-8")).hexdigest()[:16]
+        space_hash = self.space.digest()[:16]
         extra = self._fingerprint()
         return f"{config_to_json(self.config)}|space={space_hash}|{extra}"
 
@@ -253,9 +258,14 @@ def _file_digest(path: Path) -> str:
 
 
 class LookupEvaluator(Evaluator):
-    """Exact lookup: an architecture absent from the table is an error, never a guess.
+    """Exact lookup: an evaluated architecture absent from the table is an error, never a
+    guess.
 
-    Rows of the same architecture (repeated measurements) are averaged by the loader.
+    The table may hold more than the searched space (the full benchmark while a reduced
+    space is searched): rows outside the space are skipped, counted in `skipped` and named
+    once in `notes`. Rows are matched by network (`space.equivalence`), so the row of an
+    equivalent architecture (the same compiled network) answers, and repeated rows of one
+    network are averaged. Malformed rows are still an error.
     """
 
     cacheable = False
@@ -267,7 +277,13 @@ class LookupEvaluator(Evaluator):
         if not path.exists():
             raise EvaluationError(f"{path}: no such labeled dataset")
         self._digest = _file_digest(path)  # before loading: the identity of what is read
-        self._table = _load_table(path, space)
+        self._keyer = network_keyer(space)
+        self._table, self.skipped, example = _load_table(path, space, self._keyer)
+        if self.skipped:
+            self.notes.append(
+                f"{path}: {self.skipped:,} rows are outside space {space.name} and were "
+                f"skipped (e.g. {example}); {len(self._table):,} networks can be looked up"
+            )
 
     def _fingerprint(self) -> str:
         return f"data={self._digest}"
@@ -278,29 +294,79 @@ class LookupEvaluator(Evaluator):
     def evaluate(self, archs: Sequence[Architecture]) -> list[dict[str, float]]:
         results = []
         for arch in archs:
-            found = self._table.get(arch.key())
+            try:
+                found = self._table.get(self._keyer(arch))
+            except (ResolveError, KeyError, ValueError):  # not even a network of the space
+                found = None
             if found is None:
+                skipped = f", {self.skipped:,} rows outside the space" if self.skipped else ""
                 raise EvaluationError(
                     f"{self.config.data}: the architecture is not in the table "
-                    f"({len(self._table)} architectures): {arch.key()}"
+                    f"({len(self._table):,} networks{skipped}): {arch.key()}"
                 )
             results.append(dict(found))
         return results
 
 
-def _load_table(path: Path, space: Space) -> dict[str, dict[str, float]]:
+def _load_table(
+    path: Path, space: Space, keyer: Callable[[Architecture], str]
+) -> tuple[dict[str, dict[str, float]], int, str]:
+    """Metrics by network key, the number of rows outside the space, and the first of them.
+
+    A row outside the space may still be an equivalent of an architecture inside it (a
+    reduced space from `abc build` restricts its modules: the row of a full-space
+    architecture that compiles to a kept network answers), so such rows are keyed in the
+    space without its restrictions and rules before they are given up.
+    """
     try:
-        from autobuild_dsl.data import DatasetError, load_dataset
+        from autobuild_dsl.data import DatasetError, from_records
+        from autobuild_dsl.data.dataset import parse_record
     except ImportError as error:
         raise EvaluationError(f"the lookup evaluator needs autobuild_dsl.data ({error})") from None
-    if not path.exists():
-        raise EvaluationError(f"{path}: no such labeled dataset")
     try:
-        # The loader already merges repeated rows of one architecture (mean per metric).
-        dataset = load_dataset(path, space)
-    except DatasetError as error:
-        raise EvaluationError(f"{path}: {error}") from None
-    return {arch.key(): dataset.row_metrics(i) for i, arch in enumerate(dataset.architectures)}
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise EvaluationError(f"{path}: cannot read: {error}") from None
+    relaxed = space.model_copy(update={"restrictions": {}, "rules": []})
+    relaxed_keyer = network_keyer(relaxed)
+    keys: dict[str, str] = {}  # canonical architecture key -> network key
+    records = []
+    bad: list[str] = []
+    skipped, example = 0, ""
+    for number, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            raw, metrics, count = parse_record(str(path), number, line)
+        except DatasetError as error:
+            bad.append(str(error))
+            continue
+        try:
+            arch = canonicalize(space, raw)
+            keys.setdefault(arch.key(), keyer(arch))
+        except (ArchitectureError, ResolveError) as error:
+            try:
+                arch = canonicalize(relaxed, raw)
+                keys.setdefault(arch.key(), relaxed_keyer(arch))
+            except (ArchitectureError, ResolveError):
+                skipped += 1
+                example = example or f"{path}:{number}: {error}"
+                continue
+        records.append((arch, metrics, count, None))
+    if bad:
+        shown = "\n".join(bad[:5]) + (f"\n... and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise EvaluationError(f"{path}: {len(bad)} malformed rows:\n{shown}")
+    if not records:
+        raise EvaluationError(
+            f"{path}: no row is an architecture of space {space.name}"
+            + (f" ({skipped:,} rows outside it, e.g. {example})" if skipped else "")
+        )
+    # The loader merges repeated rows of one network (mean per metric, weighted by count).
+    dataset, _ = from_records(space, records, key=lambda arch: keys[arch.key()])
+    table = {
+        keys[arch.key()]: dataset.row_metrics(i) for i, arch in enumerate(dataset.architectures)
+    }
+    return table, skipped, example
 
 
 # --------------------------------------------------------------------------- predictor

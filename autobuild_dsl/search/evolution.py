@@ -6,7 +6,8 @@ mutants of its members (Stage-Full: one unit's whole module or one global choice
 Full: one layer changed, added or removed); they are evaluated and merged, so the front is
 always the front of all evaluations. In a reduced space (`restrict`), Stage-Full mutation
 only draws the kept modules: that is AutoBuild-NAS. The budget counts distinct evaluated
-architectures.
+networks: an architecture equivalent to one already evaluated (the same compiled network,
+`space.equivalence`) is never proposed, so the search never pays twice for one network.
 
 Determinism and resuming: generation g draws from its own generator seeded by
 (seed, g), so a generation depends only on what was evaluated before it. After each
@@ -34,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from autobuild_dsl.search.pareto import Objective, non_dominated
 from autobuild_dsl.space.architecture import Architecture
 from autobuild_dsl.space.decisions import ArchitectureError, canonicalize, index_of, mutate
+from autobuild_dsl.space.equivalence import network_keyer
 from autobuild_dsl.space.model import Space
 
 STATE_FILE = "search.json"
@@ -52,7 +54,7 @@ class SearchConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     objectives: list[Objective] = Field(min_length=1)
-    budget: int = Field(ge=1, description="distinct architectures to evaluate")
+    budget: int = Field(ge=1, description="distinct networks to evaluate")
     init: int = Field(default=50, ge=1, description="random architectures in generation 0")
     per_generation: int = Field(default=20, ge=1, description="mutants per generation")
     mode: Literal["stage", "layer"] = "stage"
@@ -129,7 +131,7 @@ def fingerprint(space: Space, config: SearchConfig, evaluator: str) -> str:
     """Everything a search's result depends on, except the budget."""
     payload = json.dumps(
         {
-            "space": hashlib.sha256(space.to_json().encode("utf-8")).hexdigest(),
+            "space": space.digest(),
             "config": config.model_dump(mode="json", exclude={"budget"}),
             "evaluator": evaluator,
         },
@@ -182,15 +184,17 @@ def run_search(
         else:
             _rewrite_records(out_dir / RECORDS_FILE, records)
     archs = [_architecture(space, r) for r in records]
-    seen = {r.key for r in records}
+    # Networks already evaluated: an equivalent architecture is never proposed again.
+    network = network_keyer(space)
+    seen = {network(arch) for arch in archs}
     stopped: Literal["budget", "exhausted", "interrupted"] = "budget"
     while len(records) < config.budget:
         rng = random.Random(f"autobuild-dsl/search:{config.seed}:{generation}")
         if generation == 0:
-            batch = _initial(space, rng, config.init, seen)
+            batch = _initial(space, rng, config.init, seen, network)
         else:
             front = non_dominated(_matrix(config.objectives, records))
-            batch = _mutants(space, rng, config, archs, front, seen)
+            batch = _mutants(space, rng, config, archs, front, seen, network)
         if not batch:
             stopped = "exhausted"
             break
@@ -218,7 +222,7 @@ def run_search(
             )
         records.extend(new)
         archs.extend(arch for arch, _ in batch)
-        seen.update(r.key for r in new)
+        seen.update(network(arch) for arch, _ in batch)
         finished = generation
         generation += 1 if complete else 0
         if out_dir is not None:
@@ -283,7 +287,11 @@ def _finish(
 
 
 def _initial(
-    space: Space, rng: random.Random, count: int, seen: set[str]
+    space: Space,
+    rng: random.Random,
+    count: int,
+    seen: set[str],
+    network: Callable[[Architecture], str],
 ) -> list[tuple[Architecture, int | None]]:
     index = index_of(space)
     batch: list[tuple[Architecture, int | None]] = []
@@ -292,7 +300,7 @@ def _initial(
         if len(batch) == count:
             break
         arch = index.sample(rng)
-        key = arch.key()
+        key = network(arch)
         if key in seen or key in keys:
             continue
         keys.add(key)
@@ -307,6 +315,7 @@ def _mutants(
     archs: list[Architecture],
     front: list[int],
     seen: set[str],
+    network: Callable[[Architecture], str],
 ) -> list[tuple[Architecture, int | None]]:
     batch: list[tuple[Architecture, int | None]] = []
     keys: set[str] = set()
@@ -315,7 +324,7 @@ def _mutants(
             break
         parent = front[rng.randrange(len(front))]
         child = mutate(space, archs[parent], rng, mode=config.mode)
-        key = child.key()
+        key = network(child)
         if key in seen or key in keys:
             continue
         keys.add(key)

@@ -1,5 +1,8 @@
 """Running an evaluator: the on-disk cache first, then the misses in parallel.
 
+Results are keyed by network (`space.equivalence.network_keyer`): two architectures that
+compile to the same network are evaluated once, in memory and in the cache.
+
 Misses are split into chunks and spread over worker processes (`jobs`) or Ray tasks
 (`ray_address`; Ray is an optional dependency, imported only when asked for). Workers
 rebuild the evaluator from its config, so anything a config can describe runs anywhere.
@@ -27,7 +30,9 @@ from autobuild_dsl.search.evaluators import (
     make_evaluator,
 )
 from autobuild_dsl.space.architecture import Architecture
+from autobuild_dsl.space.equivalence import network_keyer
 from autobuild_dsl.space.model import Space
+from autobuild_dsl.space.resolve import ResolveError
 
 Metrics = dict[str, float]
 # Called with (finished, total) as chunks of a batch complete.
@@ -59,6 +64,9 @@ class EvaluationRunner:
             if cache_dir is not None and self.evaluator.cacheable
             else None
         )
+        # Results are keyed by network: equivalent architectures (one compiled network,
+        # space/equivalence.py) are evaluated once and share the cached result.
+        self.network_key = network_keyer(space)
         self.paid = 0  # evaluations actually run
         self.hits = 0  # answered from the on-disk cache
         self._pool: ProcessPoolExecutor | None = None
@@ -67,6 +75,11 @@ class EvaluationRunner:
     @property
     def identity(self) -> str:
         return self.evaluator.identity
+
+    @property
+    def notes(self) -> list[str]:
+        """What the evaluator asks to tell the user once (rows skipped, ...)."""
+        return list(getattr(self.evaluator, "notes", []))
 
     @property
     def remote(self) -> bool:
@@ -84,8 +97,8 @@ class EvaluationRunner:
     def evaluate(
         self, archs: Sequence[Architecture], on_evaluated: OnEvaluated | None = None
     ) -> list[Metrics]:
-        """Metrics for each architecture, in order; each distinct one is evaluated once."""
-        keys = [arch.key() for arch in archs]
+        """Metrics for each architecture, in order; each distinct network is evaluated once."""
+        keys = [self._key(arch) for arch in archs]
         found: dict[str, Metrics] = {}
         misses: list[tuple[str, Architecture]] = []
         queued: set[str] = set()
@@ -121,6 +134,13 @@ class EvaluationRunner:
                 if on_evaluated is not None:
                     on_evaluated(done, total)
         return [dict(found[key]) for key in keys]
+
+    def _key(self, arch: Architecture) -> str:
+        try:
+            return self.network_key(arch)
+        except (ResolveError, KeyError, ValueError):
+            # Not a network of the space: keyed as written; the evaluator will say why.
+            return "arch:" + arch.key()
 
     def stream(
         self, batches: Iterable[Sequence[Architecture]], window: int | None = None

@@ -3,18 +3,51 @@
 The Space is the hub of the tool: everything downstream (counting, sampling, graphs,
 compilation, building) asks the Space and never re-reads the text. It round-trips
 through JSON exactly (`Space.model_validate_json(space.model_dump_json()) == space`).
+
+A space's identity is its meaning: the source positions (`where`) that parts carry for
+diagnostics take no part in equality, hashing or `Space.digest()`, so a comment or a
+reformatting of the `.abs` file leaves the space the same space.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import hashlib
+import json
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializationInfo, model_serializer
 
 from autobuild_dsl.space.expr import Expr, Value
 
+# Serialisation context that leaves source positions out (for equality and digests).
+MEANING_ONLY = {"meaning_only": True}
 
-class NodeTemplate(BaseModel):
+
+class _Located(BaseModel):
+    """A part that records where it was written (`where`), which is not part of its value."""
+
+    model_config = ConfigDict(frozen=True)
+
+    @model_serializer(mode="wrap")
+    def _serialize(self, handler: Any, info: SerializationInfo) -> dict[str, Any]:
+        data = handler(self)
+        if isinstance(info.context, dict) and info.context.get("meaning_only"):
+            data.pop("where", None)
+        return data
+
+    def _meaning(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "where"}
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, BaseModel):
+            return NotImplemented
+        return type(other) is type(self) and self._meaning() == other._meaning()  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash(self.model_dump_json(context=MEANING_ONLY))
+
+
+class NodeTemplate(_Located):
     """One operation as written in the space; attribute values may depend on choices."""
 
     model_config = ConfigDict(frozen=True)
@@ -43,7 +76,7 @@ class LayerOption(BaseModel):
         return total
 
 
-class Stage(BaseModel):
+class Stage(_Located):
     """A searchable stage: a depth range and the layer alternatives each layer picks from."""
 
     model_config = ConfigDict(frozen=True)
@@ -67,7 +100,7 @@ class Stage(BaseModel):
         return sum(option.size() for option in self.options)
 
 
-class FixedBlock(BaseModel):
+class FixedBlock(_Located):
     """A fixed part of the network: the stem, the head, or a named block (a U-Net middle)."""
 
     model_config = ConfigDict(frozen=True)
@@ -98,7 +131,7 @@ class Unit(BaseModel):
     stages: list[str]
 
 
-class Rule(BaseModel):
+class Rule(_Located):
     """A `require` rule kept as a filter (equalities of two choices are merged instead)."""
 
     model_config = ConfigDict(frozen=True)
@@ -164,6 +197,16 @@ class Space(BaseModel):
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2)
+
+    def digest(self) -> str:
+        """SHA-256 (hex) of the space's meaning: its canonical JSON without source positions.
+
+        The one space hash of the project (emitted files, caches, search resume): editing
+        comments or the layout of the `.abs` file keeps it, any real change alters it.
+        """
+        data = self.model_dump(mode="json", context=MEANING_ONLY)
+        text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
     @classmethod
     def from_json(cls, text: str) -> Space:

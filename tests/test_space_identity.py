@@ -1,0 +1,89 @@
+"""A space's identity is its meaning: comments and layout of the `.abs` file are not part of
+it (`Space.digest()`, equality, hashing), so emitted files, caches and search resumes keep
+accepting an edited-but-equal space and still refuse a real change."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from autobuild_dsl.compile.emit import EmitError, emit_torch, load_emitted
+from autobuild_dsl.graphs.ir import space_hash as ir_space_hash
+from autobuild_dsl.lang import compile_text
+from autobuild_dsl.search.evaluators import PythonConfig, make_evaluator
+from autobuild_dsl.search.evolution import SearchConfig, SearchStateError, run_search
+from autobuild_dsl.search.pareto import parse_objectives
+from autobuild_dsl.search.runner import EvaluationRunner
+from autobuild_dsl.space.decisions import sample
+
+MACRO = Path(__file__).resolve().parent.parent / "spaces" / "nas_bench_macro.abs"
+TEXT = MACRO.read_text(encoding="utf-8")
+
+
+def reformatted(text: str) -> str:
+    """The same space: a new comment, blank lines, other indentation and spacing."""
+    text = "# edited: a comment and some blank lines\n\n\n" + text
+    text = text.replace("  stem {", "\n  # the stem\n  stem    {")
+    return text.replace(
+        "conv(out = 1280, kernel = 1, act = relu)", "conv(out=1280,kernel=1,act=relu)"
+    )
+
+
+def score(arch) -> dict[str, float]:
+    """A module-level evaluator for the search below."""
+    layers = [layer["op"] for stage in arch.stages.values() for layer in stage.layers]
+    return {"acc": float(sum(op != "identity" for op in layers)), "lat": float(len(set(layers)))}
+
+
+@pytest.fixture(scope="module")
+def spaces():
+    original = compile_text(TEXT, str(MACRO))
+    edited = compile_text(reformatted(TEXT), "/elsewhere/edited.abs")
+    changed = compile_text(TEXT.replace("linear(out = 10)", "linear(out = 11)"), str(MACRO))
+    return original, edited, changed
+
+
+def test_positions_take_no_part_in_identity(spaces) -> None:
+    original, edited, changed = spaces
+    assert original.stages[0].where != edited.stages[0].where  # the positions did move
+    assert original == edited and hash(original.stages[0]) == hash(edited.stages[0])
+    assert original.digest() == edited.digest() and len(original.digest()) == 64
+    assert ir_space_hash(original) == ir_space_hash(edited)
+    # The positions are still there for diagnostics, and survive JSON.
+    assert type(original).from_json(original.to_json()).stages[0].where == original.stages[0].where
+    # A real change is a different space.
+    assert original != changed and original.digest() != changed.digest()
+    described = original.model_copy(update={"description": "another description"})
+    assert described.digest() != original.digest()
+
+
+def test_emitted_files_accept_an_edited_space_and_refuse_a_changed_one(
+    spaces, tmp_path: Path
+) -> None:
+    original, edited, changed = spaces
+    (arch,) = sample(original, 1, seed=3)
+    path = emit_torch(tmp_path / "net.pt", original, arch)
+    assert load_emitted(path, space=edited) is not None
+    with pytest.raises(EmitError, match="has changed"):
+        load_emitted(path, space=changed)
+
+
+def test_caches_and_search_resume_accept_an_edited_space(spaces, tmp_path: Path) -> None:
+    original, edited, changed = spaces
+    config = PythonConfig(function=f"{__file__}:score")
+    identity = make_evaluator(config, original).identity
+    assert make_evaluator(config, edited).identity == identity
+    assert make_evaluator(config, changed).identity != identity
+
+    search = SearchConfig(
+        objectives=parse_objectives("max acc, min lat"), budget=12, init=8, per_generation=4
+    )
+    out, cache = tmp_path / "search", tmp_path / "cache"
+    run_search(original, EvaluationRunner(original, config, cache_dir=cache), search, out)
+    runner = EvaluationRunner(edited, config, cache_dir=cache)
+    resumed = run_search(edited, runner, search.model_copy(update={"budget": 16}), out)
+    assert resumed.resumed_from == 12 and len(resumed.records) == 16
+    assert runner.hits == 0 and runner.paid == 4  # only the new generation was evaluated
+    with pytest.raises(SearchStateError, match="the space or the evaluator differ"):
+        run_search(changed, EvaluationRunner(changed, config), search, out)

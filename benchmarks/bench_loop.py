@@ -44,6 +44,7 @@ from autobuild_dsl.search.evolution import SearchConfig, run_search  # noqa: E40
 from autobuild_dsl.search.loop import LoopConfig, run_loop  # noqa: E402
 from autobuild_dsl.search.pareto import Objective, non_dominated  # noqa: E402
 from autobuild_dsl.space.architecture import Architecture  # noqa: E402
+from autobuild_dsl.space.equivalence import network_key  # noqa: E402
 
 SPACE_FILE = ROOT / "spaces" / "nas_bench_macro.abs"
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "nas_bench_macro" / "nas-bench-macro_cifar10.json"
@@ -62,15 +63,19 @@ class Table:
         for i, arch in enumerate(self.dataset.architectures):
             row = self.dataset.row_metrics(i)
             self.metrics[arch.key()] = {"mean_acc": row["mean_acc"], "mmacs": row["flops"] / 1e6}
-        acc = np.array([m["mean_acc"] for m in self.metrics.values()])
-        self.sorted = np.sort(acc)[::-1]
+        # Ranks are among distinct networks (6561 architectures are 3969 networks).
+        networks: dict[str, float] = {}
+        for arch in self.dataset.architectures:
+            networks.setdefault(network_key(space, arch), self.metrics[arch.key()]["mean_acc"])  # type: ignore[arg-type]
+        self.networks = len(networks)
+        self.sorted = np.sort(np.array(list(networks.values())))[::-1]
         self.points = np.array([[-m["mean_acc"], m["mmacs"]] for m in self.metrics.values()])
         self.low = self.points.min(axis=0)
         self.high = self.points.max(axis=0)
         self.true_front = self.points[non_dominated(self.points)]
 
     def rank(self, acc: float) -> int:
-        """1 + rows with a strictly higher accuracy (equal networks share a rank)."""
+        """1 + distinct networks with a strictly higher accuracy."""
         return int((self.sorted > acc + 1e-9).sum()) + 1
 
     def evaluate(self, archs: list[Architecture], on_evaluated: object = None) -> list[dict]:
@@ -371,8 +376,8 @@ def main() -> int:
         print("\n".join(lines))
         section += [
             f"Single objective (max accuracy), N = {args.labels} random labels, B real",
-            f"evaluations, {len(singles)} seeds: median true rank among the 6561 rows (rows",
-            "with equal accuracy share a rank) and, in brackets, the seeds that found rank 1",
+            f"evaluations, {len(singles)} seeds: median true rank among the {table.networks} "
+            "distinct networks and, in brackets, the seeds that found rank 1",
             f"({table.sorted[0]:.2f}). Scorers: {args.folds}-fold ranked ensembles, "
             f"{args.epochs} epochs, retrained",
             "every 16 evaluations; the loop's first k is the smallest whose reduced space",

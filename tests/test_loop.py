@@ -17,6 +17,7 @@ from autobuild_dsl.search.baselines import regularized_evolution, tpe_search
 from autobuild_dsl.search.loop import LoopConfig, LoopError, run_loop
 from autobuild_dsl.space.architecture import Architecture
 from autobuild_dsl.space.decisions import iter_architectures, sample
+from autobuild_dsl.space.equivalence import network_key
 
 SPACE_FILE = "spaces/nas_bench_macro.abs"
 SPACE = compile_file(SPACE_FILE)
@@ -89,6 +90,10 @@ def test_loop_spends_the_budget_and_records_every_evaluation(tmp_path: Path) -> 
     # No label is paid for again; every evaluation is in the labels file, after the labels.
     held = {a.key() for a in data.architectures}
     assert not held & set(evaluator.paid)
+    # ... nor any network equivalent to a label or to another evaluation.
+    nets = [network_key(SPACE, Architecture.model_validate_json(k)) for k in evaluator.paid]
+    assert len(set(nets)) == len(nets)
+    assert not set(nets) & {network_key(SPACE, a) for a in data.architectures}
     lines = (tmp_path / "labels.jsonl").read_text().splitlines()
     assert len(lines) == len(data) + 12
     assert [json.loads(x)["metrics"]["acc"] for x in lines[len(data) :]] == [

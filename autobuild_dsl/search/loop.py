@@ -47,6 +47,7 @@ from autobuild_dsl.space.decisions import (
     index_of,
     mutate,
 )
+from autobuild_dsl.space.equivalence import network_keyer
 from autobuild_dsl.space.model import Space
 
 STATE_FILE = "loop.json"
@@ -220,11 +221,17 @@ class _Loop:
         self.known: dict[str, dict[str, float]] = {}
         self.round_of: dict[str, int] = {}  # -1 for the user's labels
         self.archs: dict[str, Architecture] = {}
+        # Equivalent architectures (one compiled network) are paid for once.
+        self.network_key = network_keyer(space)
+        self.by_network: dict[str, str] = {}
+        self.recorded: set[str] = set()
+        self.aliases: set[str] = set()  # equivalent to a held network, never paid for
         for i, arch in enumerate(labels.architectures):
             key = arch.key()
             self.known[key] = labels.row_metrics(i)
             self.round_of[key] = -1
             self.archs[key] = arch
+            self.by_network.setdefault(self.network_key(arch), key)
         self.label_count = len(self.known)
         self._k = config.top_k or 0  # 0: chosen from the budget in the first round
         self._round_keys: list[str] = []
@@ -274,13 +281,25 @@ class _Loop:
         _append(self.out / RECORDS_FILE, record.model_dump_json() + "\n")
         _append(self.out / LABELS_FILE, _label_line(arch, metrics))
         self.records.append(record)
+        self.recorded.add(key)
         self.known[key] = metrics
         self.round_of[key] = round_
         self.archs[key] = arch
+        self.by_network.setdefault(self.network_key(arch), key)
 
     def pay(self, round_: int, archs: Sequence[Architecture]) -> list[dict[str, float]]:
         """Metrics of each architecture: those evaluated earlier in this round (before an
         interruption) from the records, the rest from the evaluator, recorded at once."""
+        for arch in archs:
+            key = arch.key()
+            if key not in self.known:
+                same = self.by_network.get(self.network_key(arch))
+                if same is not None:
+                    # The same network as one held: its metrics, for free.
+                    self.known[key] = dict(self.known[same])
+                    self.round_of[key] = self.round_of[same]
+                    self.archs[key] = arch
+                    self.aliases.add(key)
         todo = [a for a in archs if a.key() not in self.known]
         if todo:
             left = self.config.budget - len(self.records)
@@ -298,7 +317,7 @@ class _Loop:
             # This round's evaluations in the order the search asked for them: the same
             # whether they were paid now or before an interruption.
             key = arch.key()
-            if self.round_of[key] == round_ and key not in self._round_set:
+            if key in self.recorded and self.round_of[key] == round_ and key not in self._round_set:
                 self._round_set.add(key)
                 self._round_keys.append(key)
         return [dict(self.known[a.key()]) for a in archs]
@@ -306,7 +325,7 @@ class _Loop:
     # ---- one round
 
     def dataset(self, round_: int) -> LabeledDataset:
-        keys = self._held_before(round_)
+        keys = [k for k in self._held_before(round_) if k not in self.aliases]
         rows = [(self.archs[k], self.known[k], 1, None) for k in keys]
         dataset, _ = from_records(self.space, rows, self.labels.metric_names)
         return dataset
@@ -459,6 +478,8 @@ class _Loop:
                 self.known[record.key] = record.metrics
                 self.round_of[record.key] = record.round
                 self.archs[record.key] = arch
+                self.recorded.add(record.key)
+                self.by_network.setdefault(self.network_key(arch), record.key)
             rounds = list(state.rounds)
             self._k = state.k
             if len(self.records) > self.config.budget:
@@ -566,7 +587,7 @@ class _Loop:
     def _result(
         self, rounds: list[RoundInfo], stopped: Literal["budget", "exhausted"], resumed_from: int
     ) -> LoopResult:
-        keys = list(self.known)
+        keys = [k for k in self.known if k not in self.aliases]
         matrix = objective_matrix(self.objectives, [self.known[k] for k in keys])
         front = non_dominated(matrix)
         labels = [i for i, k in enumerate(keys) if self.round_of[k] < 0]

@@ -54,15 +54,33 @@ COSTS = [0.02, 0.1, 0.5]  # a in mean_acc - a * MMACs: slopes along the true fro
 USEFUL = 85.0  # accuracy (%) below which a network adds nothing to the second hypervolume
 
 
+class _ByNetwork(dict):
+    """Metrics by architecture key; an architecture missing from the table (an imported table
+    keeps one row per network) is answered by an equivalent one."""
+
+    def __init__(self, space: object) -> None:
+        super().__init__()
+        self.space = space
+        self.row_of: dict[str, str] = {}
+
+    def add(self, arch: Architecture, metrics: dict[str, float]) -> None:
+        self[arch.key()] = metrics
+        self.row_of.setdefault(network_key(self.space, arch), arch.key())  # type: ignore[arg-type]
+
+    def __missing__(self, key: str) -> dict[str, float]:
+        arch = Architecture.model_validate_json(key)
+        return self[self.row_of[network_key(self.space, arch)]]  # type: ignore[arg-type]
+
+
 class Table:
     """The benchmark as a lookup: metrics of every architecture, true ranks, true front."""
 
     def __init__(self, path: Path, space: object) -> None:
         self.dataset = load_dataset(path, space)  # type: ignore[arg-type]
-        self.metrics: dict[str, dict[str, float]] = {}
+        self.metrics = _ByNetwork(space)
         for i, arch in enumerate(self.dataset.architectures):
             row = self.dataset.row_metrics(i)
-            self.metrics[arch.key()] = {"mean_acc": row["mean_acc"], "mmacs": row["flops"] / 1e6}
+            self.metrics.add(arch, {"mean_acc": row["mean_acc"], "mmacs": row["flops"] / 1e6})
         # Ranks are among distinct networks (6561 architectures are 3969 networks).
         networks: dict[str, float] = {}
         for arch in self.dataset.architectures:

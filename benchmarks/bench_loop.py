@@ -325,6 +325,9 @@ def main() -> int:
     parser.add_argument("--front-budget", type=int, default=250)
     parser.add_argument("--front-round", type=int, default=125, help="evaluations per round")
     parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument(
+        "--first-seed", type=int, default=0, help="run seeds FIRST..SEEDS-1 (split over processes)"
+    )
     parser.add_argument("--epochs", type=int, default=100)
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--parts", default="single,front")
@@ -360,7 +363,7 @@ def main() -> int:
         path.write_text(json.dumps(trial))
         return trial
 
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.seeds):
         if "single" in parts:
             trial = cached(
                 f"single_s{seed}", lambda seed=seed: single(table, space, args.work, seed, args)

@@ -431,9 +431,9 @@ def main() -> int:
             "",
         ]
     section += [
-        f"Command: `{command}`. The loops took {loop_wall / 60:.0f} min wall, "
-        f"{loop_cpu / 60:.0f} min CPU in all",
-        "(scorer training dominates) on a shared 2-core machine.",
+        f"Command: `{command}`. The loops took {loop_cpu / 60:.0f} min CPU in all (scorer",
+        f"training dominates; {loop_wall / 60:.0f} min wall summed over the trials, which ran",
+        "several at a time with `--first-seed` on a shared, loaded 2-core machine).",
         "",
     ]
     print(f"total {wall:.0f} s wall, {cpu:.0f} s CPU")

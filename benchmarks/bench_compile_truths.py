@@ -54,7 +54,7 @@ from autobuild_dsl.space.resolved import ResolvedNetwork  # noqa: E402
 # family -> (space file, hand builder, architecture dict builder)
 FAMILIES: dict[str, tuple[str, Callable, Callable]] = {
     "macro": ("nas_bench_macro.abs", macro_network, macro_arch),
-    "ofa_mbv3": ("ofa_mbv3.abs", ofa_mbv3_network, ofa_mbv3_arch),
+    "ofa_mbv3": ("mbv3.abs", ofa_mbv3_network, ofa_mbv3_arch),
 }
 _SPACES: dict[str, object] = {}
 

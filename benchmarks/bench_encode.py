@@ -53,7 +53,7 @@ def main() -> None:
     data = Path(args.data)
     cases = [
         ("nas-bench-macro", "nas_bench_macro.abs", "nas_bench_macro/*.json"),
-        ("ofa", "ofa_mbv3.abs", "help_ofa_latency/*.json"),
+        ("ofa", "mbv3.abs", "help_ofa_latency/*.json"),
     ]
     for fmt, space_file, pattern in cases:
         files = sorted(data.glob(pattern))
@@ -71,7 +71,7 @@ def main() -> None:
         )
         nodes = sum(g.num_nodes for g in graphs)
         _say(f"{'':<52} {len(graphs)} graphs, {nodes:,} nodes, {len(graphs[0].x[0])} categories")
-    space = compile_file(ROOT / "spaces" / "ofa_mbv3.abs")
+    space = compile_file(ROOT / "spaces" / "mbv3.abs")
     unit = index_of(space).units[0]
     modules = list(unit_modules(space, unit))
     encoder = GraphEncoder(space)

@@ -33,17 +33,17 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from autobuild_dsl.compile.network import fast_params_and_macs  # noqa: E402
-from autobuild_dsl.data import import_files  # noqa: E402
-from autobuild_dsl.data.dataset import LabeledDataset  # noqa: E402
-from autobuild_dsl.data.mixed import load_mixed_dataset  # noqa: E402
-from autobuild_dsl.graphs.ir import IrEncoder, IrGraph, op_presence  # noqa: E402
-from autobuild_dsl.graphs.ir_rank import (  # noqa: E402
+from autobuild_dsl.build.ir_rank import (  # noqa: E402
     OpTypeScore,
     SubgraphReport,
     op_type_scores,
     top_rooted_subgraphs,
 )
+from autobuild_dsl.compile.network import fast_params_and_macs  # noqa: E402
+from autobuild_dsl.data import import_files  # noqa: E402
+from autobuild_dsl.data.dataset import LabeledDataset  # noqa: E402
+from autobuild_dsl.data.mixed import load_mixed_dataset  # noqa: E402
+from autobuild_dsl.graphs.ir import IrEncoder, IrGraph, op_presence  # noqa: E402
 from autobuild_dsl.lang import compile_file  # noqa: E402
 from autobuild_dsl.scorer import EnsembleConfig, TrainConfig, TrainedRun, train_run  # noqa: E402
 from autobuild_dsl.space.decisions import sample  # noqa: E402
@@ -225,7 +225,7 @@ def main() -> None:
     if not files:
         print(f"skipped: no DyNAS-T CSVs under {data_dir}")
         return
-    mbv3 = compile_file(ROOT / "spaces" / "ofa_mbv3.abs")
+    mbv3 = compile_file(ROOT / "spaces" / "mbv3.abs")
     proxyless = compile_file(ROOT / "spaces" / "ofa_proxyless.abs")
     imported = import_files("ofa", files, mbv3)
     assert imported.dataset is not None

@@ -45,6 +45,7 @@ from autobuild_dsl.data import import_files  # noqa: E402
 from autobuild_dsl.lang import compile_file  # noqa: E402
 from autobuild_dsl.scorer import EnsembleConfig, TrainConfig, load_run, train_run  # noqa: E402
 from autobuild_dsl.space.decisions import canonicalize, index_of, space_size  # noqa: E402
+from autobuild_dsl.space.equivalence import network_key  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 ABC = [sys.executable, "-m", "autobuild_dsl"]
@@ -72,7 +73,7 @@ def _cli_seconds(args: list[str]) -> float:
 
 
 def bench_speed(data_dir: Path, epochs: int, run_dir: Path | None, repeats: int) -> dict:
-    space_file = ROOT / "spaces" / "ofa_mbv3.abs"
+    space_file = ROOT / "spaces" / "mbv3.abs"
     space = compile_file(space_file)
     files = sorted(str(p) for p in (data_dir / "dynast_ofa_mbv3_acc").glob("*.csv"))
     if not files:
@@ -168,7 +169,8 @@ def bench_macro(data_dir: Path, seeds: int, labeled: int, epochs: int, chart: Pa
     full = import_files("nas-bench-macro", [str(source)], space).dataset
     assert full is not None
     acc = full.metric("mean_acc")
-    truth = {a.key(): float(v) for a, v in zip(full.architectures, acc, strict=True)}
+    # By network: the import keeps one row per network (equivalent architectures merged).
+    truth = {network_key(space, a): float(v) for a, v in zip(full.architectures, acc, strict=True)}
     ordered = np.sort(acc)[::-1]
 
     def rank_of(value: float) -> int:  # 1 = best; ties share the better rank
@@ -195,7 +197,8 @@ def bench_macro(data_dir: Path, seeds: int, labeled: int, epochs: int, chart: Pa
         built, digits = [], []
         for b in result.architectures:
             arch = canonicalize(space, b.arch)
-            built.append((truth[arch.key()], rank_of(truth[arch.key()])))
+            value = truth[network_key(space, arch)]
+            built.append((value, rank_of(value)))
             digits.append(_macro_digits(arch))
         best_labeled = float(np.max(data.metric("mean_acc")))
         assert run.metrics is not None

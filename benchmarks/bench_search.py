@@ -140,7 +140,12 @@ def space_path() -> Path:
 
 
 def bench_exhaustive(
-    space_file: str, run: str | None, limit: int | None, batch_size: int, top: int
+    space_file: str,
+    run: str | None,
+    limit: int | None,
+    batch_size: int,
+    top: int,
+    jobs: int = 1,
 ) -> None:
     space = compile_file(ROOT / "spaces" / space_file)
     with tempfile.TemporaryDirectory() as scratch:
@@ -153,8 +158,9 @@ def bench_exhaustive(
                 "20-member ES ensemble on SYNTHETIC labels, "
                 f"trained in {time.perf_counter() - start:.0f} s (not counted)"
             )
+        label += f"; {jobs} worker process(es)"
         evaluator = make_evaluator(PredictorConfig(run=run, batch_size=batch_size), space)
-        runner = EvaluationRunner(space, evaluator=evaluator)
+        runner = EvaluationRunner(space, evaluator=evaluator, jobs=jobs)
         size = space_size(space)
         if limit is not None and limit < size:
             # Score only a prefix of the enumeration, through the same runner.
@@ -208,6 +214,7 @@ def main() -> None:
     parser.add_argument("--hw-limit", type=int, help="score only this many of the HW space")
     parser.add_argument("--batch-size", type=int, default=2048)
     parser.add_argument("--top", type=int, default=4)
+    parser.add_argument("--jobs", type=int, default=1, help="exhaustive: worker processes")
     parser.add_argument("--skip-evolution", action="store_true")
     parser.add_argument("--skip-hw", action="store_true", help="no exhaustive run on the HW space")
     parser.add_argument("--markdown", help="write the results section here")
@@ -218,9 +225,13 @@ def main() -> None:
     if not args.skip_evolution:
         bench_evolution(args.data)
     if not args.skip_hw:
-        bench_exhaustive("sd14_unet_hw.abs", args.run, args.hw_limit, args.batch_size, args.top)
+        bench_exhaustive(
+            "sd14_unet_hw.abs", args.run, args.hw_limit, args.batch_size, args.top, args.jobs
+        )
     if args.fid:
-        bench_exhaustive("sd14_unet_fid.abs", args.run, args.fid_limit, args.batch_size, args.top)
+        bench_exhaustive(
+            "sd14_unet_fid.abs", args.run, args.fid_limit, args.batch_size, args.top, args.jobs
+        )
     if args.markdown:
         command = "python benchmarks/bench_search.py " + " ".join(
             a for a in sys.argv[1:] if not a.startswith("--markdown") and a != args.markdown

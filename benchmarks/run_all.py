@@ -37,6 +37,7 @@ class Bench:
 # In the order the sections appear in docs/results.md.
 BENCHES = [
     Bench("compile", "bench_compile_truths.py"),
+    Bench("latency", "bench_latency.py", ("--baseline",)),
     Bench("encode", "bench_encode.py"),
     Bench("scorer", "bench_train.py"),
     Bench("rank_build", "bench_rank.py"),

@@ -1,5 +1,5 @@
 """Hand-built ResolvedNetworks of the CNN families, laid out as `space.resolve` lays out
-spaces/nas_bench_macro.abs, spaces/ofa_mbv3.abs and spaces/ofa_proxyless.abs (every catalog
+spaces/nas_bench_macro.abs, spaces/mbv3.abs and spaces/ofa_proxyless.abs (every catalog
 attribute with a default is written out, as the resolver does)."""
 
 from __future__ import annotations
@@ -213,7 +213,7 @@ def macro_arch(key: str) -> dict:
 
 
 def ofa_mbv3_arch(subnet: dict) -> dict:
-    """The Architecture dict of an OFA subnet dict in spaces/ofa_mbv3.abs."""
+    """The Architecture dict of an OFA subnet dict in spaces/mbv3.abs."""
     stages = {}
     for s, (name, *_rest) in enumerate(OFA_MBV3_STAGES):
         layers = [{"kernel": k, "expand": int(e)} for k, e in _stage_slots(subnet, s)]

@@ -102,7 +102,7 @@ def test_several_global_assignments_merge() -> None:
 
 
 def test_top_k_reduced_space_compiles_to_the_product_of_ks(tmp_path: Path) -> None:
-    space = compile_file(SPACES / "ofa_mbv3.abs")
+    space = compile_file(SPACES / "mbv3.abs")
     rng = random.Random(0)
     units = {}
     for unit in index_of(space).units:
@@ -117,9 +117,7 @@ def test_top_k_reduced_space_compiles_to_the_product_of_ks(tmp_path: Path) -> No
     out = tmp_path / "reduced" / "ofa_top.abs"
     out.parent.mkdir()
     out.write_text(
-        reduced_space_text(
-            space, SPACES / "ofa_mbv3.abs", out, selection, "ofa_top", header=["test"]
-        )
+        reduced_space_text(space, SPACES / "mbv3.abs", out, selection, "ofa_top", header=["test"])
     )
     reduced = compile_file(out)
     assert space_size(reduced) == 2 * 3 * 1 * 4 * 2

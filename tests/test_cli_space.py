@@ -24,7 +24,7 @@ def abc(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
 
 
 def test_compile_json_prints_only_the_summary() -> None:
-    result = abc("compile", str(SPACES / "ofa_mbv3.abs"), "--json")
+    result = abc("compile", str(SPACES / "mbv3.abs"), "--json")
     assert result.returncode == 0, result.stderr
     payload = json.loads(result.stdout)
     assert payload == {
@@ -54,20 +54,23 @@ def test_broken_file_exits_2_with_located_diagnostics(tmp_path: Path) -> None:
 
 
 def test_missing_file_is_a_clean_error(tmp_path: Path) -> None:
+    # A file that cannot be read is bad input (exit 1), not an .abs diagnostic (exit 2)
+    # with a made-up position.
     result = abc("compile", str(tmp_path / "nope.abs"))
-    assert result.returncode == 2
-    assert "cannot read the file" in result.stderr and "Traceback" not in result.stderr
+    assert result.returncode == 1
+    assert "nope.abs: no such file" in result.stderr and "Traceback" not in result.stderr
+    assert "holds no .abs files" in result.stderr and ":1:1" not in result.stderr
 
 
 def test_sample_then_validate(tmp_path: Path) -> None:
     out = tmp_path / "archs.jsonl"
-    result = abc("sample", str(SPACES / "ofa_mbv3.abs"), "-n", "5", "--seed", "3", "-o", str(out))
+    result = abc("sample", str(SPACES / "mbv3.abs"), "-n", "5", "--seed", "3", "-o", str(out))
     assert result.returncode == 0, result.stderr
     lines = out.read_text().splitlines()
     assert len(lines) == 5 and all("arch" in json.loads(line) for line in lines)
-    again = abc("sample", str(SPACES / "ofa_mbv3.abs"), "-n", "5", "--seed", "3", "-o", str(out))
+    again = abc("sample", str(SPACES / "mbv3.abs"), "-n", "5", "--seed", "3", "-o", str(out))
     assert again.returncode == 1 and "--force" in again.stderr
-    ok = abc("validate", str(SPACES / "ofa_mbv3.abs"), str(out))
+    ok = abc("validate", str(SPACES / "mbv3.abs"), str(out))
     assert ok.returncode == 0 and "5 architectures" in ok.stdout
 
 

@@ -21,6 +21,7 @@ from autobuild_dsl.compile.batch import BatchError, MeasureSettings, measure_fil
 from autobuild_dsl.compile.emit import (
     META_ARCH,
     EmitError,
+    calibrate_norms,
     emit_onnx,
     onnx_metadata,
     read_emitted,
@@ -93,6 +94,7 @@ def test_emit_torch_reloads_and_matches_the_onnx_file(macro, tmp_path: Path) -> 
     assert not module.training
     torch.manual_seed(0)  # the weights `emit` draws with its default --seed 0
     fresh = build_module(resolve(macro, arch))
+    calibrate_norms(fresh, resolve(macro, arch), 0)  # and its batch-norm calibration
     for name, tensor in fresh.state_dict().items():
         assert torch.equal(state[name], tensor), name
     # Both files hold the same network: ONNX Runtime on the .onnx equals the reloaded module.
@@ -109,7 +111,7 @@ def test_load_emitted_checks_the_space(macro, tmp_path: Path) -> None:
     with pytest.raises(EmitError, match="has changed"):
         load_emitted(pt, space=changed)
     with pytest.raises(EmitError, match="not 'ofa_mbv3'"):
-        load_emitted(pt, space=compile_file(ROOT / "spaces" / "ofa_mbv3.abs"))
+        load_emitted(pt, space=compile_file(ROOT / "spaces" / "mbv3.abs"))
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(EmitError, match="not an emitted PyTorch module"):
         load_emitted(tmp_path / "junk.pt")
@@ -153,6 +155,7 @@ def test_emit_onnx_over_the_protobuf_limit_uses_external_data(
     assert out.stat().st_size < 1 << 20 < done.data_path.stat().st_size
     torch.manual_seed(0)
     module = build_module(resolve(macro, arch))
+    calibrate_norms(module, resolve(macro, arch), 0)
     assert check_onnx(module, out, atol=1e-4, batch=2) <= 1e-4
     with pytest.raises(EmitError, match="exists"):
         emit_onnx(out, macro, arch)
@@ -204,7 +207,8 @@ def test_measure_writes_a_dataset_that_trains(macro, tmp_path: Path) -> None:
     assert f"measured 3 architectures into {out}, 1 repeated in the input" in text
     data = load_dataset(out, macro)
     assert data.metric_names == [
-        "params", "macs", "latency", "latency_threads", "latency_warmup", "latency_repeats",
+        "params", "macs", "latency", "latency_spread", "latency_ci", "latency_runs",
+        "latency_wall", "latency_threads", "latency_warmup", "latency_repeats",
     ]  # fmt: skip
     assert sorted(a.key() for a in data.architectures) == sorted(a.key() for a in archs)
     for i, arch in enumerate(data.architectures):
@@ -234,13 +238,13 @@ def test_measure_resumes_without_measuring_anything_twice(
     archs = sample(macro, 6, seed=12)
     settings = MeasureSettings(metrics=("params", "macs"))
     calls: list[str] = []
-    real = batch_module.measure
+    real = batch_module.prepare
 
-    def counting(net, **kwargs):
+    def counting(net, *args, **kwargs):
         calls.append(net.model_dump_json())
-        return real(net, **kwargs)
+        return real(net, *args, **kwargs)
 
-    monkeypatch.setattr(batch_module, "measure", counting)
+    monkeypatch.setattr(batch_module, "prepare", counting)
     out = tmp_path / "data.jsonl"
 
     def stop_after_three(event) -> None:

@@ -154,8 +154,8 @@ def test_dynast_all_2223_exact(dynast_rows: list[tuple[dict, int, int]]) -> None
     [
         ("nas_bench_macro.abs", macro_network, macro_arch, "02012100"),
         ("nas_bench_macro.abs", macro_network, macro_arch, "21000122"),
-        ("ofa_mbv3.abs", ofa_mbv3_network, ofa_mbv3_arch, {**OFA_MIN, "d": [2, 3, 4, 2, 3]}),
-        ("ofa_mbv3.abs", ofa_mbv3_network, ofa_mbv3_arch, {**OFA_MAX, "r": [192]}),
+        ("mbv3.abs", ofa_mbv3_network, ofa_mbv3_arch, {**OFA_MIN, "d": [2, 3, 4, 2, 3]}),
+        ("mbv3.abs", ofa_mbv3_network, ofa_mbv3_arch, {**OFA_MAX, "r": [192]}),
         ("ofa_proxyless.abs", ofa_proxyless_network, ofa_proxyless_arch, PROXYLESS_EXAMPLE),
     ],
 )

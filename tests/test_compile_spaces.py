@@ -33,6 +33,8 @@ SEED_SPACES = {
     "sd14_unet_inpaint",
     "sd14_unet_fid",
     "sd14_unet_hw",
+    "fbnet",
+    "transnas_macro",
 }
 
 

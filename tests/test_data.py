@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SPACES = ROOT / "spaces"
 SHARED_DATA = Path(os.environ.get("ABC_SHARED_DATA") or ROOT.parent / "shared" / "data")
 
-OFA = str(SPACES / "ofa_mbv3.abs")
+OFA = str(SPACES / "mbv3.abs")
 MACRO = str(SPACES / "nas_bench_macro.abs")
 
 

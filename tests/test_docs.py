@@ -2,7 +2,7 @@
 operations reference matches the op catalog.
 
 Every fenced block tagged ```abs in README.md and docs/*.md is written to a temporary folder
-(next to copies of the seed spaces, so an example may `extends NAME from "ofa_mbv3.abs"`)
+(next to copies of the seed spaces, so an example may `extends NAME from "mbv3.abs"`)
 and every space in it is compiled. A block whose first line is `# expect-error: TEXT` must
 instead fail with a diagnostic containing TEXT. Every block must already be in `abc fmt`
 canonical form (a block that cannot be parsed, which only an expect-error block may be, is

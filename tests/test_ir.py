@@ -1,5 +1,5 @@
 """ONNX-IR graphs (graphs/ir.py), mixed-space datasets (data/mixed.py), IR runs and their
-rooted subgraphs (graphs/ir_rank.py).
+rooted subgraphs (build/ir_rank.py).
 
 Exports are the slow part (about 0.1-1 s each), so the module exports a handful of small
 networks once into a shared cache folder and every test reads them from there.
@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from autobuild_dsl.build.ir_rank import _wl_ids, top_rooted_subgraphs
 from autobuild_dsl.cli import cli
 from autobuild_dsl.data.dataset import DatasetError, LabeledDataset, save_dataset
 from autobuild_dsl.data.mixed import MixedDataset, load_mixed_dataset
@@ -28,7 +29,6 @@ from autobuild_dsl.graphs.ir import (
     op_presence,
     space_hash,
 )
-from autobuild_dsl.graphs.ir_rank import _wl_ids, top_rooted_subgraphs
 from autobuild_dsl.lang import compile_file, compile_text
 from autobuild_dsl.scorer import EnsembleConfig, TrainConfig, load_run, predict, train_run
 from autobuild_dsl.scorer.run import run_feature_importance

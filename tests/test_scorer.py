@@ -326,6 +326,10 @@ def test_run_folder_is_protected_and_resumes(macro_data: LabeledDataset, tmp_pat
         train_run(macro_data.space, macro_data, "acc", out, **kwargs)
     # An interrupted run: one member never finished.
     (out / "members" / "f1s0.json").unlink()
+    # ... is no ensemble to predict with (1 member: no spread), until it is finished.
+    with pytest.raises(RunError, match="only 1 of 2 members finished"):
+        load_run(out)
+    assert len(load_run(out, partial=True).members) == 1
     weights = (out / "members" / "f0s0.pt").read_bytes()
     events: list[MemberDone] = []
     train_run(
@@ -443,3 +447,10 @@ def test_trained_norms_rank_the_test_split(macro_data: LabeledDataset) -> None:
     for hop, value in enumerate(member.metrics.hop_srcc):
         expected = spearmanr(norms[hop].numpy(), y[45:60]).statistic
         assert value == pytest.approx(expected)
+
+
+def test_a_constant_target_is_refused(macro_data: LabeledDataset, tmp_path: Path) -> None:
+    # `acc - acc` is 0 everywhere: nothing to rank, so no run (and nothing to build from).
+    with pytest.raises(RunError, match="nothing to learn"):
+        train_run(macro_data.space, macro_data, "acc - acc", tmp_path / "run")
+    assert not (tmp_path / "run").exists()

@@ -80,7 +80,7 @@ def test_sampling_is_deterministic_for_a_seed(constrained) -> None:
 
 
 def test_unused_slots_are_dropped_so_equal_networks_are_equal() -> None:
-    space = compile_file(SPACES / "ofa_mbv3.abs")
+    space = compile_file(SPACES / "mbv3.abs")
     arch = sample(space, 1, seed=1)[0]
     raw = arch.model_dump(mode="json")
     stage = raw["stages"]["s1"]
@@ -109,7 +109,7 @@ def test_unused_slots_are_dropped_so_equal_networks_are_equal() -> None:
     ],
 )
 def test_architectures_outside_the_space_get_located_errors(change, needle: str) -> None:
-    space = compile_file(SPACES / "ofa_mbv3.abs")
+    space = compile_file(SPACES / "mbv3.abs")
     raw = sample(space, 1, seed=2)[0].model_dump(mode="json")
     change(raw)
     with pytest.raises(ArchitectureError, match=None) as info:
@@ -164,7 +164,7 @@ def test_mutations_stay_in_the_space_and_change_something(constrained, mode: str
 
 
 def test_layer_mutation_changes_at_most_one_layer() -> None:
-    space = compile_file(SPACES / "ofa_mbv3.abs")
+    space = compile_file(SPACES / "mbv3.abs")
     rng = random.Random(1)
     arch = sample(space, 1, seed=9)[0]
     for _ in range(50):
@@ -177,7 +177,7 @@ def test_layer_mutation_changes_at_most_one_layer() -> None:
 
 
 def test_stride_applies_to_the_first_layer_of_a_stage_only() -> None:
-    space = compile_file(SPACES / "ofa_mbv3.abs")
+    space = compile_file(SPACES / "mbv3.abs")
     arch = sample(space, 1, seed=4)[0]
     net = resolve(space, arch)
     s1 = [n for n in net.nodes if n.position.block == "s1"]

@@ -3,7 +3,7 @@
     rankings = [rank_modules(load_run("runs/acc"))]
     result = build_from_rankings(space, rankings, top_k=4, n=100)
     result.architectures            # the 100 best by summed module score, rules satisfied
-    reduced_space(space, "spaces/ofa_mbv3.abs", "out/top4.abs", result, "ofa_top4")
+    reduced_space(space, "spaces/mbv3.abs", "out/top4.abs", result, "ofa_top4")
 
 Only the modules a selection can use are built as objects (a unit can have tens of
 thousands): for a top-k selection the best k of each size, and without one the best n of

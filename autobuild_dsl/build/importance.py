@@ -2,15 +2,19 @@
 
 The scores come from the run (`scorer.run_feature_importance`: members weighted by their
 held-out hop-0 SRCC); this module draws them as a bar chart (matplotlib, Agg backend).
+
+A value that never occurs in the labeled data (a resolution of 160 when every label is at
+224) still gets a score from the FE-MLP, but one no label ever shaped: each row says
+whether its value was seen (`seen`), read from the run's data file, and the chart and
+table mark unseen values instead of showing them as learned.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from autobuild_dsl import io
 from autobuild_dsl.scorer.model import FeatureScore
 from autobuild_dsl.scorer.run import TrainedRun, run_feature_importance
 from autobuild_dsl.space.expr import format_value
@@ -22,9 +26,52 @@ class ChartError(ValueError):
     """The chart cannot be written (unknown format)."""
 
 
-def feature_importance(run: TrainedRun) -> list[FeatureScore]:
-    """Every (category, value) of the run's node features with its FE-MLP score."""
-    return run_feature_importance(run)
+def feature_importance(run: TrainedRun, data: str | Path | None = None) -> list[FeatureScore]:
+    """Every (category, value) of the run's node features with its FE-MLP score, each
+    marked seen or unseen in the labeled data (`data`, default the file the run records;
+    `seen` stays None when it cannot be read)."""
+    from autobuild_dsl.graphs.encode import _vkey
+
+    rows = run_feature_importance(run)
+    seen = seen_values(run, data)
+    if seen is None:
+        return rows
+    names = [c.name for c in run.config.categories]
+    vocab_index = {
+        name: {_vkey(v): i for i, v in enumerate(c.vocab)}
+        for name, c in zip(names, run.config.categories, strict=True)
+    }
+    marked = []
+    for row in rows:
+        c = names.index(row.category)
+        index = vocab_index[row.category].get(_vkey(row.value))
+        marked.append(row.model_copy(update={"seen": index in seen[c]}))
+    return marked
+
+
+def seen_values(run: TrainedRun, data: str | Path | None = None) -> list[set[int]] | None:
+    """Per feature category (in column order), the vocabulary indices some node of the
+    labeled data holds; None when the data cannot be read (or the run is not a sequence
+    encoding)."""
+    from autobuild_dsl.data.dataset import DatasetError, load_dataset
+
+    if run.config.encoding != "sequence":
+        return None
+    path = Path(data if data is not None else run.config.data)
+    if not str(path) or not path.is_file():
+        return None
+    try:
+        dataset = load_dataset(path, run.space)
+    except DatasetError:
+        return None
+    encoder = run.encoder()
+    seen: list[set[int]] = [set() for _ in run.config.categories]
+    for graph in dataset.graphs(encoder):
+        codes = graph.x.numpy()
+        for c in range(codes.shape[1]):
+            # code = vocabulary index + 1; 0 is "n/a" (the category does not apply).
+            seen[c].update(int(v) - 1 for v in set(codes[:, c].tolist()) if v > 0)
+    return seen
 
 
 def value_text(value: object) -> str:
@@ -55,16 +102,25 @@ def importance_chart(rows: Sequence[FeatureScore], out: str | Path, title: str =
     for c, category in enumerate(categories):
         for row in rows:
             if row.category == category:
-                labels.append(f"{category} = {value_text(row.value)}")
+                unseen = row.seen is False
+                mark = "  (unseen in data)" if unseen else ""
+                labels.append(f"{category} = {value_text(row.value)}{mark}")
                 scores.append(row.score)
-                bar_colours.append(colours[c % len(colours)])
+                bar_colours.append("#cccccc" if unseen else colours[c % len(colours)])
     height = max(2.5, 0.22 * len(labels) + 1.2)
     figure, axes = plt.subplots(figsize=(7.0, height), dpi=150)
     positions = list(range(len(labels)))[::-1]  # first row on top
     axes.barh(positions, scores, color=bar_colours, height=0.75)
     axes.set_yticks(positions)
     axes.set_yticklabels(labels, fontsize=7 if len(labels) > 40 else 8)
-    axes.set_xlabel("FE-MLP importance (|scalar|: contribution to the hop-0 norm)")
+    axes.set_xlabel(
+        "FE-MLP importance (|scalar|: contribution to the hop-0 norm)"
+        + (
+            "; grey: values no label holds, not learned"
+            if any(r.seen is False for r in rows)
+            else ""
+        )
+    )
     axes.set_ylim(-0.75, len(labels) - 0.25)
     axes.grid(True, axis="x", alpha=0.3)
     if title:
@@ -78,16 +134,16 @@ def importance_chart(rows: Sequence[FeatureScore], out: str | Path, title: str =
 
 
 def _save_atomic(figure: object, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
     suffix = out.suffix.lower()
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=suffix, dir=out.parent)
-    os.close(fd)
-    try:
+    with io.atomic_path(out, suffix=suffix) as tmp:
         figure.savefig(tmp, format=suffix.lstrip("."))  # type: ignore[attr-defined]
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
-__all__ = ["CHART_FORMATS", "ChartError", "feature_importance", "importance_chart", "value_text"]
+__all__ = [
+    "CHART_FORMATS",
+    "ChartError",
+    "feature_importance",
+    "importance_chart",
+    "seen_values",
+    "value_text",
+]

@@ -39,6 +39,7 @@ from autobuild_dsl.build.rank import (
     rank_modules,
 )
 from autobuild_dsl.scorer.run import TrainedRun, predict
+from autobuild_dsl.scorer.train import torch_threads
 from autobuild_dsl.space.architecture import Architecture
 from autobuild_dsl.space.decisions import architecture_from_modules, index_of
 from autobuild_dsl.space.equivalence import network_key
@@ -108,7 +109,8 @@ def build_networks(
             f"{merged} built architecture(s) left out: the same network as a better-placed "
             "one (e.g. an identity layer at another position of its stage)"
         )
-    built = _with_predictions(runs, distinct)
+    with torch_threads(threads):
+        built = _with_predictions(runs, distinct)
     if tie_break and not several:
         built, moved = _break_ties(built)
         if moved:
@@ -123,7 +125,8 @@ def build_networks(
             f"space's rules (asked for {n}); keep more modules per unit"
         )
     if check_changes and built:
-        notes.extend(_one_module_changes(space, runs[0], rankings[0], result, built))
+        with torch_threads(threads):
+            notes.extend(_one_module_changes(space, runs[0], rankings[0], result, built))
     return result.model_copy(update={"architectures": built, "notes": notes}), rankings
 
 

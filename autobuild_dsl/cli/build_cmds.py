@@ -234,9 +234,10 @@ def _write_parquet(path: Path, text: str, force: bool) -> None:
     if path.exists() and not force:
         raise UserError(f"{path} exists; pass --force to overwrite it")
     table = pacsv.read_csv(io.BytesIO(text.encode()))
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp)
-    tmp.replace(path)
+    from autobuild_dsl import io as abc_io
+
+    with abc_io.atomic_path(path, suffix=".parquet") as tmp:
+        pq.write_table(table, tmp)
 
 
 def _importance_table(rows: list[Any], title: str) -> Table:
@@ -249,12 +250,13 @@ def _importance_table(rows: list[Any], title: str) -> Table:
     for row in rows:
         shown = row.category if row.category != previous else ""
         previous = row.category
+        unseen = getattr(row, "seen", None) is False  # never in the labeled data
         table.add_row(
             escape(shown),
             row.group,
-            escape(value_text(row.value)),
-            f"{row.score:.4f}",
-            f"{row.raw:+.4f}",
+            escape(value_text(row.value)) + (" [dim](unseen)[/]" if unseen else ""),
+            f"[dim]{row.score:.4f}[/]" if unseen else f"{row.score:.4f}",
+            f"[dim]{row.raw:+.4f}[/]" if unseen else f"{row.raw:+.4f}",
         )
     return table
 
@@ -264,12 +266,12 @@ def _ir_subgraphs(run: Any, top: int) -> tuple[Any, str | None]:
     import importlib
 
     try:
-        ir_rank = importlib.import_module("autobuild_dsl.graphs.ir_rank")
+        ir_rank = importlib.import_module("autobuild_dsl.build.ir_rank")
     except ImportError:
-        return None, "this installation has no ONNX-IR subgraph ranking (graphs.ir_rank)"
+        return None, "this installation has no ONNX-IR subgraph ranking (build.ir_rank)"
     function = getattr(ir_rank, "top_rooted_subgraphs", None)
     if function is None:
-        return None, "graphs.ir_rank has no top_rooted_subgraphs()"
+        return None, "build.ir_rank has no top_rooted_subgraphs()"
     try:
         return function(run, top=top), None
     except ValueError as error:  # the IR package's errors (IrError) are ValueErrors

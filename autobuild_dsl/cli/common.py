@@ -2,23 +2,69 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
-import tempfile
+import sys
 from pathlib import Path
 
 import click
 from rich.console import Console
 from rich.markup import escape
 
+from autobuild_dsl import io
 from autobuild_dsl.lang import CompileError, compile_file
 from autobuild_dsl.space.model import Space
 
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+
+class _Console(Console):
+    """rich's Console, but a closed pipe (`abc rank RUN | head -1`) ends the command
+    quietly with exit 0 (rich's own handling exits 1)."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        raise BrokenPipeError
+
+
+# emoji=False: user text such as `n.json:smile:` is printed as written.
+console = _Console(highlight=False, emoji=False)
+err_console = _Console(stderr=True, highlight=False, emoji=False)
 
 EXIT_USER_ERROR = 1
 EXIT_COMPILE_ERROR = 2
+
+# A working example per command, shown when the command is missing one of its inputs: a
+# new user learns more from a line that runs than from the name of a missing argument.
+# Each runs as typed in a checkout (the example data ships in examples/).
+_SAMPLE = "examples/nas_bench_macro/sample_lat.jsonl"
+EXAMPLES = {
+    "compile": "abc compile spaces/mbv3.abs",
+    "sample": "abc sample spaces/mbv3.abs -n 5 -o picks.jsonl",
+    "validate": f"abc validate spaces/nas_bench_macro.abs {_SAMPLE}",
+    "emit": f"abc emit spaces/nas_bench_macro.abs {_SAMPLE} --line 1 --format onnx -o net.onnx",
+    "measure": (
+        f"abc measure spaces/nas_bench_macro.abs {_SAMPLE} -o measured.jsonl --metrics lat=latency"
+    ),
+    "train": (
+        f'abc train spaces/nas_bench_macro.abs {_SAMPLE} --target "acc - 0.5*lat" -o runs/acc_lat'
+    ),
+    "rank": (
+        f'abc rank spaces/nas_bench_macro.abs {_SAMPLE} --target "acc - 0.5*lat"    '
+        "(or: abc rank runs/acc_lat)"
+    ),
+    "build": "abc build runs/acc_lat -o out/built",
+    "describe": (
+        f'abc data describe {_SAMPLE} --space spaces/nas_bench_macro.abs --target "acc - 0.5*lat"'
+    ),
+    "import": (
+        "abc data import --from nas-bench-macro examples/nas_bench_macro/nas_bench_macro.json "
+        "--space spaces/nas_bench_macro.abs -o table.jsonl"
+    ),
+    "merge": (
+        f"abc data merge {_SAMPLE} table.jsonl --space spaces/nas_bench_macro.abs -o joined.jsonl"
+    ),
+}
 
 
 class UserError(click.ClickException):
@@ -50,6 +96,16 @@ def run_guarded(group: click.Group) -> int:
         count = len(error.diagnostics)
         err_console.print(f"{count} error{'s' if count != 1 else ''}", style="bold red")
         return EXIT_COMPILE_ERROR
+    except click.MissingParameter as error:
+        # Usage mistakes are bad input like any other: exit 1; 2 is for `.abs` diagnostics.
+        error.show()
+        example = EXAMPLES.get(error.ctx.command.name) if error.ctx is not None else None
+        if example:
+            err_console.print(f"example: {escape(example)}", highlight=False, soft_wrap=True)
+        return EXIT_USER_ERROR
+    except click.UsageError as error:
+        error.show()
+        return EXIT_USER_ERROR
     except click.exceptions.Abort:
         err_console.print("aborted", style="red")
         return 130
@@ -62,7 +118,22 @@ def run_guarded(group: click.Group) -> int:
         err_console.print("interrupted", style="red")
         return 130
     except BrokenPipeError:
+        _quiet_stdout()
         return 0
+    except io.OutputError as error:
+        _show_error(str(error))
+        return EXIT_USER_ERROR
+    except RecursionError:
+        _show_error("the input is nested too deeply to process")
+        return EXIT_USER_ERROR
+    except OSError as error:
+        # The system refused a file operation (read-only folder, disk full, no such
+        # folder, permission): the user's environment, not a bug.
+        if error.errno == errno.EPIPE:
+            _quiet_stdout()
+            return 0
+        _show_error(_os_message(error))
+        return EXIT_USER_ERROR
     except Exception as error:
         if os.environ.get("ABC_DEBUG"):
             raise
@@ -76,37 +147,108 @@ def run_guarded(group: click.Group) -> int:
     return 0
 
 
+def plain_error(error: BaseException) -> str:
+    """An exception as one line for a user: a pydantic error as `where: what` (its first
+    problem and how many more), not the raw multi-line dump with Python reprs."""
+    errors = getattr(error, "errors", None)
+    if callable(errors):
+        try:
+            items = errors()
+        except Exception:  # not pydantic's errors(): fall back to the text
+            items = None
+        if items:
+            first = items[0]
+            where = ".".join(str(part) for part in first.get("loc", ())) or "(top level)"
+            more = f" (and {len(items) - 1} more)" if len(items) > 1 else ""
+            return f"{where}: {first.get('msg', 'invalid')}{more}"
+    if isinstance(error, OSError):
+        return error.strerror or str(error)
+    return str(error)
+
+
+def _show_error(message: str) -> None:
+    err_console.print(
+        f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False, soft_wrap=True
+    )
+
+
+def _os_message(error: OSError) -> str:
+    reason = error.strerror or type(error).__name__
+    if error.errno == errno.EEXIST and error.filename is not None:
+        reason = "exists and is not a folder"
+    if error.filename is None:
+        return reason
+    where = os.fsdecode(error.filename)
+    if error.filename2 is not None:
+        where += f" -> {os.fsdecode(error.filename2)}"
+    return f"{where}: {reason}"
+
+
+def _quiet_stdout() -> None:
+    """After a broken pipe (`abc rank RUN | head -1`): point stdout at /dev/null so the
+    interpreter's final flush does not fail again and turn exit 0 into exit 1."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
 def load_space(path: str, name: str | None = None) -> Space:
     """Compile a `.abs` file, or read a Space saved as JSON (`abc compile --spec`)."""
     if path.endswith(".json"):
         try:
             return Space.from_json(Path(path).read_text(encoding="utf-8"))
         except (OSError, ValueError) as error:
-            raise UserError(f"{path}: not a saved space: {error}") from None
+            raise UserError(f"{path}: not a saved space: {plain_error(error)}") from None
+    _check_readable(path)
     return compile_file(path, name)
+
+
+def _check_readable(path: str) -> None:
+    """A space file that cannot be read is a plain user error (exit 1), not an `.abs`
+    diagnostic with a made-up position: name it, and list the `.abs` files that do exist
+    next to it, closest names first."""
+    import difflib
+
+    file = Path(path)
+    if file.is_file():
+        try:
+            with file.open("rb"):
+                return
+        except OSError as error:
+            raise UserError(f"{path}: cannot read: {error.strerror}") from None
+    why = "is a folder, not a .abs file" if file.is_dir() else "no such file"
+    folder = file if file.is_dir() else file.parent
+    try:
+        nearby = sorted(p.name for p in folder.glob("*.abs")) if folder.is_dir() else []
+    except OSError:
+        nearby = []
+    shown = str(folder) if str(folder) not in ("", ".") else "the current folder"
+    if nearby:
+        close = difflib.get_close_matches(file.name, nearby, n=3, cutoff=0.5)
+        ordered = close + [n for n in nearby if n not in close]
+        listing = ", ".join(str(folder / n) if str(folder) != "." else n for n in ordered)
+        hint = f"; .abs files in {shown}: {listing}"
+    else:
+        hint = f"; {shown} holds no .abs files" if folder.is_dir() else f"; {shown} does not exist"
+    raise UserError(f"{path}: {why}{hint}")
 
 
 def write_atomic(path: Path, text: str, force: bool = False) -> None:
     """Write a whole file or nothing: a temporary file renamed into place."""
     if path.exists() and not force:
         raise UserError(f"{path} exists; pass --force to overwrite it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    io.write_atomic(path, text)
 
 
 def read_json_file(path: str) -> object:
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+        return json.loads(Path(path).read_text(encoding="utf-8-sig"))
     except OSError as error:
         raise UserError(f"{path}: cannot read: {error.strerror}") from None
     except json.JSONDecodeError as error:
         raise UserError(
             f"{path}:{error.lineno}:{error.colno}: not valid JSON: {error.msg}"
         ) from None
+    except ValueError as error:  # not UTF-8, or an integer of more than 4300 digits
+        raise UserError(f"{path}: not valid JSON: {error}") from None

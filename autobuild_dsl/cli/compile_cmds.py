@@ -11,6 +11,9 @@ from rich.markup import escape
 
 from autobuild_dsl.cli.common import UserError, console, err_console, load_space
 
+# A latency whose runs spread more than this (IQR / median) is flagged as noisy.
+HIGH_SPREAD = 0.10
+
 
 @contextmanager
 def _user_errors() -> Iterator[None]:
@@ -123,7 +126,7 @@ def emit_cmd(
     default="params,macs,latency",
     show_default=True,
     help="Comma-separated: params, macs (FlopCounterMode total / 2), latency (ms, ONNX "
-    "Runtime CPU, batch 1, median).",
+    "Runtime CPU, batch 1, median); NAME=latency writes latency as NAME (e.g. lat=latency).",
 )
 @click.option("--space", "space_name", help="Which space of the file (default: the first one).")
 @click.option(
@@ -153,7 +156,43 @@ def emit_cmd(
     type=click.IntRange(min=1),
     default=30,
     show_default=True,
-    help="Timed runs; latency is their median.",
+    help="Timed runs at least; latency is their median, timed until it is stable.",
+)
+@click.option(
+    "--ci",
+    type=click.FloatRange(min=0),
+    default=0.02,
+    show_default=True,
+    help="Stop timing a network when its median's 95% confidence interval is within this "
+    "fraction of the median (each side).",
+)
+@click.option(
+    "--time-cap",
+    type=click.FloatRange(min=0, min_open=True),
+    default=3.0,
+    show_default=True,
+    help="Seconds of timed runs per network at most, stable or not.",
+)
+@click.option(
+    "--interleave",
+    type=click.IntRange(min=1),
+    default=8,
+    show_default=True,
+    help="Networks timed in turn, one run each per round, so drift affects them alike.",
+)
+@click.option(
+    "--clock",
+    type=click.Choice(["auto", "wall", "cpu"]),
+    default="auto",
+    show_default=True,
+    help="cpu: the timing thread's CPU time (one thread; steady on a busy machine); wall: "
+    "elapsed time; auto: cpu with --threads 1, else wall.",
+)
+@click.option(
+    "--retest",
+    is_flag=True,
+    help="Measure latency again in a second pass: rows get NAME_retest, and the test-retest "
+    "Spearman is printed.",
 )
 @click.option(
     "--device",
@@ -177,28 +216,52 @@ def measure_cmd(
     threads: int,
     warmup: int,
     repeats: int,
+    ci: float,
+    time_cap: float,
+    interleave: int,
+    clock: str,
+    retest: bool,
     device: str,
     seed: int,
     resume: bool,
     force: bool,
 ) -> None:
     """Measure the architectures of ARCHS_FILE (lines holding an "arch", as `abc sample` and
-    dataset files write them) and write a dataset that `abc train` reads directly.
+    dataset files write them) and write a dataset that `abc train` reads directly. Metrics
+    the input rows already carry (e.g. accuracy) are kept; the measured ones are added.
+
+    Latency is timed until its median is stable (--ci, --time-cap), networks in turn
+    (--interleave); each row records the spread (IQR / median), the runs and the threads.
 
     Each row is appended as soon as it is measured; after an interruption, rerun with
     --resume to measure only what is missing."""
     from autobuild_dsl.compile.batch import (
         MeasureSettings,
+        busy_machine,
         measure_file,
         oversubscribed,
         read_architectures,
+        read_labels,
+        spearman,
     )
     from autobuild_dsl.compile.measure import check_metrics
 
+    name = "latency"
+    names = []
+    for item in metrics.split(","):
+        alias, sep, metric = item.partition("=")
+        if sep:
+            if metric.strip() != "latency":
+                raise UserError(f"--metrics {item!r}: only latency can be renamed (NAME=latency)")
+            name = alias.strip()
+            item = "latency"
+        names.append(item)
     try:
-        wanted = check_metrics(metrics)
+        wanted = check_metrics(",".join(names))
     except ValueError as error:
         raise UserError(f"--metrics: {error}") from None
+    if retest and "latency" not in wanted:
+        raise UserError("--retest measures latency twice: add latency to --metrics")
     if device == "meta" and "latency" in wanted:
         raise UserError(
             "--device meta counts params and MACs without memory; latency needs a real "
@@ -207,21 +270,32 @@ def measure_cmd(
     if resume and force:
         raise UserError("--resume and --force contradict each other: choose one")
     space = load_space(space_file, space_name)
-    settings = MeasureSettings(
-        metrics=tuple(wanted),
-        threads=threads,
-        warmup=warmup,
-        repeats=repeats,
-        device=device,  # type: ignore[arg-type]
-        seed=seed,
-    )
+    try:
+        settings = MeasureSettings(
+            metrics=tuple(wanted),
+            threads=threads,
+            warmup=warmup,
+            repeats=repeats,
+            device=device,  # type: ignore[arg-type]
+            seed=seed,
+            ci=ci,
+            time_cap=time_cap,
+            interleave=interleave,
+            name=name,
+            clock=clock,  # type: ignore[arg-type]
+        )
+    except ValueError:
+        raise UserError(f"--metrics: {name!r} is not a plain metric name") from None
+    if clock == "cpu" and threads != 1:
+        raise UserError("--clock cpu times one thread: use it with --threads 1")
     if "latency" in wanted and ray_address is None:
-        warning = oversubscribed(jobs, threads)
-        if warning:
-            err_console.print(f"[yellow]warning:[/] {warning}")
+        for warning in (oversubscribed(jobs, threads), busy_machine()):
+            if warning:
+                err_console.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
     saved = 0
     with _user_errors():
         archs = [arch for _, arch in read_architectures(archs_file, space)]
+        labels = read_labels(archs_file, space)
         try:
             with _progress_bar() as bar:
                 task = bar.add_task("measuring", total=None)
@@ -241,6 +315,8 @@ def measure_cmd(
                     resume=resume,
                     overwrite=force,
                     progress=show,
+                    labels=labels,
+                    retest=retest,
                 )
         except KeyboardInterrupt:
             err_console.print(
@@ -255,6 +331,34 @@ def measure_cmd(
     if report.distinct < report.rows:
         parts.append(f"{report.rows - report.distinct} repeated in the input")
     console.print(", ".join(parts))
+    if report.kept_labels:
+        console.print(f"kept the input's metrics on {report.kept_labels} rows")
+    if report.replaced:
+        err_console.print(
+            f"note: measured {', '.join(report.replaced)} replaced the input's values"
+        )
+    if "latency" in wanted and report.spreads:
+        high = sum(s > HIGH_SPREAD for s in report.spreads)
+        if high:
+            err_console.print(
+                f"[yellow]warning:[/] {high} of {len(report.spreads)} latencies have a spread "
+                f"(IQR / median) above {HIGH_SPREAD:.0%}: the machine is noisy, compare "
+                f"them with care (rows record {escape(name)}_spread)",
+                soft_wrap=True,
+            )
+        warning = busy_machine()
+        if warning:
+            err_console.print(f"[yellow]warning:[/] {escape(warning)} (after measuring)")
+    if retest and len(report.retest) >= 2:
+        keys = [k for k in report.first if k in report.retest]
+        first = [report.first[k] for k in keys]
+        second = [report.retest[k] for k in keys]
+        ratio = max(max(a, b) / min(a, b) for a, b in zip(first, second, strict=True))
+        console.print(
+            f"test-retest Spearman of latency over {len(keys)} networks: "
+            f"{spearman(first, second):.3f} (largest ratio between the two readings "
+            f"{ratio:.2f}x); rows hold {escape(name)}_retest"
+        )
     if report.failures:
         for key, reason in report.failures[:10]:
             err_console.print(f"[red]failed:[/] {escape(reason)}\n  {escape(key)}")

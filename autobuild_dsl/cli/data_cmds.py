@@ -220,6 +220,13 @@ def describe_cmd(
     if as_json:
         click.echo(info.model_dump_json())
         return
+    if info.target_dropped:
+        why = ", ".join(f"{n:,} rows lack {escape(m)}" for m, n in info.target_lacking.items())
+        err_console.print(
+            f"note: target left out {info.target_dropped:,} of {info.rows:,} rows ({why}); "
+            "abc train leaves out the same rows",
+            soft_wrap=True,
+        )
     console.print(
         f"[bold]{escape(data_file)}[/]: {info.rows:,} architectures of "
         f"{escape(info.space)} ({info.measurements:,} measurements)"
@@ -245,6 +252,80 @@ def describe_cmd(
     for name, g in info.globals.items():
         extent = f", {_number(g.min)}..{_number(g.max)}" if g.min is not None else ""
         console.print(f"global [cyan]{escape(name)}[/]: {g.distinct} of {g.of} values{extent}")
+
+
+@data_group.command("merge")
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option(
+    "--space", "space_file", required=True, type=click.Path(dir_okay=False), help="SPACE.abs"
+)
+@click.option("--space-name", help="Which space of the file.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="OUT.jsonl")
+@click.option(
+    "--tolerance",
+    type=click.FloatRange(min=0),
+    default=1e-6,
+    show_default=True,
+    help="Relative difference above which two values of one metric disagree.",
+)
+@click.option(
+    "--average",
+    is_flag=True,
+    help="Average repeated measurements of a metric (weighted by count) instead of refusing "
+    "values that disagree.",
+)
+@click.option("--inner", is_flag=True, help="Keep only the architectures every file holds.")
+@click.option("--force", is_flag=True, help="Overwrite the output if it exists.")
+def merge_cmd(
+    files: tuple[str, ...],
+    space_file: str,
+    space_name: str | None,
+    output: str,
+    tolerance: float,
+    average: bool,
+    inner: bool,
+    force: bool,
+) -> None:
+    """Join the metrics of the same architectures from FILES (datasets of one space) into one
+    dataset: e.g. accuracy from one file and measured latency from another.
+
+    Architectures present in only some files are reported (and kept, unless --inner). Two
+    values of one metric for one architecture that differ by more than --tolerance are
+    reported and nothing is written, unless --average asks to average them."""
+    from autobuild_dsl.data.dataset import save_dataset
+    from autobuild_dsl.data.merge import MergeError, merge_files
+
+    out = Path(output)
+    if out.exists() and not force:
+        raise UserError(f"{out} exists; pass --force to overwrite it")
+    space = load_space(space_file, space_name)
+    try:
+        dataset, report = merge_files(
+            files, space, tolerance=tolerance, average=average, inner=inner
+        )
+    except MergeError as error:
+        raise UserError(str(error)) from None
+    for name, rows in zip(report.files, report.rows_per_file, strict=True):
+        console.print(f"{escape(name)}: {rows:,} architectures", soft_wrap=True)
+    for where, count in report.only_in_some.items():
+        kept = "left out (--inner)" if inner else "kept, lacking the other files' metrics"
+        err_console.print(
+            f"note: {count:,} architectures only in {escape(where)}: {kept}", soft_wrap=True
+        )
+    if report.disagreements:
+        err_console.print(
+            f"note: averaged {len(report.disagreements):,} values that disagree by more "
+            f"than {tolerance:g}, e.g. {escape(str(report.disagreements[0]))}",
+            soft_wrap=True,
+        )
+    if report.averaged:
+        console.print(f"averaged {report.averaged:,} repeated (architecture, metric) values")
+    save_dataset(dataset, out, overwrite=True)
+    console.print(
+        f"wrote {escape(str(out))}: {report.rows:,} architectures, metrics "
+        f"{', '.join(dataset.metric_names)}",
+        soft_wrap=True,
+    )
 
 
 def register(group: click.Group) -> None:

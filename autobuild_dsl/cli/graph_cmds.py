@@ -57,6 +57,9 @@ def graph_cmd(
     if not 1 <= line <= len(records):
         raise UserError(f"{arch_file}: --line {line} is out of range (1..{len(records)})")
     where, raw = records[line - 1]
+    named = raw.get("space")
+    if named is not None and named != space.name:  # as `abc validate`: not checked as ours
+        raise UserError(f"{where}: the architecture is of space '{named}', not '{space.name}'")
     try:
         arch = canonicalize(space, raw)
         if encoding == "ir":

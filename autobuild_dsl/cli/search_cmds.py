@@ -193,7 +193,7 @@ def search_cmd(
     space = load_space(space_file, space_name)
     with _user_errors():
         config = parse_evaluator_spec(evaluator_spec)
-        parsed = parse_objectives(objectives) if objectives else None
+        parsed = parse_objectives(objectives) if objectives is not None else None
         cache = None if no_cache or exhaustive else Path(cache_dir or default_cache_dir())
         with EvaluationRunner(
             space, config, cache_dir=cache, jobs=jobs, ray_address=ray_address
@@ -215,9 +215,6 @@ def search_cmd(
                 return
             assert parsed is not None and budget is not None and out_dir is not None
             out = Path(out_dir)
-            if force:
-                for name in (STATE_FILE, RECORDS_FILE, FRONT_FILE):
-                    (out / name).unlink(missing_ok=True)
             search_config = SearchConfig(
                 objectives=parsed,
                 budget=budget,
@@ -226,12 +223,12 @@ def search_cmd(
                 mode=mode,  # type: ignore[arg-type]
                 seed=seed,
             )
-            result = _run_with_progress(space, runner, search_config, out)
+            result = _run_with_progress(space, runner, search_config, out, force)
             _render_search(result, out, runner)
 
 
 def _run_with_progress(
-    space: Space, runner: EvaluationRunner, config: SearchConfig, out: Path
+    space: Space, runner: EvaluationRunner, config: SearchConfig, out: Path, force: bool
 ) -> SearchResult:
     with _progress_bar() as bar:
         task = bar.add_task("search", total=config.budget, info="")
@@ -245,7 +242,7 @@ def _run_with_progress(
                 info=f"front {event.front_size} · {best}" if best else "",
             )
 
-        return run_search(space, runner, config, out, progress=show)
+        return run_search(space, runner, config, out, progress=show, force=force)
 
 
 def _render_search(result: SearchResult, out: Path, runner: EvaluationRunner) -> None:

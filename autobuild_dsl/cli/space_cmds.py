@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from autobuild_dsl.cli.common import (
@@ -18,7 +19,16 @@ from autobuild_dsl.cli.common import (
     write_atomic,
 )
 from autobuild_dsl.space import summary
+from autobuild_dsl.space.architecture import Architecture
 from autobuild_dsl.space.decisions import ArchitectureError, canonicalize, sample
+from autobuild_dsl.space.equivalence import (
+    COUNT_LIMIT,
+    TooFewNetworks,
+    may_have_equivalences,
+    network_keys,
+    sample_distinct,
+)
+from autobuild_dsl.space.model import Space
 
 
 @click.command("compile")
@@ -41,11 +51,13 @@ def compile_cmd(
     if spec_out:
         write_atomic(Path(spec_out), space.to_json() + "\n", force=force)
     if as_json:
-        payload = {
+        payload: dict[str, object] = {
             "space": info.name,
             "size": info.size,
             "stages": [{"name": u.name, "modules": u.modules} for u in info.units],
         }
+        if info.equivalences:  # null: not counted (too large)
+            payload["networks"] = info.networks
         click.echo(json.dumps(payload))
         return
     console.print(f"[bold]{info.name}[/]  {info.description}")
@@ -71,10 +83,27 @@ def compile_cmd(
                 f"  unit [cyan]{unit.name}[/] = {' + '.join(unit.stages)}: {unit.modules:,} modules"
             )
     for rule in info.rules:
-        console.print(f"  rule: {rule}")
+        console.print(f"  rule: {escape(rule)}")
     for tie in info.ties:
-        console.print(f"  tied: {tie}")
-    console.print(f"size: [bold]{info.size:,}[/] architectures ({summary.scientific(info.size)})")
+        console.print(f"  tied: {escape(tie)}")
+    console.print(
+        f"size: [bold]{summary.grouped(info.size)}[/] architectures "
+        f"({summary.scientific(info.size)})"
+    )
+    if info.equivalences:
+        console.print(_networks_line(info.networks), soft_wrap=True)
+
+
+def _networks_line(networks: int | None) -> str:
+    if networks is None:
+        return (
+            f"distinct networks: not counted (over {COUNT_LIMIT:,} architectures); some "
+            "architectures compile to the same network (a stride-1 identity is a no-op)"
+        )
+    return (
+        f"distinct networks: [bold]{networks:,}[/] (architectures that differ only by where "
+        "a no-op layer sits compile to the same network)"
+    )
 
 
 @click.command("sample")
@@ -91,18 +120,49 @@ def compile_cmd(
     help="Write JSON lines here instead of stdout.",
 )
 @click.option("--force", is_flag=True, help="Overwrite --output if it exists.")
+@click.option(
+    "--distinct",
+    is_flag=True,
+    help="N different networks: drop a draw equivalent to an earlier one (same compiled network).",
+)
 def sample_cmd(
-    space_file: str, count: int, seed: int, space_name: str | None, output: str | None, force: bool
+    space_file: str,
+    count: int,
+    seed: int,
+    space_name: str | None,
+    output: str | None,
+    force: bool,
+    distinct: bool,
 ) -> None:
     """Draw N architectures uniformly from the (constrained) space, as JSON lines."""
     space = load_space(space_file, space_name)
-    archs = sample(space, count, seed=seed)
+    if distinct:
+        try:
+            archs = sample_distinct(space, count, seed=seed)
+        except TooFewNetworks as error:
+            raise UserError(f"--distinct: {error}") from None
+    else:
+        archs = sample(space, count, seed=seed)
     lines = "".join(json.dumps({"arch": a.model_dump(mode="json")}) + "\n" for a in archs)
     if output:
         write_atomic(Path(output), lines, force=force)
-        err_console.print(f"wrote {count} architectures to {output}")
+        err_console.print(
+            f"wrote {count} architectures to {output}{_sampled(space, archs)}", soft_wrap=True
+        )
     else:
         sys.stdout.write(lines)
+        note = _sampled(space, archs)
+        if note:
+            err_console.print(f"{count} architectures{note}", soft_wrap=True)
+
+
+def _sampled(space: Space, archs: list[Architecture]) -> str:
+    """How many distinct networks a sample holds, where that can differ from its size."""
+    if not may_have_equivalences(space):
+        return ""
+    if len(archs) > COUNT_LIMIT:
+        return f" (distinct networks not counted: over {COUNT_LIMIT:,})"
+    return f" ({len(set(network_keys(space, archs))):,} distinct networks)"
 
 
 @click.command("validate")
@@ -151,7 +211,10 @@ def fmt_cmd(files: tuple[str, ...], check: bool, write: bool) -> None:
 
     unformatted = []
     for name in files:
-        original = Path(name).read_text(encoding="utf-8") if Path(name).is_file() else None
+        try:
+            original = Path(name).read_text(encoding="utf-8") if Path(name).is_file() else None
+        except UnicodeDecodeError as error:
+            raise UserError(f"{name}: not UTF-8 text (byte {error.start})") from None
         if original is None:
             raise UserError(f"{name}: no such file")
         formatted = format_file(name, original)

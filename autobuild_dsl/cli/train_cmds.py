@@ -265,7 +265,7 @@ def train_cmd(
     from autobuild_dsl.data.dataset import load_dataset
     from autobuild_dsl.data.target import parse_target
     from autobuild_dsl.scorer.run import EnsembleConfig, summary_json, train_run
-    from autobuild_dsl.scorer.train import TrainConfig
+    from autobuild_dsl.scorer.train import TrainConfig, thread_note
 
     if force and resume:
         raise UserError("--force and --resume contradict each other; pick one")
@@ -284,6 +284,11 @@ def train_cmd(
             dataset = load_mixed_dataset(data_file, spaces)
         else:
             dataset = load_dataset(data_file, space)
+        # Rows lacking a metric the target reads are left out (as `abc data describe
+        # --target` leaves them out); say how many, and why.
+        note = target.labeled_rows(dataset).note() if hasattr(dataset, "metric_names") else None
+        if note and not as_json:
+            err_console.print(f"note: {escape(note)}", soft_wrap=True)
         if encoding == "ir":
             show_ir = not (quiet or as_json)
             encoder = fit_ir_encoder(
@@ -305,6 +310,9 @@ def train_cmd(
             folds=folds, seeds=seeds, test_fraction=test_fraction, seed=seed
         )
         show = not (quiet or as_json)
+        note = thread_note(threads) if jobs <= 1 and not ray_address else None
+        if note and not as_json:
+            err_console.print(f"note: {note}", style="yellow", highlight=False)
         with _TrainProgress() if show else nullcontext() as progress:
             run = train_run(
                 space,
@@ -324,6 +332,14 @@ def train_cmd(
                 encoder=encoder,
             )
     assert run.metrics is not None
+    left_out = len(dataset) - run.config.rows
+    if left_out > 0 and not as_json:
+        # Said even with --quiet: training on fewer rows than given is never silent.
+        err_console.print(
+            f"note: {left_out:,} of {len(dataset):,} architectures lack a metric of the target "
+            f"and were left out",
+            markup=False,
+        )
     if as_json:
         click.echo(json.dumps(summary_json(run.metrics)))
         return

@@ -22,19 +22,29 @@ worker fixes torch's and ONNX Runtime's thread counts), or on a Ray cluster
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
+import math
 import os
 import signal
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from autobuild_dsl.compile.measure import Device, check_metrics, measure
+from autobuild_dsl import io as abc_io
+from autobuild_dsl.compile.measure import (
+    Device,
+    LatencyPlan,
+    check_metrics,
+    pick_clock,
+    prepare,
+    time_latencies,
+)
 from autobuild_dsl.space.architecture import Architecture
 from autobuild_dsl.space.decisions import ArchitectureError, canonicalize
 from autobuild_dsl.space.model import Space
@@ -65,15 +75,35 @@ class MeasureSettings(BaseModel):
     repeats: int = Field(30, ge=1)
     device: Device = "auto"
     seed: int = 0
+    # When timing stops (see `measure.LatencyPlan`): the median's relative 95 % CI
+    # half-width, seconds per network, runs per network.
+    ci: float = Field(0.02, ge=0)
+    time_cap: float = Field(3.0, gt=0)
+    max_repeats: int = Field(1000, ge=1)
+    # Networks timed interleaved, round by round (drift lands on all of them alike).
+    interleave: int = Field(8, ge=1)
+    clock: Literal["auto", "wall", "cpu"] = "auto"  # see `measure.pick_clock`
+    # The name latency is written under (`lat`: `lat`, `lat_spread`, `lat_threads`, ...),
+    # so a target can say `acc - 0.5*lat`.
+    name: str = Field("latency", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
 
-    def kwargs(self) -> dict[str, Any]:
+    def plan(self) -> LatencyPlan:
+        return LatencyPlan(
+            warmup=self.warmup,
+            repeats=self.repeats,
+            ci=self.ci,
+            time_cap=self.time_cap,
+            max_repeats=self.max_repeats,
+            clock=pick_clock(self.clock, self.threads),
+        )
+
+    def named(self, metrics: dict[str, float | int]) -> dict[str, float | int]:
+        """`metrics` with latency's keys under `name`."""
+        if self.name == "latency":
+            return metrics
         return {
-            "metrics": self.metrics,
-            "threads": self.threads,
-            "warmup": self.warmup,
-            "repeats": self.repeats,
-            "device": self.device,
-            "seed": self.seed,
+            (self.name + k[len("latency") :] if k.split("_")[0] == "latency" else k): v
+            for k, v in metrics.items()
         }
 
 
@@ -94,6 +124,12 @@ class BatchReport:
     distinct: int  # different architectures among them
     already: int  # skipped: the output held them already (resume)
     measured: int  # measured and appended in this run
+    kept_labels: int = 0  # rows written with metrics their input row already carried
+    replaced: list[str] = field(default_factory=list)  # input metrics a measurement replaced
+    # With retest: each architecture's latency from a second, independent pass (by key).
+    retest: dict[str, float] = field(default_factory=dict)
+    first: dict[str, float] = field(default_factory=dict)
+    spreads: list[float] = field(default_factory=list)  # latency spread of each row measured
     failures: list[tuple[str, str]] = field(default_factory=list)  # (key, reason)
     repaired: bool = False  # a torn last line of the output was cut off
 
@@ -107,9 +143,14 @@ def read_arch_records(path: str | os.PathLike[str]) -> list[tuple[str, dict[str,
     Accepts one JSON architecture (any layout), a JSON list of them, or JSON lines; an item
     may be the architecture itself or an object holding it under "arch" (as `abc sample`
     and dataset files write it)."""
+    return _records(str(path), _read_items(path))
+
+
+def _read_items(path: str | os.PathLike[str]) -> list[tuple[str, object]]:
+    """The JSON items of the file (one JSON value, a list, or JSON lines), with where."""
     name = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = Path(path).read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise BatchError(f"{name}: no such file") from None
     except (OSError, UnicodeDecodeError) as error:
@@ -117,7 +158,7 @@ def read_arch_records(path: str | os.PathLike[str]) -> list[tuple[str, dict[str,
     items: list[tuple[str, object]] = []
     try:
         whole = json.loads(text)
-    except json.JSONDecodeError:
+    except ValueError:  # JSONDecodeError, or an integer of more than 4300 digits
         errors = []
         for number, line in enumerate(text.split("\n"), start=1):
             if not line.strip():
@@ -128,6 +169,8 @@ def read_arch_records(path: str | os.PathLike[str]) -> list[tuple[str, dict[str,
                 errors.append(
                     f"{name}:{number}: not valid JSON: {error.msg} (column {error.colno})"
                 )
+            except ValueError as error:
+                errors.append(f"{name}:{number}: not valid JSON: {error}")
         if errors:
             raise BatchError(_listing(errors)) from None
     else:
@@ -135,6 +178,10 @@ def read_arch_records(path: str | os.PathLike[str]) -> list[tuple[str, dict[str,
             items = [(f"{name}[{i}]", item) for i, item in enumerate(whole)]
         else:
             items = [(name, whole)]
+    return items
+
+
+def _records(name: str, items: list[tuple[str, object]]) -> list[tuple[str, dict[str, Any]]]:
     records: list[tuple[str, dict[str, Any]]] = []
     errors = []
     for where, item in items:
@@ -151,8 +198,41 @@ def read_arch_records(path: str | os.PathLike[str]) -> list[tuple[str, dict[str,
     return records
 
 
+def read_labels(path: str | os.PathLike[str], space: Space) -> dict[str, dict[str, float]]:
+    """The metrics the rows of an architecture file already carry (`{"arch", "metrics"}`
+    rows, as dataset files hold them), by canonical key. A file of bare architectures has
+    none. An architecture given twice with different metrics is an error: which to keep
+    is the user's call (`abc data merge --average` averages repeats)."""
+    labels: dict[str, dict[str, float]] = {}
+    where_of: dict[str, str] = {}
+    for where, item in _read_items(path):
+        if not isinstance(item, dict) or not isinstance(item.get("metrics"), dict):
+            continue
+        metrics = {
+            k: float(v)
+            for k, v in item["metrics"].items()
+            if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+        }
+        if not metrics or not isinstance(item.get("arch"), dict):
+            continue
+        key = canonical_arch(space, where, item["arch"]).key()
+        if key in labels and labels[key] != metrics:
+            raise BatchError(
+                f"{where}: this architecture is also on {where_of[key]} with other metrics; "
+                "join repeated rows first (abc data merge --average)"
+            )
+        labels[key], where_of[key] = metrics, where
+    return labels
+
+
 def canonical_arch(space: Space, where: str, raw: dict[str, Any]) -> Architecture:
     """`raw` checked against `space`; an error says where, which field and why."""
+    named = raw.get("space")
+    if named is not None and named != space.name:
+        # An architecture names its space; one of another space is not taken as ours.
+        raise BatchError(
+            f"{where}: the architecture is of space {_quoted(named)}, not '{space.name}'"
+        )
     try:
         return canonicalize(space, raw)
     except ArchitectureError as error:
@@ -161,6 +241,10 @@ def canonical_arch(space: Space, where: str, raw: dict[str, Any]) -> Architectur
         if isinstance(claimed, str) and claimed != space.name:
             hint = f" (the architecture names space '{claimed}', this is '{space.name}')"
         raise BatchError(f"{where}: {error}{hint}") from None
+
+
+def _quoted(value: object) -> str:
+    return f"'{value}'" if isinstance(value, str) else json.dumps(value, default=str)
 
 
 def read_architectures(
@@ -211,24 +295,28 @@ def measured_keys(
     numbers that do not compare."""
     out = Path(path)
     data = out.read_bytes()
-    repaired = False
+    torn = b""
     if data and not data.endswith(b"\n"):
         cut = data.rfind(b"\n") + 1
         try:
             json.loads(data[cut:])
         except ValueError:
-            # A hard kill in the middle of a line: drop the torn tail, it is measured again.
-            with out.open("r+b") as handle:
-                handle.truncate(cut)
-            data = data[:cut]
-            repaired = True
+            # A hard kill in the middle of a line: the torn tail is cut off (and measured
+            # again), but only once the rest is known to be this command's own rows.
+            torn, data = data[cut:], data[:cut]
         else:
-            with out.open("ab") as handle:
-                handle.write(b"\n")
-    expected = _expected_settings(settings)
+            data += b"\n"
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BatchError(f"{out}: cannot resume: not a measure output (not UTF-8 text)") from None
+    expected = settings.named(_expected_settings(settings))
+    # Rows also carry the metrics their input rows had (measure keeps them); which metrics
+    # this output measures is the sidecar's to say (checked below).
+    wanted = list(settings.named({m: 0 for m in settings.metrics}))
     keys: set[str] = set()
     errors: list[str] = []
-    for number, line in enumerate(data.decode("utf-8").split("\n"), start=1):
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         where = f"{out}:{number}"
@@ -249,24 +337,56 @@ def measured_keys(
             errors.append(str(error))
             continue
         metrics = record["metrics"]
-        missing = [m for m in settings.metrics if m not in metrics]
+        missing = [m for m in wanted if m not in metrics]
         if missing:
+            what = f"has no {', '.join(missing)}"
             raise BatchError(
-                f"{where}: cannot resume: this row has no {', '.join(missing)}; resume with "
-                "the --metrics it was measured with, or measure into a new file"
+                f"{where}: cannot resume: this row {what}; resume with the --metrics it was "
+                f"measured with ({', '.join(sorted(set(metrics) - set(LATENCY_SETTINGS)))}), "
+                "or measure into a new file"
             )
         for metric, value in expected.items():
             if metrics.get(metric) != value:
-                option = LATENCY_SETTINGS[metric]
+                option = LATENCY_SETTINGS["latency" + metric[len(settings.name) :]]
                 raise BatchError(
                     f"{where}: cannot resume: measured with {metric} = "
-                    f"{metrics.get(metric)!r}, this run uses {value}; resume with the same "
+                    f"{_plain(metrics.get(metric))}, this run uses {value}; resume with the same "
                     f"--{option}, or measure into a new file"
                 )
         keys.add(arch.key())
     if errors:
         raise BatchError(_listing(errors, f"{out}: cannot resume:"))
+    try:  # the sidecar catches what rows cannot show (another space version, command)
+        claimed = abc_io.check_claim(out, "measure", **_claim(space, settings))
+    except abc_io.ForeignOutput as error:
+        raise BatchError(str(error)) from None
+    if not keys and not claimed and (torn.strip() or text.strip()):
+        raise BatchError(f"{out}: cannot resume: not a measure output (no dataset row)")
+    if not claimed and keys:  # an output of an older version: claim it from now on
+        abc_io.write_claim(out, "measure", **_claim(space, settings))
+    repaired = False
+    if torn:
+        with out.open("r+b") as handle:
+            handle.truncate(len(data))
+        repaired = True
+    elif data and not out.read_bytes().endswith(b"\n"):
+        with out.open("ab") as handle:
+            handle.write(b"\n")
     return keys, repaired
+
+
+def _claim(space: Space, settings: MeasureSettings) -> dict[str, Any]:
+    """What a measure output depends on: recorded beside it, checked on resume."""
+    return {
+        "space": space.name,
+        "space_digest": hashlib.sha256(space.to_json().encode("utf-8")).hexdigest(),
+        "metrics": sorted(settings.metrics),
+        **_expected_settings(settings),
+    }
+
+
+def _plain(value: object) -> str:
+    return "nothing" if value is None else json.dumps(value)
 
 
 # ------------------------------------------------------------------------- the workers
@@ -297,51 +417,71 @@ def _fix_threads(threads: int) -> None:
 def _init_worker(space_json: str, settings_json: str) -> None:
     # Ctrl-C reaches the whole process group: only the parent reacts (it stops the pool).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    abc_io.die_with_parent()
     _, settings = _state(space_json, settings_json)
     _fix_threads(settings.threads)
-
-
-def _measure_one(
-    space_json: str, settings_json: str, arch_json: str
-) -> tuple[str, dict[str, float | int] | None, str | None]:
-    """(canonical key, metrics or None, error or None): failures come back as text, so one
-    network that does not compile does not stop the batch."""
-    from autobuild_dsl.space.resolve import resolve
-
-    space, settings = _state(space_json, settings_json)
-    arch = Architecture.model_validate_json(arch_json)
-    try:
-        net = resolve(space, arch)
-        return arch.key(), measure(net, **settings.kwargs()), None
-    except (ValueError, RuntimeError, MemoryError) as error:
-        return arch.key(), None, f"{type(error).__name__}: {error}"
-
-
-def _ray_measure(
-    space_json: str, settings_json: str, arch_json: str
-) -> tuple[str, dict[str, float | int] | None, str | None]:
-    _, settings = _state(space_json, settings_json)
-    _fix_threads(settings.threads)
-    return _measure_one(space_json, settings_json, arch_json)
 
 
 Result = tuple[str, dict[str, float | int] | None, str | None]
 
 
-def _run_inline(space_json: str, settings_json: str, archs: list[str]) -> Iterator[Result]:
+def _measure_group(space_json: str, settings_json: str, archs_json: list[str]) -> list[Result]:
+    """Measure a group of architectures, their latencies timed interleaved: (canonical
+    key, metrics or None, error or None) each. Failures come back as text, so one network
+    that does not compile does not stop the batch."""
+    from autobuild_dsl.space.resolve import resolve
+
+    space, settings = _state(space_json, settings_json)
+    results: list[Result] = []
+    prepared: list[tuple[int, tuple[object, dict]]] = []
+    for arch_json in archs_json:
+        arch = Architecture.model_validate_json(arch_json)
+        try:
+            net = resolve(space, arch)
+            counts, session = prepare(
+                net, settings.metrics, settings.threads, settings.seed, settings.device
+            )
+        except (ValueError, RuntimeError, MemoryError) as error:
+            results.append((arch.key(), None, f"{type(error).__name__}: {error}"))
+            continue
+        if session is not None:
+            prepared.append((len(results), session))
+        results.append((arch.key(), counts, None))
+    if prepared:
+        plan = settings.plan()
+        try:
+            readings = time_latencies([s for _, s in prepared], plan, seed=settings.seed)
+        except (ValueError, RuntimeError) as error:  # ONNX Runtime failing at run time
+            return [(key, None, f"{type(error).__name__}: {error}") for key, _, _ in results]
+        for (index, _), reading in zip(prepared, readings, strict=True):
+            key, counts, _ = results[index]
+            assert counts is not None
+            results[index] = (key, {**counts, **reading.metrics(settings.threads, plan)}, None)
+    return [(k, settings.named(m) if m is not None else None, e) for k, m, e in results]
+
+
+def _ray_measure(space_json: str, settings_json: str, archs_json: list[str]) -> list[Result]:
+    _, settings = _state(space_json, settings_json)
+    _fix_threads(settings.threads)
+    return _measure_group(space_json, settings_json, archs_json)
+
+
+def _run_inline(space_json: str, settings_json: str, groups: list[list[str]]) -> Iterator[Result]:
     import torch
 
     settings = MeasureSettings.model_validate_json(settings_json)
     before = torch.get_num_threads()
     torch.set_num_threads(settings.threads)
     try:
-        for arch in archs:
-            yield _measure_one(space_json, settings_json, arch)
+        for group in groups:
+            yield from _measure_group(space_json, settings_json, group)
     finally:
         torch.set_num_threads(before)
 
 
-def _run_pool(space_json: str, settings_json: str, archs: list[str], jobs: int) -> Iterator[Result]:
+def _run_pool(
+    space_json: str, settings_json: str, groups: list[list[str]], jobs: int
+) -> Iterator[Result]:
     # Spawned, not forked: a fork of a process that already runs torch's thread pools can
     # deadlock. Each worker imports torch once and measures many networks.
     pool = ProcessPoolExecutor(
@@ -350,17 +490,17 @@ def _run_pool(space_json: str, settings_json: str, archs: list[str], jobs: int) 
         initializer=_init_worker,
         initargs=(space_json, settings_json),
     )
-    queue = list(reversed(archs))
-    running: set[Future[Result]] = set()
+    queue = list(reversed(groups))
+    running: set[Future[list[Result]]] = set()
     finished = False
     try:
         while queue or running:
             # A bounded window: an interruption leaves little submitted work behind.
             while queue and len(running) < 2 * jobs:
-                running.add(pool.submit(_measure_one, space_json, settings_json, queue.pop()))
+                running.add(pool.submit(_measure_group, space_json, settings_json, queue.pop()))
             done, running = wait(running, return_when=FIRST_COMPLETED)
             for future in done:
-                yield future.result()
+                yield from future.result()
         finished = True
     finally:
         if not finished:  # interrupted: stop the workers now, their results are not wanted
@@ -382,7 +522,7 @@ def _import_ray() -> Any:
 def _run_ray(
     space_json: str,
     settings_json: str,
-    archs: list[str],
+    groups: list[list[str]],
     address: str,
     jobs: int,
     threads: int,
@@ -406,14 +546,14 @@ def _run_ray(
             jobs = max(1, int(ray.cluster_resources().get("CPU", 1)) // threads)
         task = ray.remote(num_cpus=threads)(_ray_measure)
         space_ref = ray.put(space_json)
-        queue = list(reversed(archs))
+        queue = list(reversed(groups))
         running: list[Any] = []
         try:
             while queue or running:
                 while queue and len(running) < jobs:
                     running.append(task.remote(space_ref, settings_json, queue.pop()))
                 done, running = ray.wait(running, num_returns=1)
-                yield ray.get(done[0])
+                yield from ray.get(done[0])
         finally:
             for ref in running:
                 with contextlib.suppress(Exception):
@@ -437,10 +577,17 @@ def measure_file(
     resume: bool = False,
     overwrite: bool = False,
     progress: Callable[[BatchProgress], None] | None = None,
+    labels: Mapping[str, Mapping[str, float]] | None = None,
+    retest: bool = False,
 ) -> BatchReport:
     """Measure `archs` (canonical, of `space`) into the dataset file `out`, appending each
     row as soon as it is measured. Without `resume` or `overwrite` an existing `out` is an
-    error; with `overwrite` it is replaced when the first row is ready."""
+    error; with `overwrite` it is replaced when the first row is ready.
+
+    `labels` (by canonical key) are metrics the input rows already carry (accuracy, ...):
+    each row keeps them, and gets the measured ones added. With `retest`, latency is then
+    measured again in a second, independent pass (`report.first` / `report.retest`), and
+    every row of this run gets it as `<name>_retest`."""
     check_metrics(settings.metrics)  # fails fast, before any file is touched
     if settings.device == "meta" and "latency" in settings.metrics:
         raise BatchError(
@@ -449,11 +596,46 @@ def measure_file(
         )
     if jobs < 1:
         raise BatchError("jobs must be at least 1")
+    try:
+        settings.plan()
+    except ValueError as error:
+        raise BatchError(str(error)) from None
     if resume and overwrite:
         raise BatchError("resume and overwrite contradict each other: choose one")
     path = Path(out)
     if path.is_dir():
         raise BatchError(f"{path} is a folder")
+    # One writer per output: a second run (or resume) on the same file fails at once.
+    with abc_io.output_lock(path, "measure output"):
+        return _measure_locked(
+            space,
+            archs,
+            path,
+            settings,
+            jobs=jobs,
+            ray=ray,
+            resume=resume,
+            overwrite=overwrite,
+            progress=progress,
+            labels=labels,
+            retest=retest,
+        )
+
+
+def _measure_locked(
+    space: Space,
+    archs: Sequence[Architecture],
+    path: Path,
+    settings: MeasureSettings,
+    *,
+    jobs: int,
+    ray: str | None,
+    resume: bool,
+    overwrite: bool,
+    progress: Callable[[BatchProgress], None] | None,
+    labels: Mapping[str, Mapping[str, float]] | None,
+    retest: bool,
+) -> BatchReport:
     distinct: dict[str, Architecture] = {}
     for arch in archs:
         distinct.setdefault(arch.key(), arch)
@@ -480,15 +662,12 @@ def measure_file(
     if not todo:
         return report
     space_json = space.to_json()
-    settings_json = settings.model_dump_json()
-    payloads = [arch.model_dump_json() for arch in todo]
+    if retest and settings.name not in _named_metrics(settings):
+        raise BatchError("a retest measures latency twice: add latency to the metrics")
     if ray is not None:
         _import_ray()  # now, not at the first result: a missing extra is a clear error
-        results = _run_ray(space_json, settings_json, payloads, ray, jobs, settings.threads)
-    elif jobs > 1 and len(todo) > 1:
-        results = _run_pool(space_json, settings_json, payloads, min(jobs, len(todo)))
-    else:
-        results = _run_inline(space_json, settings_json, payloads)
+    results = _results(space_json, settings, todo, jobs, ray)
+    labels = labels or {}
     finished = 0
     handle = None
     try:
@@ -499,9 +678,18 @@ def measure_file(
             else:
                 if handle is None:
                     if fresh:
-                        _replace_with_empty(path)
+                        abc_io.write_atomic(path, b"")
+                        abc_io.write_claim(path, "measure", **_claim(space, settings))
                     handle = path.open("a", encoding="utf-8")
-                handle.write(dataset_row(distinct[key], metrics))
+                given = labels.get(key) or {}
+                report.replaced.extend(m for m in given if m in metrics)
+                report.kept_labels += bool(given)
+                if settings.name in metrics:
+                    report.first[key] = float(metrics[settings.name])
+                    spread = metrics.get(f"{settings.name}_spread")
+                    if spread is not None:
+                        report.spreads.append(float(spread))
+                handle.write(dataset_row(distinct[key], {**given, **metrics}))
                 handle.flush()  # on disk before the next one finishes: nothing to lose
                 report.measured += 1
             if progress is not None:
@@ -514,14 +702,85 @@ def measure_file(
             handle.flush()
             os.fsync(handle.fileno())
             handle.close()
+    report.replaced = sorted(set(report.replaced))
+    if retest and report.first:
+        again = settings.model_copy(update={"metrics": ("latency",), "seed": settings.seed + 1})
+        second = [arch for key, arch in distinct.items() if key in report.first]
+        for key, metrics, _ in _results(space.to_json(), again, second, jobs, ray):
+            if metrics is not None:
+                report.retest[key] = float(metrics[settings.name])
+        _add_retest(path, space, settings.name, report.retest)
     return report
+
+
+def _named_metrics(settings: MeasureSettings) -> dict[str, float | int]:
+    return settings.named({m: 0 for m in settings.metrics})
+
+
+def _results(
+    space_json: str,
+    settings: MeasureSettings,
+    todo: Sequence[Architecture],
+    jobs: int,
+    ray: str | None,
+) -> Iterator[Result]:
+    """Measure `todo` in groups (timed interleaved within a group), inline, in a pool of
+    processes or on Ray."""
+    settings_json = settings.model_dump_json()
+    payloads = [arch.model_dump_json() for arch in todo]
+    # Interleaving matters for latency only; without it a group of one keeps progress fine.
+    size = settings.interleave if "latency" in settings.metrics else 1
+    if jobs > 1 and "latency" in settings.metrics:
+        # Every worker gets groups: fewer, so all of them have work.
+        size = max(1, min(size, math.ceil(len(payloads) / jobs)))
+    groups = [payloads[i : i + size] for i in range(0, len(payloads), size)]
+    if ray is not None:
+        return _run_ray(space_json, settings_json, groups, ray, jobs, settings.threads)
+    if jobs > 1 and len(groups) > 1:
+        return _run_pool(space_json, settings_json, groups, min(jobs, len(groups)))
+    return _run_inline(space_json, settings_json, groups)
+
+
+def _add_retest(path: Path, space: Space, name: str, second: Mapping[str, float]) -> None:
+    """Rewrite `path` (atomically) with `<name>_retest` on the rows that have one."""
+    lines = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        record = json.loads(line)
+        key = canonicalize(space, record["arch"]).key()
+        if key in second:
+            record["metrics"][f"{name}_retest"] = second[key]
+        lines.append(json.dumps(record, separators=(",", ":")) + "\n")
+    abc_io.write_atomic(path, "".join(lines))
+
+
+def spearman(first: Sequence[float], second: Sequence[float]) -> float:
+    """Spearman's rank correlation (average ranks for ties), without scipy."""
+    import numpy as np
+
+    def ranks(values: Sequence[float]) -> np.ndarray:
+        array = np.asarray(values, dtype=np.float64)
+        order = np.argsort(array, kind="mergesort")
+        result = np.empty(len(array))
+        result[order] = np.arange(len(array), dtype=np.float64)
+        for value in np.unique(array):  # ties share their mean rank
+            tied = array == value
+            if tied.sum() > 1:
+                result[tied] = result[tied].mean()
+        return result
+
+    if len(first) != len(second) or len(first) < 2:
+        raise ValueError("Spearman needs two equally long series of at least 2 values")
+    a, b = ranks(first), ranks(second)
+    a, b = a - a.mean(), b - b.mean()
+    denominator = float(np.sqrt((a * a).sum() * (b * b).sum()))
+    return float((a * b).sum() / denominator) if denominator else float("nan")
 
 
 def _replace_with_empty(path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(b"")
-    os.replace(tmp, path)
+    abc_io.write_atomic(path, b"")
 
 
 def oversubscribed(jobs: int, threads: int) -> str | None:
@@ -531,5 +790,21 @@ def oversubscribed(jobs: int, threads: int) -> str | None:
         return (
             f"{jobs} jobs x {threads} threads > {cores} CPU cores: latencies measured in "
             "parallel compete for cores and come out slower and noisier"
+        )
+    return None
+
+
+def busy_machine() -> str | None:
+    """A warning when the load average exceeds the CPU cores: latency is then timed on a
+    machine that other work slows down, by amounts that change from run to run."""
+    cores = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except OSError:  # not available on this platform
+        return None
+    if load > cores:
+        return (
+            f"load average {load:.1f} > {cores} CPU cores: other work competes for the CPU, "
+            "so latencies come out slower and noisier (see each row's spread)"
         )
     return None

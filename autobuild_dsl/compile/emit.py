@@ -27,6 +27,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import nn
 
+from autobuild_dsl import io as abc_io
 from autobuild_dsl.compile.network import CompiledNetwork, build_module
 from autobuild_dsl.compile.onnx_export import OnnxExportError, check_onnx, export_onnx
 from autobuild_dsl.space.architecture import Architecture
@@ -81,6 +82,7 @@ def _module_for(
     if module is None:
         torch.manual_seed(seed)  # seeded random weights: the same file from the same call
         module = build_module(net, device="cpu")
+        calibrate_norms(module, net, seed)
     return module.eval(), net
 
 
@@ -112,23 +114,9 @@ def emit_torch(
         network=net,
     )
     payload = {"header": header.model_dump_json(), "state_dict": module.state_dict()}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-    os.close(fd)
-    try:
+    with abc_io.atomic_path(out) as tmp:
         torch.save(payload, tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 is for the staging only
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return out
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def read_emitted(
@@ -221,6 +209,11 @@ def emit_onnx(
                 META_ARCH: json.dumps(arch.model_dump(mode="json"), separators=(",", ":")),
             },
         )
+        # Stage by stage first: it says where a difference starts.
+        if atol is not None and isinstance(module, CompiledNetwork):
+            problem = check_stage_outputs(module, staged, net, seed=seed)
+            if problem is not None:
+                raise EmitError(f"{problem}; nothing was written")
         diff = check_onnx(module, staged, atol=None, net=net, seed=seed)
         if atol is not None and not diff <= atol:
             raise EmitError(
@@ -229,16 +222,125 @@ def emit_onnx(
             )
         staged_data = scratch / data_out.name
         if staged_data.exists():
-            os.chmod(staged_data, 0o666 & ~_umask())
-            os.replace(staged_data, data_out)
+            abc_io.replace_into(staged_data, data_out)
             data_path: Path | None = data_out
         else:
             data_out.unlink(missing_ok=True)  # a stale companion of an older, larger model
             data_path = None
-        os.replace(staged, out)
+        abc_io.replace_into(staged, out)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return OnnxEmitted(path=out, data_path=data_path, max_abs_diff=diff)
+
+
+# Relative tolerance of the stage-by-stage check: float32 through a few hundred ops.
+STAGE_RTOL = 1e-3
+
+
+def calibrate_norms(module: nn.Module, net: ResolvedNetwork, seed: int) -> None:
+    """Give a randomly initialised network's batch norms the statistics of a random batch,
+    so every stage sees activations of unit variance: a deep random network's output then
+    still depends on its input, and a wrong operation anywhere shows in the check."""
+    from autobuild_dsl.compile.network import example_inputs
+
+    norms = [m for m in module.modules() if isinstance(m, nn.BatchNorm2d)]
+    if not norms:
+        return
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over the calibration pass
+    inputs = example_inputs(net, batch=8, device="cpu", seed=seed + 1)
+    module.train()
+    try:
+        with torch.no_grad():
+            module(**inputs)
+    finally:
+        for m, momentum in zip(norms, momenta, strict=True):
+            m.momentum = momentum
+        module.eval()
+
+
+def _stage_taps(module: CompiledNetwork, net: ResolvedNetwork) -> list[tuple[str, str, nn.Module]]:
+    """(label, ONNX node-name prefix, submodule) at the end of every stage, and the output."""
+    ends = {span.end - 1: number for number, span in enumerate(net.residuals)}
+    last: dict[str, int] = {}
+    for index, node in enumerate(net.nodes):
+        if node.position.part == "stage":
+            last[node.position.block] = index
+    taps = []
+    for stage, index in last.items():
+        if index in ends:
+            number = ends[index]
+            taps.append((f"stage {stage}", f"/shortcuts.{number}/", module.shortcuts[number]))
+        else:
+            taps.append((f"stage {stage}", f"/nodes.{index}/", module.nodes[index]))
+    return taps
+
+
+def check_stage_outputs(
+    module: CompiledNetwork,
+    onnx_path: str | os.PathLike[str],
+    net: ResolvedNetwork,
+    *,
+    seed: int = 0,
+    rtol: float = STAGE_RTOL,
+) -> str | None:
+    """Compare ONNX Runtime with PyTorch at the end of every stage and at the output, by
+    the largest difference relative to the largest activation there; None when all agree,
+    else what differs first (a wrong operation shows at the stage that holds it)."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    from autobuild_dsl.compile.network import example_inputs
+
+    model = onnx.load(str(onnx_path))
+    graph = model.graph
+    outputs = {o.name for o in graph.output}
+    taps: list[tuple[str, str, nn.Module]] = []
+    for label, prefix, sub in _stage_taps(module, net):
+        produced = [n.output[0] for n in graph.node if n.name.startswith(prefix) and n.output]
+        if produced:  # a pure pass-through (an identity) leaves nothing to tap
+            taps.append((label, produced[-1], sub))
+    for _, name, _ in taps:
+        if name not in outputs:
+            graph.output.append(
+                onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+            )
+            outputs.add(name)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(
+        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
+    inputs = example_inputs(net, batch=2, device="cpu", seed=seed + 2)
+    names = [name for _, name, _ in taps] + ["out"]
+    got = session.run(names, {k: v.numpy() for k, v in inputs.items()})
+    captured: dict[int, torch.Tensor] = {}
+    hooks = [
+        sub.register_forward_hook(lambda _m, _i, out, i=i: captured.setdefault(i, out))
+        for i, (_, _, sub) in enumerate(taps)
+    ]
+    try:
+        with torch.no_grad():
+            want_out = module(**inputs)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    wants = [captured[i] for i in range(len(taps))] + [want_out]
+    labels = [label for label, _, _ in taps] + ["the output"]
+    for label, have, want in zip(labels, got, wants, strict=True):
+        want = want.numpy()
+        scale = float(np.max(np.abs(want))) if want.size else 0.0
+        diff = float(np.max(np.abs(have - want))) if want.size else 0.0
+        if not diff <= rtol * max(scale, 1e-6):
+            return (
+                f"ONNX Runtime differs from PyTorch at {label}: largest difference "
+                f"{diff:.3g} is {diff / max(scale, 1e-6):.3g} of the largest activation "
+                f"(tolerance {rtol:g})"
+            )
+    return None
 
 
 def onnx_metadata(path: str | os.PathLike[str]) -> dict[str, str]:

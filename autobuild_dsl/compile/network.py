@@ -40,6 +40,8 @@ class _Step:
     push_in: tuple[int, ...] = ()  # push x (the stage input) before the node
     pop: tuple[int, ...] = ()  # pop and concatenate before the node
     push_out: tuple[int, ...] = ()  # push the node's output (end of a source layer)
+    save: tuple[int, ...] = ()  # residual spans that start here: keep x before the node
+    add: tuple[int, ...] = ()  # residual spans that end here: add their shortcut after it
 
 
 @dataclass
@@ -67,17 +69,25 @@ T = TypeVar("T")
 Maker = Callable[[int, str, Shape, dict[str, AttrValue], CondDims], T]
 
 
+# make_shortcut(span index, in_shape, out_shape, shortcut kind, act) -> the shortcut built.
+ShortcutMaker = Callable[[int, Shape, Shape, str, str], object]
+
+
 @dataclass
 class _Plan(Generic[T]):
     built: list[T]
     steps: list[_Step]
     info: list[NodeInfo]
     out_shape: Shape
+    shortcuts: list[object] = field(default_factory=list)
 
 
-def _plan(net: ResolvedNetwork, make: Maker[T]) -> _Plan[T]:
+def _plan(
+    net: ResolvedNetwork, make: Maker[T], make_shortcut: ShortcutMaker | None = None
+) -> _Plan[T]:
     """Flow shapes through `net` (catalog shape rules, skip concatenations) and call `make`
-    for every node with the shape it receives."""
+    for every node with the shape it receives (and `make_shortcut` for every residual
+    span, with the shapes entering and leaving it)."""
     by_source = {
         name: tuple(i for i, s in enumerate(net.skips) if s.source == name)
         for name in {s.source for s in net.skips}
@@ -91,6 +101,12 @@ def _plan(net: ResolvedNetwork, make: Maker[T]) -> _Plan[T]:
     shape = Shape(net.input.channels, net.input.size)
     previous: tuple[str, int | None] | None = None
     plan: _Plan[T] = _Plan([], [], [], shape)
+    starts: dict[int, list[int]] = {}
+    ends: dict[int, list[int]] = {}
+    for number, span in enumerate(net.residuals):
+        starts.setdefault(span.start, []).append(number)
+        ends.setdefault(span.end - 1, []).append(number)
+    span_in: dict[int, Shape] = {}
 
     for i, node in enumerate(net.nodes):
         pos = node.position
@@ -123,6 +139,8 @@ def _plan(net: ResolvedNetwork, make: Maker[T]) -> _Plan[T]:
             shape = Shape(shape.channels + skip.channels, shape.size)
             popped.append(link)
 
+        for number in starts.get(i, ()):
+            span_in[number] = shape
         attrs = full_attrs(node.op, node.attrs)
         try:
             new_shape = out_shape(node.op, shape, attrs)
@@ -139,8 +157,18 @@ def _plan(net: ResolvedNetwork, make: Maker[T]) -> _Plan[T]:
 
         plan.built.append(built)
         plan.info.append(NodeInfo(node.op, pos.block, shape, new_shape, dict(attrs)))
-        plan.steps.append(_Step(push_in, tuple(popped), push_out))
+        added = tuple(ends.get(i, ()))
+        plan.steps.append(_Step(push_in, tuple(popped), push_out, tuple(starts.get(i, ())), added))
         shape = new_shape
+        for number in added:
+            span = net.residuals[number]
+            try:
+                if make_shortcut is not None:
+                    plan.shortcuts.append(
+                        make_shortcut(number, span_in[number], shape, span.shortcut, span.act)
+                    )
+            except (ValueError, KeyError, TypeError) as error:
+                raise CompileError(f"{_describe(net, i)}: {error}") from error
         for link in push_out:
             groups[link].append(shape)
         previous = key
@@ -154,6 +182,12 @@ def _make_module(
     return get_factory(op)(shape, attrs, dims)
 
 
+def _make_shortcut(index: int, in_shape: Shape, out: Shape, kind: str, act: str) -> nn.Module:
+    from autobuild_dsl.compile.torch_ops import Shortcut
+
+    return Shortcut(in_shape, out, kind, act)
+
+
 class CompiledNetwork(nn.Module):
     """The PyTorch module of one ResolvedNetwork: `forward(x, timestep=None, context=None)`.
 
@@ -161,9 +195,11 @@ class CompiledNetwork(nn.Module):
 
     def __init__(self, net: ResolvedNetwork) -> None:
         super().__init__()
-        plan = _plan(net, _make_module)
+        plan = _plan(net, _make_module, _make_shortcut)
         self.spec = net
         self.nodes = nn.ModuleList(plan.built)
+        # One per residual span, in the order the spans end (= net.residuals order).
+        self.shortcuts = nn.ModuleList(plan.shortcuts)  # type: ignore[arg-type]
         self.info = plan.info
         self.out_shape = plan.out_shape
         self._steps = plan.steps
@@ -177,12 +213,17 @@ class CompiledNetwork(nn.Module):
     ) -> torch.Tensor:
         cond = Cond(timestep=timestep, context=context)
         groups: list[list[torch.Tensor]] = [[] for _ in range(self._links)]
+        saved: dict[int, torch.Tensor] = {}
         for module, step in zip(self.nodes, self._steps, strict=True):
             for link in step.push_in:
                 groups[link].append(x)
             for link in step.pop:
                 x = torch.cat([x, groups[link].pop()], dim=1)
+            for span in step.save:
+                saved[span] = x
             x = module(x, cond)
+            for span in step.add:
+                x = self.shortcuts[span](saved.pop(span), x)
             for link in step.push_out:
                 groups[link].append(x)
         return x
@@ -304,5 +345,23 @@ def fast_params_and_macs(net: ResolvedNetwork) -> tuple[int, int]:
     ) -> NodeCount:
         return _count_node(op, shape, tuple(sorted(attrs.items())), dims, tokens)
 
-    counts = _plan(net, make).built
-    return sum(c.params for c in counts), sum(c.macs for c in counts)
+    plan = _plan(net, make, _count_shortcut)
+    counts = [*plan.built, *plan.shortcuts]
+    return sum(c.params for c in counts), sum(c.macs for c in counts)  # type: ignore[attr-defined]
+
+
+@lru_cache(maxsize=4096)
+def _count_shortcut_cached(in_shape: Shape, out: Shape, kind: str, act: str) -> NodeCount:
+    from autobuild_dsl.compile.torch_ops import Shortcut
+
+    with torch.device("meta"):
+        module = Shortcut(in_shape, out, kind, act).eval()
+    skip = torch.empty(1, in_shape.channels, in_shape.size, in_shape.size, device="meta")
+    y = torch.empty(1, out.channels, out.size, out.size, device="meta")
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        module(skip, y)
+    return NodeCount(count_params(module), counter.get_total_flops() // 2, None)
+
+
+def _count_shortcut(index: int, in_shape: Shape, out: Shape, kind: str, act: str) -> NodeCount:
+    return _count_shortcut_cached(in_shape, out, kind, act)

@@ -176,6 +176,21 @@ class SqueezeExcite(nn.Module):
         return x * self.gate(self.expand(self.act(self.reduce(s))))
 
 
+class ChannelShuffle(CompiledOp):
+    """ShuffleNet's channel shuffle: (N, g, C/g, H, W) -> transpose -> (N, C, H, W)."""
+
+    def __init__(self, groups: int) -> None:
+        super().__init__()
+        self.groups = groups
+
+    def forward(self, x: torch.Tensor, cond: Cond | None = None) -> torch.Tensor:
+        if self.groups <= 1:
+            return x
+        n, c, h, w = x.shape
+        x = x.reshape(n, self.groups, c // self.groups, h, w).transpose(1, 2)
+        return x.reshape(n, c, h, w)
+
+
 class MBConv(CompiledOp):
     def __init__(
         self,
@@ -189,24 +204,100 @@ class MBConv(CompiledOp):
         se: bool,
         act: str,
         divisor: int,
+        groups: int = 1,
+        shuffle: bool = False,
+        expand_conv: str = "auto",
     ) -> None:
         super().__init__()
-        # expand == 1: the depthwise conv works on the input directly (MobileNetV2's t=1).
-        dw_in = cin if expand == 1 else make_divisible(round(cin * expand), divisor)
+        # expand == 1: the depthwise conv works on the input directly (MobileNetV2's t=1),
+        # unless `expand_conv = keep` (FBNet's e1 blocks keep their 1x1 conv).
+        has_expand = expand != 1 if expand_conv == "auto" else expand_conv == "keep"
+        dw_in = make_divisible(round(cin * expand), divisor) if has_expand else cin
         self.hidden = dw_in
-        self.expand = ConvBNAct(cin, dw_in, 1, 1, size, act=act) if expand != 1 else None
+        self.expand = (
+            ConvBNAct(cin, dw_in, 1, 1, size, groups=groups, act=act) if has_expand else None
+        )
+        # The shuffle follows the grouped expansion, so the depthwise and the grouped
+        # projection see channels of every group (FBNet, ShuffleNet).
+        self.shuffle = ChannelShuffle(groups) if shuffle and groups > 1 else None
         self.depthwise = ConvBNAct(dw_in, dw_in, kernel, stride, size, groups=dw_in, act=act)
         self.se = SqueezeExcite(dw_in, make_divisible(dw_in // 4, divisor)) if se else None
-        self.project = ConvBNAct(dw_in, cout, 1, 1, -(-size // stride), act="none")
+        self.project = ConvBNAct(dw_in, cout, 1, 1, -(-size // stride), groups=groups, act="none")
         self.residual = stride == 1 and cin == cout
 
     def forward(self, x: torch.Tensor, cond: Cond | None = None) -> torch.Tensor:
         h = self.expand(x) if self.expand is not None else x
+        if self.shuffle is not None:
+            h = self.shuffle(h)
         h = self.depthwise(h)
         if self.se is not None:
             h = self.se(h)
         h = self.project(h)
         return h + x if self.residual else h
+
+
+def projection(cin: int, cout: int, stride: int, norm: bool = True) -> nn.Module:
+    """The shortcut of a residual block whose shape changes: a strided 1x1 conv (+ BN)."""
+    conv = nn.Conv2d(cin, cout, 1, stride, 0, bias=False)
+    return nn.Sequential(conv, nn.BatchNorm2d(cout)) if norm else conv
+
+
+class ResBlock(CompiledOp):
+    """ResNet's basic (two 3x3) or bottleneck (1x1, 3x3, 1x1) block, post- or pre-activation.
+
+    post (He et al. 2016a; torchvision): conv-BN-act ..., last conv-BN, add, act.
+    pre (He et al. 2016b): BN-act-conv ... , add; a projection shortcut is a 1x1 conv
+    without BN on the pre-activated input.
+    """
+
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        size: int,
+        *,
+        kind: str,
+        stride: int,
+        groups: int,
+        mid: int,
+        act: str,
+        order: str,
+    ) -> None:
+        super().__init__()
+        self.pre = order == "pre"
+        out_size = -(-size // stride)
+        if kind == "basic":
+            widths = [(cin, cout, 3, stride, size, groups), (cout, cout, 3, 1, out_size, groups)]
+        else:
+            widths = [
+                (cin, mid, 1, 1, size, 1),
+                (mid, mid, 3, stride, size, groups),
+                (mid, cout, 1, 1, out_size, 1),
+            ]
+        self.convs = nn.ModuleList(conv2d(a, b, k, s, z, g) for a, b, k, s, z, g in widths)
+        # Post: BN after each conv; pre: BN before each conv (on its input width).
+        self.norms = nn.ModuleList(nn.BatchNorm2d(w[0] if self.pre else w[1]) for w in widths)
+        self.act = activation(act)
+        self.shortcut: nn.Module | None = None
+        if stride != 1 or cin != cout:
+            self.shortcut = projection(cin, cout, stride, norm=not self.pre)
+
+    def forward(self, x: torch.Tensor, cond: Cond | None = None) -> torch.Tensor:
+        if self.pre:
+            h = self.act(self.norms[0](x))
+            skip = self.shortcut(h) if self.shortcut is not None else x
+            h = self.convs[0](h)
+            for conv, norm in zip(self.convs[1:], self.norms[1:], strict=True):
+                h = conv(self.act(norm(h)))
+            return h + skip
+        skip = self.shortcut(x) if self.shortcut is not None else x
+        h = x
+        last = len(self.convs) - 1
+        for i, (conv, norm) in enumerate(zip(self.convs, self.norms, strict=True)):
+            h = norm(conv(h))
+            if i < last:
+                h = self.act(h)
+        return self.act(h + skip)
 
 
 class Identity(CompiledOp):
@@ -222,6 +313,31 @@ class Identity(CompiledOp):
 
     def forward(self, x: torch.Tensor, cond: Cond | None = None) -> torch.Tensor:
         return self.projection(x) if self.projection is not None else x
+
+
+class Shortcut(nn.Module):
+    """The shortcut of a `residual(...)` layer: `forward(skip, y)` = act(y + proj(skip))."""
+
+    def __init__(self, in_shape: Shape, out_shape: Shape, kind: str, act: str) -> None:
+        super().__init__()
+        changes = in_shape != out_shape
+        if out_shape.size > in_shape.size:
+            raise ValueError("a residual layer cannot enlarge the feature map")
+        if kind == "identity" and changes:
+            raise ValueError(
+                f"residual(shortcut = identity) needs the layer to keep its shape, but "
+                f"{in_shape.channels}x{in_shape.size} becomes {out_shape.channels}x{out_shape.size}"
+            )
+        self.projection: nn.Module | None = None
+        if kind == "conv" or (kind == "auto" and changes):
+            stride = -(-in_shape.size // out_shape.size)
+            self.projection = projection(in_shape.channels, out_shape.channels, stride)
+        self.act = activation(act)
+
+    def forward(self, skip: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.projection is not None:
+            skip = self.projection(skip)
+        return self.act(y + skip)
 
 
 class Pool(CompiledOp):
@@ -327,7 +443,38 @@ def _mbconv(shape: Shape, a: Attrs, dims: CondDims) -> nn.Module:
         se=bool(a["se"]),
         act=str(a["act"]),
         divisor=int(a["divisor"]),
+        groups=int(a.get("groups", 1)),
+        shuffle=bool(a.get("shuffle", False)),
+        expand_conv=str(a.get("expand_conv", "auto")),
     )
+
+
+def _res_block(kind: str):  # type: ignore[no-untyped-def]
+    def factory(shape: Shape, a: Attrs, dims: CondDims) -> nn.Module:
+        out = int(a["out"])
+        mid = int(a.get("mid", 0) or 0) or out // 4
+        return ResBlock(
+            shape.channels,
+            out,
+            shape.size,
+            kind=kind,
+            stride=int(a["stride"]),
+            groups=int(a["groups"]),
+            mid=mid,
+            act=str(a["act"]),
+            order=str(a["order"]),
+        )
+
+    return factory
+
+
+register_op("basic", _res_block("basic"))
+register_op("bottleneck", _res_block("bottleneck"))
+
+
+@register_op("shuffle")
+def _shuffle(shape: Shape, a: Attrs, dims: CondDims) -> nn.Module:
+    return ChannelShuffle(int(a["groups"]))
 
 
 @register_op("identity")

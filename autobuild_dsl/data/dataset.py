@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+from autobuild_dsl import io
 from autobuild_dsl.space.architecture import Architecture
 from autobuild_dsl.space.decisions import ArchitectureError, canonicalize
 from autobuild_dsl.space.model import Space
@@ -80,7 +79,10 @@ def metric_value(value: object) -> float | None:
     """A JSON/CSV metric value as a finite float, or None when it is not one."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond the float range (> ~1.8e308)
+        return None
     return number if math.isfinite(number) else None
 
 
@@ -219,8 +221,10 @@ def from_records(
             if all(v == pairs[0][0] for v, _ in pairs):
                 values[i, j] = pairs[0][0]
             else:
+                # Weights first: v * c of two huge values could overflow to infinity,
+                # a weighted mean of finite values never does.
                 total = sum(c for _, c in pairs)
-                values[i, j] = sum(v * c for v, c in pairs) / total
+                values[i, j] = math.fsum(v * (c / total) for v, c in pairs)
     known = [sources[k] for k in order]
     dataset = LabeledDataset(
         space=space,
@@ -252,6 +256,8 @@ def parse_record(file: str, line: int, text: str) -> tuple[Any, dict[str, float]
         raise _row_error(
             file, line, f"not valid JSON: {error.msg} (column {error.colno})"
         ) from None
+    except ValueError as error:  # an integer of more than 4300 digits
+        raise _row_error(file, line, f"not valid JSON: {error}") from None
     if not isinstance(record, dict):
         raise _row_error(file, line, "expected an object with 'arch' and 'metrics'")
     unknown = sorted(set(record) - {"arch", "metrics", "count"})
@@ -290,7 +296,7 @@ def load_dataset(path: str | Path, space: Space) -> LabeledDataset:
     """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise DatasetError(f"{path}: no such file") from None
     except (OSError, UnicodeDecodeError) as error:
@@ -320,15 +326,7 @@ def write_text_atomic(path: str | Path, text: str, overwrite: bool = True) -> No
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    io.write_atomic(path, text)
 
 
 def save_dataset(dataset: LabeledDataset, path: str | Path, overwrite: bool = True) -> None:

@@ -8,7 +8,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from autobuild_dsl.data.dataset import LabeledDataset
-from autobuild_dsl.data.target import Target
+from autobuild_dsl.data.target import Target, TargetError
 
 
 class ColumnSummary(BaseModel):
@@ -35,6 +35,10 @@ class DatasetSummary(BaseModel):
     globals: dict[str, GlobalCoverage]
     target: str | None = None
     target_summary: ColumnSummary | None = None
+    # Rows left out of the target because they lack a metric it reads (as `abc train`
+    # leaves them out), and how many rows lack each such metric.
+    target_dropped: int = 0
+    target_lacking: dict[str, int] = {}
 
 
 def _column(values: np.ndarray) -> ColumnSummary:
@@ -77,8 +81,21 @@ def describe(dataset: LabeledDataset, target: Target | None = None) -> DatasetSu
         globals=globals_,
     )
     if target is not None:
+        labeled = target.labeled_rows(dataset)
+        if not labeled.kept:
+            raise TargetError(
+                f"target `{target.text}`: no row has every metric it reads ("
+                + ", ".join(
+                    f"{n} of {len(dataset)} rows lack {m}" for m, n in labeled.lacking.items()
+                )
+                + ")"
+            )
         summary.target = target.text
-        summary.target_summary = _column(target.evaluate(dataset))
+        summary.target_summary = _column(
+            target.evaluate(dataset.subset(np.flatnonzero(labeled.keep)))
+        )
+        summary.target_dropped = labeled.dropped
+        summary.target_lacking = labeled.lacking
     return summary
 
 

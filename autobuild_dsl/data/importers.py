@@ -110,9 +110,19 @@ class GenericMapping(BaseModel):
         default=None, description="default: from the file extension"
     )
     arch: str = Field(default="arch", description="column holding the architecture")
-    arch_format: Literal["canonical", "ofa"] = Field(
+    arch_format: Literal["canonical", "ofa", "code"] = Field(
         default="canonical",
-        description="canonical: {globals, stages} as `abc sample` writes; ofa: {ks, e, d, r}",
+        description="canonical: {globals, stages} as `abc sample` writes; ofa: {ks, e, d, r}; "
+        "code: a compact code the space declares (`code NAME = ...`)",
+    )
+    code: str | None = Field(
+        default=None,
+        description="arch_format code: which of the space's codes (default: its only one)",
+    )
+    code_pattern: str | None = Field(
+        default=None,
+        description="arch_format code: a regular expression whose first group is the code "
+        "inside the column (`^\\d+-(\\d+)-` for `64-41414-basic`)",
     )
     metrics: dict[str, str] = Field(description="metric name -> column (or dotted path)")
     records: str | None = Field(
@@ -164,7 +174,10 @@ def _collect(
         def network(arch: Architecture) -> str:
             return networks[arch.key()]
 
-        dataset, merged = from_records(space, accepted, metric_order, key=network)
+        # Only the names some row has: a compact copy of a table may leave columns out.
+        present = {name for _, metrics, _, _ in accepted for name in metrics}
+        order = [name for name in metric_order if name in present]
+        dataset, merged = from_records(space, accepted, order, key=network)
     architectures = len({arch.key() for arch, *_ in accepted})
     report = ImportReport(
         format=fmt,
@@ -207,33 +220,95 @@ def import_files(
     raise DatasetError(f"unknown format '{fmt}' (formats: {', '.join(FORMATS)})")
 
 
-def _read_json(path: str) -> Any:
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json object hook: a repeated key is an error, not a silent "last one wins"."""
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise _DuplicateKey(f"the key '{key}' appears twice in one object")
+        result[key] = value
+    return result
+
+
+def _strict_loads(text: str) -> Any:
+    """json.loads that refuses duplicate keys; over-long integers and too deep nesting
+    come out as ValueError like any other bad JSON."""
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+        return json.loads(text, object_pairs_hook=_unique_object)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
+def _read_text(path: str) -> str:
+    """A UTF-8 file's text (a leading BOM dropped); a clear DatasetError otherwise."""
+    try:
+        return Path(path).read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise DatasetError(
+            f"{path}: not UTF-8 text (byte {error.start}); save it as UTF-8"
+        ) from None
+    except OSError as error:
+        raise DatasetError(f"{path}: cannot read: {error.strerror or error}") from None
+
+
+def _read_json(path: str) -> Any:
+    text = _read_text(path)
+    try:
+        return _strict_loads(text)
     except json.JSONDecodeError as error:
         raise DatasetError(
             f"{path}:{error.lineno}:{error.colno}: not valid JSON: {error.msg}"
         ) from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise DatasetError(f"{path}: cannot read: {error}") from None
+    except ValueError as error:
+        raise DatasetError(f"{path}: not valid JSON: {error}") from None
 
 
-def _open_csv(path: str, delimiter: str = ",") -> tuple[list[str], Iterator[tuple[int, dict]]]:
+def _open_csv(
+    path: str, delimiter: str = ",", used: Sequence[str] = ()
+) -> tuple[list[str], Iterator[tuple[int, dict | ValueError]]]:
+    """The header and the rows of a CSV file. A row whose cell count differs from the
+    header's (a short row, a file cut mid-row, cells beyond the header) comes back as a
+    ValueError, to be rejected and counted, never silently padded or cut. A column in
+    `used` that the header names twice is an error (which one did the user mean?)."""
+    if len(delimiter) != 1:
+        raise DatasetError(f"the CSV delimiter must be one character, not {delimiter!r}")
+    text = _read_text(path)
+    reader = csv.reader(text.splitlines(keepends=True), delimiter=delimiter)
     try:
-        handle = open(path, encoding="utf-8", newline="")  # noqa: SIM115
-    except OSError as error:
-        raise DatasetError(f"{path}: cannot read: {error}") from None
-    reader = csv.DictReader(handle, delimiter=delimiter)
-    header = list(reader.fieldnames or [])
+        header = next(reader, [])
+    except csv.Error as error:
+        raise DatasetError(f"{path}:1: bad CSV header: {error}") from None
+    seen: dict[str, int] = {}
+    for number, name in enumerate(header, start=1):
+        if name in seen and name in used:
+            raise DatasetError(
+                f"{path}: the header names column '{name}' twice (columns {seen[name]} and "
+                f"{number}); rename one of them"
+            )
+        seen.setdefault(name, number)
 
-    def rows() -> Iterator[tuple[int, dict]]:
-        with handle:
-            try:
+    def rows() -> Iterator[tuple[int, dict | ValueError]]:
+        try:
+            for cells in reader:
                 # reader.line_num is the line the row ended on: what an editor shows.
-                for row in reader:
-                    yield reader.line_num, row
-            except csv.Error as error:
-                raise DatasetError(f"{path}:{reader.line_num}: bad CSV: {error}") from None
+                if not cells:
+                    continue  # a blank line
+                if len(cells) != len(header):
+                    yield (
+                        reader.line_num,
+                        ValueError(f"{len(cells)} cells, the header has {len(header)} columns"),
+                    )
+                    continue
+                row: dict[str, str] = {}
+                for name, cell in zip(header, cells, strict=True):
+                    row.setdefault(name, cell)  # the first of a repeated (unused) column
+                yield reader.line_num, row
+        except csv.Error as error:
+            raise DatasetError(f"{path}:{reader.line_num}: bad CSV: {error}") from None
 
     return header, rows()
 
@@ -307,6 +382,9 @@ def ofa_subnet_to_arch(space: Space, subnet: dict[str, Any]) -> dict[str, Any]:
     used (canonicalize drops the rest). `r` sets the global `resolution`, or must equal
     the space's fixed input size. Raises ValueError with the reason.
     """
+    odd = [key for key in subnet if not isinstance(key, str)]
+    if odd:
+        raise ValueError(f"field names must be strings, not {odd[0]!r}")
     unknown = sorted(set(subnet) - {"ks", "e", "d", "r", "wid"})
     if unknown:
         raise ValueError(f"unknown subnet field '{unknown[0]}' (fields: ks, e, d, r, wid)")
@@ -362,18 +440,29 @@ def _help_metrics(record: dict[str, Any]) -> tuple[dict[str, float], str | None]
                 if error:
                     return {}, error
                 if number is not None:
+                    if name in metrics:
+                        return {}, _collision(f"{key}.{sub}", name)
                     metrics[name] = number
             continue
         number, error = _metric_or_error(key, value)
         if error:
             return {}, error
         if number is not None:
+            if _sanitize(key) in metrics:
+                return {}, _collision(key, _sanitize(key))
             metrics[_sanitize(key)] = number
     return metrics, None
 
 
+def _collision(key: str, name: str) -> str:
+    return f"'{key}' and another field both become metric '{name}'; rename one of them"
+
+
 def _subnet_key(subnet: object) -> str:
-    return json.dumps(subnet, sort_keys=True, default=str)
+    try:
+        return json.dumps(subnet, sort_keys=True, default=str)
+    except (TypeError, ValueError):  # keys of mixed types do not sort
+        return repr(subnet)
 
 
 def _ofa_rows(space: Space, files: Sequence[str], notes: list[str]) -> Iterator[_Raw]:
@@ -385,12 +474,14 @@ def _ofa_rows(space: Space, files: Sequence[str], notes: list[str]) -> Iterator[
 
 
 def _dynast_rows(space: Space, path: str, notes: list[str]) -> Iterator[_Raw]:
-    header, rows = _open_csv(path)
+    header, rows = _open_csv(path, used=[DYNAST_ARCH_COLUMN, *DYNAST_COLUMNS])
     if DYNAST_ARCH_COLUMN not in header:
         raise DatasetError(
             f"{path}: no '{DYNAST_ARCH_COLUMN}' column (columns: {', '.join(header)})"
         )
     table = list(rows)
+    broken = [(line, row) for line, row in table if isinstance(row, ValueError)]
+    table = [(line, row) for line, row in table if not isinstance(row, ValueError)]
     columns = {c: m for c, m in DYNAST_COLUMNS.items() if c in header}
     latency = "Latency (ms)"
     if latency in columns and all(
@@ -402,6 +493,10 @@ def _dynast_rows(space: Space, path: str, notes: list[str]) -> Iterator[_Raw]:
     ignored = [c for c in header if c != DYNAST_ARCH_COLUMN and c not in DYNAST_COLUMNS]
     if ignored:
         notes.append(f"{Path(path).name}: ignored column(s) {', '.join(ignored)}")
+    for line, problem in broken:
+        yield _Raw(
+            file=path, row=line, arch=None, metrics={}, key=f"{path}:{line}", error=str(problem)
+        )
     for line, row in table:
         text = row.get(DYNAST_ARCH_COLUMN) or ""
         raw = _Raw(file=path, row=line, arch=None, metrics={}, key=text)
@@ -426,16 +521,15 @@ def _dynast_rows(space: Space, path: str, notes: list[str]) -> Iterator[_Raw]:
 
 
 def _jsonl_records(path: str) -> Iterator[tuple[int | str, Any]]:
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        raise DatasetError(f"{path}: cannot read: {error}") from None
+    text = _read_text(path)
     for number, line in enumerate(text.split("\n"), start=1):
         if line.strip():
             try:
-                yield number, json.loads(line)
+                yield number, _strict_loads(line)
             except json.JSONDecodeError as error:
                 yield number, ValueError(f"not valid JSON: {error.msg}")
+            except ValueError as error:
+                yield number, ValueError(f"not valid JSON: {error}")
 
 
 def _json_records(path: str) -> Iterator[tuple[int | str, Any]]:
@@ -532,6 +626,8 @@ def _macro_metrics(value: dict[str, Any]) -> tuple[dict[str, float], str | None]
         if error:
             return {}, error
         if number is not None:
+            if _sanitize(key) in metrics:
+                return {}, _collision(key, _sanitize(key))
             metrics[_sanitize(key)] = number
     return metrics, None
 
@@ -607,8 +703,8 @@ def _generic_records(path: str, mapping: GenericMapping) -> Iterator[tuple[int |
             )
         fmt = suffix  # type: ignore[assignment]
     if fmt == "csv":
-        header, rows = _open_csv(path, mapping.delimiter)
         needed = [mapping.arch, *mapping.metrics.values()]
+        header, rows = _open_csv(path, mapping.delimiter, used=needed)
         missing = [c for c in needed if c not in header]
         if missing:
             raise DatasetError(
@@ -650,6 +746,8 @@ def import_generic(
         reason = _ofa_layout(space)
         if reason:
             raise DatasetError(f"space {space.name} cannot take OFA subnets: {reason}")
+    if mapping.arch_format == "code":
+        _check_code_mapping(space, mapping)
 
     def rows() -> Iterator[_Raw]:
         for path in paths:
@@ -665,16 +763,20 @@ def import_generic(
                     yield raw
                     continue
                 try:
-                    if isinstance(value, str):
-                        value = _literal(value)
-                    if not isinstance(value, dict):
-                        raise ValueError("expected an object")
-                    raw.key = _subnet_key(value)
-                    if mapping.arch_format == "ofa":
-                        value = ofa_subnet_to_arch(space, value)
-                    elif "arch" in value and "stages" not in value:
-                        value = value["arch"]  # a row of `abc sample` output
-                    raw.arch = value
+                    if mapping.arch_format == "code":
+                        raw.key = json.dumps(value)
+                        raw.arch = code_to_arch(space, mapping, value)
+                    else:
+                        if isinstance(value, str):
+                            value = _literal(value)
+                        if not isinstance(value, dict):
+                            raise ValueError("expected an object")
+                        raw.key = _subnet_key(value)
+                        if mapping.arch_format == "ofa":
+                            value = ofa_subnet_to_arch(space, value)
+                        elif "arch" in value and "stages" not in value:
+                            value = value["arch"]  # a row of `abc sample` output
+                        raw.arch = value
                 except ValueError as error:
                     raw.error = f"{mapping.arch}: {error}"
                     yield raw
@@ -692,6 +794,45 @@ def import_generic(
     return _collect("generic", paths, space, rows(), [], progress, list(mapping.metrics))
 
 
+def _check_code_mapping(space: Space, mapping: GenericMapping) -> None:
+    from autobuild_dsl.space.codes import CodeError, pick_code
+
+    try:
+        pick_code(space, mapping.code)
+    except CodeError as error:
+        raise DatasetError(f"mapping: {error}") from None
+    if mapping.code_pattern is not None:
+        try:
+            if re.compile(mapping.code_pattern).groups < 1:
+                raise DatasetError("mapping: code_pattern needs a group: (...) around the code")
+        except re.error as error:
+            raise DatasetError(
+                f"mapping: code_pattern is not a regular expression: {error}"
+            ) from None
+
+
+def code_to_arch(space: Space, mapping: GenericMapping, value: Any) -> dict[str, Any]:
+    """A cell holding an architecture code -> the raw architecture it stands for.
+
+    A string cell is read as written (a digit string keeps its leading zeros); a list
+    cell (JSON, or `[0, 2, 1]` in a CSV) is one token per item."""
+    from autobuild_dsl.space.codes import CodeError, decode
+
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        raise ValueError("a code written as a number loses its leading zeros; write it as a string")
+    if mapping.code_pattern is not None:
+        if not isinstance(value, str):
+            raise ValueError("code_pattern needs a text cell")
+        match = re.search(mapping.code_pattern, value)
+        if match is None:
+            raise ValueError(f"'{value}' does not match code_pattern {mapping.code_pattern}")
+        value = match.group(1)
+    try:
+        return decode(space, value, mapping.code)
+    except CodeError as error:
+        raise ValueError(str(error)) from None
+
+
 def load_mapping(path: str | Path) -> GenericMapping:
     """Read a generic-import mapping file (JSON)."""
     data = _read_json(str(path))
@@ -706,6 +847,7 @@ __all__ = [
     "GenericMapping",
     "ImportReport",
     "ImportResult",
+    "code_to_arch",
     "import_files",
     "import_generic",
     "import_nas_bench_macro",

@@ -109,7 +109,7 @@ def load_mixed_dataset(path: str | Path, spaces: Sequence[Space]) -> MixedDatase
         raise DatasetError("two of the spaces have the same name")
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise DatasetError(f"{path}: no such file") from None
     except (OSError, UnicodeDecodeError) as error:

@@ -8,7 +8,8 @@ functions log, exp, sqrt, abs, min, max.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -104,12 +105,7 @@ class Target(BaseModel):
         `data` is a LabeledDataset, or a mapping from metric name to a column (array).
         """
         columns, rows, sources = _columns(data)
-        missing = [m for m in self.metrics if m not in columns]
-        if missing:
-            has = ", ".join(sorted(columns)) or "none"
-            raise TargetError(
-                f"target `{self.text}`: unknown metric '{missing[0]}' (the data has: {has})"
-            )
+        self.check_known(columns)
         for name in self.metrics:
             absent = np.flatnonzero(np.isnan(columns[name]))
             if absent.size:
@@ -133,6 +129,31 @@ class Target(BaseModel):
             )
         return result
 
+    def check_known(self, names: Iterable[str]) -> None:
+        """TargetError naming every metric the expression reads that `names` lacks."""
+        known = set(names)
+        missing = [m for m in self.metrics if m not in known]
+        if missing:
+            has = ", ".join(sorted(known)) or "none"
+            noun = "metric" if len(missing) == 1 else "metrics"
+            listed = ", ".join(f"'{m}'" for m in missing)
+            raise TargetError(
+                f"target `{self.text}`: unknown {noun} {listed} (the data has: {has})"
+            )
+
+    def labeled_rows(self, dataset: LabeledDataset) -> LabeledRows:
+        """Which rows carry every metric the target reads. `abc train` and
+        `abc data describe` both use this, so they leave out the same rows and say so."""
+        self.check_known(dataset.metric_names)
+        keep = np.ones(len(dataset), dtype=bool)
+        lacking: dict[str, int] = {}
+        for name in self.metrics:
+            absent = np.isnan(dataset.metric(name))
+            if absent.any():
+                lacking[name] = int(absent.sum())
+            keep &= ~absent
+        return LabeledRows(keep=keep, lacking=lacking)
+
     def evaluate_one(self, metrics: Mapping[str, float]) -> float:
         """The target for one set of metrics (a search evaluator's result)."""
 
@@ -150,6 +171,29 @@ class Target(BaseModel):
         if not np.isfinite(value):
             raise TargetError(f"target `{self.text}` is not finite ({value})")
         return value
+
+
+@dataclass(frozen=True)
+class LabeledRows:
+    """The rows a target can label: `keep` (a mask) and, per metric, how many rows lack it."""
+
+    keep: np.ndarray
+    lacking: dict[str, int]
+
+    @property
+    def kept(self) -> int:
+        return int(self.keep.sum())
+
+    @property
+    def dropped(self) -> int:
+        return int(self.keep.size - self.keep.sum())
+
+    def note(self) -> str | None:
+        """One line saying what was left out, or None when every row is kept."""
+        if not self.dropped:
+            return None
+        why = ", ".join(f"{n} rows lack {m}" for m, n in self.lacking.items())
+        return f"left out {self.dropped:,} of {self.keep.size:,} rows ({why})"
 
 
 def _row(i: int, sources: list[str] | None) -> str:
@@ -233,4 +277,4 @@ def parse_target(text: str) -> Target:
     return Target(text=format_expr(expr), expr=expr)
 
 
-__all__ = ["Target", "TargetError", "parse_target"]
+__all__ = ["LabeledRows", "Target", "TargetError", "parse_target"]

@@ -1,13 +1,49 @@
 """Architectures as graphs for the scorer: the sequence-graph format (`encode.py`) and the
-fine-grained ONNX-IR format (`ir.py`; rooted-subgraph reports of IR runs in `ir_rank.py`)."""
+fine-grained ONNX-IR format (`ir.py`; rooted-subgraph reports of IR runs are in `build/ir_rank.py`).
 
-from autobuild_dsl.graphs.encode import EncodeError, FeatureCategory, GraphEncoder, SequenceGraph
-from autobuild_dsl.graphs.ir import IrEncoder, IrError, IrGraph
+Names are imported on first use: `ir.py` needs PyG and ONNX, which most callers of the
+sequence encoder never touch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from autobuild_dsl.graphs.encode import (
+        EncodeError,
+        FeatureCategory,
+        GraphEncoder,
+        GraphTensors,
+        SequenceGraph,
+    )
+    from autobuild_dsl.graphs.ir import IrEncoder, IrError, IrGraph
+
+_WHERE = {
+    "EncodeError": "encode",
+    "FeatureCategory": "encode",
+    "GraphEncoder": "encode",
+    "GraphTensors": "encode",
+    "SequenceGraph": "encode",
+    "IrEncoder": "ir",
+    "IrError": "ir",
+    "IrGraph": "ir",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"autobuild_dsl.graphs.{module}"), name)
+
 
 __all__ = [
     "EncodeError",
     "FeatureCategory",
     "GraphEncoder",
+    "GraphTensors",
     "IrEncoder",
     "IrError",
     "IrGraph",

@@ -22,17 +22,26 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterable, Sequence
-from typing import Literal
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import torch
 from pydantic import BaseModel, ConfigDict, Field
-from torch_geometric.data import Data
+
+if TYPE_CHECKING:
+    from torch_geometric.data import Data
 
 from autobuild_dsl.space.architecture import Architecture
 from autobuild_dsl.space.decisions import index_of, stage_module_choices
 from autobuild_dsl.space.expr import Binary, Call, Expr, LayerRef, Ref, Unary, Value
-from autobuild_dsl.space.model import LayerOption, NodeTemplate, Space, Stage, StageModule
+from autobuild_dsl.space.model import (
+    INPUT_NAMES,
+    LayerOption,
+    NodeTemplate,
+    Space,
+    Stage,
+    StageModule,
+)
 from autobuild_dsl.space.resolve import ResolveError, resolve_node
 from autobuild_dsl.space.resolved import NodePosition
 
@@ -99,25 +108,75 @@ def _template_names(template: NodeTemplate) -> tuple[set[str], set[str]]:
     _expr_names(template.condition, scalars, layer)
     for expr in template.attrs.values():
         _expr_names(expr, scalars, layer)
-    return scalars, layer
+    # The layer's input is no decision: attributes that follow it are not features.
+    return scalars - set(INPUT_NAMES), layer
 
 
-class SequenceGraph(Data):
-    """A PyG `Data` whose per-node `stage_index`/`layer_index` survive batching.
+# torch and PyG are imported on first use, not with this module: PyG pulls in
+# torch._dynamo (~1 s), and the CLI imports `EncodeError` and `GraphEncoder` on paths
+# that never build a graph (`abc --help`; `abc rank` packs module graphs itself). `SequenceGraph` is still importable
+# from here (module `__getattr__`), and pickles by that name.
+_SEQUENCE_GRAPH: type | None = None
 
-    PyG offsets every attribute named `*index*` by the node count when it batches graphs
-    (right for `edge_index`); these two are labels, not node references, so they are not.
-    """
 
-    def __inc__(self, key: str, value: object, *args: object, **kwargs: object) -> object:
-        if key in ("stage_index", "layer_index"):
-            return 0
-        return super().__inc__(key, value, *args, **kwargs)
+def _sequence_graph_class() -> type:
+    global _SEQUENCE_GRAPH
+    if _SEQUENCE_GRAPH is None:
+        from torch_geometric.data import Data
 
-    def __cat_dim__(self, key: str, value: object, *args: object, **kwargs: object) -> object:
-        if key in ("stage_index", "layer_index"):
-            return 0
-        return super().__cat_dim__(key, value, *args, **kwargs)
+        class SequenceGraph(Data):
+            """A PyG `Data` whose per-node `stage_index`/`layer_index` survive batching.
+
+            PyG offsets every attribute named `*index*` by the node count when it batches
+            graphs (right for `edge_index`); these two are labels, not node references,
+            so they are not.
+            """
+
+            def __inc__(self, key: str, value: object, *args: object, **kwargs: object) -> Any:
+                if key in ("stage_index", "layer_index"):
+                    return 0
+                return super().__inc__(key, value, *args, **kwargs)
+
+            def __cat_dim__(self, key: str, value: object, *args: object, **kwargs: object) -> Any:
+                if key in ("stage_index", "layer_index"):
+                    return 0
+                return super().__cat_dim__(key, value, *args, **kwargs)
+
+        SequenceGraph.__module__ = __name__
+        SequenceGraph.__qualname__ = "SequenceGraph"
+        _SEQUENCE_GRAPH = SequenceGraph
+    return _SEQUENCE_GRAPH
+
+
+@dataclass(frozen=True)
+class GraphTensors:
+    """A sequence graph as plain tensors (the attributes a `SequenceGraph` has), without
+    PyG: what the scorer packs directly (module graphs, prediction-only encoding)."""
+
+    x: Any  # torch.Tensor [nodes, categories] long
+    edge_index: Any  # [2, edges] long
+    stage_index: Any  # [nodes] long
+    layer_index: Any  # [nodes] long, -1 for a stage's extra nodes
+
+    @property
+    def num_nodes(self) -> int:
+        return int(self.x.shape[0])
+
+    def to_data(self) -> Data:
+        """The same graph as a PyG `SequenceGraph` (imports PyG)."""
+        return _sequence_graph_class()(
+            x=self.x,
+            edge_index=self.edge_index,
+            stage_index=self.stage_index,
+            layer_index=self.layer_index,
+            num_nodes=self.num_nodes,
+        )
+
+
+def __getattr__(name: str) -> Any:
+    if name == "SequenceGraph":
+        return _sequence_graph_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class _StagePlan:
@@ -196,7 +255,9 @@ class GraphEncoder:
                 layer = dict(zip(layer_list, layer_values, strict=True)) if option else None
                 for first in firsts:
                     try:
-                        node = resolve_node(template, env, layer, position, first_layer=first)
+                        node = resolve_node(
+                            template, env, layer, position, first_layer=first, skip_input_attrs=True
+                        )
                     except ResolveError:
                         continue  # a combination the rules exclude may not evaluate
                     if node is not None:
@@ -331,7 +392,14 @@ class GraphEncoder:
         width = len(self.categories)
         for template in templates:
             try:
-                node = resolve_node(template, env, layer, position, first_layer=layer_index == 0)
+                node = resolve_node(
+                    template,
+                    env,
+                    layer,
+                    position,
+                    first_layer=layer_index == 0,
+                    skip_input_attrs=True,
+                )
             except (ResolveError, KeyError) as error:
                 raise EncodeError(f"{where}: {error}") from None
             if node is None:
@@ -360,6 +428,8 @@ class GraphEncoder:
         self, plan: _StagePlan, env: dict[str, Value], layers: Sequence[dict[str, Value]]
     ) -> list[np.ndarray]:
         blocks = []
+        if not layers:
+            return blocks  # an absent stage (depth 0) is no node, not even its extras
         if plan.stage.before:
             blocks.append(self._rows(plan, env, "before", -1, None))
         for i, layer in enumerate(layers):
@@ -374,7 +444,7 @@ class GraphEncoder:
         env: dict[str, Value],
         stage_layers: Sequence[Sequence[dict[str, Value]]],
         globals_: dict[str, Value],
-    ) -> Data:
+    ) -> GraphTensors:
         blocks: list[np.ndarray] = []
         spans: dict[str, tuple[int, int]] = {}
         count = 0
@@ -402,12 +472,13 @@ class GraphEncoder:
             if s.source in spans and s.target in spans
         )
         edges = self._edges(count, skips)
-        return SequenceGraph(
+        import torch
+
+        return GraphTensors(
             x=torch.from_numpy(np.ascontiguousarray(table[:, :width])),
             edge_index=torch.from_numpy(edges.copy()),
             stage_index=torch.from_numpy(table[:, width].copy()),
             layer_index=torch.from_numpy(table[:, width + 1].copy()),
-            num_nodes=count,
         )
 
     def _edges(self, count: int, skips: tuple[tuple[int, int], ...]) -> np.ndarray:
@@ -437,8 +508,8 @@ class GraphEncoder:
 
     # ----- public API ----------------------------------------------------------------
 
-    def encode(self, arch: Architecture) -> Data:
-        """The sequence graph of one (canonical) architecture of the space."""
+    def encode_tensors(self, arch: Architecture) -> GraphTensors:
+        """The sequence graph of one (canonical) architecture, as plain tensors."""
         env = self._env(self._index.scalars(arch))
         layers = []
         for plan in self._plans:
@@ -449,14 +520,25 @@ class GraphEncoder:
             layers.append(chosen.layers[: chosen.depth])
         return self._graph(self._plans, env, layers, arch.globals)
 
+    def encode(self, arch: Architecture) -> Data:
+        """The sequence graph of one (canonical) architecture of the space."""
+        return self.encode_tensors(arch).to_data()
+
     def encode_many(
-        self, archs: Iterable[Architecture], progress: Progress | None = None
-    ) -> list[Data]:
+        self,
+        archs: Iterable[Architecture],
+        progress: Progress | None = None,
+        *,
+        as_data: bool = True,
+    ) -> list[Data] | list[GraphTensors]:
+        """Every architecture's graph; `as_data=False` gives `GraphTensors` (no PyG
+        objects: ~2x cheaper, for callers that only pack them for the scorer)."""
         archs = list(archs)
-        graphs: list[Data] = []
+        graphs: list[Any] = []
         step = max(1, len(archs) // 100)
+        one = self.encode if as_data else self.encode_tensors
         for i, arch in enumerate(archs):
-            graphs.append(self.encode(arch))
+            graphs.append(one(arch))
             if progress is not None and ((i + 1) % step == 0 or i + 1 == len(archs)):
                 progress(i + 1, len(archs))
         return graphs
@@ -475,8 +557,9 @@ class GraphEncoder:
         globals: dict[str, Value] | None = None,
         *,
         context: dict[str, Value] | None = None,
-    ) -> Data:
-        """The graph of one unit's module alone, with its stages' real positions.
+    ) -> GraphTensors:
+        """The graph of one unit's module alone, with its stages' real positions, as plain
+        tensors (module graphs go straight to the scorer; `.to_data()` gives a PyG graph).
 
         Global choices default to the first value of each domain. `context` gives the
         decisions of stages outside the unit that its nodes read (`s1.width`); a module
@@ -528,4 +611,10 @@ class GraphEncoder:
         return self._graph(plans, env, layers, globals_)
 
 
-__all__ = ["EncodeError", "FeatureCategory", "GraphEncoder", "SequenceGraph"]
+__all__ = [  # noqa: F822
+    "EncodeError",
+    "FeatureCategory",
+    "GraphEncoder",
+    "GraphTensors",
+    "SequenceGraph",
+]

@@ -38,7 +38,6 @@ import json
 import multiprocessing
 import os
 import re
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -50,6 +49,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch_geometric.data import Data
 
+from autobuild_dsl import io as abc_io
 from autobuild_dsl.graphs.encode import EncodeError, FeatureCategory
 from autobuild_dsl.space.architecture import Architecture
 from autobuild_dsl.space.model import Space
@@ -259,15 +259,7 @@ def _arch_hash(arch: Architecture) -> str:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    abc_io.write_atomic(path, text)
 
 
 class _CacheEntry(BaseModel):
@@ -294,6 +286,7 @@ _WORKER_SPACES: dict[str, Space] = {}
 
 
 def _worker_init() -> None:
+    abc_io.die_with_parent()  # a kill -9 of the parent must not leave workers running
     torch.set_num_threads(1)
 
 
@@ -721,7 +714,7 @@ class IrEncoder:
     def encode_module(self, *args: object, **kwargs: object) -> Data:
         raise IrError(
             "IR graphs have no per-module graphs (module scores need a sequence-graph run); "
-            "IR runs report top rooted subgraphs instead (autobuild_dsl.graphs.ir_rank)"
+            "IR runs report top rooted subgraphs instead (autobuild_dsl.build.ir_rank)"
         )
 
 

@@ -31,13 +31,32 @@ def compile_text(text: str, path: str = "<text>", space: str | None = None) -> S
     assert result is not None
     check_space(result, draft, sink)
     sink.raise_if_any()
+    _check_siblings(lowerer, source, tree, result.name, sink)
     return result
+
+
+def _check_siblings(lowerer, source, tree, chosen: str, sink: DiagnosticSink) -> None:  # type: ignore[no-untyped-def]
+    """Every other space of the file is checked too: a file is right or wrong as a whole,
+    whichever space a command picks from it."""
+    from autobuild_dsl.lang.checks import check_space
+    from autobuild_dsl.lang.lower import Finaliser
+
+    for name, _ in lowerer.space_names(tree):
+        if name == chosen:
+            continue
+        draft = lowerer.draft(source, tree, name)
+        if draft is None:
+            continue
+        other = Finaliser(draft, sink).run()
+        if other is not None and not sink.items:
+            check_space(other, draft, sink)
+    sink.raise_if_any()
 
 
 def compile_file(path: str | Path, space: str | None = None) -> Space:
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as error:
         raise CompileError(
             [Diagnostic(path=str(path), line=1, column=1, message=f"cannot read the file: {error}")]

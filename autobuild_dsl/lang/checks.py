@@ -26,6 +26,8 @@ def check_space(space: Space, draft, sink: DiagnosticSink) -> None:
             sources[path] = source
         sink.error(sources[path], line, column, message)
 
+    if not _check_rules_are_booleans(space, report):
+        return
     try:
         index = index_of(space)
     except SpaceTooComplex as error:
@@ -52,6 +54,32 @@ def check_space(space: Space, draft, sink: DiagnosticSink) -> None:
     _check_shapes(space, index, report)
 
 
+def _check_rules_are_booleans(space: Space, report) -> bool:
+    from autobuild_dsl.lang.limits import is_boolean
+
+    def domain_of(name: str) -> list | None:
+        owner, _, choice = name.partition(".")
+        if not choice:
+            return space.choices.get(name)
+        if choice == "depth":
+            return [0]  # a number
+        for stage in space.stages:
+            if stage.name == owner:
+                return stage.choices.get(choice)
+        return None
+
+    ok = True
+    for rule in space.rules:
+        if not is_boolean(rule.expr, domain_of):
+            report(
+                rule.where,
+                f"`require {rule.text}` is not a truth value; a rule must be a comparison, "
+                "`and`/`or`/`not`, or a boolean choice",
+            )
+            ok = False
+    return ok
+
+
 def _check_shapes(space: Space, index, report) -> None:
     from autobuild_dsl.space.resolve import ResolveError, flow_shapes, resolve
 
@@ -60,7 +88,7 @@ def _check_shapes(space: Space, index, report) -> None:
     for _ in range(8):
         arch = index.sample(rng)
         try:
-            flow_shapes(resolve(space, arch))
+            flow_shapes(resolve(space, arch), check_op)
         except (ResolveError, ArithmeticError, ValueError) as error:
             message = str(error)
             where = None
@@ -71,12 +99,59 @@ def _check_shapes(space: Space, index, report) -> None:
             return
 
 
+# Feature maps beyond these cannot be built on any machine: a typo, not a design.
+MAX_CHANNELS = 1 << 20
+MAX_SIZE = 1 << 15
+
+
+def check_op(node, shape) -> None:  # type: ignore[no-untyped-def]
+    """The build rules of an op that its shape rule does not state (the PyTorch modules
+    would refuse them): raises ValueError with the reason. Runs on sampled architectures
+    of every space at compile time, so a space none of whose networks builds is refused."""
+    attrs = node.attrs
+    if shape.channels < 1 or shape.size < 1:
+        raise ValueError(
+            f"its input has {shape.channels} channels of {shape.size}x{shape.size}: nothing to compute"
+        )
+    if shape.channels > MAX_CHANNELS or shape.size > MAX_SIZE:
+        raise ValueError(
+            f"its input ({shape.channels} channels of {shape.size}x{shape.size}) exceeds "
+            f"{MAX_CHANNELS} channels or {MAX_SIZE} pixels a side"
+        )
+    out = attrs.get("out")
+    if isinstance(out, int) and not isinstance(out, bool) and out > MAX_CHANNELS:
+        raise ValueError(f"out = {out} exceeds {MAX_CHANNELS} channels")
+    if node.op == "upsample" and shape.size * 2 > MAX_SIZE:
+        raise ValueError(f"it would make {shape.size * 2} pixels a side, more than {MAX_SIZE}")
+    if node.op == "dropout":
+        p = attrs.get("p", 0.0)
+        if not isinstance(p, int | float) or not 0 <= p <= 1:
+            raise ValueError(f"p = {p}: a drop probability is between 0 and 1")
+    if node.op == "conv":
+        groups = int(attrs.get("groups", 1) or 1)
+        cout = int(attrs.get("out", 1))
+        if shape.channels % groups or cout % groups:
+            raise ValueError(
+                f"{shape.channels} -> {cout} channels are not divisible into {groups} groups"
+            )
+    if node.op in ("conv", "dwconv") and attrs.get("norm") == "gn":
+        channels = int(attrs.get("out", shape.channels)) if node.op == "conv" else shape.channels
+        if channels % 32:
+            raise ValueError(f"group norm (32 groups) on {channels} channels: not divisible")
+    if node.op == "norm" and attrs.get("kind") == "gn":
+        groups = int(attrs.get("groups", 32) or 1)
+        if shape.channels % groups:
+            raise ValueError(
+                f"group norm: {shape.channels} channels are not divisible into {groups} groups"
+            )
+
+
 def _find_source(draft, path: str) -> SourceFile:
     from pathlib import Path
 
     if draft is not None and draft.loc.source.path == path:
         return draft.loc.source
     try:
-        return SourceFile(path=path, text=Path(path).read_text(encoding="utf-8"))
+        return SourceFile(path=path, text=Path(path).read_text(encoding="utf-8-sig"))
     except OSError:
         return SourceFile(path=path, text="")

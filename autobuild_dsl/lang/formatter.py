@@ -203,6 +203,11 @@ class _Printer:
             self.emit(item, indent, [f"unit {kids[1]} = {' + '.join(names)}"])
         elif kind == "restrict_decl":
             self.restrict(item, indent)
+        elif kind == "code_decl":
+            entries = [_kids(e) for e in kids[3:]]
+            lines = [f"code {kids[1]} = {kids[2]} {{"]
+            lines += [f"{INDENT}{self.value(e[0])} -> {self.assignment(e[1])}" for e in entries]
+            self.emit(item, indent, [*lines, "}"])
 
     def stages_decl(self, item: Tree, indent: str) -> None:
         kids = _kids(item)
@@ -267,6 +272,12 @@ class _Printer:
             if len(kids) >= 3 and isinstance(kids[-2], Token) and kids[-2].type == "AS"
             else ""
         )
+        clause = next(
+            (k for k in kids if isinstance(k, Tree) and k.data == "residual_clause"), None
+        )
+        if clause is not None:
+            settings = self.args(_kids(clause)[1:])
+            suffix = f" residual({settings})" + suffix if settings else " residual" + suffix
         body = kids[0]
         if isinstance(body, Tree) and body.data == "node_block":
             nodes = [self.node_item(n) for n in _kids(body)]

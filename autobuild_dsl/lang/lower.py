@@ -33,9 +33,12 @@ from autobuild_dsl.space.expr import (
     names_in,
 )
 from autobuild_dsl.space.model import (
+    INPUT_NAMES,
+    ArchitectureCode,
     FixedBlock,
     LayerOption,
     NodeTemplate,
+    Residual,
     Rule,
     SkipSpec,
     Space,
@@ -43,7 +46,7 @@ from autobuild_dsl.space.model import (
     StageModule,
     Unit,
 )
-from autobuild_dsl.space.ops import CATALOG
+from autobuild_dsl.space.ops import ACTIVATIONS, CATALOG
 
 _PUNCTUATION = {
     "LBRACE", "RBRACE", "LPAR", "RPAR", "LSQB", "RSQB", "COMMA", "EQUAL", "DOTDOT",
@@ -84,6 +87,7 @@ class DraftOption:
     label: str | None
     nodes: list[DraftNode]
     loc: Loc
+    residual: Residual | None = None
 
 
 @dataclass
@@ -139,6 +143,7 @@ class Draft:
     units: list[tuple[str, list[str], Loc]] = field(default_factory=list)
     requires: list[tuple[Expr, Loc]] = field(default_factory=list)
     restrictions: list[DraftRestriction] = field(default_factory=list)
+    codes: dict[str, ArchitectureCode] = field(default_factory=dict)
     # What the space being lowered declares in its own body (not what it inherits):
     # (namespace, name) -> (what it is, where). Declaring a name twice is an error.
     local: dict[tuple[str, str], tuple[str, Loc]] = field(default_factory=dict)
@@ -385,6 +390,8 @@ class Lowerer:
                 draft.units.append((str(kids[1]), names, loc))
         elif kind == "restrict_decl":
             draft.restrictions.append(self._restrict(source, item))
+        elif kind == "code_decl":
+            self._code(source, draft, item)
         else:  # pragma: no cover - the grammar has no other items
             self._error(_loc(source, item), f"unsupported item '{kind}'")
 
@@ -561,9 +568,11 @@ class Lowerer:
                     self._error(_loc(source, kids[1]), f"depth range {low}..{high} is empty")
                     stage._depth_error = True  # type: ignore[attr-defined]
                     continue
-                if low < 1:
+                if high < 1:
                     self._error(
-                        _loc(source, kids[1]), "a stage needs at least one layer (depth >= 1)"
+                        _loc(source, kids[1]),
+                        "a stage needs at least one layer in some architecture (depth >= 1; "
+                        "`depth 0..N` makes it optional)",
                     )
                     stage._depth_error = True  # type: ignore[attr-defined]
                     continue
@@ -614,6 +623,12 @@ class Lowerer:
         label = None
         if len(kids) >= 3 and isinstance(kids[-2], Token) and kids[-2].type == "AS":
             label = str(kids[-1])
+        residual = None
+        clause = next(
+            (k for k in kids if isinstance(k, Tree) and k.data == "residual_clause"), None
+        )
+        if clause is not None:
+            residual = self._residual(source, clause)
         body = kids[0]
         if isinstance(body, Tree) and body.data == "node_block":
             nodes = [self._node_item(source, k, where=None) for k in _kids(body)]
@@ -622,7 +637,59 @@ class Lowerer:
         clean = [n for n in nodes if n is not None]
         if not clean:
             return None
-        return DraftOption(label=label, nodes=clean, loc=_loc(source, alternative))
+        return DraftOption(
+            label=label, nodes=clean, loc=_loc(source, alternative), residual=residual
+        )
+
+    def _code(self, source: SourceFile, draft: Draft, item: Tree) -> None:
+        kids = _kids(item)
+        name, kind = str(kids[1]), str(kids[2])
+        loc = _loc(source, kids[1])
+        if not self._declare(draft.local, ("code", name), "code", loc):
+            return
+        if kind not in ("layers", "stages"):
+            self._error(_loc(source, kids[2]), "a code is `layers` or `stages`")
+            return
+        tokens: dict[str, dict[str, Value]] = {}
+        for entry in kids[3:]:
+            entry_kids = _kids(entry)
+            value = self._value(source, entry_kids[0])
+            token = format_value(value) if not isinstance(value, str) else value
+            if token in tokens:
+                self._error(_loc(source, entry), f"token '{token}' is given twice")
+                continue
+            tokens[token] = self._assignment(source, entry_kids[1])
+        if not tokens:
+            self._error(loc, f"code '{name}' lists no token")
+            return
+        draft.codes[name] = ArchitectureCode(kind=kind, tokens=tokens)  # type: ignore[arg-type]
+
+    def _residual(self, source: SourceFile, clause: Tree) -> Residual:
+        """`residual(shortcut = auto|conv|identity, act = ACTIVATION)`: literal names only."""
+        allowed = {"shortcut": ("auto", "conv", "identity"), "act": ACTIVATIONS}
+        values: dict[str, str] = {}
+        for arg in _kids(clause)[1:]:
+            arg_kids = _kids(arg)
+            key, value = str(arg_kids[0]), arg_kids[1]
+            loc = _loc(source, arg_kids[0])
+            if key not in allowed:
+                self._error(loc, f"residual has no setting '{key}' (settings: shortcut, act)")
+                continue
+            if key in values:
+                self._error(loc, f"'{key}' is given twice")
+                continue
+            expr = None
+            if not (isinstance(value, Tree) and "domain" in value.data):
+                expr = self._expr(source, value)
+            name = expr.name if isinstance(expr, Ref) and "." not in expr.name else None
+            if name not in allowed[key]:
+                self._error(
+                    _loc(source, value),
+                    f"residual {key} must be one of {', '.join(allowed[key])}",
+                )
+                continue
+            values[key] = name
+        return Residual(**values)  # type: ignore[arg-type]
 
     def _node_item(self, source: SourceFile, item: Tree, where: str | None) -> DraftNode | None:
         kids = _kids(item)
@@ -957,6 +1024,8 @@ class Finaliser:
         restrictions = self._restrictions(space)
         if restrictions:
             space = space.model_copy(update={"restrictions": restrictions})
+        if draft.codes:
+            space = space.model_copy(update={"codes": dict(draft.codes)})
         if len(self.sink.items) > before:
             return None
         return space
@@ -1189,6 +1258,9 @@ class Finaliser:
                             loc, f"stage '{stage_name}' has no choice '{name.split('.', 1)[1]}'"
                         )
                     return Const(value=0)
+                if name in INPUT_NAMES and context in ("attr", "let"):
+                    # What enters the layer: known when the network is built.
+                    return Ref(name=name)
                 if name == "depth" and stage is None:
                     self.error(
                         loc,
@@ -1244,7 +1316,11 @@ class Finaliser:
                         )
                     layer_domains[key] = domain
             nodes = [self._node(n, stage, lets, domains, layer_domains) for n in option.nodes]
-            options.append(LayerOption(label=label, nodes=nodes, choices=layer_domains))
+            options.append(
+                LayerOption(
+                    label=label, nodes=nodes, choices=layer_domains, residual=option.residual
+                )
+            )
         before = [self._node(n, stage, lets, domains) for n in stage.before]
         after = [self._node(n, stage, lets, domains) for n in stage.after]
         for name, domain in stage.choices.items():
@@ -1316,6 +1392,8 @@ class Finaliser:
     ) -> None:
         """Evaluate the expression for the choices it uses and check every result's type."""
         names = names_in(expr)
+        # The layer's input is known only when a network is built: check with a typical one.
+        domains = {**domains, "in_channels": [64], "in_size": [32]}
         combos = 1
         for name in names:
             combos *= len(domains.get(name, [0]))

@@ -30,12 +30,16 @@ def grammar_text() -> str:
 
 @cache
 def _parser() -> Lark:
+    # cache=True: the LALR tables (~60 ms to build) are kept in the temp folder under a
+    # name that hashes the grammar, the options and Lark's version, so a changed grammar
+    # never loads stale tables; an unreadable or unwritable cache is silently rebuilt.
     return Lark(
         grammar_text(),
         parser="lalr",
         start=["start", "target"],
         propagate_positions=True,
         maybe_placeholders=False,
+        cache=True,
     )
 
 
@@ -102,7 +106,9 @@ def parse(source: SourceFile, sink: DiagnosticSink, start: str = "start") -> Tre
     (only when its braces balance, so the structure around it survives) and the text is
     parsed again; a later error on a later line is then a real one of the user's.
     """
-    text = source.text
+    # A UTF-8 byte-order mark (some editors write one) is not part of the language; it
+    # is invisible, so columns on line 1 still match what the editor shows.
+    text = source.text.removeprefix("\ufeff")
     last_line = 0
     for _ in range(_MAX_SYNTAX_ERRORS):
         try:
@@ -120,7 +126,12 @@ def parse(source: SourceFile, sink: DiagnosticSink, start: str = "start") -> Tre
             if text is None:
                 break
             continue
-        return tree if last_line == 0 else None
+        if last_line != 0:
+            return None
+        # Sizes, magnitudes and nesting, before anything expands or recurses on them.
+        from autobuild_dsl.lang.limits import check_limits
+
+        return tree if check_limits(tree, source, sink) else None
     return None
 
 

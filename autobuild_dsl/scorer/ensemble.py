@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from autobuild_dsl.data.splits import kfold_splits, train_test_split
+from autobuild_dsl.io import die_with_parent
 from autobuild_dsl.scorer.model import PackedGraphs
 from autobuild_dsl.scorer.train import (
     EpochProgress,
@@ -127,6 +128,7 @@ def _init_worker(
     config: TrainConfig,
     events: multiprocessing.Queue | None,
 ) -> None:
+    die_with_parent()  # a kill -9 of `abc train --jobs N` must not leave workers running
     # One thread per worker: N workers on N cores, no oversubscription.
     torch.set_num_threads(1)
     _WORKER.update(packed=packed, y=y, vocab_sizes=vocab_sizes, config=config, events=events)

@@ -101,6 +101,8 @@ class PackedGraphs:
                 counts=counts,
             )
         idx = torch.as_tensor(idx, dtype=torch.long)
+        if idx.numel() and _is_range(idx):
+            return self.slice(int(idx[0]), int(idx[-1]) + 1)
         counts = counts_all[idx]
         starts = self.node_ptr[:-1][idx]
         batch = torch.repeat_interleave(torch.arange(idx.shape[0]), counts)
@@ -115,6 +117,25 @@ class PackedGraphs:
             batch=batch,
             counts=counts,
         )
+
+    def slice(self, start: int, stop: int) -> GraphBatch:
+        """Graphs start..stop-1 as one batch: views of the packed tensors, no gather."""
+        first, end = int(self.node_ptr[start]), int(self.node_ptr[stop])
+        counts = self.node_ptr[start + 1 : stop + 1] - self.node_ptr[start:stop]
+        local = torch.arange(end - first)
+        return GraphBatch(
+            x=self.x[first:end],
+            nbr=local[None, :] + self.rel_nbr[:, first:end],
+            nbr_mask=self.nbr_mask[:, first:end],
+            batch=torch.repeat_interleave(torch.arange(stop - start), counts),
+            counts=counts,
+        )
+
+
+def _is_range(idx: torch.Tensor) -> bool:
+    """idx is first, first + 1, ..., last (a chunk of consecutive graphs)."""
+    n = idx.shape[0]
+    return int(idx[-1]) - int(idx[0]) == n - 1 and bool((idx[1:] - idx[:-1] == 1).all())
 
 
 def check_codes(packed: PackedGraphs, vocab_sizes: Sequence[int]) -> None:
@@ -261,7 +282,7 @@ class GATv2Layer(nn.Module):
         # concatenation and a copy of the gradient in backward, which is slower here.
         source = self.lin_l(h)
         target = self.lin_r(h)
-        slots, nodes = nbr.shape
+        slots = nbr.shape[0]
         att = self.att.reshape(-1)
         # Slot 0 is the node itself: its message is `source` as is, no gather needed.
         self_logit = nn.functional.leaky_relu(source + target, self.negative_slope) @ att
@@ -275,16 +296,32 @@ class GATv2Layer(nn.Module):
             other_logit = nn.functional.leaky_relu(other + target, self.negative_slope) @ att
             weight_other = torch.sigmoid(other_logit - self_logit).unsqueeze(-1)
             return torch.addcmul(source, weight_other, other - source) + self.bias
-        others = source.index_select(0, nbr[1:].reshape(-1)).view(slots - 1, nodes, -1)
-        scores = nn.functional.leaky_relu(others + target.unsqueeze(0), self.negative_slope)
-        logits = torch.cat([self_logit.unsqueeze(0), scores @ att])
-        logits = logits.masked_fill(~nbr_mask, float("-inf"))
-        alpha = torch.softmax(logits, dim=0)  # over each node's slots
-        # Slots are few (in-degree + 1): a short loop beats bmm on [nodes, 1, slots] blocks.
-        out = alpha[0].unsqueeze(-1) * source
-        for slot in range(1, slots):
-            out = out + alpha[slot].unsqueeze(-1) * others[slot - 1]
-        return out + self.bias
+        # More slots (skip links; IR graphs): slot 1 stays dense, as above, and the few
+        # in-edges past it are a sparse edge list, so padding costs nothing. A node with
+        # edges past slot 1 has a real slot 1 (slots fill in order); a padded slot 1
+        # points at the node itself and, as above, cannot change its output.
+        other = source.index_select(0, nbr[1])
+        other_logit = nn.functional.leaky_relu(other + target, self.negative_slope) @ att
+        extra_slot, extra_node = nbr_mask[2:].nonzero(as_tuple=True)
+        extra_msg = source.index_select(0, nbr[2:][extra_slot, extra_node])
+        extra_logit = (
+            nn.functional.leaky_relu(
+                extra_msg + target.index_select(0, extra_node), self.negative_slope
+            )
+            @ att
+        )
+        # Softmax over each node's (self, slot 1, extra edges), shifted by a per-node max
+        # for stability; the shift cancels, so it carries no gradient.
+        shift = torch.maximum(self_logit, other_logit).detach()
+        shift = shift.scatter_reduce(0, extra_node, extra_logit.detach(), "amax")
+        w_self = torch.exp(self_logit - shift)
+        w_other = torch.exp(other_logit - shift)
+        w_extra = torch.exp(extra_logit - shift.index_select(0, extra_node))
+        denominator = (w_self + w_other).index_add(0, extra_node, w_extra)
+        numerator = (w_self.unsqueeze(-1) * source + w_other.unsqueeze(-1) * other).index_add(
+            0, extra_node, w_extra.unsqueeze(-1) * extra_msg
+        )
+        return numerator / denominator.unsqueeze(-1) + self.bias
 
 
 @dataclass
@@ -358,6 +395,19 @@ class ScorerModel(nn.Module):
             hops.append(h)
         return hops
 
+    def predict(self, batch: GraphBatch) -> torch.Tensor:
+        """[graphs]: the head's (standardised) prediction only. Pools the last hop alone,
+        and keeps no per-hop embeddings: what exhaustive search and `predict` need."""
+        h = self.features(batch.x)
+        for layer, (conv, norm) in enumerate(zip(self.convs, self.norms, strict=True)):
+            out = torch.relu(norm(conv(h, batch.nbr, batch.nbr_mask)))
+            h = out + h if self.config.residual and layer > 0 else out
+        sums = torch.zeros(batch.num_graphs, h.shape[1], dtype=h.dtype).index_add_(
+            0, batch.batch, h
+        )
+        pooled = sums / batch.counts.to(h.dtype).clamp(min=1)[:, None]
+        return self.head(pooled).squeeze(-1)
+
     def forward(self, batch: GraphBatch) -> ScorerOutput:
         hops = self.node_embeddings(batch)
         # Pool every hop at once: concatenate along features.
@@ -385,6 +435,11 @@ class FeatureScore(BaseModel):
     value: object
     score: float = Field(description="|scalar|: the value's contribution to the hop-0 norm")
     raw: float = Field(description="the scalar before abs")
+    seen: bool | None = Field(
+        default=None,
+        description="whether the value occurs in the labeled data (None: not known); an "
+        "unseen value's score was never fitted to a label",
+    )
 
 
 def feature_importance(model: ScorerModel, categories: Sequence[object]) -> list[FeatureScore]:

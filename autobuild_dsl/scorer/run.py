@@ -19,9 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -32,9 +30,10 @@ import numpy as np
 import torch
 from pydantic import BaseModel, Field
 
+from autobuild_dsl import io as abc_io
 from autobuild_dsl.data.dataset import LabeledDataset
 from autobuild_dsl.data.splits import LabelStats, label_stats
-from autobuild_dsl.data.target import Target, parse_target
+from autobuild_dsl.data.target import Target, TargetError, parse_target
 from autobuild_dsl.scorer.ensemble import MemberResult, plan_members, run_members
 from autobuild_dsl.scorer.model import (
     FeatureScore,
@@ -46,7 +45,14 @@ from autobuild_dsl.scorer.model import (
     pack_graphs,
 )
 from autobuild_dsl.scorer.softrank import resolve_backend
-from autobuild_dsl.scorer.train import EpochProgress, MemberMetrics, Moments, TrainConfig, embed
+from autobuild_dsl.scorer.train import (
+    EpochProgress,
+    MemberMetrics,
+    Moments,
+    TrainConfig,
+    embed,
+    predict_packed,
+)
 from autobuild_dsl.space.expr import Value
 from autobuild_dsl.space.model import Space
 
@@ -168,24 +174,8 @@ RunProgress = Callable[[ProgressEvent], None]
 # ----- atomic files ------------------------------------------------------------------------
 
 
-def _umask() -> int:
-    current = os.umask(0)
-    os.umask(current)
-    return current
-
-
 def _write_bytes_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        # mkstemp makes 0600 files; a run folder is for sharing, so honour the umask.
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    abc_io.write_atomic(path, data)
 
 
 def _write_json(path: Path, model: BaseModel) -> None:
@@ -326,20 +316,24 @@ def train_run(
     train = train or TrainConfig()
     ensemble = ensemble or EnsembleConfig()
     # Rows lacking a metric the target reads cannot be labeled: leave them out.
-    missing = [m for m in target.metrics if m not in dataset.metric_names]
-    if missing:
-        raise RunError(
-            f"target `{target.text}`: unknown metric '{missing[0]}' "
-            f"(the data has: {', '.join(dataset.metric_names) or 'none'})"
-        )
-    keep = np.ones(len(dataset), dtype=bool)
-    for name in target.metrics:
-        keep &= ~np.isnan(dataset.metric(name))
+    # (the same rule as `abc data describe --target`: Target.labeled_rows).
+    try:
+        keep = target.labeled_rows(dataset).keep
+    except TargetError as error:
+        raise RunError(str(error)) from None
     if not keep.all():
         dataset = dataset.subset(np.flatnonzero(keep))
     if len(dataset) < 4:
         raise RunError(f"{len(dataset)} labeled architectures: at least 4 are needed")
     y = target.evaluate(dataset)
+    finite = np.asarray(y, dtype=np.float64)
+    finite = finite[np.isfinite(finite)]
+    if finite.size and finite.min() == finite.max():
+        # Nothing to rank: every SRCC would be undefined and the scores meaningless.
+        raise RunError(
+            f"target `{target.text}` is {finite[0]:g} for all {len(dataset)} labeled "
+            "architectures: nothing to learn; choose a target that varies"
+        )
     encoder = encoder or GraphEncoder(space)
     graphs = dataset.graphs(encoder)
     layers = num_layers or default_num_layers(space, graphs)
@@ -548,8 +542,10 @@ def _read_record(path: Path, name: str) -> MemberRecord:
         raise RunError(f"{file}: cannot read member record: {error}") from None
 
 
-def load_run(path: str | Path) -> TrainedRun:
-    """A trained run folder: its config and every finished member's model (eval mode)."""
+def load_run(path: str | Path, *, partial: bool = False) -> TrainedRun:
+    """A trained run folder: its config and every finished member's model (eval mode).
+    A run with unfinished members (interrupted) is refused unless `partial`: its ensemble
+    would silently be smaller (one member: no spread, `std` 0)."""
     path = Path(path)
     config_path = path / "config.json"
     if not config_path.is_file():
@@ -573,6 +569,13 @@ def load_run(path: str | Path) -> TrainedRun:
         members.append(LoadedMember(record=record, model=model))
     if not members:
         raise RunError(f"{path}: no finished member (resume it with `abc train ... --resume`)")
+    if len(members) < len(config.members) and not partial:
+        missing = [n for n in config.members if n not in {m.record.name for m in members}]
+        raise RunError(
+            f"{path}: only {len(members)} of {len(config.members)} members finished (the run "
+            f"was interrupted; missing {', '.join(missing[:5])}"
+            f"{' ...' if len(missing) > 5 else ''}); finish it with `abc train ... --resume`"
+        )
     metrics = None
     metrics_path = path / "metrics.json"
     if metrics_path.is_file():
@@ -601,7 +604,7 @@ def member_predictions(run: TrainedRun, graphs: Sequence[Any] | PackedGraphs) ->
     rows = []
     with torch.inference_mode():
         for member in run.members:
-            pred, _, _ = embed(member.model, packed)
+            pred = predict_packed(member.model, packed)
             label = member.record.label
             rows.append(pred.double().numpy() * (label.sd if label.sd > 0 else 1.0) + label.mean)
     return np.stack(rows)

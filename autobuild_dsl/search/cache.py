@@ -28,7 +28,8 @@ def identity_hash(identity: str) -> str:
 
 
 class EvaluationCache:
-    """Metrics by architecture key, for one evaluator identity."""
+    """Metrics by network key (`space.equivalence.network_keyer`, as the runner keys its
+    evaluations: equivalent architectures share one entry), for one evaluator identity."""
 
     def __init__(self, directory: Path, identity: str) -> None:
         self.identity = identity

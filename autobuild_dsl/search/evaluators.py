@@ -262,10 +262,11 @@ class LookupEvaluator(Evaluator):
     guess.
 
     The table may hold more than the searched space (the full benchmark while a reduced
-    space is searched): rows outside the space are skipped, counted in `skipped` and named
-    once in `notes`. Rows are matched by network (`space.equivalence`), so the row of an
-    equivalent architecture (the same compiled network) answers, and repeated rows of one
-    network are averaged. Malformed rows are still an error.
+    space is searched): rows outside the space are no error; they are counted in `outside`
+    and named once in `notes`. Rows are matched by network (`space.equivalence`), so the
+    row of an equivalent architecture (the same compiled network) answers, even one outside
+    the space as written, and repeated rows of one network are averaged. Malformed rows
+    are still an error.
     """
 
     cacheable = False
@@ -278,11 +279,12 @@ class LookupEvaluator(Evaluator):
             raise EvaluationError(f"{path}: no such labeled dataset")
         self._digest = _file_digest(path)  # before loading: the identity of what is read
         self._keyer = network_keyer(space)
-        self._table, self.skipped, example = _load_table(path, space, self._keyer)
-        if self.skipped:
+        self._table, self.outside, example = _load_table(path, space, self._keyer)
+        if self.outside:
+            rows = "1 row is" if self.outside == 1 else f"{self.outside:,} rows are"
             self.notes.append(
-                f"{path}: {self.skipped:,} rows are outside space {space.name} and were "
-                f"skipped (e.g. {example}); {len(self._table):,} networks can be looked up"
+                f"{path}: {rows} outside space {space.name} (e.g. "
+                f"{example}); they answer only for an equivalent network of the space"
             )
 
     def _fingerprint(self) -> str:
@@ -299,10 +301,10 @@ class LookupEvaluator(Evaluator):
             except (ResolveError, KeyError, ValueError):  # not even a network of the space
                 found = None
             if found is None:
-                skipped = f", {self.skipped:,} rows outside the space" if self.skipped else ""
+                outside = f", {self.outside:,} rows outside the space" if self.outside else ""
                 raise EvaluationError(
                     f"{self.config.data}: the architecture is not in the table "
-                    f"({len(self._table):,} networks{skipped}): {arch.key()}"
+                    f"({len(self._table):,} networks{outside}): {arch.key()}"
                 )
             results.append(dict(found))
         return results
@@ -316,7 +318,7 @@ def _load_table(
     A row outside the space may still be an equivalent of an architecture inside it (a
     reduced space from `abc build` restricts its modules: the row of a full-space
     architecture that compiles to a kept network answers), so such rows are keyed in the
-    space without its restrictions and rules before they are given up.
+    space without its restrictions and rules; rows that are not even that are dropped.
     """
     try:
         from autobuild_dsl.data import DatasetError, from_records
@@ -332,7 +334,7 @@ def _load_table(
     keys: dict[str, str] = {}  # canonical architecture key -> network key
     records = []
     bad: list[str] = []
-    skipped, example = 0, ""
+    outside, example = 0, ""
     for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
@@ -345,13 +347,13 @@ def _load_table(
             arch = canonicalize(space, raw)
             keys.setdefault(arch.key(), keyer(arch))
         except (ArchitectureError, ResolveError) as error:
+            outside += 1
+            example = example or f"{path}:{number}: {error}"
             try:
                 arch = canonicalize(relaxed, raw)
                 keys.setdefault(arch.key(), relaxed_keyer(arch))
             except (ArchitectureError, ResolveError):
-                skipped += 1
-                example = example or f"{path}:{number}: {error}"
-                continue
+                continue  # no network of the space can be this row's
         records.append((arch, metrics, count, None))
     if bad:
         shown = "\n".join(bad[:5]) + (f"\n... and {len(bad) - 5} more" if len(bad) > 5 else "")
@@ -359,14 +361,14 @@ def _load_table(
     if not records:
         raise EvaluationError(
             f"{path}: no row is an architecture of space {space.name}"
-            + (f" ({skipped:,} rows outside it, e.g. {example})" if skipped else "")
+            + (f" ({outside:,} rows outside it, e.g. {example})" if outside else "")
         )
     # The loader merges repeated rows of one network (mean per metric, weighted by count).
     dataset, _ = from_records(space, records, key=lambda arch: keys[arch.key()])
     table = {
         keys[arch.key()]: dataset.row_metrics(i) for i, arch in enumerate(dataset.architectures)
     }
-    return table, skipped, example
+    return table, outside, example
 
 
 # --------------------------------------------------------------------------- predictor
@@ -385,6 +387,7 @@ class PredictorEvaluator(Evaluator):
         super().__init__(config, space)
         try:
             from autobuild_dsl.scorer import load_run, predict
+            from autobuild_dsl.scorer.train import torch_threads
         except ImportError as error:
             raise EvaluationError(
                 f"the predictor evaluator needs autobuild_dsl.scorer ({error})"
@@ -398,6 +401,10 @@ class PredictorEvaluator(Evaluator):
         except ValueError as error:  # RunError: not a run, no finished member, old encoder
             raise EvaluationError(str(error)) from None
         self._predict = predict
+        self._threads = torch_threads
+        from autobuild_dsl.graphs.encode import GraphEncoder
+
+        self._tensor_graphs = isinstance(self._encoder, GraphEncoder)
         self.metric = _run_metric_name(self._run)
 
     def _fingerprint(self) -> str:
@@ -417,10 +424,19 @@ class PredictorEvaluator(Evaluator):
         for start in range(0, len(archs), size):
             chunk = list(archs[start : start + size])
             try:
-                graphs = self._encoder.encode_many(chunk)
+                # Plain tensors, not PyG objects, where the encoder offers them: the
+                # scorer only packs them, and building PyG `Data` doubled encoding time.
+                if self._tensor_graphs:
+                    graphs = self._encoder.encode_many(chunk, as_data=False)
+                else:
+                    graphs = self._encoder.encode_many(chunk)
             except ValueError as error:  # an architecture the run's space cannot encode
                 raise EvaluationError(f"predictor:{self.config.run}: {error}") from None
-            mean, std = self._predict(self._run, graphs)
+            # One torch thread, here and in every worker process of a pool: a chunk's
+            # small ops gain nothing from more, and N workers x T threads oversubscribe
+            # the cores (--jobs 2 ran at a third of one process's rate).
+            with self._threads(1):
+                mean, std = self._predict(self._run, graphs)
             for m, s in zip(_floats(mean), _floats(std), strict=True):
                 results.append({self.metric: m, f"{self.metric}_std": s})
         return results
@@ -583,8 +599,11 @@ class CommandEvaluator(Evaluator):
             tokens = []
         for token in tokens:
             path = Path(token) if Path(token).is_absolute() else cwd / token
-            if len(token) < 4096 and path.is_file():
-                digests.append(f"{token}={_file_digest(path)}")
+            try:  # a word may be no path at all (too long a name, unreadable)
+                if len(token) < 4096 and path.is_file():
+                    digests.append(f"{token}={_file_digest(path)}")
+            except OSError:
+                continue
         return ",".join(digests)
 
     def evaluate(self, archs: Sequence[Architecture]) -> list[dict[str, float]]:

@@ -24,7 +24,6 @@ import hashlib
 import json
 import os
 import random
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal, Protocol
@@ -32,6 +31,7 @@ from typing import Literal, Protocol
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from autobuild_dsl import io as abc_io
 from autobuild_dsl.search.pareto import Objective, non_dominated
 from autobuild_dsl.space.architecture import Architecture
 from autobuild_dsl.space.decisions import ArchitectureError, canonicalize, index_of, mutate
@@ -146,14 +146,46 @@ def run_search(
     config: SearchConfig,
     out_dir: Path | None = None,
     progress: ProgressCallback | None = None,
+    *,
+    force: bool = False,
 ) -> SearchResult:
-    """Run (or resume, if `out_dir` holds a checkpoint of the same search) to the budget."""
+    """Run (or resume, if `out_dir` holds a checkpoint of the same search) to the budget.
+    One search per folder at a time (a second fails with `OutputBusy`); `force` discards
+    what the folder holds, and without it records that no checkpoint owns are refused."""
+    if out_dir is None:
+        return _run_search(space, runner, config, None, progress)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with abc_io.output_lock(out_dir / STATE_FILE, "search folder"):
+        if force:
+            for name in (STATE_FILE, RECORDS_FILE, FRONT_FILE):
+                (out_dir / name).unlink(missing_ok=True)
+        elif not (out_dir / STATE_FILE).exists():
+            stray = [
+                name
+                for name in (RECORDS_FILE, FRONT_FILE)
+                if (out_dir / name).exists() and (out_dir / name).stat().st_size > 0
+            ]
+            if stray:
+                raise SearchStateError(
+                    f"{out_dir} holds {' and '.join(stray)} but no {STATE_FILE}: not a "
+                    "checkpoint this search can resume; use another folder, or --force to "
+                    "discard them"
+                )
+        return _run_search(space, runner, config, out_dir, progress)
+
+
+def _run_search(
+    space: Space,
+    runner: Evaluates,
+    config: SearchConfig,
+    out_dir: Path | None,
+    progress: ProgressCallback | None,
+) -> SearchResult:
     print_ = fingerprint(space, config, runner.identity)
     records: list[SearchRecord] = []
     generation = 0
     resumed_from = 0
     if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
         state = _read_state(out_dir)
         if state is not None:
             _check_resumable(state, print_, config)
@@ -393,7 +425,7 @@ def _check_resumable(state: _State, print_: str, config: SearchConfig) -> None:
     if state.fingerprint != print_:
         old, new = state.config, config
         diffs = [
-            f"{name}: {getattr(old, name)!r} -> {getattr(new, name)!r}"
+            f"{name}: {_shown(getattr(old, name))} -> {_shown(getattr(new, name))}"
             for name in ("objectives", "init", "per_generation", "mode", "seed")
             if getattr(old, name) != getattr(new, name)
         ]
@@ -406,6 +438,13 @@ def _check_resumable(state: _State, print_: str, config: SearchConfig) -> None:
             f"the folder already holds {state.records} evaluations, more than the budget "
             f"{config.budget}; give --budget {state.records} or more, or use another folder"
         )
+
+
+def _shown(value: object) -> str:
+    """A setting as a user writes it (objectives as `max acc, min lat`), not a repr."""
+    if isinstance(value, list):
+        return ", ".join(getattr(o, "label", str(o)) for o in value)
+    return str(value)
 
 
 def _read_records(path: Path, count: int) -> list[SearchRecord]:
@@ -480,16 +519,7 @@ def _write_front(path: Path, config: SearchConfig, records: Sequence[SearchRecor
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    abc_io.write_atomic(path, text)
 
 
 def load_result(path: Path) -> SearchResult:

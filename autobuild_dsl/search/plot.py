@@ -9,13 +9,12 @@ are objectives (`min latency`, `max acc`, or an expression), so each series' fro
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from autobuild_dsl import io
 from autobuild_dsl.search.pareto import Objective, ObjectiveError, non_dominated
 
 Metrics = dict[str, float]
@@ -194,13 +193,6 @@ def plot_fronts(
 
 
 def _save_atomic(figure: object, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
     suffix = out.suffix or ".png"
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=suffix, dir=out.parent)
-    os.close(fd)
-    try:
+    with io.atomic_path(out, suffix=suffix) as tmp:
         figure.savefig(tmp, format=suffix.lstrip(".").lower())  # type: ignore[attr-defined]
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

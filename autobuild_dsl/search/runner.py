@@ -20,6 +20,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from pathlib import Path
 from typing import Any
 
+from autobuild_dsl.io import die_with_parent
 from autobuild_dsl.search.cache import EvaluationCache
 from autobuild_dsl.search.evaluators import (
     EvaluationError,
@@ -271,6 +272,7 @@ _WORKER: dict[str, Evaluator] = {}
 def _worker_init(config_json: str, space_json: str, path: list[str]) -> None:
     # The parent handles Ctrl-C; workers would only print tracebacks.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent()  # a kill -9 of the parent must not leave workers running
     for entry in path:
         if entry not in sys.path:
             sys.path.append(entry)

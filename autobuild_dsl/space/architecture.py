@@ -58,22 +58,22 @@ def read_architecture_records(path: str | Path) -> list[tuple[str, dict[str, Any
     if not file.is_file():
         raise ArchitectureFileError(f"{path}: no such file")
     try:
-        text = file.read_text(encoding="utf-8")
+        text = file.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as error:
         raise ArchitectureFileError(f"{path}: cannot read: {error}") from None
     items: list[tuple[str, object]]
     try:
         items = [(str(path), json.loads(text))]
-    except json.JSONDecodeError:
+    except ValueError:  # JSONDecodeError, or an integer of more than 4300 digits
         items = []
         for number, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
                 continue
             try:
                 items.append((f"{path}:{number}", json.loads(line)))
-            except json.JSONDecodeError as error:
+            except ValueError as error:
                 raise ArchitectureFileError(
-                    f"{path}:{number}: not valid JSON: {error.msg}"
+                    f"{path}:{number}: not valid JSON: {getattr(error, 'msg', error)}"
                 ) from None
     records: list[tuple[str, dict[str, Any]]] = []
     for where, item in items:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from autobuild_dsl.space.architecture import Architecture, StageArch
+from autobuild_dsl.space.chain import RuleDP, TooManyStates
 from autobuild_dsl.space.expr import (
     Binary,
     Call,
@@ -36,6 +37,11 @@ from autobuild_dsl.space.model import LayerOption, Space, Stage, StageModule, Un
 
 # Above this many joint scalar assignments in one group of linked rules, counting refuses.
 MAX_JOINT_ASSIGNMENTS = 2_000_000
+# Above this many, linked rules are counted by dynamic programming over the variables
+# (space/chain.py) instead of listing every joint assignment.
+DP_THRESHOLD = 1_000
+# The DP gives up (and the space is refused as before) above this many partial states.
+MAX_DP_STATES = 50_000
 
 
 class ArchitectureError(ValueError):
@@ -102,13 +108,30 @@ class _Variable:
 class _Component:
     variables: list[int]
     rules: list[int]
-    # Satisfying joint states (index per variable) and their cumulative weights.
-    joint: list[tuple[int, ...]] = field(default_factory=list)
+    # Satisfying joint states (index per variable) and their cumulative weights; for a
+    # large component, `dp` counts and samples them instead, and `joint` is listed lazily.
+    listed: list[tuple[int, ...]] = field(default_factory=list)
     cumulative: list[int] = field(default_factory=list)
+    dp: RuleDP | None = None
 
     @property
     def total(self) -> int:
+        if self.dp is not None:
+            return self.dp.total
         return self.cumulative[-1] if self.cumulative else 0
+
+    @property
+    def joint(self) -> list[tuple[int, ...]]:
+        if self.dp is not None and not self.listed and self.dp.total:
+            self.listed = list(self.dp.joints())
+        return self.listed
+
+    def pick(self, rng: random.Random) -> tuple[int, ...]:
+        """One satisfying joint state, uniform over the weighted total."""
+        if self.dp is not None:
+            return self.dp.sample(rng)
+        pick = rng.randrange(self.total)
+        return self.listed[bisect.bisect_right(self.cumulative, pick)]
 
 
 class SpaceIndex:
@@ -180,6 +203,10 @@ class SpaceIndex:
             options = []
             for depth in stage.depths:
                 fillings = self.layer_fillings(stage_name, depth)
+                if depth == 0:
+                    # An absent stage has no stage-level choices: one state, not one per value.
+                    options.append((_stage_state(stage, 0, {}), fillings))
+                    continue
                 for values in itertools.product(*stage.choices.values()):
                     choices = dict(zip(stage.choices, values, strict=True))
                     options.append((_stage_state(stage, depth, choices), fillings))
@@ -239,12 +266,23 @@ class SpaceIndex:
             total = 0
             for index, weight in enumerate(variables[0].weights):
                 total += weight
-                component.joint.append((index,))
+                component.listed.append((index,))
                 component.cumulative.append(total)
             return
         joint_size = 1
         for variable in variables:
             joint_size *= len(variable.states)
+        if joint_size > DP_THRESHOLD:
+            try:
+                component.dp = RuleDP(
+                    [v.states for v in variables],
+                    [v.weights for v in variables],
+                    [self.rules[i].expr for i in component.rules],
+                    max_states=MAX_DP_STATES,
+                )
+                return
+            except TooManyStates:
+                pass  # the rules keep too much apart: say so below, as before
         if joint_size > MAX_JOINT_ASSIGNMENTS:
             names = ", ".join(v.name for v in variables)
             raise SpaceTooComplex(
@@ -262,7 +300,7 @@ class SpaceIndex:
                 weight *= variable.weights[index]
             if weight and all(_holds(rule.expr, env) for rule in rules):
                 total += weight
-                component.joint.append(indices)
+                component.listed.append(indices)
                 component.cumulative.append(total)
 
     def _culprits(self, component: _Component) -> list[int]:
@@ -292,8 +330,7 @@ class SpaceIndex:
         for component in self.components:
             if component.total == 0:
                 raise ArchitectureError("the space is empty: no architecture satisfies its rules")
-            pick = rng.randrange(component.total)
-            joint = component.joint[bisect.bisect_right(component.cumulative, pick)]
+            joint = component.pick(rng)
             for variable_index, state_index in zip(component.variables, joint, strict=True):
                 chosen[variable_index] = state_index
                 env.update(self.variables[variable_index].states[state_index])
@@ -338,7 +375,7 @@ class SpaceIndex:
                 for position in range(depth):
                     configs = self.position_configs(s, position)
                     layers.append(dict(configs[rng.randrange(len(configs))]))
-                choices = {c: env[f"{s}.{c}"] for c in stage.choices}
+                choices = {c: env[f"{s}.{c}"] for c in stage.choices} if depth else {}
                 stages[s] = StageArch(depth=depth, choices=choices, layers=layers)
         return Architecture(space=self.space.name, globals=globals_, stages=stages)
 
@@ -346,6 +383,8 @@ class SpaceIndex:
         env: dict[str, Value] = dict(arch.globals)
         for name, stage in arch.stages.items():
             env[f"{name}.depth"] = stage.depth
+            if stage.depth == 0 and name in self.stages:
+                env.update(absent_choices(self.stages[name]))
             for choice, value in stage.choices.items():
                 env[f"{name}.{choice}"] = value
         return env
@@ -371,7 +410,16 @@ class SpaceIndex:
         return self._build(env, rng, keep=arch, redo={unit.name})
 
 
+def absent_choices(stage: Stage) -> dict[str, Value]:
+    """What a stage's own choices read as when the stage is absent (depth 0): their first
+    values. They are not decisions then (not counted, not in the architecture); rules and
+    expressions that name them still get a value."""
+    return {f"{stage.name}.{c}": domain[0] for c, domain in stage.choices.items() if domain}
+
+
 def _stage_state(stage: Stage, depth: int, choices: dict[str, Value]) -> Assignment:
+    if depth == 0:
+        return ((f"{stage.name}.depth", 0), *absent_choices(stage).items())
     return (
         (f"{stage.name}.depth", depth),
         *((f"{stage.name}.{c}", choices[c]) for c in stage.choices),
@@ -381,6 +429,8 @@ def _stage_state(stage: Stage, depth: int, choices: dict[str, Value]) -> Assignm
 def _state_matches(stage: Stage, part: StageModule, env: dict[str, Value]) -> bool:
     if env.get(f"{stage.name}.depth") != part.depth:
         return False
+    if part.depth == 0:
+        return True
     if not all(_same(env[f"{stage.name}.{c}"], part.choices[c]) for c in stage.choices):
         return False
     # A tied choice the module carries must agree with the value the tie holds.
@@ -537,7 +587,10 @@ def unit_module_count(space: Space, unit: Unit) -> int:
         combos = 1
         for domain in stage_module_choices(space, stage).values():
             combos *= len(domain)
-        total *= combos * sum(index.layer_fillings(stage_name, d) for d in stage.depths)
+        # An absent stage (depth 0) is one module: no choices, no layers.
+        total *= sum(
+            (combos if d else 1) * index.layer_fillings(stage_name, d) for d in stage.depths
+        )
     return total
 
 
@@ -563,6 +616,9 @@ def _stage_modules(space: Space, index: SpaceIndex, stage: Stage) -> list[StageM
     choices = stage_module_choices(space, stage)
     modules = []
     for depth in stage.depths:
+        if depth == 0:
+            modules.append(StageModule(depth=0, choices={}, layers=[]))
+            continue
         for values in itertools.product(*choices.values()):
             chosen = dict(zip(choices, values, strict=True))
             for layers in _layer_lists(index, stage.name, depth):
@@ -587,6 +643,8 @@ def check_stage_module(space: Space, stage: Stage, part: StageModule) -> StageMo
         raise ArchitectureError(
             f"depth {part.depth} needs {part.depth} layers, got {len(part.layers)}"
         )
+    if part.depth == 0:
+        return StageModule(depth=0, choices={}, layers=[])
     choices = stage_module_choices(space, stage)
     canonical_choices: dict[str, Value] = {}
     for name, value in part.choices.items():
@@ -656,6 +714,19 @@ def canonicalize(space: Space, raw: Architecture | dict) -> Architecture:
     """
     if isinstance(raw, Architecture):
         data = raw.model_dump(mode="python")
+    elif isinstance(raw, dict) and "code" in raw and "stages" not in raw:
+        # {"code": "02012100", "scheme": NAME}: a compact code the space declares.
+        from autobuild_dsl.space.codes import CodeError, decode
+
+        unknown = set(raw) - {"code", "scheme", "globals", "space"}
+        if unknown:
+            raise ArchitectureError(
+                f"unknown field '{sorted(unknown)[0]}' next to a code (fields: code, scheme, globals)"
+            )
+        try:
+            data = decode(space, raw["code"], raw.get("scheme"), raw.get("globals"))
+        except CodeError as error:
+            raise ArchitectureError(str(error)) from None
     elif isinstance(raw, dict):
         data = raw
     else:
@@ -712,7 +783,17 @@ def canonicalize(space: Space, raw: Architecture | dict) -> Architecture:
             raise ArchitectureError(f"{where}.depth: expected an integer, got {depth!r}")
         if not isinstance(layers, list):
             raise ArchitectureError(f"{where}.layers: expected a list")
+        odd = sorted(str(k) for k in set(raw_stage) - {"depth", "choices", "layers"})
+        if odd:
+            raise ArchitectureError(
+                f"{where}: unknown field '{odd[0]}' (fields: depth, choices, layers)"
+            )
+        if not isinstance(raw_stage.get("choices") or {}, dict):
+            raise ArchitectureError(f"{where}.choices: expected an object of stage choices")
         raw_choices = dict(raw_stage.get("choices") or {})
+        if depth == 0 and 0 in stage.depths:
+            # An absent stage decides nothing: its choices, like unused layer slots, go.
+            raw_choices = {}
         own = {k: v for k, v in raw_choices.items() if f"{stage.name}.{k}" not in space.ties}
         for k, v in raw_choices.items():
             if f"{stage.name}.{k}" in space.ties:
@@ -727,7 +808,7 @@ def canonicalize(space: Space, raw: Architecture | dict) -> Architecture:
                     known = ", ".join(stage.choices) or "none"
                     raise ArchitectureError(f"unknown stage choice '{name}' (choices: {known})")
             choices = {}
-            for name, domain in stage.choices.items():
+            for name, domain in stage.choices.items() if depth else ():
                 if name not in own:
                     raise ArchitectureError(
                         f"missing stage choice '{name}' (one of {_show(domain)})"
@@ -836,11 +917,13 @@ def _mutate_layer(
         return index.resample_unit(arch, index.unit_of[stage.name], rng)
     current = arch.stages[stage.name]
     layers = [dict(x) for x in current.layers]
-    moves = ["change"]
+    moves = ["change"] if layers else []
     if current.depth + 1 in stage.depths:
         moves.append("add")
     if current.depth - 1 in stage.depths:
         moves.append("remove")
+    if not moves:
+        return None
     move = moves[rng.randrange(len(moves))]
     if move == "change":
         position = rng.randrange(len(layers))
@@ -856,7 +939,15 @@ def _mutate_layer(
     else:
         layers.pop(rng.randrange(len(layers)))
     layers = _refit_positions(stage, layers, rng)
-    new_stage = current.model_copy(update={"depth": len(layers), "layers": layers})
+    choices = dict(current.choices)
+    if not layers:
+        choices = {}  # the stage becomes absent: its choices go with it
+    elif current.depth == 0:
+        # The stage appears: it draws its stage-level choices.
+        choices = {c: d[rng.randrange(len(d))] for c, d in stage.choices.items()}
+    new_stage = current.model_copy(
+        update={"depth": len(layers), "layers": layers, "choices": choices}
+    )
     return arch.model_copy(update={"stages": {**arch.stages, stage.name: new_stage}})
 
 
@@ -893,9 +984,12 @@ def architecture_from_modules(
     """
     stages: dict[str, StageArch] = {}
     env: dict[str, Value] = dict(globals_)
-    for unit in index_of(space).units:
+    index = index_of(space)
+    for unit in index.units:
         for stage_name, part in zip(unit.stages, modules[unit.name], strict=True):
             env[f"{stage_name}.depth"] = part.depth
+            if part.depth == 0:
+                env.update(absent_choices(index.stages[stage_name]))
             for choice, value in part.choices.items():
                 env[f"{stage_name}.{choice}"] = value
             own = {c: v for c, v in part.choices.items() if f"{stage_name}.{c}" not in space.ties}
@@ -958,7 +1052,7 @@ def _unit_layer_choices(
     for stage_name in unit.stages:
         stage = index.stages[stage_name]
         depth = int(env[f"{stage_name}.depth"])  # type: ignore[arg-type]
-        choices = {c: env[f"{stage_name}.{c}"] for c in stage.choices}
+        choices = {c: env[f"{stage_name}.{c}"] for c in stage.choices} if depth else {}
         per_stage.append(
             [
                 (

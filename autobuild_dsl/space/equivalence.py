@@ -24,11 +24,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 from collections.abc import Callable, Iterable, Iterator
 from functools import lru_cache, partial
 
 from autobuild_dsl.space.architecture import Architecture
-from autobuild_dsl.space.decisions import iter_architectures, space_size
+from autobuild_dsl.space.decisions import index_of, iter_architectures, space_size
 from autobuild_dsl.space.model import Space
 from autobuild_dsl.space.ops import CATALOG, Shape
 from autobuild_dsl.space.resolve import flow_shapes, resolve
@@ -38,8 +39,8 @@ from autobuild_dsl.space.resolved import AttrValue, ResolvedNetwork, ResolvedNod
 # from dropped nodes (see `may_have_equivalences`).
 NO_OP_CANDIDATES = frozenset({"identity", "dropout"})
 
-# Spaces up to this size are enumerated to count their distinct networks (about 3 s per
-# 10 000 architectures on one core); larger ones are not counted.
+# Spaces up to this size are enumerated to count their distinct networks (about 2.5 s of
+# CPU per 10 000 NAS-Bench-Macro architectures); larger ones are not counted.
 COUNT_LIMIT = 10_000
 
 
@@ -154,7 +155,54 @@ def count_distinct_networks(space: Space, limit: int = COUNT_LIMIT) -> int | Non
     architectures (enumerating them would be too slow)."""
     if space_size(space) > limit:
         return None
-    return len({network_key(space, arch) for arch in iter_architectures(space)})
+    digest = space.digest()
+    if digest not in _COUNTED:  # seconds for a large space: counted once per process
+        _COUNTED[digest] = len({network_key(space, arch) for arch in iter_architectures(space)})
+    return _COUNTED[digest]
+
+
+_COUNTED: dict[str, int] = {}
+
+
+class TooFewNetworks(ValueError):
+    """A distinct sample asked for more networks than the draws could find."""
+
+
+def sample_distinct(
+    space: Space, n: int, seed: int = 0, tries_per_network: int = 50
+) -> list[Architecture]:
+    """`n` architectures of pairwise different networks (`network_keyer`), in draw order.
+
+    Architectures are drawn uniformly and a draw whose network was already drawn is
+    dropped, so a network with more equivalent architectures is likelier to come first.
+    Raises TooFewNetworks when `n * tries_per_network` draws do not find `n` networks
+    (the space may hold fewer).
+    """
+    counted = count_distinct_networks(space) if may_have_equivalences(space) else None
+    if counted is not None and counted < n:  # known at once in a small space
+        raise TooFewNetworks(f"the space holds {counted:,} distinct networks, not {n:,}")
+    index = index_of(space)
+    rng = random.Random(seed)
+    keyer = network_keyer(space)
+    keys: dict[str, str] = {}  # a small space draws the same architecture again and again
+    seen: set[str] = set()
+    found: list[Architecture] = []
+    for _ in range(n * tries_per_network):
+        if len(found) == n:
+            break
+        arch = index.sample(rng)
+        written = arch.key()
+        key = keys.get(written)
+        if key is None:
+            key = keys[written] = keyer(arch)
+        if key not in seen:
+            seen.add(key)
+            found.append(arch)
+    if len(found) < n:
+        raise TooFewNetworks(
+            f"found {len(found):,} distinct networks in {n * tries_per_network:,} draws, not {n:,}"
+        )
+    return found
 
 
 def distinct(space: Space, archs: Iterable[Architecture]) -> Iterator[tuple[Architecture, str]]:

@@ -22,6 +22,10 @@ from autobuild_dsl.space.expr import Expr, Value
 # Serialisation context that leaves source positions out (for equality and digests).
 MEANING_ONLY = {"meaning_only": True}
 
+# Names an attribute value may use for what enters its layer (in a fixed part, its node):
+# the channel count and the spatial size. They are not decisions: the builder knows them.
+INPUT_NAMES = ("in_channels", "in_size")
+
 
 class _Located(BaseModel):
     """A part that records where it was written (`where`), which is not part of its value."""
@@ -58,6 +62,21 @@ class NodeTemplate(_Located):
     where: str | None = Field(default=None, description="file:line:col of the node", exclude=False)
 
 
+class Residual(BaseModel):
+    """A shortcut around a whole layer alternative: `residual(shortcut = auto, act = relu)`.
+
+    shortcut `auto`: identity when the layer keeps the shape, else a 1x1 conv + batch norm
+    (stride as the layer's); `conv`: always the 1x1 conv + batch norm; `identity`: always
+    the identity (an error where the shape changes). `act` runs after the add (ResNet's
+    post-activation); `none` leaves the sum as it is.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    shortcut: Literal["auto", "conv", "identity"] = "auto"
+    act: str = "none"
+
+
 class LayerOption(BaseModel):
     """One alternative for a layer: a sequence of nodes and its own per-layer choices."""
 
@@ -65,6 +84,7 @@ class LayerOption(BaseModel):
 
     label: str
     nodes: list[NodeTemplate]
+    residual: Residual | None = None
     choices: dict[str, list[Value]] = Field(
         default_factory=dict, description="per-layer decisions of this alternative, by name"
     )
@@ -151,6 +171,21 @@ class StageModule(BaseModel):
     layers: list[dict[str, Value]]
 
 
+class ArchitectureCode(BaseModel):
+    """How a data set writes an architecture compactly: a sequence of tokens (the
+    characters of a string, or the items of a list), each standing for a layer (`layers`:
+    in layer order over all stages, every stage at its fixed or largest depth) or for a
+    present stage (`stages`: in stage order; the stages after the last token are absent)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: Literal["layers", "stages"]
+    tokens: dict[str, dict[str, Value]] = Field(
+        description="token (as text) -> a layer's `op` and per-layer choices, or a "
+        "stage's stage-level choices"
+    )
+
+
 class Space(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -171,6 +206,9 @@ class Space(BaseModel):
     restrictions: dict[str, list[list[StageModule]]] = Field(
         default_factory=dict,
         description="unit or stage name -> the modules it may use (each a list, one per stage)",
+    )
+    codes: dict[str, ArchitectureCode] = Field(
+        default_factory=dict, description="compact architecture codes, by name"
     )
 
     @property

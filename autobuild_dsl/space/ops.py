@@ -118,6 +118,45 @@ def _grouped_shape(shape: Shape, attrs: dict[str, object]) -> Shape:
     return out
 
 
+def _mbconv_shape(shape: Shape, attrs: dict[str, object]) -> Shape:
+    """An MBConv's output; its grouped 1x1 convs need every width divisible by `groups`."""
+    out = _conv_shape(shape, attrs)
+    groups = int(attrs.get("groups", 1) or 1)
+    keep = str(attrs.get("expand_conv", "auto"))
+    expand = float(attrs.get("expand", 6))  # type: ignore[arg-type]
+    if keep == "drop" and expand != 1:
+        raise ValueError(f"expand_conv = drop needs expand = 1, got {expand:g}")
+    if groups > 1:
+        for what, channels in (("input", shape.channels), ("output", out.channels)):
+            if channels % groups:
+                raise ValueError(
+                    f"{what} channels {channels} are not divisible into {groups} groups"
+                )
+    return out
+
+
+def _block_shape(shape: Shape, attrs: dict[str, object]) -> Shape:
+    """A ResNet block's output; a grouped 3x3 conv needs its width divisible by `groups`."""
+    out = _conv_shape(shape, attrs)
+    groups = int(attrs.get("groups", 1) or 1)
+    # A basic block's inner width is its output; a bottleneck's is `mid` (0: out / 4).
+    mid = out.channels
+    if "mid" in attrs:
+        mid = int(attrs["mid"] or 0) or out.channels // 4  # type: ignore[call-overload]
+    if mid < 1:
+        raise ValueError(f"the bottleneck width {mid} is below 1")
+    if mid % groups:
+        raise ValueError(f"the inner width {mid} is not divisible into {groups} groups")
+    return out
+
+
+def _shuffle_shape(shape: Shape, attrs: dict[str, object]) -> Shape:
+    groups = int(attrs.get("groups", 2) or 1)
+    if shape.channels % groups:
+        raise ValueError(f"channels {shape.channels} are not divisible into {groups} groups")
+    return shape
+
+
 @dataclass(frozen=True)
 class OpSpec:
     name: str
@@ -183,8 +222,62 @@ CATALOG: dict[str, OpSpec] = {
                 "divisor": AttrSpec(
                     "int", 8, doc="round hidden widths to a multiple of this (1: no rounding)"
                 ),
+                "groups": AttrSpec(
+                    "int", 1, doc="groups of the two 1x1 convolutions (FBNet's `g2`)", minimum=1
+                ),
+                "shuffle": AttrSpec(
+                    "bool", False, doc="channel shuffle after the expansion conv (ShuffleNet)"
+                ),
+                "expand_conv": AttrSpec(
+                    "enum",
+                    "auto",
+                    values=("auto", "keep", "drop"),
+                    doc="the 1x1 expansion conv: auto drops it at expand 1 (MobileNetV2/V3), "
+                    "keep always builds it (FBNet's e1 blocks), drop needs expand 1",
+                ),
             },
-            _conv_shape,
+            _mbconv_shape,
+        ),
+        OpSpec(
+            "basic",
+            "ResNet basic block: two 3x3 convs with batch norm; the input is added back "
+            "(a 1x1 conv + batch norm when the shape changes). order post: conv-BN-act, "
+            "conv-BN, add, act (He et al. 2016a); order pre: BN-act-conv twice, then add "
+            "(He et al. 2016b; its projection is a 1x1 conv on the pre-activated input).",
+            {
+                "out": _OUT,
+                "stride": AttrSpec("int", 1, doc="stride of the first 3x3 conv", minimum=1),
+                "groups": AttrSpec("int", 1, doc="groups of the 3x3 convs", minimum=1),
+                "act": _act("relu"),
+                "order": AttrSpec(
+                    "enum", "post", values=("post", "pre"), doc="post- or pre-activation"
+                ),
+            },
+            _block_shape,
+        ),
+        OpSpec(
+            "bottleneck",
+            "ResNet bottleneck block (torchvision's v1.5): 1x1 conv to `mid`, 3x3 conv "
+            "(stride, groups), 1x1 conv to `out`, each with batch norm; the input is added "
+            "back (a 1x1 conv + batch norm when the shape changes). order as for `basic`.",
+            {
+                "out": _OUT,
+                "mid": AttrSpec("int", 0, doc="inner width (0: out / 4)", minimum=0),
+                "stride": AttrSpec("int", 1, doc="stride of the 3x3 conv", minimum=1),
+                "groups": AttrSpec("int", 1, doc="groups of the 3x3 conv (ResNeXt)", minimum=1),
+                "act": _act("relu"),
+                "order": AttrSpec(
+                    "enum", "post", values=("post", "pre"), doc="post- or pre-activation"
+                ),
+            },
+            _block_shape,
+        ),
+        OpSpec(
+            "shuffle",
+            "Channel shuffle (ShuffleNet): split the channels into `groups` and interleave "
+            "them. No parameters.",
+            {"groups": AttrSpec("int", 2, doc="groups to interleave", minimum=1)},
+            _shuffle_shape,
         ),
         OpSpec(
             "identity",

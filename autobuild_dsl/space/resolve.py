@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from autobuild_dsl.space.architecture import Architecture
 from autobuild_dsl.space.decisions import index_of
-from autobuild_dsl.space.expr import ExprError, Value, evaluate
-from autobuild_dsl.space.model import NodeTemplate, Space, Stage
+from autobuild_dsl.space.expr import ExprError, Value, evaluate, names_in
+from autobuild_dsl.space.model import INPUT_NAMES, LayerOption, NodeTemplate, Space, Stage
 from autobuild_dsl.space.ops import CATALOG, Shape
 from autobuild_dsl.space.resolved import (
     InputSpec,
     NodePosition,
+    ResidualSpan,
     ResolvedNetwork,
     ResolvedNode,
     SkipLink,
@@ -43,6 +46,7 @@ def _node(
     layer: dict[str, Value] | None,
     position: NodePosition,
     first_layer: bool,
+    skip_input_attrs: bool = False,
 ) -> ResolvedNode | None:
     lookup = _lookup(env, template.where)
     layer_lookup = (lambda name: layer[name]) if layer is not None else None
@@ -61,6 +65,11 @@ def _node(
         for name, expr in template.attrs.items():
             if later_stride and name == "stride":
                 continue
+            if skip_input_attrs and _reads_input(expr) and INPUT_NAMES[0] not in env:
+                # Without the layer's input (a module alone, a vocabulary scan) an
+                # attribute that follows the input is left out rather than guessed.
+                attrs.pop(name, None)
+                continue
             attrs[name] = evaluate(expr, lookup, layer_lookup)
     except (ExprError, KeyError) as error:
         raise ResolveError(f"{template.where}: {template.op}: {error}") from None
@@ -76,15 +85,26 @@ def resolve_node(
     position: NodePosition,
     *,
     first_layer: bool,
+    skip_input_attrs: bool = False,
 ) -> ResolvedNode | None:
     """One node template evaluated on its own: None when its condition is false.
 
     `env` maps scalar decisions (and globals) to values, `layer` a layer's own choices
     (None outside a layer). The graph encoder resolves templates one at a time, for
     single modules and for every value a feature can take, without a whole architecture.
-    Raises ResolveError when an attribute cannot be evaluated.
+    Raises ResolveError when an attribute cannot be evaluated. With `skip_input_attrs`, an
+    attribute that reads `in_channels`/`in_size` (absent from `env`) is left out.
     """
-    return _node(template, env, layer, position, first_layer)
+    return _node(template, env, layer, position, first_layer, skip_input_attrs)
+
+
+def _reads_input(expr) -> bool:  # type: ignore[no-untyped-def]
+    return any(name in INPUT_NAMES for name in names_in(expr))
+
+
+def reads_input(template: NodeTemplate) -> bool:
+    """Whether an attribute of the template names the input (`in_channels`, `in_size`)."""
+    return any(_reads_input(expr) for expr in template.attrs.values())
 
 
 def resolve(space: Space, arch: Architecture) -> ResolvedNetwork:
@@ -102,23 +122,95 @@ def resolve(space: Space, arch: Architecture) -> ResolvedNetwork:
         context_tokens=int(values["tokens"]) if "tokens" in values else None,
         timestep=bool(values.get("timestep", False)),
     )
-    nodes: list[ResolvedNode] = []
+    skips = [SkipLink(source=s.source, target=s.target) for s in space.skips]
+    builder = _Builder(space.name, spec, skips)
     for part in space.parts:
         if isinstance(part, Stage):
-            nodes.extend(_stage_nodes(part, arch, env))
+            _stage_nodes(part, arch, env, builder)
             continue
         for template in part.nodes:
             position = NodePosition(part=part.kind, block=part.name, section=part.section)
-            node = _node(template, env, None, position, first_layer=True)
-            if node is not None:
-                nodes.append(node)
-    skips = [SkipLink(source=s.source, target=s.target) for s in space.skips]
-    return ResolvedNetwork(space=space.name, input=spec, nodes=nodes, skips=skips)
+            builder.add(template, env, None, position, first_layer=True)
+    return builder.network()
 
 
-def _stage_nodes(stage: Stage, arch: Architecture, env: dict[str, Value]) -> list[ResolvedNode]:
+class _Builder:
+    """Collects a network's nodes; knows the shape entering the next one on demand."""
+
+    def __init__(self, space: str, spec: InputSpec, skips: list[SkipLink]) -> None:
+        self.space, self.spec, self.skips = space, spec, skips
+        self.nodes: list[ResolvedNode] = []
+        self.residuals: list[ResidualSpan] = []
+
+    def input_env(self) -> dict[str, Value]:
+        """`in_channels` and `in_size`: the shape the next node receives."""
+        shape = Shape(self.spec.channels, self.spec.size)
+        if self.nodes:
+            partial = ResolvedNetwork.model_construct(
+                space=self.space, input=self.spec, nodes=self.nodes, skips=self.skips, residuals=[]
+            )
+            shape = flow_shapes(partial)[-1]
+        return {INPUT_NAMES[0]: shape.channels, INPUT_NAMES[1]: shape.size}
+
+    def add(
+        self,
+        template: NodeTemplate,
+        env: dict[str, Value],
+        layer: dict[str, Value] | None,
+        position: NodePosition,
+        *,
+        first_layer: bool,
+        layer_input: dict[str, Value] | None = None,
+    ) -> None:
+        if layer_input is None and reads_input(template):
+            layer_input = self.input_env()
+        if layer_input is not None:
+            env = {**env, **layer_input}
+        node = _node(template, env, layer, position, first_layer)
+        if node is not None:
+            self.nodes.append(node)
+
+    def layer(
+        self,
+        option: LayerOption,
+        env: dict[str, Value],
+        layer: dict[str, Value],
+        position: NodePosition,
+        first_layer: bool,
+    ) -> None:
+        start = len(self.nodes)
+        # Every node of a layer reads the same input: the one entering the layer.
+        layer_input = self.input_env() if any(map(reads_input, option.nodes)) else None
+        for template in option.nodes:
+            self.add(
+                template, env, layer, position, first_layer=first_layer, layer_input=layer_input
+            )
+        if option.residual is not None and len(self.nodes) > start:
+            self.residuals.append(
+                ResidualSpan(
+                    start=start,
+                    end=len(self.nodes),
+                    shortcut=option.residual.shortcut,
+                    act=option.residual.act,
+                )
+            )
+
+    def network(self) -> ResolvedNetwork:
+        return ResolvedNetwork(
+            space=self.space,
+            input=self.spec,
+            nodes=self.nodes,
+            skips=self.skips,
+            residuals=self.residuals,
+        )
+
+
+def _stage_nodes(
+    stage: Stage, arch: Architecture, env: dict[str, Value], builder: _Builder
+) -> None:
     chosen = arch.stages[stage.name]
-    nodes: list[ResolvedNode] = []
+    if chosen.depth == 0:
+        return  # an absent stage has no node at all, not even its before/after
 
     def position(role: str, layer_index: int | None) -> NodePosition:
         return NodePosition(
@@ -131,28 +223,21 @@ def _stage_nodes(stage: Stage, arch: Architecture, env: dict[str, Value]) -> lis
         )
 
     for template in stage.before:
-        node = _node(template, env, None, position("before", None), first_layer=True)
-        if node is not None:
-            nodes.append(node)
+        builder.add(template, env, None, position("before", None), first_layer=True)
     for layer_index, layer in enumerate(chosen.layers):
         option = stage.options[0]
         if len(stage.options) > 1:
             option = next(o for o in stage.options if o.label == layer["op"])
-        for template in option.nodes:
-            node = _node(
-                template, env, layer, position("layer", layer_index), first_layer=layer_index == 0
-            )
-            if node is not None:
-                nodes.append(node)
+        builder.layer(option, env, layer, position("layer", layer_index), layer_index == 0)
     for template in stage.after:
-        node = _node(template, env, None, position("after", None), first_layer=True)
-        if node is not None:
-            nodes.append(node)
-    return nodes
+        builder.add(template, env, None, position("after", None), first_layer=True)
 
 
-def flow_shapes(net: ResolvedNetwork) -> list[Shape]:
-    """The output shape of every node, by the catalog's shape rules (skips concatenate)."""
+def flow_shapes(
+    net: ResolvedNetwork, check: Callable[[ResolvedNode, Shape], None] | None = None
+) -> list[Shape]:
+    """The output shape of every node, by the catalog's shape rules (skips concatenate).
+    `check(node, input shape)` may add rules of its own (raising ValueError)."""
     shape = Shape(net.input.channels, net.input.size)
     shapes: list[Shape] = []
     groups: dict[str, list[Shape]] = {}
@@ -179,6 +264,8 @@ def flow_shapes(net: ResolvedNetwork) -> list[Shape]:
                 shape = Shape(shape.channels + skip.channels, shape.size)
         at = f"{node.where}: " if node.where else ""
         try:
+            if check is not None:
+                check(node, shape)
             shape = CATALOG[node.op].shape(shape, node.attrs)
         except (ValueError, ArithmeticError) as error:
             raise ResolveError(f"{at}{node.op} in {pos.block}: {error}") from None

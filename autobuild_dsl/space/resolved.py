@@ -78,6 +78,19 @@ class SkipLink(BaseModel):
     target: str
 
 
+class ResidualSpan(BaseModel):
+    """A shortcut around nodes[start:end] (one layer written with `residual(...)`): the
+    span's input is added to its output (through a 1x1 conv + BN where the shape changes
+    or `shortcut` is `conv`), then `act` is applied."""
+
+    model_config = ConfigDict(frozen=True)
+
+    start: int
+    end: int
+    shortcut: Literal["auto", "conv", "identity"] = "auto"
+    act: str = "none"
+
+
 class ResolvedNetwork(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -85,3 +98,4 @@ class ResolvedNetwork(BaseModel):
     input: InputSpec
     nodes: list[ResolvedNode]
     skips: list[SkipLink] = Field(default_factory=list)
+    residuals: list[ResidualSpan] = Field(default_factory=list)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import itertools
+import math
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from autobuild_dsl.space.decisions import space_size, stage_module_choices, unit_module_count
+from autobuild_dsl.space.equivalence import count_distinct_networks, may_have_equivalences
 from autobuild_dsl.space.expr import Value, format_expr, format_value
 from autobuild_dsl.space.model import Space
 
@@ -35,6 +37,15 @@ class SpaceSummary(BaseModel):
     units: list[UnitSummary]
     rules: list[str]
     ties: list[str]
+    equivalences: bool = Field(
+        default=False,
+        description="some layer can be a no-op, so architectures may share one network",
+    )
+    networks: int | None = Field(
+        default=None,
+        description="distinct networks, when equivalences are possible and the space is "
+        "small enough to enumerate (space.equivalence.COUNT_LIMIT)",
+    )
 
 
 def show_domain(domain: list[Value]) -> str:
@@ -48,10 +59,35 @@ def show_domain(domain: list[Value]) -> str:
 
 
 def scientific(number: int) -> str:
-    return f"{float(number):.3e}"
+    """`number` as `6.561e+03`, computed on integers: a space can hold more than 1.8e308
+    architectures (float overflow) or more than 4300 digits' worth (str() refuses)."""
+    if number < 0:
+        return "-" + scientific(-number)
+    if number < 10**15:
+        return f"{float(number):.3e}"
+    # Keep ~6 leading digits: divide by a power of ten found from the bit length.
+    shift = max(0, int((number.bit_length() - 1) * math.log10(2)) - 6)
+    head = number // 10**shift
+    digits = len(str(head))
+    mantissa = head / 10 ** (digits - 1)
+    exponent = shift + digits - 1
+    text = f"{mantissa:.3f}"
+    if text.startswith("10."):  # rounding carried into a new digit
+        text, exponent = "1.000", exponent + 1
+    return f"{text}e+{exponent:02d}"
 
 
-def summarize(space: Space) -> SpaceSummary:
+def grouped(number: int) -> str:
+    """`number` with thousands separators, or in scientific form when it is too long to
+    print in full (Python converts at most 4300 digits)."""
+    if number.bit_length() > 13000:  # ~3900 decimal digits
+        return scientific(number)
+    return f"{number:,}"
+
+
+def summarize(space: Space, count_networks: bool = True) -> SpaceSummary:
+    """The summary; with `count_networks`, distinct networks are counted where the space
+    may have equivalent architectures and holds at most COUNT_LIMIT of them."""
     units = space.module_units()
     unit_counts = {u.name: unit_module_count(space, u) for u in units}
     stage_rows = []
@@ -85,6 +121,7 @@ def summarize(space: Space) -> SpaceSummary:
                 modules=unit_counts.get(stage.name),
             )
         )
+    equivalences = may_have_equivalences(space)
     return SpaceSummary(
         name=space.name,
         description=space.description,
@@ -96,4 +133,6 @@ def summarize(space: Space) -> SpaceSummary:
         ],
         rules=[r.text for r in space.rules],
         ties=[f"{alias} = {keeper}" for alias, keeper in space.ties.items()],
+        equivalences=equivalences,
+        networks=count_distinct_networks(space) if equivalences and count_networks else None,
     )

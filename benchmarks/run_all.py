@@ -43,6 +43,7 @@ BENCHES = [
     Bench("rank_build", "bench_rank.py"),
     Bench("build_quality", "bench_build_quality.py"),
     Bench("search", "bench_search.py"),
+    Bench("loop", "bench_loop.py"),
     Bench("ir", "bench_ir.py"),
 ]
 

@@ -34,6 +34,7 @@ COMMAND_MODULES: dict[str, str] = {
     "measure": "compile_cmds",
     "search": "search_cmds",
     "plot": "search_cmds",
+    "improve": "loop_cmds",
 }
 
 

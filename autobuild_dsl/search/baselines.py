@@ -4,6 +4,12 @@ These are the comparisons AutoBuild's build step is measured against: given the 
 number of evaluations of the true objective, how good an architecture does a search find?
 Both count *distinct* architectures evaluated against the budget (a repeated proposal is
 answered from memory for free), which is the most generous reading for the baselines.
+
+Both can be *warm-started* with labels a user already holds (`warm`: architectures with
+their objective values): those are known for free, regularized evolution starts its
+population from the best of them and TPE is told them as finished trials, so a baseline
+given B evaluations and N labels is compared like with like against AutoBuild-NAS (which
+trains on the N labels and then spends B evaluations).
 """
 
 from __future__ import annotations
@@ -11,9 +17,9 @@ from __future__ import annotations
 import collections
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from autobuild_dsl.space.architecture import Architecture
 from autobuild_dsl.space.decisions import (
@@ -25,6 +31,8 @@ from autobuild_dsl.space.decisions import (
 from autobuild_dsl.space.model import Space
 
 Objective = Callable[[Architecture], float]
+# Labels given for free: (architecture, objective value), higher is better.
+Warm = Sequence[tuple[Architecture, float]]
 
 
 class BaselineResult(BaseModel):
@@ -33,24 +41,34 @@ class BaselineResult(BaseModel):
     method: str
     best_arch: dict
     best_value: float
-    evaluations: int
-    # The best value found after each distinct evaluation (an anytime curve).
+    evaluations: int = Field(description="distinct architectures paid for (warm ones are free)")
+    warm: int = Field(default=0, description="labels given for free")
+    # The best value known after each paid evaluation (labels included: an anytime curve).
     best_so_far: list[float]
 
 
 class _Budgeted:
     """Counts distinct evaluations and remembers every answer."""
 
-    def __init__(self, objective: Objective, budget: int) -> None:
+    def __init__(self, objective: Objective, budget: int, warm: Warm = ()) -> None:
         self.objective = objective
         self.budget = budget
         self.seen: dict[str, float] = {}
         self.best: tuple[float, Architecture] | None = None
         self.curve: list[float] = []
+        for arch, value in warm:
+            self.seen[arch.key()] = float(value)
+            if self.best is None or value > self.best[0]:
+                self.best = (float(value), arch)
+        self.free = len(self.seen)
+
+    @property
+    def paid(self) -> int:
+        return len(self.seen) - self.free
 
     @property
     def exhausted(self) -> bool:
-        return len(self.seen) >= self.budget
+        return self.paid >= self.budget
 
     def __call__(self, arch: Architecture) -> float:
         key = arch.key()
@@ -70,7 +88,8 @@ class _Budgeted:
             method=method,
             best_arch=self.best[1].model_dump(mode="json"),
             best_value=self.best[0],
-            evaluations=len(self.seen),
+            evaluations=self.paid,
+            warm=self.free,
             best_so_far=self.curve,
         )
 
@@ -84,19 +103,25 @@ def regularized_evolution(
     population_size: int | None = None,
     tournament_size: int | None = None,
     mutation: str = "layer",
+    warm: Warm = (),
 ) -> BaselineResult:
     """Aging evolution (Real et al., 2019): tournament parent, mutate, drop the oldest.
 
     Defaults scale with the budget so small budgets still evolve: population
-    min(50, budget // 4) (at least 4), tournament a quarter of the population.
+    min(50, budget // 4) (at least 4), tournament a quarter of the population. With
+    `warm` labels, the population starts as the best of them (best last, so it ages
+    out last) and only new architectures count against the budget.
     """
     if budget < 1:
         raise ValueError("budget must be at least 1")
     rng = random.Random(seed)
     population_size = population_size or max(4, min(50, budget // 4))
     tournament_size = tournament_size or max(2, population_size // 4)
-    evaluate = _Budgeted(objective, budget)
+    evaluate = _Budgeted(objective, budget, warm)
     population: collections.deque[tuple[Architecture, float]] = collections.deque()
+    # Sorted by value, then key: the same labels in any order give the same start.
+    for arch, value in sorted(warm, key=lambda item: (item[1], item[0].key()))[-population_size:]:
+        population.append((arch, float(value)))
     index = index_of(space)
     attempts = 0
     while len(population) < population_size and not evaluate.exhausted and attempts < 50 * budget:
@@ -121,11 +146,14 @@ def tpe_search(
     *,
     seed: int = 0,
     startup_trials: int | None = None,
+    warm: Warm = (),
 ) -> BaselineResult:
     """Optuna's TPE over the space's decisions, defined by run (depth before layers).
 
     Globals, each stage's depth and stage choices, and each used layer's configuration are
     categorical parameters; a proposal that breaks a rule is told as infeasible (-inf).
+    `warm` labels are added to the study as finished trials (so the random start-up
+    trials are skipped once there are enough of them) and cost nothing.
     """
     try:
         import optuna
@@ -138,7 +166,14 @@ def tpe_search(
     startup = startup_trials if startup_trials is not None else max(5, min(20, budget // 5))
     sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, multivariate=True)
     study = optuna.create_study(direction="maximize", sampler=sampler)
-    evaluate = _Budgeted(objective, budget)
+    evaluate = _Budgeted(objective, budget, warm)
+    for arch, value in sorted(warm, key=lambda item: item[0].key()):
+        params, distributions = _architecture_params(space, index, arch)
+        study.add_trial(
+            optuna.trial.create_trial(
+                params=params, distributions=distributions, value=float(value)
+            )
+        )
     trials = 0
     while not evaluate.exhausted and trials < 50 * budget:
         trials += 1
@@ -189,3 +224,49 @@ def _suggest_architecture(space: Space, index, trial) -> dict:  # type: ignore[n
                 layers.append(dict(configs[pick]))
             stages[stage_name] = {"depth": depth, "choices": choices, "layers": layers}
     return {"space": space.name, "globals": globals_, "stages": stages}
+
+
+def _architecture_params(space: Space, index, arch: Architecture) -> tuple[dict, dict]:  # type: ignore[no-untyped-def]
+    """The TPE parameters (and their distributions) that `_suggest_architecture` turns
+    into `arch`: the inverse map, used to tell Optuna about labels it did not propose."""
+    from optuna.distributions import CategoricalDistribution
+
+    params: dict = {}
+    distributions: dict = {}
+
+    def put(name: str, value: object, domain: list) -> None:
+        params[name] = value
+        distributions[name] = CategoricalDistribution(domain)
+
+    for name, domain in space.choices.items():
+        put(f"@{name}", arch.globals[name], list(domain))
+    for unit in index.units:
+        restricted = space.restrictions.get(unit.name)
+        if restricted is not None:
+            for pick, module in enumerate(restricted):
+                if all(
+                    arch.stages[s].depth == part.depth
+                    and arch.stages[s].layers == [dict(x) for x in part.layers]
+                    and all(part.choices.get(c) == v for c, v in arch.stages[s].choices.items())
+                    for s, part in zip(unit.stages, module, strict=True)
+                ):
+                    put(f"{unit.name}.module", pick, list(range(len(restricted))))
+                    break
+            else:
+                raise ValueError(f"a warm-start label is not in the space (unit {unit.name})")
+            continue
+        for stage_name in unit.stages:
+            stage = index.stages[stage_name]
+            chosen = arch.stages[stage_name]
+            put(f"{stage_name}.depth", chosen.depth, list(stage.depths))
+            for c, domain in stage.choices.items():
+                if f"{stage_name}.{c}" not in space.ties:
+                    put(f"{stage_name}.{c}", chosen.choices[c], list(domain))
+            for i, layer in enumerate(chosen.layers):
+                configs = index.position_configs(stage_name, i)
+                put(
+                    f"{stage_name}.L{min(i, 1)}.{i}",
+                    [dict(x) for x in configs].index(dict(layer)),
+                    list(range(len(configs))),
+                )
+    return params, distributions

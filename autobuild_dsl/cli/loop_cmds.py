@@ -1,0 +1,261 @@
+"""`abc improve`: AutoBuild-NAS as a loop (train, reduce, evaluate, retrain) to a budget."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+
+from autobuild_dsl.cli.common import UserError, console, err_console, load_space
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    """Errors a user can cause (bad data, targets, evaluators, folders) become messages."""
+    from autobuild_dsl.build.builder import BuildError
+    from autobuild_dsl.build.rank import RankError
+    from autobuild_dsl.data.dataset import DatasetError
+    from autobuild_dsl.scorer import RunError
+    from autobuild_dsl.search.evaluators import EvaluationError
+    from autobuild_dsl.search.loop import LoopError
+    from autobuild_dsl.search.pareto import ObjectiveError
+    from autobuild_dsl.space.decisions import ArchitectureError
+
+    try:
+        yield
+    except (
+        BuildError,
+        RankError,
+        DatasetError,
+        RunError,
+        EvaluationError,
+        LoopError,
+        ObjectiveError,
+        ArchitectureError,
+    ) as error:
+        raise UserError(str(error)) from None
+
+
+@click.command("improve")
+@click.argument("space_file", type=click.Path(dir_okay=False))
+@click.argument("data_file", type=click.Path(dir_okay=False))
+@click.option(
+    "-t",
+    "--target",
+    "targets",
+    multiple=True,
+    required=True,
+    help="A target expression to train a scorer on (repeat: one scorer each, the union "
+    "of their top-k modules is searched).",
+)
+@click.option(
+    "-e",
+    "--evaluator",
+    "evaluator_spec",
+    required=True,
+    help="lookup:DATA.jsonl | predictor:RUN | measure[:M,...] | python:MOD:FUNC | "
+    "command:'CMD {arch}' | @config.json (see docs/search.md).",
+)
+@click.option(
+    "--budget", type=click.IntRange(min=1), required=True, help="Real evaluations to pay for."
+)
+@click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False))
+@click.option(
+    "--objectives",
+    help="Several targets: what the Pareto search maximises/minimises, e.g. "
+    "'max acc, min macs' [default: max of the single target].",
+)
+@click.option(
+    "--top-k",
+    type=click.IntRange(min=1),
+    help="Modules kept per unit at the start (it grows when the reduced space is exhausted "
+    "or a round stalls) [default: the smallest k whose reduced space holds 1.5 x the budget].",
+)
+@click.option(
+    "--per-round",
+    type=click.IntRange(min=1),
+    default=16,
+    show_default=True,
+    help="Evaluations between retrainings of the scorers.",
+)
+@click.option(
+    "--widen-on-stall/--no-widen-on-stall",
+    default=True,
+    show_default=True,
+    help="Also keep one more module per unit after a round that found nothing better "
+    "(k always grows when the reduced space is exhausted).",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--epochs", type=click.IntRange(min=1), default=100, show_default=True, help="Scorer epochs."
+)
+@click.option(
+    "--folds",
+    type=click.IntRange(min=1),
+    default=5,
+    show_default=True,
+    help="Ensemble members (folds) per target.",
+)
+@click.option(
+    "-j",
+    "--jobs",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Processes for training members and for evaluating.",
+)
+@click.option(
+    "--cache",
+    "cache_dir",
+    type=click.Path(file_okay=False),
+    help="Evaluation cache folder [default: OUT/cache].",
+)
+@click.option("--resume", is_flag=True, help="Continue the loop in the output folder.")
+@click.option("--force", is_flag=True, help="Discard a previous loop in the output folder.")
+@click.option("--space", "space_name", help="Which space of the file.")
+def improve_cmd(
+    space_file: str,
+    data_file: str,
+    targets: tuple[str, ...],
+    evaluator_spec: str,
+    budget: int,
+    out_dir: str,
+    objectives: str | None,
+    top_k: int | None,
+    per_round: int,
+    widen_on_stall: bool,
+    seed: int,
+    epochs: int,
+    folds: int,
+    jobs: int,
+    cache_dir: str | None,
+    resume: bool,
+    force: bool,
+    space_name: str | None,
+) -> None:
+    """Improve on the labels in DATA_FILE with BUDGET real evaluations (AutoBuild-NAS).
+
+    Every round trains scorers on the labels, keeps each unit's top-k modules, searches
+    that reduced space with the evaluator, and adds every evaluation to OUT/labels.jsonl.
+    A killed run continues with --resume without paying for any evaluation twice.
+    """
+    from autobuild_dsl.data.dataset import load_dataset
+    from autobuild_dsl.search.evaluators import parse_evaluator_spec
+    from autobuild_dsl.search.loop import (
+        ROUNDS_DIR,
+        STATE_FILE,
+        LoopConfig,
+        LoopProgress,
+        run_loop,
+    )
+    from autobuild_dsl.search.pareto import parse_objectives
+    from autobuild_dsl.search.runner import EvaluationRunner
+
+    if resume and force:
+        raise UserError("--resume and --force contradict each other; give one")
+    space = load_space(space_file, space_name)
+    out = Path(out_dir)
+    with _user_errors():
+        labels = load_dataset(data_file, space)
+        parsed = parse_objectives(objectives) if objectives else []
+        config = LoopConfig(
+            targets=list(targets),
+            objectives=parsed,
+            budget=budget,
+            top_k=top_k,
+            per_round=per_round,
+            widen_on_stall=widen_on_stall,
+            seed=seed,
+            epochs=epochs,
+            folds=folds,
+        )
+        config.search_objectives()
+        if force:
+            # Only what a loop writes: a mistyped -o must not wipe unrelated files.
+            for name in (STATE_FILE, "evaluations.jsonl", "labels.jsonl", "front.jsonl",
+                         "report.md", "progress.png"):  # fmt: skip
+                (out / name).unlink(missing_ok=True)
+            shutil.rmtree(out / ROUNDS_DIR, ignore_errors=True)
+        evaluator = parse_evaluator_spec(evaluator_spec)
+        cache = Path(cache_dir) if cache_dir else out / "cache"
+        with (
+            EvaluationRunner(space, evaluator, cache_dir=cache, jobs=jobs) as runner,
+            Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TextColumn("{task.fields[info]}"),
+                console=err_console,
+            ) as bar,
+        ):
+            task = bar.add_task("round 0", total=budget, info="")
+
+            def show(event: LoopProgress) -> None:
+                best = " · ".join(f"{label} {value:.6g}" for label, value in event.best.items())
+                left = event.budget - event.evaluated
+                bar.update(
+                    task,
+                    completed=event.evaluated,
+                    description=f"round {event.round} · k {event.k} · {event.phase}",
+                    info=f"best {best} · {left} left"
+                    + (f" · {event.detail}" if event.detail else ""),
+                )
+
+            result = run_loop(
+                space,
+                labels,
+                runner,
+                config,
+                out,
+                progress=show,
+                resume=resume,
+                space_file=space_file if not space_file.endswith(".json") else None,
+                jobs=jobs,
+            )
+    objectives_used = config.search_objectives()
+    table = Table(title=f"rounds ({len(result.records)} evaluations, stopped: {result.stopped})")
+    for column in ("round", "k", "reduced space", "trained on", "evaluated"):
+        table.add_column(column, justify="right")
+    for objective in objectives_used:
+        table.add_column(f"best {objective.label}", justify="right")
+    for info in result.rounds:
+        table.add_row(
+            str(info.round),
+            str(info.k),
+            f"{info.reduced_size:,}",
+            str(info.trained_on),
+            str(info.evaluated),
+            *(f"{info.best.get(o.label, float('nan')):.6g}" for o in objectives_used),
+        )
+    console.print(table)
+    if len(objectives_used) > 1:
+        console.print(
+            f"front: {len(result.front)} networks, {result.beyond_labels} found beyond the "
+            "labels' front"
+        )
+    else:
+        label = objectives_used[0].label
+        start, end = result.best_so_far[0][label], result.best_so_far[-1][label]
+        console.print(f"best {label}: {start:.6g} (labels) -> {end:.6g}")
+    if result.resumed_from:
+        console.print(f"resumed with {result.resumed_from} evaluations already paid")
+    console.print(
+        f"evaluated now: {runner.paid}, from cache: {runner.hits}; wrote {out / 'report.md'}, "
+        f"{out / 'front.jsonl'}, {out / 'labels.jsonl'}"
+    )
+
+
+def register(group: click.Group) -> None:
+    group.add_command(improve_cmd)

@@ -1,0 +1,251 @@
+"""The AutoBuild-NAS loop (`abc improve`) and the warm-started search baselines."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from autobuild_dsl.cli import cli
+from autobuild_dsl.data.dataset import from_records
+from autobuild_dsl.lang import compile_file
+from autobuild_dsl.search.baselines import regularized_evolution, tpe_search
+from autobuild_dsl.search.loop import LoopConfig, LoopError, run_loop
+from autobuild_dsl.space.architecture import Architecture
+from autobuild_dsl.space.decisions import iter_architectures, sample
+from autobuild_dsl.space.equivalence import network_key
+
+SPACE_FILE = "spaces/nas_bench_macro.abs"
+SPACE = compile_file(SPACE_FILE)
+WEIGHT = {"identity": 0.0, "mb_e3k3": 1.0, "mb_e6k5": 2.0}
+ALL = list(iter_architectures(SPACE))
+
+
+def acc(arch: Architecture) -> float:
+    # Later layers count more, so the optimum (all mb_e6k5) is unique.
+    layers = [layer["op"] for stage in arch.stages.values() for layer in stage.layers]
+    return sum(WEIGHT[op] * (1 + i / 10) for i, op in enumerate(layers))
+
+
+def macs(arch: Architecture) -> float:
+    layers = [layer["op"] for stage in arch.stages.values() for layer in stage.layers]
+    return float(sum(WEIGHT[op] ** 2 for op in layers))
+
+
+class Killed(Exception):
+    """Stands for a kill -9: the evaluation in flight is lost, nothing else runs."""
+
+
+class Counting:
+    """An evaluator that remembers every architecture it was paid for."""
+
+    identity = "synthetic"
+
+    def __init__(self, kill_after: int | None = None) -> None:
+        self.paid: list[str] = []
+        self.kill_after = kill_after
+
+    def evaluate(
+        self, archs: Sequence[Architecture], on_evaluated: Callable[[int, int], None] | None = None
+    ) -> list[dict[str, float]]:
+        results = []
+        for arch in archs:
+            if self.kill_after is not None and len(self.paid) >= self.kill_after:
+                raise Killed
+            self.paid.append(arch.key())
+            results.append({"acc": acc(arch), "macs": macs(arch)})
+        return results
+
+
+def labels(n: int = 40, seed: int = 0):  # type: ignore[no-untyped-def]
+    archs = sample(SPACE, n, seed=seed)
+    rows = [(a, {"acc": acc(a), "macs": macs(a)}, 1, None) for a in archs]
+    return from_records(SPACE, rows)[0]
+
+
+def config(**changes: object) -> LoopConfig:
+    base: dict[str, object] = {
+        "targets": ["acc"],
+        "budget": 12,
+        "top_k": 2,
+        "per_round": 6,
+        "epochs": 3,
+        "folds": 2,
+        "seed": 1,
+    }
+    base.update(changes)
+    return LoopConfig.model_validate(base)
+
+
+def test_loop_spends_the_budget_and_records_every_evaluation(tmp_path: Path) -> None:
+    data = labels()
+    evaluator = Counting()
+    result = run_loop(SPACE, data, evaluator, config(), tmp_path)
+    assert len(evaluator.paid) == len(set(evaluator.paid)) == 12
+    assert [r.key for r in result.records] == evaluator.paid
+    # No label is paid for again; every evaluation is in the labels file, after the labels.
+    held = {a.key() for a in data.architectures}
+    assert not held & set(evaluator.paid)
+    # ... nor any network equivalent to a label or to another evaluation.
+    nets = [network_key(SPACE, Architecture.model_validate_json(k)) for k in evaluator.paid]
+    assert len(set(nets)) == len(nets)
+    assert not set(nets) & {network_key(SPACE, a) for a in data.architectures}
+    lines = (tmp_path / "labels.jsonl").read_text().splitlines()
+    assert len(lines) == len(data) + 12
+    assert [json.loads(x)["metrics"]["acc"] for x in lines[len(data) :]] == [
+        r.metrics["acc"] for r in result.records
+    ]
+    # Two rounds of six; the second round's scorers trained on the first round's results.
+    assert [(r.evaluated, r.trained_on) for r in result.rounds] == [(6, 40), (6, 46)]
+    best = max(acc(a) for a in data.architectures)
+    assert result.best_so_far[0]["max acc"] == best
+    assert result.best_so_far[-1]["max acc"] == max(
+        [best, *(r.metrics["acc"] for r in result.records)]
+    )
+    assert (tmp_path / "report.md").exists() and (tmp_path / "progress.png").exists()
+
+
+def test_same_seed_same_result(tmp_path: Path) -> None:
+    data = labels()
+    first = run_loop(SPACE, data, Counting(), config(), tmp_path / "a")
+    second = run_loop(SPACE, data, Counting(), config(), tmp_path / "b")
+    assert [r.key for r in first.records] == [r.key for r in second.records]
+    assert first.rounds == second.rounds
+    other = run_loop(SPACE, data, Counting(), config(seed=2), tmp_path / "c")
+    assert [r.key for r in other.records] != [r.key for r in first.records]
+    # Without --top-k, k is the smallest whose reduced space holds 1.5 x the budget:
+    # k = 2 gives 2^3 = 8 < 18 networks, k = 3 gives 27.
+    auto = run_loop(SPACE, data, Counting(), config(top_k=None), tmp_path / "d")
+    assert auto.rounds[0].k == 3 and auto.rounds[0].reduced_size == 27
+
+
+def test_resume_after_a_kill_mid_round_pays_nothing_twice(tmp_path: Path) -> None:
+    data = labels()
+    whole = run_loop(SPACE, data, Counting(), config(), tmp_path / "whole")
+    killed = Counting(kill_after=8)  # round 1 (evaluations 7-12) is cut after its second
+    with pytest.raises(Killed):
+        run_loop(SPACE, data, killed, config(), tmp_path / "cut")
+    # A write torn by the kill is ignored on resume.
+    with (tmp_path / "cut" / "evaluations.jsonl").open("a") as handle:
+        handle.write('{"index": 8, "round": 1, "ke')
+    with pytest.raises(LoopError, match="--resume"):
+        run_loop(SPACE, data, Counting(), config(), tmp_path / "cut")
+    rest = Counting()
+    resumed = run_loop(SPACE, data, rest, config(), tmp_path / "cut", resume=True)
+    assert len(rest.paid) == 4
+    assert not set(rest.paid) & set(killed.paid)
+    assert resumed.resumed_from == 8
+    # The same evaluations as a run that was never interrupted.
+    assert [r.key for r in resumed.records] == [r.key for r in whole.records]
+    assert len((tmp_path / "cut" / "labels.jsonl").read_text().splitlines()) == len(data) + 12
+    # Killed after a round's last evaluation, before its checkpoint: nothing is paid again
+    # and the round is recorded as it would have been.
+    # (The checkpoint after round 0 is the final one of a loop with a budget of one round.)
+    run_loop(SPACE, data, Counting(), config(budget=6), tmp_path / "one")
+    state = json.loads((tmp_path / "one" / "loop.json").read_text())
+    state["stopped"] = "running"
+    (tmp_path / "cut" / "loop.json").write_text(json.dumps(state))
+    again = Counting()
+    replayed = run_loop(SPACE, data, again, config(), tmp_path / "cut", resume=True)
+    assert again.paid == []
+    assert replayed.rounds == whole.rounds
+    # A larger budget continues; a different setting is refused.
+    more = Counting()
+    run_loop(SPACE, data, more, config(budget=18), tmp_path / "cut", resume=True)
+    assert len(more.paid) == 6
+    with pytest.raises(LoopError, match="different loop"):
+        run_loop(SPACE, data, Counting(), config(budget=18, top_k=3), tmp_path / "cut", resume=True)
+
+
+def test_several_targets_search_a_front(tmp_path: Path) -> None:
+    data = labels()
+    evaluator = Counting()
+    result = run_loop(
+        SPACE,
+        data,
+        evaluator,
+        config(
+            targets=["acc - 0.1 * macs", "acc - 1.0 * macs"],
+            objectives=[{"direction": "max", "expr": "acc"}, {"direction": "min", "expr": "macs"}],
+        ),
+        tmp_path,
+    )
+    assert len(set(evaluator.paid)) == 12
+    assert len(result.front) >= 2
+    points = [(row["metrics"]["acc"], row["metrics"]["macs"]) for row in result.front]
+    for a, m in points:  # no front member dominates another
+        assert not any(a2 >= a and m2 <= m and (a2, m2) != (a, m) for a2, m2 in points)
+    with pytest.raises(LoopError, match="objectives"):
+        config(targets=["acc", "macs"]).search_objectives()
+
+
+def test_shell_command_evaluator_end_to_end(tmp_path: Path) -> None:
+    data = labels()
+    (tmp_path / "labels.jsonl").write_text(data.to_jsonl())
+    script = tmp_path / "evaluate.py"
+    script.write_text(
+        "import json, sys\n"
+        "arch = json.load(sys.stdin)\n"
+        "w = {'identity': 0.0, 'mb_e3k3': 1.0, 'mb_e6k5': 2.0}\n"
+        "ops = [l['op'] for s in arch['stages'].values() for l in s['layers']]\n"
+        "acc = sum(w[o] * (1 + i / 10) for i, o in enumerate(ops))\n"
+        "print(json.dumps({'acc': acc, 'macs': float(sum(w[o] ** 2 for o in ops))}))\n"
+    )
+    out = tmp_path / "loop"
+    args = ["improve", SPACE_FILE, str(tmp_path / "labels.jsonl"), "--target", "acc",
+            "--evaluator", f"command:{sys.executable} {script}", "--budget", "6",
+            "--per-round", "3", "--top-k", "2", "--epochs", "3", "--folds", "2",
+            "-o", str(out)]  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    records = [json.loads(x) for x in (out / "evaluations.jsonl").read_text().splitlines()]
+    assert len(records) == 6
+    for record in records:
+        arch = Architecture.model_validate(record["arch"])
+        assert record["metrics"]["acc"] == pytest.approx(acc(arch))
+    assert "best max acc" in result.output
+    # Running again into the same folder needs --resume (nothing more to pay) or --force.
+    again = CliRunner().invoke(cli, args)
+    assert again.exit_code == 1 and "--resume" in again.output
+    resumed = CliRunner().invoke(cli, [*args, "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    assert "evaluated now: 0" in resumed.output
+
+
+def test_warm_started_baselines_use_the_labels() -> None:
+    best = max(ALL, key=acc)
+    warm_archs = sample(SPACE, 30, seed=5)
+    assert best not in warm_archs
+    warm = [(a, acc(a)) for a in [*warm_archs, best]]
+    for method in (regularized_evolution, tpe_search):
+        calls: list[str] = []
+
+        def counted(arch: Architecture, calls: list[str] = calls) -> float:
+            calls.append(arch.key())
+            return acc(arch)
+
+        result = method(SPACE, counted, 10, seed=0, warm=warm)
+        # The labels are free, known and never paid for; the best of them counts.
+        assert result.evaluations == 10 and result.warm == 31
+        assert len(calls) == 10
+        assert not set(calls) & {a.key() for a, _ in warm}
+        assert result.best_value == acc(best)
+        assert result.best_so_far[0] == acc(best)
+    # TPE learns from the labels: warm-started it proposes better architectures than cold.
+    cold_calls: list[float] = []
+    warm_calls: list[float] = []
+    tpe_search(SPACE, lambda a: cold_calls.append(acc(a)) or acc(a), 25, seed=0, startup_trials=5)
+    good = sorted(ALL, key=acc)[-200:-1:4]
+    tpe_search(
+        SPACE,
+        lambda a: warm_calls.append(acc(a)) or acc(a),
+        25,
+        seed=0,
+        startup_trials=5,
+        warm=[(a, acc(a)) for a in good],
+    )
+    assert sum(warm_calls) / len(warm_calls) > sum(cold_calls) / len(cold_calls)

@@ -6,6 +6,7 @@ import json
 import pickle
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -146,9 +147,14 @@ def test_cli_exits_with_the_command_status() -> None:
     abc = [sys.executable, "-m", "autobuild_dsl"]
     ok = subprocess.run([*abc, "--help"], capture_output=True, text=True, cwd=ROOT)
     assert ok.returncode == 0 and "Commands:" in ok.stdout
+    # A file that cannot be read is bad input (exit 1), not an .abs diagnostic (exit 2).
     bad = subprocess.run([*abc, "compile", "no-such.abs"], capture_output=True, text=True)
-    assert bad.returncode == 2
+    assert bad.returncode == 1
     assert "no-such.abs" in bad.stderr
+    broken = Path(tempfile.mkdtemp()) / "broken.abs"
+    broken.write_text("space x {\n")
+    diagnostic = subprocess.run([*abc, "compile", str(broken)], capture_output=True, text=True)
+    assert diagnostic.returncode == 2 and "broken.abs:" in diagnostic.stderr
 
 
 def test_bench_vs_authors_skips_without_a_checkout(tmp_path: Path) -> None:

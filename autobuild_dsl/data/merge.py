@@ -1,7 +1,8 @@
 """Join the metrics of the same architectures from several dataset files.
 
-Accuracy from one file and measured latency from another become one row per architecture
-(by canonical key). Nothing is averaged silently: two values of one metric for one
+Accuracy from one file and measured latency from another become one row per network
+(by network key: two architectures that compile to the same network, such as a stride-1
+identity at another place of its stage, are one network and share its metrics). Nothing is averaged silently: two values of one metric for one
 architecture (from two files, or two lines of one file) that differ by more than a
 relative tolerance are a *disagreement*, reported with both sources; they are averaged
 (weighted by their counts) only when the caller asks (`average=True`). Values within the
@@ -23,6 +24,7 @@ import numpy as np
 
 from autobuild_dsl.data.dataset import DatasetError, LabeledDataset, RowError, parse_row
 from autobuild_dsl.space.architecture import Architecture
+from autobuild_dsl.space.equivalence import network_keyer
 from autobuild_dsl.space.model import Space
 
 
@@ -104,6 +106,7 @@ def merge_files(
         raise MergeError("give at least one file to merge")
     if tolerance < 0:
         raise MergeError("the tolerance must be at least 0")
+    keyer = network_keyer(space)
     archs: dict[str, Architecture] = {}
     order: list[str] = []
     values: dict[str, dict[str, _Value]] = {}
@@ -128,7 +131,7 @@ def merge_files(
             except DatasetError as error:
                 errors.extend(error.errors)
                 continue
-            key = arch.key()
+            key = keyer(arch)
             source = f"{path}:{number}"
             if key not in archs:
                 archs[key] = arch

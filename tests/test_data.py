@@ -311,6 +311,16 @@ def test_generic_mapping_errors_are_clear(tmp_path: Path) -> None:
         )
     with pytest.raises(DatasetError, match="not a plain name"):
         import_files("generic", [csv], space_of(MACRO), GenericMapping(metrics={"top-1": "a"}))
+    # A JSON-lines mapping to a column no row has is a wrong mapping, not empty values.
+    archs = sample(space_of(MACRO), 2, seed=9)
+    lines = rows_file(
+        tmp_path / "s.jsonl",
+        [{"arch": a.model_dump(mode="json"), "acc": 1.0} for a in archs],
+    )
+    with pytest.raises(DatasetError, match=r"reads column\(s\) accuracy, which no row has"):
+        import_files(
+            "generic", [lines], space_of(MACRO), GenericMapping(metrics={"acc": "accuracy"})
+        )
 
 
 # ----- CLI -------------------------------------------------------------------------

@@ -751,7 +751,19 @@ def import_generic(
 
     def rows() -> Iterator[_Raw]:
         for path in paths:
+            # A mapped metric column that no row of a file has is a wrong mapping, not a
+            # file of rows without values: said once, by name, after the file is read.
+            found_columns: set[str] = set()
+            keys_seen: dict[str, None] = {}
+            records = 0
             for row, record in _generic_records(path, mapping):
+                records += 1
+                if isinstance(record, dict):
+                    if len(keys_seen) < 50:
+                        keys_seen.update(dict.fromkeys(str(k) for k in list(record)[:50]))
+                    found_columns.update(
+                        c for c in mapping.metrics.values() if _field(record, c)[0]
+                    )
                 raw = _Raw(file=path, row=row, arch=None, metrics={}, key="")
                 if isinstance(record, ValueError):
                     raw.error = str(record)
@@ -790,6 +802,13 @@ def import_generic(
                     if number is not None:
                         raw.metrics[name] = number
                 yield raw
+            absent = [c for c in mapping.metrics.values() if c not in found_columns]
+            if records and absent:
+                shown = ", ".join(keys_seen) or "none"
+                raise DatasetError(
+                    f"{path}: the mapping reads column(s) {', '.join(absent)}, which no row "
+                    f"has (columns seen: {shown})"
+                )
 
     return _collect("generic", paths, space, rows(), [], progress, list(mapping.metrics))
 

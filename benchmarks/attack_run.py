@@ -15,6 +15,7 @@ Each case runs in a fresh folder under --work (default: a temporary folder).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import hashlib
 import io
@@ -174,9 +175,7 @@ def record(
     seconds: float,
     lost: str = "",
 ) -> Outcome:
-    outcome = Outcome(
-        cls, name, argv, rc, _is_exit3(rc, err), hang, lost, seconds, err[-2000:]
-    )
+    outcome = Outcome(cls, name, argv, rc, _is_exit3(rc, err), hang, lost, seconds, err[-2000:])
     ctx.outcomes.append(outcome)
     if ctx.verbose or outcome.exit3 or outcome.hang or outcome.lost:
         flag = "EXIT3" if outcome.exit3 else "HANG" if hang else "LOST" if lost else "ok"
@@ -244,6 +243,9 @@ def setup(ctx: Ctx) -> None:
 
     run("data", "import", "--from", "nas-bench-macro", "macro.json", "--space", str(MACRO_ABS),
         "-o", "data.jsonl")  # fmt: skip
+    # The whole table, so a lookup evaluator knows every architecture a search may visit.
+    run("data", "import", "--from", "nas-bench-macro", str(MACRO_JSON), "--space", str(MACRO_ABS),
+        "-o", "full.jsonl")  # fmt: skip
     run("sample", str(MACRO_ABS), "-n", "40", "--seed", "1", "-o", "archs.jsonl")
     for name, target in (("run1", "mean_acc"), ("run2", "-params")):
         run("train", str(MACRO_ABS), "data.jsonl", "--target", target, "-o", name,
@@ -293,7 +295,11 @@ def mutate_text(rng: random.Random, text: str) -> str:
             return "".join(lines)
     if kind == 6:  # a random byte-ish character
         i = rng.randrange(len(text) + 1)
-        return text[:i] + chr(rng.choice([0, 7, 0x7F, 0x85, 0x2028, 0xFFFF, rng.randrange(1, 0x3000)])) + text[i:]
+        return (
+            text[:i]
+            + chr(rng.choice([0, 7, 0x7F, 0x85, 0x2028, 0xFFFF, rng.randrange(1, 0x3000)]))
+            + text[i:]
+        )
     if kind == 7:  # nesting
         i = rng.randrange(len(text) + 1)
         depth = rng.choice([50, 500, 5000])
@@ -464,7 +470,7 @@ _SUMMARY = re.compile(r"read (\d+) rows.*?imported (\d+) networks?, merged (\d+)
 def _accounted(out_file: Path) -> Callable[[int | None, str, str], str]:
     def check(rc: int | None, out: str, err: str) -> str:
         if rc != 0:
-            return "" if rc != 0 or out_file.exists() else ""
+            return ""  # a refusal is fine; the file snapshot catches changes
         m = _SUMMARY.search(out + err)
         if not m:
             return "import succeeded without a 'read/imported/merged/rejected' summary"
@@ -502,7 +508,9 @@ def cls_import(ctx: Ctx, n: int) -> None:
         elif fmt == 1:
             src, space = "in.csv", OFA_ABS
             text = _corrupt_csv(rng, ofa_text)
-            (d / src).write_bytes(encode_hostile(rng, text) if rng.random() < 0.2 else text.encode())
+            (d / src).write_bytes(
+                encode_hostile(rng, text) if rng.random() < 0.2 else text.encode()
+            )
             extra = ["--from", "ofa"]
         elif fmt == 2:  # generic CSV with canonical JSON architectures
             src, space = "in.csv", MACRO_ABS
@@ -512,7 +520,9 @@ def cls_import(ctx: Ctx, n: int) -> None:
             for r in rows:
                 w.writerow([json.dumps(r["arch"]), r["metrics"]["mean_acc"], r["metrics"]["std"]])
             text = _corrupt_csv(rng, out.getvalue())
-            (d / src).write_bytes(encode_hostile(rng, text) if rng.random() < 0.2 else text.encode())
+            (d / src).write_bytes(
+                encode_hostile(rng, text) if rng.random() < 0.2 else text.encode()
+            )
             metric = rng.choice([["--metric", "acc=acc"], ["--metric", "acc=acc", "--metric", "acc_=Acc!"],
                                  ["--metric", "a=acc", "--metric", "a=Acc!"], ["--metric", "=acc"],
                                  ["--metric", "x=nope"], ["--metric", rng.choice(HOSTILE_TEXT) + "=acc"]])  # fmt: skip
@@ -520,8 +530,14 @@ def cls_import(ctx: Ctx, n: int) -> None:
         else:  # generic JSONL with a --map
             src, space = "in.jsonl", MACRO_ABS
             lines = [json.dumps({"a": r["arch"], "m": r["metrics"]["mean_acc"]}) for r in rows]
-            text = mutate_text(rng, "\n".join(lines) + "\n") if rng.random() < 0.6 else "\n".join(lines)
-            (d / src).write_bytes(encode_hostile(rng, text) if rng.random() < 0.2 else text.encode())
+            text = (
+                mutate_text(rng, "\n".join(lines) + "\n")
+                if rng.random() < 0.6
+                else "\n".join(lines)
+            )
+            (d / src).write_bytes(
+                encode_hostile(rng, text) if rng.random() < 0.2 else text.encode()
+            )
             mapping = rng.choice([
                 {"arch": "a", "metrics": {"acc": "m"}},
                 {"arch": "a", "metrics": {"acc": "m", "ACC": "m"}},
@@ -590,7 +606,7 @@ def cls_arch(ctx: Ctx, n: int) -> None:
     """Malformed architecture files through validate, graph, predict, emit."""
     rng = ctx.rng
     archs = [json.loads(x)["arch"] for x in ctx.fixtures["archs.jsonl"].read_text().splitlines()]
-    for i in range(n):
+    for _ in range(n):
         d = ctx.case_dir("arch")
         a = json.loads(json.dumps(rng.choice(archs)))
         kind = rng.randrange(10)
@@ -599,13 +615,26 @@ def cls_arch(ctx: Ctx, n: int) -> None:
         elif kind == 1:
             st = a["stages"][rng.choice(list(a["stages"]))]
             st[rng.choice(["depth", "choices", "layers", "extra"])] = rng.choice(
-                [None, -1, 2147483648, int("9" * 5000), "2", [], {}, {"x": 1}, 1e309 if False else 1.5])
+                [
+                    None,
+                    -1,
+                    2147483648,
+                    int("9" * 5000),
+                    "2",
+                    [],
+                    {},
+                    {"x": 1},
+                    1e309 if False else 1.5,
+                ]
+            )
         elif kind == 2:
             st = a["stages"][rng.choice(list(a["stages"]))]
             st["layers"] = st["layers"] * rng.choice([0, 2, 1000])
         elif kind == 3:
             st = a["stages"][rng.choice(list(a["stages"]))]
-            st["layers"][0] = rng.choice([{"op": "conv"}, {"op": None}, {}, "identity", {"op": "mb_e3k3", "x": 1}])
+            st["layers"][0] = rng.choice(
+                [{"op": "conv"}, {"op": None}, {}, "identity", {"op": "mb_e3k3", "x": 1}]
+            )
         elif kind == 4:
             a["stages"]["s9"] = a["stages"]["s1"]
         elif kind == 5:
@@ -644,10 +673,8 @@ def _rows(path: Path) -> list[dict]:
 def _kill_then(ctx: Ctx, argv: list[str], cwd: Path, delay: float) -> None:
     proc = _spawn(argv, cwd)
     time.sleep(delay)
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     proc.communicate()
     time.sleep(0.5)
     leftover = subprocess.run(["pgrep", "-g", str(proc.pid)], capture_output=True, text=True)
@@ -665,6 +692,7 @@ def cls_kill9(ctx: Ctx, n: int) -> None:
         kind = i % 3
         copy_fixture(ctx, "archs.jsonl", d)
         copy_fixture(ctx, "data.jsonl", d)
+        copy_fixture(ctx, "full.jsonl", d)
         delay = rng.uniform(0.8, 5.0)
         if kind == 0:
             jobs = rng.choice(["1", "2"])
@@ -694,28 +722,34 @@ def cls_kill9(ctx: Ctx, n: int) -> None:
             # An unfinished run must not be used silently.
             attack(ctx, "kill9", "predict on a killed run", ["predict", "run", "archs.jsonl"], d,
                    may_change=tuple((d / "run").rglob("*")), timeout=90,
-                   check=lambda rc, out, err: "" if rc != 0 or "warn" in err.lower() or "member" in err.lower()
+                   check=lambda rc, out, err, d=d: "" if rc != 0 or "warn" in err.lower() or "member" in err.lower()
                    or not _unfinished(d / "run") else "predict used an unfinished run silently")  # fmt: skip
 
             def check(rc, out, err, d=d):
                 if rc != 0:
                     return f"resume failed: {err.strip()[-200:]}"
-                members = [p for p in (d / "run" / "members").iterdir()] if (d / "run" / "members").exists() else []
+                members = (
+                    [p for p in (d / "run" / "members").iterdir()]
+                    if (d / "run" / "members").exists()
+                    else []
+                )
                 if not (d / "run" / "metrics.json").exists():
                     return "no metrics.json after resume"
                 return "" if len(members) >= 3 else f"only {len(members)} members after resume"
 
             attack(ctx, "kill9", f"train jobs={jobs}", [*base, "--resume"], d,
-                   may_change=tuple((d / "run").rglob("*")) + (d / "run",), check=check, timeout=240)  # fmt: skip
+                   may_change=(*(d / "run").rglob("*"), d / "run"), check=check, timeout=240)  # fmt: skip
         else:
-            base = ["search", str(MACRO_ABS), "-e", "lookup:data.jsonl", "--objectives",
+            base = ["search", str(MACRO_ABS), "-e", "lookup:full.jsonl", "--objectives",
                     "max mean_acc,min params", "--budget", "60", "--init", "10", "--per-generation",
                     "5", "--seed", "3", "-o", "s", "--no-cache"]  # fmt: skip
             if "search" not in clean:
                 ref = ctx.case_dir("kill9ref")
-                copy_fixture(ctx, "data.jsonl", ref)
+                copy_fixture(ctx, "full.jsonl", ref)
                 subprocess.run([*ABC, *base], cwd=ref, env=ENV, capture_output=True)
-                clean["search"] = [json.dumps(r, sort_keys=True) for r in _rows(ref / "s" / "evaluated.jsonl")]
+                clean["search"] = [
+                    json.dumps(r, sort_keys=True) for r in _rows(ref / "s" / "evaluated.jsonl")
+                ]
             _kill_then(ctx, base, d, delay)
 
             def check(rc, out, err, d=d):
@@ -744,6 +778,7 @@ def cls_concurrent(ctx: Ctx, n: int) -> None:
         d = ctx.case_dir("concurrent")
         copy_fixture(ctx, "archs.jsonl", d)
         copy_fixture(ctx, "data.jsonl", d)
+        copy_fixture(ctx, "full.jsonl", d)
         kind = i % 4
         if kind == 0:
             resume = ["--resume"] if rng.random() < 0.5 else []
@@ -751,7 +786,7 @@ def cls_concurrent(ctx: Ctx, n: int) -> None:
                     "-o", "m.jsonl", *resume]  # fmt: skip
             out_name = "m.jsonl"
         elif kind == 1:
-            argv = ["search", str(MACRO_ABS), "-e", "lookup:data.jsonl", "--objectives", "max mean_acc",
+            argv = ["search", str(MACRO_ABS), "-e", "lookup:full.jsonl", "--objectives", "max mean_acc",
                     "--budget", "30", "--init", "10", "-o", "s", "--no-cache"]  # fmt: skip
             out_name = "s/evaluated.jsonl"
         elif kind == 2:
@@ -781,13 +816,23 @@ def cls_concurrent(ctx: Ctx, n: int) -> None:
                     lost = f"duplicate rows: {len(keys)} rows, {len(set(keys))} distinct ({codes})"
             elif 0 in codes:
                 lost = "a writer reported success but the output is missing"
-        record(ctx, "concurrent", f"kind{kind}", argv, max(c or 0 for c in codes), err, hang, seconds, lost)
+        record(
+            ctx,
+            "concurrent",
+            f"kind{kind}",
+            argv,
+            max(c or 0 for c in codes),
+            err,
+            hang,
+            seconds,
+            lost,
+        )
 
 
 def cls_paths(ctx: Ctx, n: int) -> None:
     """Odd output paths: read-only folders, folders, missing parents, links, long or odd names."""
     rng = ctx.rng
-    for i in range(n):
+    for _ in range(n):
         d = ctx.case_dir("paths")
         copy_fixture(ctx, "archs.jsonl", d)
         copy_fixture(ctx, "data.jsonl", d)
@@ -799,7 +844,9 @@ def cls_paths(ctx: Ctx, n: int) -> None:
         (d / "target.txt").write_text("precious target\n")
         os.symlink("target.txt", d / "link.txt")
         os.symlink("nowhere/x", d / "dangling")
-        kind = rng.choice(["ro", "dir", "missing", "exists", "link", "dangling", "long", "odd", "devnull"])
+        kind = rng.choice(
+            ["ro", "dir", "missing", "exists", "link", "dangling", "long", "odd", "devnull"]
+        )
         path = {
             "ro": "ro/out", "dir": "adir", "missing": "no/such/dir/out", "exists": "exists.txt",
             "link": "link.txt", "dangling": "dangling", "long": "x" * 300, "odd": rng.choice(
@@ -824,7 +871,9 @@ def cls_paths(ctx: Ctx, n: int) -> None:
             ["fmt", "-w", path],
         ])  # fmt: skip
         os.chmod(ro, stat.S_IRUSR | stat.S_IXUSR)
-        may = tuple(p for p in d.rglob("*") if p.is_file() and d / "run1" in p.parents and cmd[0] == "rank")
+        may = tuple(
+            p for p in d.rglob("*") if p.is_file() and d / "run1" in p.parents and cmd[0] == "rank"
+        )
         try:
             attack(ctx, "paths", kind, cmd, d, may_change=may, timeout=90)
         finally:
@@ -840,15 +889,41 @@ def cls_newer(ctx: Ctx, n: int) -> None:
         if kind == 0:
             copy_fixture(ctx, "run1", d)
             copy_fixture(ctx, "run2", d)
-            runs = rng.choice([["run1", "run2"], ["run1", "run1"], ["run1", "run2", "run1"], ["run1", "nope"]])
+            runs = rng.choice(
+                [["run1", "run2"], ["run1", "run1"], ["run1", "run2", "run1"], ["run1", "nope"]]
+            )
             if rng.random() < 0.3:  # a damaged run
                 victim = d / rng.choice(["run1", "run2"])
                 target = rng.choice(list(victim.rglob("*.json")) or [victim / "config.json"])
                 target.write_text(mutate_text(rng, target.read_text()) if target.exists() else "{")
-            k = rng.choice(["1", "2", "3", "0", "-1", "9" * 30, "s1=2", "s1=1,s2=1,s3=1", "zz=1", "1,2", "", "1,1,1,1"])
+            k = rng.choice(
+                [
+                    "1",
+                    "2",
+                    "3",
+                    "0",
+                    "-1",
+                    "9" * 30,
+                    "s1=2",
+                    "s1=1,s2=1,s3=1",
+                    "zz=1",
+                    "1,2",
+                    "",
+                    "1,1,1,1",
+                ]
+            )
             opts = ["-k", k] if rng.random() < 0.8 else []
-            opts += rng.choice([[], ["--score", "last"], ["--score", "pooled"], ["--standardize"],
-                                ["--mode", "constrained"], ["--globals", "x=1"], ["--all-globals"]])
+            opts += rng.choice(
+                [
+                    [],
+                    ["--score", "last"],
+                    ["--score", "pooled"],
+                    ["--standardize"],
+                    ["--mode", "constrained"],
+                    ["--globals", "x=1"],
+                    ["--all-globals"],
+                ]
+            )
             opts += ["-n", rng.choice(["0", "1", "5", "100000"])]
             attack(ctx, "newer", "build", ["build", *runs, "-o", "out", *opts, "--quiet"], d,
                    may_change=tuple(), timeout=120)  # fmt: skip
@@ -856,7 +931,9 @@ def cls_newer(ctx: Ctx, n: int) -> None:
             text = MACRO_ABS.read_text()
             if rng.random() < 0.5:  # a small space: --distinct must not spin forever
                 text = text.replace(
-                    "        | mbconv(out = width, stride = 2, expand = 6, kernel = 5, divisor = 1) as mb_e6k5\n", "")
+                    "        | mbconv(out = width, stride = 2, expand = 6, kernel = 5, divisor = 1) as mb_e6k5\n",
+                    "",
+                )
             (d / "s.abs").write_text(text)
             count = rng.choice(["5", "300", "7000", "100000"])
 
@@ -877,7 +954,9 @@ def cls_newer(ctx: Ctx, n: int) -> None:
             # equivalent networks: identity in a non-stride position equals another placement
             if rng.random() < 0.5:
                 k = keys[0]
-                sub[k]["mean_acc"] = rng.choice([1e308, -1e308, 0, float("inf") if False else 1e300])
+                sub[k]["mean_acc"] = rng.choice(
+                    [1e308, -1e308, 0, float("inf") if False else 1e300]
+                )
             (d / "in.json").write_text(json.dumps(sub))
             other = d / "in2.json"
             other.write_text(json.dumps(sub))
@@ -907,14 +986,21 @@ def table(outcomes: list[Outcome]) -> Iterator[str]:
     total = [0, 0, 0, 0]
     for cls in dict.fromkeys(o.cls for o in outcomes):
         rows = [o for o in outcomes if o.cls == cls]
-        counts = [len(rows), sum(o.exit3 for o in rows), sum(o.hang for o in rows), sum(bool(o.lost) for o in rows)]
+        counts = [
+            len(rows),
+            sum(o.exit3 for o in rows),
+            sum(o.hang for o in rows),
+            sum(bool(o.lost) for o in rows),
+        ]
         total = [a + b for a, b in zip(total, counts, strict=True)]
         yield f"| {cls} | " + " | ".join(map(str, counts)) + " |"
     yield "| **all** | " + " | ".join(map(str, total)) + " |"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--cases", type=int, default=8, help="cases per class")
     parser.add_argument("--seed", type=int, default=18)
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per case")
@@ -933,11 +1019,16 @@ def main() -> None:
         CLASSES[name](ctx, args.cases)
     lines = list(table(ctx.outcomes))
     t = os.times()
-    cpu = time.process_time() - cpu0 + (t.children_user + t.children_system) - (
-        children0.children_user + children0.children_system
+    cpu = (
+        time.process_time()
+        - cpu0
+        + (t.children_user + t.children_system)
+        - (children0.children_user + children0.children_system)
     )
     print("\n".join(lines))
-    print(f"wall {time.monotonic() - wall0:.0f} s, cpu (with children) {cpu:.0f} s, seed {args.seed}, work {work}")
+    print(
+        f"wall {time.monotonic() - wall0:.0f} s, cpu (with children) {cpu:.0f} s, seed {args.seed}, work {work}"
+    )
     if args.markdown:
         with args.markdown.open("a") as f:
             f.write(f"\n## Hostile run (seed {args.seed}, {args.cases} cases per class)\n\n")

@@ -131,7 +131,8 @@ def _digest(path: Path) -> str:
 def _snapshot(folder: Path) -> dict[Path, str]:
     out = {}
     for path in folder.rglob("*"):
-        if path.is_file() and not path.is_symlink() and "PWNED" not in path.name:
+        # A lock file left by a killed writer is not data: resume may clear it.
+        if path.is_file() and not path.is_symlink() and not path.name.endswith(".lock"):
             out[path] = _digest(path)
     return out
 
@@ -670,17 +671,35 @@ def _rows(path: Path) -> list[dict]:
     return out
 
 
+def _group_alive(pgid: int) -> list[int]:
+    """Live (not zombie) processes of a process group."""
+    alive = []
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat_file.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            alive.append(int(stat_file.parent.name))
+    return alive
+
+
 def _kill_then(ctx: Ctx, argv: list[str], cwd: Path, delay: float) -> None:
+    """kill -9 the abc process only (as a user would); its workers must follow it."""
     proc = _spawn(argv, cwd)
     time.sleep(delay)
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
+        os.kill(proc.pid, signal.SIGKILL)
     proc.communicate()
-    time.sleep(0.5)
-    leftover = subprocess.run(["pgrep", "-g", str(proc.pid)], capture_output=True, text=True)
-    if leftover.stdout.strip():
-        record(ctx, "kill9", "workers outlived kill -9", argv, None, "", False, 0,
-               f"processes left: {leftover.stdout.split()}")  # fmt: skip
+    deadline = time.monotonic() + 5
+    while _group_alive(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    leftover = _group_alive(proc.pid)
+    if leftover:
+        record(ctx, "kill9", "workers outlived kill -9 by 5 s", argv, None, "", False, 0,
+               f"processes left: {leftover}")  # fmt: skip
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
 
 
 def cls_kill9(ctx: Ctx, n: int) -> None:

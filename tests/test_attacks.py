@@ -796,3 +796,87 @@ def test_a_bad_saved_space_is_one_plain_line(tmp_path, capsys, monkeypatch) -> N
     code, _, err = abc(capsys, monkeypatch, "compile", path)
     assert code == 1 and "name: Input should be a valid string" in err
     assert "For further information" not in err and "input_value" not in err
+
+
+# ============================================================ fresh hostile run (issue 18b)
+# benchmarks/attack_run.py found these; one regression test each.
+
+
+def _peeled_fronts(values):
+    """The reference: peel the non-dominated points off, one scan per point per front."""
+    import numpy as np
+
+    front = np.zeros(len(values), dtype=int)
+    remaining = list(range(len(values)))
+    number = 1
+    while remaining:
+        top = [
+            i
+            for i in remaining
+            if not any(
+                (values[j] >= values[i]).all() and (values[j] > values[i]).any() for j in remaining
+            )
+        ]
+        front[top] = number
+        remaining = [i for i in remaining if i not in top]
+        number += 1
+    return front
+
+
+def test_pareto_fronts_match_peeling_and_scale_to_long_chains() -> None:
+    import numpy as np
+
+    from autobuild_dsl.build.construct import pareto_fronts
+
+    rng = np.random.default_rng(18)
+    for _ in range(40):
+        values = rng.integers(0, 4, size=(int(rng.integers(0, 30)), int(rng.integers(1, 4))))
+        values = values.astype(float)
+        if len(values) and rng.random() < 0.3:
+            values[0] = -np.inf  # a run that does not score an architecture
+        got = pareto_fronts(values, chunk=int(rng.integers(1, 8)))
+        assert got.tolist() == _peeled_fronts(values).tolist()
+    # Each point dominates the next: as many fronts as points (a scan per front per point
+    # was cubic here: `abc build RUN1 RUN2 -n 100000` ran for minutes).
+    chain = np.stack([np.arange(1000.0, 0, -1), np.arange(1000.0, 0, -1)], axis=1)
+    assert pareto_fronts(chain).tolist() == list(range(1, 1001))
+
+
+@pytest.fixture(scope="module")
+def tiny_macro_run(macro, tmp_path_factory) -> Path:
+    import numpy as np
+
+    from autobuild_dsl.data.dataset import LabeledDataset
+    from autobuild_dsl.scorer import EnsembleConfig, TrainConfig, train_run
+
+    archs = list({a.key(): a for a in sample(macro, 60, seed=2)}.values())
+    rng = np.random.default_rng(0)
+    acc = [[sum(layer["op"] != "identity" for s in a.stages.values() for layer in s.layers)
+            + rng.normal(scale=0.1)] for a in archs]  # fmt: skip
+    out = tmp_path_factory.mktemp("attack-run") / "run"
+    data = LabeledDataset(macro, archs, ["acc"], np.array(acc))
+    train_run(macro, data, "acc", out, train=TrainConfig(epochs=2, batch_size=16),
+              ensemble=EnsembleConfig(folds=2, seeds=1), space_path=str(MACRO_FILE))  # fmt: skip
+    return out
+
+
+def test_build_with_a_huge_n_checks_one_module_changes_of_the_best_only(
+    tiny_macro_run: Path, monkeypatch
+) -> None:
+    from autobuild_dsl.build import workflow
+    from autobuild_dsl.scorer import load_run
+
+    seen: list[int] = []
+    original = workflow._one_module_changes
+
+    def spy(space, run, ranking, result, built):
+        seen.append(len(built))
+        return original(space, run, ranking, result, built)
+
+    monkeypatch.setattr(workflow, "_one_module_changes", spy)
+    run = load_run(tiny_macro_run)
+    result, _ = workflow.build_networks([run, run], top_k=None, n=workflow.CHANGE_CHECKED + 30)
+    # Only the best builds are checked against their one-module neighbours (checking all
+    # 6561 of `-n 100000` took minutes).
+    assert len(result.architectures) > workflow.CHANGE_CHECKED
+    assert seen == [workflow.CHANGE_CHECKED]

@@ -433,7 +433,10 @@ def _pareto_candidates(
         for built in best_architectures(space, tables, n):
             candidates.setdefault(_arch_key(built.arch), built)
     pool = list(candidates.values())
-    scores = np.array([[_summed(space, tables, b) for tables in per_run] for b in pool])
+    # Column by column: _text_scores keeps one run's lookup, so alternating runs per
+    # architecture would rebuild it every time.
+    columns = [[_summed(space, tables, b) for b in pool] for tables in per_run]
+    scores = np.array(columns, dtype=float).T.reshape(len(pool), len(per_run))
     fronts = pareto_fronts(scores)
     ranks = np.argsort(np.argsort(-scores, axis=0, kind="stable"), axis=0, kind="stable")
     # Within a front: first each run's own best ones (the extremes), then by mean rank.
@@ -536,20 +539,35 @@ def _parts_of(space: Space, arch: Architecture, stages: Sequence[str]) -> list[S
     return parts
 
 
-def pareto_fronts(values: np.ndarray) -> np.ndarray:
-    """[points, objectives] (higher is better) -> front number per point (1 = not dominated)."""
+def pareto_fronts(values: np.ndarray, chunk: int = 256) -> np.ndarray:
+    """[points, objectives] (higher is better) -> front number per point (1 = not dominated).
+
+    Counts, for every point, the points that dominate it, then peels fronts off by
+    subtracting what each front dominates: n^2 comparisons in all (a scan per front was
+    n^2 per front, minutes for the thousands of candidates of a large -n).
+    """
     count = values.shape[0]
     front = np.zeros(count, dtype=np.int64)
-    remaining = np.arange(count)
+    if count == 0:
+        return front
+    values = values.reshape(count, -1)
+
+    def dominated_counts(rows: np.ndarray) -> np.ndarray:
+        total = np.zeros(count, dtype=np.int64)
+        for start in range(0, len(rows), chunk):
+            a = values[rows[start : start + chunk]][:, None, :]
+            better = np.all(a >= values[None], axis=2) & np.any(a > values[None], axis=2)
+            total += better.sum(axis=0)
+        return total
+
+    dominated_by = dominated_counts(np.arange(count))
     number = 1
-    while len(remaining):
-        sub = values[remaining]
-        dominated = np.zeros(len(remaining), dtype=bool)
-        for i in range(len(remaining)):
-            better = np.all(sub >= sub[i], axis=1) & np.any(sub > sub[i], axis=1)
-            dominated[i] = bool(better.any())
-        front[remaining[~dominated]] = number
-        remaining = remaining[dominated]
+    while True:
+        current = np.flatnonzero((front == 0) & (dominated_by == 0))
+        if not len(current):
+            break
+        front[current] = number
+        dominated_by -= dominated_counts(current)
         number += 1
     return front
 

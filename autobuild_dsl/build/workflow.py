@@ -49,6 +49,9 @@ from autobuild_dsl.space.model import Space, StageModule
 EXTRA_CANDIDATES = 10
 # Without a top-k, one-module changes try this many of a unit's best modules.
 CHANGE_CANDIDATES = 10
+# One-module changes are checked for this many of the best builds: each costs about
+# units x candidates predictions, so checking every one of thousands takes minutes.
+CHANGE_CHECKED = 100
 
 ProgressFn = Callable[[RankProgress], None]
 
@@ -126,7 +129,9 @@ def build_networks(
         )
     if check_changes and built:
         with torch_threads(threads):
-            notes.extend(_one_module_changes(space, runs[0], rankings[0], result, built))
+            notes.extend(
+                _one_module_changes(space, runs[0], rankings[0], result, built[:CHANGE_CHECKED])
+            )
     return result.model_copy(update={"architectures": built, "notes": notes}), rankings
 
 
@@ -265,8 +270,13 @@ def _one_module_changes(
     mean, _ = predict_architectures(run, [v[3] for v in variants])
     notes = []
     stages = {u.name: u.stages for u in units}
+    # Index the variants by their built architecture once: a scan per architecture is
+    # quadratic, and hangs when -n asks for thousands.
+    by_built: dict[int, list[int]] = {}
+    for i, v in enumerate(variants):
+        by_built.setdefault(v[0], []).append(i)
     for b, item in enumerate(built):
-        mine = [i for i, v in enumerate(variants) if v[0] == b]
+        mine = by_built.get(b, [])
         if not mine or item.predicted is None or item.predicted_sd is None:
             continue
         best = max(mine, key=lambda i: mean[i])

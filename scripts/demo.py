@@ -223,7 +223,9 @@ def plot(out: Path, a: dict) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5.5))
-    ax.scatter(a["all_lat"], a["all_acc"], s=3, c="#dddddd", label="all 3969 networks (latency: fit)")
+    ax.scatter(
+        a["all_lat"], a["all_acc"], s=3, c="#dddddd", label="all 3969 networks (latency: fit)"
+    )
     true_front = _front(list(zip(a["all_lat"], a["all_acc"], strict=True)))
     front_pts = sorted((a["all_lat"][i], a["all_acc"][i]) for i in true_front)
     ax.step(*zip(*front_pts, strict=True), where="post", c="black", lw=1, label="true front")

@@ -3,7 +3,8 @@
 Architectures are enumerated lazily and scored batch by batch, so memory holds one batch
 (times the number of batches in flight) and a heap of N, never the space. The first batch
 measures the throughput; a space larger than `max_architectures` (or whose estimated time
-exceeds `max_seconds`) is refused then, with its size and the estimate.
+exceeds `max_seconds`) is refused then, with its size and the estimate. The top N holds
+each network once: of architectures that compile to the same network, the best-scoring.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from autobuild_dsl.search.pareto import Objective, ObjectiveError
 from autobuild_dsl.space.architecture import Architecture
 from autobuild_dsl.space.decisions import iter_architectures, space_size
+from autobuild_dsl.space.equivalence import network_keyer
 from autobuild_dsl.space.model import Space
 
 DEFAULT_MAX_ARCHITECTURES = 2_000_000
@@ -106,7 +108,11 @@ def exhaustive_search(
             f"over the time limit {format_seconds(config.max_seconds)}",
         )
     objective = config.objective or _default_objective(first_metrics[0])
-    heap: list[tuple[float, _Reversed, Architecture, dict[str, float]]] = []
+    heap: list[tuple[float, _Reversed, Architecture, dict[str, float], str]] = []
+    # The top holds each network once: equivalent architectures (a no-op layer at another
+    # place) keep their best-scoring member.
+    network = network_keyer(space)
+    held: dict[str, tuple[float, _Reversed, Architecture, dict[str, float], str]] = {}
     done = 0
 
     def take(batch: list[Architecture], metrics: list[dict[str, float]]) -> None:
@@ -117,11 +123,23 @@ def exhaustive_search(
             full = len(heap) >= config.top
             if full and score < heap[0][0]:
                 continue  # the common case: no key needed (keys cost ~20 us each)
-            item = (score, _Reversed(arch.key()), arch, values)
+            net = network(arch)
+            item = (score, _Reversed(arch.key()), arch, values, net)
+            old = held.get(net)
+            if old is not None:
+                if item[:2] > old[:2]:  # a better member of a network already held
+                    heap.remove(old)
+                    heapq.heapify(heap)
+                    heapq.heappush(heap, item)
+                    held[net] = item
+                continue
             if not full:
                 heapq.heappush(heap, item)
+                held[net] = item
             elif item[:2] > heap[0][:2]:
-                heapq.heapreplace(heap, item)
+                evicted = heapq.heapreplace(heap, item)
+                del held[evicted[4]]
+                held[net] = item
         done += len(batch)
         if progress is not None:
             seconds = time.perf_counter() - start
@@ -142,7 +160,7 @@ def exhaustive_search(
             metrics=values,
             value=objective.value(values),
         )
-        for i, (_, _, arch, values) in enumerate(ranked)
+        for i, (_, _, arch, values, _) in enumerate(ranked)
     ]
     return ExhaustiveResult(
         space=space.name,

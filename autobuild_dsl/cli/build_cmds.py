@@ -947,13 +947,15 @@ def _render_built(result: Any, space: Any) -> None:
             lines.append(module_description(unit.stages, parts))
         scores = built.run_scores or [built.score]
         score_text = " / ".join(f"{v:.4g}" for v in scores)
-        if built.score_sd is not None and not built.run_scores:
+        if built.score_sd and not built.run_scores:
             score_text += f" ± {built.score_sd:.2g}"
         predicted = "-"
         if built.predicted is not None:
             spreads = built.predicted_sd or [0.0] * len(built.predicted)
+            # A spread of exactly 0 is a run of one member: nothing to show.
             predicted = " / ".join(
-                f"{m:.4g} ± {s:.2g}" for m, s in zip(built.predicted, spreads, strict=True)
+                f"{m:.4g} ± {s:.2g}" if s > 0 else f"{m:.4g}"
+                for m, s in zip(built.predicted, spreads, strict=True)
             )
         table.add_row(str(i), score_text, predicted, escape("\n".join(lines)))
     console.print(table)

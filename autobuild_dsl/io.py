@@ -102,17 +102,7 @@ def atomic_path(
     os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
         yield tmp
-        mode = _mode_for(target)
-        if mode is not None:
-            os.chmod(tmp, mode)
-        if FSYNC:
-            fd = os.open(tmp, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        os.replace(tmp, target)
-        _fsync_dir(target.parent)
+        replace_into(tmp, target)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()

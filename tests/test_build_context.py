@@ -177,10 +177,9 @@ def test_one_module_change_that_the_ensemble_prefers_is_reported(chain_run: Path
     for rank, built in enumerate(result.architectures, start=1):
         if rank in flagged:
             continue
-        from autobuild_dsl.build.workflow import _modules_of
-        from autobuild_dsl.space.decisions import architecture_from_modules
+        from autobuild_dsl.space.decisions import architecture_from_modules, architecture_modules
 
-        own = _modules_of(run.space, built.arch)
+        own = architecture_modules(run.space, built.arch)
         neighbours = []
         for unit, modules in kept.items():
             for module in modules:

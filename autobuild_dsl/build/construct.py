@@ -34,16 +34,19 @@ from autobuild_dsl.build.builder import (
     reduced_space_text,
     select_top_k,
 )
-from autobuild_dsl.build.rank import RankResult, UnitScores
+from autobuild_dsl.build.rank import RankResult, UnitScores, context_domain
 from autobuild_dsl.space.architecture import Architecture
 from autobuild_dsl.space.decisions import (
     ArchitectureError,
     architecture_from_modules,
+    architecture_modules,
     canonicalize,
+    decision_value,
     index_of,
+    same_value,
 )
 from autobuild_dsl.space.expr import Value
-from autobuild_dsl.space.model import Space, StageModule
+from autobuild_dsl.space.model import Space
 
 SelectionMode = Literal["unconstrained", "constrained"]
 
@@ -177,16 +180,6 @@ def _owned(space: Space, stages: Sequence[str], table: UnitScores, names: Sequen
     return values
 
 
-def _context_domain(space: Space, name: str) -> list[Value]:
-    owner, _, choice = name.partition(".")
-    stage = space.stage(owner)
-    if choice == "depth":
-        return list(stage.depths)
-    from autobuild_dsl.space.decisions import stage_module_choices
-
-    return list(stage_module_choices(space, stage).get(choice, []))
-
-
 def _tables_for(
     space: Space,
     ranking: RankResult,
@@ -206,7 +199,7 @@ def _tables_for(
     joints = (
         [
             dict(zip(names, combo, strict=True))
-            for combo in itertools.product(*(_context_domain(space, n) for n in names))
+            for combo in itertools.product(*(context_domain(space, n) for n in names))
         ]
         if names
         else [{}]
@@ -227,7 +220,7 @@ def _tables_for(
             if any(owned):
                 ok = np.array(
                     [
-                        all(v is None or _same_value(v, joint[n]) for n, v in own.items())
+                        all(v is None or same_value(v, joint[n]) for n, v in own.items())
                         for own in owned
                     ],
                     dtype=bool,
@@ -244,12 +237,6 @@ def _tables_for(
         else:
             out.append(ModuleTable(globals=dict(values), context=joint, units=chosen))
     return out
-
-
-def _same_value(a: object, b: object) -> bool:
-    if isinstance(a, bool) or isinstance(b, bool):
-        return a is b
-    return a == b
 
 
 def build_from_rankings(
@@ -463,17 +450,15 @@ def _summed(space: Space, tables: list[ModuleTable], built: BuiltArchitecture) -
     from autobuild_dsl.build.builder import module_text
 
     units = index_of(space).units
-    wanted = {
-        u.name: " + ".join(module_text(p) for p in _parts_of(space, built.arch, u.stages))
-        for u in units
-    }
+    modules = architecture_modules(space, built.arch)
+    wanted = {u.name: " + ".join(module_text(p) for p in modules[u.name]) for u in units}
     best = -math.inf
     lookup = _text_scores(tables)
     for t, table in enumerate(tables):
         if not _same_globals(table.globals, built.globals):
             continue
         if table.context and not all(
-            _same_value(v, built.context.get(k, _scalar(built.arch, k)))
+            same_value(v, built.context.get(k, decision_value(built.arch, k)))
             for k, v in table.context.items()
         ):
             continue
@@ -508,35 +493,6 @@ def _text_scores(tables: list[ModuleTable]) -> list[dict[str, dict[str, float]]]
     _TEXT_CACHE.clear()
     _TEXT_CACHE[id(tables)] = (tables, result)
     return result
-
-
-def _scalar(arch: Architecture, name: str) -> Value | None:
-    stage, _, choice = name.partition(".")
-    chosen = arch.stages.get(stage)
-    if chosen is None:
-        return None
-    return chosen.depth if choice == "depth" else chosen.choices.get(choice)
-
-
-def _parts_of(space: Space, arch: Architecture, stages: Sequence[str]) -> list[StageModule]:
-    """An architecture's stages as modules, tied choices filled in from their keepers."""
-    parts = []
-    for stage in stages:
-        chosen = arch.stages[stage]
-        choices = dict(chosen.choices)
-        for alias, keeper in space.ties.items():
-            owner, _, choice = alias.partition(".")
-            if owner != stage:
-                continue
-            holder, _, key = keeper.partition(".")
-            source = arch.stages[holder].choices if key else arch.globals
-            choices[choice] = source.get(key or holder)
-        parts.append(
-            StageModule.model_construct(
-                depth=chosen.depth, choices=choices, layers=list(chosen.layers[: chosen.depth])
-            )
-        )
-    return parts
 
 
 def pareto_fronts(values: np.ndarray, chunk: int = 256) -> np.ndarray:

@@ -846,7 +846,8 @@ def _label_groups(
     return means, sds
 
 
-def _stage_domain(space: Space, name: str) -> list[Value]:
+def context_domain(space: Space, name: str) -> list[Value]:
+    """The values a stage decision (`STAGE.depth`, `STAGE.CHOICE`) can take."""
     owner, _, choice = name.partition(".")
     stage = space.stage(owner)
     if choice == "depth":
@@ -875,7 +876,7 @@ def context_names(space: Space, encoder: Any, unit: Unit) -> list[str]:
 def unit_contexts(space: Space, encoder: Any, unit: Unit) -> list[dict[str, Value]]:
     """Every assignment of the unit's context (one empty one for a context-free unit)."""
     names = context_names(space, encoder, unit)
-    domains = [_stage_domain(space, n) for n in names]
+    domains = [context_domain(space, n) for n in names]
     total = math.prod(len(d) for d in domains)
     if total > MAX_CONTEXTS:
         raise RankError(
@@ -1205,6 +1206,7 @@ __all__ = [
     "ScoreKind",
     "StageState",
     "UnitScores",
+    "context_domain",
     "context_names",
     "ensemble",
     "enumerate_modules",

@@ -41,7 +41,12 @@ from autobuild_dsl.build.rank import (
 from autobuild_dsl.scorer.run import TrainedRun, predict
 from autobuild_dsl.scorer.train import torch_threads
 from autobuild_dsl.space.architecture import Architecture
-from autobuild_dsl.space.decisions import architecture_from_modules, index_of
+from autobuild_dsl.space.decisions import (
+    architecture_from_modules,
+    architecture_modules,
+    decision_value,
+    index_of,
+)
 from autobuild_dsl.space.equivalence import network_key
 from autobuild_dsl.space.model import Space, StageModule
 
@@ -206,42 +211,12 @@ def _unit_options(
         return dict(result.kept().units)
     options: dict[str, list[ScoredModule]] = {}
     for table in ranking.for_globals(built.globals):
-        if table.context and any(_scalar(built.arch, k) != v for k, v in table.context.items()):
+        if table.context and any(
+            decision_value(built.arch, k) != v for k, v in table.context.items()
+        ):
             continue
         options.setdefault(table.unit, []).extend(table.top(CHANGE_CANDIDATES))
     return options
-
-
-def _scalar(arch: Architecture, name: str) -> object:
-    stage, _, choice = name.partition(".")
-    chosen = arch.stages.get(stage)
-    if chosen is None:
-        return None
-    return chosen.depth if choice == "depth" else chosen.choices.get(choice)
-
-
-def _modules_of(space: Space, arch: Architecture) -> dict[str, list[StageModule]]:
-    out: dict[str, list[StageModule]] = {}
-    for unit in index_of(space).units:
-        parts = []
-        for stage in unit.stages:
-            chosen = arch.stages[stage]
-            choices = dict(chosen.choices)
-            for alias, keeper in space.ties.items():
-                owner, _, choice = alias.partition(".")
-                if owner == stage:
-                    holder, _, key = keeper.partition(".")
-                    source = arch.stages[holder].choices if key else arch.globals
-                    choices[choice] = source.get(key or holder)
-            parts.append(
-                StageModule.model_construct(
-                    depth=chosen.depth,
-                    choices=choices,
-                    layers=[dict(x) for x in chosen.layers[: chosen.depth]],
-                )
-            )
-        out[unit.name] = parts
-    return out
 
 
 def _one_module_changes(
@@ -256,7 +231,7 @@ def _one_module_changes(
     units = index_of(space).units
     variants: list[tuple[int, str, list[StageModule], Architecture]] = []
     for b, item in enumerate(built):
-        own = _modules_of(space, item.arch)
+        own = architecture_modules(space, item.arch)
         for unit, modules in _unit_options(space, ranking, result, item).items():
             for module in modules:
                 if module.parts == own[unit]:

@@ -15,7 +15,14 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from autobuild_dsl.cli.common import UserError, console, err_console, load_space, write_atomic
+from autobuild_dsl.cli.common import (
+    UserError,
+    console,
+    err_console,
+    load_space,
+    score_option,
+    write_atomic,
+)
 
 
 @contextmanager
@@ -361,14 +368,7 @@ def _short(value: Any) -> str:
     is_flag=True,
     help="Scores as N(0,1) per hop (for tens of labels) instead of the label-unit shift (Eq. 5).",
 )
-@click.option(
-    "--score",
-    type=click.Choice(["pooled", "last"]),
-    default="pooled",
-    show_default=True,
-    help="How a module is read: its pooled module-graph embedding, or its last node (the "
-    "paper's reading; see docs/ranking.md).",
-)
+@score_option
 @click.option(
     "--globals",
     "globals_",
@@ -705,14 +705,7 @@ def _space_file(runs: list[Any], given: str | None) -> tuple[str, Any]:
 )
 @click.option("--name", help="Name of the reduced space (default: SPACE_top).")
 @click.option("--standardize", is_flag=True, help="Rank with N(0,1) scores (see abc rank).")
-@click.option(
-    "--score",
-    type=click.Choice(["pooled", "last"]),
-    default="pooled",
-    show_default=True,
-    help="How a module is read: its pooled module-graph embedding, or its last node (the "
-    "paper's reading; see docs/ranking.md).",
-)
+@score_option
 @click.option(
     "--globals",
     "globals_",
@@ -908,30 +901,9 @@ def _kept_csv(result: Any) -> str:
     return buffer.getvalue()
 
 
-def _arch_parts(space: Any, arch: Any, stages: list[str]) -> list[Any]:
-    """An architecture's stages as modules, tied choices filled in from their keepers."""
-    from autobuild_dsl.space.model import StageModule
-
-    parts = []
-    for stage in stages:
-        chosen = arch.stages[stage]
-        choices = dict(chosen.choices)
-        for alias, keeper in space.ties.items():
-            owner, _, choice = alias.partition(".")
-            if owner != stage:
-                continue
-            holder, _, key = keeper.partition(".")
-            source = arch.stages[holder].choices if key else arch.globals
-            choices[choice] = source.get(key or holder)
-        parts.append(
-            StageModule.model_construct(depth=chosen.depth, choices=choices, layers=chosen.layers)
-        )
-    return parts
-
-
 def _render_built(result: Any, space: Any) -> None:
     from autobuild_dsl.build.rank import module_description
-    from autobuild_dsl.space.decisions import index_of
+    from autobuild_dsl.space.decisions import architecture_modules, index_of
 
     units = index_of(space).units
     table = Table(title=f"{len(result.architectures)} best architecture(s)")
@@ -942,9 +914,9 @@ def _render_built(result: Any, space: Any) -> None:
     table.add_column("architecture")
     for i, built in enumerate(result.architectures, start=1):
         lines = [_globals_text(built.globals)] if built.globals else []
+        modules = architecture_modules(space, built.arch)
         for unit in units:
-            parts = _arch_parts(space, built.arch, unit.stages)
-            lines.append(module_description(unit.stages, parts))
+            lines.append(module_description(unit.stages, modules[unit.name]))
         scores = built.run_scores or [built.score]
         score_text = " / ".join(f"{v:.4g}" for v in scores)
         if built.score_sd and not built.run_scores:

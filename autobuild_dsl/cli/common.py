@@ -252,3 +252,24 @@ def read_json_file(path: str) -> object:
         ) from None
     except ValueError as error:  # not UTF-8, or an integer of more than 4300 digits
         raise UserError(f"{path}: not valid JSON: {error}") from None
+
+
+# ----- options shared by several commands (declared once) ---------------------------------
+
+evaluator_option = click.option(
+    "-e",
+    "--evaluator",
+    "evaluator_spec",
+    required=True,
+    help="lookup:DATA.jsonl | predictor:RUN | measure[:M,...] | python:MOD:FUNC | "
+    "command:'CMD {arch}' | @config.json (see docs/search.md).",
+)
+
+score_option = click.option(
+    "--score",
+    type=click.Choice(["pooled", "last"]),
+    default="pooled",
+    show_default=True,
+    help="How a module is read: its pooled module-graph embedding, or its last node (the "
+    "paper's reading; see docs/ranking.md).",
+)

@@ -17,7 +17,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from autobuild_dsl.cli.common import UserError, console, err_console, load_space
+from autobuild_dsl.cli.common import UserError, console, err_console, evaluator_option, load_space
 
 
 @contextmanager
@@ -59,14 +59,7 @@ def _user_errors() -> Iterator[None]:
     help="A target expression to train a scorer on (repeat: one scorer each, the union "
     "of their top-k modules is searched).",
 )
-@click.option(
-    "-e",
-    "--evaluator",
-    "evaluator_spec",
-    required=True,
-    help="lookup:DATA.jsonl | predictor:RUN | measure[:M,...] | python:MOD:FUNC | "
-    "command:'CMD {arch}' | @config.json (see docs/search.md).",
-)
+@evaluator_option
 @click.option(
     "--budget", type=click.IntRange(min=1), required=True, help="Real evaluations to pay for."
 )

@@ -19,7 +19,14 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from autobuild_dsl.cli.common import UserError, console, err_console, load_space, write_atomic
+from autobuild_dsl.cli.common import (
+    UserError,
+    console,
+    err_console,
+    evaluator_option,
+    load_space,
+    write_atomic,
+)
 from autobuild_dsl.search.cache import default_cache_dir
 from autobuild_dsl.search.evaluators import EvaluationError, parse_evaluator_spec
 from autobuild_dsl.search.evolution import (
@@ -84,14 +91,7 @@ def _fmt(value: float) -> str:
 
 @click.command("search")
 @click.argument("space_file", type=click.Path(dir_okay=False))
-@click.option(
-    "-e",
-    "--evaluator",
-    "evaluator_spec",
-    required=True,
-    help="lookup:DATA.jsonl | predictor:RUN | measure[:M,...] | python:MOD:FUNC | "
-    "command:'CMD {arch}' | @config.json (see docs/search.md).",
-)
+@evaluator_option
 @click.option(
     "--objectives",
     help="Comma-separated 'max NAME' / 'min NAME' (NAME a metric or target expression).",

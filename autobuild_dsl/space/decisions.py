@@ -60,7 +60,8 @@ class SpaceTooComplex(ValueError):
 Assignment = tuple[tuple[str, Value], ...]
 
 
-def _same(a: Value, b: Value) -> bool:
+def same_value(a: Value, b: Value) -> bool:
+    """Equal as decision values: 3 == 3 and 2.5 == 2.5, but True != 1 and 3 != 3.0."""
     return (type(a) is type(b) and a == b) or (
         isinstance(a, int | float)
         and isinstance(b, int | float)
@@ -431,11 +432,11 @@ def _state_matches(stage: Stage, part: StageModule, env: dict[str, Value]) -> bo
         return False
     if part.depth == 0:
         return True
-    if not all(_same(env[f"{stage.name}.{c}"], part.choices[c]) for c in stage.choices):
+    if not all(same_value(env[f"{stage.name}.{c}"], part.choices[c]) for c in stage.choices):
         return False
     # A tied choice the module carries must agree with the value the tie holds.
     return all(
-        _same(env[key], value)
+        same_value(env[key], value)
         for c, value in part.choices.items()
         if c not in stage.choices and (key := f"{stage.name}.{c}") in env
     )
@@ -900,7 +901,7 @@ def _mutate_stage(
     target = targets[rng.randrange(len(targets))]
     if target.startswith("@"):
         name = target[1:]
-        others = [v for v in space.choices[name] if not _same(v, arch.globals[name])]
+        others = [v for v in space.choices[name] if not same_value(v, arch.globals[name])]
         if not others:
             return None
         globals_ = {**arch.globals, name: others[rng.randrange(len(others))]}
@@ -997,11 +998,46 @@ def architecture_from_modules(
                 depth=part.depth, choices=own, layers=[dict(x) for x in part.layers]
             )
     for alias, keeper in space.ties.items():
-        if alias in env and keeper in env and not _same(env[alias], env[keeper]):
+        if alias in env and keeper in env and not same_value(env[alias], env[keeper]):
             return None
     if not all(_holds(rule.expr, env) for rule in space.rules):
         return None
     return Architecture(space=space.name, globals=dict(globals_), stages=stages)
+
+
+def decision_value(arch: Architecture, name: str) -> Value | None:
+    """An architecture's value of the stage decision `STAGE.depth` or `STAGE.CHOICE`."""
+    stage, _, choice = name.partition(".")
+    chosen = arch.stages.get(stage)
+    if chosen is None:
+        return None
+    return chosen.depth if choice == "depth" else chosen.choices.get(choice)
+
+
+def architecture_modules(space: Space, arch: Architecture) -> dict[str, list[StageModule]]:
+    """The inverse of `architecture_from_modules`: one module per unit, each stage's tied
+    choices filled in from their keepers (as ranked modules carry them)."""
+    out: dict[str, list[StageModule]] = {}
+    for unit in index_of(space).units:
+        parts = []
+        for stage in unit.stages:
+            chosen = arch.stages[stage]
+            choices = dict(chosen.choices)
+            for alias, keeper in space.ties.items():
+                owner, _, choice = alias.partition(".")
+                if owner == stage:
+                    holder, _, key = keeper.partition(".")
+                    source = arch.stages[holder].choices if key else arch.globals
+                    choices[choice] = source.get(key or holder)
+            parts.append(
+                StageModule.model_construct(
+                    depth=chosen.depth,
+                    choices=choices,
+                    layers=[dict(x) for x in chosen.layers[: chosen.depth]],
+                )
+            )
+        out[unit.name] = parts
+    return out
 
 
 def iter_architectures(space: Space) -> Iterator[Architecture]:

@@ -420,9 +420,10 @@ def _pareto_candidates(
         for built in best_architectures(space, tables, n):
             candidates.setdefault(_arch_key(built.arch), built)
     pool = list(candidates.values())
-    # Column by column: _text_scores keeps one run's lookup, so alternating runs per
-    # architecture would rebuild it every time.
-    columns = [[_summed(space, tables, b) for b in pool] for tables in per_run]
+    columns = []
+    for tables in per_run:
+        lookup = _text_scores(tables)  # once per run, not per architecture
+        columns.append([_summed(space, tables, lookup, b) for b in pool])
     scores = np.array(columns, dtype=float).T.reshape(len(pool), len(per_run))
     fronts = pareto_fronts(scores)
     ranks = np.argsort(np.argsort(-scores, axis=0, kind="stable"), axis=0, kind="stable")
@@ -444,7 +445,12 @@ def _pareto_candidates(
     return out
 
 
-def _summed(space: Space, tables: list[ModuleTable], built: BuiltArchitecture) -> float:
+def _summed(
+    space: Space,
+    tables: list[ModuleTable],
+    lookup: list[dict[str, dict[str, float]]],
+    built: BuiltArchitecture,
+) -> float:
     """A built architecture's summed module score under another run's tables (-inf if one of
     its modules is not in them)."""
     from autobuild_dsl.build.builder import module_text
@@ -453,7 +459,6 @@ def _summed(space: Space, tables: list[ModuleTable], built: BuiltArchitecture) -
     modules = architecture_modules(space, built.arch)
     wanted = {u.name: " + ".join(module_text(p) for p in modules[u.name]) for u in units}
     best = -math.inf
-    lookup = _text_scores(tables)
     for t, table in enumerate(tables):
         if not _same_globals(table.globals, built.globals):
             continue
@@ -473,26 +478,17 @@ def _summed(space: Space, tables: list[ModuleTable], built: BuiltArchitecture) -
     return best
 
 
-_TEXT_CACHE: dict[int, tuple[list[ModuleTable], list[dict[str, dict[str, float]]]]] = {}
-
-
 def _text_scores(tables: list[ModuleTable]) -> list[dict[str, dict[str, float]]]:
-    """Per table, per unit: module text -> score (built once per list of tables)."""
+    """Per table, per unit: module text -> score."""
     from autobuild_dsl.build.builder import module_text
 
-    cached = _TEXT_CACHE.get(id(tables))
-    if cached is not None and cached[0] is tables:
-        return cached[1]
-    result = [
+    return [
         {
             unit: {" + ".join(module_text(p) for p in m.parts): m.score for m in modules}
             for unit, modules in table.units.items()
         }
         for table in tables
     ]
-    _TEXT_CACHE.clear()
-    _TEXT_CACHE[id(tables)] = (tables, result)
-    return result
 
 
 def pareto_fronts(values: np.ndarray, chunk: int = 256) -> np.ndarray:

@@ -47,7 +47,7 @@ from autobuild_dsl.space.decisions import (
     decision_value,
     index_of,
 )
-from autobuild_dsl.space.equivalence import network_key
+from autobuild_dsl.space.equivalence import network_keyer
 from autobuild_dsl.space.model import Space, StageModule
 
 # Candidates drawn beyond n so that a tie at the cut can still be promoted.
@@ -144,10 +144,11 @@ def _distinct_networks(
     space: Space, architectures: list[BuiltArchitecture]
 ) -> tuple[list[BuiltArchitecture], int]:
     """The architectures with every network once (the first, best placed, is kept)."""
+    network = network_keyer(space)  # no resolving in spaces without no-op layers
     seen: set[str] = set()
     out = []
     for built in architectures:
-        key = network_key(space, built.arch)
+        key = network(built.arch)
         if key in seen:
             continue
         seen.add(key)

@@ -35,7 +35,6 @@ from autobuild_dsl.build.builder import (
     select_top_k,
 )
 from autobuild_dsl.build.rank import RankResult, UnitScores, context_domain
-from autobuild_dsl.space.architecture import Architecture
 from autobuild_dsl.space.decisions import (
     ArchitectureError,
     architecture_from_modules,
@@ -337,9 +336,11 @@ def build_from_rankings(
                     for ranking in rankings
                     if (tables := [t for t in ranking.for_globals(values) if t.unit == unit])
                 ]
+                held = [set(v.ids.tolist()) for v in views]
                 selection[unit] = []
                 for module_id in union.tolist():
-                    view = next(v for v in views if module_id in set(v.ids.tolist()))
+                    # Shown with the first run's overall score that has the module.
+                    view = next(v for v, ids in zip(views, held, strict=True) if module_id in ids)
                     selection[unit].extend(view.overall(np.array([module_id], dtype=np.int64)))
         for r, ranking in enumerate(rankings):
             if ranking.for_globals(values):
@@ -403,10 +404,6 @@ def _selection_of(tables: list[ModuleTable]) -> list[ModuleTable]:
     return grouped
 
 
-def _arch_key(arch: Architecture) -> str:
-    return arch.key()
-
-
 def _pareto_candidates(
     space: Space, per_run: list[list[ModuleTable]], n: int
 ) -> list[BuiltArchitecture]:
@@ -418,7 +415,7 @@ def _pareto_candidates(
     candidates: dict[str, BuiltArchitecture] = {}
     for tables in per_run:
         for built in best_architectures(space, tables, n):
-            candidates.setdefault(_arch_key(built.arch), built)
+            candidates.setdefault(built.arch.key(), built)
     pool = list(candidates.values())
     columns = []
     for tables in per_run:

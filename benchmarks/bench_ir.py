@@ -33,7 +33,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from autobuild_dsl.build.ir_rank import (  # noqa: E402
+from autobuild_dsl.design.ir_rank import (  # noqa: E402
     OpTypeScore,
     SubgraphReport,
     op_type_scores,

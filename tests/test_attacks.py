@@ -826,7 +826,7 @@ def _peeled_fronts(values):
 def test_pareto_fronts_match_peeling_and_scale_to_long_chains() -> None:
     import numpy as np
 
-    from autobuild_dsl.build.construct import pareto_fronts
+    from autobuild_dsl.design.construct import pareto_fronts
 
     rng = np.random.default_rng(18)
     for _ in range(40):
@@ -863,7 +863,7 @@ def tiny_macro_run(macro, tmp_path_factory) -> Path:
 def test_build_with_a_huge_n_checks_one_module_changes_of_the_best_only(
     tiny_macro_run: Path, monkeypatch
 ) -> None:
-    from autobuild_dsl.build import workflow
+    from autobuild_dsl.design import workflow
     from autobuild_dsl.scorer import load_run
 
     seen: list[int] = []

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from autobuild_dsl.build.builder import (
+from autobuild_dsl.design.builder import (
     BuildError,
     ModuleTable,
     ScoredModule,

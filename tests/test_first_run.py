@@ -262,7 +262,7 @@ def test_measure_writes_latency_under_its_name_with_spread_and_retest(
 
 
 def test_feature_importance_marks_values_the_data_never_holds(macro, tmp_path: Path) -> None:
-    from autobuild_dsl.build.importance import feature_importance, importance_chart
+    from autobuild_dsl.design.importance import feature_importance, importance_chart
     from autobuild_dsl.scorer.run import EnsembleConfig, train_run
     from autobuild_dsl.scorer.train import TrainConfig
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from autobuild_dsl.build.ir_rank import _wl_ids, top_rooted_subgraphs
+from autobuild_dsl.design.ir_rank import _wl_ids, top_rooted_subgraphs
 from autobuild_dsl.cli import cli
 from autobuild_dsl.data.dataset import DatasetError, LabeledDataset, save_dataset
 from autobuild_dsl.data.mixed import MixedDataset, load_mixed_dataset

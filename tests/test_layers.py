@@ -1,4 +1,4 @@
-"""The packages import one way: space <- lang <- {compile, graphs} <- data <- scorer <- build
+"""The packages import one way: space <- lang <- {compile, graphs} <- data <- scorer <- design
 <- search <- cli. A module importing upward (even inside a function) fails here."""
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ ALLOWED: dict[str, set[str]] = {
     "graphs": {"space", "lang", "compile"},
     "data": {"space", "lang", "compile", "graphs"},
     "scorer": {"space", "lang", "compile", "graphs", "data"},
-    "build": {"space", "lang", "compile", "graphs", "data", "scorer"},
-    "search": {"space", "lang", "compile", "graphs", "data", "scorer", "build"},
-    "cli": {"space", "lang", "compile", "graphs", "data", "scorer", "build", "search"},
+    "design": {"space", "lang", "compile", "graphs", "data", "scorer"},
+    "search": {"space", "lang", "compile", "graphs", "data", "scorer", "design"},
+    "cli": {"space", "lang", "compile", "graphs", "data", "scorer", "design", "search"},
 }
 
 

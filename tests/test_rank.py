@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 import torch
 
-from autobuild_dsl.build.builder import BuildError
-from autobuild_dsl.build.construct import (
+from autobuild_dsl.design.builder import BuildError
+from autobuild_dsl.design.construct import (
     build_from_rankings,
     normalize_top_k,
     reduced_space,
     valid_combinations,
 )
-from autobuild_dsl.build.rank import (
+from autobuild_dsl.design.rank import (
     ModuleBatch,
     RankError,
     RankResult,
@@ -354,7 +354,7 @@ def test_build_reduced_space_size_is_the_product_of_ks(macro_run: Path, tmp_path
     # Without top-k the n best are the same as a search over all 6561 architectures.
     full = build_from_rankings(space, [ranking], top_k=None, n=5)
     score = {t.unit: dict(zip(t.texts(), t.score.tolist(), strict=True)) for t in ranking.tables}
-    from autobuild_dsl.build.builder import module_text
+    from autobuild_dsl.design.builder import module_text
     from autobuild_dsl.space.decisions import iter_architectures
 
     totals = sorted(
@@ -534,9 +534,9 @@ def test_cli_ir_run_prints_importance_and_rooted_subgraphs(
         calls.append(top)
         return [{"rank": 1, "hop": 2, "score": 1.5, "root": "Conv 12"}]
 
-    module = types.ModuleType("autobuild_dsl.build.ir_rank")
+    module = types.ModuleType("autobuild_dsl.design.ir_rank")
     module.top_rooted_subgraphs = fake_top  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "autobuild_dsl.build.ir_rank", module)
+    monkeypatch.setitem(sys.modules, "autobuild_dsl.design.ir_rank", module)
     monkeypatch.setattr(build_cmds, "_encoding", lambda run: "ir")
     code, text = _abc(["rank", str(macro_run), "--top", "3"], capsys)
     assert code == 0, text

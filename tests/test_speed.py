@@ -126,7 +126,7 @@ def test_rank_and_cli_paths_import_no_pyg_dynamo_or_scipy() -> None:
         "import sys, json\n"
         "import autobuild_dsl.cli.build_cmds, autobuild_dsl.cli.train_cmds\n"
         "import autobuild_dsl.cli.graph_cmds, autobuild_dsl.cli.search_cmds\n"
-        "import autobuild_dsl.build.rank, autobuild_dsl.scorer.run, autobuild_dsl.graphs\n"
+        "import autobuild_dsl.design.rank, autobuild_dsl.scorer.run, autobuild_dsl.graphs\n"
         "from autobuild_dsl.graphs.encode import EncodeError, GraphEncoder\n"
         "heavy = ('torch_geometric', 'torch._dynamo', 'scipy', 'scipy.stats', 'onnx')\n"
         "print(json.dumps([m for m in heavy if m in sys.modules]))\n"

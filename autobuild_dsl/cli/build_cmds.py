@@ -28,9 +28,9 @@ from autobuild_dsl.cli.common import (
 @contextmanager
 def _user_errors() -> Iterator[None]:
     """Library errors a user can cause become `error: ...` messages, not tracebacks."""
-    from autobuild_dsl.build.builder import BuildError
-    from autobuild_dsl.build.importance import ChartError
-    from autobuild_dsl.build.rank import RankError
+    from autobuild_dsl.design.builder import BuildError
+    from autobuild_dsl.design.importance import ChartError
+    from autobuild_dsl.design.rank import RankError
     from autobuild_dsl.cli.train_cmds import _user_errors as train_errors
 
     try:
@@ -116,7 +116,7 @@ def _slug(text: str) -> str:
 
 
 def _globals_text(values: dict[str, Any]) -> str:
-    from autobuild_dsl.build.importance import value_text
+    from autobuild_dsl.design.importance import value_text
 
     return ", ".join(f"{k} = {value_text(v)}" for k, v in values.items())
 
@@ -169,7 +169,7 @@ def _train_first(
 
 
 def _module_row(module: Any, stages: list[str]) -> list[str]:
-    from autobuild_dsl.build.rank import module_description
+    from autobuild_dsl.design.rank import module_description
 
     return [
         str(module.rank),
@@ -182,7 +182,7 @@ def _module_row(module: Any, stages: list[str]) -> list[str]:
 
 
 def _module_json(module: Any, stages: list[str]) -> dict[str, Any]:
-    from autobuild_dsl.build.rank import module_description
+    from autobuild_dsl.design.rank import module_description
 
     return {
         "rank": module.rank,
@@ -248,7 +248,7 @@ def _write_parquet(path: Path, text: str, force: bool) -> None:
 
 
 def _importance_table(rows: list[Any], title: str) -> Table:
-    from autobuild_dsl.build.importance import value_text
+    from autobuild_dsl.design.importance import value_text
 
     table = Table(title=title)
     for column in ("category", "group", "value", "score", "raw"):
@@ -273,7 +273,7 @@ def _ir_subgraphs(run: Any, top: int) -> tuple[Any, str | None]:
     import importlib
 
     try:
-        ir_rank = importlib.import_module("autobuild_dsl.build.ir_rank")
+        ir_rank = importlib.import_module("autobuild_dsl.design.ir_rank")
     except ImportError:
         return None, "this installation has no ONNX-IR subgraph ranking (build.ir_rank)"
     function = getattr(ir_rank, "top_rooted_subgraphs", None)
@@ -452,8 +452,8 @@ def rank_cmd(
     importance of every value of every feature category. With SPACE.abs DATA --target
     EXPR it trains a run first (as `abc train` does), then ranks with it.
     """
-    from autobuild_dsl.build.importance import feature_importance, importance_chart
-    from autobuild_dsl.build.rank import rank_modules
+    from autobuild_dsl.design.importance import feature_importance, importance_chart
+    from autobuild_dsl.design.rank import rank_modules
 
     if len(inputs) == 2:
         if not target_text:
@@ -750,12 +750,12 @@ def build_cmd(
     combinations a rule rejects). Several runs (e.g. one per target) are merged: the union of
     each run's top-k per unit.
     """
-    from autobuild_dsl.build.construct import (
+    from autobuild_dsl.design.construct import (
         architecture_lines,
         reduced_space,
         valid_combinations,
     )
-    from autobuild_dsl.build.workflow import build_networks
+    from autobuild_dsl.design.workflow import build_networks
     from autobuild_dsl.lang import compile_file
     from autobuild_dsl.space.decisions import canonicalize, space_size
 
@@ -877,7 +877,7 @@ def build_cmd(
 
 
 def _kept_csv(result: Any) -> str:
-    from autobuild_dsl.build.builder import module_text
+    from autobuild_dsl.design.builder import module_text
 
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -902,7 +902,7 @@ def _kept_csv(result: Any) -> str:
 
 
 def _render_built(result: Any, space: Any) -> None:
-    from autobuild_dsl.build.rank import module_description
+    from autobuild_dsl.design.rank import module_description
     from autobuild_dsl.space.decisions import architecture_modules, index_of
 
     units = index_of(space).units

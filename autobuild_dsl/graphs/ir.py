@@ -714,7 +714,7 @@ class IrEncoder:
     def encode_module(self, *args: object, **kwargs: object) -> Data:
         raise IrError(
             "IR graphs have no per-module graphs (module scores need a sequence-graph run); "
-            "IR runs report top rooted subgraphs instead (autobuild_dsl.build.ir_rank)"
+            "IR runs report top rooted subgraphs instead (autobuild_dsl.design.ir_rank)"
         )
 
 

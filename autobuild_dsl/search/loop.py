@@ -331,7 +331,7 @@ class _Loop:
         return dataset
 
     def rankings(self, round_: int) -> list[Any]:
-        from autobuild_dsl.build.rank import rank_modules
+        from autobuild_dsl.design.rank import rank_modules
         from autobuild_dsl.scorer import EnsembleConfig, MemberDone, TrainConfig, train_run
 
         data = self.dataset(round_)
@@ -371,7 +371,7 @@ class _Loop:
 
     def reduce(self, rankings: list[Any], k: int, round_: int) -> tuple[Space, Any, bool]:
         """The reduced space of each unit's top-k (union over targets); whether k can grow."""
-        from autobuild_dsl.build.construct import build_from_rankings, reduced_space
+        from autobuild_dsl.design.construct import build_from_rankings, reduced_space
 
         counts: dict[str, int] = {}
         for ranking in rankings:

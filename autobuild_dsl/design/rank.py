@@ -48,7 +48,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from autobuild_dsl.build.builder import ModuleTable, ScoredModule, assignment_text
+from autobuild_dsl.design.builder import ModuleTable, ScoredModule, assignment_text
 from autobuild_dsl.scorer.model import PackedGraphs, ScorerModel, check_codes, pack_graphs
 from autobuild_dsl.scorer.run import TrainedRun
 from autobuild_dsl.scorer.train import torch_threads

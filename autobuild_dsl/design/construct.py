@@ -24,7 +24,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, Field
 
-from autobuild_dsl.build.builder import (
+from autobuild_dsl.design.builder import (
     BuildError,
     BuiltArchitecture,
     ModuleTable,
@@ -34,7 +34,7 @@ from autobuild_dsl.build.builder import (
     reduced_space_text,
     select_top_k,
 )
-from autobuild_dsl.build.rank import RankResult, UnitScores, context_domain
+from autobuild_dsl.design.rank import RankResult, UnitScores, context_domain
 from autobuild_dsl.space.decisions import (
     ArchitectureError,
     architecture_from_modules,
@@ -450,7 +450,7 @@ def _summed(
 ) -> float:
     """A built architecture's summed module score under another run's tables (-inf if one of
     its modules is not in them)."""
-    from autobuild_dsl.build.builder import module_text
+    from autobuild_dsl.design.builder import module_text
 
     units = index_of(space).units
     modules = architecture_modules(space, built.arch)
@@ -477,7 +477,7 @@ def _summed(
 
 def _text_scores(tables: list[ModuleTable]) -> list[dict[str, dict[str, float]]]:
     """Per table, per unit: module text -> score."""
-    from autobuild_dsl.build.builder import module_text
+    from autobuild_dsl.design.builder import module_text
 
     return [
         {

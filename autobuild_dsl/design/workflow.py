@@ -29,9 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from autobuild_dsl.build.builder import BuildError, BuiltArchitecture, ScoredModule
-from autobuild_dsl.build.construct import BuildResult, SelectionMode, build_from_rankings
-from autobuild_dsl.build.rank import (
+from autobuild_dsl.design.builder import BuildError, BuiltArchitecture, ScoredModule
+from autobuild_dsl.design.construct import BuildResult, SelectionMode, build_from_rankings
+from autobuild_dsl.design.rank import (
     RankProgress,
     RankResult,
     ScoreKind,

@@ -44,8 +44,8 @@ from scipy.stats import spearmanr
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from autobuild_dsl.design.workflow import build_networks  # noqa: E402
 from autobuild_dsl.data.dataset import LabeledDataset  # noqa: E402
+from autobuild_dsl.design.workflow import build_networks  # noqa: E402
 from autobuild_dsl.lang import compile_file  # noqa: E402
 from autobuild_dsl.scorer import EnsembleConfig, TrainConfig, load_run, train_run  # noqa: E402
 from autobuild_dsl.scorer.run import predict  # noqa: E402

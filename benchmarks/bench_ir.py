@@ -33,16 +33,16 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from autobuild_dsl.compile.network import fast_params_and_macs  # noqa: E402
+from autobuild_dsl.data import import_files  # noqa: E402
+from autobuild_dsl.data.dataset import LabeledDataset  # noqa: E402
+from autobuild_dsl.data.mixed import load_mixed_dataset  # noqa: E402
 from autobuild_dsl.design.ir_rank import (  # noqa: E402
     OpTypeScore,
     SubgraphReport,
     op_type_scores,
     top_rooted_subgraphs,
 )
-from autobuild_dsl.compile.network import fast_params_and_macs  # noqa: E402
-from autobuild_dsl.data import import_files  # noqa: E402
-from autobuild_dsl.data.dataset import LabeledDataset  # noqa: E402
-from autobuild_dsl.data.mixed import load_mixed_dataset  # noqa: E402
 from autobuild_dsl.graphs.ir import IrEncoder, IrGraph, op_presence  # noqa: E402
 from autobuild_dsl.lang import compile_file  # noqa: E402
 from autobuild_dsl.scorer import EnsembleConfig, TrainConfig, TrainedRun, train_run  # noqa: E402

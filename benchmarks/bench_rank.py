@@ -38,10 +38,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from autobuild_dsl.data import import_files  # noqa: E402
 from autobuild_dsl.design.construct import build_from_rankings, reduced_space  # noqa: E402
 from autobuild_dsl.design.importance import feature_importance, importance_chart  # noqa: E402
 from autobuild_dsl.design.rank import enumerate_modules, rank_modules  # noqa: E402
-from autobuild_dsl.data import import_files  # noqa: E402
 from autobuild_dsl.lang import compile_file  # noqa: E402
 from autobuild_dsl.scorer import EnsembleConfig, TrainConfig, load_run, train_run  # noqa: E402
 from autobuild_dsl.space.decisions import canonicalize, index_of, space_size  # noqa: E402

@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from autobuild_dsl.data.dataset import LabeledDataset
 from autobuild_dsl.design.builder import BuiltArchitecture
 from autobuild_dsl.design.construct import architecture_lines, build_from_rankings
 from autobuild_dsl.design.rank import context_names, rank_modules
 from autobuild_dsl.design.workflow import _break_ties, build_networks, predict_architectures
-from autobuild_dsl.data.dataset import LabeledDataset
 from autobuild_dsl.graphs.encode import EncodeError
 from autobuild_dsl.lang import compile_text
 from autobuild_dsl.scorer import EnsembleConfig, TrainConfig, load_run, train_run

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from autobuild_dsl.design.ir_rank import _wl_ids, top_rooted_subgraphs
 from autobuild_dsl.cli import cli
 from autobuild_dsl.data.dataset import DatasetError, LabeledDataset, save_dataset
 from autobuild_dsl.data.mixed import MixedDataset, load_mixed_dataset
 from autobuild_dsl.data.splits import label_stats
+from autobuild_dsl.design.ir_rank import _wl_ids, top_rooted_subgraphs
 from autobuild_dsl.graphs.ir import (
     IrEncoder,
     IrError,

@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 import torch
 
+from autobuild_dsl.cli import cli
+from autobuild_dsl.data.dataset import LabeledDataset, save_dataset
 from autobuild_dsl.design.builder import BuildError
 from autobuild_dsl.design.construct import (
     build_from_rankings,
@@ -36,8 +38,6 @@ from autobuild_dsl.design.rank import (
     shift,
     standardize,
 )
-from autobuild_dsl.cli import cli
-from autobuild_dsl.data.dataset import LabeledDataset, save_dataset
 from autobuild_dsl.graphs.encode import GraphEncoder
 from autobuild_dsl.lang import compile_file
 from autobuild_dsl.scorer import EnsembleConfig, TrainConfig, load_run, node_norms, train_run

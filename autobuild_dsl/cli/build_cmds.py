@@ -28,10 +28,10 @@ from autobuild_dsl.cli.common import (
 @contextmanager
 def _user_errors() -> Iterator[None]:
     """Library errors a user can cause become `error: ...` messages, not tracebacks."""
+    from autobuild_dsl.cli.train_cmds import _user_errors as train_errors
     from autobuild_dsl.design.builder import BuildError
     from autobuild_dsl.design.importance import ChartError
     from autobuild_dsl.design.rank import RankError
-    from autobuild_dsl.cli.train_cmds import _user_errors as train_errors
 
     try:
         with train_errors():

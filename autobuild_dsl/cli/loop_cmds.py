@@ -23,9 +23,9 @@ from autobuild_dsl.cli.common import UserError, console, err_console, evaluator_
 @contextmanager
 def _user_errors() -> Iterator[None]:
     """Errors a user can cause (bad data, targets, evaluators, folders) become messages."""
+    from autobuild_dsl.data.dataset import DatasetError
     from autobuild_dsl.design.builder import BuildError
     from autobuild_dsl.design.rank import RankError
-    from autobuild_dsl.data.dataset import DatasetError
     from autobuild_dsl.scorer import RunError
     from autobuild_dsl.search.evaluators import EvaluationError
     from autobuild_dsl.search.loop import LoopError

@@ -31,11 +31,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from autobuild_dsl.errors import AbcError
+
 # fsync file data before the rename and the folder entry after it.
 FSYNC = True
 
 
-class OutputError(Exception):
+class OutputError(AbcError):
     """An output that cannot be written as asked (exists, busy, not this command's own)."""
 
 

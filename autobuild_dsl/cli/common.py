@@ -14,6 +14,12 @@ from rich.console import Console
 from rich.markup import escape
 
 from autobuild_dsl import io
+from autobuild_dsl.errors import (
+    EXIT_COMPILE_ERROR,
+    EXIT_INTERNAL_ERROR,
+    EXIT_USER_ERROR,
+    AbcError,
+)
 from autobuild_dsl.lang import CompileError, compile_file
 from autobuild_dsl.space.model import Space
 
@@ -31,8 +37,6 @@ class _Console(Console):
 console = _Console(highlight=False, emoji=False)
 err_console = _Console(stderr=True, highlight=False, emoji=False)
 
-EXIT_USER_ERROR = 1
-EXIT_COMPILE_ERROR = 2
 
 # A working example per command, shown when the command is missing one of its inputs: a
 # new user learns more from a line that runs than from the name of a missing argument.
@@ -120,9 +124,10 @@ def run_guarded(group: click.Group) -> int:
     except BrokenPipeError:
         _quiet_stdout()
         return 0
-    except io.OutputError as error:
+    except AbcError as error:
+        # Every library error a user can cause (io's output errors among them).
         _show_error(str(error))
-        return EXIT_USER_ERROR
+        return error.exit_code
     except RecursionError:
         _show_error("the input is nested too deeply to process")
         return EXIT_USER_ERROR
@@ -143,7 +148,7 @@ def run_guarded(group: click.Group) -> int:
             highlight=False,
             soft_wrap=True,
         )
-        return 3
+        return EXIT_INTERNAL_ERROR
     return 0
 
 

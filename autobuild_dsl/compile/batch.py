@@ -45,6 +45,7 @@ from autobuild_dsl.compile.measure import (
     prepare,
     time_latencies,
 )
+from autobuild_dsl.errors import AbcError
 from autobuild_dsl.space.architecture import Architecture
 from autobuild_dsl.space.decisions import ArchitectureError, canonicalize
 from autobuild_dsl.space.model import Space
@@ -59,7 +60,7 @@ LATENCY_SETTINGS = {
 _SHOWN = 20
 
 
-class BatchError(ValueError):
+class BatchError(AbcError, ValueError):
     """Bad input for a batch measurement: unreadable files, architectures outside the space,
     an output that cannot be resumed."""
 

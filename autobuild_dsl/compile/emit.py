@@ -30,6 +30,7 @@ from torch import nn
 from autobuild_dsl import io as abc_io
 from autobuild_dsl.compile.network import CompiledNetwork, build_module
 from autobuild_dsl.compile.onnx_export import OnnxExportError, check_onnx, export_onnx
+from autobuild_dsl.errors import AbcError
 from autobuild_dsl.space.architecture import Architecture
 from autobuild_dsl.space.model import Space
 from autobuild_dsl.space.resolve import resolve
@@ -42,7 +43,7 @@ META_SPACE_HASH = "abc.space_hash"
 META_ARCH = "abc.arch"
 
 
-class EmitError(ValueError):
+class EmitError(AbcError, ValueError):
     """An emitted file that cannot be written or read (exists, wrong kind, wrong space)."""
 
 

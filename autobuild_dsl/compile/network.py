@@ -25,11 +25,12 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from autobuild_dsl.compile.registry import Cond, CondDims, full_attrs, get_factory, out_shape
+from autobuild_dsl.errors import AbcError
 from autobuild_dsl.space.ops import Shape
 from autobuild_dsl.space.resolved import AttrValue, ResolvedNetwork
 
 
-class CompileError(ValueError):
+class CompileError(AbcError, ValueError):
     """A node could not be built (the message names the node and its position)."""
 
 

@@ -22,13 +22,14 @@ import torch
 from torch import nn
 
 from autobuild_dsl.compile.network import example_inputs
+from autobuild_dsl.errors import AbcError
 from autobuild_dsl.space.resolved import ResolvedNetwork
 
 OPSET = 17
 PROTOBUF_LIMIT = 2**31 - 1  # bytes; a ModelProto may not be larger
 
 
-class OnnxExportError(RuntimeError):
+class OnnxExportError(AbcError, RuntimeError):
     pass
 
 

@@ -29,6 +29,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
+from autobuild_dsl.errors import AbcError
 from autobuild_dsl.space.ops import CATALOG, Shape
 from autobuild_dsl.space.resolved import AttrValue
 
@@ -61,7 +62,7 @@ class OpFactory(Protocol):
     ) -> nn.Module: ...
 
 
-class UnknownOpError(KeyError):
+class UnknownOpError(AbcError, KeyError):
     """No PyTorch implementation is registered for an operation."""
 
     def __init__(self, op: str) -> None:

@@ -23,6 +23,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from autobuild_dsl import io
+from autobuild_dsl.errors import AbcError
 from autobuild_dsl.space.architecture import Architecture
 from autobuild_dsl.space.decisions import ArchitectureError, canonicalize
 from autobuild_dsl.space.model import Space
@@ -52,7 +53,7 @@ class RowError(BaseModel):
         return f"{self.file}:{self.row}: {self.reason}"
 
 
-class DatasetError(ValueError):
+class DatasetError(AbcError, ValueError):
     """A dataset file (or import) that cannot be used; `errors` holds every bad row."""
 
     def __init__(self, message: str, errors: Sequence[RowError] = ()) -> None:

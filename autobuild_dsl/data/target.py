@@ -16,6 +16,7 @@ import numpy as np
 from lark import Token, Tree
 from pydantic import BaseModel, ConfigDict
 
+from autobuild_dsl.errors import AbcError
 from autobuild_dsl.space.expr import (
     Binary,
     Call,
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
     from autobuild_dsl.data.dataset import LabeledDataset
 
 
-class TargetError(ValueError):
+class TargetError(AbcError, ValueError):
     """A target expression that does not parse, or cannot be evaluated on the data."""
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from autobuild_dsl.errors import AbcError
 from autobuild_dsl.space.architecture import Architecture
 from autobuild_dsl.space.decisions import architecture_from_modules, index_of
 from autobuild_dsl.space.expr import Value, format_value
@@ -26,7 +27,7 @@ from autobuild_dsl.space.model import Space, StageModule
 MAX_POPS = 5_000_000
 
 
-class BuildError(ValueError):
+class BuildError(AbcError, ValueError):
     """The request cannot be met (unknown unit, k too large, no combination satisfies the rules)."""
 
 

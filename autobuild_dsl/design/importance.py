@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from autobuild_dsl import io
+from autobuild_dsl.errors import AbcError
 from autobuild_dsl.scorer.model import FeatureScore
 from autobuild_dsl.scorer.run import TrainedRun, run_feature_importance
 from autobuild_dsl.space.expr import format_value
@@ -22,7 +23,7 @@ from autobuild_dsl.space.expr import format_value
 CHART_FORMATS = (".png", ".svg", ".pdf")
 
 
-class ChartError(ValueError):
+class ChartError(AbcError, ValueError):
     """The chart cannot be written (unknown format)."""
 
 

@@ -49,6 +49,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from autobuild_dsl.design.builder import ModuleTable, ScoredModule, assignment_text
+from autobuild_dsl.errors import AbcError
 from autobuild_dsl.scorer.model import PackedGraphs, ScorerModel, check_codes, pack_graphs
 from autobuild_dsl.scorer.run import TrainedRun
 from autobuild_dsl.scorer.train import torch_threads
@@ -70,7 +71,7 @@ GRAPH_CHUNK = 65_536
 MAX_CONTEXTS = 4_096
 
 
-class RankError(ValueError):
+class RankError(AbcError, ValueError):
     """Modules cannot be ranked as asked (an IR run, an unknown global value, ...)."""
 
 

@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from autobuild_dsl.errors import AbcError
+
 if TYPE_CHECKING:
     from torch_geometric.data import Data
 
@@ -51,7 +53,7 @@ Progress = Callable[[int, int], None]
 _MAX_TEMPLATE_COMBINATIONS = 200_000
 
 
-class EncodeError(ValueError):
+class EncodeError(AbcError, ValueError):
     """An architecture (or module) cannot be encoded for this space; the message says why."""
 
 

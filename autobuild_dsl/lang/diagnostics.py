@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
+from autobuild_dsl.errors import EXIT_COMPILE_ERROR, AbcError
+
 
 class SourceFile(BaseModel):
     """A named piece of source text, kept so diagnostics can quote the offending line."""
@@ -48,8 +50,11 @@ class Diagnostic(BaseModel):
         return f"{head}\n    {self.source_line}\n    {caret}"
 
 
-class CompileError(Exception):
+class CompileError(AbcError):
     """Raised with every diagnostic found; the CLI prints them and exits with status 2."""
+
+    code = "abs"
+    exit_code = EXIT_COMPILE_ERROR
 
     def __init__(self, diagnostics: list[Diagnostic]) -> None:
         self.diagnostics = sorted(diagnostics, key=lambda d: (d.path, d.line, d.column))

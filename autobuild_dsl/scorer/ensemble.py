@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from autobuild_dsl.data.splits import kfold_splits, train_test_split
+from autobuild_dsl.errors import AbcError
 from autobuild_dsl.io import die_with_parent
 from autobuild_dsl.scorer.model import PackedGraphs
 from autobuild_dsl.scorer.train import (
@@ -31,7 +32,7 @@ from autobuild_dsl.scorer.train import (
 )
 
 
-class EnsembleError(ValueError):
+class EnsembleError(AbcError, ValueError):
     """Members cannot be trained as asked (e.g. Ray requested but not installed)."""
 
 

@@ -34,6 +34,7 @@ from autobuild_dsl import io as abc_io
 from autobuild_dsl.data.dataset import LabeledDataset
 from autobuild_dsl.data.splits import LabelStats, label_stats
 from autobuild_dsl.data.target import Target, TargetError, parse_target
+from autobuild_dsl.errors import AbcError
 from autobuild_dsl.scorer.ensemble import MemberResult, plan_members, run_members
 from autobuild_dsl.scorer.model import (
     FeatureScore,
@@ -64,7 +65,7 @@ _NOT_IDENTITY = {"threads", "eval_every"}
 _INFORMATIONAL = ("data", "space_file", "globals_seen")
 
 
-class RunError(ValueError):
+class RunError(AbcError, ValueError):
     """A run folder cannot be created, resumed or read; the message says why."""
 
 

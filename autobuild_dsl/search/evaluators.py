@@ -38,6 +38,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from autobuild_dsl.errors import AbcError
 from autobuild_dsl.space.architecture import Architecture
 from autobuild_dsl.space.decisions import ArchitectureError, canonicalize
 from autobuild_dsl.space.equivalence import network_keyer
@@ -47,7 +48,7 @@ from autobuild_dsl.space.resolve import ResolveError
 ARCH_PLACEHOLDER = "{arch}"
 
 
-class EvaluationError(RuntimeError):
+class EvaluationError(AbcError, RuntimeError):
     """An evaluator could not produce metrics for an architecture (or was misconfigured)."""
 
 

@@ -32,6 +32,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from autobuild_dsl import io as abc_io
+from autobuild_dsl.errors import AbcError
 from autobuild_dsl.search.pareto import Objective, non_dominated
 from autobuild_dsl.space.architecture import Architecture
 from autobuild_dsl.space.decisions import ArchitectureError, canonicalize, index_of, mutate
@@ -46,7 +47,7 @@ STATE_VERSION = 1
 TRIES_PER_ARCH = 50
 
 
-class SearchStateError(ValueError):
+class SearchStateError(AbcError, ValueError):
     """The output folder holds a different or damaged search."""
 
 

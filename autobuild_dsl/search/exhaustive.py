@@ -17,6 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from autobuild_dsl.errors import AbcError
 from autobuild_dsl.search.pareto import Objective, ObjectiveError
 from autobuild_dsl.space.architecture import Architecture
 from autobuild_dsl.space.decisions import iter_architectures, space_size
@@ -26,7 +27,7 @@ from autobuild_dsl.space.model import Space
 DEFAULT_MAX_ARCHITECTURES = 2_000_000
 
 
-class SpaceTooLarge(ValueError):
+class SpaceTooLarge(AbcError, ValueError):
     """The space is over the limit; carries its size and the estimated time to score it."""
 
     def __init__(self, size: int, limit: int, seconds: float | None, reason: str) -> None:

@@ -37,6 +37,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from autobuild_dsl.data.dataset import LabeledDataset, from_records, write_text_atomic
+from autobuild_dsl.errors import AbcError
 from autobuild_dsl.search.baselines import regularized_evolution
 from autobuild_dsl.search.evolution import Evaluates
 from autobuild_dsl.search.pareto import Objective, non_dominated, objective_matrix
@@ -65,7 +66,7 @@ TRIES_PER_ARCH = 50
 AUTO_K_FACTOR = 1.5
 
 
-class LoopError(ValueError):
+class LoopError(AbcError, ValueError):
     """The loop cannot start or resume (bad settings, a different loop in the folder)."""
 
 

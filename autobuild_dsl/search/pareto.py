@@ -16,11 +16,13 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+from autobuild_dsl.errors import AbcError
+
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*\Z")
 _OBJECTIVE = re.compile(r"\s*(max|min|maximize|minimize)\s+(.+?)\s*\Z", re.IGNORECASE | re.DOTALL)
 
 
-class ObjectiveError(ValueError):
+class ObjectiveError(AbcError, ValueError):
     """An objective could not be parsed, or a metric it needs is missing or not finite."""
 
 

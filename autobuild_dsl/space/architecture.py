@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from autobuild_dsl.errors import AbcError
 from autobuild_dsl.space.expr import Value
 
 
@@ -43,7 +44,7 @@ class Architecture(BaseModel):
         return json.dumps(self.model_dump(mode="json"), sort_keys=False)
 
 
-class ArchitectureFileError(ValueError):
+class ArchitectureFileError(AbcError, ValueError):
     """A file of architectures cannot be read; the message says which file and line."""
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator, Sequence
 
+from autobuild_dsl.errors import AbcError
 from autobuild_dsl.space.expr import (
     Binary,
     Call,
@@ -41,7 +42,7 @@ _FALSE: Folded = ("c", "bool", False)
 _ERROR: Folded = ("e",)  # evaluating raised: the rule does not hold (as `_holds` says)
 
 
-class TooManyStates(ValueError):
+class TooManyStates(AbcError, ValueError):
     """The rules keep too many distinct partial states for the DP."""
 
 

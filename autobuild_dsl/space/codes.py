@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from autobuild_dsl.errors import AbcError
 from autobuild_dsl.space.expr import Value, format_value
 from autobuild_dsl.space.model import ArchitectureCode, Space
 
 
-class CodeError(ValueError):
+class CodeError(AbcError, ValueError):
     """A code cannot be read for this space; the message says which token and why."""
 
 

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from autobuild_dsl.errors import AbcError
 from autobuild_dsl.space.architecture import Architecture, StageArch
 from autobuild_dsl.space.chain import RuleDP, TooManyStates
 from autobuild_dsl.space.expr import (
@@ -44,11 +45,11 @@ DP_THRESHOLD = 1_000
 MAX_DP_STATES = 50_000
 
 
-class ArchitectureError(ValueError):
+class ArchitectureError(AbcError, ValueError):
     """An architecture does not belong to its space; the message says where and why."""
 
 
-class SpaceTooComplex(ValueError):
+class SpaceTooComplex(AbcError, ValueError):
     """Rules link so many decisions that counting them exactly would not finish."""
 
     def __init__(self, message: str, rules: list[int] | None = None) -> None:

@@ -28,6 +28,7 @@ import random
 from collections.abc import Callable, Iterable, Iterator
 from functools import lru_cache, partial
 
+from autobuild_dsl.errors import AbcError
 from autobuild_dsl.space.architecture import Architecture
 from autobuild_dsl.space.decisions import index_of, iter_architectures, space_size
 from autobuild_dsl.space.model import Space
@@ -164,7 +165,7 @@ def count_distinct_networks(space: Space, limit: int = COUNT_LIMIT) -> int | Non
 _COUNTED: dict[str, int] = {}
 
 
-class TooFewNetworks(ValueError):
+class TooFewNetworks(AbcError, ValueError):
     """A distinct sample asked for more networks than the draws could find."""
 
 

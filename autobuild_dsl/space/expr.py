@@ -12,10 +12,12 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from autobuild_dsl.errors import AbcError
+
 Value = bool | int | float | str
 
 
-class ExprError(ValueError):
+class ExprError(AbcError, ValueError):
     """An expression could not be evaluated (unknown name, bad operand, non-finite result)."""
 
 

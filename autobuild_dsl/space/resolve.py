@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from autobuild_dsl.errors import AbcError
 from autobuild_dsl.space.architecture import Architecture
 from autobuild_dsl.space.decisions import index_of
 from autobuild_dsl.space.expr import ExprError, Value, evaluate, names_in
@@ -19,7 +20,7 @@ from autobuild_dsl.space.resolved import (
 )
 
 
-class ResolveError(ValueError):
+class ResolveError(AbcError, ValueError):
     """An attribute could not be evaluated for this architecture (the message says where)."""
 
 

@@ -207,9 +207,12 @@ def test_measure_writes_a_dataset_that_trains(macro, tmp_path: Path) -> None:
     assert f"measured 3 architectures into {out}, 1 repeated in the input" in text
     data = load_dataset(out, macro)
     assert data.metric_names == [
-        "params", "macs", "latency", "latency_spread", "latency_ci", "latency_runs",
-        "latency_wall", "latency_threads", "latency_warmup", "latency_repeats",
+        "params", "macs", "latency", "latency_rel", "latency_anchor", "latency_spread",
+        "latency_ci", "latency_runs", "latency_wall", "latency_threads", "latency_warmup",
+        "latency_repeats",
     ]  # fmt: skip
+    # Every row's anchor is the same network, so the relative latency is latency / anchor.
+    assert (data.metric("latency_anchor") > 0).all() and (data.metric("latency_rel") > 0).all()
     assert sorted(a.key() for a in data.architectures) == sorted(a.key() for a in archs)
     for i, arch in enumerate(data.architectures):
         assert (data.metric("params")[i], data.metric("macs")[i]) == params_and_macs(

@@ -189,6 +189,13 @@ def emit_cmd(
     "elapsed time; auto: cpu with --threads 1, else wall.",
 )
 @click.option(
+    "--anchor/--no-anchor",
+    default=True,
+    show_default=True,
+    help="Time the space's anchor network in every round too: rows get NAME_rel (latency "
+    "in anchors, steady across passes and load) and NAME_anchor (its ms).",
+)
+@click.option(
     "--retest",
     is_flag=True,
     help="Measure latency again in a second pass: rows get NAME_retest, and the test-retest "
@@ -220,6 +227,7 @@ def measure_cmd(
     time_cap: float,
     interleave: int,
     clock: str,
+    anchor: bool,
     retest: bool,
     device: str,
     seed: int,
@@ -283,6 +291,7 @@ def measure_cmd(
             interleave=interleave,
             name=name,
             clock=clock,  # type: ignore[arg-type]
+            anchor=anchor,
         )
     except ValueError:
         raise UserError(f"--metrics: {name!r} is not a plain metric name") from None
@@ -349,15 +358,20 @@ def measure_cmd(
         warning = busy_machine()
         if warning:
             err_console.print(f"[yellow]warning:[/] {escape(warning)} (after measuring)")
-    if retest and len(report.retest) >= 2:
-        keys = [k for k in report.first if k in report.retest]
-        first = [report.first[k] for k in keys]
-        second = [report.retest[k] for k in keys]
+    retests = [(name, report.first, report.retest)]
+    if report.retest_rel:
+        retests.append((f"{name}_rel", report.first_rel, report.retest_rel))
+    for metric, first_pass, second_pass in retests if retest else []:
+        keys = [k for k in first_pass if k in second_pass]
+        if len(keys) < 2:
+            continue
+        first = [first_pass[k] for k in keys]
+        second = [second_pass[k] for k in keys]
         ratio = max(max(a, b) / min(a, b) for a, b in zip(first, second, strict=True))
         console.print(
-            f"test-retest Spearman of latency over {len(keys)} networks: "
+            f"test-retest Spearman of {escape(metric)} over {len(keys)} networks: "
             f"{spearman(first, second):.3f} (largest ratio between the two readings "
-            f"{ratio:.2f}x); rows hold {escape(name)}_retest"
+            f"{ratio:.2f}x); rows hold {escape(metric)}_retest"
         )
     if report.failures:
         for key, reason in report.failures[:10]:

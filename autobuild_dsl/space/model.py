@@ -15,7 +15,14 @@ import hashlib
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SerializationInfo, model_serializer
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SerializationInfo,
+    model_serializer,
+)
 
 from autobuild_dsl.space.expr import Expr, Value
 
@@ -210,6 +217,21 @@ class Space(BaseModel):
     codes: dict[str, ArchitectureCode] = Field(
         default_factory=dict, description="compact architecture codes, by name"
     )
+    # The decision index (space/index.py), built on first use by `index_of`: derived
+    # from the fields, so it takes no part in equality, copies for pickling or JSON.
+    _decision_index: Any = PrivateAttr(default=None)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Space):
+            return NotImplemented
+        return self.__dict__ == other.__dict__
+
+    __hash__ = None  # type: ignore[assignment]  # lists inside: not hashable, as before
+
+    def __getstate__(self) -> dict[Any, Any]:
+        state = super().__getstate__()
+        state["__pydantic_private__"] = {"_decision_index": None}  # rebuilt where needed
+        return state
 
     @property
     def stages(self) -> list[Stage]:

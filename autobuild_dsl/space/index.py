@@ -296,6 +296,15 @@ class DecisionIndex:
                 env[DecisionKey.choice(name, choice)] = value
         return env
 
+    def with_ties(self, scalars: dict[str, Value]) -> dict[str, Value]:
+        """`scalars` plus every tied (merged) alias, holding its keeper's value: what
+        expressions that name either side read."""
+        env = dict(scalars)
+        for alias, keeper in self.space.ties.items():
+            if keeper in env:
+                env[alias] = env[keeper]
+        return env
+
     def sample(self, rng: random.Random) -> Architecture:
         """One architecture drawn uniformly (space/sampling.py)."""
         from autobuild_dsl.space.sampling import draw

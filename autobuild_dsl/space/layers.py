@@ -23,9 +23,9 @@ def first_layer_only(option: LayerOption) -> tuple[str, ...]:
             (attr, expr)
             for node in option.nodes
             for attr, expr in node.attrs.items()
-            if key in _layer_names(expr)
+            if key in layer_names(expr)
         ]
-        conditions = [n for n in option.nodes if n.condition and key in _layer_names(n.condition)]
+        conditions = [n for n in option.nodes if n.condition and key in layer_names(n.condition)]
         if (
             uses
             and not conditions
@@ -35,15 +35,16 @@ def first_layer_only(option: LayerOption) -> tuple[str, ...]:
     return tuple(result)
 
 
-def _layer_names(expr: Expr) -> set[str]:
+def layer_names(expr: Expr) -> set[str]:
+    """The per-layer choices (`LayerRef`s) an expression reads."""
     if isinstance(expr, LayerRef):
         return {expr.name}
     if isinstance(expr, Unary):
-        return _layer_names(expr.operand)
+        return layer_names(expr.operand)
     if isinstance(expr, Binary):
-        return _layer_names(expr.left) | _layer_names(expr.right)
+        return layer_names(expr.left) | layer_names(expr.right)
     if isinstance(expr, Call):
-        return set().union(*(_layer_names(a) for a in expr.args))
+        return set().union(*(layer_names(a) for a in expr.args))
     return set()
 
 

@@ -24,6 +24,7 @@ from pydantic import (
     model_serializer,
 )
 
+from autobuild_dsl.space.architecture import StageDecisions
 from autobuild_dsl.space.expr import Expr, Value
 
 # Serialisation context that leaves source positions out (for equality and digests).
@@ -168,14 +169,9 @@ class Rule(_Located):
     where: str | None = None
 
 
-class StageModule(BaseModel):
-    """One stage's part of a module: its depth, stage-level choices and per-layer choices."""
-
-    model_config = ConfigDict(frozen=True)
-
-    depth: int
-    choices: dict[str, Value] = Field(default_factory=dict)
-    layers: list[dict[str, Value]]
+class StageModule(StageDecisions):
+    """One stage's part of a module (its tied choices included, as ranked modules hold
+    them); not an architecture's stage: the two never compare equal."""
 
 
 class ArchitectureCode(BaseModel):

@@ -176,6 +176,7 @@ def _norm(default: str) -> AttrSpec:
 
 
 _OUT = AttrSpec("int", required=True, doc="output channels", minimum=1)
+_ORDER = AttrSpec("enum", "post", values=("post", "pre"), doc="post- or pre-activation")
 _OUT_OPTIONAL = AttrSpec("int", 0, doc="output channels (0 keeps the input channels)", minimum=0)
 
 CATALOG: dict[str, OpSpec] = {
@@ -249,9 +250,7 @@ CATALOG: dict[str, OpSpec] = {
                 "stride": AttrSpec("int", 1, doc="stride of the first 3x3 conv", minimum=1),
                 "groups": AttrSpec("int", 1, doc="groups of the 3x3 convs", minimum=1),
                 "act": _act("relu"),
-                "order": AttrSpec(
-                    "enum", "post", values=("post", "pre"), doc="post- or pre-activation"
-                ),
+                "order": _ORDER,
             },
             _block_shape,
         ),
@@ -266,9 +265,7 @@ CATALOG: dict[str, OpSpec] = {
                 "stride": AttrSpec("int", 1, doc="stride of the 3x3 conv", minimum=1),
                 "groups": AttrSpec("int", 1, doc="groups of the 3x3 conv (ResNeXt)", minimum=1),
                 "act": _act("relu"),
-                "order": AttrSpec(
-                    "enum", "post", values=("post", "pre"), doc="post- or pre-activation"
-                ),
+                "order": _ORDER,
             },
             _block_shape,
         ),

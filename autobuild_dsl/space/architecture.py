@@ -48,7 +48,8 @@ class Architecture(BaseModel):
         # which Python's == on the dicts would conflate.
         if not isinstance(other, Architecture):
             return NotImplemented
-        return self.key() == other.key()
+        # Python's == first (fast, and never False for equal values), the key to confirm.
+        return self.__dict__ == other.__dict__ and self.key() == other.key()
 
     def __hash__(self) -> int:
         return hash(self.key())

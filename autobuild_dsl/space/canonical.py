@@ -279,13 +279,13 @@ def canonicalize(space: Space, raw: Architecture | dict) -> Architecture:
     aliases: list[tuple[str, Value]] = []
     globals_ = _check_globals(space, data.get("globals") or {}, aliases)
     raw_stages = data["stages"]
-    names = [s.name for s in space.stages]
-    extra = [s for s in raw_stages if s not in names]
+    extra = [s for s in raw_stages if s not in index.stages]
     if extra:
-        raise ArchitectureError(f"stages.{extra[0]}: no such stage (stages: {', '.join(names)})")
+        names = ", ".join(index.stages)
+        raise ArchitectureError(f"stages.{extra[0]}: no such stage (stages: {names})")
     stages = {
-        stage.name: _check_stage(index, stage, raw_stages.get(stage.name), aliases)
-        for stage in space.stages
+        name: _check_stage(index, stage, raw_stages.get(name), aliases)
+        for name, stage in index.stages.items()
     }
     arch = Architecture(space=space.name, globals=globals_, stages=stages)
     env = index.scalars(arch)

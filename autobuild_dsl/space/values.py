@@ -44,9 +44,10 @@ def _is_number(value: object) -> bool:
 def find_value(domain: Iterable[Value], value: object) -> Value | None:
     """The domain's own value that `value` spells: the same value, or else (JSON input has
     one number type) the number of equal magnitude. None when there is none."""
-    domain = list(domain)
-    for candidate in domain:
-        if same_value(candidate, value):
+    domain = domain if isinstance(domain, list) else list(domain)
+    kind = type(value)
+    for candidate in domain:  # same_value, inlined: this runs for every choice validated
+        if type(candidate) is kind and candidate == value:
             return candidate
     if _is_number(value):
         for candidate in domain:

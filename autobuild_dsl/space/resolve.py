@@ -226,7 +226,8 @@ def flow_shapes(
 
     def where(index: int) -> str:
         node = net.nodes[index]
-        return f"{node.where}: " * bool(node.where) + f"{node.op} in {node.position.block}"
+        at = f"{node.where}: " if node.where else ""
+        return f"{at}{node.op} in {node.position.block}"
 
     def node_shape(index: int, shape: Shape) -> Shape:
         node = net.nodes[index]

@@ -318,10 +318,6 @@ class DecisionIndex:
         return resample_unit(self, arch, unit, rng)
 
 
-# The name callers used before the index was made explicit.
-SpaceIndex = DecisionIndex
-
-
 def index_of(space: Space) -> DecisionIndex:
     """The decision index of a space, built on first use and held by the space itself;
     building it validates that the rules can be counted."""

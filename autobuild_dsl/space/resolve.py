@@ -130,9 +130,7 @@ class _Builder:
         """`in_channels` and `in_size`: the shape the next node receives."""
         shape = Shape(self.spec.channels, self.spec.size)
         if self.nodes:
-            partial = ResolvedNetwork.model_construct(
-                space=self.space, input=self.spec, nodes=self.nodes, skips=self.skips, residuals=[]
-            )
+            partial = ResolvedNetwork.model_construct(**self._fields(residuals=[]))
             shape = flow_shapes(partial)[-1]
         return {INPUT_NAMES[0]: shape.channels, INPUT_NAMES[1]: shape.size}
 
@@ -179,14 +177,17 @@ class _Builder:
                 )
             )
 
+    def _fields(self, residuals: list[ResidualSpan]) -> dict[str, object]:
+        return {
+            "space": self.space,
+            "input": self.spec,
+            "nodes": self.nodes,
+            "skips": self.skips,
+            "residuals": residuals,
+        }
+
     def network(self) -> ResolvedNetwork:
-        return ResolvedNetwork(
-            space=self.space,
-            input=self.spec,
-            nodes=self.nodes,
-            skips=self.skips,
-            residuals=self.residuals,
-        )
+        return ResolvedNetwork(**self._fields(self.residuals))  # type: ignore[arg-type]
 
 
 def _stage_nodes(

@@ -616,12 +616,13 @@ def test_rule_dp_counts_and_lists_what_listing_does(
         f"  require {rules[0]}\n", "".join(f"  require {r}\n" for r in rules)
     )
     from autobuild_dsl.space import decisions
+    from autobuild_dsl.space import index as space_index
 
-    monkeypatch.setattr(decisions, "DP_THRESHOLD", 10**9)
+    monkeypatch.setattr(space_index, "DP_THRESHOLD", 10**9)
     listed = compile_text(text, "c.abs")
     expected = space_size(listed)
     expected_archs = {a.key() for a in iter_architectures(listed)}
-    monkeypatch.setattr(decisions, "DP_THRESHOLD", 0)
+    monkeypatch.setattr(space_index, "DP_THRESHOLD", 0)
     chained = _fresh(listed)
     index = decisions.index_of(chained)
     assert any(c.dp is not None for c in index.components)

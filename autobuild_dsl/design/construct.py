@@ -45,6 +45,7 @@ from autobuild_dsl.space.decisions import (
     same_value,
 )
 from autobuild_dsl.space.expr import Value
+from autobuild_dsl.space.keys import DecisionKey
 from autobuild_dsl.space.model import Space
 
 SelectionMode = Literal["unconstrained", "constrained"]
@@ -166,15 +167,16 @@ def _ids(table: UnitScores) -> np.ndarray:
 
 def _owned(space: Space, stages: Sequence[str], table: UnitScores, names: Sequence[str]) -> list:
     """Per unit state of the table: its own values of the context names it decides."""
-    mine = [n for n in names if n.partition(".")[0] in stages]
+    mine = [n for n in names if DecisionKey.parse(n).owner in stages]
     values = []
     for state in table.unit_states:
         own: dict[str, Value] = {}
         for j, s_index in enumerate(state):
             s = table.stage_states[j][s_index]
-            own[f"{stages[j]}.depth"] = s.depth
+            own[DecisionKey.depth(stages[j])] = s.depth
             for choice, value in s.choices.items():
-                own[space.ties.get(f"{stages[j]}.{choice}", f"{stages[j]}.{choice}")] = value
+                key = DecisionKey.choice(stages[j], choice)
+                own[space.ties.get(key, key)] = value
         values.append({n: own.get(n) for n in mine})
     return values
 

@@ -55,7 +55,10 @@ from autobuild_dsl.scorer.run import TrainedRun
 from autobuild_dsl.scorer.train import torch_threads
 from autobuild_dsl.space.decisions import index_of, stage_module_choices, unit_modules
 from autobuild_dsl.space.expr import Value, format_value
+from autobuild_dsl.space.keys import DEPTH, DecisionKey
 from autobuild_dsl.space.model import Space, Stage, StageModule, Unit
+from autobuild_dsl.space.values import find_value
+from autobuild_dsl.space.values import value_key as _vkey
 
 Mode = Literal["shift", "standardize"]
 ScoreKind = Literal["pooled", "last"]
@@ -313,15 +316,6 @@ def ensemble(values: np.ndarray, weights: np.ndarray, hops: np.ndarray) -> np.nd
 # ----- which global assignments ------------------------------------------------------------
 
 
-def _vkey(value: object) -> tuple[str, object]:
-    """Hashable value key: 3 == 3.0 but True != 1 (as the encoder keys values)."""
-    if isinstance(value, bool):
-        return ("b", value)
-    if isinstance(value, int | float):
-        return ("n", float(value))
-    return ("s", str(value))
-
-
 def _globals_key(values: dict[str, Value]) -> tuple:
     return tuple(sorted((k, _vkey(v)) for k, v in values.items()))
 
@@ -339,11 +333,11 @@ def _canonical_globals(space: Space, values: dict[str, Any]) -> dict[str, Value]
                 continue
             shown = ", ".join(format_value(v) for v in domain)
             raise RankError(f"no value for the global choice '{name}' (one of {shown})")
-        match = [v for v in domain if _vkey(v) == _vkey(values[name])]
-        if not match:
+        match = find_value(domain, values[name])
+        if match is None:
             shown = ", ".join(format_value(v) for v in domain)
             raise RankError(f"global {name} = {values[name]!r} is not one of {shown}")
-        result[name] = match[0]
+        result[name] = match
     return result
 
 
@@ -547,7 +541,7 @@ def _feasible(space: Space, modules: _Modules, values: dict[str, Value]) -> np.n
                 feasible_states.setdefault(variable_index, set()).add(state_index)
             for key, value in env.items():
                 keeper_values.setdefault(key, set()).add(_vkey(value))
-    unit_var = index.variable_of[f"{modules.unit.stages[0]}.depth"]
+    unit_var = index.variable_of[DecisionKey.depth(modules.unit.stages[0])]
     variable = index.variables[unit_var]
     own_index = {
         tuple(sorted((k, _vkey(v)) for k, v in state)): i for i, state in enumerate(variable.states)
@@ -560,9 +554,9 @@ def _feasible(space: Space, modules: _Modules, values: dict[str, Value]) -> np.n
         for j, s_index in enumerate(state):
             stage = modules.stages[j]
             s = modules.stage_states[j][s_index]
-            own.append((f"{stage.name}.depth", _vkey(s.depth)))
+            own.append((DecisionKey.depth(stage.name), _vkey(s.depth)))
             for name, value in s.choices.items():
-                key = f"{stage.name}.{name}"
+                key = DecisionKey.choice(stage.name, name)
                 keeper = space.ties.get(key)
                 if keeper is None:
                     own.append((key, _vkey(value)))
@@ -849,9 +843,9 @@ def _label_groups(
 
 def context_domain(space: Space, name: str) -> list[Value]:
     """The values a stage decision (`STAGE.depth`, `STAGE.CHOICE`) can take."""
-    owner, _, choice = name.partition(".")
+    owner, choice = DecisionKey.parse(name)
     stage = space.stage(owner)
-    if choice == "depth":
+    if choice == DEPTH:
         return list(stage.depths)
     return list(stage_module_choices(space, stage).get(choice, []))
 
@@ -861,8 +855,8 @@ def context_names(space: Space, encoder: Any, unit: Unit) -> list[str]:
     own: set[str] = set()
     for name in unit.stages:
         stage = space.stage(name)
-        own.add(f"{name}.depth")
-        own.update(f"{name}.{c}" for c in stage_module_choices(space, stage))
+        own.add(DecisionKey.depth(name))
+        own.update(DecisionKey.choice(name, c) for c in stage_module_choices(space, stage))
     own |= {space.ties.get(n, n) for n in own}
     names: dict[str, None] = {}
     for name in unit.stages:

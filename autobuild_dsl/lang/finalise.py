@@ -66,45 +66,18 @@ class Finaliser(RuleLowering):
     def run(self) -> Space | None:
         draft = self.draft
         before = len(self.sink.items)
-        if not self.stages:
-            self.error(draft.loc, f"space '{draft.name}' has no stage: nothing to search")
-        for stage in self.stages:
-            if not stage.depths and not stage.depth_error:
-                self.error(
-                    stage.loc, f"stage '{stage.name}' needs a depth (`depth 2..4` or `depth 3`)"
-                )
-            if not stage.options:
-                self.error(stage.loc, f"stage '{stage.name}' needs a layer (`layer OP(...)`)")
-        for key in ("channels", "size"):
-            if key not in draft.input:
-                self.error(draft.loc, f"space '{draft.name}' needs `input({key} = ...)`")
+        self._check_complete()
         domains = self.decision_domains()
         ties, rules = self._requires(domains)
         space_lets = self._resolve_lets(None, domains)
         input_exprs = {
-            k: self._resolve(v.value, None, space_lets, {}, domains, v.loc, context="input")
+            k: self._resolve(v.value, None, space_lets, domains, v.loc, context="input")
             for k, v in draft.input.items()
         }
         for key, expr in input_exprs.items():
             loc = draft.input[key].loc
             self._check_typed(expr, INPUT_KEYS[key], domains, loc, f"input {key}")
-        parts = []
-        stage_index = 0
-        for part in draft.parts:
-            if isinstance(part, DraftStage):
-                parts.append(self._stage(part, stage_index, space_lets, domains))
-                stage_index += 1
-            else:
-                nodes = [self._node(n, None, space_lets, domains) for n in part.nodes]
-                parts.append(
-                    FixedBlock(
-                        kind=part.kind,
-                        name=part.name,
-                        section=part.section,
-                        nodes=nodes,
-                        where=str(part.loc),
-                    )  # type: ignore[arg-type]
-                )
+        parts = self._parts(space_lets, domains)
         skips = self._skips()
         units = self._units()
         # Merged decisions: the representative's domain is the intersection of both.
@@ -142,6 +115,43 @@ class Finaliser(RuleLowering):
             return None
         return space
 
+    def _check_complete(self) -> None:
+        """A space needs a stage and an input; a stage needs a depth and a layer."""
+        draft = self.draft
+        if not self.stages:
+            self.error(draft.loc, f"space '{draft.name}' has no stage: nothing to search")
+        for stage in self.stages:
+            if not stage.depths and not stage.depth_error:
+                self.error(
+                    stage.loc, f"stage '{stage.name}' needs a depth (`depth 2..4` or `depth 3`)"
+                )
+            if not stage.options:
+                self.error(stage.loc, f"stage '{stage.name}' needs a layer (`layer OP(...)`)")
+        for key in ("channels", "size"):
+            if key not in draft.input:
+                self.error(draft.loc, f"space '{draft.name}' needs `input({key} = ...)`")
+
+    def _parts(
+        self, space_lets: dict[str, Expr], domains: dict[str, list[Value]]
+    ) -> list[Stage | FixedBlock]:
+        parts: list[Stage | FixedBlock] = []
+        stage_index = 0
+        for part in self.draft.parts:
+            if isinstance(part, DraftStage):
+                parts.append(self._stage(part, stage_index, space_lets, domains))
+                stage_index += 1
+                continue
+            nodes = [self._node(n, None, space_lets, domains) for n in part.nodes]
+            block = FixedBlock(
+                kind=part.kind,  # type: ignore[arg-type]
+                name=part.name,
+                section=part.section,
+                nodes=nodes,
+                where=str(part.loc),
+            )
+            parts.append(block)
+        return parts
+
     def _canonical_key(
         self, name: str, stage: DraftStage | None, domains: dict[str, list[Value]]
     ) -> str | None:
@@ -167,7 +177,7 @@ class Finaliser(RuleLowering):
         resolved: dict[str, Expr] = dict(outer or {})
         lets = stage.lets if stage is not None else self.draft.lets
         for name, let in lets.items():
-            resolved[name] = self._resolve(let.value, stage, resolved, {}, domains, let.loc, "let")
+            resolved[name] = self._resolve(let.value, stage, resolved, domains, let.loc, "let")
         return resolved
 
     def _resolve(
@@ -175,7 +185,6 @@ class Finaliser(RuleLowering):
         expr: Expr,
         stage: DraftStage | None,
         lets: dict[str, Expr],
-        layer_domains: dict[str, list[Value]],
         domains: dict[str, list[Value]],
         loc: Location,
         context: str,
@@ -290,9 +299,7 @@ class Finaliser(RuleLowering):
             self.error(node.loc, f"unknown operation '{node.op}' (operations: {known})")
         for key, arg in node.args.items():
             expr, loc = arg.value, arg.loc
-            resolved = self._resolve(
-                expr, stage, lets, layer_domains or {}, domains, loc, context="attr"
-            )
+            resolved = self._resolve(expr, stage, lets, domains, loc, context="attr")
             attrs[key] = resolved
             if spec is None:
                 continue
@@ -318,7 +325,7 @@ class Finaliser(RuleLowering):
         condition = None
         if node.condition is not None:
             condition = self._resolve(
-                node.condition, stage, lets, {}, domains, node.loc, context="condition"
+                node.condition, stage, lets, domains, node.loc, context="condition"
             )
             self._check_typed(condition, "bool", domains, node.loc, "the condition")
         return NodeTemplate(op=node.op, attrs=attrs, condition=condition, where=str(node.loc))

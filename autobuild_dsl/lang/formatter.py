@@ -11,37 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from autobuild_dsl.lang import syntax
 from autobuild_dsl.lang.diagnostics import DiagnosticSink, Location, SourceFile
 from autobuild_dsl.lang.lower import normalize_newlines
-from autobuild_dsl.lang.syntax import (
-    Alternative,
-    Arg,
-    Assignment,
-    CallNode,
-    ChoiceDecl,
-    CodeDecl,
-    DepthDecl,
-    Description,
-    Domain,
-    EdgeDecl,
-    FixedDecl,
-    InputDecl,
-    LayerDecl,
-    LetDecl,
-    LocatedExpr,
-    NodeBlock,
-    NodeItem,
-    RangeDomain,
-    RequireDecl,
-    RestrictDecl,
-    SectionDecl,
-    SkipDecl,
-    SpaceDecl,
-    StageDecl,
-    StagesDecl,
-    UnitDecl,
-    ValueNode,
-)
 from autobuild_dsl.lang.transform import parse_module
 from autobuild_dsl.space.expr import Const, format_expr, quote_string
 
@@ -74,27 +46,26 @@ class _Printer:
         self.next_comment = 0
         self.lines: list[str] = []
         self.last_end_line = 0
-        self._items: dict[type, Callable[[Any, str], None]] = {
-            Description: lambda d, i: self.emit(d.loc, i, [f"description {d.text}"]),
-            InputDecl: lambda d, i: self.emit(d.loc, i, [f"input({self.args(d.args)})"]),
-            ChoiceDecl: lambda d, i: self.emit(
-                d.loc, i, [f"choice {d.name} = {self.domain(d.domain)}"]
-            ),
-            LetDecl: lambda d, i: self.emit(d.loc, i, [f"let {d.name} = {self.expr(d.value)}"]),
-            FixedDecl: self.fixed_block,
-            StageDecl: self.stage_decl,
-            StagesDecl: self.stages_decl,
-            SectionDecl: self.section,
-            SkipDecl: lambda d, i: self.emit(d.loc, i, [f"skip {d.source} -> {d.target}"]),
-            RequireDecl: lambda d, i: self.emit(d.loc, i, [f"require {self.expr(d.expr)}"]),
-            UnitDecl: lambda d, i: self.emit(
-                d.loc, i, [f"unit {d.name} = {' + '.join(d.members)}"]
-            ),
-            RestrictDecl: self.restrict,
-            CodeDecl: self.code,
-            DepthDecl: self.depth,
-            LayerDecl: self.layer,
-            EdgeDecl: lambda d, i: self.emit(d.loc, i, [f"{d.word} {self.node_item(d.node)}"]),
+        # Items printed on one line, and items printed by a method of their own.
+        self._one_line: dict[type, Callable[[Any], str]] = {
+            syntax.Description: lambda d: f"description {d.text}",
+            syntax.InputDecl: lambda d: f"input({self.args(d.args)})",
+            syntax.ChoiceDecl: lambda d: f"choice {d.name} = {self.domain(d.domain)}",
+            syntax.LetDecl: lambda d: f"let {d.name} = {self.expr(d.value)}",
+            syntax.SkipDecl: lambda d: f"skip {d.source} -> {d.target}",
+            syntax.RequireDecl: lambda d: f"require {self.expr(d.expr)}",
+            syntax.UnitDecl: lambda d: f"unit {d.name} = {' + '.join(d.members)}",
+            syntax.DepthDecl: lambda d: f"depth {d.low}" + (f"..{d.high}" if d.high else ""),
+            syntax.EdgeDecl: lambda d: f"{d.word} {self.node_item(d.node)}",
+        }
+        self._blocks: dict[type, Callable[[Any, str], None]] = {
+            syntax.FixedDecl: self.fixed_block,
+            syntax.StageDecl: self.stage_decl,
+            syntax.StagesDecl: self.stages_decl,
+            syntax.SectionDecl: self.section,
+            syntax.RestrictDecl: self.restrict,
+            syntax.CodeDecl: self.code,
+            syntax.LayerDecl: self.layer,
         }
 
     # ----- emission -------------------------------------------------------------------
@@ -156,7 +127,7 @@ class _Printer:
 
     # ----- structure --------------------------------------------------------------------
 
-    def space(self, decl: SpaceDecl) -> None:
+    def space(self, decl: syntax.SpaceDecl) -> None:
         header = f"space {decl.name}"
         if decl.extends is not None:
             header += f" extends {decl.extends.name}"
@@ -168,7 +139,11 @@ class _Printer:
         self.close(decl.loc, "")
 
     def item(self, item: Any, indent: str) -> None:
-        self._items[type(item)](item, indent)
+        text = self._one_line.get(type(item))
+        if text is not None:
+            self.emit(item.loc, indent, [text(item)])
+        else:
+            self._blocks[type(item)](item, indent)
 
     def _block(self, loc: Location, indent: str, header: str, items: list) -> None:
         self.open(loc, indent, header + " {")
@@ -176,20 +151,20 @@ class _Printer:
             self.item(sub, indent + INDENT)
         self.close(loc, indent)
 
-    def fixed_block(self, item: FixedDecl, indent: str) -> None:
+    def fixed_block(self, item: syntax.FixedDecl, indent: str) -> None:
         name = f" {item.name}" if item.name is not None else ""
         self.open(item.loc, indent, f"{item.kind}{name} {{")
         for node in item.nodes:
             self.emit(node.loc, indent + INDENT, [self.node_item(node)])
         self.close(item.loc, indent)
 
-    def stage_decl(self, item: StageDecl, indent: str) -> None:
+    def stage_decl(self, item: syntax.StageDecl, indent: str) -> None:
         self._block(item.loc, indent, f"stage {item.name}", item.items)
 
-    def section(self, item: SectionDecl, indent: str) -> None:
+    def section(self, item: syntax.SectionDecl, indent: str) -> None:
         self._block(item.loc, indent, f"section {item.name}", item.items)
 
-    def stages_decl(self, item: StagesDecl, indent: str) -> None:
+    def stages_decl(self, item: syntax.StagesDecl, indent: str) -> None:
         columns = ", ".join(c.text for c in item.columns)
         self.open(item.loc, indent, f"stages ({columns}) {{")
         for row in item.rows:
@@ -203,11 +178,7 @@ class _Printer:
             self.item(sub, indent + INDENT)
         self.close(item.loc, indent)
 
-    def depth(self, item: DepthDecl, indent: str) -> None:
-        text = f"depth {item.low}" + (f"..{item.high}" if item.high is not None else "")
-        self.emit(item.loc, indent, [text])
-
-    def layer(self, item: LayerDecl, indent: str) -> None:
+    def layer(self, item: syntax.LayerDecl, indent: str) -> None:
         alternatives = [self.alternative(a) for a in item.alternatives]
         if all(len(a) == 1 for a in alternatives):
             flat = [a[0] for a in alternatives]
@@ -227,18 +198,18 @@ class _Printer:
                 lines.extend([lead + alternative[0], *alternative[1:]])
         self.emit(item.loc, indent, lines)
 
-    def alternative(self, alternative: Alternative) -> list[str]:
+    def alternative(self, alternative: syntax.Alternative) -> list[str]:
         suffix = f" as {alternative.label}" if alternative.label is not None else ""
         if alternative.residual is not None:
             settings = self.args(alternative.residual.args)
             suffix = f" residual({settings})" + suffix if settings else " residual" + suffix
         body = alternative.body
-        if isinstance(body, NodeBlock):
+        if isinstance(body, syntax.NodeBlock):
             nodes = [self.node_item(n) for n in body.items]
             return ["{", *[INDENT + n for n in nodes], "}" + suffix]
         return [self.call(body) + suffix]
 
-    def restrict(self, item: RestrictDecl, indent: str) -> None:
+    def restrict(self, item: syntax.RestrictDecl, indent: str) -> None:
         modules = []
         for module in item.modules:
             parts = []
@@ -252,7 +223,7 @@ class _Printer:
         lines = [f"restrict {item.target} to {{"] + [f"{INDENT}{m}," for m in modules] + ["}"]
         self.emit(item.loc, indent, lines)
 
-    def code(self, item: CodeDecl, indent: str) -> None:
+    def code(self, item: syntax.CodeDecl, indent: str) -> None:
         lines = [f"code {item.name} = {item.kind} {{"]
         lines += [
             f"{INDENT}{self.value(e.token)} -> {self.assignment(e.assignment)}"
@@ -262,36 +233,36 @@ class _Printer:
 
     # ----- leaves -----------------------------------------------------------------------
 
-    def node_item(self, item: NodeItem) -> str:
+    def node_item(self, item: syntax.NodeItem) -> str:
         text = self.call(item.call)
         if item.condition is not None:
             text += f" if {self.expr(item.condition)}"
         return text
 
-    def call(self, call: CallNode) -> str:
+    def call(self, call: syntax.CallNode) -> str:
         return f"{call.op}({self.args(call.args)})"
 
-    def args(self, args: list[Arg]) -> str:
+    def args(self, args: list[syntax.Arg]) -> str:
         parts = []
         for arg in args:
             value = arg.value
-            text = self.expr(value) if isinstance(value, LocatedExpr) else self.domain(value)
+            text = self.expr(value) if isinstance(value, syntax.LocatedExpr) else self.domain(value)
             parts.append(f"{arg.name} = {text}")
         return ", ".join(parts)
 
-    def assignment(self, assignment: Assignment) -> str:
+    def assignment(self, assignment: syntax.Assignment) -> str:
         pairs = [f"{pair.name} = {self.value(pair.value)}" for pair in assignment.pairs]
         return "(" + ", ".join(pairs) + ")"
 
-    def domain(self, domain: Domain) -> str:
-        if isinstance(domain, RangeDomain):
+    def domain(self, domain: syntax.Domain) -> str:
+        if isinstance(domain, syntax.RangeDomain):
             text = f"{domain.low_text}..{domain.high_text}"
             if domain.step_text is not None:
                 text += f" step {domain.step_text}"
             return text
         return "{" + ", ".join(self.value(v) for v in domain.values) + "}"
 
-    def value(self, node: ValueNode) -> str:
+    def value(self, node: syntax.ValueNode) -> str:
         if node.quoted:
             # A string stays a string (the same value as the bare word, but safe to write).
             return quote_string(str(node.value))
@@ -299,6 +270,6 @@ class _Printer:
             return node.value  # a bare word (symbol) stays bare
         return format_expr(Const(value=node.value), source=True)
 
-    def expr(self, located: LocatedExpr) -> str:
+    def expr(self, located: syntax.LocatedExpr) -> str:
         # `source=True`: strings keep their quotes, so the text means what it meant.
         return format_expr(located.expr, source=True)

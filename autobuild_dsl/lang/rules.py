@@ -122,9 +122,7 @@ class RuleLowering:
             for name, let in self.draft.lets.items():
                 expr = let.value
                 before = len(self.sink.items)
-                top[name] = self._resolve(
-                    expr, None, top, {}, domains, self.draft.loc, context="let"
-                )
+                top[name] = self._resolve(expr, None, top, domains, self.draft.loc, context="let")
                 if len(self.sink.items) > before or poisoned & set(names_in(expr)):
                     poisoned.add(name)
             per_stage: dict[str, dict[str, Expr]] = {}
@@ -134,7 +132,7 @@ class RuleLowering:
                 for name, let in stage.lets.items():
                     expr = let.value
                     before = len(self.sink.items)
-                    own[name] = self._resolve(expr, stage, own, {}, domains, stage.loc, "let")
+                    own[name] = self._resolve(expr, stage, own, domains, stage.loc, "let")
                     if len(self.sink.items) > before or bad & set(names_in(expr)):
                         bad.add(name)
                         poisoned.add(f"{stage.name}.{name}")

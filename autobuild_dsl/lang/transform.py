@@ -12,46 +12,9 @@ from dataclasses import replace
 from lark import Token, Transformer, Tree, v_args
 from lark.exceptions import VisitError
 
+from autobuild_dsl.lang import syntax
 from autobuild_dsl.lang.diagnostics import DiagnosticSink, Location, SourceFile
 from autobuild_dsl.lang.parser import parse
-from autobuild_dsl.lang.syntax import (
-    Alternative,
-    Arg,
-    Assignment,
-    CallNode,
-    ChoiceDecl,
-    CodeDecl,
-    CodeEntry,
-    DepthDecl,
-    Description,
-    EdgeDecl,
-    ExtendsClause,
-    FixedDecl,
-    InputDecl,
-    LayerDecl,
-    LetDecl,
-    LocatedExpr,
-    Module,
-    Name,
-    NodeBlock,
-    NodeItem,
-    Pair,
-    RangeDomain,
-    RequireDecl,
-    ResidualClause,
-    RestrictDecl,
-    RestrictModule,
-    SectionDecl,
-    SetDomain,
-    SkipDecl,
-    SpaceDecl,
-    StageDecl,
-    StagePart,
-    StageRow,
-    StagesDecl,
-    UnitDecl,
-    ValueNode,
-)
 from autobuild_dsl.space.expr import FUNCTIONS, Binary, Call, Const, Ref, Unary
 
 PUNCTUATION = frozenset(
@@ -83,12 +46,12 @@ def _kids(children: list) -> list:
     return [c for c in children if not (isinstance(c, Token) and c.type in PUNCTUATION)]
 
 
-def _value(node: LocatedExpr | ValueNode) -> ValueNode:
+def _value(node: syntax.LocatedExpr | syntax.ValueNode) -> syntax.ValueNode:
     """A literal in a value position: `true`, numbers and strings come as constants."""
-    if isinstance(node, ValueNode):
+    if isinstance(node, syntax.ValueNode):
         return node
     value = node.expr.value if isinstance(node.expr, Const) else 0
-    return ValueNode(value=value, loc=node.loc, quoted=isinstance(value, str))
+    return syntax.ValueNode(value=value, loc=node.loc, quoted=isinstance(value, str))
 
 
 @v_args(meta=True)
@@ -105,208 +68,210 @@ class SyntaxBuilder(Transformer):
             self.path, line, getattr(meta, "column", 1), getattr(meta, "end_line", line)
         )
 
-    def _name(self, token: Token) -> Name:
+    def _name(self, token: Token) -> syntax.Name:
         line = token.line or 1
         loc = Location(self.path, line, token.column or 1, token.end_line or line)
-        return Name(str(token), loc)
+        return syntax.Name(str(token), loc)
 
     # ----- spaces ---------------------------------------------------------------------
 
-    def start(self, meta, children) -> Module:  # type: ignore[no-untyped-def]
-        return Module(spaces=list(children))
+    def start(self, meta, children) -> syntax.Module:  # type: ignore[no-untyped-def]
+        return syntax.Module(spaces=list(children))
 
-    def space_decl(self, meta, children) -> SpaceDecl:  # type: ignore[no-untyped-def]
+    def space_decl(self, meta, children) -> syntax.SpaceDecl:  # type: ignore[no-untyped-def]
         kids = _kids(children)
         items = kids[2:]
         extends = None
-        if items and isinstance(items[0], ExtendsClause):
+        if items and isinstance(items[0], syntax.ExtendsClause):
             extends, items = items[0], items[1:]
-        return SpaceDecl(self._name(kids[1]), extends, items, self._at(meta))
+        return syntax.SpaceDecl(self._name(kids[1]), extends, items, self._at(meta))
 
-    def extends_clause(self, meta, children) -> ExtendsClause:  # type: ignore[no-untyped-def]
+    def extends_clause(self, meta, children) -> syntax.ExtendsClause:  # type: ignore[no-untyped-def]
         kids = _kids(children)
         path = self._name(kids[3]) if len(kids) > 3 else None
-        return ExtendsClause(self._name(kids[1]), path, self._at(meta))
+        return syntax.ExtendsClause(self._name(kids[1]), path, self._at(meta))
 
-    def description(self, meta, children) -> Description:  # type: ignore[no-untyped-def]
-        return Description(str(_kids(children)[1]), self._at(meta))
+    def description(self, meta, children) -> syntax.Description:  # type: ignore[no-untyped-def]
+        return syntax.Description(str(_kids(children)[1]), self._at(meta))
 
-    def input_decl(self, meta, children) -> InputDecl:  # type: ignore[no-untyped-def]
-        return InputDecl(_kids(children)[1:], self._at(meta))
+    def input_decl(self, meta, children) -> syntax.InputDecl:  # type: ignore[no-untyped-def]
+        return syntax.InputDecl(_kids(children)[1:], self._at(meta))
 
-    def choice_decl(self, meta, children) -> ChoiceDecl:  # type: ignore[no-untyped-def]
+    def choice_decl(self, meta, children) -> syntax.ChoiceDecl:  # type: ignore[no-untyped-def]
         kids = _kids(children)
-        return ChoiceDecl(self._name(kids[1]), kids[2], self._at(meta))
+        return syntax.ChoiceDecl(self._name(kids[1]), kids[2], self._at(meta))
 
-    def let_decl(self, meta, children) -> LetDecl:  # type: ignore[no-untyped-def]
+    def let_decl(self, meta, children) -> syntax.LetDecl:  # type: ignore[no-untyped-def]
         kids = _kids(children)
-        return LetDecl(self._name(kids[1]), kids[2], self._at(meta))
+        return syntax.LetDecl(self._name(kids[1]), kids[2], self._at(meta))
 
-    def set_domain(self, meta, children) -> SetDomain:  # type: ignore[no-untyped-def]
-        return SetDomain([_value(k) for k in _kids(children)], self._at(meta))
+    def set_domain(self, meta, children) -> syntax.SetDomain:  # type: ignore[no-untyped-def]
+        return syntax.SetDomain([_value(k) for k in _kids(children)], self._at(meta))
 
-    def range_domain(self, meta, children) -> RangeDomain:  # type: ignore[no-untyped-def]
+    def range_domain(self, meta, children) -> syntax.RangeDomain:  # type: ignore[no-untyped-def]
         kids = _kids(children)
         step = str(kids[3]) if len(kids) > 3 else None
-        return RangeDomain(str(kids[0]), str(kids[1]), step, self._at(meta))
+        return syntax.RangeDomain(str(kids[0]), str(kids[1]), step, self._at(meta))
 
-    def signed_number(self, meta, children) -> ValueNode:  # type: ignore[no-untyped-def]
+    def signed_number(self, meta, children) -> syntax.ValueNode:  # type: ignore[no-untyped-def]
         number = children[-1].expr.value
         negative = isinstance(children[0], Token) and children[0].type == "MINUS"
-        return ValueNode(-number if negative else number, self._at(meta))
+        return syntax.ValueNode(-number if negative else number, self._at(meta))
 
-    def symbol(self, meta, children) -> ValueNode:  # type: ignore[no-untyped-def]
-        return ValueNode(str(children[0]), self._at(meta))
+    def symbol(self, meta, children) -> syntax.ValueNode:  # type: ignore[no-untyped-def]
+        return syntax.ValueNode(str(children[0]), self._at(meta))
 
     # ----- parts and stages -----------------------------------------------------------
 
-    def fixed_block(self, meta, children) -> FixedDecl:  # type: ignore[no-untyped-def]
+    def fixed_block(self, meta, children) -> syntax.FixedDecl:  # type: ignore[no-untyped-def]
         kids = _kids(children)
         name = None
         if len(kids) > 1 and isinstance(kids[1], Token) and kids[1].type == "NAME":
             name = str(kids[1])
-        return FixedDecl(str(kids[0]), name, kids[2:] if name else kids[1:], self._at(meta))
+        return syntax.FixedDecl(str(kids[0]), name, kids[2:] if name else kids[1:], self._at(meta))
 
-    def stage_decl(self, meta, children) -> StageDecl:  # type: ignore[no-untyped-def]
+    def stage_decl(self, meta, children) -> syntax.StageDecl:  # type: ignore[no-untyped-def]
         kids = _kids(children)
-        return StageDecl(self._name(kids[1]), kids[2:], self._at(meta))
+        return syntax.StageDecl(self._name(kids[1]), kids[2:], self._at(meta))
 
-    def stages_decl(self, meta, children) -> StagesDecl:  # type: ignore[no-untyped-def]
+    def stages_decl(self, meta, children) -> syntax.StagesDecl:  # type: ignore[no-untyped-def]
         kids = _kids(children)[1:]
         columns = [self._name(k) for k in kids if isinstance(k, Token) and k.type == "NAME"]
-        rows = [k for k in kids if isinstance(k, StageRow)]
-        items = [k for k in kids if not isinstance(k, Token | StageRow)]
-        return StagesDecl(columns, rows, items, self._at(meta))
+        rows = [k for k in kids if isinstance(k, syntax.StageRow)]
+        items = [k for k in kids if not isinstance(k, Token | syntax.StageRow)]
+        return syntax.StagesDecl(columns, rows, items, self._at(meta))
 
-    def stage_row(self, meta, children) -> StageRow:  # type: ignore[no-untyped-def]
+    def stage_row(self, meta, children) -> syntax.StageRow:  # type: ignore[no-untyped-def]
         kids = _kids(children)
-        return StageRow(self._name(kids[0]), kids[1:], self._at(meta))
+        return syntax.StageRow(self._name(kids[0]), kids[1:], self._at(meta))
 
-    def depth_decl(self, meta, children) -> DepthDecl:  # type: ignore[no-untyped-def]
+    def depth_decl(self, meta, children) -> syntax.DepthDecl:  # type: ignore[no-untyped-def]
         kids = _kids(children)
         high = self._name(kids[2]) if len(kids) > 2 else None
-        return DepthDecl(self._name(kids[1]), high, self._at(meta))
+        return syntax.DepthDecl(self._name(kids[1]), high, self._at(meta))
 
-    def layer_decl(self, meta, children) -> LayerDecl:  # type: ignore[no-untyped-def]
-        return LayerDecl(_kids(children)[1:], self._at(meta))
+    def layer_decl(self, meta, children) -> syntax.LayerDecl:  # type: ignore[no-untyped-def]
+        return syntax.LayerDecl(_kids(children)[1:], self._at(meta))
 
-    def alternative(self, meta, children) -> Alternative:  # type: ignore[no-untyped-def]
+    def alternative(self, meta, children) -> syntax.Alternative:  # type: ignore[no-untyped-def]
         kids = _kids(children)
         label = None
         if len(kids) >= 3 and isinstance(kids[-2], Token) and kids[-2].type == "AS":
             label = str(kids[-1])
-        residual = next((k for k in kids if isinstance(k, ResidualClause)), None)
-        return Alternative(kids[0], residual, label, self._at(meta))
+        residual = next((k for k in kids if isinstance(k, syntax.ResidualClause)), None)
+        return syntax.Alternative(kids[0], residual, label, self._at(meta))
 
-    def residual_clause(self, meta, children) -> ResidualClause:  # type: ignore[no-untyped-def]
-        return ResidualClause(_kids(children)[1:], self._at(meta))
+    def residual_clause(self, meta, children) -> syntax.ResidualClause:  # type: ignore[no-untyped-def]
+        return syntax.ResidualClause(_kids(children)[1:], self._at(meta))
 
-    def node_block(self, meta, children) -> NodeBlock:  # type: ignore[no-untyped-def]
-        return NodeBlock(_kids(children), self._at(meta))
+    def node_block(self, meta, children) -> syntax.NodeBlock:  # type: ignore[no-untyped-def]
+        return syntax.NodeBlock(_kids(children), self._at(meta))
 
-    def before_decl(self, meta, children) -> EdgeDecl:  # type: ignore[no-untyped-def]
-        return EdgeDecl("before", _kids(children)[1], self._at(meta))
+    def before_decl(self, meta, children) -> syntax.EdgeDecl:  # type: ignore[no-untyped-def]
+        return syntax.EdgeDecl("before", _kids(children)[1], self._at(meta))
 
-    def after_decl(self, meta, children) -> EdgeDecl:  # type: ignore[no-untyped-def]
-        return EdgeDecl("after", _kids(children)[1], self._at(meta))
+    def after_decl(self, meta, children) -> syntax.EdgeDecl:  # type: ignore[no-untyped-def]
+        return syntax.EdgeDecl("after", _kids(children)[1], self._at(meta))
 
-    def node_item(self, meta, children) -> NodeItem:  # type: ignore[no-untyped-def]
+    def node_item(self, meta, children) -> syntax.NodeItem:  # type: ignore[no-untyped-def]
         kids = _kids(children)
-        return NodeItem(kids[0], kids[2] if len(kids) > 2 else None, self._at(meta))
+        return syntax.NodeItem(kids[0], kids[2] if len(kids) > 2 else None, self._at(meta))
 
-    def call(self, meta, children) -> CallNode:  # type: ignore[no-untyped-def]
+    def call(self, meta, children) -> syntax.CallNode:  # type: ignore[no-untyped-def]
         kids = _kids(children)
-        return CallNode(str(kids[0]), kids[1:], self._at(meta))
+        return syntax.CallNode(str(kids[0]), kids[1:], self._at(meta))
 
-    def arg(self, meta, children) -> Arg:  # type: ignore[no-untyped-def]
+    def arg(self, meta, children) -> syntax.Arg:  # type: ignore[no-untyped-def]
         kids = _kids(children)
-        return Arg(self._name(kids[0]), kids[1], self._at(meta))
+        return syntax.Arg(self._name(kids[0]), kids[1], self._at(meta))
 
     # ----- the other space items ------------------------------------------------------
 
-    def section_decl(self, meta, children) -> SectionDecl:  # type: ignore[no-untyped-def]
+    def section_decl(self, meta, children) -> syntax.SectionDecl:  # type: ignore[no-untyped-def]
         kids = _kids(children)
-        return SectionDecl(self._name(kids[1]), kids[2:], self._at(meta))
+        return syntax.SectionDecl(self._name(kids[1]), kids[2:], self._at(meta))
 
-    def skip_decl(self, meta, children) -> SkipDecl:  # type: ignore[no-untyped-def]
+    def skip_decl(self, meta, children) -> syntax.SkipDecl:  # type: ignore[no-untyped-def]
         kids = _kids(children)
-        return SkipDecl(str(kids[1]), str(kids[2]), self._at(meta))
+        return syntax.SkipDecl(str(kids[1]), str(kids[2]), self._at(meta))
 
-    def require_decl(self, meta, children) -> RequireDecl:  # type: ignore[no-untyped-def]
-        return RequireDecl(_kids(children)[1], self._at(meta))
+    def require_decl(self, meta, children) -> syntax.RequireDecl:  # type: ignore[no-untyped-def]
+        return syntax.RequireDecl(_kids(children)[1], self._at(meta))
 
-    def unit_decl(self, meta, children) -> UnitDecl:  # type: ignore[no-untyped-def]
+    def unit_decl(self, meta, children) -> syntax.UnitDecl:  # type: ignore[no-untyped-def]
         kids = _kids(children)
         members = [str(k) for k in kids[2:] if k.type != "PLUS"]
-        return UnitDecl(str(kids[1]), members, self._at(meta))
+        return syntax.UnitDecl(str(kids[1]), members, self._at(meta))
 
-    def code_decl(self, meta, children) -> CodeDecl:  # type: ignore[no-untyped-def]
+    def code_decl(self, meta, children) -> syntax.CodeDecl:  # type: ignore[no-untyped-def]
         kids = _kids(children)
-        return CodeDecl(self._name(kids[1]), self._name(kids[2]), kids[3:], self._at(meta))
+        return syntax.CodeDecl(self._name(kids[1]), self._name(kids[2]), kids[3:], self._at(meta))
 
-    def code_entry(self, meta, children) -> CodeEntry:  # type: ignore[no-untyped-def]
+    def code_entry(self, meta, children) -> syntax.CodeEntry:  # type: ignore[no-untyped-def]
         kids = _kids(children)
-        return CodeEntry(_value(kids[0]), kids[1], self._at(meta))
+        return syntax.CodeEntry(_value(kids[0]), kids[1], self._at(meta))
 
-    def restrict_decl(self, meta, children) -> RestrictDecl:  # type: ignore[no-untyped-def]
+    def restrict_decl(self, meta, children) -> syntax.RestrictDecl:  # type: ignore[no-untyped-def]
         kids = _kids(children)
-        return RestrictDecl(self._name(kids[1]), kids[3:], self._at(meta))
+        return syntax.RestrictDecl(self._name(kids[1]), kids[3:], self._at(meta))
 
-    def module(self, meta, children) -> RestrictModule:  # type: ignore[no-untyped-def]
-        parts = [k for k in children if isinstance(k, StagePart)]
-        return RestrictModule(parts, self._at(meta))
+    def module(self, meta, children) -> syntax.RestrictModule:  # type: ignore[no-untyped-def]
+        parts = [k for k in children if isinstance(k, syntax.StagePart)]
+        return syntax.RestrictModule(parts, self._at(meta))
 
-    def stage_module(self, meta, children) -> StagePart:  # type: ignore[no-untyped-def]
+    def stage_module(self, meta, children) -> syntax.StagePart:  # type: ignore[no-untyped-def]
         # `(attn = true) [ ... ]`: an assignment before the bracket is the stage's choices.
         assignments = _kids(children)
-        if isinstance(children[0], Assignment):
-            return StagePart(assignments[0], assignments[1:], self._at(meta))
-        return StagePart(None, assignments, self._at(meta))
+        if isinstance(children[0], syntax.Assignment):
+            return syntax.StagePart(assignments[0], assignments[1:], self._at(meta))
+        return syntax.StagePart(None, assignments, self._at(meta))
 
-    def assignment(self, meta, children) -> Assignment:  # type: ignore[no-untyped-def]
-        return Assignment(_kids(children), self._at(meta))
+    def assignment(self, meta, children) -> syntax.Assignment:  # type: ignore[no-untyped-def]
+        return syntax.Assignment(_kids(children), self._at(meta))
 
-    def pair(self, meta, children) -> Pair:  # type: ignore[no-untyped-def]
+    def pair(self, meta, children) -> syntax.Pair:  # type: ignore[no-untyped-def]
         kids = _kids(children)
-        return Pair(str(kids[0]), _value(kids[1]))
+        return syntax.Pair(str(kids[0]), _value(kids[1]))
 
     # ----- expressions ----------------------------------------------------------------
 
-    def _const(self, meta, value) -> LocatedExpr:  # type: ignore[no-untyped-def]
-        return LocatedExpr(Const(value=value), self._at(meta))
+    def _const(self, meta, value) -> syntax.LocatedExpr:  # type: ignore[no-untyped-def]
+        return syntax.LocatedExpr(Const(value=value), self._at(meta))
 
-    def int(self, meta, children) -> LocatedExpr:  # type: ignore[no-untyped-def]
+    def int(self, meta, children) -> syntax.LocatedExpr:  # type: ignore[no-untyped-def]
         return self._const(meta, int(children[0]))
 
-    def float(self, meta, children) -> LocatedExpr:  # type: ignore[no-untyped-def]
+    def float(self, meta, children) -> syntax.LocatedExpr:  # type: ignore[no-untyped-def]
         return self._const(meta, float(children[0]))
 
-    def true(self, meta, children) -> LocatedExpr:  # type: ignore[no-untyped-def]
+    def true(self, meta, children) -> syntax.LocatedExpr:  # type: ignore[no-untyped-def]
         return self._const(meta, True)
 
-    def false(self, meta, children) -> LocatedExpr:  # type: ignore[no-untyped-def]
+    def false(self, meta, children) -> syntax.LocatedExpr:  # type: ignore[no-untyped-def]
         return self._const(meta, False)
 
-    def string(self, meta, children) -> LocatedExpr:  # type: ignore[no-untyped-def]
+    def string(self, meta, children) -> syntax.LocatedExpr:  # type: ignore[no-untyped-def]
         return self._const(meta, unquote(str(children[0])))
 
-    def ref(self, meta, children) -> LocatedExpr:  # type: ignore[no-untyped-def]
+    def ref(self, meta, children) -> syntax.LocatedExpr:  # type: ignore[no-untyped-def]
         names = [str(k) for k in children if k.type == "NAME"]
-        return LocatedExpr(Ref(name=".".join(names)), self._at(meta))
+        return syntax.LocatedExpr(Ref(name=".".join(names)), self._at(meta))
 
-    def _unary(self, meta, op: str, children) -> LocatedExpr:  # type: ignore[no-untyped-def]
+    def _unary(self, meta, op: str, children) -> syntax.LocatedExpr:  # type: ignore[no-untyped-def]
         operand = children[1]
         op_loc = self._name(children[0]).loc if op == "not" else None
         expr = Unary(op=op, operand=operand.expr)  # type: ignore[arg-type]
-        return LocatedExpr(expr, self._at(meta), (operand,), op_loc, problems=operand.problems)
+        return syntax.LocatedExpr(
+            expr, self._at(meta), (operand,), op_loc, problems=operand.problems
+        )
 
-    def neg(self, meta, children) -> LocatedExpr:  # type: ignore[no-untyped-def]
+    def neg(self, meta, children) -> syntax.LocatedExpr:  # type: ignore[no-untyped-def]
         return self._unary(meta, "-", children)
 
-    def not_op(self, meta, children) -> LocatedExpr:  # type: ignore[no-untyped-def]
+    def not_op(self, meta, children) -> syntax.LocatedExpr:  # type: ignore[no-untyped-def]
         return self._unary(meta, "not", children)
 
-    def _chain(self, meta, children) -> LocatedExpr:  # type: ignore[no-untyped-def]
+    def _chain(self, meta, children) -> syntax.LocatedExpr:  # type: ignore[no-untyped-def]
         """`a OP b OP c`, folded to the left."""
         parts = tuple(children[0::2])
         expr = parts[0].expr
@@ -315,11 +280,11 @@ class SyntaxBuilder(Transformer):
         op = next((k for k in children if isinstance(k, Token) and k.type in _OPERATORS), None)
         op_loc = self._name(op).loc if op is not None else None
         problems = tuple(p for part in parts for p in part.problems)
-        return LocatedExpr(expr, self._at(meta), parts, op_loc, problems=problems)
+        return syntax.LocatedExpr(expr, self._at(meta), parts, op_loc, problems=problems)
 
     or_expr = and_expr = sum = product = comparison = _chain
 
-    def func_call(self, meta, children) -> LocatedExpr:  # type: ignore[no-untyped-def]
+    def func_call(self, meta, children) -> syntax.LocatedExpr:  # type: ignore[no-untyped-def]
         kids = _kids(children)
         name, args = str(kids[0]), tuple(kids[1:])
         loc = self._at(meta)
@@ -332,13 +297,13 @@ class SyntaxBuilder(Transformer):
                 takes = low if high == low else f"at least {low}"
                 problems.append((loc, f"{name}() takes {takes} argument(s), got {len(args)}"))
         expr = Call(func=name, args=[a.expr for a in args])
-        return LocatedExpr(expr, loc, args, problems=tuple(problems))
+        return syntax.LocatedExpr(expr, loc, args, problems=tuple(problems))
 
-    def atom(self, meta, children) -> LocatedExpr:  # type: ignore[no-untyped-def]
+    def atom(self, meta, children) -> syntax.LocatedExpr:  # type: ignore[no-untyped-def]
         inner = _kids(children)[0]
-        return LocatedExpr(inner.expr, self._at(meta), (inner,), None, True, inner.problems)
+        return syntax.LocatedExpr(inner.expr, self._at(meta), (inner,), None, True, inner.problems)
 
-    def target(self, meta, children) -> LocatedExpr:  # type: ignore[no-untyped-def]
+    def target(self, meta, children) -> syntax.LocatedExpr:  # type: ignore[no-untyped-def]
         return children[0]
 
 
@@ -357,7 +322,9 @@ def _comments(tree: Tree, text: str) -> list[tuple[int, str]]:
     return comments
 
 
-def parse_module(source: SourceFile, sink: DiagnosticSink, comments: bool = False) -> Module | None:
+def parse_module(
+    source: SourceFile, sink: DiagnosticSink, comments: bool = False
+) -> syntax.Module | None:
     """Parse a file into located nodes; None (with diagnostics in `sink`) on errors."""
     sink.add_source(source)
     tree = parse(source, sink)
@@ -371,7 +338,7 @@ def parse_module(source: SourceFile, sink: DiagnosticSink, comments: bool = Fals
 
 def parse_expression(
     text: str, path: str = "<expression>", sink: DiagnosticSink | None = None
-) -> LocatedExpr | None:
+) -> syntax.LocatedExpr | None:
     """One expression (a rule, a target over metrics) as located nodes.
 
     Syntax errors go to `sink` (and None is returned); without a sink they are raised as

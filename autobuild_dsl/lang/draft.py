@@ -59,11 +59,11 @@ class Scope:
     lets: dict[str, Placed[Expr]] = field(default_factory=dict)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class DraftStage(Scope):
-    name: str = ""
-    section: str | None = None
-    loc: Location = field(default_factory=lambda: Location("<space>", 1, 1))
+    name: str
+    section: str | None
+    loc: Location
     depth: Placed[list[int]] | None = None
     options: list[DraftOption] = field(default_factory=list)
     before: list[DraftNode] = field(default_factory=list)
@@ -85,10 +85,10 @@ class DraftFixed:
     loc: Location
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Draft(Scope):
-    name: str = ""
-    loc: Location = field(default_factory=lambda: Location("<space>", 1, 1))
+    name: str
+    loc: Location
     description: str = ""
     extends: str | None = None
     input: dict[str, Placed[Expr]] = field(default_factory=dict)

@@ -285,7 +285,7 @@ class Lowerer:
             self._error(item.loc, "a fixed block needs a name: `fixed NAME { ... }`")
             return
         where = f"a `{kind}`" if name == kind else f"`{kind} {name}`"
-        nodes = [n for n in (self._node_item(k, where=where) for k in item.nodes) if n is not None]
+        nodes = [self._node_item(k, where=where) for k in item.nodes]
         block = DraftFixed(kind=kind, name=name, section=section, nodes=nodes, loc=item.loc)
         if kind in ("stem", "head"):
             # One stem and one head per space, whatever their names.
@@ -409,19 +409,12 @@ class Lowerer:
                 self._choice(stage, local, item)
             elif isinstance(item, LetDecl):
                 self._let(stage, local, item)
-            elif isinstance(item, LayerDecl | EdgeDecl):
-                word = item.word if isinstance(item, EdgeDecl) else "layer"
-                if isinstance(item, LayerDecl):
-                    found = [self._alternative(a) for a in item.alternatives]
-                else:
-                    found = [self._node_item(item.node, where=f"`{word}`")]
-                if word == "layer" or found[0] is not None:
-                    field = "options" if word == "layer" else word
-                    if word not in replaced:
-                        # In a derived space the first of each replaces the inherited ones.
-                        setattr(stage, field, [])
-                        replaced.add(word)
-                    getattr(stage, field).extend(f for f in found if f is not None)
+            elif isinstance(item, LayerDecl):
+                options = [self._alternative(a) for a in item.alternatives]
+                _patch(stage, "options", replaced, options)
+            elif isinstance(item, EdgeDecl):
+                node = self._node_item(item.node, where=f"`{item.word}`")
+                _patch(stage, item.word, replaced, [node])
 
     def _depth(self, stage: DraftStage, item: DepthDecl) -> None:
         low = int(item.low.text)
@@ -440,7 +433,7 @@ class Lowerer:
             return
         stage.depth = Placed(list(range(low, high + 1)), item.loc)
 
-    def _alternative(self, alternative: Alternative) -> DraftOption | None:
+    def _alternative(self, alternative: Alternative) -> DraftOption:
         residual = None
         if alternative.residual is not None:
             residual = self._residual(alternative.residual)
@@ -449,11 +442,8 @@ class Lowerer:
             nodes = [self._node_item(k, where=None) for k in body.items]
         else:
             nodes = [self._call(body, None, where=None)]
-        clean = [n for n in nodes if n is not None]
-        if not clean:
-            return None
         return DraftOption(
-            label=alternative.label, nodes=clean, loc=alternative.loc, residual=residual
+            label=alternative.label, nodes=nodes, loc=alternative.loc, residual=residual
         )
 
     def _code(self, draft: Draft, item: CodeDecl, section: str | None) -> None:
@@ -498,7 +488,7 @@ class Lowerer:
             values[key] = name
         return Residual(**values)  # type: ignore[arg-type]
 
-    def _node_item(self, item: NodeItem, where: str | None) -> DraftNode | None:
+    def _node_item(self, item: NodeItem, where: str | None) -> DraftNode:
         condition = self._expr(item.condition) if item.condition is not None else None
         return self._call(item.call, condition, where)
 
@@ -560,3 +550,12 @@ class Lowerer:
         for loc, message in located.problems:
             self._error(loc, message)
         return located.strict()
+
+
+def _patch(stage: DraftStage, field: str, replaced: set[str], found: list) -> None:
+    """Add a stage's layer alternatives (`before`, `after` operations) from one item."""
+    if field not in replaced:
+        # In a derived space the first `layer` (`before`, `after`) replaces the inherited ones.
+        setattr(stage, field, [])
+        replaced.add(field)
+    getattr(stage, field).extend(found)

@@ -52,7 +52,6 @@ class Diagnostic(BaseModel):
         head = f"{self.path}:{self.line}:{self.column}: error: {self.message}"
         if not self.source_line:
             return head
-        caret = " " * (max(self.column, 1) - 1) + "^"
         # Tabs keep their width so the caret lines up under the spot.
         prefix = "".join("\t" if ch == "\t" else " " for ch in self.source_line[: self.column - 1])
         caret = prefix + "^"

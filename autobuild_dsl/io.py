@@ -40,17 +40,25 @@ FSYNC = True
 class OutputError(AbcError):
     """An output that cannot be written as asked (exists, busy, not this command's own)."""
 
+    code = "output"
+
 
 class OutputExists(OutputError):
-    pass
+    """The output is there already and overwriting was not asked for."""
+
+    code = "output-exists"
 
 
 class OutputBusy(OutputError):
-    pass
+    """Another process holds the output's lock."""
+
+    code = "output-busy"
 
 
 class ForeignOutput(OutputError):
-    pass
+    """The output was written by another command or with other settings; it cannot be resumed."""
+
+    code = "output-foreign"
 
 
 def target_of(path: str | os.PathLike[str]) -> Path:

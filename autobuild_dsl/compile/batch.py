@@ -64,6 +64,8 @@ class BatchError(AbcError, ValueError):
     """Bad input for a batch measurement: unreadable files, architectures outside the space,
     an output that cannot be resumed."""
 
+    code = "batch"
+
 
 class MeasureSettings(BaseModel):
     """How every network of one batch is measured (see `measure.measure`)."""

@@ -46,6 +46,8 @@ META_ARCH = "abc.arch"
 class EmitError(AbcError, ValueError):
     """An emitted file that cannot be written or read (exists, wrong kind, wrong space)."""
 
+    code = "emit"
+
 
 class EmittedHeader(BaseModel):
     """What an emitted PyTorch file says about itself, besides the weights."""

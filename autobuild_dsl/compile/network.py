@@ -33,6 +33,8 @@ from autobuild_dsl.space.resolved import AttrValue, ResolvedNetwork
 class CompileError(AbcError, ValueError):
     """A node could not be built (the message names the node and its position)."""
 
+    code = "network-build"
+
 
 @dataclass(frozen=True)
 class _Step:

@@ -56,6 +56,8 @@ class RowError(BaseModel):
 class DatasetError(AbcError, ValueError):
     """A dataset file (or import) that cannot be used; `errors` holds every bad row."""
 
+    code = "dataset"
+
     def __init__(self, message: str, errors: Sequence[RowError] = ()) -> None:
         self.errors = list(errors)
         shown = [str(e) for e in self.errors[:_SHOWN_ERRORS]]

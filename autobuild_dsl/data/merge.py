@@ -65,6 +65,8 @@ class MergeReport:
 class MergeError(DatasetError):
     """Inputs that cannot be merged (unreadable files, bad rows, disagreements)."""
 
+    code = "merge"
+
 
 @dataclass
 class _Value:

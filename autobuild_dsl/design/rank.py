@@ -74,6 +74,8 @@ MAX_CONTEXTS = 4_096
 class RankError(AbcError, ValueError):
     """Modules cannot be ranked as asked (an IR run, an unknown global value, ...)."""
 
+    code = "rank"
+
 
 @dataclass
 class RankProgress:

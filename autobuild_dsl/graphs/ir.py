@@ -68,6 +68,8 @@ _MODULE_NAME = re.compile(r"^/nodes\.(\d+)/")
 class IrError(EncodeError):
     """An architecture cannot be turned into an IR graph (or encoded with these vocabularies)."""
 
+    code = "ir"
+
 
 # ----- the raw graph (vocabulary-free; what the disk cache holds) ---------------------------
 

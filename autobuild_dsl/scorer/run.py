@@ -68,6 +68,8 @@ _INFORMATIONAL = ("data", "space_file", "globals_seen")
 class RunError(AbcError, ValueError):
     """A run folder cannot be created, resumed or read; the message says why."""
 
+    code = "run"
+
 
 class CategoryInfo(BaseModel):
     name: str

@@ -50,6 +50,8 @@ TRIES_PER_ARCH = 50
 class SearchStateError(AbcError, ValueError):
     """The output folder holds a different or damaged search."""
 
+    code = "search-state"
+
 
 class SearchConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")

@@ -69,6 +69,8 @@ AUTO_K_FACTOR = 1.5
 class LoopError(AbcError, ValueError):
     """The loop cannot start or resume (bad settings, a different loop in the folder)."""
 
+    code = "loop"
+
 
 class LoopConfig(BaseModel):
     """Everything a loop's result depends on (with the space, labels and evaluator)."""

@@ -25,6 +25,8 @@ _OBJECTIVE = re.compile(r"\s*(max|min|maximize|minimize)\s+(.+?)\s*\Z", re.IGNOR
 class ObjectiveError(AbcError, ValueError):
     """An objective could not be parsed, or a metric it needs is missing or not finite."""
 
+    code = "objective"
+
 
 class Objective(BaseModel):
     """One objective: a direction and a metric name or target expression."""

@@ -23,6 +23,8 @@ from autobuild_dsl.space.resolved import (
 class ResolveError(AbcError, ValueError):
     """An attribute could not be evaluated for this architecture (the message says where)."""
 
+    code = "resolve"
+
 
 def _env(space: Space, arch: Architecture) -> dict[str, Value]:
     env = index_of(space).scalars(arch)

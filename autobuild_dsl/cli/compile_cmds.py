@@ -21,7 +21,7 @@ def _user_errors() -> Iterator[None]:
     (`UserError` escapes rich markup itself)."""
     from autobuild_dsl.compile.batch import BatchError
     from autobuild_dsl.compile.emit import EmitError
-    from autobuild_dsl.compile.network import CompileError as NetworkError
+    from autobuild_dsl.compile.network import NetworkBuildError as NetworkError
     from autobuild_dsl.space.decisions import ArchitectureError
     from autobuild_dsl.space.resolve import ResolveError
 

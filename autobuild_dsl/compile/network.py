@@ -30,7 +30,7 @@ from autobuild_dsl.space.ops import Shape
 from autobuild_dsl.space.resolved import AttrValue, ResolvedNetwork
 
 
-class CompileError(AbcError, ValueError):
+class NetworkBuildError(AbcError, ValueError):
     """A node could not be built (the message names the node and its position)."""
 
     code = "network-build"
@@ -135,7 +135,7 @@ def _plan(
             skip = groups[link].pop()
             if skip.size != shape.size:
                 src = net.skips[link].source
-                raise CompileError(
+                raise NetworkBuildError(
                     f"{_describe(net, i)}: the skip from {src} is {skip.size}x{skip.size} "
                     f"but the feature map is {shape.size}x{shape.size}"
                 )
@@ -148,12 +148,12 @@ def _plan(
         try:
             new_shape = out_shape(node.op, shape, attrs)
             built = make(i, node.op, shape, attrs, dims)
-        except CompileError:
+        except NetworkBuildError:
             raise
         except (ValueError, KeyError, TypeError) as error:
-            raise CompileError(f"{_describe(net, i)}: {error}") from error
+            raise NetworkBuildError(f"{_describe(net, i)}: {error}") from error
         if new_shape.channels < 1 or new_shape.size < 1:
-            raise CompileError(f"{_describe(net, i)}: the feature map vanishes ({new_shape})")
+            raise NetworkBuildError(f"{_describe(net, i)}: the feature map vanishes ({new_shape})")
         provides = getattr(built, "provides_temb", None)
         if isinstance(provides, int):
             dims = dims.with_temb(provides)
@@ -171,7 +171,7 @@ def _plan(
                         make_shortcut(number, span_in[number], shape, span.shortcut, span.act)
                     )
             except (ValueError, KeyError, TypeError) as error:
-                raise CompileError(f"{_describe(net, i)}: {error}") from error
+                raise NetworkBuildError(f"{_describe(net, i)}: {error}") from error
         for link in push_out:
             groups[link].append(shape)
         previous = key

@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from autobuild_dsl.errors import AbcError
+from autobuild_dsl.errors import OVERWRITE, AbcError
 
 # fsync file data before the rename and the folder entry after it.
 FSYNC = True
@@ -105,7 +105,7 @@ def atomic_path(
     extension on the temporary name for writers that look at it."""
     target = target_of(path)
     if not overwrite and target.exists():
-        raise OutputExists(f"{path} exists; pass --force to overwrite it")
+        raise OutputExists(f"{path} exists", remedies=(OVERWRITE,))
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temp_name(target).with_suffix(".tmp" + suffix) if suffix else _temp_name(target)
     # O_EXCL with mode 0o666: the kernel applies the umask, no umask() flip needed.

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 from rich.markup import escape
 
-from autobuild_dsl.cli.common import UserError, console, err_console, load_space
+from autobuild_dsl.cli.common import UserError, console, err_console, error_text, load_space
 
 # A latency whose runs spread more than this (IQR / median) is flagged as noisy.
 HIGH_SPREAD = 0.10
@@ -28,7 +28,7 @@ def _user_errors() -> Iterator[None]:
     try:
         yield
     except (BatchError, EmitError, NetworkError, ArchitectureError, ResolveError) as error:
-        raise UserError(str(error)) from None
+        raise UserError(error_text(error)) from None
 
 
 def _one_architecture(space, path: str, line: int | None):

@@ -17,7 +17,14 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from autobuild_dsl.cli.common import UserError, console, err_console, evaluator_option, load_space
+from autobuild_dsl.cli.common import (
+    UserError,
+    console,
+    err_console,
+    error_text,
+    evaluator_option,
+    load_space,
+)
 
 
 @contextmanager
@@ -44,7 +51,7 @@ def _user_errors() -> Iterator[None]:
         ObjectiveError,
         ArchitectureError,
     ) as error:
-        raise UserError(str(error)) from None
+        raise UserError(error_text(error)) from None
 
 
 @click.command("improve")

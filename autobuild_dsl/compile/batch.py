@@ -45,7 +45,7 @@ from autobuild_dsl.compile.measure import (
     prepare,
     time_latencies,
 )
-from autobuild_dsl.errors import AbcError
+from autobuild_dsl.errors import CONTINUE, AbcError, Remedy
 from autobuild_dsl.space.architecture import Architecture
 from autobuild_dsl.space.decisions import ArchitectureError, canonicalize
 from autobuild_dsl.space.model import Space
@@ -222,7 +222,7 @@ def read_labels(path: str | os.PathLike[str], space: Space) -> dict[str, dict[st
         if key in labels and labels[key] != metrics:
             raise BatchError(
                 f"{where}: this architecture is also on {where_of[key]} with other metrics; "
-                "join repeated rows first (abc data merge --average)"
+                "average repeated rows first (merging the data with averaging on)"
             )
         labels[key], where_of[key] = metrics, where
     return labels
@@ -343,10 +343,11 @@ def measured_keys(
         missing = [m for m in wanted if m not in metrics]
         if missing:
             what = f"has no {', '.join(missing)}"
+            measured = ", ".join(sorted(set(metrics) - set(LATENCY_SETTINGS)))
             raise BatchError(
-                f"{where}: cannot resume: this row {what}; resume with the --metrics it was "
-                f"measured with ({', '.join(sorted(set(metrics) - set(LATENCY_SETTINGS)))}), "
-                "or measure into a new file"
+                f"{where}: cannot resume: this row {what}; it was measured with the metrics "
+                f"{measured}; resume with those, or measure into a new file",
+                remedies=(Remedy("metrics", "to resume with them", measured),),
             )
         for metric, value in expected.items():
             if metrics.get(metric) != value:
@@ -595,7 +596,8 @@ def measure_file(
     if settings.device == "meta" and "latency" in settings.metrics:
         raise BatchError(
             "latency needs a real network on the CPU; the meta device counts params and MACs "
-            "only (drop --device meta, or measure latency separately)"
+            "only (measure on another device, or measure latency separately)",
+            remedies=(Remedy("device", "to measure latency", "cpu"),),
         )
     if jobs < 1:
         raise BatchError("jobs must be at least 1")
@@ -649,7 +651,8 @@ def _measure_locked(
             done, repaired = measured_keys(path, space, settings)
         elif not overwrite:
             raise BatchError(
-                f"{path} exists; pass --resume to continue it or --force to replace it"
+                f"{path} exists",
+                remedies=(CONTINUE, Remedy("force", "to replace it")),
             )
     # A new (or replaced) file is created with its first row: a run that fails before
     # measuring anything leaves the old file, or none, as it was.

@@ -23,7 +23,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from autobuild_dsl import io
-from autobuild_dsl.errors import AbcError
+from autobuild_dsl.errors import AbcError, Remedy
 from autobuild_dsl.space.architecture import Architecture
 from autobuild_dsl.space.decisions import ArchitectureError, canonicalize
 from autobuild_dsl.space.model import Space
@@ -58,12 +58,19 @@ class DatasetError(AbcError, ValueError):
 
     code = "dataset"
 
-    def __init__(self, message: str, errors: Sequence[RowError] = ()) -> None:
+    def __init__(
+        self,
+        message: str,
+        errors: Sequence[RowError] = (),
+        *,
+        remedies: tuple[Remedy, ...] = (),
+    ) -> None:
         self.errors = list(errors)
         shown = [str(e) for e in self.errors[:_SHOWN_ERRORS]]
         if len(self.errors) > _SHOWN_ERRORS:
             shown.append(f"... and {len(self.errors) - _SHOWN_ERRORS} more")
-        super().__init__("\n".join([message, *shown]) if shown else message)
+        text = "\n".join([message, *shown]) if shown else message
+        super().__init__(text, remedies=remedies)
 
 
 def check_metric_name(name: str) -> str | None:

@@ -33,6 +33,7 @@ from autobuild_dsl.data.dataset import (
     from_records,
     metric_value,
 )
+from autobuild_dsl.errors import Remedy
 from autobuild_dsl.space.architecture import Architecture
 from autobuild_dsl.space.decisions import ArchitectureError, canonicalize
 from autobuild_dsl.space.equivalence import network_keyer
@@ -215,7 +216,10 @@ def import_files(
         return import_nas_bench_macro(files, space, progress)
     if fmt == "generic":
         if mapping is None:
-            raise DatasetError("the generic importer needs a mapping (--map or --arch/--metric)")
+            raise DatasetError(
+                "the generic importer needs a mapping (architecture column, metric columns)",
+                remedies=(Remedy("map", "to give one", "MAPPING.json"),),
+            )
         return import_generic(files, space, mapping, progress)
     raise DatasetError(f"unknown format '{fmt}' (formats: {', '.join(FORMATS)})")
 

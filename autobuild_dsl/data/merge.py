@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from autobuild_dsl.data.dataset import DatasetError, LabeledDataset, RowError, parse_row
+from autobuild_dsl.errors import Remedy
 from autobuild_dsl.space.architecture import Architecture
 from autobuild_dsl.space.equivalence import network_keyer
 from autobuild_dsl.space.model import Space
@@ -191,15 +192,20 @@ def merge_files(
         shown = [str(d) for d in report.disagreements[:20]]
         if len(report.disagreements) > 20:
             shown.append(f"... and {len(report.disagreements) - 20} more")
+        # A tolerance (rounded up) under which every one of them is the same measurement.
+        needed = math.ceil(max(d.relative for d in report.disagreements) * 1e4) / 1e4
         raise MergeError(
             "\n".join(
                 [
                     f"{len(report.disagreements)} value(s) disagree by more than "
-                    f"{tolerance:g} (relative); nothing written. Average repeated "
-                    "measurements with --average, or raise --tolerance:",
+                    f"{tolerance:g} (relative); nothing written:",
                     *shown,
                 ]
-            )
+            ),
+            remedies=(
+                Remedy("average", "to average repeated measurements"),
+                Remedy("tolerance", "to accept them as one measurement", f"{needed:g}"),
+            ),
         )
     dataset = LabeledDataset(
         space=space,

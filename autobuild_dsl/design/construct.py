@@ -35,6 +35,7 @@ from autobuild_dsl.design.builder import (
     select_top_k,
 )
 from autobuild_dsl.design.rank import RankResult, UnitScores, context_domain
+from autobuild_dsl.errors import Remedy
 from autobuild_dsl.space.decisions import (
     ArchitectureError,
     architecture_from_modules,
@@ -272,7 +273,10 @@ def build_from_rankings(
         raise BuildError(f"unknown selection mode '{mode}' (unconstrained, constrained)")
     ks = normalize_top_k(space, top_k) if top_k is not None else None
     if mode == "constrained" and ks is None:
-        raise BuildError("the constrained selection needs --top-k (the modules kept per unit)")
+        raise BuildError(
+            "the constrained selection needs top_k (the modules kept per unit)",
+            remedies=(Remedy("top_k", "to say how many modules to keep per unit", "K"),),
+        )
     units = [u.name for u in index_of(space).units]
     for ranking in rankings:
         scored = {t.unit for t in ranking.tables}
@@ -526,7 +530,7 @@ def _no_combination(space: Space) -> str:
     return (
         "no combination of the kept modules satisfies the space's rules "
         f"({rules}): the best modules of different units disagree under them. Keep more "
-        "modules per unit (a larger --top-k), or leave --top-k out to build from every module"
+        "modules per unit (a larger top_k), or no top_k to build from every module"
     )
 
 
@@ -554,7 +558,7 @@ def _best_assignment(space: Space, tables: list[ModuleTable]) -> tuple[dict[str,
     if len(best) > 1:
         other = ", ".join(f"{k} = {v}" for k, v in best[1][1].items())
         note += f"; next: {other} at {best[1][0]:.4g}"
-    note += f"; {len(groups)} assignments scored); --all-globals keeps them all"
+    note += f"; {len(groups)} assignments scored); the all_globals option keeps them all"
     return chosen, note
 
 

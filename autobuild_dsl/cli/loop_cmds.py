@@ -17,19 +17,13 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from autobuild_dsl.cli.common import (
-    UserError,
-    console,
-    err_console,
-    error_text,
-    evaluator_option,
-    load_space,
-)
+from autobuild_dsl.cli.common import UserError, console, err_console, evaluator_option, load_space
 
 
 @contextmanager
 def _user_errors() -> Iterator[None]:
     """Errors a user can cause (bad data, targets, evaluators, folders) become messages."""
+    from autobuild_dsl.cli.common import error_text
     from autobuild_dsl.data.dataset import DatasetError
     from autobuild_dsl.design.builder import BuildError
     from autobuild_dsl.design.rank import RankError

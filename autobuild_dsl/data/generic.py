@@ -18,10 +18,11 @@ from autobuild_dsl.data.rows import (
     ImportResult,
     Progress,
     Raw,
+    check_layout,
     collect,
     jsonl_records,
     literal,
-    metric_or_error,
+    metrics_of,
     open_csv,
     read_json,
     subnet_key,
@@ -144,9 +145,7 @@ def _check_mapping(space: Space, mapping: GenericMapping) -> None:
         if reason:
             raise DatasetError(f"mapping: {reason}")
     if mapping.arch_format == "ofa":
-        reason = ofa_layout(space)
-        if reason:
-            raise DatasetError(f"space {space.name} cannot take OFA subnets: {reason}")
+        check_layout(space, ofa_layout(space), "OFA subnets")
     if mapping.arch_format == "code":
         check_code_mapping(space, mapping)
 
@@ -202,14 +201,8 @@ def _record_row(space: Space, mapping: GenericMapping, raw: Raw, record: Any) ->
     except ValueError as error:
         raw.error = f"{mapping.arch}: {error}"
         return raw
-    for name, column in mapping.metrics.items():
-        found, cell = _field(record, column)
-        number, error = metric_or_error(column, cell if found else None)
-        if error:
-            raw.error = error
-            break
-        if number is not None:
-            raw.metrics[name] = number
+    cells = ((column, _field(record, column)[1], name) for name, column in mapping.metrics.items())
+    raw.metrics, raw.error = metrics_of(cells)
     return raw
 
 

@@ -29,8 +29,9 @@ from autobuild_dsl.data.rows import (
     ImportResult,
     Progress,
     Raw,
-    add_metric,
+    check_layout,
     collect,
+    metrics_of,
     read_json,
 )
 from autobuild_dsl.errors import Remedy
@@ -89,30 +90,21 @@ def _macro_layout(space: Space) -> str | None:
     return None
 
 
-def _macro_metrics(value: dict[str, Any]) -> tuple[dict[str, float], str | None]:
-    metrics: dict[str, float] = {}
+def _macro_cells(value: dict[str, Any]) -> Iterator[tuple[str, object, str | None]]:
     for key, item in value.items():
-        if key == "test_acc":
-            if not isinstance(item, list):
-                return {}, "test_acc: expected a list"
-            for i, acc in enumerate(item):
-                error = add_metric(metrics, f"test_acc[{i}]", acc, f"acc_seed{i}")
-                if error:
-                    return {}, error
-            continue
-        error = add_metric(metrics, key, item)
-        if error:
-            return {}, error
-    return metrics, None
+        if key != "test_acc":
+            yield key, item, None
+        elif not isinstance(item, list):
+            raise ValueError("test_acc: expected a list")
+        else:
+            yield from ((f"test_acc[{i}]", acc, f"acc_seed{i}") for i, acc in enumerate(item))
 
 
 def import_nas_bench_macro(
     paths: Sequence[str], space: Space, progress: Progress | None = None
 ) -> ImportResult:
     """NAS-Bench-Macro's JSON (`"02012100": {test_acc, mean_acc, std, params, flops}`)."""
-    reason = _macro_layout(space)
-    if reason:
-        raise DatasetError(f"space {space.name} cannot take NAS-Bench-Macro rows: {reason}")
+    check_layout(space, _macro_layout(space), "NAS-Bench-Macro rows")
     depths = [(s.name, s.depths[0]) for s in space.stages]
     total = sum(d for _, d in depths)
 
@@ -138,7 +130,7 @@ def import_nas_bench_macro(
                     stages[name] = {"depth": depth, "choices": {}, "layers": layers}
                     start += depth
                 raw.arch = {"globals": {}, "stages": stages}
-                raw.metrics, raw.error = _macro_metrics(value)
+                raw.metrics, raw.error = metrics_of(_macro_cells(value))
                 yield raw
 
     order = ["mean_acc", "std", "acc_seed0", "acc_seed1", "acc_seed2", "params", "flops"]

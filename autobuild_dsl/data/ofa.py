@@ -11,13 +11,14 @@ from autobuild_dsl.data.rows import (
     ImportResult,
     Progress,
     Raw,
-    add_metric,
+    check_layout,
     clean,
     collect,
     json_records,
     literal,
     merge_notes,
     metric_or_error,
+    metrics_of,
     open_csv,
     sanitize,
     subnet_key,
@@ -107,24 +108,18 @@ def ofa_subnet_to_arch(space: Space, subnet: dict[str, Any]) -> dict[str, Any]:
     return {"globals": globals_, "stages": arch_stages}
 
 
-def _help_metrics(record: dict[str, Any]) -> tuple[dict[str, float], str | None]:
-    """Metrics of a HELP-style JSON record: `latency_ms.K` -> `lat_K`, numbers by name."""
-    metrics: dict[str, float] = {}
+def _help_cells(record: dict[str, Any]) -> Iterator[tuple[str, object, str | None]]:
+    """The metric cells of a HELP-style JSON record: `latency_ms.K` -> `lat_K`, numbers by
+    name (nested objects as `key_sub`)."""
     for key, value in record.items():
         if key in ("ks", "e", "d", "r", "wid", "idx"):
             continue
         if isinstance(value, dict):
             prefix = "lat" if key == "latency_ms" else sanitize(key)
             for sub, inner in value.items():
-                name = f"{prefix}_{clean(str(sub))}"
-                error = add_metric(metrics, f"{key}.{sub}", inner, name)
-                if error:
-                    return {}, error
-            continue
-        error = add_metric(metrics, key, value)
-        if error:
-            return {}, error
-    return metrics, None
+                yield f"{key}.{sub}", inner, f"{prefix}_{clean(str(sub))}"
+        else:
+            yield key, value, None
 
 
 def _ofa_rows(space: Space, files: Sequence[str], notes: list[str]) -> Iterator[Raw]:
@@ -172,13 +167,7 @@ def _dynast_rows(space: Space, path: str, notes: list[str]) -> Iterator[Raw]:
             raw.error = f"{DYNAST_ARCH_COLUMN}: {error}"
             yield raw
             continue
-        for column, name in columns.items():
-            number, error = metric_or_error(column, row.get(column))
-            if error:
-                raw.error = error
-                break
-            if number is not None:
-                raw.metrics[name] = number
+        raw.metrics, raw.error = metrics_of((c, row.get(c), name) for c, name in columns.items())
         yield raw
 
 
@@ -201,7 +190,7 @@ def _help_rows(space: Space, path: str) -> Iterator[Raw]:
             raw.error = str(error)
             yield raw
             continue
-        raw.metrics, raw.error = _help_metrics(record)
+        raw.metrics, raw.error = metrics_of(_help_cells(record))
         yield raw
 
 
@@ -209,9 +198,7 @@ def import_ofa(
     paths: Sequence[str], space: Space, progress: Progress | None = None
 ) -> ImportResult:
     """OFA subnets from DyNAS-T CSVs (`*.csv`) and HELP-style JSON / JSON lines."""
-    reason = ofa_layout(space)
-    if reason:
-        raise DatasetError(f"space {space.name} cannot take OFA subnets: {reason}")
+    check_layout(space, ofa_layout(space), "OFA subnets")
     notes: list[str] = []
     rows = list(_ofa_rows(space, paths, notes))  # read first: notes are filled while reading
     return collect("ofa", paths, space, iter(rows), merge_notes(notes), progress)

@@ -9,7 +9,7 @@ import ast
 import csv
 import json
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -283,6 +283,22 @@ def add_metric(
     return None
 
 
+def metrics_of(
+    cells: Iterable[tuple[str, object, str | None]],
+) -> tuple[dict[str, float], str | None]:
+    """Metrics from (field, cell, metric name or None) triples, as `add_metric` adds them;
+    ({}, reason) at the first cell that is not a number (or a ValueError the cells raise)."""
+    metrics: dict[str, float] = {}
+    try:
+        for key, value, name in cells:
+            error = add_metric(metrics, key, value, name)
+            if error:
+                return {}, error
+    except ValueError as error:
+        return {}, str(error)
+    return metrics, None
+
+
 def subnet_key(subnet: object) -> str:
     try:
         return json.dumps(subnet, sort_keys=True, default=str)
@@ -315,6 +331,12 @@ def json_records(path: str) -> Iterator[tuple[int | str, Any]]:
         raise DatasetError(f"{path}: expected a list or an object of records")
 
 
+def check_layout(space: Space, reason: str | None, what: str) -> None:
+    """Refuse a space whose layout a format cannot fill (`reason`, None when it can)."""
+    if reason:
+        raise DatasetError(f"space {space.name} cannot take {what}: {reason}")
+
+
 def merge_notes(notes: list[str]) -> list[str]:
     """`file: message` notes as one line per message, naming the files."""
     files: dict[str, list[str]] = {}
@@ -330,6 +352,7 @@ __all__ = [
     "Progress",
     "Raw",
     "add_metric",
+    "check_layout",
     "clean",
     "collect",
     "collision",
@@ -338,6 +361,7 @@ __all__ = [
     "literal",
     "merge_notes",
     "metric_or_error",
+    "metrics_of",
     "open_csv",
     "read_json",
     "read_text",

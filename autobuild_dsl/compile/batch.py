@@ -45,7 +45,7 @@ from autobuild_dsl.compile.measure import (
     prepare,
     time_latencies,
 )
-from autobuild_dsl.errors import CONTINUE, AbcError, Remedy
+from autobuild_dsl.errors import CONTINUE, OVERWRITE, AbcError, Remedy
 from autobuild_dsl.space.architecture import Architecture
 from autobuild_dsl.space.decisions import ArchitectureError, canonicalize
 from autobuild_dsl.space.model import Space
@@ -343,11 +343,11 @@ def measured_keys(
         missing = [m for m in wanted if m not in metrics]
         if missing:
             what = f"has no {', '.join(missing)}"
-            measured = ", ".join(sorted(set(metrics) - set(LATENCY_SETTINGS)))
             raise BatchError(
-                f"{where}: cannot resume: this row {what}; it was measured with the metrics "
-                f"{measured}; resume with those, or measure into a new file",
-                remedies=(Remedy("metrics", "to resume with them", measured),),
+                f"{where}: cannot resume: this row {what} (it has "
+                f"{', '.join(sorted(set(metrics) - set(LATENCY_SETTINGS)))}); measure into a "
+                "new file, or resume with the metrics it was measured with",
+                remedies=(Remedy("metrics", "as the file was measured"),),
             )
         for metric, value in expected.items():
             if metrics.get(metric) != value:
@@ -650,10 +650,7 @@ def _measure_locked(
         if resume:
             done, repaired = measured_keys(path, space, settings)
         elif not overwrite:
-            raise BatchError(
-                f"{path} exists",
-                remedies=(CONTINUE, Remedy("force", "to replace it")),
-            )
+            raise BatchError(f"{path} exists", remedies=(CONTINUE, OVERWRITE))
     # A new (or replaced) file is created with its first row: a run that fails before
     # measuring anything leaves the old file, or none, as it was.
     fresh = overwrite or not path.exists()

@@ -49,6 +49,7 @@ from autobuild_dsl.space.expr import Value
 from autobuild_dsl.space.model import Space
 
 SelectionMode = Literal["unconstrained", "constrained"]
+_NEED_TOP_K = Remedy("top_k", "(the modules kept per unit)", "K")
 
 
 class BuildResult(BaseModel):
@@ -273,10 +274,7 @@ def build_from_rankings(
         raise BuildError(f"unknown selection mode '{mode}' (unconstrained, constrained)")
     ks = normalize_top_k(space, top_k) if top_k is not None else None
     if mode == "constrained" and ks is None:
-        raise BuildError(
-            "the constrained selection needs top_k (the modules kept per unit)",
-            remedies=(Remedy("top_k", "to say how many modules to keep per unit", "K"),),
-        )
+        raise BuildError("the constrained selection needs top_k", remedies=(_NEED_TOP_K,))
     units = [u.name for u in index_of(space).units]
     for ranking in rankings:
         scored = {t.unit for t in ranking.tables}

@@ -260,8 +260,9 @@ def test_measure_resumes_without_measuring_anything_twice(
     # A hard kill in the middle of a fourth line leaves it torn.
     with out.open("a") as handle:
         handle.write('{"arch": {"space": "nas_bench_macro", "glo')
-    with pytest.raises(BatchError, match="--resume"):
+    with pytest.raises(BatchError, match="exists") as refused:
         measure_file(macro, archs, out, settings)
+    assert [r.parameter for r in refused.value.remedies] == ["resume", "force"]
     report = measure_file(macro, archs, out, settings, resume=True)
     assert report.repaired and report.already == 3 and report.measured == 3
     assert len(calls) == 6  # 3 before the interruption, 3 on resume: none twice

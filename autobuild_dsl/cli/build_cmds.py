@@ -19,6 +19,7 @@ from autobuild_dsl.cli.common import (
     UserError,
     console,
     err_console,
+    error_text,
     load_space,
     score_option,
     write_atomic,
@@ -37,7 +38,7 @@ def _user_errors() -> Iterator[None]:
         with train_errors():
             yield
     except (RankError, BuildError, ChartError) as error:
-        raise UserError(escape(str(error))) from None
+        raise UserError(escape(error_text(error))) from None
 
 
 class _RankProgress:
@@ -282,7 +283,7 @@ def _ir_subgraphs(run: Any, top: int) -> tuple[Any, str | None]:
     try:
         return function(run, top=top), None
     except ValueError as error:  # the IR package's errors (IrError) are ValueErrors
-        raise UserError(escape(str(error))) from None
+        raise UserError(escape(error_text(error))) from None
 
 
 def _render_subgraphs(report: Any, top: int) -> None:

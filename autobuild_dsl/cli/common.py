@@ -19,6 +19,7 @@ from autobuild_dsl.errors import (
     EXIT_INTERNAL_ERROR,
     EXIT_USER_ERROR,
     AbcError,
+    Remedy,
 )
 from autobuild_dsl.lang import CompileError, compile_file
 from autobuild_dsl.space.model import Space
@@ -126,7 +127,7 @@ def run_guarded(group: click.Group) -> int:
         return 0
     except AbcError as error:
         # Every library error a user can cause (io's output errors among them).
-        _show_error(str(error))
+        _show_error(error_text(error))
         return error.exit_code
     except RecursionError:
         _show_error("the input is nested too deeply to process")
@@ -150,6 +151,22 @@ def run_guarded(group: click.Group) -> int:
         )
         return EXIT_INTERNAL_ERROR
     return 0
+
+
+def remedy_text(remedy: Remedy) -> str:
+    """A library remedy as the flag a user types: `force` -> "pass --force to overwrite it"."""
+    flag = "--" + remedy.parameter.replace("_", "-")
+    value = f" {remedy.value}" if remedy.value is not None else ""
+    return f"pass {flag}{value} {remedy.action}".rstrip()
+
+
+def error_text(error: BaseException) -> str:
+    """A library error's message with its remedies as the flags to type."""
+    message = str(error)
+    hints = ", or ".join(remedy_text(remedy) for remedy in getattr(error, "remedies", ()))
+    if not hints:
+        return message
+    return message + ("\n" if "\n" in message else "; ") + hints
 
 
 def plain_error(error: BaseException) -> str:

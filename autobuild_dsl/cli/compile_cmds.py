@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 from rich.markup import escape
 
-from autobuild_dsl.cli.common import UserError, console, err_console, load_space
+from autobuild_dsl.cli.common import UserError, console, err_console, error_text, load_space
 
 # A latency whose runs spread more than this (IQR / median) is flagged as noisy.
 HIGH_SPREAD = 0.10
@@ -21,14 +21,14 @@ def _user_errors() -> Iterator[None]:
     (`UserError` escapes rich markup itself)."""
     from autobuild_dsl.compile.batch import BatchError
     from autobuild_dsl.compile.emit import EmitError
-    from autobuild_dsl.compile.network import CompileError as NetworkError
+    from autobuild_dsl.compile.network import NetworkBuildError as NetworkError
     from autobuild_dsl.space.decisions import ArchitectureError
     from autobuild_dsl.space.resolve import ResolveError
 
     try:
         yield
     except (BatchError, EmitError, NetworkError, ArchitectureError, ResolveError) as error:
-        raise UserError(str(error)) from None
+        raise UserError(error_text(error)) from None
 
 
 def _one_architecture(space, path: str, line: int | None):

@@ -11,7 +11,7 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from autobuild_dsl.cli.common import UserError, console, err_console, load_space
+from autobuild_dsl.cli.common import UserError, console, err_console, error_text, load_space
 
 # How many rejected rows an import prints before summarising the rest.
 SHOWN_REJECTIONS = 20
@@ -136,7 +136,7 @@ def import_cmd(
                     metrics=metrics,
                 )
         except DatasetError as error:
-            raise UserError(escape(str(error))) from None
+            raise UserError(escape(error_text(error))) from None
     elif map_file or generic_options:
         raise UserError("--map, --arch, --arch-format and --metric are for --from generic")
     space = load_space(space_file, space_name)
@@ -144,7 +144,7 @@ def import_cmd(
         with _progress(f"importing {fmt}") as update:
             result = import_files(fmt, list(files), space, mapping=mapping, progress=update)
     except DatasetError as error:
-        raise UserError(escape(str(error))) from None
+        raise UserError(escape(error_text(error))) from None
     report = result.report
     for rejection in report.rejected[:SHOWN_REJECTIONS]:
         err_console.print(f"[red]rejected[/] {escape(str(rejection))}", soft_wrap=True)
@@ -210,13 +210,13 @@ def describe_cmd(
     try:
         target = parse_target(target_text) if target_text is not None else None
     except TargetError as error:
-        raise UserError(escape(str(error))) from None
+        raise UserError(escape(error_text(error))) from None
     space = load_space(space_file, space_name)
     try:
         dataset = load_dataset(data_file, space)
         info = describe(dataset, target)
     except (DatasetError, TargetError) as error:
-        raise UserError(escape(str(error))) from None
+        raise UserError(escape(error_text(error))) from None
     if as_json:
         click.echo(info.model_dump_json())
         return
@@ -304,7 +304,7 @@ def merge_cmd(
             files, space, tolerance=tolerance, average=average, inner=inner
         )
     except MergeError as error:
-        raise UserError(str(error)) from None
+        raise UserError(error_text(error)) from None
     for name, rows in zip(report.files, report.rows_per_file, strict=True):
         console.print(f"{escape(name)}: {rows:,} architectures", soft_wrap=True)
     for where, count in report.only_in_some.items():

@@ -23,6 +23,7 @@ from autobuild_dsl.cli.common import UserError, console, err_console, evaluator_
 @contextmanager
 def _user_errors() -> Iterator[None]:
     """Errors a user can cause (bad data, targets, evaluators, folders) become messages."""
+    from autobuild_dsl.cli.common import error_text
     from autobuild_dsl.data.dataset import DatasetError
     from autobuild_dsl.design.builder import BuildError
     from autobuild_dsl.design.rank import RankError
@@ -44,7 +45,7 @@ def _user_errors() -> Iterator[None]:
         ObjectiveError,
         ArchitectureError,
     ) as error:
-        raise UserError(str(error)) from None
+        raise UserError(error_text(error)) from None
 
 
 @click.command("improve")

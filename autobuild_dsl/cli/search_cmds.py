@@ -23,6 +23,7 @@ from autobuild_dsl.cli.common import (
     UserError,
     console,
     err_console,
+    error_text,
     evaluator_option,
     load_space,
     write_atomic,
@@ -70,7 +71,7 @@ def _user_errors() -> Iterator[None]:
         SpaceTooComplex,
         ArchitectureError,
     ) as error:
-        raise UserError(str(error)) from None
+        raise UserError(error_text(error)) from None
 
 
 def _progress_bar() -> Progress:
@@ -391,7 +392,7 @@ def plot_cmd(
             ]
             data = load_series(Path(data_path), Path(data_path).stem) if data_path else None
         except ValueError as error:
-            raise UserError(str(error)) from None
+            raise UserError(error_text(error)) from None
         x = axis_objective(x_axis, series, "min")
         y = axis_objective(y_axis, series, "max")
         summary = plot_fronts(series, x, y, out, data=data, title=title, show_points=not no_points)

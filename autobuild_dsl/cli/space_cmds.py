@@ -14,6 +14,7 @@ from autobuild_dsl.cli.common import (
     UserError,
     console,
     err_console,
+    error_text,
     load_space,
     read_json_file,
     write_atomic,
@@ -196,7 +197,7 @@ def _read_architectures(path: str) -> list[tuple[str, dict]]:
     try:
         return read_architecture_records(path)
     except ArchitectureFileError as error:
-        raise UserError(str(error)) from None
+        raise UserError(error_text(error)) from None
 
 
 @click.command("fmt")

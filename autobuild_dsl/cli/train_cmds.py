@@ -12,7 +12,14 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from autobuild_dsl.cli.common import UserError, console, err_console, load_space, write_atomic
+from autobuild_dsl.cli.common import (
+    UserError,
+    console,
+    err_console,
+    error_text,
+    load_space,
+    write_atomic,
+)
 from autobuild_dsl.cli.ir_support import (
     ENCODINGS,
     cache_option,
@@ -48,7 +55,7 @@ def _user_errors() -> Iterator[None]:
         ArchitectureError,
         ArchitectureFileError,
     ) as error:
-        raise UserError(escape(str(error))) from None
+        raise UserError(escape(error_text(error))) from None
 
 
 class _TrainProgress:

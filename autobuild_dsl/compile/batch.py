@@ -46,7 +46,7 @@ from autobuild_dsl.compile.measure import (
     prepare,
     time_latencies,
 )
-from autobuild_dsl.errors import AbcError
+from autobuild_dsl.errors import CONTINUE, OVERWRITE, AbcError, Remedy
 from autobuild_dsl.space.architecture import Architecture
 from autobuild_dsl.space.decisions import ArchitectureError, canonicalize
 from autobuild_dsl.space.model import Space
@@ -64,6 +64,8 @@ _SHOWN = 20
 class BatchError(AbcError, ValueError):
     """Bad input for a batch measurement: unreadable files, architectures outside the space,
     an output that cannot be resumed."""
+
+    code = "batch"
 
 
 class MeasureSettings(BaseModel):
@@ -226,7 +228,7 @@ def read_labels(path: str | os.PathLike[str], space: Space) -> dict[str, dict[st
         if key in labels and labels[key] != metrics:
             raise BatchError(
                 f"{where}: this architecture is also on {where_of[key]} with other metrics; "
-                "join repeated rows first (abc data merge --average)"
+                "average repeated rows first (merging the data with averaging on)"
             )
         labels[key], where_of[key] = metrics, where
     return labels
@@ -348,9 +350,10 @@ def measured_keys(
         if missing:
             what = f"has no {', '.join(missing)}"
             raise BatchError(
-                f"{where}: cannot resume: this row {what}; resume with the --metrics it was "
-                f"measured with ({', '.join(sorted(set(metrics) - set(LATENCY_SETTINGS)))}), "
-                "or measure into a new file"
+                f"{where}: cannot resume: this row {what} (it has "
+                f"{', '.join(sorted(set(metrics) - set(LATENCY_SETTINGS)))}); measure into a "
+                "new file, or resume with the metrics it was measured with",
+                remedies=(Remedy("metrics", "as the file was measured"),),
             )
         for metric, value in expected.items():
             if metrics.get(metric) != value:
@@ -615,7 +618,8 @@ def measure_file(
     if settings.device == "meta" and "latency" in settings.metrics:
         raise BatchError(
             "latency needs a real network on the CPU; the meta device counts params and MACs "
-            "only (drop --device meta, or measure latency separately)"
+            "only (measure on another device, or measure latency separately)",
+            remedies=(Remedy("device", "to measure latency", "cpu"),),
         )
     if jobs < 1:
         raise BatchError("jobs must be at least 1")
@@ -668,9 +672,7 @@ def _measure_locked(
         if resume:
             done, repaired = measured_keys(path, space, settings)
         elif not overwrite:
-            raise BatchError(
-                f"{path} exists; pass --resume to continue it or --force to replace it"
-            )
+            raise BatchError(f"{path} exists", remedies=(CONTINUE, OVERWRITE))
     # A new (or replaced) file is created with its first row: a run that fails before
     # measuring anything leaves the old file, or none, as it was.
     fresh = overwrite or not path.exists()

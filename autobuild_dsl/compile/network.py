@@ -25,8 +25,10 @@ from autobuild_dsl.space.ops import Shape
 from autobuild_dsl.space.resolved import AttrValue, ResolvedNetwork
 
 
-class CompileError(AbcError, ValueError):
+class NetworkBuildError(AbcError, ValueError):
     """A node could not be built (the message names the node and its position)."""
+
+    code = "network-build"
 
 
 @dataclass
@@ -84,10 +86,10 @@ def _plan(
         try:
             new_shape = out_shape(node.op, shape, attrs)
             thing = make(i, node.op, shape, attrs, dims)
-        except CompileError:
+        except NetworkBuildError:
             raise
         except (ValueError, KeyError, TypeError) as error:
-            raise CompileError(f"{_describe(net, i)}: {error}") from error
+            raise NetworkBuildError(f"{_describe(net, i)}: {error}") from error
         provides = getattr(thing, "provides_temb", None)
         if isinstance(provides, int):
             dims = dims.with_temb(provides)
@@ -98,7 +100,7 @@ def _plan(
     try:
         flowed = flow(net, node_shape)
     except FlowError as error:
-        raise CompileError(f"{_describe(net, error.index)}: {error}") from None
+        raise NetworkBuildError(f"{_describe(net, error.index)}: {error}") from None
     plan: _Plan[T] = _Plan(built, flowed.steps, info, flowed.out_shape)
     for i, step in enumerate(flowed.steps):
         for number in step.add if make_shortcut is not None else ():
@@ -107,7 +109,7 @@ def _plan(
             try:
                 plan.shortcuts.append(make_shortcut(number, ins, out, span.shortcut, span.act))
             except (ValueError, KeyError, TypeError) as error:
-                raise CompileError(f"{_describe(net, i)}: {error}") from error
+                raise NetworkBuildError(f"{_describe(net, i)}: {error}") from error
     return plan
 
 

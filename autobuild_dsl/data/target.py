@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 class TargetError(AbcError, ValueError):
     """A target expression that does not parse, or cannot be evaluated on the data."""
 
+    code = "target"
+
 
 _COMPARISONS = ("==", "!=", "<=", ">=", "<", ">")
 

@@ -30,6 +30,8 @@ MAX_POPS = 5_000_000
 class BuildError(AbcError, ValueError):
     """The request cannot be met (unknown unit, k too large, no combination satisfies the rules)."""
 
+    code = "build"
+
 
 class ScoredModule(BaseModel):
     """One module of a unit with its comparable score (higher is better)."""

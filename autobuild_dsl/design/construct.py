@@ -35,6 +35,7 @@ from autobuild_dsl.design.builder import (
     select_top_k,
 )
 from autobuild_dsl.design.rank import RankResult, UnitScores, context_domain
+from autobuild_dsl.errors import Remedy
 from autobuild_dsl.space.decisions import (
     ArchitectureError,
     architecture_from_modules,
@@ -49,6 +50,7 @@ from autobuild_dsl.space.keys import DecisionKey
 from autobuild_dsl.space.model import Space
 
 SelectionMode = Literal["unconstrained", "constrained"]
+_NEED_TOP_K = Remedy("top_k", "(the modules kept per unit)", "K")
 
 
 class BuildResult(BaseModel):
@@ -274,7 +276,7 @@ def build_from_rankings(
         raise BuildError(f"unknown selection mode '{mode}' (unconstrained, constrained)")
     ks = normalize_top_k(space, top_k) if top_k is not None else None
     if mode == "constrained" and ks is None:
-        raise BuildError("the constrained selection needs --top-k (the modules kept per unit)")
+        raise BuildError("the constrained selection needs top_k", remedies=(_NEED_TOP_K,))
     units = [u.name for u in index_of(space).units]
     for ranking in rankings:
         scored = {t.unit for t in ranking.tables}
@@ -528,7 +530,7 @@ def _no_combination(space: Space) -> str:
     return (
         "no combination of the kept modules satisfies the space's rules "
         f"({rules}): the best modules of different units disagree under them. Keep more "
-        "modules per unit (a larger --top-k), or leave --top-k out to build from every module"
+        "modules per unit (a larger top_k), or no top_k to build from every module"
     )
 
 
@@ -556,7 +558,7 @@ def _best_assignment(space: Space, tables: list[ModuleTable]) -> tuple[dict[str,
     if len(best) > 1:
         other = ", ".join(f"{k} = {v}" for k, v in best[1][1].items())
         note += f"; next: {other} at {best[1][0]:.4g}"
-    note += f"; {len(groups)} assignments scored); --all-globals keeps them all"
+    note += f"; {len(groups)} assignments scored); the all_globals option keeps them all"
     return chosen, note
 
 

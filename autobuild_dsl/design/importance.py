@@ -26,6 +26,8 @@ CHART_FORMATS = (".png", ".svg", ".pdf")
 class ChartError(AbcError, ValueError):
     """The chart cannot be written (unknown format)."""
 
+    code = "chart"
+
 
 def feature_importance(run: TrainedRun, data: str | Path | None = None) -> list[FeatureScore]:
     """Every (category, value) of the run's node features with its FE-MLP score, each

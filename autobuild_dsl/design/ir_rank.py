@@ -212,7 +212,7 @@ def top_rooted_subgraphs(
     from autobuild_dsl.scorer.run import node_norms
 
     if run.config.encoding != "ir":
-        raise IrError(f"{run.path}: rooted subgraphs are for runs trained with --encoding ir")
+        raise IrError(f"{run.path}: rooted subgraphs are for runs trained with encoding 'ir'")
     if top < 1:
         raise IrError("top must be at least 1")
     encoder = run.encoder()

@@ -77,6 +77,8 @@ MAX_CONTEXTS = 4_096
 class RankError(AbcError, ValueError):
     """Modules cannot be ranked as asked (an IR run, an unknown global value, ...)."""
 
+    code = "rank"
+
 
 @dataclass
 class RankProgress:
@@ -833,7 +835,7 @@ def _label_groups(
                 count = 0 if group is None else group.count
                 notes.add(
                     f"unit {unit}, {size} layer(s): {count} training label(s); "
-                    "the overall label statistics stand in (consider --standardize)"
+                    "the overall label statistics stand in (the standardize option needs none)"
                 )
                 means[m, i], sds[m, i] = stats.mean, stats.sd
             else:
@@ -1024,7 +1026,7 @@ def rank_modules(
     if not globals and not run.config.globals_seen and len(assignments) > 1:
         low.append(
             f"the run does not record the global choices of its data (trained by an older "
-            f"version): scored all {len(assignments)} assignments; --globals picks some"
+            f"version): scored all {len(assignments)} assignments; the globals option picks some"
         )
     for unit in all_units:
         names = context_names(space, encoder, unit)

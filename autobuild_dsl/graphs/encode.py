@@ -59,6 +59,8 @@ _MAX_TEMPLATE_COMBINATIONS = 200_000
 class EncodeError(AbcError, ValueError):
     """An architecture (or module) cannot be encoded for this space; the message says why."""
 
+    code = "encode"
+
 
 class FeatureCategory(BaseModel):
     """One column of `Data.x`: its name, kind and the values it can hold (code = index + 1)."""

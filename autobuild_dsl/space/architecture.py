@@ -61,6 +61,8 @@ class Architecture(BaseModel):
 class ArchitectureFileError(AbcError, ValueError):
     """A file of architectures cannot be read; the message says which file and line."""
 
+    code = "architecture-file"
+
 
 def read_architecture_records(path: str | Path) -> list[tuple[str, dict[str, Any]]]:
     """The raw architectures of a file: one JSON object, or JSON lines each holding one

@@ -33,6 +33,8 @@ _ERROR: Folded = ("e",)  # evaluating raised: the rule does not hold (as `_holds
 class TooManyStates(AbcError, ValueError):
     """The rules keep too many distinct partial states for the DP."""
 
+    code = "too-many-states"
+
 
 def _const(value: Value) -> Folded:
     return ("c", type(value).__name__, value)

@@ -20,6 +20,8 @@ Value = bool | int | float | str
 class ExprError(AbcError, ValueError):
     """An expression could not be evaluated (unknown name, bad operand, non-finite result)."""
 
+    code = "expression"
+
 
 class _Node(BaseModel):
     """An expression node: frozen, told apart by `kind` in JSON."""

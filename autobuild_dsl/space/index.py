@@ -40,9 +40,13 @@ MAX_DP_STATES = 50_000
 class ArchitectureError(AbcError, ValueError):
     """An architecture does not belong to its space; the message says where and why."""
 
+    code = "architecture"
+
 
 class SpaceTooComplex(AbcError, ValueError):
     """Rules link so many decisions that counting them exactly would not finish."""
+
+    code = "space-too-complex"
 
     def __init__(self, message: str, rules: list[int] | None = None) -> None:
         super().__init__(message)

@@ -24,6 +24,8 @@ from autobuild_dsl.space.resolved import (
 class ResolveError(AbcError, ValueError):
     """An attribute could not be evaluated for this architecture (the message says where)."""
 
+    code = "resolve"
+
 
 def _lookup(env: dict[str, Value], where: str | None):
     def lookup(name: str) -> Value:

@@ -6,8 +6,8 @@ import csv
 import io
 import json
 import re
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -23,21 +23,6 @@ from autobuild_dsl.cli.common import (
     score_option,
     write_atomic,
 )
-
-
-@contextmanager
-def _user_errors() -> Iterator[None]:
-    """Library errors a user can cause become `error: ...` messages, not tracebacks."""
-    from autobuild_dsl.cli.train_cmds import _user_errors as train_errors
-    from autobuild_dsl.design.builder import BuildError
-    from autobuild_dsl.design.importance import ChartError
-    from autobuild_dsl.design.rank import RankError
-
-    try:
-        with train_errors():
-            yield
-    except (RankError, BuildError, ChartError) as error:
-        raise UserError(escape(str(error))) from None
 
 
 class _RankProgress:
@@ -460,21 +445,20 @@ def rank_cmd(
             raise UserError("ranking from SPACE.abs DATA needs --target EXPR (what to learn)")
         if ensemble:
             folds, seeds = 5, 4
-        with _user_errors():
-            run_path = _train_first(
-                inputs[0],
-                inputs[1],
-                target_text,
-                run_dir,
-                space_name,
-                epochs,
-                folds,
-                seeds,
-                seed,
-                jobs,
-                force,
-                quiet or as_json,
-            )
+        run_path = _train_first(
+            inputs[0],
+            inputs[1],
+            target_text,
+            run_dir,
+            space_name,
+            epochs,
+            folds,
+            seeds,
+            seed,
+            jobs,
+            force,
+            quiet or as_json,
+        )
     elif len(inputs) == 1:
         if target_text:
             raise UserError("--target is for SPACE.abs DATA; a run already has its target")
@@ -484,25 +468,24 @@ def rank_cmd(
     for path in (output, chart):
         if path and Path(path).exists() and not force:
             raise UserError(f"{path} exists; pass --force to overwrite it")
-    with _user_errors():
-        run = _load_run(run_path)
-        importance = feature_importance(run)
-        title = f"feature importance: {run.config.target} ({len(run.members)} member(s))"
-        if chart:
-            importance_chart(importance, chart, title=title)
-        if _encoding(run) != "sequence":
-            _rank_ir(run, importance, title, top, as_json, chart)
-            return
-        show = not (quiet or as_json)
-        with _RankProgress() if show else nullcontext() as progress:
-            result = rank_modules(
-                run,
-                standardize=standardize,
-                score=score,  # type: ignore[arg-type]
-                globals=_parse_globals(globals_),
-                threads=threads,
-                progress=progress,
-            )
+    run = _load_run(run_path)
+    importance = feature_importance(run)
+    title = f"feature importance: {run.config.target} ({len(run.members)} member(s))"
+    if chart:
+        importance_chart(importance, chart, title=title)
+    if _encoding(run) != "sequence":
+        _rank_ir(run, importance, title, top, as_json, chart)
+        return
+    show = not (quiet or as_json)
+    with _RankProgress() if show else nullcontext() as progress:
+        result = rank_modules(
+            run,
+            standardize=standardize,
+            score=score,  # type: ignore[arg-type]
+            globals=_parse_globals(globals_),
+            threads=threads,
+            progress=progress,
+        )
     if output:
         text = _scores_csv(result)
         if output.lower().endswith(".parquet"):
@@ -595,8 +578,7 @@ def _rank_ir(
         "per primitive op, no stage modules). Showing feature importance and the top "
         "rooted subgraphs instead"
     )
-    with _user_errors():
-        subgraphs, missing = _ir_subgraphs(run, top)
+    subgraphs, missing = _ir_subgraphs(run, top)
     if as_json:
         click.echo(
             json.dumps(
@@ -763,96 +745,95 @@ def build_cmd(
     out = Path(output)
     if out.exists() and not out.is_dir():
         raise UserError(f"{out} exists and is not a folder")
-    with _user_errors():
-        loaded = [_load_run(path) for path in runs]
-        for run in loaded:
-            if _encoding(run) != "sequence":
-                raise UserError(
-                    f"{run.path}: an ONNX-IR run has no stage modules to build from; "
-                    "use a sequence-graph run"
-                )
-        first = loaded[0].space.digest()
-        for run in loaded[1:]:
-            if run.space.digest() != first:
-                raise UserError(f"{run.path}: trained on another space than {loaded[0].path}")
-        space = loaded[0].space
-        file_path = None
-        if top_k is not None:
-            file_path, space = _space_file(loaded, space_path)
-        reduced_name = name or f"{space.name}_top"
-        if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", reduced_name):
-            raise UserError(f"--name {reduced_name!r}: not an identifier")
-        files = {
-            "architectures": out / "architectures.jsonl",
-            "modules": out / "modules.csv",
-            "summary": out / "build.json",
-        }
-        if top_k is not None:
-            files["space"] = out / f"{reduced_name}.abs"
-        existing = [str(p) for p in files.values() if p.exists()]
-        if existing and not force:
-            raise UserError(f"{existing[0]} exists; pass --force to overwrite it")
-        show = not (quiet or as_json)
-        with _RankProgress() if show else nullcontext() as progress:
-            result, rankings = build_networks(
-                loaded,
-                top_k=top_k,
-                n=n,
-                mode=mode,  # type: ignore[arg-type]
-                score=score,  # type: ignore[arg-type]
-                standardize=standardize,
-                globals=_parse_globals(globals_),
-                all_globals=all_globals,
-                space=space,
-                threads=threads,
-                progress=(lambda _, event: progress(event)) if progress else None,
+    loaded = [_load_run(path) for path in runs]
+    for run in loaded:
+        if _encoding(run) != "sequence":
+            raise UserError(
+                f"{run.path}: an ONNX-IR run has no stage modules to build from; "
+                "use a sequence-graph run"
             )
-        for built in result.architectures:
-            canonicalize(space, built.arch)
-        reduced_size = None
-        expected = None
-        valid = None
-        if top_k is not None:
-            assert file_path is not None
-            header = [
-                f"Reduced by `abc build` from {', '.join(str(r.path) for r in loaded)}",
-                f"target(s): {', '.join(r.config.target for r in loaded)}; mode {mode}; "
-                f"kept per unit: {', '.join(f'{u} {k}' for u, k in (result.top_k or {}).items())}",
-            ]
-            text = reduced_space(space, file_path, files["space"], result, reduced_name, header)
-            write_atomic(files["space"], text, force=force)
-            reduced = compile_file(str(files["space"]))
-            reduced_size = space_size(reduced)
-            expected = 1
-            for modules in result.kept().units.values():
-                expected *= len(modules)
-            for built in result.architectures:
-                canonicalize(reduced, built.arch)
-            valid = valid_combinations(space, result)
-        write_atomic(
-            files["architectures"],
-            "".join(line + "\n" for line in architecture_lines(result)),
-            force=force,
+    first = loaded[0].space.digest()
+    for run in loaded[1:]:
+        if run.space.digest() != first:
+            raise UserError(f"{run.path}: trained on another space than {loaded[0].path}")
+    space = loaded[0].space
+    file_path = None
+    if top_k is not None:
+        file_path, space = _space_file(loaded, space_path)
+    reduced_name = name or f"{space.name}_top"
+    if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", reduced_name):
+        raise UserError(f"--name {reduced_name!r}: not an identifier")
+    files = {
+        "architectures": out / "architectures.jsonl",
+        "modules": out / "modules.csv",
+        "summary": out / "build.json",
+    }
+    if top_k is not None:
+        files["space"] = out / f"{reduced_name}.abs"
+    existing = [str(p) for p in files.values() if p.exists()]
+    if existing and not force:
+        raise UserError(f"{existing[0]} exists; pass --force to overwrite it")
+    show = not (quiet or as_json)
+    with _RankProgress() if show else nullcontext() as progress:
+        result, rankings = build_networks(
+            loaded,
+            top_k=top_k,
+            n=n,
+            mode=mode,  # type: ignore[arg-type]
+            score=score,  # type: ignore[arg-type]
+            standardize=standardize,
+            globals=_parse_globals(globals_),
+            all_globals=all_globals,
+            space=space,
+            threads=threads,
+            progress=(lambda _, event: progress(event)) if progress else None,
         )
-        write_atomic(files["modules"], _kept_csv(result), force=force)
-        summary = {
-            "runs": [str(r.path) for r in loaded],
-            "targets": [r.config.target for r in loaded],
-            "space": space.name,
-            "space_file": file_path,
-            "mode": mode,
-            "top_k": result.top_k,
-            "kept": {u: len(m) for u, m in result.kept().units.items()},
-            "reduced_space": str(files["space"]) if "space" in files else None,
-            "reduced_size": reduced_size,
-            "product_of_kept": expected,
-            "valid_combinations": valid,
-            "architectures": len(result.architectures),
-            "best_score": result.architectures[0].score if result.architectures else None,
-            "rank_seconds": [r.seconds for r in rankings],
-            "notes": result.notes,
-        }
-        write_atomic(files["summary"], json.dumps(summary, indent=2) + "\n", force=force)
+    for built in result.architectures:
+        canonicalize(space, built.arch)
+    reduced_size = None
+    expected = None
+    valid = None
+    if top_k is not None:
+        assert file_path is not None
+        header = [
+            f"Reduced by `abc build` from {', '.join(str(r.path) for r in loaded)}",
+            f"target(s): {', '.join(r.config.target for r in loaded)}; mode {mode}; "
+            f"kept per unit: {', '.join(f'{u} {k}' for u, k in (result.top_k or {}).items())}",
+        ]
+        text = reduced_space(space, file_path, files["space"], result, reduced_name, header)
+        write_atomic(files["space"], text, force=force)
+        reduced = compile_file(str(files["space"]))
+        reduced_size = space_size(reduced)
+        expected = 1
+        for modules in result.kept().units.values():
+            expected *= len(modules)
+        for built in result.architectures:
+            canonicalize(reduced, built.arch)
+        valid = valid_combinations(space, result)
+    write_atomic(
+        files["architectures"],
+        "".join(line + "\n" for line in architecture_lines(result)),
+        force=force,
+    )
+    write_atomic(files["modules"], _kept_csv(result), force=force)
+    summary = {
+        "runs": [str(r.path) for r in loaded],
+        "targets": [r.config.target for r in loaded],
+        "space": space.name,
+        "space_file": file_path,
+        "mode": mode,
+        "top_k": result.top_k,
+        "kept": {u: len(m) for u, m in result.kept().units.items()},
+        "reduced_space": str(files["space"]) if "space" in files else None,
+        "reduced_size": reduced_size,
+        "product_of_kept": expected,
+        "valid_combinations": valid,
+        "architectures": len(result.architectures),
+        "best_score": result.architectures[0].score if result.architectures else None,
+        "rank_seconds": [r.seconds for r in rankings],
+        "notes": result.notes,
+    }
+    write_atomic(files["summary"], json.dumps(summary, indent=2) + "\n", force=force)
     if as_json:
         click.echo(json.dumps(summary))
         return

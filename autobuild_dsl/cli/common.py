@@ -19,6 +19,7 @@ from autobuild_dsl.errors import (
     EXIT_INTERNAL_ERROR,
     EXIT_USER_ERROR,
     AbcError,
+    Remedy,
 )
 from autobuild_dsl.lang import CompileError, compile_file
 from autobuild_dsl.space.model import Space
@@ -125,8 +126,9 @@ def run_guarded(group: click.Group) -> int:
         _quiet_stdout()
         return 0
     except AbcError as error:
-        # Every library error a user can cause (io's output errors among them).
-        _show_error(str(error))
+        # Every library error a user can cause (io's output errors among them); the
+        # remedies it carries name workflow parameters, shown here as the flags to type.
+        _show_error(with_hints(str(error), error.remedies))
         return error.exit_code
     except RecursionError:
         _show_error("the input is nested too deeply to process")
@@ -169,6 +171,36 @@ def plain_error(error: BaseException) -> str:
     if isinstance(error, OSError):
         return error.strerror or str(error)
     return str(error)
+
+
+# Workflow parameter -> the option a user types, where the two are not spelled alike.
+FLAG_NAMES: dict[str, str] = {
+    "space_path": "--space",
+    "space_name": "--space-name",
+    "run_dir": "--run-dir",
+    "globals": "--globals",
+    "top_k": "--top-k",
+}
+
+
+def flag_of(parameter: str) -> str:
+    """The CLI option for a workflow parameter (`force` -> `--force`)."""
+    return FLAG_NAMES.get(parameter, "--" + parameter.replace("_", "-"))
+
+
+def remedy_hint(remedy: Remedy) -> str:
+    """`pass --force to overwrite it`, `pass --jobs 4 to ...`."""
+    flag = flag_of(remedy.parameter)
+    if remedy.value is not None:
+        flag += f" {remedy.value}"
+    return f"pass {flag} {remedy.action}".rstrip()
+
+
+def with_hints(message: str, remedies: tuple[Remedy, ...]) -> str:
+    """A library message followed by the flags that fix it, in the user's terms."""
+    if not remedies:
+        return message
+    return f"{message}; " + " or ".join(remedy_hint(r) for r in remedies)
 
 
 def _show_error(message: str) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -13,22 +11,6 @@ from autobuild_dsl.cli.common import UserError, console, err_console, load_space
 
 # A latency whose runs spread more than this (IQR / median) is flagged as noisy.
 HIGH_SPREAD = 0.10
-
-
-@contextmanager
-def _user_errors() -> Iterator[None]:
-    """Library errors a user can cause become `error: ...` messages, not tracebacks
-    (`UserError` escapes rich markup itself)."""
-    from autobuild_dsl.compile.batch import BatchError
-    from autobuild_dsl.compile.emit import EmitError
-    from autobuild_dsl.compile.network import CompileError as NetworkError
-    from autobuild_dsl.space.decisions import ArchitectureError
-    from autobuild_dsl.space.resolve import ResolveError
-
-    try:
-        yield
-    except (BatchError, EmitError, NetworkError, ArchitectureError, ResolveError) as error:
-        raise UserError(str(error)) from None
 
 
 def _one_architecture(space, path: str, line: int | None):
@@ -93,16 +75,15 @@ def emit_cmd(
 
     space = load_space(space_file, space_name)
     out = Path(output)
-    with _user_errors():
-        arch = _one_architecture(space, arch_file, line)
-        if out.exists() and not force:
-            raise UserError(f"{out} exists; pass --force to overwrite it")
-        with err_console.status(f"compiling {space.name} to {fmt}"):
-            if fmt == "torch":
-                emit_torch(out, space, arch, overwrite=force, seed=seed)
-                done = None
-            else:
-                done = emit_onnx(out, space, arch, overwrite=force, seed=seed, atol=atol)
+    arch = _one_architecture(space, arch_file, line)
+    if out.exists() and not force:
+        raise UserError(f"{out} exists; pass --force to overwrite it")
+    with err_console.status(f"compiling {space.name} to {fmt}"):
+        if fmt == "torch":
+            emit_torch(out, space, arch, overwrite=force, seed=seed)
+            done = None
+        else:
+            done = emit_onnx(out, space, arch, overwrite=force, seed=seed, atol=atol)
     if done is None:
         console.print(
             f"wrote {escape(str(out))} (PyTorch state dict + architecture of {space.name})"
@@ -293,36 +274,35 @@ def measure_cmd(
             if warning:
                 err_console.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
     saved = 0
-    with _user_errors():
-        archs = [arch for _, arch in read_architectures(archs_file, space)]
-        labels = read_labels(archs_file, space)
-        try:
-            with _progress_bar() as bar:
-                task = bar.add_task("measuring", total=None)
+    archs = [arch for _, arch in read_architectures(archs_file, space)]
+    labels = read_labels(archs_file, space)
+    try:
+        with _progress_bar() as bar:
+            task = bar.add_task("measuring", total=None)
 
-                def show(event) -> None:
-                    nonlocal saved
-                    saved = event.done - event.failed
-                    bar.update(task, completed=event.done, total=event.total)
+            def show(event) -> None:
+                nonlocal saved
+                saved = event.done - event.failed
+                bar.update(task, completed=event.done, total=event.total)
 
-                report = measure_file(
-                    space,
-                    archs,
-                    output,
-                    settings,
-                    jobs=jobs,
-                    ray=ray_address,
-                    resume=resume,
-                    overwrite=force,
-                    progress=show,
-                    labels=labels,
-                    retest=retest,
-                )
-        except KeyboardInterrupt:
-            err_console.print(
-                f"interrupted: {saved} new rows are in {escape(output)}; rerun with --resume"
+            report = measure_file(
+                space,
+                archs,
+                output,
+                settings,
+                jobs=jobs,
+                ray=ray_address,
+                resume=resume,
+                overwrite=force,
+                progress=show,
+                labels=labels,
+                retest=retest,
             )
-            raise
+    except KeyboardInterrupt:
+        err_console.print(
+            f"interrupted: {saved} new rows are in {escape(output)}; rerun with --resume"
+        )
+        raise
     if report.repaired:
         err_console.print(f"note: cut off a torn last line of {escape(output)}")
     parts = [f"measured {report.measured} architectures into {escape(output)}"]

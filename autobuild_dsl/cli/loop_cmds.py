@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -18,33 +16,6 @@ from rich.progress import (
 from rich.table import Table
 
 from autobuild_dsl.cli.common import UserError, console, err_console, evaluator_option, load_space
-
-
-@contextmanager
-def _user_errors() -> Iterator[None]:
-    """Errors a user can cause (bad data, targets, evaluators, folders) become messages."""
-    from autobuild_dsl.data.dataset import DatasetError
-    from autobuild_dsl.design.builder import BuildError
-    from autobuild_dsl.design.rank import RankError
-    from autobuild_dsl.scorer import RunError
-    from autobuild_dsl.search.evaluators import EvaluationError
-    from autobuild_dsl.search.loop import LoopError
-    from autobuild_dsl.search.pareto import ObjectiveError
-    from autobuild_dsl.space.decisions import ArchitectureError
-
-    try:
-        yield
-    except (
-        BuildError,
-        RankError,
-        DatasetError,
-        RunError,
-        EvaluationError,
-        LoopError,
-        ObjectiveError,
-        ArchitectureError,
-    ) as error:
-        raise UserError(str(error)) from None
 
 
 @click.command("improve")
@@ -159,64 +130,62 @@ def improve_cmd(
         raise UserError("--resume and --force contradict each other; give one")
     space = load_space(space_file, space_name)
     out = Path(out_dir)
-    with _user_errors():
-        labels = load_dataset(data_file, space)
-        parsed = parse_objectives(objectives) if objectives else []
-        config = LoopConfig(
-            targets=list(targets),
-            objectives=parsed,
-            budget=budget,
-            top_k=top_k,
-            per_round=per_round,
-            widen_on_stall=widen_on_stall,
-            seed=seed,
-            epochs=epochs,
-            folds=folds,
-        )
-        config.search_objectives()
-        if force:
-            # Only what a loop writes: a mistyped -o must not wipe unrelated files.
-            for name in (STATE_FILE, "evaluations.jsonl", "labels.jsonl", "front.jsonl",
-                         "report.md", "progress.png"):  # fmt: skip
-                (out / name).unlink(missing_ok=True)
-            shutil.rmtree(out / ROUNDS_DIR, ignore_errors=True)
-        evaluator = parse_evaluator_spec(evaluator_spec)
-        cache = Path(cache_dir) if cache_dir else out / "cache"
-        with (
-            EvaluationRunner(space, evaluator, cache_dir=cache, jobs=jobs) as runner,
-            Progress(
-                TextColumn("[bold]{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                TextColumn("{task.fields[info]}"),
-                console=err_console,
-            ) as bar,
-        ):
-            task = bar.add_task("round 0", total=budget, info="")
+    labels = load_dataset(data_file, space)
+    parsed = parse_objectives(objectives) if objectives else []
+    config = LoopConfig(
+        targets=list(targets),
+        objectives=parsed,
+        budget=budget,
+        top_k=top_k,
+        per_round=per_round,
+        widen_on_stall=widen_on_stall,
+        seed=seed,
+        epochs=epochs,
+        folds=folds,
+    )
+    config.search_objectives()
+    if force:
+        # Only what a loop writes: a mistyped -o must not wipe unrelated files.
+        for name in (STATE_FILE, "evaluations.jsonl", "labels.jsonl", "front.jsonl",
+                     "report.md", "progress.png"):  # fmt: skip
+            (out / name).unlink(missing_ok=True)
+        shutil.rmtree(out / ROUNDS_DIR, ignore_errors=True)
+    evaluator = parse_evaluator_spec(evaluator_spec)
+    cache = Path(cache_dir) if cache_dir else out / "cache"
+    with (
+        EvaluationRunner(space, evaluator, cache_dir=cache, jobs=jobs) as runner,
+        Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[info]}"),
+            console=err_console,
+        ) as bar,
+    ):
+        task = bar.add_task("round 0", total=budget, info="")
 
-            def show(event: LoopProgress) -> None:
-                best = " · ".join(f"{label} {value:.6g}" for label, value in event.best.items())
-                left = event.budget - event.evaluated
-                bar.update(
-                    task,
-                    completed=event.evaluated,
-                    description=f"round {event.round} · k {event.k} · {event.phase}",
-                    info=f"best {best} · {left} left"
-                    + (f" · {event.detail}" if event.detail else ""),
-                )
-
-            result = run_loop(
-                space,
-                labels,
-                runner,
-                config,
-                out,
-                progress=show,
-                resume=resume,
-                space_file=space_file if not space_file.endswith(".json") else None,
-                jobs=jobs,
+        def show(event: LoopProgress) -> None:
+            best = " · ".join(f"{label} {value:.6g}" for label, value in event.best.items())
+            left = event.budget - event.evaluated
+            bar.update(
+                task,
+                completed=event.evaluated,
+                description=f"round {event.round} · k {event.k} · {event.phase}",
+                info=f"best {best} · {left} left" + (f" · {event.detail}" if event.detail else ""),
             )
+
+        result = run_loop(
+            space,
+            labels,
+            runner,
+            config,
+            out,
+            progress=show,
+            resume=resume,
+            space_file=space_file if not space_file.endswith(".json") else None,
+            jobs=jobs,
+        )
     objectives_used = config.search_objectives()
     table = Table(title=f"rounds ({len(result.records)} evaluations, stopped: {result.stopped})")
     for column in ("round", "k", "reduced space", "trained on", "evaluated"):

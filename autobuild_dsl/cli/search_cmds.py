@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -28,7 +26,7 @@ from autobuild_dsl.cli.common import (
     write_atomic,
 )
 from autobuild_dsl.search.cache import default_cache_dir
-from autobuild_dsl.search.evaluators import EvaluationError, parse_evaluator_spec
+from autobuild_dsl.search.evaluators import parse_evaluator_spec
 from autobuild_dsl.search.evolution import (
     FRONT_FILE,
     RECORDS_FILE,
@@ -36,7 +34,6 @@ from autobuild_dsl.search.evolution import (
     SearchConfig,
     SearchProgress,
     SearchResult,
-    SearchStateError,
     run_search,
 )
 from autobuild_dsl.search.exhaustive import (
@@ -44,33 +41,15 @@ from autobuild_dsl.search.exhaustive import (
     ExhaustiveConfig,
     ExhaustiveProgress,
     ExhaustiveResult,
-    SpaceTooLarge,
     exhaustive_search,
     format_seconds,
 )
-from autobuild_dsl.search.pareto import Objective, ObjectiveError, parse_objectives
+from autobuild_dsl.search.pareto import Objective, parse_objectives
 from autobuild_dsl.search.runner import EvaluationRunner
-from autobuild_dsl.space.decisions import ArchitectureError, SpaceTooComplex
 from autobuild_dsl.space.model import Space
 
 EXHAUSTIVE_SUMMARY = "exhaustive.json"
 EXHAUSTIVE_TOP = "top.jsonl"
-
-
-@contextmanager
-def _user_errors() -> Iterator[None]:
-    """Library errors a user can cause become `error: ...` messages, not tracebacks."""
-    try:
-        yield
-    except (
-        EvaluationError,
-        ObjectiveError,
-        SearchStateError,
-        SpaceTooLarge,
-        SpaceTooComplex,
-        ArchitectureError,
-    ) as error:
-        raise UserError(str(error)) from None
 
 
 def _progress_bar() -> Progress:
@@ -191,40 +170,39 @@ def search_cmd(
         if out_dir is None:
             raise UserError("-o/--out is required: the search checkpoints and writes there")
     space = load_space(space_file, space_name)
-    with _user_errors():
-        config = parse_evaluator_spec(evaluator_spec)
-        parsed = parse_objectives(objectives) if objectives is not None else None
-        cache = None if no_cache or exhaustive else Path(cache_dir or default_cache_dir())
-        with EvaluationRunner(
-            space, config, cache_dir=cache, jobs=jobs, ray_address=ray_address
-        ) as runner:
-            for note in runner.notes:
-                err_console.print(f"note: {escape(note)}", soft_wrap=True)
-            if exhaustive:
-                _exhaustive(
-                    space,
-                    runner,
-                    parsed,
-                    top,
-                    batch_size,
-                    max_architectures,
-                    max_time,
-                    out_dir,
-                    force,
-                )
-                return
-            assert parsed is not None and budget is not None and out_dir is not None
-            out = Path(out_dir)
-            search_config = SearchConfig(
-                objectives=parsed,
-                budget=budget,
-                init=init,
-                per_generation=per_generation,
-                mode=mode,  # type: ignore[arg-type]
-                seed=seed,
+    config = parse_evaluator_spec(evaluator_spec)
+    parsed = parse_objectives(objectives) if objectives is not None else None
+    cache = None if no_cache or exhaustive else Path(cache_dir or default_cache_dir())
+    with EvaluationRunner(
+        space, config, cache_dir=cache, jobs=jobs, ray_address=ray_address
+    ) as runner:
+        for note in runner.notes:
+            err_console.print(f"note: {escape(note)}", soft_wrap=True)
+        if exhaustive:
+            _exhaustive(
+                space,
+                runner,
+                parsed,
+                top,
+                batch_size,
+                max_architectures,
+                max_time,
+                out_dir,
+                force,
             )
-            result = _run_with_progress(space, runner, search_config, out, force)
-            _render_search(result, out, runner)
+            return
+        assert parsed is not None and budget is not None and out_dir is not None
+        out = Path(out_dir)
+        search_config = SearchConfig(
+            objectives=parsed,
+            budget=budget,
+            init=init,
+            per_generation=per_generation,
+            mode=mode,  # type: ignore[arg-type]
+            seed=seed,
+        )
+        result = _run_with_progress(space, runner, search_config, out, force)
+        _render_search(result, out, runner)
 
 
 def _run_with_progress(
@@ -384,17 +362,16 @@ def plot_cmd(
         raise UserError(f"{out}: the figure must end in .png, .svg or .pdf")
     if out.exists() and not force:
         raise UserError(f"{out} exists; pass --force to overwrite it")
-    with _user_errors():
-        try:
-            series = [
-                load_series(Path(p), labels[i] if labels else None) for i, p in enumerate(results)
-            ]
-            data = load_series(Path(data_path), Path(data_path).stem) if data_path else None
-        except ValueError as error:
-            raise UserError(str(error)) from None
-        x = axis_objective(x_axis, series, "min")
-        y = axis_objective(y_axis, series, "max")
-        summary = plot_fronts(series, x, y, out, data=data, title=title, show_points=not no_points)
+    try:
+        series = [
+            load_series(Path(p), labels[i] if labels else None) for i, p in enumerate(results)
+        ]
+        data = load_series(Path(data_path), Path(data_path).stem) if data_path else None
+    except ValueError as error:
+        raise UserError(str(error)) from None
+    x = axis_objective(x_axis, series, "min")
+    y = axis_objective(y_axis, series, "max")
+    summary = plot_fronts(series, x, y, out, data=data, title=title, show_points=not no_points)
     for item in summary.series:
         console.print(f"{item.label}: {item.points} points, front of {len(item.front)}")
     console.print(f"wrote {out}")

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -24,31 +23,6 @@ from autobuild_dsl.cli.ir_support import (
 
 def _fmt(value: float | None, digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
-
-
-@contextmanager
-def _user_errors() -> Iterator[None]:
-    """Library errors a user can cause become `error: ...` messages, not tracebacks."""
-    from autobuild_dsl.data.dataset import DatasetError
-    from autobuild_dsl.data.target import TargetError
-    from autobuild_dsl.graphs.encode import EncodeError
-    from autobuild_dsl.scorer.ensemble import EnsembleError
-    from autobuild_dsl.scorer.run import RunError
-    from autobuild_dsl.space.architecture import ArchitectureFileError
-    from autobuild_dsl.space.decisions import ArchitectureError
-
-    try:
-        yield
-    except (
-        DatasetError,
-        TargetError,
-        RunError,
-        EnsembleError,
-        EncodeError,
-        ArchitectureError,
-        ArchitectureFileError,
-    ) as error:
-        raise UserError(escape(str(error))) from None
 
 
 class _TrainProgress:
@@ -272,65 +246,64 @@ def train_cmd(
     if ensemble:
         folds, seeds = 5, 4
     space = load_space(space_file, space_name)
-    with _user_errors():
-        target = parse_target(target_text)
-        encoder = None
-        if extra_spaces and encoding != "ir":
-            raise UserError("--add-space (architectures of several spaces) needs --encoding ir")
-        spaces = [space, *(load_space(path) for path in extra_spaces)]
-        if len(spaces) > 1:
-            from autobuild_dsl.data.mixed import load_mixed_dataset
+    target = parse_target(target_text)
+    encoder = None
+    if extra_spaces and encoding != "ir":
+        raise UserError("--add-space (architectures of several spaces) needs --encoding ir")
+    spaces = [space, *(load_space(path) for path in extra_spaces)]
+    if len(spaces) > 1:
+        from autobuild_dsl.data.mixed import load_mixed_dataset
 
-            dataset = load_mixed_dataset(data_file, spaces)
-        else:
-            dataset = load_dataset(data_file, space)
-        # Rows lacking a metric the target reads are left out (as `abc data describe
-        # --target` leaves them out); say how many, and why.
-        note = target.labeled_rows(dataset).note() if hasattr(dataset, "metric_names") else None
-        if note and not as_json:
-            err_console.print(f"note: {escape(note)}", soft_wrap=True)
-        if encoding == "ir":
-            show_ir = not (quiet or as_json)
-            encoder = fit_ir_encoder(
-                spaces, dataset.architectures, cache=ir_cache, jobs=export_jobs, show=show_ir
-            )
-        train = TrainConfig(
-            epochs=epochs,
-            batch_size=batch_size,
-            lr=lr,
-            weight_decay=weight_decay,
-            loss=loss,  # type: ignore[arg-type]
-            rank_lambda=rank_lambda,
-            regularization_strength=softrank_strength,
-            softrank_backend=softrank_backend,  # type: ignore[arg-type]
-            batch_norm=batch_norm,
-            threads=threads,
+        dataset = load_mixed_dataset(data_file, spaces)
+    else:
+        dataset = load_dataset(data_file, space)
+    # Rows lacking a metric the target reads are left out (as `abc data describe
+    # --target` leaves them out); say how many, and why.
+    note = target.labeled_rows(dataset).note() if hasattr(dataset, "metric_names") else None
+    if note and not as_json:
+        err_console.print(f"note: {escape(note)}", soft_wrap=True)
+    if encoding == "ir":
+        show_ir = not (quiet or as_json)
+        encoder = fit_ir_encoder(
+            spaces, dataset.architectures, cache=ir_cache, jobs=export_jobs, show=show_ir
         )
-        ensemble_config = EnsembleConfig(
-            folds=folds, seeds=seeds, test_fraction=test_fraction, seed=seed
+    train = TrainConfig(
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        loss=loss,  # type: ignore[arg-type]
+        rank_lambda=rank_lambda,
+        regularization_strength=softrank_strength,
+        softrank_backend=softrank_backend,  # type: ignore[arg-type]
+        batch_norm=batch_norm,
+        threads=threads,
+    )
+    ensemble_config = EnsembleConfig(
+        folds=folds, seeds=seeds, test_fraction=test_fraction, seed=seed
+    )
+    show = not (quiet or as_json)
+    note = thread_note(threads) if jobs <= 1 and not ray_address else None
+    if note and not as_json:
+        err_console.print(f"note: {note}", style="yellow", highlight=False)
+    with _TrainProgress() if show else nullcontext() as progress:
+        run = train_run(
+            space,
+            dataset,
+            target,
+            output,
+            train=train,
+            ensemble=ensemble_config,
+            num_layers=layers,
+            jobs=jobs,
+            ray_address=ray_address,
+            force=force,
+            resume=resume,
+            data_path=data_file,
+            space_path=str(Path(space_file).resolve()),
+            progress=progress,
+            encoder=encoder,
         )
-        show = not (quiet or as_json)
-        note = thread_note(threads) if jobs <= 1 and not ray_address else None
-        if note and not as_json:
-            err_console.print(f"note: {note}", style="yellow", highlight=False)
-        with _TrainProgress() if show else nullcontext() as progress:
-            run = train_run(
-                space,
-                dataset,
-                target,
-                output,
-                train=train,
-                ensemble=ensemble_config,
-                num_layers=layers,
-                jobs=jobs,
-                ray_address=ray_address,
-                force=force,
-                resume=resume,
-                data_path=data_file,
-                space_path=str(Path(space_file).resolve()),
-                progress=progress,
-                encoder=encoder,
-            )
     assert run.metrics is not None
     left_out = len(dataset) - run.config.rows
     if left_out > 0 and not as_json:
@@ -406,17 +379,16 @@ def predict_cmd(
     from autobuild_dsl.space.architecture import read_architecture_records
     from autobuild_dsl.space.decisions import ArchitectureError, canonicalize
 
-    with _user_errors():
-        run = load_run(run_dir)
-        records = read_architecture_records(arch_file)
-        archs = []
-        for where, raw in records:
-            try:
-                archs.append(canonicalize(record_space(run, raw), raw))
-            except ArchitectureError as error:
-                raise UserError(f"{where}: {escape(str(error))}") from None
-        graphs = run.encoder().encode_many(archs)
-        mean, std = predict(run, graphs)
+    run = load_run(run_dir)
+    records = read_architecture_records(arch_file)
+    archs = []
+    for where, raw in records:
+        try:
+            archs.append(canonicalize(record_space(run, raw), raw))
+        except ArchitectureError as error:
+            raise UserError(f"{where}: {escape(str(error))}") from None
+    graphs = run.encoder().encode_many(archs)
+    mean, std = predict(run, graphs)
     lines = [
         json.dumps({"row": i, "mean": float(m), "std": float(s)})
         for i, (m, s) in enumerate(zip(mean, std, strict=True))

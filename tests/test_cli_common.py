@@ -1,0 +1,67 @@
+"""The CLI's shared layer: library errors become messages with flag hints, exit codes by kind."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from autobuild_dsl.cli.common import flag_of, run_guarded, with_hints
+from autobuild_dsl.errors import AbcError, Remedy
+
+
+class _Exists(AbcError):
+    code = "exists"
+
+
+def _group(error: BaseException) -> click.Group:
+    @click.group()
+    def group() -> None:
+        pass
+
+    @group.command("go")
+    def go() -> None:
+        raise error
+
+    return group
+
+
+def _run(capsys, monkeypatch, error: BaseException) -> tuple[int, str]:
+    monkeypatch.setattr(sys, "argv", ["abc", "go"])
+    code = run_guarded(_group(error))
+    return code, capsys.readouterr().err
+
+
+def test_remedy_is_rendered_as_the_flag_a_user_types(capsys, monkeypatch):
+    error = _Exists("out.csv exists", remedies=(Remedy("force", "to overwrite it"),))
+    code, err = _run(capsys, monkeypatch, error)
+    assert code == 1
+    assert "error: out.csv exists; pass --force to overwrite it" in err
+    assert "Traceback" not in err
+
+
+def test_several_remedies_and_values(capsys, monkeypatch):
+    remedies = (
+        Remedy("resume", "to continue it"),
+        Remedy("space_path", "to name the space file", value="SPACE.abs"),
+    )
+    code, err = _run(capsys, monkeypatch, _Exists("run folder is not empty", remedies=remedies))
+    assert code == 1
+    assert (
+        "run folder is not empty; pass --resume to continue it or pass --space SPACE.abs "
+        "to name the space file"
+    ) in err
+
+
+def test_flag_names_and_plain_messages():
+    assert flag_of("force") == "--force"
+    assert flag_of("export_jobs") == "--export-jobs"
+    assert flag_of("space_name") == "--space-name"
+    assert with_hints("bad input", ()) == "bad input"
+
+
+def test_an_unexpected_exception_is_an_internal_error(capsys, monkeypatch):
+    monkeypatch.delenv("ABC_DEBUG", raising=False)
+    code, err = _run(capsys, monkeypatch, KeyError("x"))
+    assert code == 3
+    assert "internal error" in err

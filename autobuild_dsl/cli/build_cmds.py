@@ -19,8 +19,14 @@ from autobuild_dsl.cli.common import (
     UserError,
     console,
     err_console,
+    force_option,
+    jobs_option,
+    json_option,
     load_space,
+    quiet_option,
     score_option,
+    seed_option,
+    threads_option,
     write_atomic,
 )
 
@@ -340,7 +346,7 @@ def _short(value: Any) -> str:
     type=click.Path(dir_okay=False),
     help="Write every module's score here (.csv; .parquet when pyarrow is installed).",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary instead of tables.")
+@json_option("Print a JSON summary instead of tables.")
 @click.option(
     "--top",
     type=click.IntRange(min=0),
@@ -367,10 +373,8 @@ def _short(value: Any) -> str:
     type=click.Path(dir_okay=False),
     help="Bar chart of the feature importances (.png, .svg or .pdf).",
 )
-@click.option("--force", is_flag=True, help="Overwrite existing outputs (and run folder).")
-@click.option(
-    "--threads", type=click.IntRange(min=1), default=1, show_default=True, help="Torch threads."
-)
+@force_option("Overwrite existing outputs (and run folder).")
+@threads_option()
 @click.option("--target", "target_text", help="With SPACE.abs DATA: what to learn (trains first).")
 @click.option(
     "--run-dir",
@@ -400,15 +404,9 @@ def _short(value: Any) -> str:
     help="With SPACE.abs DATA: members per fold.",
 )
 @click.option("--ensemble", is_flag=True, help="Shorthand for --folds 5 --seeds 4.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Split and init seed.")
-@click.option(
-    "--jobs",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="With SPACE.abs DATA: members trained in parallel.",
-)
-@click.option("--quiet", is_flag=True, help="No progress bars.")
+@seed_option("Split and init seed.")
+@jobs_option("With SPACE.abs DATA: members trained in parallel.")
+@quiet_option()
 def rank_cmd(
     inputs: tuple[str, ...],
     output: str | None,
@@ -701,12 +699,10 @@ def _space_file(runs: list[Any], given: str | None) -> tuple[str, Any]:
     help="Keep every scored assignment of the global choices (default: the one whose best "
     "architecture scores highest).",
 )
-@click.option("--force", is_flag=True, help="Overwrite existing output files.")
-@click.option(
-    "--threads", type=click.IntRange(min=1), default=1, show_default=True, help="Torch threads."
-)
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
+@force_option("Overwrite existing output files.")
+@threads_option()
+@json_option("Print a JSON summary.")
+@quiet_option()
 def build_cmd(
     runs: tuple[str, ...],
     top_k_text: str | None,

@@ -7,7 +7,18 @@ from pathlib import Path
 import click
 from rich.markup import escape
 
-from autobuild_dsl.cli.common import UserError, console, err_console, load_space
+from autobuild_dsl.cli.common import (
+    UserError,
+    console,
+    err_console,
+    force_option,
+    jobs_option,
+    load_space,
+    resume_option,
+    seed_option,
+    space_name_option,
+    threads_option,
+)
 
 # A latency whose runs spread more than this (IQR / median) is flagged as noisy.
 HIGH_SPREAD = 0.10
@@ -41,13 +52,13 @@ def _one_architecture(space, path: str, line: int | None):
     "onnx: ONNX model (opset 17, dynamic batch), checked in ONNX Runtime.",
 )
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The file.")
-@click.option("--space", "space_name", help="Which space of the file (default: the first one).")
+@space_name_option()
 @click.option(
     "--line",
     type=click.IntRange(min=1),
     help="Take the architecture on this line of a JSON-lines ARCH_FILE.",
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights.")
+@seed_option("Seed of the random weights.")
 @click.option(
     "--atol",
     type=click.FloatRange(min=0),
@@ -55,7 +66,7 @@ def _one_architecture(space, path: str, line: int | None):
     show_default=True,
     help="onnx: the largest absolute difference from PyTorch allowed on a random input.",
 )
-@click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
+@force_option("Overwrite OUTPUT if it exists.")
 def emit_cmd(
     space_file: str,
     arch_file: str,
@@ -109,22 +120,10 @@ def emit_cmd(
     help="Comma-separated: params, macs (FlopCounterMode total / 2), latency (ms, ONNX "
     "Runtime CPU, batch 1, median); NAME=latency writes latency as NAME (e.g. lat=latency).",
 )
-@click.option("--space", "space_name", help="Which space of the file (default: the first one).")
-@click.option(
-    "--jobs",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="Worker processes (with --ray: tasks in flight; default: what the cluster fits).",
-)
+@space_name_option()
+@jobs_option("Worker processes (with --ray: tasks in flight; default: what the cluster fits).")
 @click.option("--ray", "ray_address", help="Run on Ray: an address, 'auto' or 'local'.")
-@click.option(
-    "--threads",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="Threads per network (torch and ONNX Runtime), fixed and recorded with latency.",
-)
+@threads_option("Threads per network (torch and ONNX Runtime), fixed and recorded with latency.")
 @click.option(
     "--warmup",
     type=click.IntRange(min=0),
@@ -183,9 +182,9 @@ def emit_cmd(
     help="Where params and MACs are counted; meta allocates nothing (any model size) but "
     "cannot time latency; auto: cpu with latency, else meta.",
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Random weights and input.")
-@click.option("--resume", is_flag=True, help="Continue OUTPUT: skip what it holds, append.")
-@click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
+@seed_option("Random weights and input.")
+@resume_option("Continue OUTPUT: skip what it holds, append.")
+@force_option("Replace OUTPUT if it exists.")
 def measure_cmd(
     space_file: str,
     archs_file: str,

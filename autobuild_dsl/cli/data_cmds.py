@@ -11,7 +11,15 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from autobuild_dsl.cli.common import UserError, console, err_console, load_space
+from autobuild_dsl.cli.common import (
+    UserError,
+    console,
+    err_console,
+    force_option,
+    json_option,
+    load_space,
+    space_file_option,
+)
 
 # How many rejected rows an import prints before summarising the rest.
 SHOWN_REJECTIONS = 20
@@ -61,13 +69,11 @@ def data_group() -> None:
     help="Input format.",
 )
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option(
-    "--space", "space_file", required=True, type=click.Path(dir_okay=False), help="SPACE.abs"
-)
+@space_file_option()
 @click.option("--space-name", help="Which space of the file (default: the first one).")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="OUT.jsonl")
 @click.option("--skip-bad", is_flag=True, help="Write the good rows even if some are rejected.")
-@click.option("--force", is_flag=True, help="Overwrite the output if it exists.")
+@force_option("Overwrite the output if it exists.")
 @click.option(
     "--map",
     "map_file",
@@ -189,12 +195,10 @@ def _number(value: float) -> str:
 
 @data_group.command("describe")
 @click.argument("data_file", type=click.Path(dir_okay=False))
-@click.option(
-    "--space", "space_file", required=True, type=click.Path(dir_okay=False), help="SPACE.abs"
-)
+@space_file_option()
 @click.option("--space-name", help="Which space of the file.")
 @click.option("--target", "target_text", help="Also evaluate a target expression, e.g. 'top1'.")
-@click.option("--json", "as_json", is_flag=True, help="Print the description as JSON only.")
+@json_option("Print the description as JSON only.")
 def describe_cmd(
     data_file: str,
     space_file: str,
@@ -256,9 +260,7 @@ def describe_cmd(
 
 @data_group.command("merge")
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option(
-    "--space", "space_file", required=True, type=click.Path(dir_okay=False), help="SPACE.abs"
-)
+@space_file_option()
 @click.option("--space-name", help="Which space of the file.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="OUT.jsonl")
 @click.option(
@@ -275,7 +277,7 @@ def describe_cmd(
     "values that disagree.",
 )
 @click.option("--inner", is_flag=True, help="Keep only the architectures every file holds.")
-@click.option("--force", is_flag=True, help="Overwrite the output if it exists.")
+@force_option("Overwrite the output if it exists.")
 def merge_cmd(
     files: tuple[str, ...],
     space_file: str,

@@ -15,7 +15,18 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from autobuild_dsl.cli.common import UserError, console, err_console, evaluator_option, load_space
+from autobuild_dsl.cli.common import (
+    UserError,
+    console,
+    err_console,
+    evaluator_option,
+    force_option,
+    jobs_option,
+    load_space,
+    resume_option,
+    seed_option,
+    space_name_option,
+)
 
 
 @click.command("improve")
@@ -60,7 +71,7 @@ from autobuild_dsl.cli.common import UserError, console, err_console, evaluator_
     help="Also keep one more module per unit after a round that found nothing better "
     "(k always grows when the reduced space is exhausted).",
 )
-@click.option("--seed", type=int, default=0, show_default=True)
+@seed_option()
 @click.option(
     "--epochs", type=click.IntRange(min=1), default=100, show_default=True, help="Scorer epochs."
 )
@@ -71,23 +82,16 @@ from autobuild_dsl.cli.common import UserError, console, err_console, evaluator_
     show_default=True,
     help="Ensemble members (folds) per target.",
 )
-@click.option(
-    "-j",
-    "--jobs",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="Processes for training members and for evaluating.",
-)
+@jobs_option("Processes for training members and for evaluating.", short=True)
 @click.option(
     "--cache",
     "cache_dir",
     type=click.Path(file_okay=False),
     help="Evaluation cache folder [default: OUT/cache].",
 )
-@click.option("--resume", is_flag=True, help="Continue the loop in the output folder.")
-@click.option("--force", is_flag=True, help="Discard a previous loop in the output folder.")
-@click.option("--space", "space_name", help="Which space of the file.")
+@resume_option("Continue the loop in the output folder.")
+@force_option("Discard a previous loop in the output folder.")
+@space_name_option("Which space of the file.")
 def improve_cmd(
     space_file: str,
     data_file: str,

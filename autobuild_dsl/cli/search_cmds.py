@@ -22,7 +22,11 @@ from autobuild_dsl.cli.common import (
     console,
     err_console,
     evaluator_option,
+    force_option,
+    jobs_option,
     load_space,
+    seed_option,
+    space_name_option,
     write_atomic,
 )
 from autobuild_dsl.search.cache import default_cache_dir
@@ -83,7 +87,7 @@ def _fmt(value: float) -> str:
     show_default=True,
     help="Mutation: a whole stage module (Stage-Full) or one layer (Layer-Full).",
 )
-@click.option("--seed", type=int, default=0, show_default=True)
+@seed_option()
 @click.option(
     "--init",
     type=click.IntRange(min=1),
@@ -99,9 +103,7 @@ def _fmt(value: float) -> str:
     help="Mutants of the front per generation.",
 )
 @click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False), help="Output folder.")
-@click.option(
-    "-j", "--jobs", type=click.IntRange(min=1), default=1, show_default=True, help="Processes."
-)
+@jobs_option("Processes.", short=True)
 @click.option("--ray", "ray_address", help="Evaluate on a Ray cluster (e.g. 'auto').")
 @click.option(
     "--cache",
@@ -110,7 +112,7 @@ def _fmt(value: float) -> str:
     help="Evaluation cache folder [default: $ABC_CACHE_DIR or ~/.cache/autobuild-dsl/evaluations].",
 )
 @click.option("--no-cache", is_flag=True, help="Do not read or write the evaluation cache.")
-@click.option("--force", is_flag=True, help="Discard a previous search in the output folder.")
+@force_option("Discard a previous search in the output folder.")
 @click.option(
     "--exhaustive", is_flag=True, help="Score every architecture and keep the top N instead."
 )
@@ -134,7 +136,7 @@ def _fmt(value: float) -> str:
 @click.option(
     "--max-time", type=float, help="Exhaustive: refuse when the estimate exceeds these seconds."
 )
-@click.option("--space", "space_name", help="Which space of the file.")
+@space_name_option("Which space of the file.")
 def search_cmd(
     space_file: str,
     evaluator_spec: str,
@@ -338,7 +340,7 @@ def _short(architecture: dict) -> str:
 @click.option("--label", "labels", multiple=True, help="A legend label per RESULT, in order.")
 @click.option("--title")
 @click.option("--no-points", is_flag=True, help="Draw fronts only, not every evaluated point.")
-@click.option("--force", is_flag=True, help="Overwrite the output if it exists.")
+@force_option("Overwrite the output if it exists.")
 def plot_cmd(
     results: tuple[str, ...],
     data_path: str | None,

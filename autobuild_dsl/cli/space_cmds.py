@@ -14,8 +14,12 @@ from autobuild_dsl.cli.common import (
     UserError,
     console,
     err_console,
+    force_option,
+    json_option,
     load_space,
     read_json_file,
+    seed_option,
+    space_name_option,
     write_atomic,
 )
 from autobuild_dsl.space import summary
@@ -33,15 +37,15 @@ from autobuild_dsl.space.model import Space
 
 @click.command("compile")
 @click.argument("space_file", type=click.Path(dir_okay=False))
-@click.option("--space", "space_name", help="Which space of the file (default: the first one).")
-@click.option("--json", "as_json", is_flag=True, help="Print {space, size, stages} as JSON only.")
+@space_name_option()
+@json_option("Print {space, size, stages} as JSON only.")
 @click.option(
     "--spec",
     "spec_out",
     type=click.Path(dir_okay=False),
     help="Also save the typed spec as JSON here.",
 )
-@click.option("--force", is_flag=True, help="Overwrite --spec if it exists.")
+@force_option("Overwrite --spec if it exists.")
 def compile_cmd(
     space_file: str, space_name: str | None, as_json: bool, spec_out: str | None, force: bool
 ) -> None:
@@ -111,15 +115,15 @@ def _networks_line(networks: int | None) -> str:
 @click.option(
     "-n", "count", type=click.IntRange(min=1), default=10, show_default=True, help="How many."
 )
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--space", "space_name", help="Which space of the file.")
+@seed_option()
+@space_name_option("Which space of the file.")
 @click.option(
     "-o",
     "--output",
     type=click.Path(dir_okay=False),
     help="Write JSON lines here instead of stdout.",
 )
-@click.option("--force", is_flag=True, help="Overwrite --output if it exists.")
+@force_option("Overwrite --output if it exists.")
 @click.option(
     "--distinct",
     is_flag=True,
@@ -168,7 +172,7 @@ def _sampled(space: Space, archs: list[Architecture]) -> str:
 @click.command("validate")
 @click.argument("space_file", type=click.Path(dir_okay=False))
 @click.argument("arch_file", type=click.Path(dir_okay=False))
-@click.option("--space", "space_name", help="Which space of the file.")
+@space_name_option("Which space of the file.")
 def validate_cmd(space_file: str, arch_file: str, space_name: str | None) -> None:
     """Check that ARCH_FILE (one architecture, or JSON lines of them) belongs to the space."""
     space = load_space(space_file, space_name)

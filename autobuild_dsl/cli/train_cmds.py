@@ -11,7 +11,20 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from autobuild_dsl.cli.common import UserError, console, err_console, load_space, write_atomic
+from autobuild_dsl.cli.common import (
+    UserError,
+    console,
+    err_console,
+    force_option,
+    jobs_option,
+    json_option,
+    load_space,
+    quiet_option,
+    resume_option,
+    seed_option,
+    threads_option,
+    write_atomic,
+)
 from autobuild_dsl.cli.ir_support import (
     ENCODINGS,
     cache_option,
@@ -161,26 +174,14 @@ class _TrainProgress:
     show_default=True,
     help="Held-out share when --folds 1.",
 )
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option(
-    "--jobs",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="Members trained in parallel by local worker processes.",
-)
+@seed_option()
+@jobs_option("Members trained in parallel by local worker processes.")
 @click.option("--ray", "ray_address", help="Train members on a Ray cluster (ADDRESS, or 'local').")
-@click.option(
-    "--threads",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="Torch threads when training in this process.",
-)
-@click.option("--force", is_flag=True, help="Overwrite an existing run folder.")
-@click.option("--resume", is_flag=True, help="Finish an interrupted run: skip finished members.")
-@click.option("--quiet", is_flag=True, help="No progress bar and no summary.")
-@click.option("--json", "as_json", is_flag=True, help="Print only the final test metrics as JSON.")
+@threads_option("Torch threads when training in this process.")
+@force_option("Overwrite an existing run folder.")
+@resume_option("Finish an interrupted run: skip finished members.")
+@quiet_option("No progress bar and no summary.")
+@json_option("Print only the final test metrics as JSON.")
 @click.option(
     "--encoding",
     type=click.Choice(ENCODINGS),
@@ -358,16 +359,14 @@ def _render_metrics(run: Any, output: str) -> None:
 @click.command("predict")
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.argument("arch_file", type=click.Path(dir_okay=False))
-@click.option(
-    "--json", "as_json", is_flag=True, help="JSON lines {row, mean, std} (default: table)."
-)
+@json_option("JSON lines {row, mean, std} (default: table).")
 @click.option(
     "-o",
     "--output",
     type=click.Path(dir_okay=False),
     help="Write the JSON lines here instead of stdout.",
 )
-@click.option("--force", is_flag=True, help="Overwrite --output if it exists.")
+@force_option("Overwrite --output if it exists.")
 def predict_cmd(
     run_dir: str, arch_file: str, as_json: bool, output: str | None, force: bool
 ) -> None:

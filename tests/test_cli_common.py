@@ -5,8 +5,9 @@ from __future__ import annotations
 import sys
 
 import click
+from click.testing import CliRunner
 
-from autobuild_dsl.cli.common import flag_of, run_guarded, with_hints
+from autobuild_dsl.cli.common import GuardedGroup, flag_of, run_guarded, with_hints
 from autobuild_dsl.errors import AbcError, Remedy
 
 
@@ -15,7 +16,7 @@ class _Exists(AbcError):
 
 
 def _group(error: BaseException) -> click.Group:
-    @click.group()
+    @click.group(cls=GuardedGroup)
     def group() -> None:
         pass
 
@@ -65,3 +66,10 @@ def test_an_unexpected_exception_is_an_internal_error(capsys, monkeypatch):
     code, err = _run(capsys, monkeypatch, KeyError("x"))
     assert code == 3
     assert "internal error" in err
+
+
+def test_click_runner_sees_the_same_message():
+    error = _Exists("out.csv exists", remedies=(Remedy("force", "to overwrite it"),))
+    result = CliRunner().invoke(_group(error), ["go"])
+    assert result.exit_code == 1
+    assert "out.csv exists; pass --force to overwrite it" in result.output

@@ -29,38 +29,7 @@ from autobuild_dsl.cli.common import (
     threads_option,
     write_atomic,
 )
-
-
-class _RankProgress:
-    """Renders ranking progress: packing units, then one forward pass per member."""
-
-    def __init__(self) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-        self.bar = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[info]}"),
-            console=err_console,
-            transient=True,
-        )
-        self.tasks: dict[str, Any] = {}
-
-    def __enter__(self) -> _RankProgress:
-        self.bar.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.bar.__exit__(*exc)  # type: ignore[arg-type]
-
-    def __call__(self, event: Any) -> None:
-        label = "packing modules" if event.step == "encode" else "scoring (members)"
-        task = self.tasks.get(event.step)
-        if task is None:
-            task = self.bar.add_task(label, total=event.total, info="")
-            self.tasks[event.step] = task
-        self.bar.update(task, completed=event.done, total=event.total, info=event.detail)
+from autobuild_dsl.cli.progress import RankView
 
 
 def _parse_globals(items: Sequence[str]) -> list[dict[str, Any]] | None:
@@ -130,7 +99,7 @@ def _train_first(
     quiet: bool,
 ) -> str:
     """`abc rank SPACE DATA --target ...`: train a run first (as `abc train` does)."""
-    from autobuild_dsl.cli.train_cmds import _TrainProgress
+    from autobuild_dsl.cli.progress import TrainView
     from autobuild_dsl.data.dataset import load_dataset
     from autobuild_dsl.data.target import parse_target
     from autobuild_dsl.scorer.run import EnsembleConfig, train_run
@@ -140,7 +109,7 @@ def _train_first(
     out = run_dir or str(Path("runs") / f"{space.name}-{_slug(target)}")
     parsed = parse_target(target)
     dataset = load_dataset(data_file, space)
-    with nullcontext() if quiet else _TrainProgress() as progress:
+    with nullcontext() if quiet else TrainView() as progress:
         train_run(
             space,
             dataset,
@@ -475,7 +444,7 @@ def rank_cmd(
         _rank_ir(run, importance, title, top, as_json, chart)
         return
     show = not (quiet or as_json)
-    with _RankProgress() if show else nullcontext() as progress:
+    with RankView() if show else nullcontext() as progress:
         result = rank_modules(
             run,
             standardize=standardize,
@@ -770,7 +739,7 @@ def build_cmd(
     if existing and not force:
         raise UserError(f"{existing[0]} exists; pass --force to overwrite it")
     show = not (quiet or as_json)
-    with _RankProgress() if show else nullcontext() as progress:
+    with RankView() if show else nullcontext() as progress:
         result, rankings = build_networks(
             loaded,
             top_k=top_k,

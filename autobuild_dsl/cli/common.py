@@ -90,6 +90,29 @@ class UserError(click.ClickException):
         )
 
 
+class LibraryError(UserError):
+    """A library error (`AbcError`) as the CLI shows it: its message, then the flags that
+    fix it; the exit code is the error kind's."""
+
+    def __init__(self, error: AbcError) -> None:
+        super().__init__(with_hints(str(error), error.remedies))
+        self.exit_code = error.exit_code
+
+
+class GuardedGroup(click.Group):
+    """A click group that turns library errors into CLI messages inside click itself, so
+    `abc`, `CliRunner` and `run_guarded` all print the same `error: ...` line. `.abs`
+    diagnostics pass through: `run_guarded` renders them with their source lines."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except CompileError:
+            raise
+        except AbcError as error:
+            raise LibraryError(error) from None
+
+
 def run_guarded(group: click.Group) -> int:
     """Run the click group; turn every expected failure into a message and an exit code."""
     try:

@@ -19,6 +19,7 @@ from autobuild_dsl.cli.common import (
     space_name_option,
     threads_option,
 )
+from autobuild_dsl.cli.progress import ProgressView
 
 # A latency whose runs spread more than this (IQR / median) is flagged as noisy.
 HIGH_SPREAD = 0.10
@@ -276,8 +277,8 @@ def measure_cmd(
     archs = [arch for _, arch in read_architectures(archs_file, space)]
     labels = read_labels(archs_file, space)
     try:
-        with _progress_bar() as bar:
-            task = bar.add_task("measuring", total=None)
+        with ProgressView(bold=False, info=False, transient=True) as bar:
+            task = bar.add("measuring")
 
             def show(event) -> None:
                 nonlocal saved
@@ -345,27 +346,6 @@ def measure_cmd(
             f"{len(report.failures)} architecture(s) could not be measured; the others were "
             "written (rerun with --resume to retry)"
         )
-
-
-def _progress_bar():
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=err_console,
-        transient=True,
-    )
 
 
 def register(group: click.Group) -> None:

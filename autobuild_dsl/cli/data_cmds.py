@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -20,29 +18,10 @@ from autobuild_dsl.cli.common import (
     load_space,
     space_file_option,
 )
+from autobuild_dsl.cli.progress import counting
 
 # How many rejected rows an import prints before summarising the rest.
 SHOWN_REJECTIONS = 20
-
-
-@contextmanager
-def _progress(label: str) -> Iterator[Callable[[int, int], None]]:
-    """A progress callback drawn on stderr (transient; silent when stderr is not a tty)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        console=err_console,
-        transient=True,
-    ) as bar:
-        task = bar.add_task(label, total=None)
-
-        def update(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total or None)
-
-        yield update
 
 
 def _parse_metric_options(items: tuple[str, ...]) -> dict[str, str]:
@@ -147,7 +126,7 @@ def import_cmd(
         raise UserError("--map, --arch, --arch-format and --metric are for --from generic")
     space = load_space(space_file, space_name)
     try:
-        with _progress(f"importing {fmt}") as update:
+        with counting(f"importing {fmt}") as update:
             result = import_files(fmt, list(files), space, mapping=mapping, progress=update)
     except DatasetError as error:
         raise UserError(escape(str(error))) from None

@@ -45,32 +45,14 @@ def fit_ir_encoder(
 ) -> IrEncoder:
     """An IrEncoder over `spaces`, its vocabularies fitted on `archs` (graphs built or read
     from the cache behind a progress bar), and a one-line summary of where they came from."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
+    from autobuild_dsl.cli.progress import counting
     from autobuild_dsl.graphs.ir import IrEncoder
 
     encoder = IrEncoder(list(spaces), cache_dir=Path(cache) if cache else None, jobs=jobs)
     if not show:
         return encoder.fit(archs)
-    bar = Progress(
-        TextColumn("[bold]ONNX-IR graphs"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=err_console,
-        transient=True,
-    )
-    with bar:
-        task = bar.add_task("ir", total=len(archs))
-        encoder.fit(archs, progress=lambda done, total: bar.update(task, completed=done))
+    with counting("ONNX-IR graphs", bold=True, elapsed=True, remaining=True) as update:
+        encoder.fit(archs, progress=update)
     stats = encoder.stats
     cached = stats.disk + stats.memory
     err_console.print(

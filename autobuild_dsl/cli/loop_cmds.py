@@ -6,19 +6,11 @@ import shutil
 from pathlib import Path
 
 import click
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-)
 from rich.table import Table
 
 from autobuild_dsl.cli.common import (
     UserError,
     console,
-    err_console,
     evaluator_option,
     force_option,
     jobs_option,
@@ -27,6 +19,7 @@ from autobuild_dsl.cli.common import (
     seed_option,
     space_name_option,
 )
+from autobuild_dsl.cli.progress import ProgressView
 
 
 @click.command("improve")
@@ -158,16 +151,9 @@ def improve_cmd(
     cache = Path(cache_dir) if cache_dir else out / "cache"
     with (
         EvaluationRunner(space, evaluator, cache_dir=cache, jobs=jobs) as runner,
-        Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TextColumn("{task.fields[info]}"),
-            console=err_console,
-        ) as bar,
+        ProgressView(remaining=False) as bar,
     ):
-        task = bar.add_task("round 0", total=budget, info="")
+        task = bar.add("round 0", total=budget)
 
         def show(event: LoopProgress) -> None:
             best = " · ".join(f"{label} {value:.6g}" for label, value in event.best.items())

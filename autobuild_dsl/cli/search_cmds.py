@@ -7,14 +7,6 @@ from pathlib import Path
 
 import click
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from rich.table import Table
 
 from autobuild_dsl.cli.common import (
@@ -29,6 +21,7 @@ from autobuild_dsl.cli.common import (
     space_name_option,
     write_atomic,
 )
+from autobuild_dsl.cli.progress import ProgressView
 from autobuild_dsl.search.cache import default_cache_dir
 from autobuild_dsl.search.evaluators import parse_evaluator_spec
 from autobuild_dsl.search.evolution import (
@@ -54,18 +47,6 @@ from autobuild_dsl.space.model import Space
 
 EXHAUSTIVE_SUMMARY = "exhaustive.json"
 EXHAUSTIVE_TOP = "top.jsonl"
-
-
-def _progress_bar() -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[info]}"),
-        console=err_console,
-    )
 
 
 def _fmt(value: float) -> str:
@@ -210,8 +191,8 @@ def search_cmd(
 def _run_with_progress(
     space: Space, runner: EvaluationRunner, config: SearchConfig, out: Path, force: bool
 ) -> SearchResult:
-    with _progress_bar() as bar:
-        task = bar.add_task("search", total=config.budget, info="")
+    with ProgressView() as bar:
+        task = bar.add("search", total=config.budget)
 
         def show(event: SearchProgress) -> None:
             best = " · ".join(f"{label} {_fmt(v)}" for label, v in event.best.items())
@@ -275,8 +256,8 @@ def _exhaustive(
         max_architectures=max_architectures,
         max_seconds=max_time,
     )
-    with _progress_bar() as bar:
-        task = bar.add_task("scoring", total=None, info="measuring throughput")
+    with ProgressView() as bar:
+        task = bar.add("scoring", info="measuring throughput")
 
         def show(event: ExhaustiveProgress) -> None:
             bar.update(

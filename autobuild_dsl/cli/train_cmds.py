@@ -32,69 +32,11 @@ from autobuild_dsl.cli.ir_support import (
     fit_ir_encoder,
     record_space,
 )
+from autobuild_dsl.cli.progress import TrainView
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
-
-
-class _TrainProgress:
-    """Renders the library's progress events: one bar for members, one per running member."""
-
-    def __init__(self) -> None:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self.bar = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            TextColumn("{task.fields[info]}"),
-            console=err_console,
-        )
-        # Hidden until the first event, so an early error leaves no empty bar behind.
-        self.members = self.bar.add_task("members", total=None, info="", visible=False)
-        self.tasks: dict[str, Any] = {}
-
-    def __enter__(self) -> _TrainProgress:
-        self.bar.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.bar.__exit__(*exc)  # type: ignore[arg-type]
-
-    def __call__(self, event: object) -> None:
-        from autobuild_dsl.scorer.run import MemberDone
-        from autobuild_dsl.scorer.train import EpochProgress
-
-        self.bar.update(self.members, visible=True)
-        if isinstance(event, EpochProgress):
-            task = self.tasks.get(event.member)
-            if task is None:
-                task = self.bar.add_task(event.member, total=event.epochs, info="")
-                self.tasks[event.member] = task
-            info = f"loss {event.loss:.4f}"
-            if event.srcc is not None:
-                info += f" · train srcc {event.srcc:.3f}"
-            if event.test_srcc is not None:
-                info += f" · test srcc {event.test_srcc:.3f}"
-            self.bar.update(task, completed=event.epoch, info=info)
-        elif isinstance(event, MemberDone):
-            task = self.tasks.pop(event.name, None)
-            if task is not None:
-                self.bar.remove_task(task)
-            m = event.metrics
-            done = "done before" if event.skipped else "done"
-            info = f"{event.name} {done}: pred srcc {_fmt(m.pred_srcc)}"
-            self.bar.update(self.members, completed=event.done, total=event.total, info=info)
 
 
 @click.command("train")
@@ -287,7 +229,7 @@ def train_cmd(
     note = thread_note(threads) if jobs <= 1 and not ray_address else None
     if note and not as_json:
         err_console.print(f"note: {note}", style="yellow", highlight=False)
-    with _TrainProgress() if show else nullcontext() as progress:
+    with TrainView() if show else nullcontext() as progress:
         run = train_run(
             space,
             dataset,

@@ -28,7 +28,7 @@ COMMAND_MODULES: dict[str, str] = {
     "graph": "graph_cmds",
     "train": "train_cmds",
     "predict": "train_cmds",
-    "rank": "build_cmds",
+    "rank": "rank_cmds",
     "build": "build_cmds",
     "emit": "compile_cmds",
     "measure": "compile_cmds",

@@ -7,7 +7,7 @@ import errno
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -382,3 +382,49 @@ score_option = click.option(
     help="How a module is read: its pooled module-graph embedding, or its last node (the "
     "paper's reading; see docs/ranking.md).",
 )
+
+
+# ----- inputs shared by `abc rank` and `abc build` ------------------------------------------
+
+
+def parse_globals(items: Sequence[str]) -> list[dict[str, Any]] | None:
+    """`resolution=224` (repeatable; `a=1,b=x` for several globals) -> assignments."""
+    if not items:
+        return None
+    result = []
+    for item in items:
+        values: dict[str, Any] = {}
+        for piece in item.split(","):
+            name, sep, text = piece.partition("=")
+            if not sep or not name.strip():
+                raise UserError(f"--globals {item!r}: expected NAME=VALUE[,NAME=VALUE...]")
+            values[name.strip()] = _literal(text.strip())
+        result.append(values)
+    return result
+
+
+def _literal(text: str) -> Any:
+    if text in ("true", "false"):
+        return text == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text.strip('"')
+
+
+def load_run(path: str) -> Any:
+    """A trained run folder (scorer.run.load_run), named when it does not exist."""
+    from autobuild_dsl.scorer.run import load_run as load
+
+    if not Path(path).exists():
+        raise UserError(f"{path}: no such run folder")
+    return load(path)
+
+
+def globals_text(values: dict[str, Any]) -> str:
+    """`resolution = 224, act = "relu"`: global choices as a reader sees them."""
+    from autobuild_dsl.design.importance import value_text
+
+    return ", ".join(f"{k} = {value_text(v)}" for k, v in values.items())

@@ -73,6 +73,21 @@ class ProgressView:
 
         return update
 
+    def phase(self, label: str) -> Callable[[int, int], None]:
+        """A `progress(done, total)` callback for a bar that goes away once complete (a
+        step before the main work, such as exporting graphs before training)."""
+        tasks: list[Any] = []  # made on the first event: a step that never runs shows nothing
+
+        def update(done: int, total: int) -> None:
+            if not tasks:
+                tasks.append(self.add(label))
+            if total and done >= total:
+                self.bar.update(tasks[0], visible=False)
+            else:
+                self.bar.update(tasks[0], completed=done, total=total or None)
+
+        return update
+
 
 @contextmanager
 def counting(label: str, **view: Any) -> Iterator[Callable[[int, int], None]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,6 @@ from autobuild_dsl.cli.ir_support import (
     ENCODINGS,
     cache_option,
     export_jobs_option,
-    fit_ir_encoder,
     record_space,
 )
 from autobuild_dsl.cli.progress import TrainView
@@ -37,6 +37,28 @@ from autobuild_dsl.cli.progress import TrainView
 
 def _fmt(value: float | None, digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
+
+
+# `abc train` options that are TrainConfig fields: option name -> field name.
+TRAIN_FIELDS = {
+    "epochs": "epochs",
+    "batch_size": "batch_size",
+    "lr": "lr",
+    "weight_decay": "weight_decay",
+    "loss": "loss",
+    "rank_lambda": "rank_lambda",
+    "softrank_strength": "regularization_strength",
+    "softrank_backend": "softrank_backend",
+    "batch_norm": "batch_norm",
+    "threads": "threads",
+}
+
+
+def train_config(options: dict[str, Any]) -> Any:
+    """The TrainConfig the options ask for (taking its options out of `options`)."""
+    from autobuild_dsl.scorer.train import TrainConfig
+
+    return TrainConfig(**{field: options.pop(name) for name, field in TRAIN_FIELDS.items()})
 
 
 @click.command("train")
@@ -147,121 +169,85 @@ def train_cmd(
     target_text: str,
     output: str,
     space_name: str | None,
-    loss: str,
-    epochs: int,
-    batch_size: int,
-    lr: float,
-    weight_decay: float,
-    rank_lambda: float,
-    softrank_strength: float,
-    softrank_backend: str,
+    extra_spaces: tuple[str, ...],
     layers: int | None,
-    batch_norm: bool,
     folds: int,
     seeds: int,
     ensemble: bool,
     test_fraction: float,
     seed: int,
-    jobs: int,
-    ray_address: str | None,
-    threads: int,
     force: bool,
     resume: bool,
     quiet: bool,
     as_json: bool,
-    encoding: str = "sequence",
-    extra_spaces: tuple[str, ...] = (),
-    ir_cache: str | None = None,
-    export_jobs: int = 1,
+    **options: Any,
 ) -> None:
     """Train AutoBuild scorers on DATA_FILE (labeled architectures of SPACE_FILE) into a run.
 
     The run folder holds the configuration, each member's weights, held-out metrics and the
     statistics that module ranking needs. An interrupted run continues with --resume.
     """
-    from autobuild_dsl.data.dataset import load_dataset
-    from autobuild_dsl.data.target import parse_target
-    from autobuild_dsl.scorer.run import EnsembleConfig, summary_json, train_run
-    from autobuild_dsl.scorer.train import TrainConfig, thread_note
+    from autobuild_dsl.scorer.run import EnsembleConfig, summary_json
+    from autobuild_dsl.scorer.workflow import train_from_file
 
     if force and resume:
         raise UserError("--force and --resume contradict each other; pick one")
+    if extra_spaces and options["encoding"] != "ir":
+        raise UserError("--add-space (architectures of several spaces) needs --encoding ir")
     if ensemble:
         folds, seeds = 5, 4
     space = load_space(space_file, space_name)
-    target = parse_target(target_text)
-    encoder = None
-    if extra_spaces and encoding != "ir":
-        raise UserError("--add-space (architectures of several spaces) needs --encoding ir")
-    spaces = [space, *(load_space(path) for path in extra_spaces)]
-    if len(spaces) > 1:
-        from autobuild_dsl.data.mixed import load_mixed_dataset
-
-        dataset = load_mixed_dataset(data_file, spaces)
-    else:
-        dataset = load_dataset(data_file, space)
-    # Rows lacking a metric the target reads are left out (as `abc data describe
-    # --target` leaves them out); say how many, and why.
-    note = target.labeled_rows(dataset).note() if hasattr(dataset, "metric_names") else None
-    if note and not as_json:
-        err_console.print(f"note: {escape(note)}", soft_wrap=True)
-    if encoding == "ir":
-        show_ir = not (quiet or as_json)
-        encoder = fit_ir_encoder(
-            spaces, dataset.architectures, cache=ir_cache, jobs=export_jobs, show=show_ir
-        )
-    train = TrainConfig(
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        weight_decay=weight_decay,
-        loss=loss,  # type: ignore[arg-type]
-        rank_lambda=rank_lambda,
-        regularization_strength=softrank_strength,
-        softrank_backend=softrank_backend,  # type: ignore[arg-type]
-        batch_norm=batch_norm,
-        threads=threads,
-    )
-    ensemble_config = EnsembleConfig(
-        folds=folds, seeds=seeds, test_fraction=test_fraction, seed=seed
-    )
+    extra = [load_space(path) for path in extra_spaces]
+    train = train_config(options)
     show = not (quiet or as_json)
-    note = thread_note(threads) if jobs <= 1 and not ray_address else None
-    if note and not as_json:
-        err_console.print(f"note: {note}", style="yellow", highlight=False)
     with TrainView() if show else nullcontext() as progress:
-        run = train_run(
+        outcome = train_from_file(
             space,
-            dataset,
-            target,
+            data_file,
+            target_text,
             output,
+            extra_spaces=extra,
             train=train,
-            ensemble=ensemble_config,
+            ensemble=EnsembleConfig(
+                folds=folds, seeds=seeds, test_fraction=test_fraction, seed=seed
+            ),
             num_layers=layers,
-            jobs=jobs,
-            ray_address=ray_address,
             force=force,
             resume=resume,
-            data_path=data_file,
+            **options,
             space_path=str(Path(space_file).resolve()),
+            notes=None if as_json else train_notes(show),
             progress=progress,
-            encoder=encoder,
+            ir_progress=progress.phase("ONNX-IR graphs") if progress else None,
         )
+    run = outcome.run
     assert run.metrics is not None
-    left_out = len(dataset) - run.config.rows
-    if left_out > 0 and not as_json:
+    if outcome.left_out > 0 and not as_json:
         # Said even with --quiet: training on fewer rows than given is never silent.
         err_console.print(
-            f"note: {left_out:,} of {len(dataset):,} architectures lack a metric of the target "
-            f"and were left out",
+            f"note: {outcome.left_out:,} of {outcome.rows_given:,} architectures lack a metric "
+            "of the target and were left out",
             markup=False,
         )
     if as_json:
         click.echo(json.dumps(summary_json(run.metrics)))
-        return
-    if quiet:
-        return
-    _render_metrics(run, output)
+    elif not quiet:
+        _render_metrics(run, output)
+
+
+def train_notes(show: bool) -> Callable[[Any], None]:
+    """Print the workflow's notes: rows left out and busy threads always, where the IR
+    graphs came from only with progress shown."""
+
+    def tell(note: Any) -> None:
+        if note.kind == "rows":
+            err_console.print(f"note: {escape(note.text)}", soft_wrap=True)
+        elif note.kind == "threads":
+            err_console.print(f"note: {note.text}", style="yellow", highlight=False)
+        elif show:
+            err_console.print(note.text, markup=False)
+
+    return tell
 
 
 def _render_metrics(run: Any, output: str) -> None:

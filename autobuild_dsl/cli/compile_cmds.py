@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.markup import escape
@@ -194,18 +195,10 @@ def measure_cmd(
     space_name: str | None,
     jobs: int,
     ray_address: str | None,
-    threads: int,
-    warmup: int,
-    repeats: int,
-    ci: float,
-    time_cap: float,
-    interleave: int,
-    clock: str,
     retest: bool,
-    device: str,
-    seed: int,
     resume: bool,
     force: bool,
+    **timing: Any,
 ) -> None:
     """Measure the architectures of ARCHS_FILE (lines holding an "arch", as `abc sample` and
     dataset files write them) and write a dataset that `abc train` reads directly. Metrics
@@ -216,15 +209,35 @@ def measure_cmd(
 
     Each row is appended as soon as it is measured; after an interruption, rerun with
     --resume to measure only what is missing."""
-    from autobuild_dsl.compile.batch import (
-        MeasureSettings,
-        busy_machine,
-        measure_file,
-        oversubscribed,
-        read_architectures,
-        read_labels,
-        spearman,
+    from autobuild_dsl.compile.batch import busy_machine, oversubscribed
+
+    settings = _measure_settings(metrics, retest, timing)
+    if resume and force:
+        raise UserError("--resume and --force contradict each other: choose one")
+    space = load_space(space_file, space_name)
+    if settings.clock == "cpu" and settings.threads != 1:
+        raise UserError("--clock cpu times one thread: use it with --threads 1")
+    if "latency" in settings.metrics and ray_address is None:
+        for warning in (oversubscribed(jobs, settings.threads), busy_machine()):
+            if warning:
+                err_console.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
+    report = _measure(
+        space,
+        archs_file,
+        output,
+        settings,
+        jobs=jobs,
+        ray=ray_address,
+        resume=resume,
+        overwrite=force,
+        retest=retest,
     )
+    _report_measured(report, output, settings, retest)
+
+
+def _measure_settings(metrics: str, retest: bool, timing: dict[str, Any]) -> Any:
+    """MeasureSettings from `--metrics` (NAME=latency renames latency) and the timing options."""
+    from autobuild_dsl.compile.batch import MeasureSettings
     from autobuild_dsl.compile.measure import check_metrics
 
     name = "latency"
@@ -243,36 +256,21 @@ def measure_cmd(
         raise UserError(f"--metrics: {error}") from None
     if retest and "latency" not in wanted:
         raise UserError("--retest measures latency twice: add latency to --metrics")
-    if device == "meta" and "latency" in wanted:
+    if timing["device"] == "meta" and "latency" in wanted:
         raise UserError(
             "--device meta counts params and MACs without memory; latency needs a real "
             "network: drop latency from --metrics or use --device cpu"
         )
-    if resume and force:
-        raise UserError("--resume and --force contradict each other: choose one")
-    space = load_space(space_file, space_name)
     try:
-        settings = MeasureSettings(
-            metrics=tuple(wanted),
-            threads=threads,
-            warmup=warmup,
-            repeats=repeats,
-            device=device,  # type: ignore[arg-type]
-            seed=seed,
-            ci=ci,
-            time_cap=time_cap,
-            interleave=interleave,
-            name=name,
-            clock=clock,  # type: ignore[arg-type]
-        )
+        return MeasureSettings(metrics=tuple(wanted), name=name, **timing)
     except ValueError:
         raise UserError(f"--metrics: {name!r} is not a plain metric name") from None
-    if clock == "cpu" and threads != 1:
-        raise UserError("--clock cpu times one thread: use it with --threads 1")
-    if "latency" in wanted and ray_address is None:
-        for warning in (oversubscribed(jobs, threads), busy_machine()):
-            if warning:
-                err_console.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
+
+
+def _measure(space: Any, archs_file: str, output: str, settings: Any, **how: Any) -> Any:
+    """Measure behind a progress bar; an interruption says how many rows were saved."""
+    from autobuild_dsl.compile.batch import measure_file, read_architectures, read_labels
+
     saved = 0
     archs = [arch for _, arch in read_architectures(archs_file, space)]
     labels = read_labels(archs_file, space)
@@ -285,24 +283,18 @@ def measure_cmd(
                 saved = event.done - event.failed
                 bar.update(task, completed=event.done, total=event.total)
 
-            report = measure_file(
-                space,
-                archs,
-                output,
-                settings,
-                jobs=jobs,
-                ray=ray_address,
-                resume=resume,
-                overwrite=force,
-                progress=show,
-                labels=labels,
-                retest=retest,
-            )
+            return measure_file(space, archs, output, settings, progress=show, labels=labels, **how)
     except KeyboardInterrupt:
         err_console.print(
             f"interrupted: {saved} new rows are in {escape(output)}; rerun with --resume"
         )
         raise
+
+
+def _report_measured(report: Any, output: str, settings: Any, retest: bool) -> None:
+    from autobuild_dsl.compile.batch import busy_machine
+
+    name = settings.name
     if report.repaired:
         err_console.print(f"note: cut off a torn last line of {escape(output)}")
     parts = [f"measured {report.measured} architectures into {escape(output)}"]
@@ -317,7 +309,7 @@ def measure_cmd(
         err_console.print(
             f"note: measured {', '.join(report.replaced)} replaced the input's values"
         )
-    if "latency" in wanted and report.spreads:
+    if "latency" in settings.metrics and report.spreads:
         high = sum(s > HIGH_SPREAD for s in report.spreads)
         if high:
             err_console.print(
@@ -330,15 +322,7 @@ def measure_cmd(
         if warning:
             err_console.print(f"[yellow]warning:[/] {escape(warning)} (after measuring)")
     if retest and len(report.retest) >= 2:
-        keys = [k for k in report.first if k in report.retest]
-        first = [report.first[k] for k in keys]
-        second = [report.retest[k] for k in keys]
-        ratio = max(max(a, b) / min(a, b) for a, b in zip(first, second, strict=True))
-        console.print(
-            f"test-retest Spearman of latency over {len(keys)} networks: "
-            f"{spearman(first, second):.3f} (largest ratio between the two readings "
-            f"{ratio:.2f}x); rows hold {escape(name)}_retest"
-        )
+        _report_retest(report, name)
     if report.failures:
         for key, reason in report.failures[:10]:
             err_console.print(f"[red]failed:[/] {escape(reason)}\n  {escape(key)}")
@@ -346,6 +330,20 @@ def measure_cmd(
             f"{len(report.failures)} architecture(s) could not be measured; the others were "
             "written (rerun with --resume to retry)"
         )
+
+
+def _report_retest(report: Any, name: str) -> None:
+    from autobuild_dsl.compile.batch import spearman
+
+    keys = [k for k in report.first if k in report.retest]
+    first = [report.first[k] for k in keys]
+    second = [report.retest[k] for k in keys]
+    ratio = max(max(a, b) / min(a, b) for a, b in zip(first, second, strict=True))
+    console.print(
+        f"test-retest Spearman of latency over {len(keys)} networks: "
+        f"{spearman(first, second):.3f} (largest ratio between the two readings "
+        f"{ratio:.2f}x); rows hold {escape(name)}_retest"
+    )
 
 
 def register(group: click.Group) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.markup import escape
@@ -91,46 +92,63 @@ def import_cmd(
     that does not parse or does not fit the space is reported with file, row and reason,
     and the import exits 1 without writing unless --skip-bad.
     """
-    from autobuild_dsl.data.dataset import DatasetError, save_dataset
-    from autobuild_dsl.data.importers import GenericMapping, import_files, load_mapping
+    from autobuild_dsl.data.dataset import save_dataset
+    from autobuild_dsl.data.importers import import_files
 
     out = Path(output)
     if out.exists() and not force:
         raise UserError(f"{out} exists; pass --force to overwrite it")
-    generic_options = arch_column or arch_format or metric_options
-    mapping = None
-    if fmt == "generic":
-        try:
-            if map_file:
-                mapping = load_mapping(map_file)
-                overrides: dict[str, object] = {}
-                if arch_column:
-                    overrides["arch"] = arch_column
-                if arch_format:
-                    overrides["arch_format"] = arch_format
-                if metric_options:
-                    overrides["metrics"] = _parse_metric_options(metric_options)
-                mapping = mapping.model_copy(update=overrides)
-            else:
-                metrics = _parse_metric_options(metric_options)
-                if not metrics:
-                    raise UserError("--from generic needs --map MAPPING.json or --metric NAME=COL")
-                mapping = GenericMapping(
-                    arch=arch_column or "arch",
-                    arch_format=arch_format or "canonical",  # type: ignore[arg-type]
-                    metrics=metrics,
-                )
-        except DatasetError as error:
-            raise UserError(escape(str(error))) from None
-    elif map_file or generic_options:
-        raise UserError("--map, --arch, --arch-format and --metric are for --from generic")
+    mapping = _generic_mapping(fmt, map_file, arch_column, arch_format, metric_options)
     space = load_space(space_file, space_name)
-    try:
-        with counting(f"importing {fmt}") as update:
-            result = import_files(fmt, list(files), space, mapping=mapping, progress=update)
-    except DatasetError as error:
-        raise UserError(escape(str(error))) from None
+    with counting(f"importing {fmt}") as update:
+        result = import_files(fmt, list(files), space, mapping=mapping, progress=update)
     report = result.report
+    _report_import(report)
+    if result.dataset is None:
+        raise UserError("no row could be imported; nothing written")
+    if report.rejected and not skip_bad:
+        raise UserError(
+            f"{len(report.rejected):,} row(s) rejected; nothing written "
+            f"(pass --skip-bad to write the {report.imported:,} good architectures)"
+        )
+    save_dataset(result.dataset, out, overwrite=True)
+    console.print(f"wrote {out}")
+
+
+def _generic_mapping(
+    fmt: str,
+    map_file: str | None,
+    arch_column: str | None,
+    arch_format: str | None,
+    metric_options: tuple[str, ...],
+) -> Any:
+    """The column mapping of `--from generic` (a --map file, overridden by the options)."""
+    from autobuild_dsl.data.importers import GenericMapping, load_mapping
+
+    if fmt != "generic":
+        if map_file or arch_column or arch_format or metric_options:
+            raise UserError("--map, --arch, --arch-format and --metric are for --from generic")
+        return None
+    if map_file:
+        overrides: dict[str, object] = {}
+        if arch_column:
+            overrides["arch"] = arch_column
+        if arch_format:
+            overrides["arch_format"] = arch_format
+        if metric_options:
+            overrides["metrics"] = _parse_metric_options(metric_options)
+        return load_mapping(map_file).model_copy(update=overrides)
+    metrics = _parse_metric_options(metric_options)
+    if not metrics:
+        raise UserError("--from generic needs --map MAPPING.json or --metric NAME=COL")
+    return GenericMapping(
+        arch=arch_column or "arch",
+        arch_format=arch_format or "canonical",  # type: ignore[arg-type]
+        metrics=metrics,
+    )
+
+
+def _report_import(report: Any) -> None:
     for rejection in report.rejected[:SHOWN_REJECTIONS]:
         err_console.print(f"[red]rejected[/] {escape(str(rejection))}", soft_wrap=True)
     if len(report.rejected) > SHOWN_REJECTIONS:
@@ -153,15 +171,6 @@ def import_cmd(
         )
     if report.metrics:
         console.print(f"metrics: {', '.join(report.metrics)}", soft_wrap=True)
-    if result.dataset is None:
-        raise UserError("no row could be imported; nothing written")
-    if report.rejected and not skip_bad:
-        raise UserError(
-            f"{len(report.rejected):,} row(s) rejected; nothing written "
-            f"(pass --skip-bad to write the {report.imported:,} good architectures)"
-        )
-    save_dataset(result.dataset, out, overwrite=True)
-    console.print(f"wrote {out}")
 
 
 def _number(value: float) -> str:

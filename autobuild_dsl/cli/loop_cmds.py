@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.table import Table
@@ -88,22 +89,15 @@ from autobuild_dsl.cli.progress import ProgressView
 def improve_cmd(
     space_file: str,
     data_file: str,
-    targets: tuple[str, ...],
     evaluator_spec: str,
-    budget: int,
     out_dir: str,
     objectives: str | None,
-    top_k: int | None,
-    per_round: int,
-    widen_on_stall: bool,
-    seed: int,
-    epochs: int,
-    folds: int,
     jobs: int,
     cache_dir: str | None,
     resume: bool,
     force: bool,
     space_name: str | None,
+    **loop: Any,
 ) -> None:
     """Improve on the labels in DATA_FILE with BUDGET real evaluations (AutoBuild-NAS).
 
@@ -113,13 +107,7 @@ def improve_cmd(
     """
     from autobuild_dsl.data.dataset import load_dataset
     from autobuild_dsl.search.evaluators import parse_evaluator_spec
-    from autobuild_dsl.search.loop import (
-        ROUNDS_DIR,
-        STATE_FILE,
-        LoopConfig,
-        LoopProgress,
-        run_loop,
-    )
+    from autobuild_dsl.search.loop import LoopConfig, run_loop
     from autobuild_dsl.search.pareto import parse_objectives
     from autobuild_dsl.search.runner import EvaluationRunner
 
@@ -129,54 +117,58 @@ def improve_cmd(
     out = Path(out_dir)
     labels = load_dataset(data_file, space)
     parsed = parse_objectives(objectives) if objectives else []
-    config = LoopConfig(
-        targets=list(targets),
-        objectives=parsed,
-        budget=budget,
-        top_k=top_k,
-        per_round=per_round,
-        widen_on_stall=widen_on_stall,
-        seed=seed,
-        epochs=epochs,
-        folds=folds,
-    )
+    loop["targets"] = list(loop["targets"])
+    config = LoopConfig(objectives=parsed, **loop)
     config.search_objectives()
     if force:
-        # Only what a loop writes: a mistyped -o must not wipe unrelated files.
-        for name in (STATE_FILE, "evaluations.jsonl", "labels.jsonl", "front.jsonl",
-                     "report.md", "progress.png"):  # fmt: skip
-            (out / name).unlink(missing_ok=True)
-        shutil.rmtree(out / ROUNDS_DIR, ignore_errors=True)
+        _discard_loop(out)
     evaluator = parse_evaluator_spec(evaluator_spec)
     cache = Path(cache_dir) if cache_dir else out / "cache"
     with (
         EvaluationRunner(space, evaluator, cache_dir=cache, jobs=jobs) as runner,
         ProgressView(remaining=False) as bar,
     ):
-        task = bar.add("round 0", total=budget)
-
-        def show(event: LoopProgress) -> None:
-            best = " · ".join(f"{label} {value:.6g}" for label, value in event.best.items())
-            left = event.budget - event.evaluated
-            bar.update(
-                task,
-                completed=event.evaluated,
-                description=f"round {event.round} · k {event.k} · {event.phase}",
-                info=f"best {best} · {left} left" + (f" · {event.detail}" if event.detail else ""),
-            )
-
         result = run_loop(
             space,
             labels,
             runner,
             config,
             out,
-            progress=show,
+            progress=_loop_progress(bar, config.budget),
             resume=resume,
             space_file=space_file if not space_file.endswith(".json") else None,
             jobs=jobs,
         )
-    objectives_used = config.search_objectives()
+    _render_loop(result, config.search_objectives(), runner, out)
+
+
+def _discard_loop(out: Path) -> None:
+    """`--force`: only what a loop writes: a mistyped -o must not wipe unrelated files."""
+    from autobuild_dsl.search.loop import ROUNDS_DIR, STATE_FILE
+
+    for name in (STATE_FILE, "evaluations.jsonl", "labels.jsonl", "front.jsonl",
+                 "report.md", "progress.png"):  # fmt: skip
+        (out / name).unlink(missing_ok=True)
+    shutil.rmtree(out / ROUNDS_DIR, ignore_errors=True)
+
+
+def _loop_progress(bar: ProgressView, budget: int) -> Any:
+    task = bar.add("round 0", total=budget)
+
+    def show(event: Any) -> None:
+        best = " · ".join(f"{label} {value:.6g}" for label, value in event.best.items())
+        left = event.budget - event.evaluated
+        bar.update(
+            task,
+            completed=event.evaluated,
+            description=f"round {event.round} · k {event.k} · {event.phase}",
+            info=f"best {best} · {left} left" + (f" · {event.detail}" if event.detail else ""),
+        )
+
+    return show
+
+
+def _render_loop(result: Any, objectives_used: list[Any], runner: Any, out: Path) -> None:
     table = Table(title=f"rounds ({len(result.records)} evaluations, stopped: {result.stopped})")
     for column in ("round", "k", "reduced space", "trained on", "evaluated"):
         table.add_column(column, justify="right")

@@ -21,13 +21,11 @@ from autobuild_dsl.design.construct import (
     reduced_space,
     valid_combinations,
 )
+from autobuild_dsl.design.packing import _chain_packed, _module_rows, _pack_slow
 from autobuild_dsl.design.rank import (
     ModuleBatch,
     RankError,
     RankResult,
-    _chain_packed,
-    _module_rows,
-    _pack_slow,
     ensemble,
     enumerate_modules,
     global_assignments,

@@ -11,18 +11,14 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
+from autobuild_dsl.cli import options as opt
 from autobuild_dsl.cli.common import (
     UserError,
     console,
     err_console,
-    force_option,
     globals_text,
-    json_option,
     load_run,
     parse_globals,
-    quiet_option,
-    score_option,
-    threads_option,
 )
 from autobuild_dsl.cli.progress import RankView
 
@@ -83,24 +79,18 @@ def _parse_top_k(text: str | None) -> int | list[int] | dict[str, int] | None:
 )
 @click.option("--name", help="Name of the reduced space (default: SPACE_top).")
 @click.option("--standardize", is_flag=True, help="Rank with N(0,1) scores (see abc rank).")
-@score_option
-@click.option(
-    "--globals",
-    "globals_",
-    multiple=True,
-    metavar="NAME=VALUE[,...]",
-    help="Score with these global choices (see abc rank).",
-)
+@opt.score
+@opt.global_choices("Score with these global choices (see abc rank).")
 @click.option(
     "--all-globals",
     is_flag=True,
     help="Keep every scored assignment of the global choices (default: the one whose best "
     "architecture scores highest).",
 )
-@force_option("Overwrite existing output files.")
-@threads_option()
-@json_option("Print a JSON summary.")
-@quiet_option()
+@opt.force("Overwrite existing output files.")
+@opt.threads()
+@opt.as_json("Print a JSON summary.")
+@opt.quiet()
 def build_cmd(
     runs: tuple[str, ...],
     top_k_text: str | None,

@@ -7,7 +7,7 @@ import errno
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -319,70 +319,6 @@ def read_json_file(path: str) -> object:
 # ----- options shared by several commands (declared once) ---------------------------------
 # Each takes the command's own help line: the meaning is shared, the wording names the
 # command's outputs.
-
-Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
-
-
-def force_option(help: str) -> Decorator:
-    return click.option("--force", is_flag=True, help=help)
-
-
-def json_option(help: str) -> Decorator:
-    return click.option("--json", "as_json", is_flag=True, help=help)
-
-
-def resume_option(help: str) -> Decorator:
-    return click.option("--resume", is_flag=True, help=help)
-
-
-def quiet_option(help: str = "No progress bars.") -> Decorator:
-    return click.option("--quiet", is_flag=True, help=help)
-
-
-def seed_option(help: str | None = None) -> Decorator:
-    return click.option("--seed", type=int, default=0, show_default=True, help=help)
-
-
-def _count_option(*decls: str, help: str) -> Decorator:
-    return click.option(*decls, type=click.IntRange(min=1), default=1, show_default=True, help=help)
-
-
-def jobs_option(help: str, short: bool = False) -> Decorator:
-    return _count_option(*(("-j", "--jobs") if short else ("--jobs",)), help=help)
-
-
-def threads_option(help: str = "Torch threads.") -> Decorator:
-    return _count_option("--threads", help=help)
-
-
-def space_name_option(help: str = "Which space of the file (default: the first one).") -> Decorator:
-    return click.option("--space", "space_name", help=help)
-
-
-def space_file_option(help: str = "SPACE.abs") -> Decorator:
-    return click.option(
-        "--space", "space_file", required=True, type=click.Path(dir_okay=False), help=help
-    )
-
-
-evaluator_option = click.option(
-    "-e",
-    "--evaluator",
-    "evaluator_spec",
-    required=True,
-    help="lookup:DATA.jsonl | predictor:RUN | measure[:M,...] | python:MOD:FUNC | "
-    "command:'CMD {arch}' | @config.json (see docs/search.md).",
-)
-
-score_option = click.option(
-    "--score",
-    type=click.Choice(["pooled", "last"]),
-    default="pooled",
-    show_default=True,
-    help="How a module is read: its pooled module-graph embedding, or its last node (the "
-    "paper's reading; see docs/ranking.md).",
-)
-
 
 # ----- inputs shared by `abc rank` and `abc build` ------------------------------------------
 

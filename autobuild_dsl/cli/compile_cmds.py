@@ -8,17 +8,12 @@ from typing import Any
 import click
 from rich.markup import escape
 
+from autobuild_dsl.cli import options as opt
 from autobuild_dsl.cli.common import (
     UserError,
     console,
     err_console,
-    force_option,
-    jobs_option,
     load_space,
-    resume_option,
-    seed_option,
-    space_name_option,
-    threads_option,
 )
 from autobuild_dsl.cli.progress import ProgressView
 
@@ -54,13 +49,13 @@ def _one_architecture(space, path: str, line: int | None):
     "onnx: ONNX model (opset 17, dynamic batch), checked in ONNX Runtime.",
 )
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The file.")
-@space_name_option()
+@opt.space_name()
 @click.option(
     "--line",
     type=click.IntRange(min=1),
     help="Take the architecture on this line of a JSON-lines ARCH_FILE.",
 )
-@seed_option("Seed of the random weights.")
+@opt.seed("Seed of the random weights.")
 @click.option(
     "--atol",
     type=click.FloatRange(min=0),
@@ -68,7 +63,7 @@ def _one_architecture(space, path: str, line: int | None):
     show_default=True,
     help="onnx: the largest absolute difference from PyTorch allowed on a random input.",
 )
-@force_option("Overwrite OUTPUT if it exists.")
+@opt.force("Overwrite OUTPUT if it exists.")
 def emit_cmd(
     space_file: str,
     arch_file: str,
@@ -122,10 +117,10 @@ def emit_cmd(
     help="Comma-separated: params, macs (FlopCounterMode total / 2), latency (ms, ONNX "
     "Runtime CPU, batch 1, median); NAME=latency writes latency as NAME (e.g. lat=latency).",
 )
-@space_name_option()
-@jobs_option("Worker processes (with --ray: tasks in flight; default: what the cluster fits).")
+@opt.space_name()
+@opt.jobs("Worker processes (with --ray: tasks in flight; default: what the cluster fits).")
 @click.option("--ray", "ray_address", help="Run on Ray: an address, 'auto' or 'local'.")
-@threads_option("Threads per network (torch and ONNX Runtime), fixed and recorded with latency.")
+@opt.threads("Threads per network (torch and ONNX Runtime), fixed and recorded with latency.")
 @click.option(
     "--warmup",
     type=click.IntRange(min=0),
@@ -184,9 +179,9 @@ def emit_cmd(
     help="Where params and MACs are counted; meta allocates nothing (any model size) but "
     "cannot time latency; auto: cpu with latency, else meta.",
 )
-@seed_option("Random weights and input.")
-@resume_option("Continue OUTPUT: skip what it holds, append.")
-@force_option("Replace OUTPUT if it exists.")
+@opt.seed("Random weights and input.")
+@opt.resume("Continue OUTPUT: skip what it holds, append.")
+@opt.force("Replace OUTPUT if it exists.")
 def measure_cmd(
     space_file: str,
     archs_file: str,

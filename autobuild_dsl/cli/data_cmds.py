@@ -10,14 +10,12 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
+from autobuild_dsl.cli import options as opt
 from autobuild_dsl.cli.common import (
     UserError,
     console,
     err_console,
-    force_option,
-    json_option,
     load_space,
-    space_file_option,
 )
 from autobuild_dsl.cli.progress import counting
 
@@ -49,11 +47,11 @@ def data_group() -> None:
     help="Input format.",
 )
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@space_file_option()
+@opt.space_file()
 @click.option("--space-name", help="Which space of the file (default: the first one).")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="OUT.jsonl")
 @click.option("--skip-bad", is_flag=True, help="Write the good rows even if some are rejected.")
-@force_option("Overwrite the output if it exists.")
+@opt.force("Overwrite the output if it exists.")
 @click.option(
     "--map",
     "map_file",
@@ -183,10 +181,10 @@ def _number(value: float) -> str:
 
 @data_group.command("describe")
 @click.argument("data_file", type=click.Path(dir_okay=False))
-@space_file_option()
+@opt.space_file()
 @click.option("--space-name", help="Which space of the file.")
 @click.option("--target", "target_text", help="Also evaluate a target expression, e.g. 'top1'.")
-@json_option("Print the description as JSON only.")
+@opt.as_json("Print the description as JSON only.")
 def describe_cmd(
     data_file: str,
     space_file: str,
@@ -248,7 +246,7 @@ def describe_cmd(
 
 @data_group.command("merge")
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@space_file_option()
+@opt.space_file()
 @click.option("--space-name", help="Which space of the file.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="OUT.jsonl")
 @click.option(
@@ -265,7 +263,7 @@ def describe_cmd(
     "values that disagree.",
 )
 @click.option("--inner", is_flag=True, help="Keep only the architectures every file holds.")
-@force_option("Overwrite the output if it exists.")
+@opt.force("Overwrite the output if it exists.")
 def merge_cmd(
     files: tuple[str, ...],
     space_file: str,

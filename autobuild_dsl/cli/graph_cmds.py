@@ -7,7 +7,8 @@ import json
 import click
 from rich.table import Table
 
-from autobuild_dsl.cli.common import UserError, console, json_option, load_space, space_name_option
+from autobuild_dsl.cli import options as opt
+from autobuild_dsl.cli.common import UserError, console, load_space
 from autobuild_dsl.cli.ir_support import ENCODINGS, cache_option, fit_ir_encoder
 from autobuild_dsl.graphs.encode import EncodeError, GraphEncoder
 from autobuild_dsl.space.decisions import ArchitectureError, canonicalize
@@ -22,12 +23,12 @@ def _value_text(value: object) -> str:
 @click.command("graph")
 @click.argument("space_file", type=click.Path(dir_okay=False))
 @click.argument("arch_file", type=click.Path(dir_okay=False))
-@space_name_option()
+@opt.space_name()
 @click.option(
     "--line", "line", type=int, default=1, show_default=True,
     help="Which architecture of a JSON-lines file (1-based).",
 )  # fmt: skip
-@json_option("Print nodes, categories and edges as JSON.")
+@opt.as_json("Print nodes, categories and edges as JSON.")
 @click.option(
     "--encoding",
     type=click.Choice(ENCODINGS),

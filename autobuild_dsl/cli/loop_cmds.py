@@ -9,16 +9,11 @@ from typing import Any
 import click
 from rich.table import Table
 
+from autobuild_dsl.cli import options as opt
 from autobuild_dsl.cli.common import (
     UserError,
     console,
-    evaluator_option,
-    force_option,
-    jobs_option,
     load_space,
-    resume_option,
-    seed_option,
-    space_name_option,
 )
 from autobuild_dsl.cli.progress import ProgressView
 
@@ -35,7 +30,7 @@ from autobuild_dsl.cli.progress import ProgressView
     help="A target expression to train a scorer on (repeat: one scorer each, the union "
     "of their top-k modules is searched).",
 )
-@evaluator_option
+@opt.evaluator
 @click.option(
     "--budget", type=click.IntRange(min=1), required=True, help="Real evaluations to pay for."
 )
@@ -65,7 +60,7 @@ from autobuild_dsl.cli.progress import ProgressView
     help="Also keep one more module per unit after a round that found nothing better "
     "(k always grows when the reduced space is exhausted).",
 )
-@seed_option()
+@opt.seed()
 @click.option(
     "--epochs", type=click.IntRange(min=1), default=100, show_default=True, help="Scorer epochs."
 )
@@ -76,16 +71,16 @@ from autobuild_dsl.cli.progress import ProgressView
     show_default=True,
     help="Ensemble members (folds) per target.",
 )
-@jobs_option("Processes for training members and for evaluating.", short=True)
+@opt.jobs("Processes for training members and for evaluating.", short=True)
 @click.option(
     "--cache",
     "cache_dir",
     type=click.Path(file_okay=False),
     help="Evaluation cache folder [default: OUT/cache].",
 )
-@resume_option("Continue the loop in the output folder.")
-@force_option("Discard a previous loop in the output folder.")
-@space_name_option("Which space of the file.")
+@opt.resume("Continue the loop in the output folder.")
+@opt.force("Discard a previous loop in the output folder.")
+@opt.space_name("Which space of the file.")
 def improve_cmd(
     space_file: str,
     data_file: str,

@@ -11,21 +11,15 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
+from autobuild_dsl.cli import options as opt
 from autobuild_dsl.cli.common import (
     UserError,
     console,
     err_console,
-    force_option,
     globals_text,
-    jobs_option,
-    json_option,
     load_run,
     load_space,
     parse_globals,
-    quiet_option,
-    score_option,
-    seed_option,
-    threads_option,
 )
 from autobuild_dsl.cli.progress import RankView, TrainView
 
@@ -175,13 +169,8 @@ def _short(value: Any) -> str:
 
 @click.command("rank")
 @click.argument("inputs", nargs=-1, required=True, metavar="RUN | SPACE.abs DATA")
-@click.option(
-    "-o",
-    "--output",
-    type=click.Path(dir_okay=False),
-    help="Write every module's score here (.csv; .parquet when pyarrow is installed).",
-)
-@json_option("Print a JSON summary instead of tables.")
+@opt.output_file("Write every module's score here (.csv; .parquet when pyarrow is installed).")
+@opt.as_json("Print a JSON summary instead of tables.")
 @click.option(
     "--top",
     type=click.IntRange(min=0),
@@ -194,22 +183,18 @@ def _short(value: Any) -> str:
     is_flag=True,
     help="Scores as N(0,1) per hop (for tens of labels) instead of the label-unit shift (Eq. 5).",
 )
-@score_option
-@click.option(
-    "--globals",
-    "globals_",
-    multiple=True,
-    metavar="NAME=VALUE[,...]",
-    help="Score with these global choices (repeat for several); default: those in the "
-    "run's labeled data.",
+@opt.score
+@opt.global_choices(
+    "Score with these global choices (repeat for several); default: those in the "
+    "run's labeled data."
 )
 @click.option(
     "--chart",
     type=click.Path(dir_okay=False),
     help="Bar chart of the feature importances (.png, .svg or .pdf).",
 )
-@force_option("Overwrite existing outputs (and run folder).")
-@threads_option()
+@opt.force("Overwrite existing outputs (and run folder).")
+@opt.threads()
 @click.option("--target", "target_text", help="With SPACE.abs DATA: what to learn (trains first).")
 @click.option(
     "--run-dir",
@@ -239,9 +224,9 @@ def _short(value: Any) -> str:
     help="With SPACE.abs DATA: members per fold.",
 )
 @click.option("--ensemble", is_flag=True, help="Shorthand for --folds 5 --seeds 4.")
-@seed_option("Split and init seed.")
-@jobs_option("With SPACE.abs DATA: members trained in parallel.")
-@quiet_option()
+@opt.seed("Split and init seed.")
+@opt.jobs("With SPACE.abs DATA: members trained in parallel.")
+@opt.quiet()
 def rank_cmd(
     inputs: tuple[str, ...],
     output: str | None,

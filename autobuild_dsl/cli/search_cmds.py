@@ -9,16 +9,12 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
+from autobuild_dsl.cli import options as opt
 from autobuild_dsl.cli.common import (
     UserError,
     console,
     err_console,
-    evaluator_option,
-    force_option,
-    jobs_option,
     load_space,
-    seed_option,
-    space_name_option,
     write_atomic,
 )
 from autobuild_dsl.cli.progress import ProgressView
@@ -55,7 +51,7 @@ def _fmt(value: float) -> str:
 
 @click.command("search")
 @click.argument("space_file", type=click.Path(dir_okay=False))
-@evaluator_option
+@opt.evaluator
 @click.option(
     "--objectives",
     help="Comma-separated 'max NAME' / 'min NAME' (NAME a metric or target expression).",
@@ -68,7 +64,7 @@ def _fmt(value: float) -> str:
     show_default=True,
     help="Mutation: a whole stage module (Stage-Full) or one layer (Layer-Full).",
 )
-@seed_option()
+@opt.seed()
 @click.option(
     "--init",
     type=click.IntRange(min=1),
@@ -84,7 +80,7 @@ def _fmt(value: float) -> str:
     help="Mutants of the front per generation.",
 )
 @click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False), help="Output folder.")
-@jobs_option("Processes.", short=True)
+@opt.jobs("Processes.", short=True)
 @click.option("--ray", "ray_address", help="Evaluate on a Ray cluster (e.g. 'auto').")
 @click.option(
     "--cache",
@@ -93,7 +89,7 @@ def _fmt(value: float) -> str:
     help="Evaluation cache folder [default: $ABC_CACHE_DIR or ~/.cache/autobuild-dsl/evaluations].",
 )
 @click.option("--no-cache", is_flag=True, help="Do not read or write the evaluation cache.")
-@force_option("Discard a previous search in the output folder.")
+@opt.force("Discard a previous search in the output folder.")
 @click.option(
     "--exhaustive", is_flag=True, help="Score every architecture and keep the top N instead."
 )
@@ -117,7 +113,7 @@ def _fmt(value: float) -> str:
 @click.option(
     "--max-time", type=float, help="Exhaustive: refuse when the estimate exceeds these seconds."
 )
-@space_name_option("Which space of the file.")
+@opt.space_name("Which space of the file.")
 def search_cmd(
     space_file: str,
     evaluator_spec: str,
@@ -321,7 +317,7 @@ def _short(architecture: dict) -> str:
 @click.option("--label", "labels", multiple=True, help="A legend label per RESULT, in order.")
 @click.option("--title")
 @click.option("--no-points", is_flag=True, help="Draw fronts only, not every evaluated point.")
-@force_option("Overwrite the output if it exists.")
+@opt.force("Overwrite the output if it exists.")
 def plot_cmd(
     results: tuple[str, ...],
     data_path: str | None,

@@ -10,16 +10,13 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
+from autobuild_dsl.cli import options as opt
 from autobuild_dsl.cli.common import (
     UserError,
     console,
     err_console,
-    force_option,
-    json_option,
     load_space,
     read_json_file,
-    seed_option,
-    space_name_option,
     write_atomic,
 )
 from autobuild_dsl.space import summary
@@ -37,15 +34,15 @@ from autobuild_dsl.space.model import Space
 
 @click.command("compile")
 @click.argument("space_file", type=click.Path(dir_okay=False))
-@space_name_option()
-@json_option("Print {space, size, stages} as JSON only.")
+@opt.space_name()
+@opt.as_json("Print {space, size, stages} as JSON only.")
 @click.option(
     "--spec",
     "spec_out",
     type=click.Path(dir_okay=False),
     help="Also save the typed spec as JSON here.",
 )
-@force_option("Overwrite --spec if it exists.")
+@opt.force("Overwrite --spec if it exists.")
 def compile_cmd(
     space_file: str, space_name: str | None, as_json: bool, spec_out: str | None, force: bool
 ) -> None:
@@ -115,15 +112,10 @@ def _networks_line(networks: int | None) -> str:
 @click.option(
     "-n", "count", type=click.IntRange(min=1), default=10, show_default=True, help="How many."
 )
-@seed_option()
-@space_name_option("Which space of the file.")
-@click.option(
-    "-o",
-    "--output",
-    type=click.Path(dir_okay=False),
-    help="Write JSON lines here instead of stdout.",
-)
-@force_option("Overwrite --output if it exists.")
+@opt.seed()
+@opt.space_name("Which space of the file.")
+@opt.output_file("Write JSON lines here instead of stdout.")
+@opt.force("Overwrite --output if it exists.")
 @click.option(
     "--distinct",
     is_flag=True,
@@ -172,7 +164,7 @@ def _sampled(space: Space, archs: list[Architecture]) -> str:
 @click.command("validate")
 @click.argument("space_file", type=click.Path(dir_okay=False))
 @click.argument("arch_file", type=click.Path(dir_okay=False))
-@space_name_option("Which space of the file.")
+@opt.space_name("Which space of the file.")
 def validate_cmd(space_file: str, arch_file: str, space_name: str | None) -> None:
     """Check that ARCH_FILE (one architecture, or JSON lines of them) belongs to the space."""
     space = load_space(space_file, space_name)

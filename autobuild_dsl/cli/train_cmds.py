@@ -12,18 +12,12 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
+from autobuild_dsl.cli import options as opt
 from autobuild_dsl.cli.common import (
     UserError,
     console,
     err_console,
-    force_option,
-    jobs_option,
-    json_option,
     load_space,
-    quiet_option,
-    resume_option,
-    seed_option,
-    threads_option,
     write_atomic,
 )
 from autobuild_dsl.cli.ir_support import (
@@ -138,14 +132,14 @@ def train_config(options: dict[str, Any]) -> Any:
     show_default=True,
     help="Held-out share when --folds 1.",
 )
-@seed_option()
-@jobs_option("Members trained in parallel by local worker processes.")
+@opt.seed()
+@opt.jobs("Members trained in parallel by local worker processes.")
 @click.option("--ray", "ray_address", help="Train members on a Ray cluster (ADDRESS, or 'local').")
-@threads_option("Torch threads when training in this process.")
-@force_option("Overwrite an existing run folder.")
-@resume_option("Finish an interrupted run: skip finished members.")
-@quiet_option("No progress bar and no summary.")
-@json_option("Print only the final test metrics as JSON.")
+@opt.threads("Torch threads when training in this process.")
+@opt.force("Overwrite an existing run folder.")
+@opt.resume("Finish an interrupted run: skip finished members.")
+@opt.quiet("No progress bar and no summary.")
+@opt.as_json("Print only the final test metrics as JSON.")
 @click.option(
     "--encoding",
     type=click.Choice(ENCODINGS),
@@ -287,14 +281,9 @@ def _render_metrics(run: Any, output: str) -> None:
 @click.command("predict")
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.argument("arch_file", type=click.Path(dir_okay=False))
-@json_option("JSON lines {row, mean, std} (default: table).")
-@click.option(
-    "-o",
-    "--output",
-    type=click.Path(dir_okay=False),
-    help="Write the JSON lines here instead of stdout.",
-)
-@force_option("Overwrite --output if it exists.")
+@opt.as_json("JSON lines {row, mean, std} (default: table).")
+@opt.output_file("Write the JSON lines here instead of stdout.")
+@opt.force("Overwrite --output if it exists.")
 def predict_cmd(
     run_dir: str, arch_file: str, as_json: bool, output: str | None, force: bool
 ) -> None:

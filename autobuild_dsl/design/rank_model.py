@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from autobuild_dsl.design.builder import ModuleTable, ScoredModule, assignment_text
 from autobuild_dsl.errors import AbcError
+from autobuild_dsl.graphs.encode import _vkey  # the encoder's value key: 3 == 3.0, True != 1
 from autobuild_dsl.space.expr import Value, format_value
 from autobuild_dsl.space.model import StageModule
 
@@ -22,15 +23,6 @@ if TYPE_CHECKING:  # module_sets imports this module
 Mode = Literal["shift", "standardize"]
 ScoreKind = Literal["pooled", "last"]
 SCORE_KINDS: tuple[str, ...] = ("pooled", "last")
-
-
-def _vkey(value: object) -> tuple[str, object]:
-    """Hashable value key: 3 == 3.0 but True != 1 (as the encoder keys values)."""
-    if isinstance(value, bool):
-        return ("b", value)
-    if isinstance(value, int | float):
-        return ("n", float(value))
-    return ("s", str(value))
 
 
 def _globals_key(values: dict[str, Value]) -> tuple:
@@ -283,19 +275,3 @@ def module_description(stages: Sequence[str], parts: Sequence[StageModule]) -> s
         layers = " ".join(f"[{layer_text(layer)}]" for layer in part.layers[: part.depth])
         texts.append(f"{head}: {layers}" if layers else f"{head}: (no layer)")
     return " + ".join(texts)
-
-
-__all__ = [
-    "SCORE_KINDS",
-    "Mode",
-    "ProgressFn",
-    "RankError",
-    "RankProgress",
-    "RankResult",
-    "RankedModule",
-    "ScoreKind",
-    "StageState",
-    "UnitScores",
-    "layer_text",
-    "module_description",
-]

@@ -19,7 +19,7 @@ from typing import Any, Literal
 from autobuild_dsl.data.dataset import LabeledDataset, load_dataset
 from autobuild_dsl.data.target import Target, parse_target
 from autobuild_dsl.errors import Remedy
-from autobuild_dsl.scorer.run import EnsembleConfig, RunError, RunProgress, TrainedRun, train_run
+from autobuild_dsl.scorer.run import EnsembleConfig, RunError, TrainedRun, train_run
 from autobuild_dsl.scorer.train import TrainConfig, thread_note
 from autobuild_dsl.space.model import Space
 
@@ -109,21 +109,18 @@ def train_from_file(
     export_jobs: int = 1,
     train: TrainConfig | None = None,
     ensemble: EnsembleConfig | None = None,
-    num_layers: int | None = None,
     jobs: int = 1,
     ray_address: str | None = None,
-    force: bool = False,
-    resume: bool = False,
-    space_path: str = "",
     notes: Callable[[TrainNote], None] | None = None,
-    progress: RunProgress | None = None,
     ir_progress: Callable[[int, int], None] | None = None,
+    **run_options: Any,
 ) -> TrainOutcome:
     """Train AutoBuild scorers on the labeled architectures of `data_file` into `output`.
 
-    `force` replaces an existing run folder; `resume` finishes an interrupted one.
+    `run_options` go to `scorer.run.train_run` as they are: `num_layers`, `force` (replace
+    an existing run folder), `resume` (finish an interrupted one), `space_path`, `progress`.
     """
-    if force and resume:
+    if run_options.get("force") and run_options.get("resume"):
         raise RunError("force and resume contradict each other; pick one")
     train = train or TrainConfig()
     tell = notes or (lambda note: None)
@@ -152,15 +149,11 @@ def train_from_file(
         output,
         train=train,
         ensemble=ensemble,
-        num_layers=num_layers,
         jobs=jobs,
         ray_address=ray_address,
-        force=force,
-        resume=resume,
         data_path=data_file,
-        space_path=space_path,
-        progress=progress,
         encoder=encoder,
+        **run_options,
     )
     return TrainOutcome(run=run, rows_given=len(dataset))
 

@@ -49,32 +49,19 @@ def _parse_top_k(text: str | None) -> int | list[int] | dict[str, int] | None:
     help="Modules kept per unit: K, one K per unit (K1,K2,...) or UNIT=K,...; writes the "
     "reduced space.",
 )
-@click.option(
-    "-n",
-    "n",
-    type=click.IntRange(min=0),
-    default=10,
-    show_default=True,
-    help="Architectures to build (highest summed module score).",
+@opt.count(
+    "-n", "n", default=10, help="Architectures to build (highest summed module score).", minimum=0
 )
-@click.option(
+@opt.choice(
     "--mode",
-    type=click.Choice(["unconstrained", "constrained"]),
+    choices=["unconstrained", "constrained"],
     default="unconstrained",
-    show_default=True,
     help="unconstrained: the k best; constrained: an even quota of each module size.",
 )
-@click.option(
-    "-o",
-    "--output",
-    required=True,
-    type=click.Path(file_okay=False),
-    help="Output folder.",
-)
-@click.option(
+@opt.path("-o", "--output", help="Output folder.", folder=True, required=True)
+@opt.path(
     "--space",
     "space_path",
-    type=click.Path(dir_okay=False),
     help="The .abs file the run was trained on (default: the one the run records).",
 )
 @click.option("--name", help="Name of the reduced space (default: SPACE_top).")

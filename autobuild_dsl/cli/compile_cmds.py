@@ -38,8 +38,8 @@ def _one_architecture(space, path: str, line: int | None):
 
 
 @click.command("emit")
-@click.argument("space_file", type=click.Path(dir_okay=False))
-@click.argument("arch_file", type=click.Path(dir_okay=False))
+@opt.file_argument("space_file")
+@opt.file_argument("arch_file")
 @click.option(
     "--format",
     "fmt",
@@ -48,7 +48,7 @@ def _one_architecture(space, path: str, line: int | None):
     help="torch: state dict + architecture (reload with autobuild_dsl.compile.load_emitted); "
     "onnx: ONNX model (opset 17, dynamic batch), checked in ONNX Runtime.",
 )
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The file.")
+@opt.path("-o", "--output", help="The file.", required=True)
 @opt.space_name()
 @click.option(
     "--line",
@@ -105,11 +105,9 @@ def emit_cmd(
 
 
 @click.command("measure")
-@click.argument("space_file", type=click.Path(dir_okay=False))
-@click.argument("archs_file", type=click.Path(dir_okay=False))
-@click.option(
-    "-o", "--output", required=True, type=click.Path(dir_okay=False), help="Dataset (JSON lines)."
-)
+@opt.file_argument("space_file")
+@opt.file_argument("archs_file")
+@opt.path("-o", "--output", help="Dataset (JSON lines).", required=True)
 @click.option(
     "--metrics",
     default="params,macs,latency",
@@ -121,18 +119,10 @@ def emit_cmd(
 @opt.jobs("Worker processes (with --ray: tasks in flight; default: what the cluster fits).")
 @click.option("--ray", "ray_address", help="Run on Ray: an address, 'auto' or 'local'.")
 @opt.threads("Threads per network (torch and ONNX Runtime), fixed and recorded with latency.")
-@click.option(
-    "--warmup",
-    type=click.IntRange(min=0),
-    default=5,
-    show_default=True,
-    help="Untimed runs before timing latency.",
-)
-@click.option(
+@opt.count("--warmup", default=5, help="Untimed runs before timing latency.", minimum=0)
+@opt.count(
     "--repeats",
-    type=click.IntRange(min=1),
     default=30,
-    show_default=True,
     help="Timed runs at least; latency is their median, timed until it is stable.",
 )
 @click.option(
@@ -150,20 +140,16 @@ def emit_cmd(
     show_default=True,
     help="Seconds of timed runs per network at most, stable or not.",
 )
-@click.option(
+@opt.count(
     "--interleave",
-    type=click.IntRange(min=1),
     default=8,
-    show_default=True,
     help="Networks timed in turn, one run each per round, so drift affects them alike.",
 )
-@click.option(
+@opt.choice(
     "--clock",
-    type=click.Choice(["auto", "wall", "cpu"]),
+    choices=["auto", "wall", "cpu"],
     default="auto",
-    show_default=True,
-    help="cpu: the timing thread's CPU time (one thread; steady on a busy machine); wall: "
-    "elapsed time; auto: cpu with --threads 1, else wall.",
+    help="cpu: the timing thread's CPU time (one thread; steady on a busy machine); wall: elapsed time; auto: cpu with --threads 1, else wall.",
 )
 @click.option(
     "--retest",
@@ -171,13 +157,11 @@ def emit_cmd(
     help="Measure latency again in a second pass: rows get NAME_retest, and the test-retest "
     "Spearman is printed.",
 )
-@click.option(
+@opt.choice(
     "--device",
-    type=click.Choice(["auto", "cpu", "meta"]),
+    choices=["auto", "cpu", "meta"],
     default="auto",
-    show_default=True,
-    help="Where params and MACs are counted; meta allocates nothing (any model size) but "
-    "cannot time latency; auto: cpu with latency, else meta.",
+    help="Where params and MACs are counted; meta allocates nothing (any model size) but cannot time latency; auto: cpu with latency, else meta.",
 )
 @opt.seed("Random weights and input.")
 @opt.resume("Continue OUTPUT: skip what it holds, append.")

@@ -49,14 +49,11 @@ def data_group() -> None:
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @opt.space_file()
 @click.option("--space-name", help="Which space of the file (default: the first one).")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="OUT.jsonl")
+@opt.path("-o", "--output", help="OUT.jsonl", required=True)
 @click.option("--skip-bad", is_flag=True, help="Write the good rows even if some are rejected.")
 @opt.force("Overwrite the output if it exists.")
-@click.option(
-    "--map",
-    "map_file",
-    type=click.Path(dir_okay=False),
-    help="generic: a JSON mapping (arch column, metric columns, format).",
+@opt.path(
+    "--map", "map_file", help="generic: a JSON mapping (arch column, metric columns, format)."
 )
 @click.option("--arch", "arch_column", help="generic: the column holding the architecture.")
 @click.option(
@@ -180,7 +177,7 @@ def _number(value: float) -> str:
 
 
 @data_group.command("describe")
-@click.argument("data_file", type=click.Path(dir_okay=False))
+@opt.file_argument("data_file")
 @opt.space_file()
 @click.option("--space-name", help="Which space of the file.")
 @click.option("--target", "target_text", help="Also evaluate a target expression, e.g. 'top1'.")
@@ -248,7 +245,7 @@ def describe_cmd(
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @opt.space_file()
 @click.option("--space-name", help="Which space of the file.")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="OUT.jsonl")
+@opt.path("-o", "--output", help="OUT.jsonl", required=True)
 @click.option(
     "--tolerance",
     type=click.FloatRange(min=0),

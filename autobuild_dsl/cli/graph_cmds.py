@@ -21,19 +21,18 @@ def _value_text(value: object) -> str:
 
 
 @click.command("graph")
-@click.argument("space_file", type=click.Path(dir_okay=False))
-@click.argument("arch_file", type=click.Path(dir_okay=False))
+@opt.file_argument("space_file")
+@opt.file_argument("arch_file")
 @opt.space_name()
 @click.option(
     "--line", "line", type=int, default=1, show_default=True,
     help="Which architecture of a JSON-lines file (1-based).",
 )  # fmt: skip
 @opt.as_json("Print nodes, categories and edges as JSON.")
-@click.option(
+@opt.choice(
     "--encoding",
-    type=click.Choice(ENCODINGS),
+    choices=ENCODINGS,
     default="sequence",
-    show_default=True,
     help="sequence (a node per layer) or ir (a node per ONNX operation).",
 )
 @cache_option

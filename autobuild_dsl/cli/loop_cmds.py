@@ -19,8 +19,8 @@ from autobuild_dsl.cli.progress import ProgressView
 
 
 @click.command("improve")
-@click.argument("space_file", type=click.Path(dir_okay=False))
-@click.argument("data_file", type=click.Path(dir_okay=False))
+@opt.file_argument("space_file")
+@opt.file_argument("data_file")
 @click.option(
     "-t",
     "--target",
@@ -46,13 +46,7 @@ from autobuild_dsl.cli.progress import ProgressView
     help="Modules kept per unit at the start (it grows when the reduced space is exhausted "
     "or a round stalls) [default: the smallest k whose reduced space holds 1.5 x the budget].",
 )
-@click.option(
-    "--per-round",
-    type=click.IntRange(min=1),
-    default=16,
-    show_default=True,
-    help="Evaluations between retrainings of the scorers.",
-)
+@opt.count("--per-round", default=16, help="Evaluations between retrainings of the scorers.")
 @click.option(
     "--widen-on-stall/--no-widen-on-stall",
     default=True,
@@ -61,23 +55,10 @@ from autobuild_dsl.cli.progress import ProgressView
     "(k always grows when the reduced space is exhausted).",
 )
 @opt.seed()
-@click.option(
-    "--epochs", type=click.IntRange(min=1), default=100, show_default=True, help="Scorer epochs."
-)
-@click.option(
-    "--folds",
-    type=click.IntRange(min=1),
-    default=5,
-    show_default=True,
-    help="Ensemble members (folds) per target.",
-)
+@opt.count("--epochs", default=100, help="Scorer epochs.")
+@opt.count("--folds", default=5, help="Ensemble members (folds) per target.")
 @opt.jobs("Processes for training members and for evaluating.", short=True)
-@click.option(
-    "--cache",
-    "cache_dir",
-    type=click.Path(file_okay=False),
-    help="Evaluation cache folder [default: OUT/cache].",
-)
+@opt.path("--cache", "cache_dir", help="Evaluation cache folder [default: OUT/cache].", folder=True)
 @opt.resume("Continue the loop in the output folder.")
 @opt.force("Discard a previous loop in the output folder.")
 @opt.space_name("Which space of the file.")

@@ -6,7 +6,7 @@ command's outputs.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import click
@@ -46,16 +46,12 @@ def global_choices(help: str) -> Decorator:
     )
 
 
-def _count(*decls: str, help: str) -> Decorator:
-    return click.option(*decls, type=click.IntRange(min=1), default=1, show_default=True, help=help)
-
-
 def jobs(help: str, short: bool = False) -> Decorator:
-    return _count(*(("-j", "--jobs") if short else ("--jobs",)), help=help)
+    return count(*(("-j", "--jobs") if short else ("--jobs",)), default=1, help=help)
 
 
 def threads(help: str = "Torch threads.") -> Decorator:
-    return _count("--threads", help=help)
+    return count("--threads", default=1, help=help)
 
 
 def space_name(help: str = "Which space of the file (default: the first one).") -> Decorator:
@@ -85,3 +81,28 @@ score = click.option(
     help="How a module is read: its pooled module-graph embedding, or its last node (the "
     "paper's reading; see docs/ranking.md).",
 )
+
+
+def count(*decls: str, default: int, help: str | None = None, minimum: int = 1) -> Decorator:
+    """An integer option of at least `minimum` with a shown default."""
+    return click.option(
+        *decls, type=click.IntRange(min=minimum), default=default, show_default=True, help=help
+    )
+
+
+def choice(*decls: str, choices: Sequence[str], default: str, help: str) -> Decorator:
+    """One of `choices`, with a shown default."""
+    return click.option(
+        *decls, type=click.Choice(list(choices)), default=default, show_default=True, help=help
+    )
+
+
+def file_argument(name: str) -> Decorator:
+    """A positional input file (SPACE.abs, DATA.jsonl, ...)."""
+    return click.argument(name, type=click.Path(dir_okay=False))
+
+
+def path(*decls: str, help: str, folder: bool = False, **extra: Any) -> Decorator:
+    """A file option (a folder with `folder=True`); `extra`: required, multiple, ..."""
+    kind = click.Path(file_okay=False) if folder else click.Path(dir_okay=False)
+    return click.option(*decls, type=kind, help=help, **extra)

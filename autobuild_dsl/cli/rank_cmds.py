@@ -171,13 +171,7 @@ def _short(value: Any) -> str:
 @click.argument("inputs", nargs=-1, required=True, metavar="RUN | SPACE.abs DATA")
 @opt.output_file("Write every module's score here (.csv; .parquet when pyarrow is installed).")
 @opt.as_json("Print a JSON summary instead of tables.")
-@click.option(
-    "--top",
-    type=click.IntRange(min=0),
-    default=5,
-    show_default=True,
-    help="Best and worst modules shown per unit.",
-)
+@opt.count("--top", default=5, help="Best and worst modules shown per unit.", minimum=0)
 @click.option(
     "--standardize",
     is_flag=True,
@@ -188,41 +182,21 @@ def _short(value: Any) -> str:
     "Score with these global choices (repeat for several); default: those in the "
     "run's labeled data."
 )
-@click.option(
-    "--chart",
-    type=click.Path(dir_okay=False),
-    help="Bar chart of the feature importances (.png, .svg or .pdf).",
-)
+@opt.path("--chart", help="Bar chart of the feature importances (.png, .svg or .pdf).")
 @opt.force("Overwrite existing outputs (and run folder).")
 @opt.threads()
 @click.option("--target", "target_text", help="With SPACE.abs DATA: what to learn (trains first).")
-@click.option(
+@opt.path(
     "--run-dir",
-    type=click.Path(file_okay=False),
     help="With SPACE.abs DATA: the run folder to train into (default runs/SPACE-TARGET).",
+    folder=True,
 )
 @click.option("--space-name", help="With SPACE.abs DATA: which space of the file.")
-@click.option(
-    "--epochs",
-    type=click.IntRange(min=1),
-    default=200,
-    show_default=True,
-    help="With SPACE.abs DATA: training epochs.",
+@opt.count("--epochs", default=200, help="With SPACE.abs DATA: training epochs.")
+@opt.count(
+    "--folds", default=1, help="With SPACE.abs DATA: K-fold members (1: one train/test split)."
 )
-@click.option(
-    "--folds",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="With SPACE.abs DATA: K-fold members (1: one train/test split).",
-)
-@click.option(
-    "--seeds",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="With SPACE.abs DATA: members per fold.",
-)
+@opt.count("--seeds", default=1, help="With SPACE.abs DATA: members per fold.")
 @click.option("--ensemble", is_flag=True, help="Shorthand for --folds 5 --seeds 4.")
 @opt.seed("Split and init seed.")
 @opt.jobs("With SPACE.abs DATA: members trained in parallel.")

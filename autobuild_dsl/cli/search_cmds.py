@@ -50,64 +50,41 @@ def _fmt(value: float) -> str:
 
 
 @click.command("search")
-@click.argument("space_file", type=click.Path(dir_okay=False))
+@opt.file_argument("space_file")
 @opt.evaluator
 @click.option(
     "--objectives",
     help="Comma-separated 'max NAME' / 'min NAME' (NAME a metric or target expression).",
 )
 @click.option("--budget", type=click.IntRange(min=1), help="Distinct architectures to evaluate.")
-@click.option(
+@opt.choice(
     "--mode",
-    type=click.Choice(["stage", "layer"]),
+    choices=["stage", "layer"],
     default="stage",
-    show_default=True,
     help="Mutation: a whole stage module (Stage-Full) or one layer (Layer-Full).",
 )
 @opt.seed()
-@click.option(
-    "--init",
-    type=click.IntRange(min=1),
-    default=50,
-    show_default=True,
-    help="Random architectures in generation 0.",
-)
-@click.option(
-    "--per-generation",
-    type=click.IntRange(min=1),
-    default=20,
-    show_default=True,
-    help="Mutants of the front per generation.",
-)
-@click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False), help="Output folder.")
+@opt.count("--init", default=50, help="Random architectures in generation 0.")
+@opt.count("--per-generation", default=20, help="Mutants of the front per generation.")
+@opt.path("-o", "--out", "out_dir", help="Output folder.", folder=True)
 @opt.jobs("Processes.", short=True)
 @click.option("--ray", "ray_address", help="Evaluate on a Ray cluster (e.g. 'auto').")
-@click.option(
+@opt.path(
     "--cache",
     "cache_dir",
-    type=click.Path(file_okay=False),
     help="Evaluation cache folder [default: $ABC_CACHE_DIR or ~/.cache/autobuild-dsl/evaluations].",
+    folder=True,
 )
 @click.option("--no-cache", is_flag=True, help="Do not read or write the evaluation cache.")
 @opt.force("Discard a previous search in the output folder.")
 @click.option(
     "--exhaustive", is_flag=True, help="Score every architecture and keep the top N instead."
 )
-@click.option(
-    "--top", type=click.IntRange(min=1), default=10, show_default=True, help="Exhaustive: N."
-)
-@click.option(
-    "--batch-size",
-    type=click.IntRange(min=1),
-    default=2048,
-    show_default=True,
-    help="Exhaustive: architectures per batch.",
-)
-@click.option(
+@opt.count("--top", default=10, help="Exhaustive: N.")
+@opt.count("--batch-size", default=2048, help="Exhaustive: architectures per batch.")
+@opt.count(
     "--max-architectures",
-    type=click.IntRange(min=1),
     default=DEFAULT_MAX_ARCHITECTURES,
-    show_default=True,
     help="Exhaustive: refuse larger spaces.",
 )
 @click.option(
@@ -311,9 +288,7 @@ def _short(architecture: dict) -> str:
 )
 @click.option("--x", "x_axis", required=True, help="X metric: 'min lat', 'max acc' or a name.")
 @click.option("--y", "y_axis", required=True, help="Y metric: 'max acc' or a name.")
-@click.option(
-    "-o", "--output", required=True, type=click.Path(dir_okay=False), help="FIG.png|svg|pdf"
-)
+@opt.path("-o", "--output", help="FIG.png|svg|pdf", required=True)
 @click.option("--label", "labels", multiple=True, help="A legend label per RESULT, in order.")
 @click.option("--title")
 @click.option("--no-points", is_flag=True, help="Draw fronts only, not every evaluated point.")

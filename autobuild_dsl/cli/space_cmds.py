@@ -33,15 +33,10 @@ from autobuild_dsl.space.model import Space
 
 
 @click.command("compile")
-@click.argument("space_file", type=click.Path(dir_okay=False))
+@opt.file_argument("space_file")
 @opt.space_name()
 @opt.as_json("Print {space, size, stages} as JSON only.")
-@click.option(
-    "--spec",
-    "spec_out",
-    type=click.Path(dir_okay=False),
-    help="Also save the typed spec as JSON here.",
-)
+@opt.path("--spec", "spec_out", help="Also save the typed spec as JSON here.")
 @opt.force("Overwrite --spec if it exists.")
 def compile_cmd(
     space_file: str, space_name: str | None, as_json: bool, spec_out: str | None, force: bool
@@ -108,10 +103,8 @@ def _networks_line(networks: int | None) -> str:
 
 
 @click.command("sample")
-@click.argument("space_file", type=click.Path(dir_okay=False))
-@click.option(
-    "-n", "count", type=click.IntRange(min=1), default=10, show_default=True, help="How many."
-)
+@opt.file_argument("space_file")
+@opt.count("-n", "count", default=10, help="How many.")
 @opt.seed()
 @opt.space_name("Which space of the file.")
 @opt.output_file("Write JSON lines here instead of stdout.")
@@ -162,8 +155,8 @@ def _sampled(space: Space, archs: list[Architecture]) -> str:
 
 
 @click.command("validate")
-@click.argument("space_file", type=click.Path(dir_okay=False))
-@click.argument("arch_file", type=click.Path(dir_okay=False))
+@opt.file_argument("space_file")
+@opt.file_argument("arch_file")
 @opt.space_name("Which space of the file.")
 def validate_cmd(space_file: str, arch_file: str, space_name: str | None) -> None:
     """Check that ARCH_FILE (one architecture, or JSON lines of them) belongs to the space."""

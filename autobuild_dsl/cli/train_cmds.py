@@ -56,23 +56,19 @@ def train_config(options: dict[str, Any]) -> Any:
 
 
 @click.command("train")
-@click.argument("space_file", type=click.Path(dir_okay=False))
-@click.argument("data_file", type=click.Path(dir_okay=False))
+@opt.file_argument("space_file")
+@opt.file_argument("data_file")
 @click.option("--target", "target_text", required=True, help="What to learn, e.g. 'top1 - 2*lat'.")
-@click.option(
-    "-o", "--output", required=True, type=click.Path(file_okay=False), help="Run folder (RUN/)."
-)
+@opt.path("-o", "--output", help="Run folder (RUN/).", folder=True, required=True)
 @click.option("--space-name", help="Which space of the file (default: the first one).")
-@click.option(
+@opt.choice(
     "--loss",
-    type=click.Choice(["ranked", "mse"]),
+    choices=["ranked", "mse"],
     default="ranked",
-    show_default=True,
-    help="ranked: MSE + per-hop SRCC of embedding norms (AutoBuild); mse: MSE only "
-    "(the Exhaustive-Search predictor).",
+    help="ranked: MSE + per-hop SRCC of embedding norms (AutoBuild); mse: MSE only (the Exhaustive-Search predictor).",
 )
-@click.option("--epochs", type=click.IntRange(min=1), default=200, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=2), default=128, show_default=True)
+@opt.count("--epochs", default=200)
+@opt.count("--batch-size", default=128, minimum=2)
 @click.option(
     "--lr",
     type=click.FloatRange(min=0, min_open=True),
@@ -95,12 +91,11 @@ def train_config(options: dict[str, Any]) -> Any:
     show_default=True,
     help="Soft-rank regularisation (smaller: closer to hard ranks).",
 )
-@click.option(
+@opt.choice(
     "--softrank",
     "softrank_backend",
-    type=click.Choice(["auto", "torchsort", "torch"]),
+    choices=["auto", "torchsort", "torch"],
     default="auto",
-    show_default=True,
     help="Soft-rank implementation (auto: torchsort when installed).",
 )
 @click.option(
@@ -114,16 +109,8 @@ def train_config(options: dict[str, Any]) -> Any:
     show_default=True,
     help="BatchNorm after each GATv2 layer (the authors' code has it).",
 )
-@click.option(
-    "--folds",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="K-fold members (1: one train/test split).",
-)
-@click.option(
-    "--seeds", type=click.IntRange(min=1), default=1, show_default=True, help="Members per fold."
-)
+@opt.count("--folds", default=1, help="K-fold members (1: one train/test split).")
+@opt.count("--seeds", default=1, help="Members per fold.")
 @click.option("--ensemble", is_flag=True, help="Shorthand for --folds 5 --seeds 4 (20 members).")
 @click.option(
     "--test-fraction",
@@ -140,20 +127,17 @@ def train_config(options: dict[str, Any]) -> Any:
 @opt.resume("Finish an interrupted run: skip finished members.")
 @opt.quiet("No progress bar and no summary.")
 @opt.as_json("Print only the final test metrics as JSON.")
-@click.option(
+@opt.choice(
     "--encoding",
-    type=click.Choice(ENCODINGS),
+    choices=ENCODINGS,
     default="sequence",
-    show_default=True,
     help="Graphs: sequence (a node per layer) or ir (a node per ONNX operation; docs/ir.md).",
 )
-@click.option(
+@opt.path(
     "--add-space",
     "extra_spaces",
+    help="ir: another space whose architectures DATA_FILE also holds (repeatable); each row names its space in arch.space.",
     multiple=True,
-    type=click.Path(dir_okay=False),
-    help="ir: another space whose architectures DATA_FILE also holds (repeatable); "
-    "each row names its space in arch.space.",
 )
 @cache_option
 @export_jobs_option
@@ -280,7 +264,7 @@ def _render_metrics(run: Any, output: str) -> None:
 
 @click.command("predict")
 @click.argument("run_dir", type=click.Path(file_okay=False))
-@click.argument("arch_file", type=click.Path(dir_okay=False))
+@opt.file_argument("arch_file")
 @opt.as_json("JSON lines {row, mean, std} (default: table).")
 @opt.output_file("Write the JSON lines here instead of stdout.")
 @opt.force("Overwrite --output if it exists.")

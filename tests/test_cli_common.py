@@ -44,7 +44,7 @@ def test_remedy_is_rendered_as_the_flag_a_user_types(capsys, monkeypatch):
 def test_several_remedies_and_values(capsys, monkeypatch):
     remedies = (
         Remedy("resume", "to continue it"),
-        Remedy("space_path", "to name the space file", value="SPACE.abs"),
+        Remedy("space_file", "to name the space file", value="SPACE.abs"),
     )
     code, err = _run(capsys, monkeypatch, _Exists("run folder is not empty", remedies=remedies))
     assert code == 1
@@ -57,7 +57,8 @@ def test_several_remedies_and_values(capsys, monkeypatch):
 def test_flag_names_and_plain_messages():
     assert flag_of("force") == "--force"
     assert flag_of("export_jobs") == "--export-jobs"
-    assert flag_of("space_name") == "--space-name"
+    assert flag_of("overwrite") == "--force"
+    assert flag_of("num_layers") == "--layers"
     assert with_hints("bad input", ()) == "bad input"
 
 

@@ -198,13 +198,16 @@ def plain_error(error: BaseException) -> str:
     return str(error)
 
 
-# Workflow parameter -> the option a user types, where the two are not spelled alike.
+# Workflow parameter -> the option a user types, where the two are not spelled alike (the
+# rest: `export_jobs` -> `--export-jobs`).
 FLAG_NAMES: dict[str, str] = {
+    "space_file": "--space",
     "space_path": "--space",
-    "space_name": "--space-name",
-    "run_dir": "--run-dir",
-    "globals": "--globals",
-    "top_k": "--top-k",
+    "overwrite": "--force",
+    "num_layers": "--layers",
+    "ray_address": "--ray",
+    "ir_cache": "--cache",
+    "extra_spaces": "--add-space",
 }
 
 

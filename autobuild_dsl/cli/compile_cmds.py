@@ -56,11 +56,9 @@ def _one_architecture(space, path: str, line: int | None):
     help="Take the architecture on this line of a JSON-lines ARCH_FILE.",
 )
 @opt.seed("Seed of the random weights.")
-@click.option(
+@opt.real(
     "--atol",
-    type=click.FloatRange(min=0),
-    default=1e-4,
-    show_default=True,
+    default=0.0001,
     help="onnx: the largest absolute difference from PyTorch allowed on a random input.",
 )
 @opt.force("Overwrite OUTPUT if it exists.")
@@ -125,20 +123,17 @@ def emit_cmd(
     default=30,
     help="Timed runs at least; latency is their median, timed until it is stable.",
 )
-@click.option(
+@opt.real(
     "--ci",
-    type=click.FloatRange(min=0),
     default=0.02,
-    show_default=True,
     help="Stop timing a network when its median's 95% confidence interval is within this "
     "fraction of the median (each side).",
 )
-@click.option(
+@opt.real(
     "--time-cap",
-    type=click.FloatRange(min=0, min_open=True),
     default=3.0,
-    show_default=True,
     help="Seconds of timed runs per network at most, stable or not.",
+    above=True,
 )
 @opt.count(
     "--interleave",
@@ -149,7 +144,8 @@ def emit_cmd(
     "--clock",
     choices=["auto", "wall", "cpu"],
     default="auto",
-    help="cpu: the timing thread's CPU time (one thread; steady on a busy machine); wall: elapsed time; auto: cpu with --threads 1, else wall.",
+    help="cpu: the timing thread's CPU time (one thread; steady on a busy machine); wall: "
+    "elapsed time; auto: cpu with --threads 1, else wall.",
 )
 @click.option(
     "--retest",
@@ -161,7 +157,8 @@ def emit_cmd(
     "--device",
     choices=["auto", "cpu", "meta"],
     default="auto",
-    help="Where params and MACs are counted; meta allocates nothing (any model size) but cannot time latency; auto: cpu with latency, else meta.",
+    help="Where params and MACs are counted; meta allocates nothing (any model size) but "
+    "cannot time latency; auto: cpu with latency, else meta.",
 )
 @opt.seed("Random weights and input.")
 @opt.resume("Continue OUTPUT: skip what it holds, append.")

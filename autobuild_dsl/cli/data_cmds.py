@@ -246,11 +246,9 @@ def describe_cmd(
 @opt.space_file()
 @click.option("--space-name", help="Which space of the file.")
 @opt.path("-o", "--output", help="OUT.jsonl", required=True)
-@click.option(
+@opt.real(
     "--tolerance",
-    type=click.FloatRange(min=0),
-    default=1e-6,
-    show_default=True,
+    default=1e-06,
     help="Relative difference above which two values of one metric disagree.",
 )
 @click.option(

@@ -106,3 +106,9 @@ def path(*decls: str, help: str, folder: bool = False, **extra: Any) -> Decorato
     """A file option (a folder with `folder=True`); `extra`: required, multiple, ..."""
     kind = click.Path(file_okay=False) if folder else click.Path(dir_okay=False)
     return click.option(*decls, type=kind, help=help, **extra)
+
+
+def real(*decls: str, default: float, help: str | None = None, above: bool = False) -> Decorator:
+    """A number of at least 0 (above 0 with `above=True`) with a shown default."""
+    kind = click.FloatRange(min=0, min_open=True) if above else click.FloatRange(min=0)
+    return click.option(*decls, type=kind, default=default, show_default=True, help=help)

@@ -65,31 +65,24 @@ def train_config(options: dict[str, Any]) -> Any:
     "--loss",
     choices=["ranked", "mse"],
     default="ranked",
-    help="ranked: MSE + per-hop SRCC of embedding norms (AutoBuild); mse: MSE only (the Exhaustive-Search predictor).",
+    help="ranked: MSE + per-hop SRCC of embedding norms (AutoBuild); mse: MSE only (the "
+    "Exhaustive-Search predictor).",
 )
 @opt.count("--epochs", default=200)
 @opt.count("--batch-size", default=128, minimum=2)
-@click.option(
+@opt.real(
     "--lr",
-    type=click.FloatRange(min=0, min_open=True),
     default=1e-3,
-    show_default=True,
     help="AdamW learning rate (the authors' code: 1e-4, which underfits in 200 epochs).",
+    above=True,
 )
-@click.option("--weight-decay", type=click.FloatRange(min=0), default=1e-5, show_default=True)
-@click.option(
-    "--rank-lambda",
-    type=click.FloatRange(min=0),
-    default=1.0,
-    show_default=True,
-    help="Weight of the ranking term.",
-)
-@click.option(
+@opt.real("--weight-decay", default=1e-5)
+@opt.real("--rank-lambda", default=1.0, help="Weight of the ranking term.")
+@opt.real(
     "--softrank-strength",
-    type=click.FloatRange(min=0, min_open=True),
     default=1.0,
-    show_default=True,
     help="Soft-rank regularisation (smaller: closer to hard ranks).",
+    above=True,
 )
 @opt.choice(
     "--softrank",
@@ -136,7 +129,8 @@ def train_config(options: dict[str, Any]) -> Any:
 @opt.path(
     "--add-space",
     "extra_spaces",
-    help="ir: another space whose architectures DATA_FILE also holds (repeatable); each row names its space in arch.space.",
+    help="ir: another space whose architectures DATA_FILE also holds (repeatable); each "
+    "row names its space in arch.space.",
     multiple=True,
 )
 @cache_option

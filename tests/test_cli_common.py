@@ -74,3 +74,25 @@ def test_click_runner_sees_the_same_message():
     result = CliRunner().invoke(_group(error), ["go"])
     assert result.exit_code == 1
     assert "out.csv exists; pass --force to overwrite it" in result.output
+
+
+def test_the_progress_renderer_follows_library_events():
+    from autobuild_dsl.cli.progress import ProgressView, RankView, counting
+    from autobuild_dsl.design.rank import RankProgress
+
+    with counting("importing") as update:
+        update(3, 10)
+    with RankView() as view:
+        view(RankProgress("encode", 1, 2, "s1"))
+        view(RankProgress("encode", 2, 2, "s2"))
+        view(RankProgress("score", 1, 1, "m0"))
+        tasks = {t.description: t for t in view.bar.tasks}
+    assert tasks["packing modules"].completed == 2
+    assert tasks["scoring (members)"].total == 1
+    with ProgressView() as view:
+        step = view.phase("graphs")
+        assert not view.bar.tasks  # a step that never reports shows nothing
+        step(1, 4)
+        assert view.bar.tasks[0].completed == 1
+        step(4, 4)
+        assert not view.bar.tasks[0].visible

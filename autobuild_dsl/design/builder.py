@@ -87,6 +87,11 @@ class BuiltArchitecture(BaseModel):
     )
 
 
+def same_globals(a: dict[str, Value], b: dict[str, Value]) -> bool:
+    """The same global assignment (True is not 1: a flag and a number are different)."""
+    return a.keys() == b.keys() and all(type(a[k]) is type(b[k]) and a[k] == b[k] for k in a)
+
+
 def _even_quotas(sizes: list[int], k: int) -> dict[int, int]:
     """Spread k picks over module sizes as evenly as possible, extra picks to larger sizes."""
     base, extra = divmod(k, len(sizes))

@@ -31,6 +31,8 @@ NOT_USER_ERRORS = {
     "autobuild_dsl.compile.onnx_export.OnnxMismatchError",
     # The CLI's own usage errors (a flag combination): click renders them.
     "autobuild_dsl.cli.common.UserError",
+    # An AbcError as click shows it (message, flag hints, the kind's exit code).
+    "autobuild_dsl.cli.common.LibraryError",
 }
 # A CLI flag as a user types it: `--force`, `--top-k` (not `a--b` or an en dash).
 FLAG = re.compile(r"(?<![\w-])--[a-z]")

@@ -9,7 +9,7 @@ import random
 import pytest
 from unet_nets import tiny_unet
 
-from autobuild_dsl.compile.network import CompileError, build_module
+from autobuild_dsl.compile.network import NetworkBuildError, build_module
 from autobuild_dsl.graphs.encode import GraphEncoder
 from autobuild_dsl.lang import compile_text
 from autobuild_dsl.space.decisions import (
@@ -122,5 +122,5 @@ def test_a_skip_of_another_size_is_refused_where_it_is_wired() -> None:
         ResolveError, match="d3: the skip from e1 is 16x16 but the feature map is 4x4"
     ):
         flow_shapes(broken)
-    with pytest.raises(CompileError, match=r"in d3 layer 0\): the skip from e1 is 16x16"):
+    with pytest.raises(NetworkBuildError, match=r"in d3 layer 0\): the skip from e1 is 16x16"):
         build_module(broken, device="meta")

@@ -26,6 +26,8 @@ class FlowError(AbcError, ValueError):
     """The shapes do not flow at node `index` (a skip of another size, a vanishing map);
     the shape checks and the compiler each say it in their own terms."""
 
+    code = "shape-flow"
+
     def __init__(self, index: int, message: str) -> None:
         super().__init__(message)
         self.index = index

@@ -174,8 +174,7 @@ class _Stitch:
         return base + out if out >= 0 else inputs[-1 - out]
 
 
-@dataclass
-class FragmentStats:
+class FragmentStats(BaseModel):
     assembled: int = 0
     fragments: int = 0  # layer contexts exported
     cpu_seconds: float = 0.0  # exporting fragments and the check

@@ -101,7 +101,7 @@ def _arch_hash(arch: Architecture) -> str:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    abc_io.write_atomic(path, text)
+    abc_io.write_atomic(path, text, durable=False)  # a lost file is only exported again
 
 
 class _CacheEntry(BaseModel):

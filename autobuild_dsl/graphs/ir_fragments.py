@@ -72,7 +72,7 @@ class _Entry(BaseModel):
 class _Context:
     """One layer (or residual shortcut) as its fragment depends on it."""
 
-    key: str
+    key: tuple[Any, ...]  # hashable; as JSON it names the fragment on disk
     build: Callable[[], nn.Module]
     shapes: tuple[tuple[int, int], ...]  # (channels, size) of each input
 
@@ -100,11 +100,11 @@ class _Shortcut(nn.Module):
 
 
 def _node_context(index: int, op: str, shape: Any, attrs: dict[str, Any], dims: Any) -> _Context:
-    from autobuild_dsl.compile.registry import CondDims, get_factory
+    from autobuild_dsl.compile.registry import get_factory
 
-    if dims != CondDims():
+    if dims.temb is not None or dims.context is not None or dims.timestep:
         raise _Unsafe  # the layer reads side inputs
-    key = json.dumps(["node", op, shape.channels, shape.size, sorted(attrs.items())])
+    key = ("node", op, shape.channels, shape.size, tuple(sorted(attrs.items())))
     return _Context(
         key, lambda: get_factory(op)(shape, attrs, dims), ((shape.channels, shape.size),)
     )
@@ -113,9 +113,7 @@ def _node_context(index: int, op: str, shape: Any, attrs: dict[str, Any], dims: 
 def _shortcut_context(number: int, in_shape: Any, out: Any, kind: str, act: str) -> _Context:
     from autobuild_dsl.compile.torch_ops import Shortcut
 
-    key = json.dumps(
-        ["shortcut", [in_shape.channels, in_shape.size], [out.channels, out.size], kind, act]
-    )
+    key = ("shortcut", in_shape.channels, in_shape.size, out.channels, out.size, kind, act)
     shapes = ((in_shape.channels, in_shape.size), (out.channels, out.size))
     return _Context(key, lambda: Shortcut(in_shape, out, kind, act), shapes)
 
@@ -128,18 +126,18 @@ def export_fragment(context: _Context) -> Fragment:
     """Export one layer context alone and read its ops."""
     with torch.device("meta"):
         built = context.build()
-    module = empty_weights(_Node(built) if len(context.shapes) == 1 else _Shortcut(built))
-    gen = torch.Generator().manual_seed(0)
+        module = _Node(built) if len(context.shapes) == 1 else _Shortcut(built)
+    module = empty_weights(module)
     names = ["x"] if len(context.shapes) == 1 else ["skip", "y"]
+    # Zeros: only the graph matters (no op of the library branches on values).
     inputs = {
-        name: torch.randn(1, c, s, s, generator=gen)
-        for name, (c, s) in zip(names, context.shapes, strict=True)
+        name: torch.zeros(1, c, s, s) for name, (c, s) in zip(names, context.shapes, strict=True)
     }
-    with torch.no_grad():
-        passes_through = module(**inputs) is inputs[names[0]]
-    if passes_through:  # no op at all (an identity layer): the whole network has none either
-        return Fragment(**{k: [] for k in COLUMNS}, scoped=[], sources=[], output=-1)
     nodes = read_nodes(to_onnx(module, inputs), names)
+    if nodes.columns["ops"] == ["Identity"] and nodes.sources == [[-1]]:
+        # The layer returns its input (an identity layer): the exporter adds an Identity
+        # to name the output; in the whole network the next layer reads the input itself.
+        return Fragment(**{k: [] for k in COLUMNS}, scoped=[], sources=[], output=-1)
     if nodes.output is None:
         raise _Unsafe  # the output does not come from the inputs
     return Fragment(
@@ -166,10 +164,17 @@ class _Stitch:
         base = len(self.module)
         for name in COLUMNS:
             self.columns[name].extend(getattr(fragment, name))
-        for i, (scoped, sources) in enumerate(zip(fragment.scoped, fragment.sources, strict=True)):
-            self.module.append(layer if scoped else None)
+        self.module.extend([layer if scoped else None for scoped in fragment.scoped])
+        edges = self.edges
+        for node, sources in enumerate(fragment.sources, base):
+            if len(sources) == 1:  # most ops: the fast path
+                s = sources[0]
+                producer = base + s if s >= 0 else inputs[-1 - s]
+                if producer is not None:
+                    edges.append((producer, node))
+                continue
             producers = {base + s if s >= 0 else inputs[-1 - s] for s in sources}
-            self.edges.extend((s, base + i) for s in sorted(p for p in producers if p is not None))
+            edges.extend((p, node) for p in sorted(p for p in producers if p is not None))
         out = fragment.output
         return base + out if out >= 0 else inputs[-1 - out]
 
@@ -186,7 +191,9 @@ class FragmentAssembler:
 
     def __init__(self, folder: Callable[[Space], Path | None]) -> None:
         self._folder = folder
-        self._memory: dict[tuple[str, str], Fragment | None] = {}  # None: failed to export
+        self._memory: dict[
+            tuple[str, tuple[Any, ...]], Fragment | None
+        ] = {}  # None: failed to export
         self._checked: dict[str, bool] = {}
         self.stats = FragmentStats()
 
@@ -246,9 +253,10 @@ class FragmentAssembler:
                 raise _Unsafe
             return fragment
         folder = self._folder(space)
-        name = hashlib.sha256(context.key.encode("utf-8")).hexdigest()[:32]
+        text = json.dumps(context.key)
+        name = hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
         path = folder / f"{name}.json" if folder is not None else None
-        fragment = _read_entry(path, context.key)
+        fragment = _read_entry(path, text)
         if fragment is None:
             start = time.process_time()
             try:
@@ -260,8 +268,8 @@ class FragmentAssembler:
                 self.stats.cpu_seconds += time.process_time() - start
             self.stats.fragments += 1
             if path is not None:
-                entry = _Entry(key=context.key, fragment=fragment)
-                abc_io.write_atomic(path, entry.model_dump_json())
+                entry = _Entry(key=text, fragment=fragment)
+                abc_io.write_atomic(path, entry.model_dump_json(), durable=False)
         self._memory[memo] = fragment
         return fragment
 
@@ -287,7 +295,7 @@ class FragmentAssembler:
         folder = self._folder(space)
         if folder is not None:
             record = {"version": FRAGMENT_VERSION, "arch": arch.key(), "match": match}
-            abc_io.write_atomic(folder / "check.json", json.dumps(record))
+            abc_io.write_atomic(folder / "check.json", json.dumps(record), durable=False)
         return whole
 
 

@@ -74,8 +74,9 @@ def fit_ir_encoder(
     stats = encoder.stats
     cached = stats.disk + stats.memory
     err_console.print(
-        f"IR graphs: {stats.total:,} ({cached:,} from the cache, {stats.exported:,} exported) "
-        f"in {stats.seconds:.1f} s · cache {encoder.cache_dir}"
+        f"IR graphs: {stats.total:,} ({cached:,} from the cache, {stats.assembled:,} from layer "
+        f"fragments, {stats.exported:,} exported whole) in {stats.seconds:.1f} s · cache "
+        f"{encoder.cache_dir}"
     )
     return encoder
 

@@ -26,37 +26,32 @@ SPACES = ROOT / "spaces"
 # h-swish stem and squeeze-excite: every way a fragment is wired in.
 RESIDUAL = """space res_frag {
   input(channels = 3, size = 16)
-  stem {
-    conv(out = 8, kernel = 3, stride = 2, act = hswish)
-  }
+  stem { conv(out = 8, kernel = 3, stride = 2, act = hswish) }
   stage s1 {
     depth 1..2
-    choice w = {8, 16}
-    layer {
-      conv(out = w, kernel = 3, stride = 2)
-      conv(out = w, kernel = 3, act = none)
-    } residual(act = relu) as pair
-    | {
-      conv(out = in_channels * 2, kernel = 1)
-      conv(out = in_channels, kernel = 3, act = none)
-    } residual(shortcut = conv) as wide
+    choice c = {8, 16}
+    layer { conv(out = c, kernel = 3, stride = 2) conv(out = c, kernel = 3, act = none) }
+      residual(act = relu) as two
+    | { conv(out = in_channels * 2, kernel = 1) conv(out = in_channels, act = none) }
+      residual(shortcut = conv) as proj
     | mbconv(out = 16, kernel = 3, expand = 3, act = hswish, se = true) as mb
   }
-  head {
-    pool()
-    linear(out = 4)
-  }
+  head { pool() linear(out = 4) }
 }
 """
 
-# s1.0 is a 1x1 conv (identity with a shape change); s3.1 is an identity with no op at all.
-MACRO_ARCH = {
-    "stages": {
-        "s1": {"depth": 2, "layers": [{"op": "identity"}, {"op": "mb_e3k3"}]},
-        "s2": {"depth": 3, "layers": [{"op": "mb_e6k5"}, {"op": "mb_e3k3"}, {"op": "mb_e6k5"}]},
-        "s3": {"depth": 3, "layers": [{"op": "mb_e6k5"}, {"op": "identity"}, {"op": "mb_e6k5"}]},
-    }
-}
+
+def _macro(macro, *stages: tuple[str, ...]):
+    """A NAS-Bench-Macro architecture from its layer ops, stage by stage."""
+    return canonicalize(
+        macro,
+        {
+            "stages": {
+                f"s{i}": {"depth": len(ops), "layers": [{"op": op} for op in ops]}
+                for i, ops in enumerate(stages, 1)
+            }
+        },
+    )
 
 
 def _memory_only() -> FragmentAssembler:
@@ -82,13 +77,15 @@ def macro():
 def test_residual_spans_and_se_layers_match_the_whole_export() -> None:
     space = compile_text(RESIDUAL)
     archs = sample(space, 5, seed=3)
-    assert {layer.get("op") for a in archs for layer in a.stages["s1"].layers} >= {"wide"}
+    assert {layer.get("op") for a in archs for layer in a.stages["s1"].layers} >= {"proj"}
     assembler = _assert_same_as_whole(space, archs)
     assert assembler.stats.fragments <= 4 * len(archs)  # shared contexts exported once
 
 
 def test_identity_layers_match_the_whole_export(macro) -> None:
-    archs = [canonicalize(macro, MACRO_ARCH)]
+    # s1.0: a 1x1 conv (identity with a shape change); s1.1, s2.1, s3.2: no op at all.
+    layers = (("identity", "identity"), ("mb_e3k3", "identity", "mb_e6k5"))
+    archs = [_macro(macro, *layers, ("mb_e6k5", "mb_e3k3", "identity"))]
     archs += [a for i, a in enumerate(iter_architectures(macro)) if i % 2187 == 5]
     _assert_same_as_whole(macro, archs)
 
@@ -160,7 +157,7 @@ def test_a_layer_that_fails_to_export_falls_back_to_the_whole_network(
         raise RuntimeError("exporter failure")
 
     monkeypatch.setattr(ir_fragments, "export_fragment", broken)
-    arch = canonicalize(macro, MACRO_ARCH)
+    arch = _macro(macro, ("mb_e3k3", "identity"), ("mb_e6k5",) * 3, ("mb_e6k5",) * 3)
     encoder = IrEncoder(macro, cache_dir=tmp_path)
     graph = encoder.graph(arch)
     assert encoder.stats.exported == 1 and encoder.stats.assembled == 0

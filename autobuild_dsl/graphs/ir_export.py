@@ -30,16 +30,10 @@ class IrError(EncodeError):
     """An architecture cannot be turned into an IR graph (or encoded with these vocabularies)."""
 
 
-class IrGraph(BaseModel):
-    """One exported network: per node its op, output shape and attributes; edges; places.
+class OpColumns(BaseModel):
+    """Per op (parallel lists, in the ONNX graph's topological order): its type, output
+    shape (channels, height, width) and attributes (kernel, stride, groups)."""
 
-    Lists are parallel (one entry per node, in the ONNX graph's topological order). `module`
-    is the index of the compiled network node (layer) an op belongs to, and `places[m]`
-    names that layer (`stem`, `s3.1` = stage s3 layer 1, `head`)."""
-
-    model_config = ConfigDict(frozen=True)
-
-    space: str
     ops: list[str]
     channels: list[int | None]
     height: list[int | None]
@@ -47,6 +41,17 @@ class IrGraph(BaseModel):
     kernel: list[int | None]
     stride: list[int | None]
     groups: list[str | None]
+
+
+class IrGraph(OpColumns):
+    """One exported network: per node its op, output shape and attributes; edges; places.
+
+    `module` is the index of the compiled network node (layer) an op belongs to, and
+    `places[m]` names that layer (`stem`, `s3.1` = stage s3 layer 1, `head`)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    space: str
     module: list[int | None]
     places: list[str]
     edges: list[tuple[int, int]]

@@ -33,6 +33,7 @@ from autobuild_dsl import io as abc_io
 from autobuild_dsl.graphs.ir_export import (
     COLUMNS,
     IrGraph,
+    OpColumns,
     empty_weights,
     export_ir,
     place_label,
@@ -46,18 +47,11 @@ from autobuild_dsl.space.model import Space
 FRAGMENT_VERSION = 1
 
 
-class Fragment(BaseModel):
+class Fragment(OpColumns):
     """The ops of one layer context. `sources[i]`: producers of op i (-1-k = the layer's
     input k); `output`: the op producing the layer's output (-1-k: it is input k itself);
     `scoped[i]`: op i is named inside the layer (its IR node gets the layer's index)."""
 
-    ops: list[str]
-    channels: list[int | None]
-    height: list[int | None]
-    width: list[int | None]
-    kernel: list[int | None]
-    stride: list[int | None]
-    groups: list[str | None]
     scoped: list[bool]
     sources: list[list[int]]
     output: int

@@ -543,9 +543,13 @@ def render_build(results: dict[str, Any]) -> list[str]:
         "a load above the CPU count, wall time includes waiting for a CPU.",
     ]
     if verify:
+        whole_cpu = verify["whole_cpu_per"] * first["total"]
         lines.append(
             f"Assembled graphs equal to their whole-network export: {verify['equal']} of "
-            f"{verify['checked']} sampled."
+            f"{verify['checked']} sampled. Exporting all {first['total']} whole would take "
+            f"about {whole_cpu:.0f} s of CPU ({verify['whole_cpu_per']:.3f} s each, as "
+            f"sampled): {whole_cpu / max(build['first_cpu'], 1e-9):.0f}x the cold pass's "
+            f"{build['first_cpu']:.1f} s."
         )
     lines += [
         "",

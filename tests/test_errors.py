@@ -31,6 +31,9 @@ NOT_USER_ERRORS = {
     "autobuild_dsl.compile.onnx_export.OnnxMismatchError",
     # The CLI's own usage errors (a flag combination): click renders them.
     "autobuild_dsl.cli.common.UserError",
+    # Control flow inside IR fragment assembly: caught there, the network is then exported
+    # whole; it never leaves graphs.ir_fragments.
+    "autobuild_dsl.graphs.ir_fragments._Unsafe",
     # An AbcError as click shows it (message, flag hints, the kind's exit code).
     "autobuild_dsl.cli.common.LibraryError",
 }

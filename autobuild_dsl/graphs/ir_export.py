@@ -201,14 +201,14 @@ def empty_weights(module: torch.nn.Module) -> torch.nn.Module:
 
 def export_ir(space: Space, arch: Architecture) -> IrGraph:
     """Compile `arch`, export the whole network to ONNX in memory and read its IR graph."""
-    from autobuild_dsl.compile.network import CompileError, build_module, example_inputs
+    from autobuild_dsl.compile.network import NetworkBuildError, build_module, example_inputs
     from autobuild_dsl.space.resolve import ResolveError, resolve
 
     try:
         net = resolve(space, arch)
         # Built on meta: no weight initialisation (the values do not matter, only the graph).
         module = empty_weights(build_module(net, device="meta"))
-    except (ResolveError, CompileError, ValueError) as error:
+    except (ResolveError, NetworkBuildError, ValueError) as error:
         raise IrError(f"{space.name}: cannot compile the architecture: {error}") from None
     inputs = example_inputs(net, batch=1, device="cpu", seed=0)
     try:

@@ -207,7 +207,7 @@ class FragmentAssembler:
         return graph
 
     def _assemble(self, space: Space, arch: Architecture) -> IrGraph | None:
-        from autobuild_dsl.compile.network import CompileError, _plan
+        from autobuild_dsl.compile.network import NetworkBuildError, _plan
         from autobuild_dsl.space.resolve import ResolveError, resolve
 
         try:
@@ -215,7 +215,7 @@ class FragmentAssembler:
             if net.skips or net.input.timestep or net.input.context_dim is not None:
                 return None
             plan = _plan(net, _node_context, _shortcut_context)
-        except (ResolveError, CompileError, ValueError):
+        except (ResolveError, NetworkBuildError, ValueError):
             return None  # the whole export reports it
         shortcuts = dict(zip(_ending_spans(plan.steps), plan.shortcuts, strict=True))
         stitch = _Stitch()

@@ -10,6 +10,7 @@ computes, with the same parameter names; a test checks the two agree.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
+
+from autobuild_dsl.scorer.fastlayer import GATv2Stack, Mode, TwoSlotGATv2, layer_params
 
 # Spread of the FE-MLP's initial value embeddings (see FeatureEmbedding).
 FE_INIT_STD = 0.01
@@ -54,10 +57,16 @@ class GraphBatch:
     nbr_mask: torch.Tensor  # [slots, nodes] bool, False = padding
     batch: torch.Tensor  # [nodes] long, graph of each node
     counts: torch.Tensor  # [graphs] long, nodes per graph
+    chain: bool = False  # every in-edge comes from the row just before (see fastlayer)
 
     @property
     def num_graphs(self) -> int:
         return int(self.counts.shape[0])
+
+    @functools.cached_property
+    def has_other(self) -> torch.Tensor:
+        """[nodes] float: 1 where slot 1 holds a real in-neighbour."""
+        return self.nbr_mask[1].to(torch.float32)
 
 
 @dataclass(frozen=True)
@@ -85,6 +94,14 @@ class PackedGraphs:
     def counts(self) -> torch.Tensor:
         return self.node_ptr[1:] - self.node_ptr[:-1]
 
+    @functools.cached_property
+    def is_chain(self) -> bool:
+        """Every node has at most one in-edge, from the node packed just before it: a
+        batch of such graphs needs no neighbour gather (see fastlayer)."""
+        if self.rel_nbr.shape[0] != 2:
+            return False
+        return bool((self.rel_nbr[1][self.nbr_mask[1]] == -1).all())
+
     def select(self, idx: torch.Tensor | Sequence[int] | None = None) -> GraphBatch:
         """The graphs `idx` (all, in order, when None) as one batch."""
         counts_all = self.counts
@@ -99,6 +116,7 @@ class PackedGraphs:
                 nbr_mask=self.nbr_mask,
                 batch=batch,
                 counts=counts,
+                chain=self.is_chain,
             )
         idx = torch.as_tensor(idx, dtype=torch.long)
         if idx.numel() and _is_range(idx):
@@ -116,6 +134,7 @@ class PackedGraphs:
             nbr_mask=self.nbr_mask[:, nodes],
             batch=batch,
             counts=counts,
+            chain=self.is_chain,
         )
 
     def slice(self, start: int, stop: int) -> GraphBatch:
@@ -129,6 +148,7 @@ class PackedGraphs:
             nbr_mask=self.nbr_mask[:, first:end],
             batch=torch.repeat_interleave(torch.arange(stop - start), counts),
             counts=counts,
+            chain=self.is_chain,
         )
 
 
@@ -323,6 +343,14 @@ class GATv2Layer(nn.Module):
         )
         return numerator / denominator.unsqueeze(-1) + self.bias
 
+    def two_slot(self, h: torch.Tensor, batch: GraphBatch, mode: Mode = "plain") -> torch.Tensor:
+        """The layer (then ReLU, then + h, per `mode`) on a batch whose nodes have at most
+        one in-edge: the fused path of fastlayer.py, same numbers as `forward`."""
+        other = None if batch.chain else batch.nbr[1]
+        return TwoSlotGATv2.apply(
+            h, other, batch.has_other, mode, self.negative_slope, *layer_params(self)
+        )
+
 
 @dataclass
 class ScorerOutput:
@@ -383,30 +411,60 @@ class ScorerModel(nn.Module):
         """Hop levels with an embedding: 0..num_layers."""
         return self.config.num_layers + 1
 
-    def node_embeddings(self, batch: GraphBatch) -> list[torch.Tensor]:
-        h = self.features(batch.x)
-        hops = [h]
-        for layer, (conv, norm) in enumerate(zip(self.convs, self.norms, strict=True)):
+    def hop(self, layer: int, h: torch.Tensor, batch: GraphBatch) -> torch.Tensor:
+        """Hop `layer + 1`'s node embeddings from hop `layer`'s."""
+        conv, norm = self.convs[layer], self.norms[layer]
+        # Hop 0 has another width (one scalar per category): no skip into hop 1.
+        skip = self.config.residual and layer > 0
+        if batch.nbr.shape[0] == 2:  # at most one in-edge per node: the fused layer
+            if isinstance(norm, nn.Identity):
+                return conv.two_slot(h, batch, "relu_residual" if skip else "relu")
+            out = torch.relu(norm(conv.two_slot(h, batch)))
+        else:
             out = torch.relu(norm(conv(h, batch.nbr, batch.nbr_mask)))
-            # Hop 0 has another width (one scalar per category): no skip into hop 1.
-            if self.config.residual and layer > 0:
-                out = out + h
-            h = out
-            hops.append(h)
+        return out + h if skip else out
+
+    def node_embeddings(self, batch: GraphBatch) -> list[torch.Tensor]:
+        hops = [self.features(batch.x)]
+        for layer in range(self.config.num_layers):
+            hops.append(self.hop(layer, hops[-1], batch))
         return hops
 
     def predict(self, batch: GraphBatch) -> torch.Tensor:
         """[graphs]: the head's (standardised) prediction only. Pools the last hop alone,
         and keeps no per-hop embeddings: what exhaustive search and `predict` need."""
         h = self.features(batch.x)
-        for layer, (conv, norm) in enumerate(zip(self.convs, self.norms, strict=True)):
-            out = torch.relu(norm(conv(h, batch.nbr, batch.nbr_mask)))
-            h = out + h if self.config.residual and layer > 0 else out
+        for layer in range(self.config.num_layers):
+            h = self.hop(layer, h, batch)
         sums = torch.zeros(batch.num_graphs, h.shape[1], dtype=h.dtype).index_add_(
             0, batch.batch, h
         )
         pooled = sums / batch.counts.to(h.dtype).clamp(min=1)[:, None]
         return self.head(pooled).squeeze(-1)
+
+    def fusable(self, batch: GraphBatch) -> bool:
+        """Whether `training_forward` can run all layers as one fused node."""
+        return batch.nbr.shape[0] == 2 and not self.config.batch_norm
+
+    def training_forward(self, batch: GraphBatch) -> ScorerOutput:
+        """What training needs (prediction and pooled hops; no per-node embeddings), with
+        every GATv2 layer and the pooling as one autograd node when `fusable`."""
+        if not self.fusable(batch):
+            return self(batch)
+        params = [p for conv in self.convs for p in layer_params(conv)]
+        h0 = self.features(batch.x)
+        pooled = GATv2Stack.apply(
+            h0,
+            None if batch.chain else batch.nbr[1],
+            batch.has_other,
+            batch.batch,
+            1.0 / batch.counts.to(h0.dtype).clamp(min=1),
+            self.config.residual,
+            self.convs[0].negative_slope,
+            *params,
+        )
+        prediction = self.head(pooled[:, -self.config.hidden :]).squeeze(-1)
+        return ScorerOutput(prediction, [], pooled, self.hop_of_column)
 
     def forward(self, batch: GraphBatch) -> ScorerOutput:
         hops = self.node_embeddings(batch)

@@ -351,7 +351,7 @@ def train_member(
             total, batches = 0.0, 0
             srcc_sum, srcc_count = 0.0, 0
             for batch_idx in _batches(perm, config.batch_size):
-                out = model(packed.select(batch_idx))
+                out = model.training_forward(packed.select(batch_idx))
                 loss = scorer_loss(
                     out,
                     y_std[batch_idx],

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch_geometric.data import Data
 
 from autobuild_dsl.scorer import GATv2Layer, ModelConfig, ScorerModel, pack_graphs
+from autobuild_dsl.scorer.loss import scorer_loss
 from autobuild_dsl.scorer.model import GraphBatch, ScorerOutput
+from autobuild_dsl.scorer.train import unit_ranks
 
 
 def graphs_of(kind: str, count: int, seed: int) -> list[Data]:
@@ -113,3 +116,28 @@ def test_float32_fused_path_is_within_float_tolerance() -> None:
         strict=True,
     ):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_select_many_cuts_the_same_batches_as_select() -> None:
+    packed = pack_graphs(graphs_of("tree", 20, seed=4))
+    chunks = [torch.tensor([3, 1, 19]), torch.tensor([0]), torch.tensor([7, 8, 9, 2])]
+    for got, chunk in zip(packed.select_many(chunks), chunks, strict=True):
+        expected = packed.select(chunk)
+        for name in ("x", "nbr", "nbr_mask", "batch", "counts"):
+            assert torch.equal(getattr(got, name), getattr(expected, name)), name
+        assert got.chain == expected.chain
+
+
+def test_loss_with_precomputed_unit_ranks_equals_the_plain_loss() -> None:
+    batch = pack_graphs(graphs_of("chain", 40, seed=6)).select(None)
+    torch.manual_seed(3)
+    model = ScorerModel(ModelConfig(vocab_sizes=[3, 4, 6]))
+    target = torch.randn(batch.num_graphs).round()  # rounded: ties in the ranks
+    plain = scorer_loss(model(batch), target, backend="torch")
+    fast = scorer_loss(
+        model(batch), target, backend="torch", target_unit=unit_ranks(target.double().numpy())
+    )
+    torch.testing.assert_close(fast.total, plain.total)
+    assert fast.hop_srcc == pytest.approx(plain.hop_srcc, abs=1e-6)
+    tied = unit_ranks(np.ones(5))
+    assert torch.equal(tied, torch.zeros(5, dtype=torch.float64))

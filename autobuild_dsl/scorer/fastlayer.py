@@ -28,7 +28,7 @@ _threshold_backward = torch.ops.aten.threshold_backward
 _leaky_relu = torch.nn.functional.leaky_relu
 
 # Parameters of one layer, in this order: lin_l.weight, lin_l.bias, lin_r.weight,
-# lin_r.bias, att (flat), bias.
+# lin_r.bias, att (any shape: flattened inside), bias.
 PARAMS_PER_LAYER = 6
 
 
@@ -38,7 +38,8 @@ class _Saved:
 
     h: torch.Tensor
     weight: torch.Tensor  # [2 out, in]: lin_l's rows, then lin_r's
-    att: torch.Tensor
+    att: torch.Tensor  # flat
+    att_shape: torch.Size
     diff: torch.Tensor  # predecessor's message - own message
     w: torch.Tensor  # attention weight of the predecessor (0 where there is none)
     act_self: torch.Tensor
@@ -73,8 +74,9 @@ def layer_forward(
     mode: Mode,
     slope: float,
 ) -> tuple[torch.Tensor, _Saved]:
-    weight_l, bias_l, weight_r, bias_r, att, bias = params
+    weight_l, bias_l, weight_r, bias_r, att_param, bias = params
     dim = bias.shape[0]
+    att = att_param.reshape(-1)
     weight = torch.cat([weight_l, weight_r])
     both = torch.addmm(torch.cat([bias_l, bias_r]), h, weight.t())
     source, target = both[:, :dim], both[:, dim:]
@@ -89,7 +91,9 @@ def layer_forward(
         out = relu = torch.relu(out)
         if mode == "relu_residual":
             out = relu + h
-    saved = _Saved(h, weight, att, diff, w, act_self, act_other, act_diff, relu, mode)
+    saved = _Saved(
+        h, weight, att, att_param.shape, diff, w, act_self, act_other, act_diff, relu, mode
+    )
     return out, saved
 
 
@@ -129,7 +133,7 @@ def layer_backward(
         grad_bias_both[:dim],
         grad_weight[dim:],
         grad_bias_both[dim:],
-        grad_att,
+        grad_att.reshape(s.att_shape),
         grad_bias,
     ]
     return grad_h, params
@@ -215,6 +219,6 @@ def layer_params(conv: torch.nn.Module) -> list[torch.Tensor]:
         conv.lin_l.bias,  # type: ignore[union-attr]
         conv.lin_r.weight,  # type: ignore[union-attr]
         conv.lin_r.bias,  # type: ignore[union-attr]
-        conv.att.reshape(-1),  # type: ignore[union-attr]
+        conv.att,  # type: ignore[union-attr]
         conv.bias,  # type: ignore[union-attr]
     ]

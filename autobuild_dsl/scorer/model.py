@@ -137,6 +137,29 @@ class PackedGraphs:
             chain=self.is_chain,
         )
 
+    def select_many(self, chunks: Sequence[torch.Tensor]) -> list[GraphBatch]:
+        """One batch per chunk of graph indices, cut from ONE gather (an epoch's batches
+        at once: per batch only a few slices are left)."""
+        whole = self.select(torch.cat(list(chunks)))
+        sizes = [int(c.shape[0]) for c in chunks]
+        nodes = [int(n) for n in torch.stack([c.sum() for c in whole.counts.split(sizes)])]
+        batches: list[GraphBatch] = []
+        graph = node = 0
+        for size, count in zip(sizes, nodes, strict=True):
+            cut = slice(node, node + count)
+            batches.append(
+                GraphBatch(
+                    x=whole.x[cut],
+                    nbr=whole.nbr[:, cut] - node,
+                    nbr_mask=whole.nbr_mask[:, cut],
+                    batch=whole.batch[cut] - graph,
+                    counts=whole.counts[graph : graph + size],
+                    chain=whole.chain,
+                )
+            )
+            graph, node = graph + size, node + count
+        return batches
+
     def slice(self, start: int, stop: int) -> GraphBatch:
         """Graphs start..stop-1 as one batch: views of the packed tensors, no gather."""
         first, end = int(self.node_ptr[start]), int(self.node_ptr[stop])
@@ -273,7 +296,8 @@ class FeatureEmbedding(nn.Module):
 
     def table(self) -> torch.Tensor:
         """Raw scalar (before abs) of every value of every category: [categories, slots]."""
-        return torch.einsum("cvd,cd->cv", self.embed, self.weight) + self.bias[:, None]
+        # One batched matmul with the bias folded in: [c, v, d] @ [c, d, 1] + [c, 1, 1].
+        return torch.baddbmm(self.bias[:, None, None], self.embed, self.weight[:, :, None])[..., 0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = self.table().reshape(-1)

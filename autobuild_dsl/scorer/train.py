@@ -180,6 +180,15 @@ def average_ranks(values: np.ndarray) -> np.ndarray:
     return ranks
 
 
+def unit_ranks(values: np.ndarray) -> torch.Tensor:
+    """Average ranks of `values`, centred and scaled to unit norm (zeros when all tie): the
+    fixed side of a batch's soft Spearman correlation."""
+    ranks = average_ranks(values)
+    ranks -= ranks.mean()
+    norm = float(np.sqrt(ranks @ ranks))
+    return torch.from_numpy(ranks / norm if norm > 0 else ranks)
+
+
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
     """Spearman's rank correlation (NaN when either side is constant or holds NaN)."""
     a = np.asarray(a, dtype=np.float64)
@@ -350,8 +359,9 @@ def train_member(
             perm = train_tensor[torch.randperm(len(train_idx), generator=order_gen)]
             total, batches = 0.0, 0
             srcc_sum, srcc_count = 0.0, 0
-            for batch_idx in _batches(perm, config.batch_size):
-                out = model.training_forward(packed.select(batch_idx))
+            chunks = _batches(perm, config.batch_size)
+            for batch_idx, batch in zip(chunks, packed.select_many(chunks), strict=True):
+                out = model.training_forward(batch)
                 loss = scorer_loss(
                     out,
                     y_std[batch_idx],
@@ -360,6 +370,7 @@ def train_member(
                     regularization_strength=config.regularization_strength,
                     norm_ord=config.norm_ord,
                     backend=backend,
+                    target_unit=unit_ranks(y[batch_idx.numpy()]),
                 )
                 optimizer.zero_grad(set_to_none=True)
                 loss.total.backward()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -10,7 +12,7 @@ from torch_geometric.data import Data
 from autobuild_dsl.scorer import GATv2Layer, ModelConfig, ScorerModel, pack_graphs
 from autobuild_dsl.scorer.loss import scorer_loss
 from autobuild_dsl.scorer.model import GraphBatch, ScorerOutput
-from autobuild_dsl.scorer.train import unit_ranks
+from autobuild_dsl.scorer.train import flatten_parameters, unflatten_parameters, unit_ranks
 
 
 def graphs_of(kind: str, count: int, seed: int) -> list[Data]:
@@ -141,3 +143,29 @@ def test_loss_with_precomputed_unit_ranks_equals_the_plain_loss() -> None:
     assert fast.hop_srcc == pytest.approx(plain.hop_srcc, abs=1e-6)
     tied = unit_ranks(np.ones(5))
     assert torch.equal(tied, torch.zeros(5, dtype=torch.float64))
+
+
+def test_flat_parameters_step_exactly_like_separate_ones() -> None:
+    batch = pack_graphs(graphs_of("chain", 24, seed=8)).select(None)
+    torch.manual_seed(4)
+    flat_model = ScorerModel(ModelConfig(vocab_sizes=[3, 4, 6]))
+    plain_model = copy.deepcopy(flat_model)
+    flat = flatten_parameters(flat_model)
+    optimizers = [
+        torch.optim.AdamW([flat], lr=1e-2, fused=True),
+        torch.optim.AdamW(plain_model.parameters(), lr=1e-2, fused=True),
+    ]
+    target = torch.randn(batch.num_graphs)
+    for _ in range(3):
+        flat.grad.zero_()  # type: ignore[union-attr]
+        optimizers[1].zero_grad()
+        for model, optimizer in zip((flat_model, plain_model), optimizers, strict=True):
+            scorer_loss(model.training_forward(batch), target, backend="torch").total.backward()
+            optimizer.step()
+    grad_storage = flat.grad.untyped_storage().data_ptr()  # type: ignore[union-attr]
+    for p in flat_model.parameters():  # gradients were accumulated in place, as views
+        assert p.grad is not None and p.grad.untyped_storage().data_ptr() == grad_storage
+    unflatten_parameters(flat_model)
+    for a, b in zip(flat_model.parameters(), plain_model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+        assert a.untyped_storage().data_ptr() != flat.untyped_storage().data_ptr()

@@ -139,77 +139,79 @@ def layer_backward(
     return grad_h, params
 
 
+@dataclass(frozen=True)
+class Neighbours:
+    """Who each node attends to besides itself (no gradient flows into these)."""
+
+    other: torch.Tensor | None  # [nodes] predecessor's row; None: the row just before
+    has_other: torch.Tensor  # [nodes] float, 0 where a node has no in-edge
+    slope: float  # leaky ReLU negative slope of the attention
+
+
 class TwoSlotGATv2(torch.autograd.Function):
     """One layer (heads=1, self loops) over self + at most one predecessor, with the ReLU
     and the residual skip that follow it fused in (`mode`)."""
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any,
-        h: torch.Tensor,
-        other: torch.Tensor | None,
-        has_other: torch.Tensor,
-        mode: Mode,
-        slope: float,
-        *params: torch.Tensor,
+        ctx: Any, h: torch.Tensor, nbrs: Neighbours, mode: Mode, *params: torch.Tensor
     ) -> torch.Tensor:
-        out, ctx.saved = layer_forward(h, params, other, has_other, mode, slope)
-        ctx.other, ctx.slope = other, slope
+        out, ctx.saved = layer_forward(h, params, nbrs.other, nbrs.has_other, mode, nbrs.slope)
+        ctx.nbrs = nbrs
         return out
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
-        grad_h, grads = layer_backward(ctx.saved, grad, ctx.other, ctx.slope)
+        grad_h, grads = layer_backward(ctx.saved, grad, ctx.nbrs.other, ctx.nbrs.slope)
         del ctx.saved
-        return (grad_h, None, None, None, None, *grads)
+        return (grad_h, None, None, *grads)
 
 
 class GATv2Stack(torch.autograd.Function):
     """Every layer (ReLU after each, residual skips from hop 2 on) and the mean pooling of
-    every hop, as one autograd node: returns [graphs, sum of hop widths]."""
+    every hop, as one autograd node: returns [graphs, sum of hop widths]. `pool` is
+    (graph of each node, 1 / nodes per graph)."""
 
     @staticmethod
     def forward(  # type: ignore[override]
         ctx: Any,
         h0: torch.Tensor,
-        other: torch.Tensor | None,
-        has_other: torch.Tensor,
-        batch: torch.Tensor,
-        inv_counts: torch.Tensor,
+        nbrs: Neighbours,
+        pool: tuple[torch.Tensor, torch.Tensor],
         residual: bool,
-        slope: float,
         *params: torch.Tensor,
     ) -> torch.Tensor:
         hops, saved = [h0], []
         for first in range(0, len(params), PARAMS_PER_LAYER):
             mode: Mode = "relu_residual" if residual and first else "relu"
-            out, s = layer_forward(
-                hops[-1], params[first : first + PARAMS_PER_LAYER], other, has_other, mode, slope
-            )
+            layer = params[first : first + PARAMS_PER_LAYER]
+            out, s = layer_forward(hops[-1], layer, nbrs.other, nbrs.has_other, mode, nbrs.slope)
             hops.append(out)
             saved.append(s)
+        batch, inv_counts = pool
         stacked = torch.cat(hops, dim=1)
         pooled = torch.zeros(inv_counts.shape[0], stacked.shape[1], dtype=stacked.dtype)
         pooled.index_add_(0, batch, stacked).mul_(inv_counts[:, None])
-        ctx.saved, ctx.other, ctx.slope = saved, other, slope
-        ctx.save_for_backward(batch, inv_counts)
+        ctx.saved, ctx.nbrs, ctx.pool = saved, nbrs, pool
         ctx.widths = [int(h.shape[1]) for h in hops]
         return pooled
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
-        batch, inv_counts = ctx.saved_tensors
+        batch, inv_counts = ctx.pool
         # Each node gets its graph's pooled gradient / node count, at every hop.
         per_node = (grad * inv_counts[:, None]).index_select(0, batch)
         node_grads = per_node.split(ctx.widths, dim=1)
         grads: list[torch.Tensor] = []
         flowing = node_grads[-1]
         for layer in range(len(ctx.saved) - 1, -1, -1):
-            flowing, layer_grads = layer_backward(ctx.saved[layer], flowing, ctx.other, ctx.slope)
+            flowing, layer_grads = layer_backward(
+                ctx.saved[layer], flowing, ctx.nbrs.other, ctx.nbrs.slope
+            )
             flowing = flowing + node_grads[layer]
             grads[:0] = layer_grads
         del ctx.saved
-        return (flowing, None, None, None, None, None, None, *grads)
+        return (flowing, None, None, None, *grads)
 
 
 def layer_params(conv: torch.nn.Module) -> list[torch.Tensor]:

@@ -20,7 +20,13 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from autobuild_dsl.scorer.fastlayer import GATv2Stack, Mode, TwoSlotGATv2, layer_params
+from autobuild_dsl.scorer.fastlayer import (
+    GATv2Stack,
+    Mode,
+    Neighbours,
+    TwoSlotGATv2,
+    layer_params,
+)
 
 # Spread of the FE-MLP's initial value embeddings (see FeatureEmbedding).
 FE_INIT_STD = 0.01
@@ -67,6 +73,10 @@ class GraphBatch:
     def has_other(self) -> torch.Tensor:
         """[nodes] float: 1 where slot 1 holds a real in-neighbour."""
         return self.nbr_mask[1].to(torch.float32)
+
+    def neighbours(self, slope: float) -> Neighbours:
+        """Slot 1 for the fused two-slot layer (a batch with at most one in-edge a node)."""
+        return Neighbours(None if self.chain else self.nbr[1], self.has_other, slope)
 
 
 @dataclass(frozen=True)
@@ -370,9 +380,8 @@ class GATv2Layer(nn.Module):
     def two_slot(self, h: torch.Tensor, batch: GraphBatch, mode: Mode = "plain") -> torch.Tensor:
         """The layer (then ReLU, then + h, per `mode`) on a batch whose nodes have at most
         one in-edge: the fused path of fastlayer.py, same numbers as `forward`."""
-        other = None if batch.chain else batch.nbr[1]
         return TwoSlotGATv2.apply(
-            h, other, batch.has_other, mode, self.negative_slope, *layer_params(self)
+            h, batch.neighbours(self.negative_slope), mode, *layer_params(self)
         )
 
 
@@ -479,12 +488,9 @@ class ScorerModel(nn.Module):
         h0 = self.features(batch.x)
         pooled = GATv2Stack.apply(
             h0,
-            None if batch.chain else batch.nbr[1],
-            batch.has_other,
-            batch.batch,
-            1.0 / batch.counts.to(h0.dtype).clamp(min=1),
+            batch.neighbours(self.convs[0].negative_slope),
+            (batch.batch, 1.0 / batch.counts.to(h0.dtype).clamp(min=1)),
             self.config.residual,
-            self.convs[0].negative_slope,
             *params,
         )
         prediction = self.head(pooled[:, -self.config.hidden :]).squeeze(-1)

@@ -23,6 +23,8 @@ RUN_VERSION = 1
 class RunError(AbcError, ValueError):
     """A run folder cannot be created, resumed or read; the message says why."""
 
+    code = "run"
+
 
 class CategoryInfo(BaseModel):
     name: str

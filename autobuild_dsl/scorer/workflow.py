@@ -92,8 +92,9 @@ def ir_note(encoder: Any) -> TrainNote:
     cached = stats.disk + stats.memory
     return TrainNote(
         "ir",
-        f"IR graphs: {stats.total:,} ({cached:,} from the cache, {stats.exported:,} exported) "
-        f"in {stats.seconds:.1f} s · cache {encoder.cache_dir}",
+        f"IR graphs: {stats.total:,} ({cached:,} from the cache, {stats.assembled:,} from layer "
+        f"fragments, {stats.exported:,} exported whole) in {stats.seconds:.1f} s · cache "
+        f"{encoder.cache_dir}",
     )
 
 

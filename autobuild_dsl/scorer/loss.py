@@ -13,7 +13,7 @@ from typing import Literal
 import torch
 
 from autobuild_dsl.scorer.model import ScorerOutput
-from autobuild_dsl.scorer.softrank import hard_rank, soft_spearman
+from autobuild_dsl.scorer.softrank import hard_rank, soft_rank, soft_spearman
 
 LossKind = Literal["ranked", "mse"]
 
@@ -34,13 +34,22 @@ def scorer_loss(
     regularization_strength: float = 1.0,
     norm_ord: int = 1,
     backend: str = "auto",
+    target_unit: torch.Tensor | None = None,
 ) -> LossValue:
-    """Loss of one batch; `target` is the standardised label of each graph."""
+    """Loss of one batch; `target` is the standardised label of each graph.
+    `target_unit`: the target's ranks, centred and scaled to unit norm, when the caller
+    has them (the trainer computes an epoch's at once, in numpy)."""
     mse = torch.mean((output.prediction - target) ** 2)
     # A correlation needs at least two graphs (a trailing batch of one has none).
     if kind == "mse" or rank_lambda == 0 or target.shape[0] < 2:
         return LossValue(total=mse, mse=float(mse.detach()), hop_srcc=None)
     norms = output.graph_norms(norm_ord)  # [hops, graphs]
-    srcc = soft_spearman(norms, hard_rank(target), regularization_strength, backend)
+    if target_unit is None:
+        srcc = soft_spearman(norms, hard_rank(target), regularization_strength, backend)
+    else:
+        ranks = soft_rank(norms, regularization_strength, backend)
+        centred = ranks - ranks.mean(dim=1, keepdim=True)
+        # Pearson with a centred unit-norm side: one dot product over one norm.
+        srcc = (centred @ target_unit.to(centred.dtype)) / centred.norm(dim=1).clamp(min=1e-12)
     total = mse + rank_lambda * torch.mean(1.0 - srcc)
     return LossValue(total=total, mse=float(mse.detach()), hop_srcc=srcc.detach().tolist())

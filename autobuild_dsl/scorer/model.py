@@ -10,6 +10,7 @@ computes, with the same parameter names; a test checks the two agree.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,6 +19,14 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
+
+from autobuild_dsl.scorer.fastlayer import (
+    GATv2Stack,
+    Mode,
+    Neighbours,
+    TwoSlotGATv2,
+    layer_params,
+)
 
 # Spread of the FE-MLP's initial value embeddings (see FeatureEmbedding).
 FE_INIT_STD = 0.01
@@ -54,10 +63,20 @@ class GraphBatch:
     nbr_mask: torch.Tensor  # [slots, nodes] bool, False = padding
     batch: torch.Tensor  # [nodes] long, graph of each node
     counts: torch.Tensor  # [graphs] long, nodes per graph
+    chain: bool = False  # every in-edge comes from the row just before (see fastlayer)
 
     @property
     def num_graphs(self) -> int:
         return int(self.counts.shape[0])
+
+    @functools.cached_property
+    def has_other(self) -> torch.Tensor:
+        """[nodes] float: 1 where slot 1 holds a real in-neighbour."""
+        return self.nbr_mask[1].to(torch.float32)
+
+    def neighbours(self, slope: float) -> Neighbours:
+        """Slot 1 for the fused two-slot layer (a batch with at most one in-edge a node)."""
+        return Neighbours(None if self.chain else self.nbr[1], self.has_other, slope)
 
 
 @dataclass(frozen=True)
@@ -85,6 +104,14 @@ class PackedGraphs:
     def counts(self) -> torch.Tensor:
         return self.node_ptr[1:] - self.node_ptr[:-1]
 
+    @functools.cached_property
+    def is_chain(self) -> bool:
+        """Every node has at most one in-edge, from the node packed just before it: a
+        batch of such graphs needs no neighbour gather (see fastlayer)."""
+        if self.rel_nbr.shape[0] != 2:
+            return False
+        return bool((self.rel_nbr[1][self.nbr_mask[1]] == -1).all())
+
     def select(self, idx: torch.Tensor | Sequence[int] | None = None) -> GraphBatch:
         """The graphs `idx` (all, in order, when None) as one batch."""
         counts_all = self.counts
@@ -99,6 +126,7 @@ class PackedGraphs:
                 nbr_mask=self.nbr_mask,
                 batch=batch,
                 counts=counts,
+                chain=self.is_chain,
             )
         idx = torch.as_tensor(idx, dtype=torch.long)
         if idx.numel() and _is_range(idx):
@@ -116,7 +144,31 @@ class PackedGraphs:
             nbr_mask=self.nbr_mask[:, nodes],
             batch=batch,
             counts=counts,
+            chain=self.is_chain,
         )
+
+    def select_many(self, chunks: Sequence[torch.Tensor]) -> list[GraphBatch]:
+        """One batch per chunk of graph indices, cut from ONE gather (an epoch's batches
+        at once: per batch only a few slices are left)."""
+        whole = self.select(torch.cat(list(chunks)))
+        sizes = [int(c.shape[0]) for c in chunks]
+        nodes = [int(n) for n in torch.stack([c.sum() for c in whole.counts.split(sizes)])]
+        batches: list[GraphBatch] = []
+        graph = node = 0
+        for size, count in zip(sizes, nodes, strict=True):
+            cut = slice(node, node + count)
+            batches.append(
+                GraphBatch(
+                    x=whole.x[cut],
+                    nbr=whole.nbr[:, cut] - node,
+                    nbr_mask=whole.nbr_mask[:, cut],
+                    batch=whole.batch[cut] - graph,
+                    counts=whole.counts[graph : graph + size],
+                    chain=whole.chain,
+                )
+            )
+            graph, node = graph + size, node + count
+        return batches
 
     def slice(self, start: int, stop: int) -> GraphBatch:
         """Graphs start..stop-1 as one batch: views of the packed tensors, no gather."""
@@ -129,6 +181,7 @@ class PackedGraphs:
             nbr_mask=self.nbr_mask[:, first:end],
             batch=torch.repeat_interleave(torch.arange(stop - start), counts),
             counts=counts,
+            chain=self.is_chain,
         )
 
 
@@ -253,7 +306,8 @@ class FeatureEmbedding(nn.Module):
 
     def table(self) -> torch.Tensor:
         """Raw scalar (before abs) of every value of every category: [categories, slots]."""
-        return torch.einsum("cvd,cd->cv", self.embed, self.weight) + self.bias[:, None]
+        # One batched matmul with the bias folded in: [c, v, d] @ [c, d, 1] + [c, 1, 1].
+        return torch.baddbmm(self.bias[:, None, None], self.embed, self.weight[:, :, None])[..., 0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = self.table().reshape(-1)
@@ -323,6 +377,13 @@ class GATv2Layer(nn.Module):
         )
         return numerator / denominator.unsqueeze(-1) + self.bias
 
+    def two_slot(self, h: torch.Tensor, batch: GraphBatch, mode: Mode = "plain") -> torch.Tensor:
+        """The layer (then ReLU, then + h, per `mode`) on a batch whose nodes have at most
+        one in-edge: the fused path of fastlayer.py, same numbers as `forward`."""
+        return TwoSlotGATv2.apply(
+            h, batch.neighbours(self.negative_slope), mode, *layer_params(self)
+        )
+
 
 @dataclass
 class ScorerOutput:
@@ -383,30 +444,57 @@ class ScorerModel(nn.Module):
         """Hop levels with an embedding: 0..num_layers."""
         return self.config.num_layers + 1
 
-    def node_embeddings(self, batch: GraphBatch) -> list[torch.Tensor]:
-        h = self.features(batch.x)
-        hops = [h]
-        for layer, (conv, norm) in enumerate(zip(self.convs, self.norms, strict=True)):
+    def hop(self, layer: int, h: torch.Tensor, batch: GraphBatch) -> torch.Tensor:
+        """Hop `layer + 1`'s node embeddings from hop `layer`'s."""
+        conv, norm = self.convs[layer], self.norms[layer]
+        # Hop 0 has another width (one scalar per category): no skip into hop 1.
+        skip = self.config.residual and layer > 0
+        if batch.nbr.shape[0] == 2:  # at most one in-edge per node: the fused layer
+            if isinstance(norm, nn.Identity):
+                return conv.two_slot(h, batch, "relu_residual" if skip else "relu")
+            out = torch.relu(norm(conv.two_slot(h, batch)))
+        else:
             out = torch.relu(norm(conv(h, batch.nbr, batch.nbr_mask)))
-            # Hop 0 has another width (one scalar per category): no skip into hop 1.
-            if self.config.residual and layer > 0:
-                out = out + h
-            h = out
-            hops.append(h)
+        return out + h if skip else out
+
+    def node_embeddings(self, batch: GraphBatch) -> list[torch.Tensor]:
+        hops = [self.features(batch.x)]
+        for layer in range(self.config.num_layers):
+            hops.append(self.hop(layer, hops[-1], batch))
         return hops
 
     def predict(self, batch: GraphBatch) -> torch.Tensor:
         """[graphs]: the head's (standardised) prediction only. Pools the last hop alone,
         and keeps no per-hop embeddings: what exhaustive search and `predict` need."""
         h = self.features(batch.x)
-        for layer, (conv, norm) in enumerate(zip(self.convs, self.norms, strict=True)):
-            out = torch.relu(norm(conv(h, batch.nbr, batch.nbr_mask)))
-            h = out + h if self.config.residual and layer > 0 else out
+        for layer in range(self.config.num_layers):
+            h = self.hop(layer, h, batch)
         sums = torch.zeros(batch.num_graphs, h.shape[1], dtype=h.dtype).index_add_(
             0, batch.batch, h
         )
         pooled = sums / batch.counts.to(h.dtype).clamp(min=1)[:, None]
         return self.head(pooled).squeeze(-1)
+
+    def fusable(self, batch: GraphBatch) -> bool:
+        """Whether `training_forward` can run all layers as one fused node."""
+        return batch.nbr.shape[0] == 2 and not self.config.batch_norm
+
+    def training_forward(self, batch: GraphBatch) -> ScorerOutput:
+        """What training needs (prediction and pooled hops; no per-node embeddings), with
+        every GATv2 layer and the pooling as one autograd node when `fusable`."""
+        if not self.fusable(batch):
+            return self(batch)
+        params = [p for conv in self.convs for p in layer_params(conv)]
+        h0 = self.features(batch.x)
+        pooled = GATv2Stack.apply(
+            h0,
+            batch.neighbours(self.convs[0].negative_slope),
+            (batch.batch, 1.0 / batch.counts.to(h0.dtype).clamp(min=1)),
+            self.config.residual,
+            *params,
+        )
+        prediction = self.head(pooled[:, -self.config.hidden :]).squeeze(-1)
+        return ScorerOutput(prediction, [], pooled, self.hop_of_column)
 
     def forward(self, batch: GraphBatch) -> ScorerOutput:
         hops = self.node_embeddings(batch)

@@ -18,38 +18,50 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
 from autobuild_dsl import io as abc_io
 from autobuild_dsl.data.dataset import LabeledDataset
-from autobuild_dsl.data.splits import LabelStats, label_stats
+from autobuild_dsl.data.splits import label_stats
 from autobuild_dsl.data.target import Target, TargetError, parse_target
-from autobuild_dsl.errors import OVERWRITE, START_OVER, AbcError, Remedy
+from autobuild_dsl.errors import OVERWRITE, START_OVER, Remedy
 from autobuild_dsl.scorer.ensemble import MemberResult, plan_members, run_members
 from autobuild_dsl.scorer.model import (
     FeatureScore,
-    ModelConfig,
     PackedGraphs,
     ScorerModel,
     check_codes,
     feature_importance,
     pack_graphs,
 )
+from autobuild_dsl.scorer.records import (  # noqa: F401  (re-exported: run.py was their home)
+    RUN_FORMAT,
+    RUN_VERSION,
+    CategoryInfo,
+    EnsembleConfig,
+    GlobalCount,
+    MemberDone,
+    MemberRecord,
+    ProgressEvent,
+    RunConfig,
+    RunError,
+    RunMetrics,
+    RunProgress,
+    SummaryMetrics,
+    summarise,
+    summary_json,
+)
 from autobuild_dsl.scorer.softrank import resolve_backend
 from autobuild_dsl.scorer.train import (
-    EpochProgress,
-    MemberMetrics,
-    Moments,
     TrainConfig,
     embed,
     predict_packed,
@@ -57,121 +69,10 @@ from autobuild_dsl.scorer.train import (
 from autobuild_dsl.space.expr import Value
 from autobuild_dsl.space.model import Space
 
-RUN_FORMAT = "autobuild-scorer-run"
-RUN_VERSION = 1
 # Settings that change nothing about the result: a resumed run may differ in them.
 _NOT_IDENTITY = {"threads", "eval_every"}
 # Informational config fields (added later; absent from older runs): not compared on resume.
 _INFORMATIONAL = ("data", "space_file", "globals_seen")
-
-
-class RunError(AbcError, ValueError):
-    """A run folder cannot be created, resumed or read; the message says why."""
-
-    code = "run"
-
-
-class CategoryInfo(BaseModel):
-    name: str
-    group: str
-    vocab: list[Any]
-
-
-class GlobalCount(BaseModel):
-    """One assignment of the space's global choices and how many labeled rows have it."""
-
-    values: dict[str, Value]
-    count: int
-
-
-class EnsembleConfig(BaseModel):
-    folds: int = Field(default=1, ge=1, description="1: one seeded train/test split")
-    seeds: int = Field(default=1, ge=1)
-    test_fraction: float = Field(default=0.1, gt=0, lt=1, description="used when folds = 1")
-    seed: int = 0
-
-
-class RunConfig(BaseModel):
-    format: Literal["autobuild-scorer-run"] = RUN_FORMAT
-    version: int = RUN_VERSION
-    space_name: str
-    space: dict[str, Any] = Field(description="the Space as JSON (no .abs file needed later)")
-    target: str
-    data: str = Field(default="", description="where the labels came from (informational)")
-    space_file: str = Field(
-        default="", description="the .abs file the space was compiled from (informational)"
-    )
-    globals_seen: list[GlobalCount] = Field(
-        default_factory=list,
-        description="global-choice assignments of the labeled rows, most frequent first "
-        "(module ranking scores these by default); empty in runs written before it existed",
-    )
-    data_fingerprint: str
-    rows: int = Field(description="labeled architectures used")
-    train: TrainConfig
-    ensemble: EnsembleConfig
-    model: ModelConfig
-    categories: list[CategoryInfo]
-    softrank_backend: Literal["torchsort", "torch"]
-    members: list[str]
-    encoding: Literal["sequence", "ir"] = Field(
-        default="sequence",
-        description="graph format: sequence (graphs/encode.py), ir (graphs/ir.py)",
-    )
-    encoder_state: dict[str, Any] | None = Field(
-        default=None, description="ir: the encoder's spaces and fitted vocabularies"
-    )
-
-
-class MemberRecord(BaseModel):
-    name: str
-    fold: int
-    seed: int
-    weights: str = Field(description="file of the state dict, relative to the run folder")
-    train_rows: list[int]
-    test_rows: list[int]
-    metrics: MemberMetrics
-    label: Moments = Field(description="training labels (the head predicts them standardised)")
-    label_stats: LabelStats = Field(description="training labels overall, per (stage, depth)")
-    hop_norms: list[Moments] = Field(description="node-embedding norms per hop, training graphs")
-    graph_norms: list[Moments] | None = Field(
-        default=None,
-        description="mean-pooled graph-embedding norms per hop, training graphs (None: a run "
-        "trained before they were recorded)",
-    )
-
-
-class SummaryMetrics(BaseModel):
-    """Members' mean of the held-out metrics (what `abc train --json` prints)."""
-
-    hop_srcc: list[float | None]
-    pred_srcc: float | None
-    mae: float | None
-    seconds_per_epoch: float
-    cpu_seconds_per_epoch: float | None = None  # absent in runs written before it existed
-
-
-class RunMetrics(BaseModel):
-    members: dict[str, MemberMetrics]
-    mean: SummaryMetrics
-    softrank_backend: str
-    train_seconds: float = Field(description="sum of the members' training time")
-
-
-# ----- progress events (rendered by the CLI) ---------------------------------------------
-
-
-@dataclass
-class MemberDone:
-    name: str
-    done: int
-    total: int
-    metrics: MemberMetrics
-    skipped: bool = False  # finished by an earlier, interrupted run
-
-
-ProgressEvent = EpochProgress | MemberDone
-RunProgress = Callable[[ProgressEvent], None]
 
 
 # ----- atomic files ------------------------------------------------------------------------
@@ -290,6 +191,113 @@ def _config_differences(old: RunConfig, new: RunConfig) -> list[str]:
     return [f"{key} differs" for key in sorted(set(a) | set(b)) if a.get(key) != b.get(key)]
 
 
+def _labeled(dataset: LabeledDataset, target: Target) -> tuple[LabeledDataset, np.ndarray]:
+    """The rows with a label (rows lacking a metric the target reads are left out, as
+    `abc data describe --target` does: Target.labeled_rows) and their labels."""
+    try:
+        keep = target.labeled_rows(dataset).keep
+    except TargetError as error:
+        raise RunError(str(error)) from None
+    if not keep.all():
+        dataset = dataset.subset(np.flatnonzero(keep))
+    if len(dataset) < 4:
+        raise RunError(f"{len(dataset)} labeled architectures: at least 4 are needed")
+    y = target.evaluate(dataset)
+    finite = np.asarray(y, dtype=np.float64)
+    finite = finite[np.isfinite(finite)]
+    if finite.size and finite.min() == finite.max():
+        # Nothing to rank: every SRCC would be undefined and the scores meaningless.
+        raise RunError(
+            f"target `{target.text}` is {finite[0]:g} for all {len(dataset)} labeled "
+            "architectures: nothing to learn; choose a target that varies"
+        )
+    return dataset, y
+
+
+def _run_config(
+    space: Space,
+    dataset: LabeledDataset,
+    y: np.ndarray,
+    target: Target,
+    encoder: Any,
+    train: TrainConfig,
+    ensemble: EnsembleConfig,
+    members: list[str],
+    paths: tuple[str, str],
+) -> RunConfig:
+    vocab_sizes = [len(c.vocab) for c in encoder.categories]
+    return RunConfig(
+        space_name=space.name,
+        space=json.loads(space.to_json()),
+        target=target.text,
+        data=paths[0],
+        space_file=paths[1],
+        globals_seen=_globals_seen(dataset),
+        data_fingerprint=_fingerprint(dataset, y),
+        rows=len(dataset),
+        train=train,
+        ensemble=ensemble,
+        model=train.model_config_for(vocab_sizes),
+        categories=[
+            CategoryInfo(name=c.name, group=c.group, vocab=list(c.vocab))
+            for c in encoder.categories
+        ],
+        softrank_backend=resolve_backend(train.softrank_backend),
+        members=members,
+        encoding=getattr(encoder, "encoding", "sequence"),
+        # An IR encoder's vocabularies are fitted to the data: the run keeps them.
+        encoder_state=(
+            encoder.run_state().model_dump(mode="json") if hasattr(encoder, "run_state") else None
+        ),
+    )
+
+
+@dataclass
+class _MemberSaver:
+    """Writes each finished member (weights, then its record) and reports progress."""
+
+    out: Path
+    dataset: LabeledDataset
+    y: np.ndarray
+    total: int
+    progress: RunProgress | None
+    done: int = 0
+
+    def skipped(self, name: str) -> None:
+        """A member an earlier, interrupted run finished."""
+        self.done += 1
+        if self.progress is not None:
+            record = _read_record(self.out, name)
+            self.progress(MemberDone(name, self.done, self.total, record.metrics, skipped=True))
+
+    def __call__(self, result: MemberResult) -> None:
+        name = result.spec.name
+        _save_state(self.out / "members" / f"{name}.pt", result.state)
+        # A mixed-space dataset (data/mixed.py) computes its own label statistics.
+        own_stats = getattr(self.dataset, "label_stats", None)
+        rows = result.spec.train
+        record = MemberRecord(
+            name=name,
+            fold=result.spec.fold,
+            seed=result.spec.seed,
+            weights=f"members/{name}.pt",
+            train_rows=rows,
+            test_rows=result.spec.test,
+            metrics=result.metrics,
+            label=result.label,
+            label_stats=own_stats(self.y, rows)
+            if own_stats is not None
+            else label_stats(self.dataset, self.y, rows),
+            hop_norms=result.hop_norms,
+            graph_norms=result.graph_norms,
+        )
+        # The record last: its presence marks the member as finished.
+        _write_json(self.out / "members" / f"{name}.json", record)
+        self.done += 1
+        if self.progress is not None:
+            self.progress(MemberDone(name, self.done, self.total, result.metrics))
+
+
 def train_run(
     space: Space,
     dataset: LabeledDataset,
@@ -317,33 +325,12 @@ def train_run(
 
     out = Path(out)
     target = parse_target(target) if isinstance(target, str) else target
-    train = train or TrainConfig()
     ensemble = ensemble or EnsembleConfig()
-    # Rows lacking a metric the target reads cannot be labeled: leave them out.
-    # (the same rule as `abc data describe --target`: Target.labeled_rows).
-    try:
-        keep = target.labeled_rows(dataset).keep
-    except TargetError as error:
-        raise RunError(str(error)) from None
-    if not keep.all():
-        dataset = dataset.subset(np.flatnonzero(keep))
-    if len(dataset) < 4:
-        raise RunError(f"{len(dataset)} labeled architectures: at least 4 are needed")
-    y = target.evaluate(dataset)
-    finite = np.asarray(y, dtype=np.float64)
-    finite = finite[np.isfinite(finite)]
-    if finite.size and finite.min() == finite.max():
-        # Nothing to rank: every SRCC would be undefined and the scores meaningless.
-        raise RunError(
-            f"target `{target.text}` is {finite[0]:g} for all {len(dataset)} labeled "
-            "architectures: nothing to learn; choose a target that varies"
-        )
+    dataset, y = _labeled(dataset, target)
     encoder = encoder or GraphEncoder(space)
     graphs = dataset.graphs(encoder)
     layers = num_layers or default_num_layers(space, graphs)
-    train = train.model_copy(update={"num_layers": layers})
-    backend = resolve_backend(train.softrank_backend)
-    vocab_sizes = [len(c.vocab) for c in encoder.categories]
+    train = (train or TrainConfig()).model_copy(update={"num_layers": layers})
     if ensemble.folds > len(dataset):
         raise RunError(f"{ensemble.folds} folds need at least as many rows ({len(dataset)})")
     specs = plan_members(
@@ -353,113 +340,29 @@ def train_run(
         test_fraction=ensemble.test_fraction,
         seed=ensemble.seed,
     )
-    config = RunConfig(
-        space_name=space.name,
-        space=json.loads(space.to_json()),
-        target=target.text,
-        data=data_path,
-        space_file=space_path,
-        globals_seen=_globals_seen(dataset),
-        data_fingerprint=_fingerprint(dataset, y),
-        rows=len(dataset),
-        train=train,
-        ensemble=ensemble,
-        model=train.model_config_for(vocab_sizes),
-        categories=[
-            CategoryInfo(name=c.name, group=c.group, vocab=list(c.vocab))
-            for c in encoder.categories
-        ],
-        softrank_backend=backend,
-        members=[s.name for s in specs],
-        encoding=getattr(encoder, "encoding", "sequence"),
-        # An IR encoder's vocabularies are fitted to the data: the run keeps them.
-        encoder_state=(
-            encoder.run_state().model_dump(mode="json") if hasattr(encoder, "run_state") else None
-        ),
-    )
+    config = _run_config(
+        space, dataset, y, target, encoder, train, ensemble, [s.name for s in specs],
+        (data_path, space_path),
+    )  # fmt: skip
     finished = _prepare_folder(out, config, force=force, resume=resume)
+    vocab_sizes = [len(c.vocab) for c in encoder.categories]
     packed = pack_graphs(graphs)
     check_codes(packed, vocab_sizes)
-    total = len(specs)
-    done_count = 0
+    saver = _MemberSaver(out, dataset, y, len(specs), progress)
     for spec in specs:
         if spec.name in finished:
-            done_count += 1
-            if progress is not None:
-                record = _read_record(out, spec.name)
-                progress(MemberDone(spec.name, done_count, total, record.metrics, skipped=True))
-
-    # A mixed-space dataset (data/mixed.py) computes its own label statistics.
-    own_stats = getattr(dataset, "label_stats", None)
-
-    def save(result: MemberResult) -> None:
-        nonlocal done_count
-        name = result.spec.name
-        _save_state(out / "members" / f"{name}.pt", result.state)
-        record = MemberRecord(
-            name=name,
-            fold=result.spec.fold,
-            seed=result.spec.seed,
-            weights=f"members/{name}.pt",
-            train_rows=result.spec.train,
-            test_rows=result.spec.test,
-            metrics=result.metrics,
-            label=result.label,
-            label_stats=own_stats(y, result.spec.train)
-            if own_stats is not None
-            else label_stats(dataset, y, result.spec.train),
-            hop_norms=result.hop_norms,
-            graph_norms=result.graph_norms,
-        )
-        # The record last: its presence marks the member as finished.
-        _write_json(out / "members" / f"{name}.json", record)
-        done_count += 1
-        if progress is not None:
-            progress(MemberDone(name, done_count, total, result.metrics))
-
+            saver.skipped(spec.name)
     todo = [s for s in specs if s.name not in finished]
     run_members(
-        todo,
-        packed,
-        y,
-        vocab_sizes,
-        train,
-        on_done=save,
-        jobs=jobs,
-        ray_address=ray_address,
-        progress=progress,
-    )
+        todo, packed, y, vocab_sizes, train,
+        on_done=saver, jobs=jobs, ray_address=ray_address, progress=progress,
+    )  # fmt: skip
     run = load_run(out)
     # The encoder that made the training graphs (an IR one knows its graph cache).
     run._encoder = encoder
-    _write_json(out / "metrics.json", _summarise(run))
-    run.metrics = _summarise(run)
+    run.metrics = summarise([m.record for m in run.members], run.config.softrank_backend)
+    _write_json(out / "metrics.json", run.metrics)
     return run
-
-
-def _mean(values: Sequence[float | None]) -> float | None:
-    kept = [v for v in values if v is not None and not math.isnan(v)]
-    return sum(kept) / len(kept) if kept else None
-
-
-def _summarise(run: TrainedRun) -> RunMetrics:
-    metrics = [m.record.metrics for m in run.members]
-    hops = max((len(m.hop_srcc) for m in metrics), default=0)
-    mean = SummaryMetrics(
-        hop_srcc=[
-            _mean([m.hop_srcc[h] for m in metrics if h < len(m.hop_srcc)]) for h in range(hops)
-        ],
-        pred_srcc=_mean([m.pred_srcc for m in metrics]),
-        mae=_mean([m.mae for m in metrics]),
-        seconds_per_epoch=_mean([m.seconds_per_epoch for m in metrics]) or 0.0,
-        cpu_seconds_per_epoch=_mean([m.cpu_seconds_per_epoch for m in metrics]),
-    )
-    return RunMetrics(
-        members={m.record.name: m.record.metrics for m in run.members},
-        mean=mean,
-        softrank_backend=run.config.softrank_backend,
-        train_seconds=sum(m.train_seconds for m in metrics),
-    )
 
 
 # ----- loading and using a run ---------------------------------------------------------------
@@ -650,18 +553,6 @@ def run_feature_importance(run: TrainedRun) -> list[FeatureScore]:
         raw = float(sum(wk * t[i].raw for wk, t in zip(w, tables, strict=True)))
         merged.append(row.model_copy(update={"score": score, "raw": raw}))
     return merged
-
-
-def summary_json(metrics: RunMetrics) -> dict[str, Any]:
-    """The final test metrics as `abc train --json` prints them."""
-    mean = metrics.mean
-    return {
-        "hop_srcc": mean.hop_srcc,
-        "pred_srcc": mean.pred_srcc,
-        "mae": mean.mae,
-        "seconds_per_epoch": mean.seconds_per_epoch,
-        "cpu_seconds_per_epoch": mean.cpu_seconds_per_epoch,
-    }
 
 
 __all__ = [

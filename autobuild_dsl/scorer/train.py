@@ -11,7 +11,7 @@ import contextlib
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -180,6 +180,15 @@ def average_ranks(values: np.ndarray) -> np.ndarray:
     return ranks
 
 
+def unit_ranks(values: np.ndarray) -> torch.Tensor:
+    """Average ranks of `values`, centred and scaled to unit norm (zeros when all tie): the
+    fixed side of a batch's soft Spearman correlation."""
+    ranks = average_ranks(values)
+    ranks -= ranks.mean()
+    norm = float(np.sqrt(ranks @ ranks))
+    return torch.from_numpy(ranks / norm if norm > 0 else ranks)
+
+
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
     """Spearman's rank correlation (NaN when either side is constant or holds NaN)."""
     a = np.asarray(a, dtype=np.float64)
@@ -308,6 +317,83 @@ def label_moments(values: np.ndarray) -> Moments:
     return Moments(mean=float(values.mean()), sd=sd, count=int(values.shape[0]))
 
 
+def flatten_parameters(model: torch.nn.Module) -> torch.nn.Parameter:
+    """Make every parameter of `model` a view of one flat tensor, and its gradient a view
+    of one flat gradient (accumulated in place by autograd); returns the flat parameter
+    for the optimizer. `unflatten_parameters` gives each its own storage back."""
+    params = list(model.parameters())
+    flat = torch.cat([p.detach().reshape(-1) for p in params])
+    grad = torch.zeros_like(flat)
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.data = flat[offset : offset + n].view_as(p)
+        p.grad = grad[offset : offset + n].view_as(p)
+        offset += n
+    flat_param = torch.nn.Parameter(flat)
+    flat_param.grad = grad
+    return flat_param
+
+
+def unflatten_parameters(model: torch.nn.Module) -> None:
+    for p in model.parameters():
+        p.data = p.data.clone()
+        p.grad = None
+
+
+@dataclass
+class _Epochs:
+    """One member's training state: runs epochs of shuffled batches."""
+
+    model: ScorerModel
+    packed: PackedGraphs
+    y: np.ndarray  # raw labels: the per-batch target ranks come from them
+    y_std: torch.Tensor  # standardised labels: the head's target
+    train: torch.Tensor
+    config: TrainConfig
+    backend: str
+    order: torch.Generator
+    flat: torch.nn.Parameter = field(init=False)
+    optimizer: torch.optim.Optimizer = field(init=False)
+
+    def __post_init__(self) -> None:
+        # Fused AdamW on one flat tensor: one kernel, no per-parameter Python loop.
+        self.flat = flatten_parameters(self.model)
+        self.optimizer = torch.optim.AdamW(
+            [self.flat],
+            lr=self.config.lr,
+            weight_decay=self.config.weight_decay,
+            fused=True,
+        )
+
+    def run(self) -> tuple[float, float | None]:
+        """One epoch: (mean loss, mean soft SRCC over hops on the batches)."""
+        config = self.config
+        self.model.train()
+        perm = self.train[torch.randperm(self.train.shape[0], generator=self.order)]
+        chunks = _batches(perm, config.batch_size)
+        total, srcc_sum, srcc_count = 0.0, 0.0, 0
+        for batch_idx, batch in zip(chunks, self.packed.select_many(chunks), strict=True):
+            loss = scorer_loss(
+                self.model.training_forward(batch),
+                self.y_std[batch_idx],
+                kind=config.loss,
+                rank_lambda=config.rank_lambda,
+                regularization_strength=config.regularization_strength,
+                norm_ord=config.norm_ord,
+                backend=self.backend,
+                target_unit=unit_ranks(self.y[batch_idx.numpy()]),
+            )
+            self.flat.grad.zero_()  # type: ignore[union-attr]
+            loss.total.backward()
+            self.optimizer.step()
+            total += float(loss.total.detach())
+            if loss.hop_srcc:
+                srcc_sum += sum(loss.hop_srcc) / len(loss.hop_srcc)
+                srcc_count += 1
+        return total / max(len(chunks), 1), srcc_sum / srcc_count if srcc_count else None
+
+
 def train_member(
     packed: PackedGraphs,
     y: np.ndarray,
@@ -327,7 +413,6 @@ def train_member(
     if len(train_idx) < 2:
         raise ValueError("a predictor needs at least 2 training graphs")
     check_codes(packed, vocab_sizes)
-    backend = resolve_backend(config.softrank_backend)
     label = label_moments(y[train_idx])
     # Standardise with training-split statistics; a constant label keeps scale 1.
     scale = label.sd if label.sd > 0 else 1.0
@@ -335,60 +420,25 @@ def train_member(
     with torch_threads(config.threads):
         torch.manual_seed(seed)
         model = ScorerModel(config.model_config_for(vocab_sizes))
-        # Fused AdamW: one kernel for all parameters instead of a loop over them.
-        optimizer = torch.optim.AdamW(
-            model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True
-        )
-        order_gen = torch.Generator().manual_seed(seed)
-        train_tensor = torch.tensor(train_idx, dtype=torch.long)
-        train_seconds = 0.0
-        train_cpu_seconds = 0.0
+        epochs = _Epochs(
+            model, packed, y, y_std, torch.tensor(train_idx, dtype=torch.long), config,
+            resolve_backend(config.softrank_backend), torch.Generator().manual_seed(seed),
+        )  # fmt: skip
+        seconds = cpu_seconds = 0.0
         for epoch in range(1, config.epochs + 1):
-            started = time.perf_counter()
-            cpu_started = time.process_time()
-            model.train()
-            perm = train_tensor[torch.randperm(len(train_idx), generator=order_gen)]
-            total, batches = 0.0, 0
-            srcc_sum, srcc_count = 0.0, 0
-            for batch_idx in _batches(perm, config.batch_size):
-                out = model(packed.select(batch_idx))
-                loss = scorer_loss(
-                    out,
-                    y_std[batch_idx],
-                    kind=config.loss,
-                    rank_lambda=config.rank_lambda,
-                    regularization_strength=config.regularization_strength,
-                    norm_ord=config.norm_ord,
-                    backend=backend,
-                )
-                optimizer.zero_grad(set_to_none=True)
-                loss.total.backward()
-                optimizer.step()
-                total += float(loss.total.detach())
-                batches += 1
-                if loss.hop_srcc:
-                    srcc_sum += sum(loss.hop_srcc) / len(loss.hop_srcc)
-                    srcc_count += 1
-            train_seconds += time.perf_counter() - started
-            train_cpu_seconds += time.process_time() - cpu_started
-            if progress is not None:
-                test_srcc = None
-                due = config.eval_every and (
-                    epoch % config.eval_every == 0 or epoch == config.epochs
-                )
-                if due and test_idx:
-                    hop, pred_srcc, _ = evaluate(model, packed, y, test_idx, label)
-                    test_srcc = _summary_srcc(hop, pred_srcc, config.loss)
-                progress(
-                    EpochProgress(
-                        member=name,
-                        epoch=epoch,
-                        epochs=config.epochs,
-                        loss=total / max(batches, 1),
-                        srcc=srcc_sum / srcc_count if srcc_count else None,
-                        test_srcc=test_srcc,
-                    )
-                )
+            started, cpu_started = time.perf_counter(), time.process_time()
+            loss, srcc = epochs.run()
+            seconds += time.perf_counter() - started
+            cpu_seconds += time.process_time() - cpu_started
+            if progress is None:
+                continue
+            test_srcc = None
+            due = config.eval_every and (epoch % config.eval_every == 0 or epoch == config.epochs)
+            if due and test_idx:
+                hop, pred_srcc, _ = evaluate(model, packed, y, test_idx, label)
+                test_srcc = _summary_srcc(hop, pred_srcc, config.loss)
+            progress(EpochProgress(name, epoch, config.epochs, loss, srcc, test_srcc))
+        unflatten_parameters(model)
         hop, pred_srcc, mae = evaluate(model, packed, y, test_idx, label)
         hop_norms, graph_norms = norm_moments(model, packed, train_idx)
     metrics = MemberMetrics(
@@ -398,19 +448,12 @@ def train_member(
         n_train=len(train_idx),
         n_test=len(test_idx),
         epochs=config.epochs,
-        train_seconds=train_seconds,
-        seconds_per_epoch=train_seconds / config.epochs,
-        cpu_seconds_per_epoch=train_cpu_seconds / config.epochs,
+        train_seconds=seconds,
+        seconds_per_epoch=seconds / config.epochs,
+        cpu_seconds_per_epoch=cpu_seconds / config.epochs,
     )
     model.eval()
-    return TrainedMember(
-        name=name,
-        model=model,
-        metrics=metrics,
-        label=label,
-        hop_norms=hop_norms,
-        graph_norms=graph_norms,
-    )
+    return TrainedMember(name, model, metrics, label, hop_norms, graph_norms)
 
 
 def _summary_srcc(hop: list[float | None], pred: float | None, loss: LossKind) -> float | None:

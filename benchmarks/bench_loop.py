@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import shutil
 import statistics
 import sys
 import time
@@ -44,12 +45,22 @@ from autobuild_dsl.search.evolution import SearchConfig, run_search  # noqa: E40
 from autobuild_dsl.search.loop import LoopConfig, run_loop  # noqa: E402
 from autobuild_dsl.search.pareto import Objective, non_dominated  # noqa: E402
 from autobuild_dsl.space.architecture import Architecture  # noqa: E402
-from autobuild_dsl.space.equivalence import network_key  # noqa: E402
+from autobuild_dsl.space.equivalence import network_key, network_keyer  # noqa: E402
 
 SPACE_FILE = ROOT / "spaces" / "nas_bench_macro.abs"
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "nas_bench_macro" / "nas-bench-macro_cifar10.json"
+# ../shared next to the main checkout; a worktree sits one level deeper (wt/NAME).
+DEFAULT_DATA = next(
+    (
+        base / "shared" / "data" / "nas_bench_macro" / "nas-bench-macro_cifar10.json"
+        for base in (ROOT.parent, ROOT.parent.parent)
+        if (base / "shared" / "data").exists()
+    ),
+    ROOT.parent / "shared" / "data" / "nas_bench_macro" / "nas-bench-macro_cifar10.json",
+)
 SINGLE = ["loop", "RE (warm)", "TPE (warm)", "one-shot AutoBuild", "ES"]
 FRONT_METHODS = ["AutoBuild-NAS", "Stage-Full", "Layer-Full"]
+# The paper's setting, for reference: evolution from random networks, without the labels.
+COLD_METHODS = ["Stage-Full (no labels)", "Layer-Full (no labels)"]
 COSTS = [0.02, 0.1, 0.5]  # a in mean_acc - a * MMACs: slopes along the true front
 USEFUL = 85.0  # accuracy (%) below which a network adds nothing to the second hypervolume
 
@@ -153,6 +164,11 @@ def es_top1(run_folder: Path, table: Table) -> float:
     return table.metrics[archs[best].key()]["mean_acc"]
 
 
+def variant(args) -> str:  # type: ignore[no-untyped-def]
+    """The loop settings a trial depends on, in its folder and cache names."""
+    return f"{args.inner}_p{args.per_round}"
+
+
 def single(table: Table, space, work: Path, seed: int, args) -> dict:  # type: ignore[no-untyped-def]
     labels = labels_for(table, args.labels, seed)
     budgets = [int(b) for b in args.budgets.split(",")]
@@ -164,22 +180,32 @@ def single(table: Table, space, work: Path, seed: int, args) -> dict:  # type: i
     def acc(arch: Architecture) -> float:
         return table.metrics[arch.key()]["mean_acc"]
 
+    same = network_keyer(space)  # every method pays once per network
     for b in budgets:
         # k is chosen from the budget (top_k=None), so every B is a run of its own.
-        out = work / f"single_s{seed}_b{b}"
-        config = LoopConfig(targets=["mean_acc"], budget=b, per_round=16, epochs=args.epochs,
-                            folds=args.folds, seed=seed)  # fmt: skip
+        out = work / f"single_s{seed}_b{b}_{variant(args)}"
+        config = LoopConfig(targets=["mean_acc"], budget=b, per_round=args.per_round,
+                            inner=args.inner, epochs=args.epochs, folds=args.folds,
+                            seed=seed)  # fmt: skip
+        first = work / f"r00_s{seed}_e{args.epochs}_f{args.folds}"
+        if first.exists() and not out.exists():
+            # Round 0 trains on the labels alone, the same for every B and variant: reuse it.
+            shutil.copytree(first, out / "rounds" / "r00")
         start, cpu = time.perf_counter(), time.process_time()
         result = run_loop(space, labels, Runner(table), config, out, resume=True)
         seconds[0] += time.perf_counter() - start
         seconds[1] += time.process_time() - cpu
+        if not first.exists():
+            shutil.copytree(out / "rounds" / "r00", first)
         rounds[str(b)] = [r.model_dump(mode="json", exclude={"built"}) for r in result.rounds]
         curve = [row["max mean_acc"] for row in result.best_so_far]
         found["loop"][b] = curve[-1]
         found["RE (warm)"][b] = regularized_evolution(
-            space, acc, b, seed=seed, warm=warm
+            space, acc, b, seed=seed, warm=warm, key=same
         ).best_value
-        found["TPE (warm)"][b] = tpe_search(space, acc, b, seed=seed, warm=warm).best_value
+        found["TPE (warm)"][b] = tpe_search(
+            space, acc, b, seed=seed, warm=warm, key=same
+        ).best_value
         # The first round's scorers do not depend on B: one-shot and ES read them.
         built = Architecture.model_validate(result.rounds[0].built["arch"])
         found["one-shot AutoBuild"][b] = table.metrics[built.key()]["mean_acc"]
@@ -199,10 +225,12 @@ def front_trial(table: Table, space, work: Path, seed: int, args) -> dict:  # ty
         Objective(direction="max", expr="mean_acc"),
         Objective(direction="min", expr="mmacs"),
     ]
-    label_points = np.array([[-m["mean_acc"], m["mmacs"]] for m in
-                             (labels.row_metrics(i) for i in range(len(labels)))])  # fmt: skip
+    label_metrics = [labels.row_metrics(i) for i in range(len(labels))]
+    label_points = np.array([[-m["mean_acc"], m["mmacs"]] for m in label_metrics])
 
-    def summary(points: np.ndarray) -> dict:
+    def summary(points: np.ndarray, with_labels: bool = True) -> dict:
+        # The labels are free for every warm method: its front is over labels + evaluations.
+        points = np.vstack([label_points, points]) if with_labels else points
         front = points[non_dominated(points)]
         beyond = sum(
             1
@@ -234,16 +262,19 @@ def front_trial(table: Table, space, work: Path, seed: int, args) -> dict:  # ty
     results["AutoBuild-NAS"] = summary(
         np.array([[-r.metrics["mean_acc"], r.metrics["mmacs"]] for r in loop.records])
     )
+    warm = list(zip(labels.architectures, label_metrics, strict=True))
     for name, mode in (("Stage-Full", "stage"), ("Layer-Full", "layer")):
         search = SearchConfig(objectives=objectives, budget=args.front_budget, init=50,
                               per_generation=20, mode=mode, seed=seed)  # fmt: skip
-        found = run_search(space, Runner(table), search)
-        results[name] = summary(
-            np.array([[-r.metrics["mean_acc"], r.metrics["mmacs"]] for r in found.records])
-        )
+        for label, given in ((name, warm), (f"{name} (no labels)", [])):
+            found = run_search(space, Runner(table), search, warm=given)
+            results[label] = summary(
+                np.array([[-r.metrics["mean_acc"], r.metrics["mmacs"]] for r in found.records]),
+                with_labels=bool(given),
+            )
     return {
         "seed": seed,
-        "labels": summary(label_points),
+        "labels": summary(label_points[:0]),
         "label_points": label_points.tolist(),
         "methods": results,
         "seconds": seconds,
@@ -269,23 +300,28 @@ def front_table(trials: list[dict], table: Table) -> list[str]:
     true_hv = table.hypervolume(table.true_front)
     true_hv85 = table.hypervolume(table.true_front, USEFUL)
     lines = [
-        "| method | hypervolume, mean (min-max) | % of the true front's | "
-        f"hypervolume above {USEFUL:g} %, mean (min-max) | % of the true front's | "
-        "front networks beyond the labels' front (mean) |",
+        "| method | hypervolume, mean / median (min-max) | % of the true front's (mean) | "
+        f"hypervolume above {USEFUL:g} %, mean / median | % of the true front's (mean) | "
+        "front networks beyond the labels' front, mean / median |",
         "|---|---|---|---|---|---|",
     ]
     rows = [("labels (N)", [t["labels"] for t in trials])]
-    rows += [(m, [t["methods"][m] for t in trials]) for m in FRONT_METHODS]
+    rows += [(m, [t["methods"][m] for t in trials]) for m in FRONT_METHODS + COLD_METHODS]
     for name, items in rows:
         hv = [i["hv"] for i in items]
         hv85 = [i["hv85"] for i in items]
-        beyond = statistics.mean(i["beyond"] for i in items) if name != "labels (N)" else None
+        beyond = [i["beyond"] for i in items]
         lines.append(
-            f"| {name} | {statistics.mean(hv):.4f} ({min(hv):.4f}-{max(hv):.4f}) | "
-            f"{100 * statistics.mean(hv) / true_hv:.1f} | "
-            f"{statistics.mean(hv85):.4f} ({min(hv85):.4f}-{max(hv85):.4f}) | "
+            f"| {name} | {statistics.mean(hv):.4f} / {statistics.median(hv):.4f} "
+            f"({min(hv):.4f}-{max(hv):.4f}) | {100 * statistics.mean(hv) / true_hv:.1f} | "
+            f"{statistics.mean(hv85):.4f} / {statistics.median(hv85):.4f} | "
             f"{100 * statistics.mean(hv85) / true_hv85:.1f} | "
-            f"{'-' if beyond is None else f'{beyond:.1f}'} |"
+            + (
+                "-"
+                if name == "labels (N)"
+                else f"{statistics.mean(beyond):.1f} / {statistics.median(beyond):g}"
+            )
+            + " |"
         )
     lines.append(f"| true front (all 6561) | {true_hv:.4f} | 100 | {true_hv85:.4f} | 100 | - |")
     return lines
@@ -331,6 +367,10 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=100)
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--parts", default="single,front")
+    parser.add_argument(
+        "--inner", choices=["evolution", "tpe"], default="evolution", help="the loop's inner search"
+    )
+    parser.add_argument("--per-round", type=int, default=16, help="loop: evaluations a round")
     parser.add_argument("--work", type=Path, default=ROOT / "out" / "bench" / "loop")
     parser.add_argument("--markdown", type=Path, help="write the results section here")
     args = parser.parse_args()
@@ -366,7 +406,8 @@ def main() -> int:
     for seed in range(args.first_seed, args.seeds):
         if "single" in parts:
             trial = cached(
-                f"single_s{seed}", lambda seed=seed: single(table, space, args.work, seed, args)
+                f"single_s{seed}_{variant(args)}",
+                lambda seed=seed: single(table, space, args.work, seed, args),
             )
             singles.append(trial)
             shown = ", ".join(

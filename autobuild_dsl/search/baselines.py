@@ -152,10 +152,10 @@ def tpe_search(
     objective: Objective,
     budget: int,
     *,
-    seed: int = 0,
-    startup_trials: int | None = None,
     warm: Warm = (),
     key: KeyOf | None = None,
+    seed: int = 0,
+    startup_trials: int | None = None,
 ) -> BaselineResult:
     """Optuna's TPE over the space's decisions, defined by run (depth before layers).
 

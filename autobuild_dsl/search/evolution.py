@@ -25,6 +25,7 @@ import json
 import os
 import random
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol, TypeVar
 
@@ -185,30 +186,25 @@ def run_search(
         return search.run()
 
 
+@dataclass
 class _Search:
     """One search: its records, the warm-start labels, and its checkpoint."""
 
-    def __init__(
-        self,
-        space: Space,
-        runner: Evaluates,
-        config: SearchConfig,
-        out_dir: Path | None,
-        progress: ProgressCallback | None,
-        warm: Warm,
-    ) -> None:
-        self.space = space
-        self.runner = runner
-        self.config = config
-        self.out_dir = out_dir
-        self.progress = progress
-        self.warm_archs = [canonicalize(space, arch) for arch, _ in warm]
-        self.warm_metrics = [dict(metrics) for _, metrics in warm]
-        self.print_ = fingerprint(space, config, runner.identity, warm)
-        self.records: list[SearchRecord] = []
-        self.generation = 0
-        self.resumed_from = 0
-        self.network = network_keyer(space)
+    space: Space
+    runner: Evaluates
+    config: SearchConfig
+    out_dir: Path | None
+    progress: ProgressCallback | None
+    warm: Warm
+    records: list[SearchRecord] = field(default_factory=list)
+    generation: int = 0
+    resumed_from: int = 0
+
+    def __post_init__(self) -> None:
+        self.warm_archs = [canonicalize(self.space, arch) for arch, _ in self.warm]
+        self.warm_metrics = [dict(metrics) for _, metrics in self.warm]
+        self.print_ = fingerprint(self.space, self.config, self.runner.identity, self.warm)
+        self.network = network_keyer(self.space)
 
     def run(self) -> SearchResult:
         if self.out_dir is not None and self._resume():
@@ -220,11 +216,7 @@ class _Search:
         config = self.config
         while len(self.records) < config.budget:
             rng = random.Random(f"autobuild-dsl/search:{config.seed}:{self.generation}")
-            if self.generation == 0 and not self.warm_archs:
-                batch = _initial(self.space, rng, config.init, seen, self.network)
-            else:
-                front = non_dominated(self._matrix())
-                batch = _mutants(self.space, rng, config, archs, front, seen, self.network)
+            batch = self._batch(rng, archs, seen)
             if not batch:
                 return self._finish("exhausted")
             complete = len(batch) <= config.budget - len(self.records)
@@ -242,6 +234,23 @@ class _Search:
             if not complete:
                 break
         return self._finish("budget")
+
+    def _batch(
+        self, rng: random.Random, archs: list[Architecture], seen: set[str]
+    ) -> list[tuple[Architecture, int | None]]:
+        """The next generation: random networks first (without labels), then mutants of
+        the front of the labels and the records."""
+        config = self.config
+        if self.generation == 0 and not self.warm_archs:
+            index = index_of(self.space)
+            return _distinct(lambda: (index.sample(rng), None), config.init, seen, self.network)
+        front = non_dominated(self._matrix())
+
+        def mutant() -> tuple[Architecture, int | None]:
+            parent = front[rng.randrange(len(front))]
+            return mutate(self.space, archs[parent], rng, mode=config.mode), parent
+
+        return _distinct(mutant, config.per_generation, seen, self.network)
 
     def _matrix(self) -> np.ndarray:
         metrics = [*self.warm_metrics, *(r.metrics for r in self.records)]
@@ -335,49 +344,25 @@ class _Search:
 # --------------------------------------------------------------------------- generations
 
 
-def _initial(
-    space: Space,
-    rng: random.Random,
+def _distinct(
+    draw: Callable[[], tuple[Architecture, int | None]],
     count: int,
     seen: set[str],
     network: Callable[[Architecture], str],
 ) -> list[tuple[Architecture, int | None]]:
-    index = index_of(space)
+    """Up to `count` drawn (architecture, parent) pairs of distinct networks none of which
+    is in `seen` (fewer when the draws run out: a small or exhausted space)."""
     batch: list[tuple[Architecture, int | None]] = []
     keys: set[str] = set()
     for _ in range(count * TRIES_PER_ARCH):
         if len(batch) == count:
             break
-        arch = index.sample(rng)
+        arch, parent = draw()
         key = network(arch)
         if key in seen or key in keys:
             continue
         keys.add(key)
-        batch.append((arch, None))
-    return batch
-
-
-def _mutants(
-    space: Space,
-    rng: random.Random,
-    config: SearchConfig,
-    archs: list[Architecture],
-    front: list[int],
-    seen: set[str],
-    network: Callable[[Architecture], str],
-) -> list[tuple[Architecture, int | None]]:
-    batch: list[tuple[Architecture, int | None]] = []
-    keys: set[str] = set()
-    for _ in range(config.per_generation * TRIES_PER_ARCH):
-        if len(batch) == config.per_generation:
-            break
-        parent = front[rng.randrange(len(front))]
-        child = mutate(space, archs[parent], rng, mode=config.mode)
-        key = network(child)
-        if key in seen or key in keys:
-            continue
-        keys.add(key)
-        batch.append((child, parent))
+        batch.append((arch, parent))
     return batch
 
 
@@ -426,23 +411,27 @@ def _architecture(space: Space, record: SearchRecord) -> Architecture:
 # --------------------------------------------------------------------------- files
 
 
-def read_checkpoint(path: Path, model: type[_M], error: type[AbcError], what: str) -> _M | None:
-    """A checkpoint file as `model`, None when there is none; a damaged one is an error."""
+def read_checkpoint(
+    path: Path, model: type[_M], error: type[AbcError], what: str, version: int
+) -> _M | None:
+    """A checkpoint file as `model` (with a `version` field), None when there is none; a
+    damaged one or one of another version is an error."""
     if not path.exists():
         return None
     try:
-        return model.model_validate_json(path.read_text(encoding="utf-8"))
+        state = model.model_validate_json(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as problem:
         raise error(f"{path}: not a {what} checkpoint: {problem}") from None
+    if state.version != version:  # type: ignore[attr-defined]
+        raise error(f"the checkpoint has version {state.version}, not {version}")  # type: ignore[attr-defined]
+    return state
 
 
 def _read_state(out_dir: Path) -> _State | None:
-    return read_checkpoint(out_dir / STATE_FILE, _State, SearchStateError, "search")
+    return read_checkpoint(out_dir / STATE_FILE, _State, SearchStateError, "search", STATE_VERSION)
 
 
 def _check_resumable(state: _State, print_: str, config: SearchConfig) -> None:
-    if state.version != STATE_VERSION:
-        raise SearchStateError(f"the checkpoint has version {state.version}, not {STATE_VERSION}")
     if state.fingerprint != print_:
         old, new = state.config, config
         diffs = [

@@ -6,9 +6,10 @@ Each round:
    labels plus every evaluation of earlier rounds);
 2. rank every unit's modules with each ensemble and keep the union of each target's
    top-k per unit (the paper's AutoBuild-NAS space, section 5.1);
-3. search that reduced space with real evaluations: regularized evolution warm-started
-   with the labels inside it (one objective), or Stage-Full Pareto mutation of the front
-   of the labels inside it (several objectives), `per_round` new evaluations;
+3. search that reduced space with real evaluations, `per_round` new ones: regularized
+   evolution or TPE (`inner`) warm-started with the labels inside it (one objective), or
+   Stage-Full Pareto mutation of the front of the labels inside it (several objectives);
+   the search counts networks, so a proposal equivalent to a held one is free;
 4. every evaluation is appended (fsync'd) to `evaluations.jsonl` and `labels.jsonl` the
    moment it finishes.
 

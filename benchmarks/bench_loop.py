@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import shutil
 import statistics
@@ -141,6 +142,21 @@ class Table:
         return float(HV(ref_point=np.array([1.0, 1.0]))(normal))
 
 
+def load_table(imported: Path, space) -> Table:  # type: ignore[no-untyped-def]
+    """The table, pickled next to the imported file: building it (a network key for each
+    of the 6561 architectures) costs seconds of CPU in every parallel process."""
+    import pickle
+
+    cached = imported.with_suffix(".table.pkl")
+    if cached.exists() and cached.stat().st_mtime >= imported.stat().st_mtime:
+        return pickle.loads(cached.read_bytes())
+    table = Table(imported, space)
+    temporary = cached.with_name(f"{cached.name}.{os.getpid()}")
+    temporary.write_bytes(pickle.dumps(table))
+    os.replace(temporary, cached)
+    return table
+
+
 class Runner:
     """What the loop and the searches call: the table, counting what is paid for."""
 
@@ -237,7 +253,9 @@ def single(table: Table, space, work: Path, seed: int, args) -> dict:  # type: i
         seconds[0] += time.perf_counter() - start
         seconds[1] += time.process_time() - cpu
         if not first.exists():
-            shutil.copytree(out / "rounds" / "r00", first)
+            # Copied whole, then renamed: a parallel process never sees half of it.
+            shutil.copytree(out / "rounds" / "r00", first.with_name(f"{first.name}.{os.getpid()}"))
+            os.replace(first.with_name(f"{first.name}.{os.getpid()}"), first)
         rounds[str(b)] = [r.model_dump(mode="json", exclude={"built"}) for r in result.rounds]
         curve = [row["max mean_acc"] for row in result.best_so_far]
         found["loop"][b] = curve[-1]
@@ -328,6 +346,41 @@ def single_table(trials: list[dict], table: Table, budgets: list[int]) -> list[s
             ones = sum(r == 1 for r in ranks)
             cells.append(f"{statistics.median(ranks):g} ({ones}/{len(ranks)})")
         lines.append(f"| {b} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def tune_table(args: argparse.Namespace, table: Table) -> list[str]:
+    """The loop variants' single-objective trials kept in `--work` for the chosen seeds
+    (run them with `--parts single --inner I --per-round P`): median true rank (rank-1
+    seeds) and every seed's rank, per B."""
+    budgets = [int(b) for b in args.budgets.split(",")]
+    lines = ["| loop variant | " + " | ".join(f"B = {b}" for b in budgets) + " |"]
+    lines.append("|---" * (len(budgets) + 1) + "|")
+    rows: dict[str, list[dict]] = {}
+    for inner in INNER_TEXT:
+        for per_round in (16, 32):
+            name = f"{inner}, retrained every {per_round}"
+            for seed in range(args.first_seed, args.seeds):
+                path = args.work / f"single_s{seed}_{inner}_p{per_round}.json"
+                if path.exists():
+                    rows.setdefault(name, []).append(json.loads(path.read_text()))
+    for method in ("RE (warm)", "TPE (warm)"):
+        if rows:
+            rows[f"{method} on the full space"] = next(iter(rows.values()))
+    for name, trials in rows.items():
+        method = name.split(" on the full space")[0] if "full space" in name else "loop"
+        cells = []
+        for b in budgets:
+            ranks = [
+                table.rank(t["found"][method][str(b)])
+                for t in trials
+                if str(b) in t["found"][method]
+            ]
+            ones = sum(r == 1 for r in ranks)
+            cells.append(
+                f"{statistics.median(ranks):g} ({ones}/{len(ranks)}): {ranks}" if ranks else "-"
+            )
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -513,7 +566,10 @@ def main() -> int:
              str(args.data), "--space", str(SPACE_FILE), "-o", str(imported)],
             check=True, capture_output=True,
         )  # fmt: skip
-    table = Table(imported, space)
+    table = load_table(imported, space)
+    if "tune" in args.parts.split(","):
+        print("\n".join(tune_table(args, table)))
+        return 0
     started, cpu = time.perf_counter(), time.process_time()
     singles, fronts = run_trials(args, table, space)
     wall, cpu = time.perf_counter() - started, time.process_time() - cpu

@@ -463,6 +463,9 @@ def arguments() -> argparse.Namespace:
     )
     parser.add_argument("--work", type=Path, default=ROOT / "out" / "bench" / "loop")
     parser.add_argument("--markdown", type=Path, help="write the results section here")
+    parser.add_argument(
+        "--cached-only", action="store_true", help="report the finished trials in --work only"
+    )
     return parser.parse_args()
 
 
@@ -477,6 +480,8 @@ def run_trials(args: argparse.Namespace, table: Table, space) -> tuple[list, lis
         path = args.work / f"{name}.json"
         if path.exists():
             return json.loads(path.read_text())
+        if args.cached_only:
+            return None
         trial = make()
         path.write_text(json.dumps(trial))
         return trial
@@ -487,15 +492,18 @@ def run_trials(args: argparse.Namespace, table: Table, space) -> tuple[list, lis
                 f"single_s{seed}_{variant(args)}",
                 lambda seed=seed: single(table, space, args.work, seed, args),
             )
-            singles.append(trial)
-            shown = ", ".join(
-                f"{m} {table.rank(trial['found'][m][str(budgets[-1])])}" for m in SINGLE
-            )
-            print(f"single seed {seed}: true rank at B={budgets[-1]}: {shown}", flush=True)
+            if trial is not None:
+                singles.append(trial)
+                shown = ", ".join(
+                    f"{m} {table.rank(trial['found'][m][str(budgets[-1])])}" for m in SINGLE
+                )
+                print(f"single seed {seed}: true rank at B={budgets[-1]}: {shown}", flush=True)
         if "front" in parts:
             trial = cached(
                 f"front_s{seed}", lambda seed=seed: front_trial(table, space, args.work, seed, args)
             )
+            if trial is None:
+                continue
             fronts.append(trial)
             shown = ", ".join(f"{m} {trial['methods'][m]['hv']:.4f}" for m in FRONT_METHODS)
             print(f"front seed {seed}: hypervolume {shown}", flush=True)

@@ -76,6 +76,7 @@ USEFUL = 85.0
 # The loop's settings, chosen on seeds 100-104 (docs/loop.md), reported on seeds 0-4.
 INNER = "evolution"
 PER_ROUND = 16
+TOP_K: int | None = None
 INNER_TEXT = {
     "evolution": "regularized evolution (Stage-Full mutation)",
     "tpe": "TPE over the kept modules",
@@ -198,7 +199,7 @@ def es_top1(run_folder: Path, table: Table) -> float:
 
 def variant(args) -> str:  # type: ignore[no-untyped-def]
     """The loop settings a trial depends on, in its folder and cache names."""
-    return f"{args.inner}_p{args.per_round}"
+    return f"{args.inner}_p{args.per_round}" + (f"_k{args.top_k}" if args.top_k else "")
 
 
 def others(table: Table, space, work: Path, seed: int, b: int, warm, out: Path, args) -> dict:  # type: ignore[no-untyped-def]
@@ -242,8 +243,8 @@ def single(table: Table, space, work: Path, seed: int, args) -> dict:  # type: i
         # k is chosen from the budget (top_k=None), so every B is a run of its own.
         out = work / f"single_s{seed}_b{b}_{variant(args)}"
         config = LoopConfig(targets=["mean_acc"], budget=b, per_round=args.per_round,
-                            inner=args.inner, epochs=args.epochs, folds=args.folds,
-                            seed=seed)  # fmt: skip
+                            inner=args.inner, top_k=args.top_k, epochs=args.epochs,
+                            folds=args.folds, seed=seed)  # fmt: skip
         first = work / f"r00_s{seed}_e{args.epochs}_f{args.folds}"
         if first.exists() and not out.exists():
             # Round 0 trains on the labels alone, the same for every B and variant: reuse it.
@@ -358,10 +359,10 @@ def tune_table(args: argparse.Namespace, table: Table) -> list[str]:
     lines.append("|---" * (len(budgets) + 1) + "|")
     rows: dict[str, list[dict]] = {}
     for inner in INNER_TEXT:
-        for per_round in (16, 32):
-            name = f"{inner}, retrained every {per_round}"
+        for per_round, k in ((16, ""), (32, ""), (16, "_k3")):
+            name = f"{inner}, retrained every {per_round}" + (", first k = 3" if k else "")
             for seed in range(args.first_seed, args.seeds):
-                path = args.work / f"single_s{seed}_{inner}_p{per_round}.json"
+                path = args.work / f"single_s{seed}_{inner}_p{per_round}{k}.json"
                 if path.exists():
                     rows.setdefault(name, []).append(json.loads(path.read_text()))
     for method in ("RE (warm)", "TPE (warm)"):
@@ -461,6 +462,9 @@ def arguments() -> argparse.Namespace:
     parser.add_argument(
         "--per-round", type=int, default=PER_ROUND, help="loop: evaluations a round"
     )
+    parser.add_argument(
+        "--top-k", type=int, default=TOP_K, help="loop: the first k (default: from the budget)"
+    )
     parser.add_argument("--work", type=Path, default=ROOT / "out" / "bench" / "loop")
     parser.add_argument("--markdown", type=Path, help="write the results section here")
     parser.add_argument(
@@ -519,7 +523,8 @@ def single_section(args: argparse.Namespace, table: Table, singles: list[dict]) 
     return [
         f"Single objective (max accuracy), N = {args.labels} random labels, B real",
         f"evaluations: median true rank among the {table.networks} distinct networks and, in",
-        f"brackets, the seeds that found rank 1 ({table.sorted[0]:.2f}); seeds 0-4 (the loop's",
+        f"brackets, the seeds that found rank 1 ({table.sorted[0]:.2f}); seeds "
+        f"{', '.join(str(t['seed']) for t in singles)} (the loop's",
         "settings were chosen on seeds 100-104, see docs/loop.md). Scorers: "
         f"{args.folds}-fold ranked ensembles,",
         f"{args.epochs} epochs, retrained every {args.per_round} evaluations; inside the reduced "

@@ -597,7 +597,9 @@ def main() -> int:
     command = (
         f"python benchmarks/bench_loop.py --labels {args.labels} --budgets {args.budgets} "
         f"--front-budget {args.front_budget} --front-round {args.front_round} "
-        f"--seeds {args.seeds} --epochs {args.epochs} --folds {args.folds}"
+        f"--seeds {args.seeds} --epochs {args.epochs} --folds {args.folds} "
+        f"--inner {args.inner} --per-round {args.per_round}"
+        + (f" --top-k {args.top_k}" if args.top_k else "")
     )
     section += [
         f"Command: `{command}`. The loops took {sum(x[1] for x in measured) / 60:.0f} min CPU "

@@ -24,210 +24,52 @@ Numeric categories keep their exact values up to `max_values` of them (else that
 representative values, quantiles in log scale); a value not in the vocabulary takes the
 code of the nearest one in log scale. An operation type the vocabulary lacks is an error.
 
-Exporting is the slow step (about 0.3 s per OFA network), so raw graphs are cached on disk
-by (space JSON hash, architecture key, encoder version), one JSON file each, written
-atomically; `jobs > 1` exports misses in spawned worker processes.
+Exporting a whole network is slow (0.2-0.3 s per OFA network), so a graph is assembled
+from per-layer ONNX fragments where the network allows it (`ir_fragments`; the whole
+export is the fallback), and raw graphs are cached on disk by (space digest, architecture
+key, encoder version), one JSON file each, written atomically; `jobs > 1` exports what
+fragments cannot give in spawned worker processes.
+
+Modules: `ir_export` (the raw graph and its ONNX reading), `ir_fragments` (assembly),
+`ir_vocab` (vocabularies and coding), this one (cache and encoder).
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
 import hashlib
-import io
 import json
 import multiprocessing
 import os
-import re
 import time
-import warnings
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 from torch_geometric.data import Data
 
 from autobuild_dsl import io as abc_io
-from autobuild_dsl.graphs.encode import EncodeError, FeatureCategory
+from autobuild_dsl.graphs.encode import FeatureCategory
+from autobuild_dsl.graphs.ir_export import IrError, IrGraph, export_ir
+from autobuild_dsl.graphs.ir_fragments import FragmentAssembler
+from autobuild_dsl.graphs.ir_vocab import (
+    DEFAULT_MAX_VALUES,
+    IrCategory,
+    _Coder,
+    _column,
+    fit_categories,
+)
 from autobuild_dsl.space.architecture import Architecture
 from autobuild_dsl.space.model import Space
 
 # Bump when the graph extraction changes: old cache entries and runs are then refused.
 IR_VERSION = 1
 IR_FORMAT = "autobuild-ir-encoder"
-DEFAULT_MAX_VALUES = 64
 
 Progress = Callable[[int, int], None]
-
-_KERNEL_OPS = frozenset({"Conv", "ConvTranspose", "MaxPool", "AveragePool", "LpPool"})
-_MODULE_NAME = re.compile(r"^/nodes\.(\d+)/")
-
-
-class IrError(EncodeError):
-    """An architecture cannot be turned into an IR graph (or encoded with these vocabularies)."""
-
-
-# ----- the raw graph (vocabulary-free; what the disk cache holds) ---------------------------
-
-
-class IrGraph(BaseModel):
-    """One exported network: per node its op, output shape and attributes; edges; places.
-
-    Lists are parallel (one entry per node, in the ONNX graph's topological order). `module`
-    is the index of the compiled network node (layer) an op belongs to, and `places[m]`
-    names that layer (`stem`, `s3.1` = stage s3 layer 1, `head`)."""
-
-    model_config = ConfigDict(frozen=True)
-
-    space: str
-    ops: list[str]
-    channels: list[int | None]
-    height: list[int | None]
-    width: list[int | None]
-    kernel: list[int | None]
-    stride: list[int | None]
-    groups: list[str | None]
-    module: list[int | None]
-    places: list[str]
-    edges: list[tuple[int, int]]
-
-    @property
-    def num_nodes(self) -> int:
-        return len(self.ops)
-
-    def place(self, node: int) -> str | None:
-        m = self.module[node]
-        return self.places[m] if m is not None and 0 <= m < len(self.places) else None
-
-
-def _place_label(position: Any) -> str:
-    if position.layer_index is not None:
-        return f"{position.block}.{position.layer_index}"
-    if position.role in ("before", "after"):
-        return f"{position.block}.{position.role}"
-    return str(position.block)
-
-
-def _dims(value_info: Any) -> list[int | None] | None:
-    tensor = value_info.type.tensor_type
-    if not tensor.HasField("shape"):
-        return None
-    return [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
-
-
-def _shape_features(dims: list[int | None] | None) -> tuple[int | None, int | None, int | None]:
-    """(channels, height, width) of an output tensor shape."""
-    if not dims or len(dims) < 2:
-        return None, None, None
-    if len(dims) == 2:
-        return dims[1], None, None
-    if len(dims) == 3:  # [N, T, C]: tokens x features
-        return dims[2], dims[1], None
-    return dims[1], dims[2], dims[3]
-
-
-def export_ir(space: Space, arch: Architecture) -> IrGraph:
-    """Compile `arch`, export it to ONNX in memory and read its IR graph."""
-    import onnx
-
-    from autobuild_dsl.compile.network import CompileError, build_module, example_inputs
-    from autobuild_dsl.compile.onnx_export import OPSET
-    from autobuild_dsl.space.resolve import ResolveError, resolve
-
-    try:
-        net = resolve(space, arch)
-        # Built on meta and given empty storage: no weight initialisation (the values do
-        # not matter, only the graph); zeroed below so no uninitialised NaN is traced.
-        module = build_module(net, device="meta").to_empty(device="cpu").eval()
-    except (ResolveError, CompileError, ValueError) as error:
-        raise IrError(f"{space.name}: cannot compile the architecture: {error}") from None
-    with torch.no_grad():
-        for tensor in [*module.parameters(), *module.buffers()]:
-            tensor.zero_()
-    inputs = example_inputs(net, batch=1, device="cpu", seed=0)
-    buffer = io.BytesIO()
-    try:
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-            torch.onnx.export(
-                module,
-                (),
-                buffer,
-                kwargs=inputs,
-                input_names=list(inputs),
-                output_names=["out"],
-                opset_version=OPSET,
-                dynamo=False,
-                do_constant_folding=True,  # with eval mode: Conv + BatchNorm fold into Conv
-                export_params=False,  # the graph only: no 20 MB of weights to write and parse
-            )
-    except Exception as error:  # the exporter raises many types; name the space
-        raise IrError(f"{space.name}: ONNX export failed: {error}") from error
-    model = onnx.shape_inference.infer_shapes(onnx.load_from_string(buffer.getvalue()))
-    return _read_graph(
-        model, set(inputs), space.name, [_place_label(n.position) for n in net.nodes]
-    )
-
-
-def _read_graph(model: Any, data_inputs: set[str], space: str, places: list[str]) -> IrGraph:
-    import onnx
-
-    graph = model.graph
-    shapes: dict[str, list[int | None] | None] = {}
-    for info in [*graph.input, *graph.value_info, *graph.output]:
-        shapes[info.name] = _dims(info)
-    live = set(data_inputs)  # tensors computed from a network input
-    producer: dict[str, int] = {}
-    columns: dict[str, list[Any]] = {
-        k: [] for k in ("ops", "channels", "height", "width", "kernel", "stride", "groups")
-    }
-    modules: list[int | None] = []
-    edges: list[tuple[int, int]] = []
-    for node in graph.node:
-        if not any(name in live for name in node.input):
-            continue  # weight plumbing: Constant, Identity of an initializer, ...
-        index = len(modules)
-        sources = sorted({producer[n] for n in node.input if n in producer})
-        edges.extend((s, index) for s in sources)
-        for name in node.output:
-            live.add(name)
-            producer[name] = index
-        channels, height, width = _shape_features(shapes.get(node.output[0]))
-        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-        kernel = stride = None
-        group: str | None = None
-        if node.op_type in _KERNEL_OPS:
-            shape = attrs.get("kernel_shape")
-            if shape is None and node.op_type.startswith("Conv") and len(node.input) > 1:
-                weight = shapes.get(node.input[1])
-                shape = weight[2:] if weight else None
-            kernel = int(max(shape)) if shape else None
-            strides = attrs.get("strides")
-            stride = int(max(strides)) if strides else 1
-        if node.op_type in ("Conv", "ConvTranspose"):
-            count = int(attrs.get("group", 1))
-            in_dims = shapes.get(node.input[0])
-            in_channels = in_dims[1] if in_dims and len(in_dims) > 1 else None
-            if count == 1:
-                group = "dense"
-            elif in_channels is not None and count == in_channels:
-                group = "depthwise"
-            else:
-                group = "grouped"
-        match = _MODULE_NAME.match(node.name)
-        columns["ops"].append(node.op_type)
-        columns["channels"].append(channels)
-        columns["height"].append(height)
-        columns["width"].append(width)
-        columns["kernel"].append(kernel)
-        columns["stride"].append(stride)
-        columns["groups"].append(group)
-        modules.append(int(match.group(1)) if match else None)
-    if not modules:
-        raise IrError(f"{space}: the exported graph has no operation on the input")
-    return IrGraph(space=space, module=modules, places=places, edges=edges, **columns)
 
 
 # ----- the on-disk cache -----------------------------------------------------------------------
@@ -259,7 +101,7 @@ def _arch_hash(arch: Architecture) -> str:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    abc_io.write_atomic(path, text)
+    abc_io.write_atomic(path, text, durable=False)  # a lost file is only exported again
 
 
 class _CacheEntry(BaseModel):
@@ -278,6 +120,10 @@ class BuildStats(BaseModel):
     export_cpu_seconds: float = Field(
         default=0.0, description="CPU time of the exports (all processes): steady on a busy host"
     )
+    assembled: int = Field(default=0, description="graphs assembled from layer fragments")
+    fragments: int = Field(default=0, description="layer fragments exported (new contexts)")
+    checked: int = Field(default=0, description="whole exports compared with an assembled graph")
+    fragment_cpu_seconds: float = Field(default=0.0, description="fragments and checks")
 
 
 # ----- worker processes ----------------------------------------------------------------------
@@ -304,18 +150,6 @@ def _worker_export(space_json: str, arch_json: str) -> tuple[str, float]:
 # ----- vocabularies --------------------------------------------------------------------------
 
 
-class IrCategory(BaseModel):
-    """A feature category of IR graphs and its fitted vocabulary."""
-
-    model_config = ConfigDict(frozen=True)
-
-    name: str
-    group: Literal["op", "attr"]
-    kind: Literal["label", "number"]
-    vocab: list[Any]
-    ops: list[str] = Field(default_factory=list, description="op types the category applies to")
-
-
 class IrEncoderState(BaseModel):
     """Everything needed to rebuild an encoder that codes graphs exactly as before."""
 
@@ -324,112 +158,6 @@ class IrEncoderState(BaseModel):
     spaces: list[dict[str, Any]] = Field(description="every space the encoder accepts, as JSON")
     max_values: int
     categories: list[IrCategory]
-
-
-def _column(graph: IrGraph, name: str) -> list[Any]:
-    if name == "op":
-        return graph.ops
-    if name == "size":
-        return graph.height
-    return getattr(graph, name)
-
-
-def _representatives(values: list[float], limit: int) -> list[int | float]:
-    """At most `limit` values standing for `values`: all of them, or log-scale quantiles."""
-    ordered = sorted(set(values))
-    if len(ordered) <= limit:
-        return ordered
-    logs = np.log2(np.maximum(np.asarray(ordered, dtype=np.float64), 1e-9))
-    picks = np.quantile(logs, np.linspace(0.0, 1.0, limit))
-    chosen = {ordered[int(np.argmin(np.abs(logs - p)))] for p in picks}
-    return sorted(chosen)
-
-
-def fit_categories(
-    graphs: Iterable[IrGraph], max_values: int = DEFAULT_MAX_VALUES
-) -> list[IrCategory]:
-    """The categories and vocabularies over `graphs` (several spaces: their union)."""
-    if max_values < 2:
-        raise ValueError("max_values must be at least 2")
-    seen: dict[str, set[Any]] = {n: set() for n in ("op", "channels", "height", "width")}
-    seen.update({n: set() for n in ("kernel", "stride", "groups")})
-    applies: dict[str, set[str]] = {n: set() for n in seen}
-    square = True
-    count = 0
-    for graph in graphs:
-        count += 1
-        for name in seen:
-            for op, value in zip(graph.ops, _column(graph, name), strict=True):
-                if value is not None:
-                    seen[name].add(value)
-                    applies[name].add(op)
-        square = square and all(
-            h == w for h, w in zip(graph.height, graph.width, strict=True) if w is not None
-        )
-    if count == 0:
-        raise IrError("no architectures to fit the IR vocabularies on")
-    categories = [IrCategory(name="op", group="op", kind="label", vocab=sorted(seen["op"]))]
-    numeric = ["channels", "size"] if square else ["channels", "height", "width"]
-    numeric += ["kernel", "stride"]
-    for name in numeric:
-        source = "height" if name == "size" else name
-        values = seen[source]
-        if len(values) < 2:
-            continue  # the same everywhere: carries no information
-        categories.append(
-            IrCategory(
-                name=name,
-                group="attr",
-                kind="number",
-                vocab=_representatives(sorted(values), max_values),
-                ops=sorted(applies[source]),
-            )
-        )
-    if len(seen["groups"]) >= 2:
-        categories.append(
-            IrCategory(
-                name="groups",
-                group="attr",
-                kind="label",
-                vocab=sorted(seen["groups"]),
-                ops=sorted(applies["groups"]),
-            )
-        )
-    return categories
-
-
-class _Coder:
-    """Value -> code for one category (exact labels; nearest value in log scale for numbers)."""
-
-    def __init__(self, category: IrCategory) -> None:
-        self.category = category
-        if category.kind == "label":
-            self.codes = {v: i + 1 for i, v in enumerate(category.vocab)}
-            return
-        logs = np.log2(np.maximum(np.asarray(category.vocab, dtype=np.float64), 1e-9))
-        self.cuts = (logs[1:] + logs[:-1]) / 2.0
-
-    def column(self, values: Sequence[Any], where: str) -> np.ndarray:
-        out = np.zeros(len(values), dtype=np.int64)
-        if self.category.kind == "label":
-            for i, value in enumerate(values):
-                if value is None:
-                    continue
-                code = self.codes.get(value)
-                if code is None:
-                    known = ", ".join(str(v) for v in self.category.vocab)
-                    raise IrError(
-                        f"{where}: {self.category.name} {value!r} was not in the data the "
-                        f"encoder was fitted on (known: {known})"
-                    )
-                out[i] = code
-            return out
-        present = np.array([v is not None for v in values], dtype=bool)
-        if present.any():
-            numbers = np.array([v for v in values if v is not None], dtype=np.float64)
-            logs = np.log2(np.maximum(numbers, 1e-9))
-            out[present] = np.searchsorted(self.cuts, logs) + 1
-        return out
 
 
 # ----- the encoder -------------------------------------------------------------------------------
@@ -454,6 +182,7 @@ class IrEncoder:
         jobs: int = 1,
         max_values: int = DEFAULT_MAX_VALUES,
         categories: Sequence[IrCategory] | None = None,
+        fragments: bool = True,
     ) -> None:
         listed = [spaces] if isinstance(spaces, Space) else list(spaces)
         if not listed:
@@ -471,6 +200,8 @@ class IrEncoder:
         self.max_values = max_values
         self._memory: dict[tuple[str, str], IrGraph] = {}
         self.stats = BuildStats()
+        # None: every graph is a whole-network export (the reference the fragments match).
+        self._fragments = FragmentAssembler(self._fragment_folder) if fragments else None
         self._categories: list[IrCategory] | None = None
         if categories is not None:
             self._set_categories(list(categories))
@@ -582,6 +313,41 @@ class IrEncoder:
             entry = _CacheEntry(key=arch.key(), graph=graph)
             _write_atomic(self._cache_path(space, arch), entry.model_dump_json())
 
+    def _fragment_folder(self, space: Space) -> Path | None:
+        if not self.use_cache:
+            return None
+        return self.cache_dir / cache_tag() / self._hash[space.name] / "fragments"
+
+    def _assemble(
+        self,
+        todo: list[tuple[Architecture, list[int]]],
+        deliver: Callable[[Architecture, list[int], IrGraph], None],
+        stats: BuildStats,
+    ) -> list[tuple[Architecture, list[int]]]:
+        """Deliver what per-layer fragments give; returns the rest (to export whole)."""
+        if self._fragments is None or not todo:
+            return todo
+        before = self._fragments.stats.model_copy()
+        rest = []
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # fragment exports: tiny ops, one thread is fastest
+        try:
+            for arch, rows in todo:
+                graph = self._fragments.assemble(self.space_of(arch), arch)
+                if graph is None:
+                    rest.append((arch, rows))
+                else:
+                    deliver(arch, rows, graph)
+        finally:
+            torch.set_num_threads(threads)
+        after = self._fragments.stats
+        stats.assembled = after.assembled - before.assembled
+        stats.fragments = after.fragments - before.fragments
+        stats.checked = after.checked - before.checked
+        stats.fragment_cpu_seconds = after.cpu_seconds - before.cpu_seconds
+        stats.exported = len(rest)
+        return rest
+
     def graph(self, arch: Architecture) -> IrGraph:
         """The raw IR graph of one architecture (memory, then disk cache, then export)."""
         return self.graphs([arch])[0]
@@ -630,6 +396,7 @@ class IrEncoder:
                 done += 1
                 tick()
 
+        todo = self._assemble(todo, deliver, stats)  # what fragments cannot give is exported
         if len(todo) >= 8 and self.jobs > 1:
             stats.export_cpu_seconds = self._export_parallel(todo, deliver)
         elif todo:

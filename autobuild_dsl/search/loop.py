@@ -36,6 +36,7 @@ from typing import Any, Literal
 import numpy as np
 
 from autobuild_dsl.data.dataset import LabeledDataset, from_records, write_text_atomic
+from autobuild_dsl.errors import CONTINUE, START_OVER, Remedy
 from autobuild_dsl.search.baselines import regularized_evolution, tpe_search
 from autobuild_dsl.search.evolution import Evaluates
 from autobuild_dsl.search.loop_report import write_report
@@ -384,16 +385,14 @@ class _Loop:
         if state is None:
             return [], "budget", 0
         if not resume:
-            raise LoopError(
-                f"{self.out} holds a loop already; pass --resume to continue it or "
-                "--force to start over"
-            )
+            raise LoopError(f"{self.out} holds a loop already", remedies=(CONTINUE, START_OVER))
         check_resumable(state, print_, self.config)
         self.records = read_records(self.out / RECORDS_FILE)
         if len(self.records) > self.config.budget:
             raise LoopError(
                 f"the folder holds {len(self.records)} evaluations, more than the budget "
-                f"{self.config.budget}; give --budget {len(self.records)} or more"
+                f"{self.config.budget}",
+                remedies=(Remedy("budget", "or more", str(len(self.records))),),
             )
         for record in self.records:
             arch = canonicalize(self.space, record.arch)

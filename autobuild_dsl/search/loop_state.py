@@ -16,7 +16,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from autobuild_dsl.data.dataset import LabeledDataset, write_text_atomic
-from autobuild_dsl.errors import AbcError
+from autobuild_dsl.errors import START_OVER, AbcError, Remedy
 from autobuild_dsl.search.evolution import read_checkpoint
 from autobuild_dsl.search.pareto import Objective
 from autobuild_dsl.space.architecture import Architecture
@@ -39,6 +39,8 @@ AUTO_K_FACTOR = 1.5
 
 class LoopError(AbcError, ValueError):
     """The loop cannot start or resume (bad settings, a different loop in the folder)."""
+
+    code = "loop"
 
 
 class LoopConfig(BaseModel):
@@ -82,8 +84,8 @@ class LoopConfig(BaseModel):
             return list(self.objectives)
         if len(self.targets) > 1:
             raise LoopError(
-                "several targets need objectives for the search inside the reduced space, "
-                "e.g. --objectives 'max acc, min macs'"
+                "several targets need objectives for the search inside the reduced space",
+                remedies=(Remedy("objectives", "", "'max acc, min macs'"),),
             )
         return [Objective(direction="max", expr=self.targets[0])]
 
@@ -205,7 +207,8 @@ def check_resumable(state: LoopState, print_: str, config: LoopConfig) -> None:
         ]
         what = "; ".join(diffs) or "the space, the labels or the evaluator differ"
         raise LoopError(
-            f"the folder holds a different loop ({what}); use another folder or --force"
+            f"the folder holds a different loop ({what}); use another folder",
+            remedies=(START_OVER,),
         )
 
 

@@ -245,7 +245,7 @@ class EvaluationRunner:
                 import ray
             except ImportError:
                 raise EvaluationError(
-                    "--ray needs the optional dependency ray: pip install 'autobuild-dsl[ray]'"
+                    "running on Ray needs the optional dependency ray: pip install 'autobuild-dsl[ray]'"
                 ) from None
             if not ray.is_initialized():
                 ray.init(address=self.ray_address, ignore_reinit_error=True, log_to_driver=False)

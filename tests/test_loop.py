@@ -123,20 +123,25 @@ def test_same_seed_same_result(tmp_path: Path) -> None:
     assert auto.rounds[0].k == 3 and auto.rounds[0].reduced_size == 27
 
 
-def test_resume_after_a_kill_mid_round_pays_nothing_twice(tmp_path: Path) -> None:
+@pytest.mark.parametrize("inner", ["evolution", "tpe"])
+def test_resume_after_a_kill_mid_round_pays_nothing_twice(tmp_path: Path, inner: str) -> None:
     data = labels()
-    whole = run_loop(SPACE, data, Counting(), config(), tmp_path / "whole")
+
+    def settings(**changes: object) -> LoopConfig:
+        return config(inner=inner, **changes)
+
+    whole = run_loop(SPACE, data, Counting(), settings(), tmp_path / "whole")
     killed = Counting(kill_after=8)  # round 1 (evaluations 7-12) is cut after its second
     with pytest.raises(Killed):
-        run_loop(SPACE, data, killed, config(), tmp_path / "cut")
+        run_loop(SPACE, data, killed, settings(), tmp_path / "cut")
     # A write torn by the kill is ignored on resume.
     with (tmp_path / "cut" / "evaluations.jsonl").open("a") as handle:
         handle.write('{"index": 8, "round": 1, "ke')
     with pytest.raises(LoopError, match="holds a loop already") as refused:
-        run_loop(SPACE, data, Counting(), config(), tmp_path / "cut")
+        run_loop(SPACE, data, Counting(), settings(), tmp_path / "cut")
     assert [r.parameter for r in refused.value.remedies] == ["resume", "force"]
     rest = Counting()
-    resumed = run_loop(SPACE, data, rest, config(), tmp_path / "cut", resume=True)
+    resumed = run_loop(SPACE, data, rest, settings(), tmp_path / "cut", resume=True)
     assert len(rest.paid) == 4
     assert not set(rest.paid) & set(killed.paid)
     assert resumed.resumed_from == 8
@@ -146,20 +151,22 @@ def test_resume_after_a_kill_mid_round_pays_nothing_twice(tmp_path: Path) -> Non
     # Killed after a round's last evaluation, before its checkpoint: nothing is paid again
     # and the round is recorded as it would have been.
     # (The checkpoint after round 0 is the final one of a loop with a budget of one round.)
-    run_loop(SPACE, data, Counting(), config(budget=6), tmp_path / "one")
+    run_loop(SPACE, data, Counting(), settings(budget=6), tmp_path / "one")
     state = json.loads((tmp_path / "one" / "loop.json").read_text())
     state["stopped"] = "running"
     (tmp_path / "cut" / "loop.json").write_text(json.dumps(state))
     again = Counting()
-    replayed = run_loop(SPACE, data, again, config(), tmp_path / "cut", resume=True)
+    replayed = run_loop(SPACE, data, again, settings(), tmp_path / "cut", resume=True)
     assert again.paid == []
     assert replayed.rounds == whole.rounds
     # A larger budget continues; a different setting is refused.
     more = Counting()
-    run_loop(SPACE, data, more, config(budget=18), tmp_path / "cut", resume=True)
+    run_loop(SPACE, data, more, settings(budget=18), tmp_path / "cut", resume=True)
     assert len(more.paid) == 6
     with pytest.raises(LoopError, match="different loop"):
-        run_loop(SPACE, data, Counting(), config(budget=18, top_k=3), tmp_path / "cut", resume=True)
+        run_loop(
+            SPACE, data, Counting(), settings(budget=18, top_k=3), tmp_path / "cut", resume=True
+        )
 
 
 def test_several_targets_search_a_front(tmp_path: Path) -> None:

@@ -34,6 +34,9 @@ from autobuild_dsl.space.model import Space
 Objective = Callable[[Architecture], float]
 # Labels given for free: (architecture, objective value), higher is better.
 Warm = Sequence[tuple[Architecture, float]]
+# What makes two proposals "the same" for the budget: the architecture key by default, or a
+# network key (`space.equivalence.network_keyer`) so equivalent architectures are paid once.
+KeyOf = Callable[[Architecture], str]
 
 
 class BaselineResult(BaseModel):
@@ -51,14 +54,17 @@ class BaselineResult(BaseModel):
 class _Budgeted:
     """Counts distinct evaluations and remembers every answer."""
 
-    def __init__(self, objective: Objective, budget: int, warm: Warm = ()) -> None:
+    def __init__(
+        self, objective: Objective, budget: int, warm: Warm = (), key: KeyOf | None = None
+    ) -> None:
         self.objective = objective
         self.budget = budget
+        self.key = key or Architecture.key
         self.seen: dict[str, float] = {}
         self.best: tuple[float, Architecture] | None = None
         self.curve: list[float] = []
         for arch, value in warm:
-            self.seen[arch.key()] = float(value)
+            self.seen[self.key(arch)] = float(value)
             if self.best is None or value > self.best[0]:
                 self.best = (float(value), arch)
         self.free = len(self.seen)
@@ -72,7 +78,7 @@ class _Budgeted:
         return self.paid >= self.budget
 
     def __call__(self, arch: Architecture) -> float:
-        key = arch.key()
+        key = self.key(arch)
         if key in self.seen:
             return self.seen[key]
         value = float(self.objective(arch))
@@ -105,20 +111,22 @@ def regularized_evolution(
     tournament_size: int | None = None,
     mutation: str = "layer",
     warm: Warm = (),
+    key: KeyOf | None = None,
 ) -> BaselineResult:
     """Aging evolution (Real et al., 2019): tournament parent, mutate, drop the oldest.
 
     Defaults scale with the budget so small budgets still evolve: population
     min(50, budget // 4) (at least 4), tournament a quarter of the population. With
     `warm` labels, the population starts as the best of them (best last, so it ages
-    out last) and only new architectures count against the budget.
+    out last) and only new architectures count against the budget (`key`: what counts
+    as new, see `KeyOf`).
     """
     if budget < 1:
         raise ValueError("budget must be at least 1")
     rng = random.Random(seed)
     population_size = population_size or max(4, min(50, budget // 4))
     tournament_size = tournament_size or max(2, population_size // 4)
-    evaluate = _Budgeted(objective, budget, warm)
+    evaluate = _Budgeted(objective, budget, warm, key)
     population: collections.deque[tuple[Architecture, float]] = collections.deque()
     # Sorted by value, then key: the same labels in any order give the same start.
     for arch, value in sorted(warm, key=lambda item: (item[1], item[0].key()))[-population_size:]:
@@ -145,16 +153,18 @@ def tpe_search(
     objective: Objective,
     budget: int,
     *,
+    warm: Warm = (),
+    key: KeyOf | None = None,
     seed: int = 0,
     startup_trials: int | None = None,
-    warm: Warm = (),
 ) -> BaselineResult:
     """Optuna's TPE over the space's decisions, defined by run (depth before layers).
 
     Globals, each stage's depth and stage choices, and each used layer's configuration are
     categorical parameters; a proposal that breaks a rule is told as infeasible (-inf).
     `warm` labels are added to the study as finished trials (so the random start-up
-    trials are skipped once there are enough of them) and cost nothing.
+    trials are skipped once there are enough of them) and cost nothing; `key` as in
+    `regularized_evolution`.
     """
     try:
         import optuna
@@ -167,7 +177,7 @@ def tpe_search(
     startup = startup_trials if startup_trials is not None else max(5, min(20, budget // 5))
     sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, multivariate=True)
     study = optuna.create_study(direction="maximize", sampler=sampler)
-    evaluate = _Budgeted(objective, budget, warm)
+    evaluate = _Budgeted(objective, budget, warm, key)
     for arch, value in sorted(warm, key=lambda item: item[0].key()):
         params, distributions = _architecture_params(space, index, arch)
         study.add_trial(

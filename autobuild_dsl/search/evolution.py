@@ -24,16 +24,17 @@ import hashlib
 import json
 import os
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Literal, Protocol, TypeVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from autobuild_dsl import io as abc_io
 from autobuild_dsl.errors import START_OVER, AbcError, Remedy
-from autobuild_dsl.search.pareto import Objective, non_dominated
+from autobuild_dsl.search.pareto import Objective, non_dominated, objective_matrix
 from autobuild_dsl.space.architecture import Architecture
 from autobuild_dsl.space.decisions import ArchitectureError, canonicalize, index_of, mutate
 from autobuild_dsl.space.equivalence import network_keyer
@@ -128,19 +129,22 @@ class Evaluates(Protocol):
 
 
 ProgressCallback = Callable[[SearchProgress], None]
+# Architectures already measured, with their metrics: free for a warm-started search.
+Warm = Sequence[tuple[Architecture, Mapping[str, float]]]
+_M = TypeVar("_M", bound=BaseModel)
 
 
-def fingerprint(space: Space, config: SearchConfig, evaluator: str) -> str:
+def fingerprint(space: Space, config: SearchConfig, evaluator: str, warm: Warm = ()) -> str:
     """Everything a search's result depends on, except the budget."""
-    payload = json.dumps(
-        {
-            "space": space.digest(),
-            "config": config.model_dump(mode="json", exclude={"budget"}),
-            "evaluator": evaluator,
-        },
-        sort_keys=True,
-    )
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+    payload: dict[str, object] = {
+        "space": space.digest(),
+        "config": config.model_dump(mode="json", exclude={"budget"}),
+        "evaluator": evaluator,
+    }
+    if warm:  # absent without labels, so older checkpoints keep their fingerprint
+        rows = sorted(json.dumps([arch.key(), metrics], sort_keys=True) for arch, metrics in warm)
+        payload["warm"] = hashlib.sha256("\n".join(rows).encode("utf-8")).hexdigest()
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode("utf-8")).hexdigest()
 
 
 def run_search(
@@ -151,12 +155,19 @@ def run_search(
     progress: ProgressCallback | None = None,
     *,
     force: bool = False,
+    warm: Warm = (),
 ) -> SearchResult:
     """Run (or resume, if `out_dir` holds a checkpoint of the same search) to the budget.
     One search per folder at a time (a second fails with `OutputBusy`); `force` discards
-    what the folder holds, and without it records that no checkpoint owns are refused."""
+    what the folder holds, and without it records that no checkpoint owns are refused.
+
+    `warm`: architectures already measured, with their metrics (a user's labels). They are
+    free: the search starts from their front (no random generation 0), never proposes their
+    networks again, and only its own evaluations count against the budget and are recorded.
+    """
+    search = _Search(space, runner, config, out_dir, progress, warm)
     if out_dir is None:
-        return _run_search(space, runner, config, None, progress)
+        return search.run()
     out_dir.mkdir(parents=True, exist_ok=True)
     with abc_io.output_lock(out_dir / STATE_FILE, "search folder"):
         if force:
@@ -174,196 +185,186 @@ def run_search(
                     "checkpoint this search can resume; use another folder",
                     remedies=(Remedy("force", "to discard them"),),
                 )
-        return _run_search(space, runner, config, out_dir, progress)
+        return search.run()
 
 
-def _run_search(
-    space: Space,
-    runner: Evaluates,
-    config: SearchConfig,
-    out_dir: Path | None,
-    progress: ProgressCallback | None,
-) -> SearchResult:
-    print_ = fingerprint(space, config, runner.identity)
-    records: list[SearchRecord] = []
-    generation = 0
-    resumed_from = 0
-    if out_dir is not None:
-        state = _read_state(out_dir)
-        if state is not None:
-            _check_resumable(state, print_, config)
-            records = _read_records(out_dir / RECORDS_FILE, state.records)
-            resumed_from = len(records)
-            generation = state.generations
-            _rewrite_records(out_dir / RECORDS_FILE, records)
-            if state.stopped == "exhausted":
-                return _finish(
-                    out_dir, space, config, runner, records, generation, "exhausted", resumed_from
-                )
-            if state.complete_records < len(records) < config.budget:
-                # The last generation was cut by a smaller budget: redo it in full (its
-                # evaluations come back from the cache).
-                records = records[: state.complete_records]
-                _rewrite_records(out_dir / RECORDS_FILE, records)
-                _write_state(
-                    out_dir,
-                    space,
-                    config,
-                    runner,
-                    print_,
-                    records,
-                    len(records),
-                    generation,
-                    "interrupted",
-                )
-        else:
-            _rewrite_records(out_dir / RECORDS_FILE, records)
-    archs = [_architecture(space, r) for r in records]
-    # Networks already evaluated: an equivalent architecture is never proposed again.
-    network = network_keyer(space)
-    seen = {network(arch) for arch in archs}
-    stopped: Literal["budget", "exhausted", "interrupted"] = "budget"
-    while len(records) < config.budget:
-        rng = random.Random(f"autobuild-dsl/search:{config.seed}:{generation}")
-        if generation == 0:
-            batch = _initial(space, rng, config.init, seen, network)
-        else:
-            front = non_dominated(_matrix(config.objectives, records))
-            batch = _mutants(space, rng, config, archs, front, seen, network)
-        if not batch:
-            stopped = "exhausted"
-            break
-        remaining = config.budget - len(records)
-        complete = len(batch) <= remaining
-        batch = batch[:remaining]
+@dataclass
+class _Search:
+    """One search: its records, the warm-start labels, and its checkpoint."""
 
-        def on_evaluated(done: int, total: int, generation: int = generation) -> None:
-            if progress is not None:
-                progress(_progress("evaluating", generation, len(records) + done, config, records))
+    space: Space
+    runner: Evaluates
+    config: SearchConfig
+    out_dir: Path | None
+    progress: ProgressCallback | None
+    warm: Warm
+    records: list[SearchRecord] = field(default_factory=list)
+    generation: int = 0
+    resumed_from: int = 0
 
-        metrics = runner.evaluate([arch for arch, _ in batch], on_evaluated)
-        new = []
-        for (arch, parent), values in zip(batch, metrics, strict=True):
-            new.append(
-                SearchRecord(
-                    index=len(records) + len(new),
-                    generation=generation,
-                    parent=parent,
-                    key=arch.key(),
-                    arch=arch.model_dump(mode="json"),
-                    metrics=values,
-                    objectives={o.label: o.value(values) for o in config.objectives},
-                )
+    def __post_init__(self) -> None:
+        self.warm_archs = [canonicalize(self.space, arch) for arch, _ in self.warm]
+        self.warm_metrics = [dict(metrics) for _, metrics in self.warm]
+        self.print_ = fingerprint(self.space, self.config, self.runner.identity, self.warm)
+        self.network = network_keyer(self.space)
+
+    def run(self) -> SearchResult:
+        if self.out_dir is not None and self._resume():
+            return self._finish("exhausted")
+        # Parents are drawn from the labels and the records (labels first).
+        archs = [*self.warm_archs, *(_architecture(self.space, r) for r in self.records)]
+        # Networks already known: an equivalent architecture is never proposed again.
+        seen = {self.network(arch) for arch in archs}
+        config = self.config
+        while len(self.records) < config.budget:
+            rng = random.Random(f"autobuild-dsl/search:{config.seed}:{self.generation}")
+            batch = self._batch(rng, archs, seen)
+            if not batch:
+                return self._finish("exhausted")
+            complete = len(batch) <= config.budget - len(self.records)
+            batch = batch[: config.budget - len(self.records)]
+            self._evaluate(batch)
+            archs.extend(arch for arch, _ in batch)
+            seen.update(self.network(arch) for arch, _ in batch)
+            finished = self.generation
+            self.generation += 1 if complete else 0
+            if self.out_dir is not None:
+                complete_records = len(self.records) - (0 if complete else len(batch))
+                self._save(complete_records, "interrupted")
+                _write_front(self.out_dir / FRONT_FILE, config, self.records)
+            self._show("generation", finished, len(self.records))
+            if not complete:
+                break
+        return self._finish("budget")
+
+    def _batch(
+        self, rng: random.Random, archs: list[Architecture], seen: set[str]
+    ) -> list[tuple[Architecture, int | None]]:
+        """The next generation: random networks first (without labels), then mutants of
+        the front of the labels and the records."""
+        config = self.config
+        if self.generation == 0 and not self.warm_archs:
+            index = index_of(self.space)
+            return _distinct(lambda: (index.sample(rng), None), config.init, seen, self.network)
+        front = non_dominated(self._matrix())
+
+        def mutant() -> tuple[Architecture, int | None]:
+            parent = front[rng.randrange(len(front))]
+            return mutate(self.space, archs[parent], rng, mode=config.mode), parent
+
+        return _distinct(mutant, config.per_generation, seen, self.network)
+
+    def _matrix(self) -> np.ndarray:
+        metrics = [*self.warm_metrics, *(r.metrics for r in self.records)]
+        return objective_matrix(self.config.objectives, metrics)
+
+    def _show(self, phase: Literal["evaluating", "generation"], generation: int, n: int) -> None:
+        if self.progress is not None:
+            self.progress(_progress(phase, generation, n, self.config, self.records))
+
+    def _evaluate(self, batch: list[tuple[Architecture, int | None]]) -> None:
+        """Evaluate a generation, append its records (and to the folder's file)."""
+        generation, start, labels = self.generation, len(self.records), len(self.warm_archs)
+
+        def on_evaluated(done: int, total: int) -> None:
+            self._show("evaluating", generation, start + done)
+
+        metrics = self.runner.evaluate([arch for arch, _ in batch], on_evaluated)
+        new = [
+            SearchRecord(
+                index=start + i,
+                generation=generation,
+                # Parents index the records; a label parent is not one (None).
+                parent=None if parent is None or parent < labels else parent - labels,
+                key=arch.key(),
+                arch=arch.model_dump(mode="json"),
+                metrics=values,
+                objectives={o.label: o.value(values) for o in self.config.objectives},
             )
-        records.extend(new)
-        archs.extend(arch for arch, _ in batch)
-        seen.update(network(arch) for arch, _ in batch)
-        finished = generation
-        generation += 1 if complete else 0
-        if out_dir is not None:
-            _append_records(out_dir / RECORDS_FILE, new)
-            complete_records = len(records) if complete else len(records) - len(new)
-            _write_state(
-                out_dir,
-                space,
-                config,
-                runner,
-                print_,
-                records,
-                complete_records,
-                generation,
-                "interrupted",
-            )
-            _write_front(out_dir / FRONT_FILE, config, records)
-        if progress is not None:
-            progress(_progress("generation", finished, len(records), config, records))
-        if not complete:
-            break
-    return _finish(out_dir, space, config, runner, records, generation, stopped, resumed_from)
+            for i, ((arch, parent), values) in enumerate(zip(batch, metrics, strict=True))
+        ]
+        self.records.extend(new)
+        if self.out_dir is not None:
+            _append_records(self.out_dir / RECORDS_FILE, new)
 
+    def _resume(self) -> bool:
+        """Load the folder's checkpoint, if any; whether it says the space is exhausted."""
+        assert self.out_dir is not None
+        path = self.out_dir / RECORDS_FILE
+        state = _read_state(self.out_dir)
+        if state is None:
+            _rewrite_records(path, [])
+            return False
+        _check_resumable(state, self.print_, self.config)
+        self.records = _read_records(path, state.records)
+        self.resumed_from = len(self.records)
+        self.generation = state.generations
+        _rewrite_records(path, self.records)
+        if state.stopped == "exhausted":
+            return True
+        if state.complete_records < len(self.records) < self.config.budget:
+            # The last generation was cut by a smaller budget: redo it in full (its
+            # evaluations come back from the cache).
+            self.records = self.records[: state.complete_records]
+            _rewrite_records(path, self.records)
+            self._save(len(self.records), "interrupted")
+        return False
 
-def _finish(
-    out_dir: Path | None,
-    space: Space,
-    config: SearchConfig,
-    runner: Evaluates,
-    records: list[SearchRecord],
-    generations: int,
-    stopped: Literal["budget", "exhausted", "interrupted"],
-    resumed_from: int,
-) -> SearchResult:
-    front = non_dominated(_matrix(config.objectives, records))
-    if out_dir is not None:
-        state = _read_state(out_dir)
-        complete_records = state.complete_records if state is not None else len(records)
-        _write_state(
-            out_dir,
-            space,
-            config,
-            runner,
-            fingerprint(space, config, runner.identity),
-            records,
-            min(complete_records, len(records)),
-            generations,
-            stopped,
+    def _save(
+        self, complete_records: int, stopped: Literal["budget", "exhausted", "interrupted"]
+    ) -> None:
+        assert self.out_dir is not None
+        state = _State(
+            space=self.space.name,
+            fingerprint=self.print_,
+            config=self.config,
+            evaluator=self.runner.identity,
+            records=len(self.records),
+            complete_records=complete_records,
+            generations=self.generation,
+            stopped=stopped,
         )
-        _write_front(out_dir / FRONT_FILE, config, records)
-    return SearchResult(
-        config=config,
-        records=records,
-        front=front,
-        generations=generations,
-        stopped=stopped,
-        resumed_from=resumed_from,
-    )
+        _write_atomic(self.out_dir / STATE_FILE, state.model_dump_json(indent=2) + "\n")
+
+    def _finish(self, stopped: Literal["budget", "exhausted", "interrupted"]) -> SearchResult:
+        records = self.records
+        if self.out_dir is not None:
+            state = _read_state(self.out_dir)
+            complete_records = state.complete_records if state is not None else len(records)
+            self._save(min(complete_records, len(records)), stopped)
+            _write_front(self.out_dir / FRONT_FILE, self.config, records)
+        return SearchResult(
+            config=self.config,
+            records=records,
+            front=non_dominated(_matrix(self.config.objectives, records)),
+            generations=self.generation,
+            stopped=stopped,
+            resumed_from=self.resumed_from,
+        )
 
 
 # --------------------------------------------------------------------------- generations
 
 
-def _initial(
-    space: Space,
-    rng: random.Random,
+def _distinct(
+    draw: Callable[[], tuple[Architecture, int | None]],
     count: int,
     seen: set[str],
     network: Callable[[Architecture], str],
 ) -> list[tuple[Architecture, int | None]]:
-    index = index_of(space)
+    """Up to `count` drawn (architecture, parent) pairs of distinct networks none of which
+    is in `seen` (fewer when the draws run out: a small or exhausted space)."""
     batch: list[tuple[Architecture, int | None]] = []
     keys: set[str] = set()
     for _ in range(count * TRIES_PER_ARCH):
         if len(batch) == count:
             break
-        arch = index.sample(rng)
+        arch, parent = draw()
         key = network(arch)
         if key in seen or key in keys:
             continue
         keys.add(key)
-        batch.append((arch, None))
-    return batch
-
-
-def _mutants(
-    space: Space,
-    rng: random.Random,
-    config: SearchConfig,
-    archs: list[Architecture],
-    front: list[int],
-    seen: set[str],
-    network: Callable[[Architecture], str],
-) -> list[tuple[Architecture, int | None]]:
-    batch: list[tuple[Architecture, int | None]] = []
-    keys: set[str] = set()
-    for _ in range(config.per_generation * TRIES_PER_ARCH):
-        if len(batch) == config.per_generation:
-            break
-        parent = front[rng.randrange(len(front))]
-        child = mutate(space, archs[parent], rng, mode=config.mode)
-        key = network(child)
-        if key in seen or key in keys:
-            continue
-        keys.add(key)
-        batch.append((child, parent))
+        batch.append((arch, parent))
     return batch
 
 
@@ -412,19 +413,27 @@ def _architecture(space: Space, record: SearchRecord) -> Architecture:
 # --------------------------------------------------------------------------- files
 
 
-def _read_state(out_dir: Path) -> _State | None:
-    path = out_dir / STATE_FILE
+def read_checkpoint(
+    path: Path, model: type[_M], error: type[AbcError], what: str, version: int
+) -> _M | None:
+    """A checkpoint file as `model` (with a `version` field), None when there is none; a
+    damaged one or one of another version is an error."""
     if not path.exists():
         return None
     try:
-        return _State.model_validate_json(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise SearchStateError(f"{path}: not a search checkpoint: {error}") from None
+        state = model.model_validate_json(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as problem:
+        raise error(f"{path}: not a {what} checkpoint: {problem}") from None
+    if state.version != version:  # type: ignore[attr-defined]
+        raise error(f"the checkpoint has version {state.version}, not {version}")  # type: ignore[attr-defined]
+    return state
+
+
+def _read_state(out_dir: Path) -> _State | None:
+    return read_checkpoint(out_dir / STATE_FILE, _State, SearchStateError, "search", STATE_VERSION)
 
 
 def _check_resumable(state: _State, print_: str, config: SearchConfig) -> None:
-    if state.version != STATE_VERSION:
-        raise SearchStateError(f"the checkpoint has version {state.version}, not {STATE_VERSION}")
     if state.fingerprint != print_:
         old, new = state.config, config
         diffs = [
@@ -492,30 +501,6 @@ def _append_records(path: Path, records: Sequence[SearchRecord]) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _write_state(
-    out_dir: Path,
-    space: Space,
-    config: SearchConfig,
-    runner: Evaluates,
-    print_: str,
-    records: Sequence[SearchRecord],
-    complete_records: int,
-    generations: int,
-    stopped: Literal["budget", "exhausted", "interrupted"],
-) -> None:
-    state = _State(
-        space=space.name,
-        fingerprint=print_,
-        config=config,
-        evaluator=runner.identity,
-        records=len(records),
-        complete_records=complete_records,
-        generations=generations,
-        stopped=stopped,
-    )
-    _write_atomic(out_dir / STATE_FILE, state.model_dump_json(indent=2) + "\n")
 
 
 def _write_front(path: Path, config: SearchConfig, records: Sequence[SearchRecord]) -> None:

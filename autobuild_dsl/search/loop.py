@@ -6,9 +6,10 @@ Each round:
    labels plus every evaluation of earlier rounds);
 2. rank every unit's modules with each ensemble and keep the union of each target's
    top-k per unit (the paper's AutoBuild-NAS space, section 5.1);
-3. search that reduced space with real evaluations: regularized evolution warm-started
-   with the labels inside it (one objective), or Stage-Full Pareto mutation of the front
-   of the labels inside it (several objectives), `per_round` new evaluations;
+3. search that reduced space with real evaluations, `per_round` new ones: regularized
+   evolution or TPE (`inner`) warm-started with the labels inside it (one objective), or
+   Stage-Full Pareto mutation of the front of the labels inside it (several objectives);
+   the search counts networks, so a proposal equivalent to a held one is free;
 4. every evaluation is appended (fsync'd) to `evaluations.jsonl` and `labels.jsonl` the
    moment it finishes.
 
@@ -27,20 +28,44 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
 from autobuild_dsl.data.dataset import LabeledDataset, from_records, write_text_atomic
-from autobuild_dsl.errors import CONTINUE, START_OVER, AbcError, Remedy
-from autobuild_dsl.search.baselines import regularized_evolution
+from autobuild_dsl.errors import CONTINUE, START_OVER, Remedy
+from autobuild_dsl.search.baselines import regularized_evolution, tpe_search
 from autobuild_dsl.search.evolution import Evaluates
-from autobuild_dsl.search.pareto import Objective, non_dominated, objective_matrix
+from autobuild_dsl.search.loop_report import write_report
+from autobuild_dsl.search.loop_state import (
+    AUTO_K_FACTOR,
+    FRONT_FILE,
+    LABELS_FILE,
+    RECORDS_FILE,
+    ROUNDS_DIR,
+    STATE_FILE,
+    TRIES_PER_ARCH,
+    LoopConfig,
+    LoopError,
+    LoopProgress,
+    LoopRecord,
+    LoopResult,
+    LoopState,
+    ProgressCallback,
+    RoundInfo,
+    append_synced,
+    check_resumable,
+    fingerprint,
+    label_line,
+    load_loop,
+    read_records,
+    read_state,
+    rewrite,
+)
+from autobuild_dsl.search.pareto import non_dominated, objective_matrix
 from autobuild_dsl.space.architecture import Architecture
 from autobuild_dsl.space.decisions import (
     ArchitectureError,
@@ -50,150 +75,6 @@ from autobuild_dsl.space.decisions import (
 )
 from autobuild_dsl.space.equivalence import network_keyer
 from autobuild_dsl.space.model import Space
-
-STATE_FILE = "loop.json"
-RECORDS_FILE = "evaluations.jsonl"
-LABELS_FILE = "labels.jsonl"
-REPORT_FILE = "report.md"
-PLOT_FILE = "progress.png"
-FRONT_FILE = "front.jsonl"
-ROUNDS_DIR = "rounds"
-STATE_VERSION = 1
-TRIES_PER_ARCH = 50
-# Automatic k: the first reduced space holds this many times the budget. Small enough that
-# the evaluations cover a good part of it, large enough to hold what the scores misplace
-# (on NAS-Bench-Macro the best network uses a stage module of true marginal rank 5).
-AUTO_K_FACTOR = 1.5
-
-
-class LoopError(AbcError, ValueError):
-    """The loop cannot start or resume (bad settings, a different loop in the folder)."""
-
-    code = "loop"
-
-
-class LoopConfig(BaseModel):
-    """Everything a loop's result depends on (with the space, labels and evaluator)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    targets: list[str] = Field(min_length=1, description="one scorer per target expression")
-    objectives: list[Objective] = Field(
-        default_factory=list,
-        description="what the search optimises; empty: maximise the single target",
-    )
-    budget: int = Field(ge=1, description="real evaluations to pay for")
-    top_k: int | None = Field(
-        default=None,
-        ge=1,
-        description="modules kept per unit at the start; None: the smallest k whose reduced "
-        f"space holds {AUTO_K_FACTOR:g} x the budget",
-    )
-    per_round: int = Field(default=16, ge=1, description="evaluations between retrainings")
-    per_generation: int = Field(
-        default=8, ge=1, description="several objectives: mutants evaluated per batch"
-    )
-    widen_on_stall: bool = Field(
-        default=True,
-        description="also keep one more module per unit after a round that "
-        "found nothing better (not only when the reduced space is exhausted)",
-    )
-    seed: int = 0
-    epochs: int = Field(default=100, ge=1, description="scorer training epochs")
-    folds: int = Field(default=5, ge=1, description="ensemble folds per target")
-    ensemble_seeds: int = Field(default=1, ge=1)
-
-    def search_objectives(self) -> list[Objective]:
-        if self.objectives:
-            return list(self.objectives)
-        if len(self.targets) > 1:
-            raise LoopError(
-                "several targets need objectives for the search inside the reduced space",
-                remedies=(Remedy("objectives", "", "'max acc, min macs'"),),
-            )
-        return [Objective(direction="max", expr=self.targets[0])]
-
-
-class LoopRecord(BaseModel):
-    """One real evaluation paid for by the loop."""
-
-    model_config = ConfigDict(ser_json_inf_nan="constants")
-
-    index: int
-    round: int
-    key: str
-    arch: dict
-    metrics: dict[str, float]
-
-
-class RoundInfo(BaseModel):
-    """What one finished round did."""
-
-    round: int
-    k: int = Field(description="modules kept per unit (capped at a unit's module count)")
-    reduced_size: int = Field(description="architectures in the reduced space")
-    trained_on: int = Field(description="labeled architectures the scorers saw")
-    evaluated: int = Field(description="new evaluations in this round")
-    improved: bool = Field(description="whether it found a network better than all before")
-    built: dict = Field(description="the one-shot build #1 of this round's scorers")
-    best: dict[str, float] = Field(description="best value per objective after the round")
-
-
-class LoopProgress(BaseModel):
-    phase: Literal["train", "rank", "search", "evaluated", "round"]
-    round: int
-    k: int
-    evaluated: int
-    budget: int
-    best: dict[str, float]
-    detail: str = ""
-
-
-class LoopResult(BaseModel):
-    config: LoopConfig
-    rounds: list[RoundInfo]
-    records: list[LoopRecord]
-    labels: int = Field(description="labeled architectures given at the start")
-    front: list[dict] = Field(
-        description="Pareto front (one objective: the best) over labels and evaluations; "
-        "each {'arch', 'metrics', 'source': 'label' | 'evaluation'}"
-    )
-    beyond_labels: int = Field(
-        description="evaluated networks that no label dominates and that are on the front"
-    )
-    best_so_far: list[dict[str, float]] = Field(
-        description="best value per objective after each evaluation (labels included)"
-    )
-    stopped: Literal["budget", "exhausted"]
-    resumed_from: int = 0
-
-
-class _State(BaseModel):
-    version: int = STATE_VERSION
-    fingerprint: str
-    config: LoopConfig
-    evaluator: str
-    k: int
-    rounds: list[RoundInfo]
-    stopped: Literal["running", "budget", "exhausted"] = "running"
-
-
-ProgressCallback = Callable[[LoopProgress], None]
-
-
-def fingerprint(space: Space, labels: LabeledDataset, config: LoopConfig, evaluator: str) -> str:
-    """Everything the loop's result depends on, except the budget."""
-    payload = json.dumps(
-        {
-            "space": hashlib.sha256(space.to_json().encode("utf-8")).hexdigest(),
-            "labels": hashlib.sha256(labels.to_jsonl().encode("utf-8")).hexdigest(),
-            "config": config.model_dump(mode="json", exclude={"budget"}),
-            "evaluator": evaluator,
-        },
-        sort_keys=True,
-    )
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
-
 
 # --------------------------------------------------------------------------- the loop
 
@@ -281,8 +162,8 @@ class _Loop:
             arch=arch.model_dump(mode="json"),
             metrics=metrics,
         )
-        _append(self.out / RECORDS_FILE, record.model_dump_json() + "\n")
-        _append(self.out / LABELS_FILE, _label_line(arch, metrics))
+        append_synced(self.out / RECORDS_FILE, record.model_dump_json() + "\n")
+        append_synced(self.out / LABELS_FILE, label_line(arch, metrics))
         self.records.append(record)
         self.recorded.add(key)
         self.known[key] = metrics
@@ -413,7 +294,15 @@ class _Loop:
                 return sign * objective.value(self.pay(round_, [arch])[0])
 
             seed = int(hashlib.sha256(rng_seed.encode()).hexdigest()[:8], 16)
-            regularized_evolution(reduced, value, count, seed=seed, mutation="stage", warm=warm)
+            # Budgeted by network: a proposal equivalent to a held network is answered
+            # for free and does not use up the round (it used to, and widened k early).
+            if self.config.inner == "tpe":
+                tpe_search(reduced, value, count, seed=seed, warm=warm, key=self.network_key)
+            else:
+                regularized_evolution(
+                    reduced, value, count, seed=seed, mutation="stage", warm=warm,
+                    key=self.network_key,
+                )  # fmt: skip
         else:
             self._pareto(round_, reduced, count, held, rng_seed)
         return len(self._round_keys) - before
@@ -463,87 +352,22 @@ class _Loop:
     def run(self, resume: bool) -> LoopResult:
         self.out.mkdir(parents=True, exist_ok=True)
         print_ = fingerprint(self.space, self.labels, self.config, self.runner.identity)
-        state = _read_state(self.out)
-        rounds: list[RoundInfo] = []
-        self._k = self.config.top_k or 0
-        resumed_from = 0
-        if state is not None:
-            if not resume:
-                raise LoopError(f"{self.out} holds a loop already", remedies=(CONTINUE, START_OVER))
-            _check_resumable(state, print_, self.config)
-            self.records = _read_records(self.out / RECORDS_FILE)
-            resumed_from = len(self.records)
-            for record in self.records:
-                arch = canonicalize(self.space, record.arch)
-                self.known[record.key] = record.metrics
-                self.round_of[record.key] = record.round
-                self.archs[record.key] = arch
-                self.recorded.add(record.key)
-                self.by_network.setdefault(self.network_key(arch), record.key)
-            rounds = list(state.rounds)
-            self._k = state.k
-            if len(self.records) > self.config.budget:
-                raise LoopError(
-                    f"the folder holds {len(self.records)} evaluations, more than the budget "
-                    f"{self.config.budget}",
-                    remedies=(Remedy("budget", "or more", str(len(self.records))),),
-                )
+        rounds, stopped, resumed_from = self._load(resume, print_)
         # The labels file: the user's labels, then every evaluation (repaired on resume).
         labels_text = self.labels.to_jsonl() + "".join(
-            _label_line(self.archs[r.key], r.metrics) for r in self.records
+            label_line(self.archs[r.key], r.metrics) for r in self.records
         )
         write_text_atomic(self.out / LABELS_FILE, labels_text)
-        _rewrite(self.out / RECORDS_FILE, "".join(r.model_dump_json() + "\n" for r in self.records))
-        stopped: Literal["budget", "exhausted"] = "budget"
-        if state is not None and state.stopped == "exhausted":
-            stopped = "exhausted"
+        rewrite(self.out / RECORDS_FILE, "".join(r.model_dump_json() + "\n" for r in self.records))
         self._write_state(print_, rounds, "running")
         while stopped != "exhausted" and self._paid_before(len(rounds)) < self.config.budget:
-            round_ = len(rounds)
-            trained_on = len(self._held_before(round_))
-            rankings = self.rankings(round_)
-            held = set(self._held_before(round_))
-            count = min(self.config.per_round, self.config.budget - self._paid_before(round_))
-            self._round_keys, self._round_set = [], set()
-            if self._k == 0:
-                self._k = self._auto_k(rankings, round_)
-            while True:
-                reduced, built, can_grow = self.reduce(rankings, self._k, round_)
-                size = index_of(reduced).size()
-                inside = sum(
-                    1 for k in [*held, *self._round_keys] if _inside(reduced, self.archs[k])
-                )
-                left = count - len(self._round_keys)
-                if size > inside:
-                    self._report("search", round_, self._k, f"reduced space {size:,}")
-                    self.search(round_, reduced, left)
-                if len(self._round_keys) == count or not can_grow:
-                    break
-                # The kept modules hold nothing new (or the search found no more of it):
-                # keep one more module per unit and spend the rest of the round there.
-                self._k += 1
-            paid = len(self._round_keys)
-            if paid == 0:
+            info = self._round(len(rounds))
+            if info is None:
                 stopped = "exhausted"
                 break
-            top = built.architectures[0]
-            improved = self._improved(round_, held)
-            rounds.append(
-                RoundInfo(
-                    round=round_,
-                    k=self._k,
-                    reduced_size=size,
-                    trained_on=trained_on,
-                    evaluated=paid,
-                    improved=improved,
-                    built={"arch": top.arch.model_dump(mode="json"), "score": top.score},
-                    best=self._best(),
-                )
-            )
-            if not improved and self.config.widen_on_stall and can_grow:
-                self._k += 1  # the kept modules gave nothing better: look wider
+            rounds.append(info)
             self._write_state(print_, rounds, "running")
-            self._report("round", round_, self._k)
+            self._report("round", info.round, self._k)
         self._write_state(print_, rounds, stopped)
         result = self._result(rounds, stopped, resumed_from)
         write_text_atomic(
@@ -551,6 +375,76 @@ class _Loop:
         )
         write_report(result, self.out)
         return result
+
+    def _load(
+        self, resume: bool, print_: str
+    ) -> tuple[list[RoundInfo], Literal["budget", "exhausted"], int]:
+        """The folder's finished rounds and evaluations (none for a new loop)."""
+        state = read_state(self.out)
+        self._k = self.config.top_k or 0
+        if state is None:
+            return [], "budget", 0
+        if not resume:
+            raise LoopError(f"{self.out} holds a loop already", remedies=(CONTINUE, START_OVER))
+        check_resumable(state, print_, self.config)
+        self.records = read_records(self.out / RECORDS_FILE)
+        if len(self.records) > self.config.budget:
+            raise LoopError(
+                f"the folder holds {len(self.records)} evaluations, more than the budget "
+                f"{self.config.budget}",
+                remedies=(Remedy("budget", "or more", str(len(self.records))),),
+            )
+        for record in self.records:
+            arch = canonicalize(self.space, record.arch)
+            self.known[record.key] = record.metrics
+            self.round_of[record.key] = record.round
+            self.archs[record.key] = arch
+            self.recorded.add(record.key)
+            self.by_network.setdefault(self.network_key(arch), record.key)
+        self._k = state.k
+        stopped: Literal["budget", "exhausted"] = (
+            "exhausted" if state.stopped == "exhausted" else "budget"
+        )
+        return list(state.rounds), stopped, len(self.records)
+
+    def _round(self, round_: int) -> RoundInfo | None:
+        """Train, rank, reduce and search: one round (None: nothing left to evaluate)."""
+        trained_on = len(self._held_before(round_))
+        rankings = self.rankings(round_)
+        held = set(self._held_before(round_))
+        count = min(self.config.per_round, self.config.budget - self._paid_before(round_))
+        self._round_keys, self._round_set = [], set()
+        if self._k == 0:
+            self._k = self._auto_k(rankings, round_)
+        while True:
+            reduced, built, can_grow = self.reduce(rankings, self._k, round_)
+            size = index_of(reduced).size()
+            inside = sum(1 for k in [*held, *self._round_keys] if _inside(reduced, self.archs[k]))
+            if size > inside:
+                self._report("search", round_, self._k, f"reduced space {size:,}")
+                self.search(round_, reduced, count - len(self._round_keys))
+            if len(self._round_keys) == count or not can_grow:
+                break
+            # The kept modules hold nothing new (or the search found no more of it):
+            # keep one more module per unit and spend the rest of the round there.
+            self._k += 1
+        if not self._round_keys:
+            return None
+        top = built.architectures[0]
+        improved = self._improved(round_, held)
+        info = RoundInfo(
+            round=round_,
+            k=self._k,
+            reduced_size=size,
+            trained_on=trained_on,
+            evaluated=len(self._round_keys),
+            improved=improved,
+            built={"arch": top.arch.model_dump(mode="json"), "score": top.score},
+            best=self._best(),
+        )
+        if not improved and self.config.widen_on_stall and can_grow:
+            self._k += 1  # the kept modules gave nothing better: look wider
+        return info
 
     def _auto_k(self, rankings: list[Any], round_: int) -> int:
         """The smallest k whose reduced space holds AUTO_K_FACTOR x the budget."""
@@ -575,7 +469,7 @@ class _Loop:
         return any(not np.any(np.all(old <= point, axis=1)) for point in fresh)
 
     def _write_state(self, print_: str, rounds: list[RoundInfo], stopped: str) -> None:
-        state = _State(
+        state = LoopState(
             fingerprint=print_,
             config=self.config,
             evaluator=self.runner.identity,
@@ -685,163 +579,9 @@ def _dominated_by(point: np.ndarray, others: np.ndarray) -> bool:
     return bool(np.any(np.all(others <= point, axis=1) & np.any(others < point, axis=1)))
 
 
-# --------------------------------------------------------------------------- files
-
-
-def _label_line(arch: Architecture, metrics: dict[str, float]) -> str:
-    return json.dumps({"arch": arch.model_dump(mode="json"), "metrics": metrics}) + "\n"
-
-
-def _append(path: Path, text: str) -> None:
-    """Append and fsync: a finished evaluation survives a kill -9 right after it."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, text.encode("utf-8"))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _rewrite(path: Path, text: str) -> None:
-    if path.exists() and path.read_text(encoding="utf-8") == text:
-        return
-    write_text_atomic(path, text)
-
-
-def _read_state(out: Path) -> _State | None:
-    path = out / STATE_FILE
-    if not path.exists():
-        return None
-    try:
-        return _State.model_validate_json(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise LoopError(f"{path}: not a loop checkpoint: {error}") from None
-
-
-def _check_resumable(state: _State, print_: str, config: LoopConfig) -> None:
-    if state.version != STATE_VERSION:
-        raise LoopError(f"the checkpoint has version {state.version}, not {STATE_VERSION}")
-    if state.fingerprint != print_:
-        old = state.config.model_dump(exclude={"budget"})
-        new = config.model_dump(exclude={"budget"})
-        diffs = [
-            f"{name}: {old[name]!r} -> {new[name]!r}" for name in old if old[name] != new[name]
-        ]
-        what = "; ".join(diffs) or "the space, the labels or the evaluator differ"
-        raise LoopError(
-            f"the folder holds a different loop ({what}); use another folder",
-            remedies=(START_OVER,),
-        )
-
-
-def _read_records(path: Path) -> list[LoopRecord]:
-    """The evaluations on disk; a line torn by a kill mid-write is dropped."""
-    records: list[LoopRecord] = []
-    if not path.exists():
-        return records
-    lines = path.read_text(encoding="utf-8").split("\n")
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = LoopRecord.model_validate_json(line)
-        except ValueError:
-            if number >= len(lines) - 1:
-                break  # the last line, cut off by an interruption
-            raise LoopError(f"{path}:{number}: damaged evaluation record") from None
-        if record.index != len(records):
-            raise LoopError(f"{path}:{number}: record {len(records)} has index {record.index}")
-        records.append(record)
-    return records
-
-
-def load_loop(out_dir: str | Path) -> _State:
-    """The checkpoint of a loop folder (its config and finished rounds)."""
-    state = _read_state(Path(out_dir))
-    if state is None:
-        raise LoopError(f"{out_dir}: no {STATE_FILE}; not a loop folder")
-    return state
-
-
-# --------------------------------------------------------------------------- report
-
-
-def write_report(result: LoopResult, out: Path) -> None:
-    """`report.md` and `progress.png` (best so far vs evaluations; the front for two
-    objectives or more)."""
-    objectives = result.config.search_objectives()
-    plot = _plot(result, out / PLOT_FILE)
-    lines = [
-        "# AutoBuild-NAS loop",
-        "",
-        f"Targets: {', '.join(f'`{t}`' for t in result.config.targets)}; objectives: "
-        f"{', '.join(o.label for o in objectives)}.",
-        f"{result.labels} labels given; {len(result.records)} of {result.config.budget} "
-        f"evaluations paid; stopped: {result.stopped}.",
-        "",
-        "| round | k | reduced space | trained on | evaluated | "
-        + " | ".join(f"best {o.label}" for o in objectives)
-        + " |",
-        "|---" * (5 + len(objectives)) + "|",
-    ]
-    for info in result.rounds:
-        best = " | ".join(f"{info.best.get(o.label, float('nan')):.6g}" for o in objectives)
-        lines.append(
-            f"| {info.round} | {info.k} | {info.reduced_size:,} | {info.trained_on} | "
-            f"{info.evaluated} | {best} |"
-        )
-    lines += [
-        "",
-        f"Front: {len(result.front)} network(s), {result.beyond_labels} found by "
-        "the loop beyond the labels' front.",
-        "",
-    ]
-    for row in result.front[:20]:
-        values = ", ".join(f"{o.label} = {o.value(row['metrics']):.6g}" for o in objectives)
-        lines.append(f"- {row['source']}: {values}")
-    if plot:
-        lines += ["", f"![progress]({PLOT_FILE})"]
-    write_text_atomic(out / REPORT_FILE, "\n".join(lines) + "\n")
-
-
-def _plot(result: LoopResult, path: Path) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    objectives = result.config.search_objectives()
-    if len(objectives) == 1:
-        figure, axis = plt.subplots(figsize=(6, 3.6))
-        label = objectives[0].label
-        axis.plot([row[label] for row in result.best_so_far], drawstyle="steps-post")
-        axis.set_xlabel("real evaluations")
-        axis.set_ylabel(f"best {label}")
-    else:
-        figure, axis = plt.subplots(figsize=(6, 4))
-        x, y = objectives[0], objectives[1]
-        evaluated = [r.metrics for r in result.records]
-        axis.scatter([x.value(m) for m in evaluated], [y.value(m) for m in evaluated], s=8,
-                     alpha=0.5, label="evaluated")  # fmt: skip
-        front = sorted(result.front, key=lambda row: x.value(row["metrics"]))
-        axis.plot([x.value(r["metrics"]) for r in front], [y.value(r["metrics"]) for r in front],
-                  marker="o", color="C3", label="front")  # fmt: skip
-        axis.set_xlabel(x.label)
-        axis.set_ylabel(y.label)
-        axis.legend()
-    axis.grid(alpha=0.3)
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    figure.savefig(tmp, dpi=110)
-    plt.close(figure)
-    os.replace(tmp, path)
-    return True
-
-
 __all__ = [
+    "ROUNDS_DIR",
+    "STATE_FILE",
     "LoopConfig",
     "LoopError",
     "LoopProgress",

@@ -130,6 +130,7 @@ def plot_fronts(
     x: Objective,
     y: Objective,
     out: Path,
+    *,
     data: Series | None = None,
     title: str | None = None,
     show_points: bool = True,

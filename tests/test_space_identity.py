@@ -87,3 +87,24 @@ def test_caches_and_search_resume_accept_an_edited_space(spaces, tmp_path: Path)
     assert runner.hits == 0 and runner.paid == 4  # only the new generation was evaluated
     with pytest.raises(SearchStateError, match="the space or the evaluator differ"):
         run_search(changed, EvaluationRunner(changed, config), search, out)
+
+
+def test_measure_resume_and_loop_identity_accept_an_edited_space(spaces, tmp_path: Path) -> None:
+    from autobuild_dsl.compile.batch import BatchError, MeasureSettings, measure_file
+    from autobuild_dsl.data.dataset import LabeledDataset
+    from autobuild_dsl.search.loop_state import LoopConfig, fingerprint
+
+    original, edited, changed = spaces
+    archs = sample(original, 3, seed=5)
+    settings = MeasureSettings(metrics=("params",))
+    out = tmp_path / "counts.jsonl"
+    measure_file(original, archs[:2], out, settings)
+    report = measure_file(edited, archs, out, settings, resume=True)
+    assert (report.already, report.measured) == (2, 1)  # nothing measured twice
+    with pytest.raises(BatchError, match="other settings"):
+        measure_file(changed, archs, out, settings, resume=True)
+
+    labels = LabeledDataset(original, archs, ["acc"], [[1.0], [2.0], [3.0]])
+    config = LoopConfig(targets=["acc"], budget=8)
+    assert fingerprint(original, labels, config, "e") == fingerprint(edited, labels, config, "e")
+    assert fingerprint(original, labels, config, "e") != fingerprint(changed, labels, config, "e")

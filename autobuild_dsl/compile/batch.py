@@ -22,7 +22,6 @@ worker fixes torch's and ONNX Runtime's thread counts), or on a Ray cluster
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import os
@@ -389,7 +388,7 @@ def _claim(space: Space, settings: MeasureSettings) -> dict[str, Any]:
     """What a measure output depends on: recorded beside it, checked on resume."""
     return {
         "space": space.name,
-        "space_digest": hashlib.sha256(space.to_json().encode("utf-8")).hexdigest(),
+        "space_digest": space.digest(),
         "metrics": sorted(settings.metrics),
         **_expected_settings(settings),
         # Anchored and plain rows do not mix (one has `<name>_rel`, the other not).

@@ -161,7 +161,7 @@ def fingerprint(space: Space, labels: LabeledDataset, config: LoopConfig, evalua
     """Everything the loop's result depends on, except the budget."""
     payload = json.dumps(
         {
-            "space": hashlib.sha256(space.to_json().encode("utf-8")).hexdigest(),
+            "space": space.digest(),
             "labels": hashlib.sha256(labels.to_jsonl().encode("utf-8")).hexdigest(),
             "config": config.model_dump(mode="json", exclude={"budget"}),
             "evaluator": evaluator,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -24,12 +25,6 @@ def _threads(state: dict, _: object) -> tuple[int, str | None, int]:
     import torch
 
     return torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS"), state["pid"]
-
-
-def _fail(state: dict, value: int) -> int:
-    if value == 3:
-        raise ValueError("task 3 fails")
-    return value
 
 
 def test_inline_builds_state_once_and_keeps_order() -> None:
@@ -68,11 +63,27 @@ def test_pool_runs_in_workers_with_their_state_one_thread_and_a_window() -> None
     assert all(count == 1 and env == "1" for count, env, _ in threads)
 
 
-def test_a_failing_task_raises_and_stops_the_pool() -> None:
+def _sleepy(state: dict, value: int) -> int:
+    if value == 3:
+        raise ValueError("task 3 fails")
+    time.sleep(120)  # still running when the failure arrives
+    return value
+
+
+@pytest.mark.slow  # a second pool: spawning workers takes seconds
+def test_a_failing_task_raises_and_stops_the_running_workers() -> None:
+    # Ctrl-C in the parent takes the same path (any exception while iterating).
     fan = Fanout(_init, (0,), jobs=2)
+    started = time.perf_counter()
+    stream = fan.map(_sleepy, [(i, i) for i in (3, 1, 2)], window=3)
+    processes = list(fan._get_pool()._processes.values())  # type: ignore[union-attr]
     with pytest.raises(ValueError, match="task 3 fails"):
-        list(fan.map(_fail, [(i, i) for i in range(6)], window=6))
-    assert fan._pool is None  # aborted: workers terminated, not waited for
+        list(stream)
+    assert fan._pool is None
+    for process in processes:
+        process.join(timeout=10)
+        assert not process.is_alive()  # terminated, not waited for
+    assert time.perf_counter() - started < 110
     fan.close()
 
 

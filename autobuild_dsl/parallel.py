@@ -98,6 +98,22 @@ def _noop() -> None:
     return None
 
 
+def _top_up(
+    tasks: Iterator[tuple[Tag, Any]],
+    pending: dict[Any, Tag],
+    limit: int,
+    submit: Callable[[Any], Any],
+) -> bool:
+    """Submit (tag, payload) tasks until `limit` are pending; False once none are left."""
+    while len(pending) < limit:
+        task = next(tasks, None)
+        if task is None:
+            return False
+        tag, payload = task
+        pending[submit(payload)] = tag
+    return True
+
+
 @contextlib.contextmanager
 def _thread_env(threads: int) -> Iterator[None]:
     """Thread-count variables set while workers are spawned (they inherit them before
@@ -212,16 +228,13 @@ class Fanout(Generic[Tag]):
         limit = window or 2 * self.jobs
         pending: dict[Future[Any], Tag] = {}
         iterator = iter(tasks)
-        exhausted = False
+        more = True
         try:
             while True:
-                while not exhausted and len(pending) < limit:
-                    task = next(iterator, None)
-                    if task is None:
-                        exhausted = True
-                        break
-                    tag, payload = task
-                    pending[pool.submit(_call, self._token, fn, payload)] = tag
+                if more:
+                    more = _top_up(
+                        iterator, pending, limit, lambda p: pool.submit(_call, self._token, fn, p)
+                    )
                 if not pending:
                     return
                 timeout = 0.2 if idle is not None else None
@@ -271,17 +284,15 @@ class Fanout(Generic[Tag]):
         args_ref = ray.put(self.init_args)
         pending: dict[Any, Tag] = {}
         iterator = iter(tasks)
-        exhausted = False
+        more = True
+
+        def submit(payload: Any) -> Any:
+            return task.remote(self._token, self.threads, self.init, args_ref, fn, payload)
+
         try:
             while True:
-                while not exhausted and len(pending) < limit:
-                    item = next(iterator, None)
-                    if item is None:
-                        exhausted = True
-                        break
-                    tag, payload = item
-                    ref = task.remote(self._token, self.threads, self.init, args_ref, fn, payload)
-                    pending[ref] = tag
+                if more:
+                    more = _top_up(iterator, pending, limit, submit)
                 if not pending:
                     return
                 ready, _ = ray.wait(list(pending), num_returns=1)

@@ -30,7 +30,13 @@ class Remedy:
 
     def python_text(self) -> str:
         value = self.value if self.value is not None else "True"
-        return f"{self.parameter}={value} {self.action}"
+        return f"{self.parameter}={value} {self.action}".rstrip()
+
+
+# The remedies most errors offer, spelled once.
+OVERWRITE = Remedy("force", "to overwrite it")
+START_OVER = Remedy("force", "to start over")
+CONTINUE = Remedy("resume", "to continue it")
 
 
 class AbcError(Exception):
@@ -45,9 +51,12 @@ class AbcError(Exception):
 
 
 __all__ = [
+    "CONTINUE",
     "EXIT_COMPILE_ERROR",
     "EXIT_INTERNAL_ERROR",
     "EXIT_USER_ERROR",
+    "OVERWRITE",
+    "START_OVER",
     "AbcError",
     "Remedy",
 ]

@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from autobuild_dsl.errors import AbcError
+from autobuild_dsl.errors import OVERWRITE, AbcError
 
 # fsync file data before the rename and the folder entry after it.
 FSYNC = True
@@ -40,17 +40,25 @@ FSYNC = True
 class OutputError(AbcError):
     """An output that cannot be written as asked (exists, busy, not this command's own)."""
 
+    code = "output"
+
 
 class OutputExists(OutputError):
-    pass
+    """The output is there already and overwriting was not asked for."""
+
+    code = "output-exists"
 
 
 class OutputBusy(OutputError):
-    pass
+    """Another process holds the output's lock."""
+
+    code = "output-busy"
 
 
 class ForeignOutput(OutputError):
-    pass
+    """The output was written by another command or with other settings; it cannot be resumed."""
+
+    code = "output-foreign"
 
 
 def target_of(path: str | os.PathLike[str]) -> Path:
@@ -97,7 +105,7 @@ def atomic_path(
     extension on the temporary name for writers that look at it."""
     target = target_of(path)
     if not overwrite and target.exists():
-        raise OutputExists(f"{path} exists; pass --force to overwrite it")
+        raise OutputExists(f"{path} exists", remedies=(OVERWRITE,))
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temp_name(target).with_suffix(".tmp" + suffix) if suffix else _temp_name(target)
     # O_EXCL with mode 0o666: the kernel applies the umask, no umask() flip needed.

@@ -24,6 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 from autobuild_dsl.lang import compile_text  # noqa: E402
 from autobuild_dsl.space import decisions  # noqa: E402
+from autobuild_dsl.space import index as space_index  # noqa: E402
 
 STAGES = 6
 SPACE = (
@@ -57,12 +58,12 @@ def _run(threshold: int, repeat: int, samples: int) -> tuple[int, float, float, 
     best = (float("inf"), 0.0)
     size = 0
     sample_wall = 0.0
-    old = decisions.DP_THRESHOLD
-    decisions.DP_THRESHOLD = threshold
+    old = space_index.DP_THRESHOLD
+    space_index.DP_THRESHOLD = threshold
     try:
         compiled = compile_text(SPACE, "chained.abs")
         for _ in range(repeat):
-            # A fresh copy of the Space: its index (cached by identity) is built anew.
+            # A fresh copy of the Space: its index (held by the space) is built anew.
             space = type(compiled).model_validate_json(compiled.model_dump_json())
             wall, cpu = time.perf_counter(), time.process_time()
             size = decisions.space_size(space)
@@ -76,7 +77,7 @@ def _run(threshold: int, repeat: int, samples: int) -> tuple[int, float, float, 
                 index.sample(rng)
             sample_wall = time.perf_counter() - start
     finally:
-        decisions.DP_THRESHOLD = old
+        space_index.DP_THRESHOLD = old
     return size, best[0], best[1], sample_wall
 
 

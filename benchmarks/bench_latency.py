@@ -5,12 +5,14 @@ range of parameter counts (the smallest to the largest), and measures their ONNX
 CPU latency twice in two independent passes (`measure_file(..., retest=True)`: new
 sessions, interleaved timing, the median timed until stable). Prints the test-retest
 Spearman of the two passes, the largest ratio between a network's two readings, the
-spread, the runs per network, and the wall and CPU time it took, with the load average.
+spread, the runs per network, and the wall and CPU time it took, with the load average,
+for the raw latency (ms) and, from the same passes, the anchored one (`latency_rel`: each
+run over the space's anchor network's run in the same round; `--no-anchor` leaves it out).
 
 `--baseline` also measures the same networks the old way (wall clock, a fixed 30 runs,
 one network after the other, no stopping rule), side by side in the same run.
 
-Usage:  python benchmarks/bench_latency.py [--n 60] [--jobs 1] [--baseline]
+Usage:  python benchmarks/bench_latency.py [--n 60] [--jobs 1] [--baseline] [--no-anchor]
                                           [--markdown docs/results/latency.md]
 """
 
@@ -65,24 +67,36 @@ def one_config(space, archs, settings: MeasureSettings, jobs: int) -> dict:
     import json
 
     metrics = [json.loads(r)["metrics"] for r in rows]
-    keys = [k for k in report.first if k in report.retest]
-    first = [report.first[k] for k in keys]
-    second = [report.retest[k] for k in keys]
-    ratios = [max(a, b) / min(a, b) for a, b in zip(first, second, strict=True)]
-    return {
-        "n": len(keys),
-        "spearman": spearman(first, second),
-        "max_ratio": max(ratios),
-        "median_ratio": float(np.median(ratios)),
+    common = {
         "spread": float(np.median([m["latency_spread"] for m in metrics])),
         "runs": float(np.median([m["latency_runs"] for m in metrics])),
-        "lat_min": min(first),
-        "lat_max": max(first),
         "seconds": took,
         "cpu_seconds": cpu_took,
         "load_before": load,
         "load_after": os.getloadavg()[0],
     }
+    readings = {"latency (ms)": (report.first, report.retest)}
+    if report.first_rel:
+        readings["latency_rel (anchored)"] = (report.first_rel, report.retest_rel)
+    results = {}
+    for what, (first_pass, second_pass) in readings.items():
+        keys = [k for k in first_pass if k in second_pass]
+        first = [first_pass[k] for k in keys]
+        second = [second_pass[k] for k in keys]
+        ratios = [max(a, b) / min(a, b) for a, b in zip(first, second, strict=True)]
+        # The second pass over the first, as a network's typical drift between passes.
+        drift = [b / a for a, b in zip(first, second, strict=True)]
+        results[what] = {
+            "n": len(keys),
+            "spearman": spearman(first, second),
+            "max_ratio": max(ratios),
+            "median_ratio": float(np.median(ratios)),
+            "drift": float(np.median(drift)),
+            "lat_min": min(first),
+            "lat_max": max(first),
+            **common,
+        }
+    return results
 
 
 def main() -> None:
@@ -95,6 +109,9 @@ def main() -> None:
     parser.add_argument("--time-cap", type=float, default=3.0)
     parser.add_argument("--clock", default="auto", choices=["auto", "wall", "cpu"])
     parser.add_argument("--baseline", action="store_true", help="also the old way, side by side")
+    parser.add_argument(
+        "--no-anchor", action="store_true", help="measure without the anchor network"
+    )
     parser.add_argument("--markdown", help="write the results section here")
     args = parser.parse_args()
     start = time.perf_counter()
@@ -111,6 +128,7 @@ def main() -> None:
                 ci=args.ci,
                 time_cap=args.time_cap,
                 clock=args.clock,  # type: ignore[arg-type]
+                anchor=not args.no_anchor,
             )
         )
     }
@@ -123,21 +141,23 @@ def main() -> None:
             ci=0.0,
             interleave=1,
             clock="wall",
+            anchor=False,
         )
     results = {}
     for name, settings in configs.items():
         print(f"measuring twice: {name} ...", flush=True)
-        results[name] = one_config(space, archs, settings, args.jobs)
-        r = results[name]
-        print(
-            f"  test-retest Spearman {r['spearman']:.3f}; ratio of the two readings: median "
-            f"{r['median_ratio']:.3f}, max {r['max_ratio']:.2f}; spread (IQR/median) median "
-            f"{r['spread']:.3f}; runs per network median {r['runs']:.0f}; latency "
-            f"{r['lat_min']:.1f}..{r['lat_max']:.1f} ms; {r['seconds']:.0f} s wall, "
-            f"{r['cpu_seconds']:.0f} s CPU; load {r['load_before']:.1f} -> {r['load_after']:.1f} "
-            f"on {os.cpu_count()} cores",
-            flush=True,
-        )
+        for what, r in one_config(space, archs, settings, args.jobs).items():
+            results[f"{name}: {what}"] = r
+            print(
+                f"  {what}: test-retest Spearman {r['spearman']:.3f}; ratio of the two "
+                f"readings: median {r['median_ratio']:.3f}, max {r['max_ratio']:.2f}; second "
+                f"pass / first median {r['drift']:.3f}; spread (IQR/median) median "
+                f"{r['spread']:.3f}; runs per network median {r['runs']:.0f}; range "
+                f"{r['lat_min']:.3g}..{r['lat_max']:.3g}; {r['seconds']:.0f} s wall, "
+                f"{r['cpu_seconds']:.0f} s CPU; load {r['load_before']:.1f} -> "
+                f"{r['load_after']:.1f} on {os.cpu_count()} cores",
+                flush=True,
+            )
     if args.markdown:
         lines = [
             "## Latency test-retest (`abc measure`)",
@@ -150,20 +170,24 @@ def main() -> None:
             f"(ONNX Runtime CPU, batch 1, 1 thread, {args.jobs} job(s)); the machine has "
             f"{os.cpu_count()} cores shared with other work (load average in the table).",
             "",
-            "| measurement | test-retest Spearman | max ratio | median ratio | spread | runs"
-            " | latency (ms) | wall s | CPU s | load before -> after |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "| measurement | test-retest Spearman | max ratio | median ratio | pass 2 / pass 1 "
+            "| spread | runs | range | wall s | CPU s | load before -> after |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for name, r in results.items():
             lines.append(
                 f"| {name} | {r['spearman']:.3f} | {r['max_ratio']:.2f} | {r['median_ratio']:.3f}"
-                f" | {r['spread']:.3f} | {r['runs']:.0f} | {r['lat_min']:.1f}-{r['lat_max']:.1f}"
+                f" | {r['drift']:.3f} | {r['spread']:.3f} | {r['runs']:.0f}"
+                f" | {r['lat_min']:.3g}-{r['lat_max']:.3g}"
                 f" | {r['seconds']:.0f} | {r['cpu_seconds']:.0f} | {r['load_before']:.1f} -> "
                 f"{r['load_after']:.1f} |"
             )
         lines += [
             "",
-            "Ratio: the larger of a network's two readings over the smaller. Spread: the "
+            "Ratio: the larger of a network's two readings over the smaller; pass 2 / pass 1: "
+            "the median over networks of the second reading over the first. The anchored rows "
+            "come from the same passes as the raw ones (each network's run divided by the "
+            "anchor network's run in the same round, median over rounds). Spread: the "
             "interquartile range of a network's runs over their median (median over networks). "
             "Runs: timed runs per network per pass (median).",
             "",

@@ -169,8 +169,9 @@ def test_search_never_overwrites_stray_records_without_force(macro, tmp_path: Pa
         def evaluate(self, archs, progress=None):
             return [{"acc": float(i)} for i, _ in enumerate(archs)]
 
-    with pytest.raises(SearchStateError, match="--force"):
+    with pytest.raises(SearchStateError, match="not a checkpoint") as refused:
         run_search(macro, Runner(), config, folder)
+    assert [r.parameter for r in refused.value.remedies] == ["force"]
     assert (folder / "evaluated.jsonl").read_text() == "precious\n"
     assert (folder / "front.jsonl").read_text() == "also precious\n"
     with abc_io.output_lock(folder / "search.json"), pytest.raises(abc_io.OutputBusy):

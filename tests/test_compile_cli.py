@@ -207,9 +207,12 @@ def test_measure_writes_a_dataset_that_trains(macro, tmp_path: Path) -> None:
     assert f"measured 3 architectures into {out}, 1 repeated in the input" in text
     data = load_dataset(out, macro)
     assert data.metric_names == [
-        "params", "macs", "latency", "latency_spread", "latency_ci", "latency_runs",
-        "latency_wall", "latency_threads", "latency_warmup", "latency_repeats",
+        "params", "macs", "latency", "latency_rel", "latency_anchor", "latency_spread",
+        "latency_ci", "latency_runs", "latency_wall", "latency_threads", "latency_warmup",
+        "latency_repeats",
     ]  # fmt: skip
+    # Every row's anchor is the same network, so the relative latency is latency / anchor.
+    assert (data.metric("latency_anchor") > 0).all() and (data.metric("latency_rel") > 0).all()
     assert sorted(a.key() for a in data.architectures) == sorted(a.key() for a in archs)
     for i, arch in enumerate(data.architectures):
         assert (data.metric("params")[i], data.metric("macs")[i]) == params_and_macs(
@@ -257,8 +260,9 @@ def test_measure_resumes_without_measuring_anything_twice(
     # A hard kill in the middle of a fourth line leaves it torn.
     with out.open("a") as handle:
         handle.write('{"arch": {"space": "nas_bench_macro", "glo')
-    with pytest.raises(BatchError, match="--resume"):
+    with pytest.raises(BatchError, match="exists") as refused:
         measure_file(macro, archs, out, settings)
+    assert [r.parameter for r in refused.value.remedies] == ["resume", "force"]
     report = measure_file(macro, archs, out, settings, resume=True)
     assert report.repaired and report.already == 3 and report.measured == 3
     assert len(calls) == 6  # 3 before the interruption, 3 on resume: none twice

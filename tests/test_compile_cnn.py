@@ -24,7 +24,7 @@ from nets import (
 )
 
 from autobuild_dsl.compile import (
-    CompileError,
+    NetworkBuildError,
     build_module,
     check_onnx,
     count_macs,
@@ -292,7 +292,7 @@ def test_unknown_op_is_named() -> None:
     bad = net.model_copy(
         update={"nodes": [*net.nodes[:1], net.nodes[1].model_copy(update={"op": "warp"})]}
     )
-    with pytest.raises(CompileError, match="'warp'"):
+    with pytest.raises(NetworkBuildError, match="'warp'"):
         build_module(bad)
     with pytest.raises(UnknownOpError, match="no PyTorch implementation for operation 'warp'"):
         get_factory("warp")

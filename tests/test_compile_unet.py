@@ -9,7 +9,7 @@ import torch
 from unet_nets import sd14, tiny_unet, unet_network
 
 from autobuild_dsl.compile import unet_ops as U
-from autobuild_dsl.compile.network import CompileError, build_module
+from autobuild_dsl.compile.network import NetworkBuildError, build_module
 from autobuild_dsl.compile.onnx_export import check_onnx, export_onnx
 from autobuild_dsl.lang import compile_file
 from autobuild_dsl.space.decisions import sample
@@ -216,5 +216,5 @@ def test_unet_without_context_uses_self_attention_only() -> None:
 def test_timestep_embedding_needs_a_timestep_input() -> None:
     net = tiny_unet()
     no_timestep = net.model_copy(update={"input": net.input.model_copy(update={"timestep": False})})
-    with pytest.raises(CompileError, match="timestep"):
+    with pytest.raises(NetworkBuildError, match="timestep"):
         _build(no_timestep)

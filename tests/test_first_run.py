@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -213,6 +214,37 @@ def test_latencies_are_timed_interleaved_in_rounds() -> None:
     assert len({tuple(r) for r in rounds}) > 1  # a new order each round
 
 
+class _SlowingSession:
+    """A session whose run takes `cost * slowdown` seconds of busy time, where the shared
+    `slowdown` grows as the test goes (a machine getting busier)."""
+
+    def __init__(self, cost: float, clock: list[float], calls: list[float]) -> None:
+        self.cost, self.clock, self.calls = cost, clock, calls
+
+    def run(self, _outputs, _feed) -> None:
+        self.clock[0] *= 1.2  # every run leaves the machine slower
+        end = time.perf_counter() + self.cost * self.clock[0]
+        while time.perf_counter() < end:
+            pass
+        self.calls.append(self.cost)
+
+
+def test_an_anchor_cancels_a_slow_down_shared_by_every_run() -> None:
+    slowdown, calls = [1.0], []
+    sessions = [(_SlowingSession(c, slowdown, calls), {}) for c in (0.002, 0.004)]
+    anchor = (_SlowingSession(0.002, slowdown, calls), {})
+    plan = LatencyPlan(warmup=0, repeats=8, ci=math.inf, time_cap=60, clock="wall")
+    readings = time_latencies(sessions, plan, seed=3, anchor=anchor)
+    assert [len(r.anchor_times) for r in readings] == [8, 8]
+    assert len(calls) == 8 * 3  # the anchor runs once in every round
+    # Raw times grow ~1.2^21 over the test; the ratio to the same round's anchor does not.
+    assert max(readings[0].times) > 5 * min(readings[0].times)
+    rel = [r.metrics(1, plan)["latency_rel"] for r in readings]
+    assert rel[0] == pytest.approx(1.0, rel=0.5) and rel[1] == pytest.approx(2.0, rel=0.5)
+    assert rel[1] / rel[0] == pytest.approx(2.0, rel=0.4)
+    assert "latency_rel" not in time_latencies(sessions, plan)[0].metrics(1, plan)
+
+
 def test_timing_stops_when_the_median_is_stable_or_the_cap_is_reached() -> None:
     steady = LatencyReading(times=[10.0] * 9 + [10.1] * 3)
     plan = LatencyPlan(repeats=10, ci=0.02, time_cap=100.0)
@@ -250,9 +282,11 @@ def test_measure_writes_latency_under_its_name_with_spread_and_retest(
         "--repeats", "6", "--time-cap", "0.05", "--retest",
     )  # fmt: skip
     assert result.exit_code == 0, text
-    assert "test-retest Spearman of latency over 3 networks" in text
+    assert "test-retest Spearman of lat over 3 networks" in text
+    assert "test-retest Spearman of lat_rel over 3 networks" in text
     data = load_dataset(out, macro)
-    for name in ("acc", "lat", "lat_spread", "lat_ci", "lat_runs", "lat_wall", "lat_retest"):
+    names = ("acc", "lat", "lat_spread", "lat_ci", "lat_runs", "lat_wall", "lat_retest")
+    for name in (*names, "lat_rel", "lat_anchor", "lat_rel_retest"):
         assert name in data.metric_names, name
     assert (data.metric("lat_runs") >= 6).all() and set(data.metric("lat_threads")) == {1.0}
     assert list(data.metric("acc")) == [60.0, 61.0, 62.0]

@@ -218,20 +218,15 @@ def _outcome(text: str) -> object:
 )
 @given(EXPRESSIONS)
 def test_formatting_an_expression_is_a_fixed_point_and_keeps_the_space(expr) -> None:  # type: ignore[no-untyped-def]
-    from autobuild_dsl.lang.diagnostics import DiagnosticSink, SourceFile
-    from autobuild_dsl.lang.lower import Lowerer
-    from autobuild_dsl.lang.parser import parse
+    from autobuild_dsl.lang import parse_expression
 
     original = EXPR_SPACE.format(rule=_fully_parenthesised(expr))
     once = format_file("e.abs", original)
     assert format_file("e.abs", once) == once
     # The formatted rule parses back to the very expression that was generated.
     rule_line = next(line for line in once.splitlines() if line.strip().startswith("require"))
-    sink = DiagnosticSink()
-    source = SourceFile(path="r", text=rule_line.strip()[len("require ") :])
-    tree = parse(source, sink, start="target")
-    assert tree is not None, (rule_line, sink.items)
-    assert Lowerer(sink, lenient=True)._expr(source, tree.children[0]) == expr
+    located = parse_expression(rule_line.strip()[len("require ") :], "r")
+    assert located is not None and located.expr == expr, rule_line
     # And the space it describes is the same: size, rules (as checked), merged choices.
     assert _outcome(once) == _outcome(original)
 

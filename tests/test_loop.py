@@ -132,8 +132,9 @@ def test_resume_after_a_kill_mid_round_pays_nothing_twice(tmp_path: Path) -> Non
     # A write torn by the kill is ignored on resume.
     with (tmp_path / "cut" / "evaluations.jsonl").open("a") as handle:
         handle.write('{"index": 8, "round": 1, "ke')
-    with pytest.raises(LoopError, match="--resume"):
+    with pytest.raises(LoopError, match="holds a loop already") as refused:
         run_loop(SPACE, data, Counting(), config(), tmp_path / "cut")
+    assert [r.parameter for r in refused.value.remedies] == ["resume", "force"]
     rest = Counting()
     resumed = run_loop(SPACE, data, rest, config(), tmp_path / "cut", resume=True)
     assert len(rest.paid) == 4

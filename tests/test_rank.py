@@ -21,13 +21,11 @@ from autobuild_dsl.design.construct import (
     reduced_space,
     valid_combinations,
 )
+from autobuild_dsl.design.packing import _chain_packed, _module_rows, _pack_slow
 from autobuild_dsl.design.rank import (
     ModuleBatch,
     RankError,
     RankResult,
-    _chain_packed,
-    _module_rows,
-    _pack_slow,
     ensemble,
     enumerate_modules,
     global_assignments,
@@ -526,7 +524,7 @@ def test_cli_errors_exit_nonzero_without_traceback(
 def test_cli_ir_run_prints_importance_and_rooted_subgraphs(
     macro_run: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from autobuild_dsl.cli import build_cmds
+    from autobuild_dsl.design import ranking_workflow
 
     calls: list[int] = []
 
@@ -537,7 +535,7 @@ def test_cli_ir_run_prints_importance_and_rooted_subgraphs(
     module = types.ModuleType("autobuild_dsl.design.ir_rank")
     module.top_rooted_subgraphs = fake_top  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "autobuild_dsl.design.ir_rank", module)
-    monkeypatch.setattr(build_cmds, "_encoding", lambda run: "ir")
+    monkeypatch.setattr(ranking_workflow, "run_encoding", lambda run: "ir")
     code, text = _abc(["rank", str(macro_run), "--top", "3"], capsys)
     assert code == 0, text
     assert "module scoring does not apply" in text and "feature importance" in text

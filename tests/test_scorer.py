@@ -322,8 +322,9 @@ def test_run_folder_is_protected_and_resumes(macro_data: LabeledDataset, tmp_pat
         train=TrainConfig(epochs=2, batch_size=16), ensemble=EnsembleConfig(folds=2, seeds=1)
     )
     train_run(macro_data.space, macro_data, "acc", out, **kwargs)
-    with pytest.raises(RunError, match="--force"):
+    with pytest.raises(RunError, match="exists and is not empty") as refused:
         train_run(macro_data.space, macro_data, "acc", out, **kwargs)
+    assert [r.parameter for r in refused.value.remedies] == ["force", "resume"]
     # An interrupted run: one member never finished.
     (out / "members" / "f1s0.json").unlink()
     # ... is no ensemble to predict with (1 member: no spread), until it is finished.

@@ -16,7 +16,7 @@ import sys
 
 import click
 
-from autobuild_dsl.cli.common import console, err_console, run_guarded
+from autobuild_dsl.cli.common import GuardedGroup, console, err_console, run_guarded
 
 # command name -> module under autobuild_dsl.cli that defines it (via `register(group)`).
 COMMAND_MODULES: dict[str, str] = {
@@ -28,7 +28,7 @@ COMMAND_MODULES: dict[str, str] = {
     "graph": "graph_cmds",
     "train": "train_cmds",
     "predict": "train_cmds",
-    "rank": "build_cmds",
+    "rank": "rank_cmds",
     "build": "build_cmds",
     "emit": "compile_cmds",
     "measure": "compile_cmds",
@@ -38,7 +38,7 @@ COMMAND_MODULES: dict[str, str] = {
 }
 
 
-class LazyGroup(click.Group):
+class LazyGroup(GuardedGroup):
     """A group whose subcommands are imported on first use."""
 
     def __init__(self, *args: object, **kwargs: object) -> None:

@@ -7,7 +7,9 @@ import errno
 import json
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
@@ -19,6 +21,7 @@ from autobuild_dsl.errors import (
     EXIT_INTERNAL_ERROR,
     EXIT_USER_ERROR,
     AbcError,
+    Remedy,
 )
 from autobuild_dsl.lang import CompileError, compile_file
 from autobuild_dsl.space.model import Space
@@ -87,6 +90,29 @@ class UserError(click.ClickException):
         )
 
 
+class LibraryError(UserError):
+    """A library error (`AbcError`) as the CLI shows it: its message, then the flags that
+    fix it; the exit code is the error kind's."""
+
+    def __init__(self, error: AbcError) -> None:
+        super().__init__(error_text(error))
+        self.exit_code = error.exit_code
+
+
+class GuardedGroup(click.Group):
+    """A click group that turns library errors into CLI messages inside click itself, so
+    `abc`, `CliRunner` and `run_guarded` all print the same `error: ...` line. `.abs`
+    diagnostics pass through: `run_guarded` renders them with their source lines."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except CompileError:
+            raise
+        except AbcError as error:
+            raise LibraryError(error) from None
+
+
 def run_guarded(group: click.Group) -> int:
     """Run the click group; turn every expected failure into a message and an exit code."""
     try:
@@ -125,8 +151,9 @@ def run_guarded(group: click.Group) -> int:
         _quiet_stdout()
         return 0
     except AbcError as error:
-        # Every library error a user can cause (io's output errors among them).
-        _show_error(str(error))
+        # Every library error a user can cause (io's output errors among them); the
+        # remedies it carries name workflow parameters, shown here as the flags to type.
+        _show_error(error_text(error))
         return error.exit_code
     except RecursionError:
         _show_error("the input is nested too deeply to process")
@@ -152,6 +179,22 @@ def run_guarded(group: click.Group) -> int:
     return 0
 
 
+def remedy_text(remedy: Remedy) -> str:
+    """A library remedy as the flag a user types: `force` -> "pass --force to overwrite it"."""
+    flag = flag_of(remedy.parameter)
+    value = f" {remedy.value}" if remedy.value is not None else ""
+    return f"pass {flag}{value} {remedy.action}".rstrip()
+
+
+def error_text(error: BaseException) -> str:
+    """A library error's message with its remedies as the flags to type."""
+    message = str(error)
+    hints = ", or ".join(remedy_text(remedy) for remedy in getattr(error, "remedies", ()))
+    if not hints:
+        return message
+    return message + ("\n" if "\n" in message else "; ") + hints
+
+
 def plain_error(error: BaseException) -> str:
     """An exception as one line for a user: a pydantic error as `where: what` (its first
     problem and how many more), not the raw multi-line dump with Python reprs."""
@@ -169,6 +212,24 @@ def plain_error(error: BaseException) -> str:
     if isinstance(error, OSError):
         return error.strerror or str(error)
     return str(error)
+
+
+# Workflow parameter -> the option a user types, where the two are not spelled alike (the
+# rest: `export_jobs` -> `--export-jobs`).
+FLAG_NAMES: dict[str, str] = {
+    "space_file": "--space",
+    "space_path": "--space",
+    "overwrite": "--force",
+    "num_layers": "--layers",
+    "ray_address": "--ray",
+    "ir_cache": "--cache",
+    "extra_spaces": "--add-space",
+}
+
+
+def flag_of(parameter: str) -> str:
+    """The CLI option for a workflow parameter (`force` -> `--force`)."""
+    return FLAG_NAMES.get(parameter, "--" + parameter.replace("_", "-"))
 
 
 def _show_error(message: str) -> None:
@@ -260,21 +321,50 @@ def read_json_file(path: str) -> object:
 
 
 # ----- options shared by several commands (declared once) ---------------------------------
+# Each takes the command's own help line: the meaning is shared, the wording names the
+# command's outputs.
 
-evaluator_option = click.option(
-    "-e",
-    "--evaluator",
-    "evaluator_spec",
-    required=True,
-    help="lookup:DATA.jsonl | predictor:RUN | measure[:M,...] | python:MOD:FUNC | "
-    "command:'CMD {arch}' | @config.json (see docs/search.md).",
-)
+# ----- inputs shared by `abc rank` and `abc build` ------------------------------------------
 
-score_option = click.option(
-    "--score",
-    type=click.Choice(["pooled", "last"]),
-    default="pooled",
-    show_default=True,
-    help="How a module is read: its pooled module-graph embedding, or its last node (the "
-    "paper's reading; see docs/ranking.md).",
-)
+
+def parse_globals(items: Sequence[str]) -> list[dict[str, Any]] | None:
+    """`resolution=224` (repeatable; `a=1,b=x` for several globals) -> assignments."""
+    if not items:
+        return None
+    result = []
+    for item in items:
+        values: dict[str, Any] = {}
+        for piece in item.split(","):
+            name, sep, text = piece.partition("=")
+            if not sep or not name.strip():
+                raise UserError(f"--globals {item!r}: expected NAME=VALUE[,NAME=VALUE...]")
+            values[name.strip()] = _literal(text.strip())
+        result.append(values)
+    return result
+
+
+def _literal(text: str) -> Any:
+    if text in ("true", "false"):
+        return text == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text.strip('"')
+
+
+def load_run(path: str) -> Any:
+    """A trained run folder (scorer.run.load_run), named when it does not exist."""
+    from autobuild_dsl.scorer.run import load_run as load
+
+    if not Path(path).exists():
+        raise UserError(f"{path}: no such run folder")
+    return load(path)
+
+
+def globals_text(values: dict[str, Any]) -> str:
+    """`resolution = 224, act = "relu"`: global choices as a reader sees them."""
+    from autobuild_dsl.design.importance import value_text
+
+    return ", ".join(f"{k} = {value_text(v)}" for k, v in values.items())

@@ -2,33 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.markup import escape
 
-from autobuild_dsl.cli.common import UserError, console, err_console, load_space
+from autobuild_dsl.cli import options as opt
+from autobuild_dsl.cli.common import (
+    UserError,
+    console,
+    err_console,
+    load_space,
+)
+from autobuild_dsl.cli.progress import ProgressView
 
 # A latency whose runs spread more than this (IQR / median) is flagged as noisy.
 HIGH_SPREAD = 0.10
-
-
-@contextmanager
-def _user_errors() -> Iterator[None]:
-    """Library errors a user can cause become `error: ...` messages, not tracebacks
-    (`UserError` escapes rich markup itself)."""
-    from autobuild_dsl.compile.batch import BatchError
-    from autobuild_dsl.compile.emit import EmitError
-    from autobuild_dsl.compile.network import CompileError as NetworkError
-    from autobuild_dsl.space.decisions import ArchitectureError
-    from autobuild_dsl.space.resolve import ResolveError
-
-    try:
-        yield
-    except (BatchError, EmitError, NetworkError, ArchitectureError, ResolveError) as error:
-        raise UserError(str(error)) from None
 
 
 def _one_architecture(space, path: str, line: int | None):
@@ -48,8 +38,8 @@ def _one_architecture(space, path: str, line: int | None):
 
 
 @click.command("emit")
-@click.argument("space_file", type=click.Path(dir_okay=False))
-@click.argument("arch_file", type=click.Path(dir_okay=False))
+@opt.file_argument("space_file")
+@opt.file_argument("arch_file")
 @click.option(
     "--format",
     "fmt",
@@ -58,22 +48,20 @@ def _one_architecture(space, path: str, line: int | None):
     help="torch: state dict + architecture (reload with autobuild_dsl.compile.load_emitted); "
     "onnx: ONNX model (opset 17, dynamic batch), checked in ONNX Runtime.",
 )
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The file.")
-@click.option("--space", "space_name", help="Which space of the file (default: the first one).")
+@opt.path("-o", "--output", help="The file.", required=True)
+@opt.space_name()
 @click.option(
     "--line",
     type=click.IntRange(min=1),
     help="Take the architecture on this line of a JSON-lines ARCH_FILE.",
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights.")
-@click.option(
+@opt.seed("Seed of the random weights.")
+@opt.real(
     "--atol",
-    type=click.FloatRange(min=0),
-    default=1e-4,
-    show_default=True,
+    default=0.0001,
     help="onnx: the largest absolute difference from PyTorch allowed on a random input.",
 )
-@click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
+@opt.force("Overwrite OUTPUT if it exists.")
 def emit_cmd(
     space_file: str,
     arch_file: str,
@@ -93,16 +81,15 @@ def emit_cmd(
 
     space = load_space(space_file, space_name)
     out = Path(output)
-    with _user_errors():
-        arch = _one_architecture(space, arch_file, line)
-        if out.exists() and not force:
-            raise UserError(f"{out} exists; pass --force to overwrite it")
-        with err_console.status(f"compiling {space.name} to {fmt}"):
-            if fmt == "torch":
-                emit_torch(out, space, arch, overwrite=force, seed=seed)
-                done = None
-            else:
-                done = emit_onnx(out, space, arch, overwrite=force, seed=seed, atol=atol)
+    arch = _one_architecture(space, arch_file, line)
+    if out.exists() and not force:
+        raise UserError(f"{out} exists; pass --force to overwrite it")
+    with err_console.status(f"compiling {space.name} to {fmt}"):
+        if fmt == "torch":
+            emit_torch(out, space, arch, overwrite=force, seed=seed)
+            done = None
+        else:
+            done = emit_onnx(out, space, arch, overwrite=force, seed=seed, atol=atol)
     if done is None:
         console.print(
             f"wrote {escape(str(out))} (PyTorch state dict + architecture of {space.name})"
@@ -116,11 +103,9 @@ def emit_cmd(
 
 
 @click.command("measure")
-@click.argument("space_file", type=click.Path(dir_okay=False))
-@click.argument("archs_file", type=click.Path(dir_okay=False))
-@click.option(
-    "-o", "--output", required=True, type=click.Path(dir_okay=False), help="Dataset (JSON lines)."
-)
+@opt.file_argument("space_file")
+@opt.file_argument("archs_file")
+@opt.path("-o", "--output", help="Dataset (JSON lines).", required=True)
 @click.option(
     "--metrics",
     default="params,macs,latency",
@@ -128,65 +113,46 @@ def emit_cmd(
     help="Comma-separated: params, macs (FlopCounterMode total / 2), latency (ms, ONNX "
     "Runtime CPU, batch 1, median); NAME=latency writes latency as NAME (e.g. lat=latency).",
 )
-@click.option("--space", "space_name", help="Which space of the file (default: the first one).")
-@click.option(
-    "--jobs",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="Worker processes (with --ray: tasks in flight; default: what the cluster fits).",
-)
+@opt.space_name()
+@opt.jobs("Worker processes (with --ray: tasks in flight; default: what the cluster fits).")
 @click.option("--ray", "ray_address", help="Run on Ray: an address, 'auto' or 'local'.")
-@click.option(
-    "--threads",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="Threads per network (torch and ONNX Runtime), fixed and recorded with latency.",
-)
-@click.option(
-    "--warmup",
-    type=click.IntRange(min=0),
-    default=5,
-    show_default=True,
-    help="Untimed runs before timing latency.",
-)
-@click.option(
+@opt.threads("Threads per network (torch and ONNX Runtime), fixed and recorded with latency.")
+@opt.count("--warmup", default=5, help="Untimed runs before timing latency.", minimum=0)
+@opt.count(
     "--repeats",
-    type=click.IntRange(min=1),
     default=30,
-    show_default=True,
     help="Timed runs at least; latency is their median, timed until it is stable.",
 )
-@click.option(
+@opt.real(
     "--ci",
-    type=click.FloatRange(min=0),
     default=0.02,
-    show_default=True,
     help="Stop timing a network when its median's 95% confidence interval is within this "
     "fraction of the median (each side).",
 )
-@click.option(
+@opt.real(
     "--time-cap",
-    type=click.FloatRange(min=0, min_open=True),
     default=3.0,
-    show_default=True,
     help="Seconds of timed runs per network at most, stable or not.",
+    above=True,
 )
-@click.option(
+@opt.count(
     "--interleave",
-    type=click.IntRange(min=1),
     default=8,
-    show_default=True,
     help="Networks timed in turn, one run each per round, so drift affects them alike.",
 )
-@click.option(
+@opt.choice(
     "--clock",
-    type=click.Choice(["auto", "wall", "cpu"]),
+    choices=["auto", "wall", "cpu"],
     default="auto",
-    show_default=True,
     help="cpu: the timing thread's CPU time (one thread; steady on a busy machine); wall: "
     "elapsed time; auto: cpu with --threads 1, else wall.",
+)
+@click.option(
+    "--anchor/--no-anchor",
+    default=True,
+    show_default=True,
+    help="Time the space's anchor network in every round too: rows get NAME_rel (latency "
+    "in anchors, steady across passes and load) and NAME_anchor (its ms).",
 )
 @click.option(
     "--retest",
@@ -194,17 +160,16 @@ def emit_cmd(
     help="Measure latency again in a second pass: rows get NAME_retest, and the test-retest "
     "Spearman is printed.",
 )
-@click.option(
+@opt.choice(
     "--device",
-    type=click.Choice(["auto", "cpu", "meta"]),
+    choices=["auto", "cpu", "meta"],
     default="auto",
-    show_default=True,
     help="Where params and MACs are counted; meta allocates nothing (any model size) but "
     "cannot time latency; auto: cpu with latency, else meta.",
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Random weights and input.")
-@click.option("--resume", is_flag=True, help="Continue OUTPUT: skip what it holds, append.")
-@click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
+@opt.seed("Random weights and input.")
+@opt.resume("Continue OUTPUT: skip what it holds, append.")
+@opt.force("Replace OUTPUT if it exists.")
 def measure_cmd(
     space_file: str,
     archs_file: str,
@@ -213,18 +178,10 @@ def measure_cmd(
     space_name: str | None,
     jobs: int,
     ray_address: str | None,
-    threads: int,
-    warmup: int,
-    repeats: int,
-    ci: float,
-    time_cap: float,
-    interleave: int,
-    clock: str,
     retest: bool,
-    device: str,
-    seed: int,
     resume: bool,
     force: bool,
+    **timing: Any,
 ) -> None:
     """Measure the architectures of ARCHS_FILE (lines holding an "arch", as `abc sample` and
     dataset files write them) and write a dataset that `abc train` reads directly. Metrics
@@ -235,15 +192,35 @@ def measure_cmd(
 
     Each row is appended as soon as it is measured; after an interruption, rerun with
     --resume to measure only what is missing."""
-    from autobuild_dsl.compile.batch import (
-        MeasureSettings,
-        busy_machine,
-        measure_file,
-        oversubscribed,
-        read_architectures,
-        read_labels,
-        spearman,
+    from autobuild_dsl.compile.batch import busy_machine, oversubscribed
+
+    settings = _measure_settings(metrics, retest, timing)
+    if resume and force:
+        raise UserError("--resume and --force contradict each other: choose one")
+    space = load_space(space_file, space_name)
+    if settings.clock == "cpu" and settings.threads != 1:
+        raise UserError("--clock cpu times one thread: use it with --threads 1")
+    if "latency" in settings.metrics and ray_address is None:
+        for warning in (oversubscribed(jobs, settings.threads), busy_machine()):
+            if warning:
+                err_console.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
+    report = _measure(
+        space,
+        archs_file,
+        output,
+        settings,
+        jobs=jobs,
+        ray=ray_address,
+        resume=resume,
+        overwrite=force,
+        retest=retest,
     )
+    _report_measured(report, output, settings, retest)
+
+
+def _measure_settings(metrics: str, retest: bool, timing: dict[str, Any]) -> Any:
+    """MeasureSettings from `--metrics` (NAME=latency renames latency) and the timing options."""
+    from autobuild_dsl.compile.batch import MeasureSettings
     from autobuild_dsl.compile.measure import check_metrics
 
     name = "latency"
@@ -262,67 +239,45 @@ def measure_cmd(
         raise UserError(f"--metrics: {error}") from None
     if retest and "latency" not in wanted:
         raise UserError("--retest measures latency twice: add latency to --metrics")
-    if device == "meta" and "latency" in wanted:
+    if timing["device"] == "meta" and "latency" in wanted:
         raise UserError(
             "--device meta counts params and MACs without memory; latency needs a real "
             "network: drop latency from --metrics or use --device cpu"
         )
-    if resume and force:
-        raise UserError("--resume and --force contradict each other: choose one")
-    space = load_space(space_file, space_name)
     try:
-        settings = MeasureSettings(
-            metrics=tuple(wanted),
-            threads=threads,
-            warmup=warmup,
-            repeats=repeats,
-            device=device,  # type: ignore[arg-type]
-            seed=seed,
-            ci=ci,
-            time_cap=time_cap,
-            interleave=interleave,
-            name=name,
-            clock=clock,  # type: ignore[arg-type]
-        )
+        return MeasureSettings(metrics=tuple(wanted), name=name, **timing)
     except ValueError:
         raise UserError(f"--metrics: {name!r} is not a plain metric name") from None
-    if clock == "cpu" and threads != 1:
-        raise UserError("--clock cpu times one thread: use it with --threads 1")
-    if "latency" in wanted and ray_address is None:
-        for warning in (oversubscribed(jobs, threads), busy_machine()):
-            if warning:
-                err_console.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
+
+
+def _measure(space: Any, archs_file: str, output: str, settings: Any, **how: Any) -> Any:
+    """Measure behind a progress bar; an interruption says how many rows were saved."""
+    from autobuild_dsl.compile.batch import measure_file, read_architectures, read_labels
+
     saved = 0
-    with _user_errors():
-        archs = [arch for _, arch in read_architectures(archs_file, space)]
-        labels = read_labels(archs_file, space)
-        try:
-            with _progress_bar() as bar:
-                task = bar.add_task("measuring", total=None)
+    archs = [arch for _, arch in read_architectures(archs_file, space)]
+    labels = read_labels(archs_file, space)
+    try:
+        with ProgressView(bold=False, info=False, transient=True) as bar:
+            task = bar.add("measuring")
 
-                def show(event) -> None:
-                    nonlocal saved
-                    saved = event.done - event.failed
-                    bar.update(task, completed=event.done, total=event.total)
+            def show(event) -> None:
+                nonlocal saved
+                saved = event.done - event.failed
+                bar.update(task, completed=event.done, total=event.total)
 
-                report = measure_file(
-                    space,
-                    archs,
-                    output,
-                    settings,
-                    jobs=jobs,
-                    ray=ray_address,
-                    resume=resume,
-                    overwrite=force,
-                    progress=show,
-                    labels=labels,
-                    retest=retest,
-                )
-        except KeyboardInterrupt:
-            err_console.print(
-                f"interrupted: {saved} new rows are in {escape(output)}; rerun with --resume"
-            )
-            raise
+            return measure_file(space, archs, output, settings, progress=show, labels=labels, **how)
+    except KeyboardInterrupt:
+        err_console.print(
+            f"interrupted: {saved} new rows are in {escape(output)}; rerun with --resume"
+        )
+        raise
+
+
+def _report_measured(report: Any, output: str, settings: Any, retest: bool) -> None:
+    from autobuild_dsl.compile.batch import busy_machine
+
+    name = settings.name
     if report.repaired:
         err_console.print(f"note: cut off a torn last line of {escape(output)}")
     parts = [f"measured {report.measured} architectures into {escape(output)}"]
@@ -337,7 +292,7 @@ def measure_cmd(
         err_console.print(
             f"note: measured {', '.join(report.replaced)} replaced the input's values"
         )
-    if "latency" in wanted and report.spreads:
+    if "latency" in settings.metrics and report.spreads:
         high = sum(s > HIGH_SPREAD for s in report.spreads)
         if high:
             err_console.print(
@@ -350,15 +305,7 @@ def measure_cmd(
         if warning:
             err_console.print(f"[yellow]warning:[/] {escape(warning)} (after measuring)")
     if retest and len(report.retest) >= 2:
-        keys = [k for k in report.first if k in report.retest]
-        first = [report.first[k] for k in keys]
-        second = [report.retest[k] for k in keys]
-        ratio = max(max(a, b) / min(a, b) for a, b in zip(first, second, strict=True))
-        console.print(
-            f"test-retest Spearman of latency over {len(keys)} networks: "
-            f"{spearman(first, second):.3f} (largest ratio between the two readings "
-            f"{ratio:.2f}x); rows hold {escape(name)}_retest"
-        )
+        _report_retest(report, name)
     if report.failures:
         for key, reason in report.failures[:10]:
             err_console.print(f"[red]failed:[/] {escape(reason)}\n  {escape(key)}")
@@ -368,25 +315,25 @@ def measure_cmd(
         )
 
 
-def _progress_bar():
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+def _report_retest(report: Any, name: str) -> None:
+    """Test-retest Spearman of each latency measured twice (raw, and anchored if it was)."""
+    from autobuild_dsl.compile.batch import spearman
 
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=err_console,
-        transient=True,
-    )
+    passes = [(name, report.first, report.retest)]
+    if report.retest_rel:
+        passes.append((f"{name}_rel", report.first_rel, report.retest_rel))
+    for metric, first_pass, second_pass in passes:
+        keys = [k for k in first_pass if k in second_pass]
+        if len(keys) < 2:
+            continue
+        first = [first_pass[k] for k in keys]
+        second = [second_pass[k] for k in keys]
+        ratio = max(max(a, b) / min(a, b) for a, b in zip(first, second, strict=True))
+        console.print(
+            f"test-retest Spearman of {escape(metric)} over {len(keys)} networks: "
+            f"{spearman(first, second):.3f} (largest ratio between the two readings "
+            f"{ratio:.2f}x); rows hold {escape(metric)}_retest"
+        )
 
 
 def register(group: click.Group) -> None:

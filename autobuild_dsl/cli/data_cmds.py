@@ -3,38 +3,25 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.markup import escape
 from rich.table import Table
 
-from autobuild_dsl.cli.common import UserError, console, err_console, load_space
+from autobuild_dsl.cli import options as opt
+from autobuild_dsl.cli.common import (
+    UserError,
+    console,
+    err_console,
+    error_text,
+    load_space,
+)
+from autobuild_dsl.cli.progress import counting
 
 # How many rejected rows an import prints before summarising the rest.
 SHOWN_REJECTIONS = 20
-
-
-@contextmanager
-def _progress(label: str) -> Iterator[Callable[[int, int], None]]:
-    """A progress callback drawn on stderr (transient; silent when stderr is not a tty)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        console=err_console,
-        transient=True,
-    ) as bar:
-        task = bar.add_task(label, total=None)
-
-        def update(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total or None)
-
-        yield update
 
 
 def _parse_metric_options(items: tuple[str, ...]) -> dict[str, str]:
@@ -61,18 +48,13 @@ def data_group() -> None:
     help="Input format.",
 )
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option(
-    "--space", "space_file", required=True, type=click.Path(dir_okay=False), help="SPACE.abs"
-)
+@opt.space_file()
 @click.option("--space-name", help="Which space of the file (default: the first one).")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="OUT.jsonl")
+@opt.path("-o", "--output", help="OUT.jsonl", required=True)
 @click.option("--skip-bad", is_flag=True, help="Write the good rows even if some are rejected.")
-@click.option("--force", is_flag=True, help="Overwrite the output if it exists.")
-@click.option(
-    "--map",
-    "map_file",
-    type=click.Path(dir_okay=False),
-    help="generic: a JSON mapping (arch column, metric columns, format).",
+@opt.force("Overwrite the output if it exists.")
+@opt.path(
+    "--map", "map_file", help="generic: a JSON mapping (arch column, metric columns, format)."
 )
 @click.option("--arch", "arch_column", help="generic: the column holding the architecture.")
 @click.option(
@@ -106,46 +88,63 @@ def import_cmd(
     that does not parse or does not fit the space is reported with file, row and reason,
     and the import exits 1 without writing unless --skip-bad.
     """
-    from autobuild_dsl.data.dataset import DatasetError, save_dataset
-    from autobuild_dsl.data.importers import GenericMapping, import_files, load_mapping
+    from autobuild_dsl.data.dataset import save_dataset
+    from autobuild_dsl.data.importers import import_files
 
     out = Path(output)
     if out.exists() and not force:
         raise UserError(f"{out} exists; pass --force to overwrite it")
-    generic_options = arch_column or arch_format or metric_options
-    mapping = None
-    if fmt == "generic":
-        try:
-            if map_file:
-                mapping = load_mapping(map_file)
-                overrides: dict[str, object] = {}
-                if arch_column:
-                    overrides["arch"] = arch_column
-                if arch_format:
-                    overrides["arch_format"] = arch_format
-                if metric_options:
-                    overrides["metrics"] = _parse_metric_options(metric_options)
-                mapping = mapping.model_copy(update=overrides)
-            else:
-                metrics = _parse_metric_options(metric_options)
-                if not metrics:
-                    raise UserError("--from generic needs --map MAPPING.json or --metric NAME=COL")
-                mapping = GenericMapping(
-                    arch=arch_column or "arch",
-                    arch_format=arch_format or "canonical",  # type: ignore[arg-type]
-                    metrics=metrics,
-                )
-        except DatasetError as error:
-            raise UserError(escape(str(error))) from None
-    elif map_file or generic_options:
-        raise UserError("--map, --arch, --arch-format and --metric are for --from generic")
+    mapping = _generic_mapping(fmt, map_file, arch_column, arch_format, metric_options)
     space = load_space(space_file, space_name)
-    try:
-        with _progress(f"importing {fmt}") as update:
-            result = import_files(fmt, list(files), space, mapping=mapping, progress=update)
-    except DatasetError as error:
-        raise UserError(escape(str(error))) from None
+    with counting(f"importing {fmt}") as update:
+        result = import_files(fmt, list(files), space, mapping=mapping, progress=update)
     report = result.report
+    _report_import(report)
+    if result.dataset is None:
+        raise UserError("no row could be imported; nothing written")
+    if report.rejected and not skip_bad:
+        raise UserError(
+            f"{len(report.rejected):,} row(s) rejected; nothing written "
+            f"(pass --skip-bad to write the {report.imported:,} good architectures)"
+        )
+    save_dataset(result.dataset, out, overwrite=True)
+    console.print(f"wrote {out}")
+
+
+def _generic_mapping(
+    fmt: str,
+    map_file: str | None,
+    arch_column: str | None,
+    arch_format: str | None,
+    metric_options: tuple[str, ...],
+) -> Any:
+    """The column mapping of `--from generic` (a --map file, overridden by the options)."""
+    from autobuild_dsl.data.importers import GenericMapping, load_mapping
+
+    if fmt != "generic":
+        if map_file or arch_column or arch_format or metric_options:
+            raise UserError("--map, --arch, --arch-format and --metric are for --from generic")
+        return None
+    if map_file:
+        overrides: dict[str, object] = {}
+        if arch_column:
+            overrides["arch"] = arch_column
+        if arch_format:
+            overrides["arch_format"] = arch_format
+        if metric_options:
+            overrides["metrics"] = _parse_metric_options(metric_options)
+        return load_mapping(map_file).model_copy(update=overrides)
+    metrics = _parse_metric_options(metric_options)
+    if not metrics:
+        raise UserError("--from generic needs --map MAPPING.json or --metric NAME=COL")
+    return GenericMapping(
+        arch=arch_column or "arch",
+        arch_format=arch_format or "canonical",  # type: ignore[arg-type]
+        metrics=metrics,
+    )
+
+
+def _report_import(report: Any) -> None:
     for rejection in report.rejected[:SHOWN_REJECTIONS]:
         err_console.print(f"[red]rejected[/] {escape(str(rejection))}", soft_wrap=True)
     if len(report.rejected) > SHOWN_REJECTIONS:
@@ -168,15 +167,6 @@ def import_cmd(
         )
     if report.metrics:
         console.print(f"metrics: {', '.join(report.metrics)}", soft_wrap=True)
-    if result.dataset is None:
-        raise UserError("no row could be imported; nothing written")
-    if report.rejected and not skip_bad:
-        raise UserError(
-            f"{len(report.rejected):,} row(s) rejected; nothing written "
-            f"(pass --skip-bad to write the {report.imported:,} good architectures)"
-        )
-    save_dataset(result.dataset, out, overwrite=True)
-    console.print(f"wrote {out}")
 
 
 def _number(value: float) -> str:
@@ -188,13 +178,11 @@ def _number(value: float) -> str:
 
 
 @data_group.command("describe")
-@click.argument("data_file", type=click.Path(dir_okay=False))
-@click.option(
-    "--space", "space_file", required=True, type=click.Path(dir_okay=False), help="SPACE.abs"
-)
+@opt.file_argument("data_file")
+@opt.space_file()
 @click.option("--space-name", help="Which space of the file.")
 @click.option("--target", "target_text", help="Also evaluate a target expression, e.g. 'top1'.")
-@click.option("--json", "as_json", is_flag=True, help="Print the description as JSON only.")
+@opt.as_json("Print the description as JSON only.")
 def describe_cmd(
     data_file: str,
     space_file: str,
@@ -210,13 +198,13 @@ def describe_cmd(
     try:
         target = parse_target(target_text) if target_text is not None else None
     except TargetError as error:
-        raise UserError(escape(str(error))) from None
+        raise UserError(escape(error_text(error))) from None
     space = load_space(space_file, space_name)
     try:
         dataset = load_dataset(data_file, space)
         info = describe(dataset, target)
     except (DatasetError, TargetError) as error:
-        raise UserError(escape(str(error))) from None
+        raise UserError(escape(error_text(error))) from None
     if as_json:
         click.echo(info.model_dump_json())
         return
@@ -256,16 +244,12 @@ def describe_cmd(
 
 @data_group.command("merge")
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option(
-    "--space", "space_file", required=True, type=click.Path(dir_okay=False), help="SPACE.abs"
-)
+@opt.space_file()
 @click.option("--space-name", help="Which space of the file.")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="OUT.jsonl")
-@click.option(
+@opt.path("-o", "--output", help="OUT.jsonl", required=True)
+@opt.real(
     "--tolerance",
-    type=click.FloatRange(min=0),
-    default=1e-6,
-    show_default=True,
+    default=1e-06,
     help="Relative difference above which two values of one metric disagree.",
 )
 @click.option(
@@ -275,7 +259,7 @@ def describe_cmd(
     "values that disagree.",
 )
 @click.option("--inner", is_flag=True, help="Keep only the architectures every file holds.")
-@click.option("--force", is_flag=True, help="Overwrite the output if it exists.")
+@opt.force("Overwrite the output if it exists.")
 def merge_cmd(
     files: tuple[str, ...],
     space_file: str,
@@ -304,7 +288,7 @@ def merge_cmd(
             files, space, tolerance=tolerance, average=average, inner=inner
         )
     except MergeError as error:
-        raise UserError(str(error)) from None
+        raise UserError(error_text(error)) from None
     for name, rows in zip(report.files, report.rows_per_file, strict=True):
         console.print(f"{escape(name)}: {rows:,} architectures", soft_wrap=True)
     for where, count in report.only_in_some.items():

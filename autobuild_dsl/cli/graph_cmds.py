@@ -7,6 +7,7 @@ import json
 import click
 from rich.table import Table
 
+from autobuild_dsl.cli import options as opt
 from autobuild_dsl.cli.common import UserError, console, load_space
 from autobuild_dsl.cli.ir_support import ENCODINGS, cache_option, fit_ir_encoder
 from autobuild_dsl.graphs.encode import EncodeError, GraphEncoder
@@ -20,19 +21,18 @@ def _value_text(value: object) -> str:
 
 
 @click.command("graph")
-@click.argument("space_file", type=click.Path(dir_okay=False))
-@click.argument("arch_file", type=click.Path(dir_okay=False))
-@click.option("--space", "space_name", help="Which space of the file (default: the first one).")
+@opt.file_argument("space_file")
+@opt.file_argument("arch_file")
+@opt.space_name()
 @click.option(
     "--line", "line", type=int, default=1, show_default=True,
     help="Which architecture of a JSON-lines file (1-based).",
 )  # fmt: skip
-@click.option("--json", "as_json", is_flag=True, help="Print nodes, categories and edges as JSON.")
-@click.option(
+@opt.as_json("Print nodes, categories and edges as JSON.")
+@opt.choice(
     "--encoding",
-    type=click.Choice(ENCODINGS),
+    choices=ENCODINGS,
     default="sequence",
-    show_default=True,
     help="sequence (a node per layer) or ir (a node per ONNX operation).",
 )
 @cache_option

@@ -6,7 +6,6 @@ Not a command module: `train_cmds` (and `graph_cmds`) call these helpers.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
@@ -43,40 +42,16 @@ def fit_ir_encoder(
     jobs: int = 1,
     show: bool = True,
 ) -> IrEncoder:
-    """An IrEncoder over `spaces`, its vocabularies fitted on `archs` (graphs built or read
-    from the cache behind a progress bar), and a one-line summary of where they came from."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    """An IrEncoder over `spaces` fitted on `archs` (scorer.workflow.fit_ir_encoder) behind
+    a progress bar, and a one-line summary of where the graphs came from."""
+    from autobuild_dsl.cli.progress import counting
+    from autobuild_dsl.scorer import workflow
 
-    from autobuild_dsl.graphs.ir import IrEncoder
-
-    encoder = IrEncoder(list(spaces), cache_dir=Path(cache) if cache else None, jobs=jobs)
     if not show:
-        return encoder.fit(archs)
-    bar = Progress(
-        TextColumn("[bold]ONNX-IR graphs"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=err_console,
-        transient=True,
-    )
-    with bar:
-        task = bar.add_task("ir", total=len(archs))
-        encoder.fit(archs, progress=lambda done, total: bar.update(task, completed=done))
-    stats = encoder.stats
-    cached = stats.disk + stats.memory
-    err_console.print(
-        f"IR graphs: {stats.total:,} ({cached:,} from the cache, {stats.exported:,} exported) "
-        f"in {stats.seconds:.1f} s · cache {encoder.cache_dir}"
-    )
+        return workflow.fit_ir_encoder(spaces, archs, cache=cache, jobs=jobs)
+    with counting("ONNX-IR graphs", bold=True, elapsed=True, remaining=True) as update:
+        encoder = workflow.fit_ir_encoder(spaces, archs, cache=cache, jobs=jobs, progress=update)
+    err_console.print(workflow.ir_note(encoder).text, markup=False)
     return encoder
 
 

@@ -3,53 +3,24 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import click
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-)
 from rich.table import Table
 
-from autobuild_dsl.cli.common import UserError, console, err_console, evaluator_option, load_space
-
-
-@contextmanager
-def _user_errors() -> Iterator[None]:
-    """Errors a user can cause (bad data, targets, evaluators, folders) become messages."""
-    from autobuild_dsl.data.dataset import DatasetError
-    from autobuild_dsl.design.builder import BuildError
-    from autobuild_dsl.design.rank import RankError
-    from autobuild_dsl.scorer import RunError
-    from autobuild_dsl.search.evaluators import EvaluationError
-    from autobuild_dsl.search.loop import LoopError
-    from autobuild_dsl.search.pareto import ObjectiveError
-    from autobuild_dsl.space.decisions import ArchitectureError
-
-    try:
-        yield
-    except (
-        BuildError,
-        RankError,
-        DatasetError,
-        RunError,
-        EvaluationError,
-        LoopError,
-        ObjectiveError,
-        ArchitectureError,
-    ) as error:
-        raise UserError(str(error)) from None
+from autobuild_dsl.cli import options as opt
+from autobuild_dsl.cli.common import (
+    UserError,
+    console,
+    load_space,
+)
+from autobuild_dsl.cli.progress import ProgressView
 
 
 @click.command("improve")
-@click.argument("space_file", type=click.Path(dir_okay=False))
-@click.argument("data_file", type=click.Path(dir_okay=False))
+@opt.file_argument("space_file")
+@opt.file_argument("data_file")
 @click.option(
     "-t",
     "--target",
@@ -59,7 +30,7 @@ def _user_errors() -> Iterator[None]:
     help="A target expression to train a scorer on (repeat: one scorer each, the union "
     "of their top-k modules is searched).",
 )
-@evaluator_option
+@opt.evaluator
 @click.option(
     "--budget", type=click.IntRange(min=1), required=True, help="Real evaluations to pay for."
 )
@@ -75,13 +46,7 @@ def _user_errors() -> Iterator[None]:
     help="Modules kept per unit at the start (it grows when the reduced space is exhausted "
     "or a round stalls) [default: the smallest k whose reduced space holds 1.5 x the budget].",
 )
-@click.option(
-    "--per-round",
-    type=click.IntRange(min=1),
-    default=16,
-    show_default=True,
-    help="Evaluations between retrainings of the scorers.",
-)
+@opt.count("--per-round", default=16, help="Evaluations between retrainings of the scorers.")
 @click.option(
     "--widen-on-stall/--no-widen-on-stall",
     default=True,
@@ -89,53 +54,26 @@ def _user_errors() -> Iterator[None]:
     help="Also keep one more module per unit after a round that found nothing better "
     "(k always grows when the reduced space is exhausted).",
 )
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option(
-    "--epochs", type=click.IntRange(min=1), default=100, show_default=True, help="Scorer epochs."
-)
-@click.option(
-    "--folds",
-    type=click.IntRange(min=1),
-    default=5,
-    show_default=True,
-    help="Ensemble members (folds) per target.",
-)
-@click.option(
-    "-j",
-    "--jobs",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="Processes for training members and for evaluating.",
-)
-@click.option(
-    "--cache",
-    "cache_dir",
-    type=click.Path(file_okay=False),
-    help="Evaluation cache folder [default: OUT/cache].",
-)
-@click.option("--resume", is_flag=True, help="Continue the loop in the output folder.")
-@click.option("--force", is_flag=True, help="Discard a previous loop in the output folder.")
-@click.option("--space", "space_name", help="Which space of the file.")
+@opt.seed()
+@opt.count("--epochs", default=100, help="Scorer epochs.")
+@opt.count("--folds", default=5, help="Ensemble members (folds) per target.")
+@opt.jobs("Processes for training members and for evaluating.", short=True)
+@opt.path("--cache", "cache_dir", help="Evaluation cache folder [default: OUT/cache].", folder=True)
+@opt.resume("Continue the loop in the output folder.")
+@opt.force("Discard a previous loop in the output folder.")
+@opt.space_name("Which space of the file.")
 def improve_cmd(
     space_file: str,
     data_file: str,
-    targets: tuple[str, ...],
     evaluator_spec: str,
-    budget: int,
     out_dir: str,
     objectives: str | None,
-    top_k: int | None,
-    per_round: int,
-    widen_on_stall: bool,
-    seed: int,
-    epochs: int,
-    folds: int,
     jobs: int,
     cache_dir: str | None,
     resume: bool,
     force: bool,
     space_name: str | None,
+    **loop: Any,
 ) -> None:
     """Improve on the labels in DATA_FILE with BUDGET real evaluations (AutoBuild-NAS).
 
@@ -145,13 +83,7 @@ def improve_cmd(
     """
     from autobuild_dsl.data.dataset import load_dataset
     from autobuild_dsl.search.evaluators import parse_evaluator_spec
-    from autobuild_dsl.search.loop import (
-        ROUNDS_DIR,
-        STATE_FILE,
-        LoopConfig,
-        LoopProgress,
-        run_loop,
-    )
+    from autobuild_dsl.search.loop import LoopConfig, run_loop
     from autobuild_dsl.search.pareto import parse_objectives
     from autobuild_dsl.search.runner import EvaluationRunner
 
@@ -159,65 +91,60 @@ def improve_cmd(
         raise UserError("--resume and --force contradict each other; give one")
     space = load_space(space_file, space_name)
     out = Path(out_dir)
-    with _user_errors():
-        labels = load_dataset(data_file, space)
-        parsed = parse_objectives(objectives) if objectives else []
-        config = LoopConfig(
-            targets=list(targets),
-            objectives=parsed,
-            budget=budget,
-            top_k=top_k,
-            per_round=per_round,
-            widen_on_stall=widen_on_stall,
-            seed=seed,
-            epochs=epochs,
-            folds=folds,
+    labels = load_dataset(data_file, space)
+    parsed = parse_objectives(objectives) if objectives else []
+    loop["targets"] = list(loop["targets"])
+    config = LoopConfig(objectives=parsed, **loop)
+    config.search_objectives()
+    if force:
+        _discard_loop(out)
+    evaluator = parse_evaluator_spec(evaluator_spec)
+    cache = Path(cache_dir) if cache_dir else out / "cache"
+    with (
+        EvaluationRunner(space, evaluator, cache_dir=cache, jobs=jobs) as runner,
+        ProgressView(remaining=False) as bar,
+    ):
+        result = run_loop(
+            space,
+            labels,
+            runner,
+            config,
+            out,
+            progress=_loop_progress(bar, config.budget),
+            resume=resume,
+            space_file=space_file if not space_file.endswith(".json") else None,
+            jobs=jobs,
         )
-        config.search_objectives()
-        if force:
-            # Only what a loop writes: a mistyped -o must not wipe unrelated files.
-            for name in (STATE_FILE, "evaluations.jsonl", "labels.jsonl", "front.jsonl",
-                         "report.md", "progress.png"):  # fmt: skip
-                (out / name).unlink(missing_ok=True)
-            shutil.rmtree(out / ROUNDS_DIR, ignore_errors=True)
-        evaluator = parse_evaluator_spec(evaluator_spec)
-        cache = Path(cache_dir) if cache_dir else out / "cache"
-        with (
-            EvaluationRunner(space, evaluator, cache_dir=cache, jobs=jobs) as runner,
-            Progress(
-                TextColumn("[bold]{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                TextColumn("{task.fields[info]}"),
-                console=err_console,
-            ) as bar,
-        ):
-            task = bar.add_task("round 0", total=budget, info="")
+    _render_loop(result, config.search_objectives(), runner, out)
 
-            def show(event: LoopProgress) -> None:
-                best = " · ".join(f"{label} {value:.6g}" for label, value in event.best.items())
-                left = event.budget - event.evaluated
-                bar.update(
-                    task,
-                    completed=event.evaluated,
-                    description=f"round {event.round} · k {event.k} · {event.phase}",
-                    info=f"best {best} · {left} left"
-                    + (f" · {event.detail}" if event.detail else ""),
-                )
 
-            result = run_loop(
-                space,
-                labels,
-                runner,
-                config,
-                out,
-                progress=show,
-                resume=resume,
-                space_file=space_file if not space_file.endswith(".json") else None,
-                jobs=jobs,
-            )
-    objectives_used = config.search_objectives()
+def _discard_loop(out: Path) -> None:
+    """`--force`: only what a loop writes: a mistyped -o must not wipe unrelated files."""
+    from autobuild_dsl.search.loop import ROUNDS_DIR, STATE_FILE
+
+    for name in (STATE_FILE, "evaluations.jsonl", "labels.jsonl", "front.jsonl",
+                 "report.md", "progress.png"):  # fmt: skip
+        (out / name).unlink(missing_ok=True)
+    shutil.rmtree(out / ROUNDS_DIR, ignore_errors=True)
+
+
+def _loop_progress(bar: ProgressView, budget: int) -> Any:
+    task = bar.add("round 0", total=budget)
+
+    def show(event: Any) -> None:
+        best = " · ".join(f"{label} {value:.6g}" for label, value in event.best.items())
+        left = event.budget - event.evaluated
+        bar.update(
+            task,
+            completed=event.evaluated,
+            description=f"round {event.round} · k {event.k} · {event.phase}",
+            info=f"best {best} · {left} left" + (f" · {event.detail}" if event.detail else ""),
+        )
+
+    return show
+
+
+def _render_loop(result: Any, objectives_used: list[Any], runner: Any, out: Path) -> None:
     table = Table(title=f"rounds ({len(result.records)} evaluations, stopped: {result.stopped})")
     for column in ("round", "k", "reduced space", "trained on", "evaluated"):
         table.add_column(column, justify="right")

@@ -3,32 +3,23 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import click
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from rich.table import Table
 
+from autobuild_dsl.cli import options as opt
 from autobuild_dsl.cli.common import (
     UserError,
     console,
     err_console,
-    evaluator_option,
     load_space,
     write_atomic,
 )
+from autobuild_dsl.cli.progress import ProgressView
 from autobuild_dsl.search.cache import default_cache_dir
-from autobuild_dsl.search.evaluators import EvaluationError, parse_evaluator_spec
+from autobuild_dsl.search.evaluators import parse_evaluator_spec
 from autobuild_dsl.search.evolution import (
     FRONT_FILE,
     RECORDS_FILE,
@@ -36,7 +27,6 @@ from autobuild_dsl.search.evolution import (
     SearchConfig,
     SearchProgress,
     SearchResult,
-    SearchStateError,
     run_search,
 )
 from autobuild_dsl.search.exhaustive import (
@@ -44,45 +34,15 @@ from autobuild_dsl.search.exhaustive import (
     ExhaustiveConfig,
     ExhaustiveProgress,
     ExhaustiveResult,
-    SpaceTooLarge,
     exhaustive_search,
     format_seconds,
 )
-from autobuild_dsl.search.pareto import Objective, ObjectiveError, parse_objectives
+from autobuild_dsl.search.pareto import Objective, parse_objectives
 from autobuild_dsl.search.runner import EvaluationRunner
-from autobuild_dsl.space.decisions import ArchitectureError, SpaceTooComplex
 from autobuild_dsl.space.model import Space
 
 EXHAUSTIVE_SUMMARY = "exhaustive.json"
 EXHAUSTIVE_TOP = "top.jsonl"
-
-
-@contextmanager
-def _user_errors() -> Iterator[None]:
-    """Library errors a user can cause become `error: ...` messages, not tracebacks."""
-    try:
-        yield
-    except (
-        EvaluationError,
-        ObjectiveError,
-        SearchStateError,
-        SpaceTooLarge,
-        SpaceTooComplex,
-        ArchitectureError,
-    ) as error:
-        raise UserError(str(error)) from None
-
-
-def _progress_bar() -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[info]}"),
-        console=err_console,
-    )
 
 
 def _fmt(value: float) -> str:
@@ -90,72 +50,47 @@ def _fmt(value: float) -> str:
 
 
 @click.command("search")
-@click.argument("space_file", type=click.Path(dir_okay=False))
-@evaluator_option
+@opt.file_argument("space_file")
+@opt.evaluator
 @click.option(
     "--objectives",
     help="Comma-separated 'max NAME' / 'min NAME' (NAME a metric or target expression).",
 )
 @click.option("--budget", type=click.IntRange(min=1), help="Distinct architectures to evaluate.")
-@click.option(
+@opt.choice(
     "--mode",
-    type=click.Choice(["stage", "layer"]),
+    choices=["stage", "layer"],
     default="stage",
-    show_default=True,
     help="Mutation: a whole stage module (Stage-Full) or one layer (Layer-Full).",
 )
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option(
-    "--init",
-    type=click.IntRange(min=1),
-    default=50,
-    show_default=True,
-    help="Random architectures in generation 0.",
-)
-@click.option(
-    "--per-generation",
-    type=click.IntRange(min=1),
-    default=20,
-    show_default=True,
-    help="Mutants of the front per generation.",
-)
-@click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False), help="Output folder.")
-@click.option(
-    "-j", "--jobs", type=click.IntRange(min=1), default=1, show_default=True, help="Processes."
-)
+@opt.seed()
+@opt.count("--init", default=50, help="Random architectures in generation 0.")
+@opt.count("--per-generation", default=20, help="Mutants of the front per generation.")
+@opt.path("-o", "--out", "out_dir", help="Output folder.", folder=True)
+@opt.jobs("Processes.", short=True)
 @click.option("--ray", "ray_address", help="Evaluate on a Ray cluster (e.g. 'auto').")
-@click.option(
+@opt.path(
     "--cache",
     "cache_dir",
-    type=click.Path(file_okay=False),
     help="Evaluation cache folder [default: $ABC_CACHE_DIR or ~/.cache/autobuild-dsl/evaluations].",
+    folder=True,
 )
 @click.option("--no-cache", is_flag=True, help="Do not read or write the evaluation cache.")
-@click.option("--force", is_flag=True, help="Discard a previous search in the output folder.")
+@opt.force("Discard a previous search in the output folder.")
 @click.option(
     "--exhaustive", is_flag=True, help="Score every architecture and keep the top N instead."
 )
-@click.option(
-    "--top", type=click.IntRange(min=1), default=10, show_default=True, help="Exhaustive: N."
-)
-@click.option(
-    "--batch-size",
-    type=click.IntRange(min=1),
-    default=2048,
-    show_default=True,
-    help="Exhaustive: architectures per batch.",
-)
-@click.option(
+@opt.count("--top", default=10, help="Exhaustive: N.")
+@opt.count("--batch-size", default=2048, help="Exhaustive: architectures per batch.")
+@opt.count(
     "--max-architectures",
-    type=click.IntRange(min=1),
     default=DEFAULT_MAX_ARCHITECTURES,
-    show_default=True,
     help="Exhaustive: refuse larger spaces.",
 )
 @click.option(
     "--max-time", type=float, help="Exhaustive: refuse when the estimate exceeds these seconds."
 )
-@click.option("--space", "space_name", help="Which space of the file.")
+@opt.space_name("Which space of the file.")
 def search_cmd(
     space_file: str,
     evaluator_spec: str,
@@ -191,47 +126,46 @@ def search_cmd(
         if out_dir is None:
             raise UserError("-o/--out is required: the search checkpoints and writes there")
     space = load_space(space_file, space_name)
-    with _user_errors():
-        config = parse_evaluator_spec(evaluator_spec)
-        parsed = parse_objectives(objectives) if objectives is not None else None
-        cache = None if no_cache or exhaustive else Path(cache_dir or default_cache_dir())
-        with EvaluationRunner(
-            space, config, cache_dir=cache, jobs=jobs, ray_address=ray_address
-        ) as runner:
-            for note in runner.notes:
-                err_console.print(f"note: {escape(note)}", soft_wrap=True)
-            if exhaustive:
-                _exhaustive(
-                    space,
-                    runner,
-                    parsed,
-                    top,
-                    batch_size,
-                    max_architectures,
-                    max_time,
-                    out_dir,
-                    force,
-                )
-                return
-            assert parsed is not None and budget is not None and out_dir is not None
-            out = Path(out_dir)
-            search_config = SearchConfig(
-                objectives=parsed,
-                budget=budget,
-                init=init,
-                per_generation=per_generation,
-                mode=mode,  # type: ignore[arg-type]
-                seed=seed,
+    config = parse_evaluator_spec(evaluator_spec)
+    parsed = parse_objectives(objectives) if objectives is not None else None
+    cache = None if no_cache or exhaustive else Path(cache_dir or default_cache_dir())
+    with EvaluationRunner(
+        space, config, cache_dir=cache, jobs=jobs, ray_address=ray_address
+    ) as runner:
+        for note in runner.notes:
+            err_console.print(f"note: {escape(note)}", soft_wrap=True)
+        if exhaustive:
+            _exhaustive(
+                space,
+                runner,
+                parsed,
+                top,
+                batch_size,
+                max_architectures,
+                max_time,
+                out_dir,
+                force,
             )
-            result = _run_with_progress(space, runner, search_config, out, force)
-            _render_search(result, out, runner)
+            return
+        assert parsed is not None and budget is not None and out_dir is not None
+        out = Path(out_dir)
+        search_config = SearchConfig(
+            objectives=parsed,
+            budget=budget,
+            init=init,
+            per_generation=per_generation,
+            mode=mode,  # type: ignore[arg-type]
+            seed=seed,
+        )
+        result = _run_with_progress(space, runner, search_config, out, force)
+        _render_search(result, out, runner)
 
 
 def _run_with_progress(
     space: Space, runner: EvaluationRunner, config: SearchConfig, out: Path, force: bool
 ) -> SearchResult:
-    with _progress_bar() as bar:
-        task = bar.add_task("search", total=config.budget, info="")
+    with ProgressView() as bar:
+        task = bar.add("search", total=config.budget)
 
         def show(event: SearchProgress) -> None:
             best = " · ".join(f"{label} {_fmt(v)}" for label, v in event.best.items())
@@ -295,8 +229,8 @@ def _exhaustive(
         max_architectures=max_architectures,
         max_seconds=max_time,
     )
-    with _progress_bar() as bar:
-        task = bar.add_task("scoring", total=None, info="measuring throughput")
+    with ProgressView() as bar:
+        task = bar.add("scoring", info="measuring throughput")
 
         def show(event: ExhaustiveProgress) -> None:
             bar.update(
@@ -354,13 +288,11 @@ def _short(architecture: dict) -> str:
 )
 @click.option("--x", "x_axis", required=True, help="X metric: 'min lat', 'max acc' or a name.")
 @click.option("--y", "y_axis", required=True, help="Y metric: 'max acc' or a name.")
-@click.option(
-    "-o", "--output", required=True, type=click.Path(dir_okay=False), help="FIG.png|svg|pdf"
-)
+@opt.path("-o", "--output", help="FIG.png|svg|pdf", required=True)
 @click.option("--label", "labels", multiple=True, help="A legend label per RESULT, in order.")
 @click.option("--title")
 @click.option("--no-points", is_flag=True, help="Draw fronts only, not every evaluated point.")
-@click.option("--force", is_flag=True, help="Overwrite the output if it exists.")
+@opt.force("Overwrite the output if it exists.")
 def plot_cmd(
     results: tuple[str, ...],
     data_path: str | None,
@@ -384,17 +316,16 @@ def plot_cmd(
         raise UserError(f"{out}: the figure must end in .png, .svg or .pdf")
     if out.exists() and not force:
         raise UserError(f"{out} exists; pass --force to overwrite it")
-    with _user_errors():
-        try:
-            series = [
-                load_series(Path(p), labels[i] if labels else None) for i, p in enumerate(results)
-            ]
-            data = load_series(Path(data_path), Path(data_path).stem) if data_path else None
-        except ValueError as error:
-            raise UserError(str(error)) from None
-        x = axis_objective(x_axis, series, "min")
-        y = axis_objective(y_axis, series, "max")
-        summary = plot_fronts(series, x, y, out, data=data, title=title, show_points=not no_points)
+    try:
+        series = [
+            load_series(Path(p), labels[i] if labels else None) for i, p in enumerate(results)
+        ]
+        data = load_series(Path(data_path), Path(data_path).stem) if data_path else None
+    except ValueError as error:
+        raise UserError(str(error)) from None
+    x = axis_objective(x_axis, series, "min")
+    y = axis_objective(y_axis, series, "max")
+    summary = plot_fronts(series, x, y, out, data=data, title=title, show_points=not no_points)
     for item in summary.series:
         console.print(f"{item.label}: {item.points} points, front of {len(item.front)}")
     console.print(f"wrote {out}")

@@ -10,10 +10,12 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
+from autobuild_dsl.cli import options as opt
 from autobuild_dsl.cli.common import (
     UserError,
     console,
     err_console,
+    error_text,
     load_space,
     read_json_file,
     write_atomic,
@@ -32,16 +34,11 @@ from autobuild_dsl.space.model import Space
 
 
 @click.command("compile")
-@click.argument("space_file", type=click.Path(dir_okay=False))
-@click.option("--space", "space_name", help="Which space of the file (default: the first one).")
-@click.option("--json", "as_json", is_flag=True, help="Print {space, size, stages} as JSON only.")
-@click.option(
-    "--spec",
-    "spec_out",
-    type=click.Path(dir_okay=False),
-    help="Also save the typed spec as JSON here.",
-)
-@click.option("--force", is_flag=True, help="Overwrite --spec if it exists.")
+@opt.file_argument("space_file")
+@opt.space_name()
+@opt.as_json("Print {space, size, stages} as JSON only.")
+@opt.path("--spec", "spec_out", help="Also save the typed spec as JSON here.")
+@opt.force("Overwrite --spec if it exists.")
 def compile_cmd(
     space_file: str, space_name: str | None, as_json: bool, spec_out: str | None, force: bool
 ) -> None:
@@ -107,19 +104,12 @@ def _networks_line(networks: int | None) -> str:
 
 
 @click.command("sample")
-@click.argument("space_file", type=click.Path(dir_okay=False))
-@click.option(
-    "-n", "count", type=click.IntRange(min=1), default=10, show_default=True, help="How many."
-)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--space", "space_name", help="Which space of the file.")
-@click.option(
-    "-o",
-    "--output",
-    type=click.Path(dir_okay=False),
-    help="Write JSON lines here instead of stdout.",
-)
-@click.option("--force", is_flag=True, help="Overwrite --output if it exists.")
+@opt.file_argument("space_file")
+@opt.count("-n", "count", default=10, help="How many.")
+@opt.seed()
+@opt.space_name("Which space of the file.")
+@opt.output_file("Write JSON lines here instead of stdout.")
+@opt.force("Overwrite --output if it exists.")
 @click.option(
     "--distinct",
     is_flag=True,
@@ -166,9 +156,9 @@ def _sampled(space: Space, archs: list[Architecture]) -> str:
 
 
 @click.command("validate")
-@click.argument("space_file", type=click.Path(dir_okay=False))
-@click.argument("arch_file", type=click.Path(dir_okay=False))
-@click.option("--space", "space_name", help="Which space of the file.")
+@opt.file_argument("space_file")
+@opt.file_argument("arch_file")
+@opt.space_name("Which space of the file.")
 def validate_cmd(space_file: str, arch_file: str, space_name: str | None) -> None:
     """Check that ARCH_FILE (one architecture, or JSON lines of them) belongs to the space."""
     space = load_space(space_file, space_name)
@@ -196,7 +186,7 @@ def _read_architectures(path: str) -> list[tuple[str, dict]]:
     try:
         return read_architecture_records(path)
     except ArchitectureFileError as error:
-        raise UserError(str(error)) from None
+        raise UserError(error_text(error)) from None
 
 
 @click.command("fmt")

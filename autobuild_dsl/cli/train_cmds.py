@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -12,150 +12,83 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from autobuild_dsl.cli.common import UserError, console, err_console, load_space, write_atomic
+from autobuild_dsl.cli import options as opt
+from autobuild_dsl.cli.common import (
+    UserError,
+    console,
+    err_console,
+    load_space,
+    write_atomic,
+)
 from autobuild_dsl.cli.ir_support import (
     ENCODINGS,
     cache_option,
     export_jobs_option,
-    fit_ir_encoder,
     record_space,
 )
+from autobuild_dsl.cli.progress import TrainView
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-@contextmanager
-def _user_errors() -> Iterator[None]:
-    """Library errors a user can cause become `error: ...` messages, not tracebacks."""
-    from autobuild_dsl.data.dataset import DatasetError
-    from autobuild_dsl.data.target import TargetError
-    from autobuild_dsl.graphs.encode import EncodeError
-    from autobuild_dsl.scorer.ensemble import EnsembleError
-    from autobuild_dsl.scorer.run import RunError
-    from autobuild_dsl.space.architecture import ArchitectureFileError
-    from autobuild_dsl.space.decisions import ArchitectureError
-
-    try:
-        yield
-    except (
-        DatasetError,
-        TargetError,
-        RunError,
-        EnsembleError,
-        EncodeError,
-        ArchitectureError,
-        ArchitectureFileError,
-    ) as error:
-        raise UserError(escape(str(error))) from None
+# `abc train` options that are TrainConfig fields: option name -> field name.
+TRAIN_FIELDS = {
+    "epochs": "epochs",
+    "batch_size": "batch_size",
+    "lr": "lr",
+    "weight_decay": "weight_decay",
+    "loss": "loss",
+    "rank_lambda": "rank_lambda",
+    "softrank_strength": "regularization_strength",
+    "softrank_backend": "softrank_backend",
+    "batch_norm": "batch_norm",
+    "threads": "threads",
+}
 
 
-class _TrainProgress:
-    """Renders the library's progress events: one bar for members, one per running member."""
+def train_config(options: dict[str, Any]) -> Any:
+    """The TrainConfig the options ask for (taking its options out of `options`)."""
+    from autobuild_dsl.scorer.train import TrainConfig
 
-    def __init__(self) -> None:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self.bar = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            TextColumn("{task.fields[info]}"),
-            console=err_console,
-        )
-        # Hidden until the first event, so an early error leaves no empty bar behind.
-        self.members = self.bar.add_task("members", total=None, info="", visible=False)
-        self.tasks: dict[str, Any] = {}
-
-    def __enter__(self) -> _TrainProgress:
-        self.bar.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.bar.__exit__(*exc)  # type: ignore[arg-type]
-
-    def __call__(self, event: object) -> None:
-        from autobuild_dsl.scorer.run import MemberDone
-        from autobuild_dsl.scorer.train import EpochProgress
-
-        self.bar.update(self.members, visible=True)
-        if isinstance(event, EpochProgress):
-            task = self.tasks.get(event.member)
-            if task is None:
-                task = self.bar.add_task(event.member, total=event.epochs, info="")
-                self.tasks[event.member] = task
-            info = f"loss {event.loss:.4f}"
-            if event.srcc is not None:
-                info += f" · train srcc {event.srcc:.3f}"
-            if event.test_srcc is not None:
-                info += f" · test srcc {event.test_srcc:.3f}"
-            self.bar.update(task, completed=event.epoch, info=info)
-        elif isinstance(event, MemberDone):
-            task = self.tasks.pop(event.name, None)
-            if task is not None:
-                self.bar.remove_task(task)
-            m = event.metrics
-            done = "done before" if event.skipped else "done"
-            info = f"{event.name} {done}: pred srcc {_fmt(m.pred_srcc)}"
-            self.bar.update(self.members, completed=event.done, total=event.total, info=info)
+    return TrainConfig(**{field: options.pop(name) for name, field in TRAIN_FIELDS.items()})
 
 
 @click.command("train")
-@click.argument("space_file", type=click.Path(dir_okay=False))
-@click.argument("data_file", type=click.Path(dir_okay=False))
+@opt.file_argument("space_file")
+@opt.file_argument("data_file")
 @click.option("--target", "target_text", required=True, help="What to learn, e.g. 'top1 - 2*lat'.")
-@click.option(
-    "-o", "--output", required=True, type=click.Path(file_okay=False), help="Run folder (RUN/)."
-)
+@opt.path("-o", "--output", help="Run folder (RUN/).", folder=True, required=True)
 @click.option("--space-name", help="Which space of the file (default: the first one).")
-@click.option(
+@opt.choice(
     "--loss",
-    type=click.Choice(["ranked", "mse"]),
+    choices=["ranked", "mse"],
     default="ranked",
-    show_default=True,
-    help="ranked: MSE + per-hop SRCC of embedding norms (AutoBuild); mse: MSE only "
-    "(the Exhaustive-Search predictor).",
+    help="ranked: MSE + per-hop SRCC of embedding norms (AutoBuild); mse: MSE only (the "
+    "Exhaustive-Search predictor).",
 )
-@click.option("--epochs", type=click.IntRange(min=1), default=200, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=2), default=128, show_default=True)
-@click.option(
+@opt.count("--epochs", default=200)
+@opt.count("--batch-size", default=128, minimum=2)
+@opt.real(
     "--lr",
-    type=click.FloatRange(min=0, min_open=True),
     default=1e-3,
-    show_default=True,
     help="AdamW learning rate (the authors' code: 1e-4, which underfits in 200 epochs).",
+    above=True,
 )
-@click.option("--weight-decay", type=click.FloatRange(min=0), default=1e-5, show_default=True)
-@click.option(
-    "--rank-lambda",
-    type=click.FloatRange(min=0),
-    default=1.0,
-    show_default=True,
-    help="Weight of the ranking term.",
-)
-@click.option(
+@opt.real("--weight-decay", default=1e-5)
+@opt.real("--rank-lambda", default=1.0, help="Weight of the ranking term.")
+@opt.real(
     "--softrank-strength",
-    type=click.FloatRange(min=0, min_open=True),
     default=1.0,
-    show_default=True,
     help="Soft-rank regularisation (smaller: closer to hard ranks).",
+    above=True,
 )
-@click.option(
+@opt.choice(
     "--softrank",
     "softrank_backend",
-    type=click.Choice(["auto", "torchsort", "torch"]),
+    choices=["auto", "torchsort", "torch"],
     default="auto",
-    show_default=True,
     help="Soft-rank implementation (auto: torchsort when installed).",
 )
 @click.option(
@@ -169,16 +102,8 @@ class _TrainProgress:
     show_default=True,
     help="BatchNorm after each GATv2 layer (the authors' code has it).",
 )
-@click.option(
-    "--folds",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="K-fold members (1: one train/test split).",
-)
-@click.option(
-    "--seeds", type=click.IntRange(min=1), default=1, show_default=True, help="Members per fold."
-)
+@opt.count("--folds", default=1, help="K-fold members (1: one train/test split).")
+@opt.count("--seeds", default=1, help="Members per fold.")
 @click.option("--ensemble", is_flag=True, help="Shorthand for --folds 5 --seeds 4 (20 members).")
 @click.option(
     "--test-fraction",
@@ -187,40 +112,26 @@ class _TrainProgress:
     show_default=True,
     help="Held-out share when --folds 1.",
 )
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option(
-    "--jobs",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="Members trained in parallel by local worker processes.",
-)
+@opt.seed()
+@opt.jobs("Members trained in parallel by local worker processes.")
 @click.option("--ray", "ray_address", help="Train members on a Ray cluster (ADDRESS, or 'local').")
-@click.option(
-    "--threads",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="Torch threads when training in this process.",
-)
-@click.option("--force", is_flag=True, help="Overwrite an existing run folder.")
-@click.option("--resume", is_flag=True, help="Finish an interrupted run: skip finished members.")
-@click.option("--quiet", is_flag=True, help="No progress bar and no summary.")
-@click.option("--json", "as_json", is_flag=True, help="Print only the final test metrics as JSON.")
-@click.option(
+@opt.threads("Torch threads when training in this process.")
+@opt.force("Overwrite an existing run folder.")
+@opt.resume("Finish an interrupted run: skip finished members.")
+@opt.quiet("No progress bar and no summary.")
+@opt.as_json("Print only the final test metrics as JSON.")
+@opt.choice(
     "--encoding",
-    type=click.Choice(ENCODINGS),
+    choices=ENCODINGS,
     default="sequence",
-    show_default=True,
     help="Graphs: sequence (a node per layer) or ir (a node per ONNX operation; docs/ir.md).",
 )
-@click.option(
+@opt.path(
     "--add-space",
     "extra_spaces",
+    help="ir: another space whose architectures DATA_FILE also holds (repeatable); each "
+    "row names its space in arch.space.",
     multiple=True,
-    type=click.Path(dir_okay=False),
-    help="ir: another space whose architectures DATA_FILE also holds (repeatable); "
-    "each row names its space in arch.space.",
 )
 @cache_option
 @export_jobs_option
@@ -230,122 +141,85 @@ def train_cmd(
     target_text: str,
     output: str,
     space_name: str | None,
-    loss: str,
-    epochs: int,
-    batch_size: int,
-    lr: float,
-    weight_decay: float,
-    rank_lambda: float,
-    softrank_strength: float,
-    softrank_backend: str,
+    extra_spaces: tuple[str, ...],
     layers: int | None,
-    batch_norm: bool,
     folds: int,
     seeds: int,
     ensemble: bool,
     test_fraction: float,
     seed: int,
-    jobs: int,
-    ray_address: str | None,
-    threads: int,
     force: bool,
     resume: bool,
     quiet: bool,
     as_json: bool,
-    encoding: str = "sequence",
-    extra_spaces: tuple[str, ...] = (),
-    ir_cache: str | None = None,
-    export_jobs: int = 1,
+    **options: Any,
 ) -> None:
     """Train AutoBuild scorers on DATA_FILE (labeled architectures of SPACE_FILE) into a run.
 
     The run folder holds the configuration, each member's weights, held-out metrics and the
     statistics that module ranking needs. An interrupted run continues with --resume.
     """
-    from autobuild_dsl.data.dataset import load_dataset
-    from autobuild_dsl.data.target import parse_target
-    from autobuild_dsl.scorer.run import EnsembleConfig, summary_json, train_run
-    from autobuild_dsl.scorer.train import TrainConfig, thread_note
+    from autobuild_dsl.scorer.run import EnsembleConfig, summary_json
+    from autobuild_dsl.scorer.workflow import train_from_file
 
     if force and resume:
         raise UserError("--force and --resume contradict each other; pick one")
+    if extra_spaces and options["encoding"] != "ir":
+        raise UserError("--add-space (architectures of several spaces) needs --encoding ir")
     if ensemble:
         folds, seeds = 5, 4
     space = load_space(space_file, space_name)
-    with _user_errors():
-        target = parse_target(target_text)
-        encoder = None
-        if extra_spaces and encoding != "ir":
-            raise UserError("--add-space (architectures of several spaces) needs --encoding ir")
-        spaces = [space, *(load_space(path) for path in extra_spaces)]
-        if len(spaces) > 1:
-            from autobuild_dsl.data.mixed import load_mixed_dataset
-
-            dataset = load_mixed_dataset(data_file, spaces)
-        else:
-            dataset = load_dataset(data_file, space)
-        # Rows lacking a metric the target reads are left out (as `abc data describe
-        # --target` leaves them out); say how many, and why.
-        note = target.labeled_rows(dataset).note() if hasattr(dataset, "metric_names") else None
-        if note and not as_json:
-            err_console.print(f"note: {escape(note)}", soft_wrap=True)
-        if encoding == "ir":
-            show_ir = not (quiet or as_json)
-            encoder = fit_ir_encoder(
-                spaces, dataset.architectures, cache=ir_cache, jobs=export_jobs, show=show_ir
-            )
-        train = TrainConfig(
-            epochs=epochs,
-            batch_size=batch_size,
-            lr=lr,
-            weight_decay=weight_decay,
-            loss=loss,  # type: ignore[arg-type]
-            rank_lambda=rank_lambda,
-            regularization_strength=softrank_strength,
-            softrank_backend=softrank_backend,  # type: ignore[arg-type]
-            batch_norm=batch_norm,
-            threads=threads,
+    extra = [load_space(path) for path in extra_spaces]
+    train = train_config(options)
+    show = not (quiet or as_json)
+    with TrainView() if show else nullcontext() as progress:
+        outcome = train_from_file(
+            space,
+            data_file,
+            target_text,
+            output,
+            extra_spaces=extra,
+            train=train,
+            ensemble=EnsembleConfig(
+                folds=folds, seeds=seeds, test_fraction=test_fraction, seed=seed
+            ),
+            num_layers=layers,
+            force=force,
+            resume=resume,
+            **options,
+            space_path=str(Path(space_file).resolve()),
+            notes=None if as_json else train_notes(show),
+            progress=progress,
+            ir_progress=progress.phase("ONNX-IR graphs") if progress else None,
         )
-        ensemble_config = EnsembleConfig(
-            folds=folds, seeds=seeds, test_fraction=test_fraction, seed=seed
-        )
-        show = not (quiet or as_json)
-        note = thread_note(threads) if jobs <= 1 and not ray_address else None
-        if note and not as_json:
-            err_console.print(f"note: {note}", style="yellow", highlight=False)
-        with _TrainProgress() if show else nullcontext() as progress:
-            run = train_run(
-                space,
-                dataset,
-                target,
-                output,
-                train=train,
-                ensemble=ensemble_config,
-                num_layers=layers,
-                jobs=jobs,
-                ray_address=ray_address,
-                force=force,
-                resume=resume,
-                data_path=data_file,
-                space_path=str(Path(space_file).resolve()),
-                progress=progress,
-                encoder=encoder,
-            )
+    run = outcome.run
     assert run.metrics is not None
-    left_out = len(dataset) - run.config.rows
-    if left_out > 0 and not as_json:
+    if outcome.left_out > 0 and not as_json:
         # Said even with --quiet: training on fewer rows than given is never silent.
         err_console.print(
-            f"note: {left_out:,} of {len(dataset):,} architectures lack a metric of the target "
-            f"and were left out",
+            f"note: {outcome.left_out:,} of {outcome.rows_given:,} architectures lack a metric "
+            "of the target and were left out",
             markup=False,
         )
     if as_json:
         click.echo(json.dumps(summary_json(run.metrics)))
-        return
-    if quiet:
-        return
-    _render_metrics(run, output)
+    elif not quiet:
+        _render_metrics(run, output)
+
+
+def train_notes(show: bool) -> Callable[[Any], None]:
+    """Print the workflow's notes: rows left out and busy threads always, where the IR
+    graphs came from only with progress shown."""
+
+    def tell(note: Any) -> None:
+        if note.kind == "rows":
+            err_console.print(f"note: {escape(note.text)}", soft_wrap=True)
+        elif note.kind == "threads":
+            err_console.print(f"note: {note.text}", style="yellow", highlight=False)
+        elif show:
+            err_console.print(note.text, markup=False)
+
+    return tell
 
 
 def _render_metrics(run: Any, output: str) -> None:
@@ -384,17 +258,10 @@ def _render_metrics(run: Any, output: str) -> None:
 
 @click.command("predict")
 @click.argument("run_dir", type=click.Path(file_okay=False))
-@click.argument("arch_file", type=click.Path(dir_okay=False))
-@click.option(
-    "--json", "as_json", is_flag=True, help="JSON lines {row, mean, std} (default: table)."
-)
-@click.option(
-    "-o",
-    "--output",
-    type=click.Path(dir_okay=False),
-    help="Write the JSON lines here instead of stdout.",
-)
-@click.option("--force", is_flag=True, help="Overwrite --output if it exists.")
+@opt.file_argument("arch_file")
+@opt.as_json("JSON lines {row, mean, std} (default: table).")
+@opt.output_file("Write the JSON lines here instead of stdout.")
+@opt.force("Overwrite --output if it exists.")
 def predict_cmd(
     run_dir: str, arch_file: str, as_json: bool, output: str | None, force: bool
 ) -> None:
@@ -406,17 +273,16 @@ def predict_cmd(
     from autobuild_dsl.space.architecture import read_architecture_records
     from autobuild_dsl.space.decisions import ArchitectureError, canonicalize
 
-    with _user_errors():
-        run = load_run(run_dir)
-        records = read_architecture_records(arch_file)
-        archs = []
-        for where, raw in records:
-            try:
-                archs.append(canonicalize(record_space(run, raw), raw))
-            except ArchitectureError as error:
-                raise UserError(f"{where}: {escape(str(error))}") from None
-        graphs = run.encoder().encode_many(archs)
-        mean, std = predict(run, graphs)
+    run = load_run(run_dir)
+    records = read_architecture_records(arch_file)
+    archs = []
+    for where, raw in records:
+        try:
+            archs.append(canonicalize(record_space(run, raw), raw))
+        except ArchitectureError as error:
+            raise UserError(f"{where}: {escape(str(error))}") from None
+    graphs = run.encoder().encode_many(archs)
+    mean, std = predict(run, graphs)
     lines = [
         json.dumps({"row": i, "mean": float(m), "std": float(s)})
         for i, (m, s) in enumerate(zip(mean, std, strict=True))

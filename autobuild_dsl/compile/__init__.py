@@ -14,7 +14,7 @@ from autobuild_dsl.compile.emit import emit_onnx, emit_torch, load_emitted
 from autobuild_dsl.compile.measure import measure
 from autobuild_dsl.compile.network import (
     CompiledNetwork,
-    CompileError,
+    NetworkBuildError,
     build_module,
     count_macs,
     count_params,
@@ -32,11 +32,11 @@ from autobuild_dsl.compile.registry import (
 )
 
 __all__ = [
-    "CompileError",
     "CompiledNetwork",
     "Cond",
     "CondDims",
     "MeasureSettings",
+    "NetworkBuildError",
     "UnknownOpError",
     "build_module",
     "check_onnx",

@@ -34,44 +34,28 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from autobuild_dsl import io as abc_io
-from autobuild_dsl.compile.batch_input import (
-    BatchError,
-    _listing,
-    canonical_arch,
-    read_arch_records,
-    read_architectures,
-    read_labels,
-)
+
+# Re-exported: the batch's input readers are part of its interface (`X as X`).
+from autobuild_dsl.compile.batch_input import BatchError as BatchError
+from autobuild_dsl.compile.batch_input import _listing
+from autobuild_dsl.compile.batch_input import canonical_arch as canonical_arch
+from autobuild_dsl.compile.batch_input import read_arch_records as read_arch_records
+from autobuild_dsl.compile.batch_input import read_architectures as read_architectures
+from autobuild_dsl.compile.batch_input import read_labels as read_labels
 from autobuild_dsl.compile.measure import (
     Device,
     LatencyPlan,
+    anchor_architecture,
     check_metrics,
     pick_clock,
     prepare,
     time_latencies,
 )
+from autobuild_dsl.errors import CONTINUE, OVERWRITE, Remedy
 from autobuild_dsl.parallel import Fanout, machine_load, torch_threads
 from autobuild_dsl.space.architecture import Architecture
 from autobuild_dsl.space.decisions import canonicalize
 from autobuild_dsl.space.model import Space
-
-__all__ = [
-    "LATENCY_SETTINGS",
-    "BatchError",
-    "BatchProgress",
-    "BatchReport",
-    "MeasureSettings",
-    "busy_machine",
-    "canonical_arch",
-    "dataset_row",
-    "measure_file",
-    "measured_keys",
-    "oversubscribed",
-    "read_arch_records",
-    "read_architectures",
-    "read_labels",
-    "spearman",
-]
 
 # Settings that latency rows record as metrics, and the MeasureSettings field of each.
 LATENCY_SETTINGS = {
@@ -100,6 +84,8 @@ class MeasureSettings(BaseModel):
     # Networks timed interleaved, round by round (drift lands on all of them alike).
     interleave: int = Field(8, ge=1)
     clock: Literal["auto", "wall", "cpu"] = "auto"  # see `measure.pick_clock`
+    # Time the space's anchor network in every round too (`latency_rel`, `latency_anchor`).
+    anchor: bool = True
     # The name latency is written under (`lat`: `lat`, `lat_spread`, `lat_threads`, ...),
     # so a target can say `acc - 0.5*lat`.
     name: str = Field("latency", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -140,6 +126,9 @@ class BatchReport:
     # With retest: each architecture's latency from a second, independent pass (by key).
     retest: dict[str, float] = field(default_factory=dict)
     first: dict[str, float] = field(default_factory=dict)
+    # The same for the anchored latency (`<name>_rel`), when measured with an anchor.
+    retest_rel: dict[str, float] = field(default_factory=dict)
+    first_rel: dict[str, float] = field(default_factory=dict)
     spreads: list[float] = field(default_factory=list)  # latency spread of each row measured
     failures: list[tuple[str, str]] = field(default_factory=list)  # (key, reason)
     repaired: bool = False  # a torn last line of the output was cut off
@@ -240,10 +229,10 @@ def _row_key(
     missing = [m for m in _named_metrics(settings) if m not in metrics]
     if missing:
         raise BatchError(
-            f"{where}: cannot resume: this row has no {', '.join(missing)}; resume with the "
-            f"--metrics it was measured with "
-            f"({', '.join(sorted(set(metrics) - set(LATENCY_SETTINGS)))}), "
-            "or measure into a new file"
+            f"{where}: cannot resume: this row has no {', '.join(missing)} (it has "
+            f"{', '.join(sorted(set(metrics) - set(LATENCY_SETTINGS)))}); measure into a "
+            "new file, or resume with the metrics it was measured with",
+            remedies=(Remedy("metrics", "as the file was measured"),),
         )
     for metric, value in settings.named(_expected_settings(settings)).items():
         if metrics.get(metric) != value:
@@ -263,6 +252,8 @@ def _claim(space: Space, settings: MeasureSettings) -> dict[str, Any]:
         "space_digest": space.digest(),
         "metrics": sorted(settings.metrics),
         **_expected_settings(settings),
+        # Anchored and plain rows do not mix (one has `<name>_rel`, the other not).
+        **({"anchor": settings.anchor} if "latency" in settings.metrics else {}),
     }
 
 
@@ -310,7 +301,10 @@ def _measure_group(state: WorkerState, archs_json: list[str]) -> list[Result]:
     if prepared:
         plan = settings.plan()
         try:
-            readings = time_latencies([s for _, s in prepared], plan, seed=settings.seed)
+            anchor = _anchor_session(space, settings) if settings.anchor else None
+            readings = time_latencies(
+                [s for _, s in prepared], plan, seed=settings.seed, anchor=anchor
+            )
         except (ValueError, RuntimeError) as error:  # ONNX Runtime failing at run time
             return [(key, None, f"{type(error).__name__}: {error}") for key, _, _ in results]
         for (index, _), reading in zip(prepared, readings, strict=True):
@@ -318,6 +312,17 @@ def _measure_group(state: WorkerState, archs_json: list[str]) -> list[Result]:
             assert counts is not None
             results[index] = (key, {**counts, **reading.metrics(settings.threads, plan)}, None)
     return [(k, settings.named(m) if m is not None else None, e) for k, m, e in results]
+
+
+def _anchor_session(space: Space, settings: MeasureSettings) -> tuple[object, dict]:
+    """The space's anchor network as a session (fixed weights seed: the same network in
+    every group, pass and run)."""
+    from autobuild_dsl.space.resolve import resolve
+
+    net = resolve(space, anchor_architecture(space))
+    _, session = prepare(net, ("latency",), settings.threads, 0, "cpu")
+    assert session is not None
+    return session
 
 
 def _results(
@@ -381,7 +386,8 @@ def measure_file(
     if settings.device == "meta" and "latency" in settings.metrics:
         raise BatchError(
             "latency needs a real network on the CPU; the meta device counts params and MACs "
-            "only (drop --device meta, or measure latency separately)"
+            "only (measure on another device, or measure latency separately)",
+            remedies=(Remedy("device", "to measure latency", "cpu"),),
         )
     if jobs < 1:
         raise BatchError("jobs must be at least 1")
@@ -434,9 +440,7 @@ def _measure_locked(
         if resume:
             done, repaired = measured_keys(path, space, settings)
         elif not overwrite:
-            raise BatchError(
-                f"{path} exists; pass --resume to continue it or --force to replace it"
-            )
+            raise BatchError(f"{path} exists", remedies=(CONTINUE, OVERWRITE))
     # A new (or replaced) file is created with its first row: a run that fails before
     # measuring anything leaves the old file, or none, as it was.
     fresh = overwrite or not path.exists()
@@ -475,7 +479,10 @@ def _measure_locked(
         for key, metrics, _ in _results(space.to_json(), again, second, jobs, ray):
             if metrics is not None:
                 report.retest[key] = float(metrics[settings.name])
-        _add_retest(path, space, settings.name, report.retest)
+                if f"{settings.name}_rel" in metrics:
+                    report.retest_rel[key] = float(metrics[f"{settings.name}_rel"])
+        second = {settings.name: report.retest, f"{settings.name}_rel": report.retest_rel}
+        _add_retest(path, space, second)
     return report
 
 
@@ -517,21 +524,25 @@ def _note_row(
     report.kept_labels += bool(given)
     if name in metrics:
         report.first[key] = float(metrics[name])
+        if f"{name}_rel" in metrics:
+            report.first_rel[key] = float(metrics[f"{name}_rel"])
         spread = metrics.get(f"{name}_spread")
         if spread is not None:
             report.spreads.append(float(spread))
 
 
-def _add_retest(path: Path, space: Space, name: str, second: Mapping[str, float]) -> None:
-    """Rewrite `path` (atomically) with `<name>_retest` on the rows that have one."""
+def _add_retest(path: Path, space: Space, second: Mapping[str, Mapping[str, float]]) -> None:
+    """Rewrite `path` (atomically) with `<name>_retest` on the rows that have one, for each
+    metric name of `second` (name -> key -> second reading)."""
     lines = []
     for line in path.read_text(encoding="utf-8").splitlines():
         if not line.strip():
             continue
         record = json.loads(line)
         key = canonicalize(space, record["arch"]).key()
-        if key in second:
-            record["metrics"][f"{name}_retest"] = second[key]
+        for name, readings in second.items():
+            if key in readings:
+                record["metrics"][f"{name}_retest"] = readings[key]
         lines.append(json.dumps(record, separators=(",", ":")) + "\n")
     abc_io.write_atomic(path, "".join(lines))
 

@@ -24,6 +24,8 @@ class BatchError(AbcError, ValueError):
     """Bad input for a batch measurement: unreadable files, architectures outside the space,
     an output that cannot be resumed."""
 
+    code = "batch"
+
 
 def read_arch_records(path: str | os.PathLike[str]) -> list[tuple[str, dict[str, Any]]]:
     """The raw architectures in a file, each with where it was (`file` or `file:line`).
@@ -107,7 +109,7 @@ def read_labels(path: str | os.PathLike[str], space: Space) -> dict[str, dict[st
         if key in labels and labels[key] != metrics:
             raise BatchError(
                 f"{where}: this architecture is also on {where_of[key]} with other metrics; "
-                "join repeated rows first (abc data merge --average)"
+                "average repeated rows first (merging the data with averaging on)"
             )
         labels[key], where_of[key] = metrics, where
     return labels

@@ -30,7 +30,7 @@ from torch import nn
 from autobuild_dsl import io as abc_io
 from autobuild_dsl.compile.network import CompiledNetwork, build_module
 from autobuild_dsl.compile.onnx_export import OnnxExportError, check_onnx, export_onnx
-from autobuild_dsl.errors import AbcError
+from autobuild_dsl.errors import OVERWRITE, AbcError
 from autobuild_dsl.space.architecture import Architecture
 from autobuild_dsl.space.model import Space
 from autobuild_dsl.space.resolve import resolve
@@ -45,6 +45,8 @@ META_ARCH = "abc.arch"
 
 class EmitError(AbcError, ValueError):
     """An emitted file that cannot be written or read (exists, wrong kind, wrong space)."""
+
+    code = "emit"
 
 
 class EmittedHeader(BaseModel):
@@ -89,7 +91,7 @@ def _module_for(
 
 def _refuse_existing(path: Path, overwrite: bool) -> None:
     if path.exists() and not overwrite:
-        raise EmitError(f"{path} exists; pass --force to overwrite it")
+        raise EmitError(f"{path} exists", remedies=(OVERWRITE,))
     if path.is_dir():
         raise EmitError(f"{path} is a folder")
 

@@ -24,6 +24,16 @@ which (`latency_wall`: 1 wall, 0 CPU).
 `time_latencies` times several networks *interleaved*: one run of each in turn (in a new
 random order every round), so a slow drift of the machine's speed (another job starting,
 clock changes) lands on all of them alike instead of on whichever was timed then.
+
+Interleaving cannot help across groups, passes or days: the machine is simply faster or
+slower then. An *anchor* can: one fixed reference network (the same for every group of a
+space, see `anchor_architecture`) is timed in every round next to the others, and each
+network also gets `latency_rel`, the median over rounds of its run's time divided by the
+anchor's run in the same round (unitless: "this many anchors"), and `latency_anchor`, the
+anchor's median in ms while it was timed. A slow-down that hits the network and the anchor
+alike cancels in the ratio; on this 2-core shared machine it took test-retest Spearman from
+0.90 to 0.95 at load 18-29 and the two passes' median ratio from 1.73 to 0.94
+(docs/results/latency.md). With an anchor the stopping rule watches the ratio's interval.
 """
 
 from __future__ import annotations
@@ -48,6 +58,8 @@ from autobuild_dsl.compile.network import (
     fast_params_and_macs,
 )
 from autobuild_dsl.compile.onnx_export import PROTOBUF_LIMIT, export_onnx, export_to_temp
+from autobuild_dsl.space.architecture import Architecture
+from autobuild_dsl.space.model import Space
 from autobuild_dsl.space.resolved import ResolvedNetwork
 
 METRICS = ("params", "macs", "latency")
@@ -181,6 +193,12 @@ class LatencyReading:
 
     times: list[float] = field(default_factory=list)
     spent: float = 0.0  # elapsed seconds of timed runs
+    # With an anchor: the anchor's run (ms) in the same round as each of `times`.
+    anchor_times: list[float] = field(default_factory=list)
+
+    @property
+    def ratios(self) -> list[float]:
+        return [t / a for t, a in zip(self.times, self.anchor_times, strict=True) if a > 0]
 
     @property
     def median(self) -> float:
@@ -201,11 +219,20 @@ class LatencyReading:
         n = len(self.times)
         if n < plan.repeats:
             return False
-        return n >= plan.max_repeats or self.spent >= plan.time_cap or self.ci <= plan.ci
+        # Anchored, the ratio is what is reported, so its interval decides.
+        ci = median_ci(self.ratios) if self.anchor_times else self.ci
+        return n >= plan.max_repeats or self.spent >= plan.time_cap or ci <= plan.ci
 
     def metrics(self, threads: int, plan: LatencyPlan) -> dict[str, float | int]:
+        anchored: dict[str, float | int] = {}
+        if self.anchor_times:
+            anchored = {
+                "latency_rel": round(_quantile(sorted(self.ratios), 0.5), 6),
+                "latency_anchor": _quantile(sorted(self.anchor_times), 0.5),
+            }
         return {
             "latency": self.median,
+            **anchored,
             "latency_spread": round(self.spread, 4),
             "latency_ci": round(self.ci, 4),
             "latency_runs": len(self.times),
@@ -268,29 +295,49 @@ def time_latencies(
     plan: LatencyPlan,
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
+    anchor: tuple[object, dict] | None = None,
 ) -> list[LatencyReading]:
     """Time every (session, feed) interleaved until each one's median is stable (see the
-    module doc); `progress(done, total)` after each round."""
+    module doc); `progress(done, total)` after each round. With `anchor`, that session is
+    timed in every round too (in the shuffled order) and each reading keeps the anchor's
+    run of the same round."""
     readings = [LatencyReading() for _ in sessions]
-    for session, feed in sessions:
+    timed = [*sessions, anchor] if anchor is not None else list(sessions)
+    for session, feed in timed:
         for _ in range(plan.warmup):
             session.run(None, feed)  # type: ignore[attr-defined]
     order = random.Random(seed)
     active = list(range(len(sessions)))
+    anchor_index = len(sessions)  # only timed when an anchor is given
     clock = time.thread_time if plan.clock == "cpu" else time.perf_counter
     while active:
-        order.shuffle(active)
-        for i in active:
-            session, feed = sessions[i]
+        this_round = [*active, anchor_index] if anchor is not None else active
+        order.shuffle(this_round)
+        took: dict[int, float] = {}
+        for i in this_round:
+            session, feed = timed[i]
             wall, start = time.perf_counter(), clock()
             session.run(None, feed)  # type: ignore[attr-defined]
-            took = clock() - start
-            readings[i].times.append(took * 1000.0)
-            readings[i].spent += time.perf_counter() - wall  # the cap is on elapsed time
+            took[i] = (clock() - start) * 1000.0
+            if i != anchor_index:
+                readings[i].spent += time.perf_counter() - wall  # the cap is on elapsed time
+        for i in active:
+            readings[i].times.append(took[i])
+            if anchor is not None:
+                readings[i].anchor_times.append(took[anchor_index])
         active = [i for i in active if not readings[i].done(plan)]
         if progress is not None:
             progress(len(sessions) - len(active), len(sessions))
     return readings
+
+
+def anchor_architecture(space: Space) -> Architecture:
+    """The reference network latency is anchored to: the same for every group, run and
+    machine measuring `space` (the first of the seeded sample 0: a typical member, neither
+    the smallest nor the largest, chosen without measuring anything)."""
+    from autobuild_dsl.space.decisions import sample
+
+    return sample(space, 1, seed=0)[0]
 
 
 def check_metrics(metrics: Iterable[str] | str) -> list[str]:

@@ -3,14 +3,8 @@
 Shapes flow node to node by the catalog's shape rules; each node's module is built by the
 factory registered for its op (`registry`), from the shape it actually receives.
 
-U-Net skips are wired here, generically, for each `SkipLink(source, target)`:
-- in the source stage, the stage's input (the tensor entering the first node of layer 0)
-  and the output of every layer (the output of its last node) are pushed onto the link's
-  group;
-- in the target stage, before the first node of each layer, the most recently pushed tensor
-  still in the group (LIFO) is popped, if any, and concatenated after x on the channel dim.
-This is the wiring of diffusers' UNet2DConditionModel when each decoder stage has one layer
-more than its encoder stage, and the same rule as `space.resolve.flow_shapes`.
+Skips and residual spans are wired by the one shape/skip plan of space/flow.py (the
+same plan `space.resolve.flow_shapes` checks shapes with).
 """
 
 from __future__ import annotations
@@ -26,23 +20,15 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from autobuild_dsl.compile.registry import Cond, CondDims, full_attrs, get_factory, out_shape
 from autobuild_dsl.errors import AbcError
+from autobuild_dsl.space.flow import FlowError, Step, flow
 from autobuild_dsl.space.ops import Shape
 from autobuild_dsl.space.resolved import AttrValue, ResolvedNetwork
 
 
-class CompileError(AbcError, ValueError):
+class NetworkBuildError(AbcError, ValueError):
     """A node could not be built (the message names the node and its position)."""
 
-
-@dataclass(frozen=True)
-class _Step:
-    """What the forward pass does around one node (skip-group indices are link indices)."""
-
-    push_in: tuple[int, ...] = ()  # push x (the stage input) before the node
-    pop: tuple[int, ...] = ()  # pop and concatenate before the node
-    push_out: tuple[int, ...] = ()  # push the node's output (end of a source layer)
-    save: tuple[int, ...] = ()  # residual spans that start here: keep x before the node
-    add: tuple[int, ...] = ()  # residual spans that end here: add their shortcut after it
+    code = "network-build"
 
 
 @dataclass
@@ -77,7 +63,7 @@ ShortcutMaker = Callable[[int, Shape, Shape, str, str], object]
 @dataclass
 class _Plan(Generic[T]):
     built: list[T]
-    steps: list[_Step]
+    steps: list[Step]
     info: list[NodeInfo]
     out_shape: Shape
     shortcuts: list[object] = field(default_factory=list)
@@ -86,94 +72,44 @@ class _Plan(Generic[T]):
 def _plan(
     net: ResolvedNetwork, make: Maker[T], make_shortcut: ShortcutMaker | None = None
 ) -> _Plan[T]:
-    """Flow shapes through `net` (catalog shape rules, skip concatenations) and call `make`
-    for every node with the shape it receives (and `make_shortcut` for every residual
-    span, with the shapes entering and leaving it)."""
-    by_source = {
-        name: tuple(i for i, s in enumerate(net.skips) if s.source == name)
-        for name in {s.source for s in net.skips}
-    }
-    by_target = {
-        name: tuple(i for i, s in enumerate(net.skips) if s.target == name)
-        for name in {s.target for s in net.skips}
-    }
-    groups: list[list[Shape]] = [[] for _ in net.skips]
+    """Flow shapes through `net` (space/flow.py: catalog shape rules, skip concatenations)
+    and call `make` for every node with the shape it receives (and `make_shortcut` for every
+    residual span, with the shapes entering and leaving it)."""
     dims = CondDims(context=net.input.context_dim, timestep=net.input.timestep)
-    shape = Shape(net.input.channels, net.input.size)
-    previous: tuple[str, int | None] | None = None
-    plan: _Plan[T] = _Plan([], [], [], shape)
-    starts: dict[int, list[int]] = {}
-    ends: dict[int, list[int]] = {}
-    for number, span in enumerate(net.residuals):
-        starts.setdefault(span.start, []).append(number)
-        ends.setdefault(span.end - 1, []).append(number)
-    span_in: dict[int, Shape] = {}
+    built: list[T] = []
+    info: list[NodeInfo] = []
 
-    for i, node in enumerate(net.nodes):
-        pos = node.position
-        key = (pos.block, pos.layer_index) if pos.role == "layer" else None
-        first = key is not None and key != previous
-        following = net.nodes[i + 1] if i + 1 < len(net.nodes) else None
-        last = key is not None and (
-            following is None
-            or following.position.role != "layer"
-            or (following.position.block, following.position.layer_index) != key
-        )
-        stage = pos.block if pos.part == "stage" else None
-        push_in = by_source.get(stage, ()) if first and pos.layer_index == 0 else ()
-        pop = by_target.get(stage, ()) if first else ()
-        push_out = by_source.get(stage, ()) if last else ()
-
-        for link in push_in:
-            groups[link].append(shape)
-        popped: list[int] = []
-        for link in pop:
-            if not groups[link]:
-                continue
-            skip = groups[link].pop()
-            if skip.size != shape.size:
-                src = net.skips[link].source
-                raise CompileError(
-                    f"{_describe(net, i)}: the skip from {src} is {skip.size}x{skip.size} "
-                    f"but the feature map is {shape.size}x{shape.size}"
-                )
-            shape = Shape(shape.channels + skip.channels, shape.size)
-            popped.append(link)
-
-        for number in starts.get(i, ()):
-            span_in[number] = shape
+    def node_shape(i: int, shape: Shape) -> Shape:
+        nonlocal dims
+        node = net.nodes[i]
         attrs = full_attrs(node.op, node.attrs)
         try:
             new_shape = out_shape(node.op, shape, attrs)
-            built = make(i, node.op, shape, attrs, dims)
-        except CompileError:
+            thing = make(i, node.op, shape, attrs, dims)
+        except NetworkBuildError:
             raise
         except (ValueError, KeyError, TypeError) as error:
-            raise CompileError(f"{_describe(net, i)}: {error}") from error
-        if new_shape.channels < 1 or new_shape.size < 1:
-            raise CompileError(f"{_describe(net, i)}: the feature map vanishes ({new_shape})")
-        provides = getattr(built, "provides_temb", None)
+            raise NetworkBuildError(f"{_describe(net, i)}: {error}") from error
+        provides = getattr(thing, "provides_temb", None)
         if isinstance(provides, int):
             dims = dims.with_temb(provides)
+        built.append(thing)
+        info.append(NodeInfo(node.op, node.position.block, shape, new_shape, dict(attrs)))
+        return new_shape
 
-        plan.built.append(built)
-        plan.info.append(NodeInfo(node.op, pos.block, shape, new_shape, dict(attrs)))
-        added = tuple(ends.get(i, ()))
-        plan.steps.append(_Step(push_in, tuple(popped), push_out, tuple(starts.get(i, ())), added))
-        shape = new_shape
-        for number in added:
+    try:
+        flowed = flow(net, node_shape)
+    except FlowError as error:
+        raise NetworkBuildError(f"{_describe(net, error.index)}: {error}") from None
+    plan: _Plan[T] = _Plan(built, flowed.steps, info, flowed.out_shape)
+    for i, step in enumerate(flowed.steps):
+        for number in step.add if make_shortcut is not None else ():
             span = net.residuals[number]
+            ins, out = flowed.in_shapes[span.start], flowed.out_shapes[i]
             try:
-                if make_shortcut is not None:
-                    plan.shortcuts.append(
-                        make_shortcut(number, span_in[number], shape, span.shortcut, span.act)
-                    )
+                plan.shortcuts.append(make_shortcut(number, ins, out, span.shortcut, span.act))
             except (ValueError, KeyError, TypeError) as error:
-                raise CompileError(f"{_describe(net, i)}: {error}") from error
-        for link in push_out:
-            groups[link].append(shape)
-        previous = key
-    plan.out_shape = shape
+                raise NetworkBuildError(f"{_describe(net, i)}: {error}") from error
     return plan
 
 

@@ -30,7 +30,9 @@ PROTOBUF_LIMIT = 2**31 - 1  # bytes; a ModelProto may not be larger
 
 
 class OnnxExportError(AbcError, RuntimeError):
-    pass
+    """The network cannot be exported to ONNX (no weights, over 2 GB in memory, the exporter failed)."""
+
+    code = "onnx-export"
 
 
 class OnnxMismatchError(AssertionError):

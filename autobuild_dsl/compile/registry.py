@@ -65,6 +65,8 @@ class OpFactory(Protocol):
 class UnknownOpError(AbcError, KeyError):
     """No PyTorch implementation is registered for an operation."""
 
+    code = "unknown-op"
+
     def __init__(self, op: str) -> None:
         self.op = op
         known = ", ".join(sorted(_REGISTRY)) or "none"

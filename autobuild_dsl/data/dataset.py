@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,7 +23,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from autobuild_dsl import io
-from autobuild_dsl.errors import AbcError
+from autobuild_dsl.errors import AbcError, Remedy
 from autobuild_dsl.space.architecture import Architecture
 from autobuild_dsl.space.decisions import ArchitectureError, canonicalize
 from autobuild_dsl.space.model import Space
@@ -56,12 +56,21 @@ class RowError(BaseModel):
 class DatasetError(AbcError, ValueError):
     """A dataset file (or import) that cannot be used; `errors` holds every bad row."""
 
-    def __init__(self, message: str, errors: Sequence[RowError] = ()) -> None:
+    code = "dataset"
+
+    def __init__(
+        self,
+        message: str,
+        errors: Sequence[RowError] = (),
+        *,
+        remedies: tuple[Remedy, ...] = (),
+    ) -> None:
         self.errors = list(errors)
         shown = [str(e) for e in self.errors[:_SHOWN_ERRORS]]
         if len(self.errors) > _SHOWN_ERRORS:
             shown.append(f"... and {len(self.errors) - _SHOWN_ERRORS} more")
-        super().__init__("\n".join([message, *shown]) if shown else message)
+        text = "\n".join([message, *shown]) if shown else message
+        super().__init__(text, remedies=remedies)
 
 
 def check_metric_name(name: str) -> str | None:
@@ -244,7 +253,7 @@ def parse_row(space: Space, file: str, line: int, text: str) -> tuple[Architectu
     try:
         arch = canonicalize(space, raw)
     except ArchitectureError as error:
-        raise _row_error(file, line, f"arch: {error}") from None
+        raise row_error(file, line, f"arch: {error}") from None
     return arch, metrics, count
 
 
@@ -254,39 +263,91 @@ def parse_record(file: str, line: int, text: str) -> tuple[Any, dict[str, float]
     try:
         record = json.loads(text)
     except json.JSONDecodeError as error:
-        raise _row_error(
-            file, line, f"not valid JSON: {error.msg} (column {error.colno})"
-        ) from None
+        raise row_error(file, line, f"not valid JSON: {error.msg} (column {error.colno})") from None
     except ValueError as error:  # an integer of more than 4300 digits
-        raise _row_error(file, line, f"not valid JSON: {error}") from None
+        raise row_error(file, line, f"not valid JSON: {error}") from None
     if not isinstance(record, dict):
-        raise _row_error(file, line, "expected an object with 'arch' and 'metrics'")
+        raise row_error(file, line, "expected an object with 'arch' and 'metrics'")
     unknown = sorted(set(record) - {"arch", "metrics", "count"})
     if unknown:
-        raise _row_error(file, line, f"unknown field '{unknown[0]}' (fields: arch, metrics, count)")
+        raise row_error(file, line, f"unknown field '{unknown[0]}' (fields: arch, metrics, count)")
     if "arch" not in record:
-        raise _row_error(file, line, "missing 'arch'")
+        raise row_error(file, line, "missing 'arch'")
     raw_metrics = record.get("metrics")
     if not isinstance(raw_metrics, dict):
-        raise _row_error(file, line, "'metrics' must be an object of name: number")
+        raise row_error(file, line, "'metrics' must be an object of name: number")
     metrics: dict[str, float] = {}
     for name, value in raw_metrics.items():
         reason = check_metric_name(name)
         if reason:
-            raise _row_error(file, line, reason)
+            raise row_error(file, line, reason)
         number = metric_value(value)
         if number is None:
-            raise _row_error(file, line, f"metrics.{name}: {value!r} is not a finite number")
+            raise row_error(file, line, f"metrics.{name}: {value!r} is not a finite number")
         metrics[name] = number
     count = record.get("count", 1)
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-        raise _row_error(file, line, f"count: {count!r} is not a positive integer")
+        raise row_error(file, line, f"count: {count!r} is not a positive integer")
     return record["arch"], metrics, count
 
 
-def _row_error(file: str, row: int | str, reason: str) -> DatasetError:
+def row_error(file: str, row: int | str, reason: str) -> DatasetError:
     error = RowError(file=file, row=row, reason=reason)
     return DatasetError(str(error), [error])
+
+
+# A row as parsed: (architecture, metrics, count).
+Row = tuple[Any, dict[str, float], int]
+
+
+def read_dataset_text(path: Path, kind: type[DatasetError] = DatasetError) -> str:
+    """A dataset file's text (a leading BOM dropped); `kind` says what could not be read."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise kind(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise kind(f"{path}: cannot read: {error}") from None
+
+
+def parsed_rows(
+    path: Path,
+    parse: Callable[[int, str], Row],
+    errors: list[RowError],
+    kind: type[DatasetError] = DatasetError,
+) -> Iterator[tuple[int, Row]]:
+    """(line number, `parse(number, line)`) of every non-blank line of a JSON-lines file;
+    the rows `parse` refuses go to `errors`, so every bad row is reported at once."""
+    for number, line in enumerate(read_dataset_text(path, kind).split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = parse(number, line)
+        except DatasetError as error:
+            errors.extend(error.errors)
+            continue
+        yield number, row
+
+
+def bad_rows(
+    errors: list[RowError], where: str, what: str = "", kind: type[DatasetError] = DatasetError
+) -> DatasetError:
+    """One error for every bad row: `{where}N bad rows{what}:` and the rows."""
+    noun = "row" if len(errors) == 1 else "rows"
+    return kind(f"{where}{len(errors)} bad {noun}{what}:", errors)
+
+
+def load_records(
+    path: Path, parse: Callable[[int, str], Row], what: str = ""
+) -> list[tuple[Any, dict[str, float], int, str]]:
+    """Every row of a dataset file, parsed and with its source (`file:line`)."""
+    errors: list[RowError] = []
+    records = [(*row, f"{path}:{number}") for number, row in parsed_rows(path, parse, errors)]
+    if errors:
+        raise bad_rows(errors, f"{path}: ", what)
+    if not records:
+        raise DatasetError(f"{path}: holds no rows")
+    return records
 
 
 def load_dataset(path: str | Path, space: Space) -> LabeledDataset:
@@ -296,29 +357,11 @@ def load_dataset(path: str | Path, space: Space) -> LabeledDataset:
     architecture are merged (see `from_records`).
     """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise DatasetError(f"{path}: cannot read: {error}") from None
-    records = []
-    errors: list[RowError] = []
-    for number, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            arch, metrics, count = parse_row(space, str(path), number, line)
-        except DatasetError as error:
-            errors.extend(error.errors)
-            continue
-        records.append((arch, metrics, count, f"{path}:{number}"))
-    if errors:
-        noun = "row" if len(errors) == 1 else "rows"
-        raise DatasetError(f"{path}: {len(errors)} bad {noun} for space {space.name}:", errors)
-    if not records:
-        raise DatasetError(f"{path}: holds no rows")
-    dataset, _ = from_records(space, records)
+
+    def parse(number: int, line: str) -> Row:
+        return parse_row(space, str(path), number, line)
+
+    dataset, _ = from_records(space, load_records(path, parse, f" for space {space.name}"))
     return dataset
 
 

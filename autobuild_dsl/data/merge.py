@@ -22,7 +22,16 @@ from pathlib import Path
 
 import numpy as np
 
-from autobuild_dsl.data.dataset import DatasetError, LabeledDataset, RowError, parse_row
+from autobuild_dsl.data.dataset import (
+    DatasetError,
+    LabeledDataset,
+    Row,
+    RowError,
+    bad_rows,
+    parse_row,
+    parsed_rows,
+)
+from autobuild_dsl.errors import Remedy
 from autobuild_dsl.space.architecture import Architecture
 from autobuild_dsl.space.equivalence import network_keyer
 from autobuild_dsl.space.model import Space
@@ -65,6 +74,8 @@ class MergeReport:
 class MergeError(DatasetError):
     """Inputs that cannot be merged (unreadable files, bad rows, disagreements)."""
 
+    code = "merge"
+
 
 @dataclass
 class _Value:
@@ -90,6 +101,95 @@ def _close(a: float, b: float, tolerance: float) -> bool:
     return math.isclose(a, b, rel_tol=tolerance, abs_tol=0.0) or a == b
 
 
+@dataclass
+class _Joined:
+    """Every input row, by network: its first architecture, metric values and files."""
+
+    archs: dict[str, Architecture] = field(default_factory=dict)  # in first-seen order
+    values: dict[str, dict[str, _Value]] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+    present: dict[str, list[int]] = field(default_factory=dict)  # indices of its files
+
+    def add(self, key: str, row: Row, source: str, index: int) -> bool:
+        """Record one row; True when it is the first of its network in file `index`."""
+        arch, metrics, count = row
+        if key not in self.archs:
+            self.archs[key] = arch
+            self.values[key], self.counts[key], self.present[key] = {}, 0, []
+        self.counts[key] = max(self.counts[key], count)
+        for name, value in metrics.items():
+            held = self.values[key].get(name)
+            if held is None:
+                self.values[key][name] = _Value(value, count, source)
+            else:
+                held.repeats.append((value, count, source))
+        first = index not in self.present[key]
+        if first:
+            self.present[key].append(index)
+        return first
+
+
+def _join(paths: Sequence[Path], space: Space, report: MergeReport) -> _Joined:
+    keyer = network_keyer(space)
+    joined = _Joined()
+    errors: list[RowError] = []
+    for index, path in enumerate(paths):
+
+        def parse(number: int, line: str, path: Path = path) -> Row:
+            return parse_row(space, str(path), number, _with_metrics(line))
+
+        here = 0
+        for number, row in parsed_rows(path, parse, errors, MergeError):
+            here += joined.add(keyer(row[0]), row, f"{path}:{number}", index)
+        report.rows_per_file.append(here)
+    if errors:
+        raise bad_rows(errors, "", f" for space {space.name}", MergeError)
+    if not joined.archs:
+        raise MergeError("the files hold no rows")
+    return joined
+
+
+def _merged_value(
+    name: str, held: _Value, tolerance: float, average: bool, report: MergeReport
+) -> tuple[float, int]:
+    """One metric of one network: its first value, or with `average` the count-weighted
+    mean of its repeats, and how many measurements that mean stands for (0: none averaged).
+    Repeats beyond `tolerance` are recorded as disagreements."""
+    if not held.repeats:
+        return held.value, 0
+    report.repeats += 1
+    report.disagreements.extend(
+        Disagreement(name, held.value, held.source, value, source)
+        for value, _, source in held.repeats
+        if not _close(held.value, value, tolerance)
+    )
+    if not average:
+        return held.value, 0
+    pairs = [(held.value, held.count), *((v, c) for v, c, _ in held.repeats)]
+    total = sum(c for _, c in pairs)
+    report.averaged += 1
+    return sum(v * c for v, c in pairs) / total, total
+
+
+def _disagreement_error(report: MergeReport, tolerance: float) -> MergeError:
+    shown = [str(d) for d in report.disagreements[:20]]
+    if len(report.disagreements) > 20:
+        shown.append(f"... and {len(report.disagreements) - 20} more")
+    # A tolerance (rounded up) under which every one of them is the same measurement.
+    needed = math.ceil(max(d.relative for d in report.disagreements) * 1e4) / 1e4
+    head = (
+        f"{len(report.disagreements)} value(s) disagree by more than {tolerance:g} "
+        "(relative); nothing written:"
+    )
+    return MergeError(
+        "\n".join([head, *shown]),
+        remedies=(
+            Remedy("average", "to average repeated measurements"),
+            Remedy("tolerance", "to accept them as one measurement", f"{needed:g}"),
+        ),
+    )
+
+
 def merge_files(
     paths: Sequence[str | Path],
     space: Space,
@@ -106,107 +206,29 @@ def merge_files(
         raise MergeError("give at least one file to merge")
     if tolerance < 0:
         raise MergeError("the tolerance must be at least 0")
-    keyer = network_keyer(space)
-    archs: dict[str, Architecture] = {}
-    order: list[str] = []
-    values: dict[str, dict[str, _Value]] = {}
-    counts: dict[str, int] = {}
-    present: dict[str, list[int]] = {}
-    errors: list[RowError] = []
     report = MergeReport(files=[str(p) for p in paths], rows_per_file=[], rows=0)
-    for index, path in enumerate(paths):
-        path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise MergeError(f"{path}: no such file") from None
-        except (OSError, UnicodeDecodeError) as error:
-            raise MergeError(f"{path}: cannot read: {error}") from None
-        seen_here: set[str] = set()
-        for number, line in enumerate(text.split("\n"), start=1):
-            if not line.strip():
-                continue
-            try:
-                arch, metrics, count = parse_row(space, str(path), number, _with_metrics(line))
-            except DatasetError as error:
-                errors.extend(error.errors)
-                continue
-            key = keyer(arch)
-            source = f"{path}:{number}"
-            if key not in archs:
-                archs[key] = arch
-                order.append(key)
-                values[key], counts[key], present[key] = {}, 0, []
-            if key not in seen_here:
-                seen_here.add(key)
-                present[key].append(index)
-            counts[key] = max(counts[key], count)
-            for name, value in metrics.items():
-                held = values[key].get(name)
-                if held is None:
-                    values[key][name] = _Value(value, count, source)
-                else:
-                    held.repeats.append((value, count, source))
-        report.rows_per_file.append(len(seen_here))
-    if errors:
-        noun = "row" if len(errors) == 1 else "rows"
-        raise MergeError(f"{len(errors)} bad {noun} for space {space.name}:", errors)
-    if not order:
-        raise MergeError("the files hold no rows")
-    names: list[str] = []
-    for key in order:
-        for name in values[key]:
-            if name not in names:
-                names.append(name)
-    kept = [k for k in order if not inner or len(present[k]) == len(paths)]
+    joined = _join([Path(p) for p in paths], space, report)
+    names = list(dict.fromkeys(name for held in joined.values.values() for name in held))
+    column = {name: j for j, name in enumerate(names)}
+    order = list(joined.archs)
+    kept = [k for k in order if not inner or len(joined.present[k]) == len(paths)]
     report.dropped = len(order) - len(kept)
     for key in order:
-        if len(present[key]) < len(paths):
-            where = ", ".join(report.files[i] for i in present[key])
+        if len(joined.present[key]) < len(paths):
+            where = ", ".join(report.files[i] for i in joined.present[key])
             report.only_in_some[where] = report.only_in_some.get(where, 0) + 1
     matrix = np.full((len(kept), len(names)), np.nan)
-    out_counts = np.ones(len(kept), dtype=np.int64)
+    out_counts = np.array([joined.counts[key] for key in kept], dtype=np.int64)
     for i, key in enumerate(kept):
-        out_counts[i] = counts[key]
-        for name, held in values[key].items():
-            result = held.value
-            if held.repeats:
-                report.repeats += 1
-                for value, _, source in held.repeats:
-                    if not _close(held.value, value, tolerance):
-                        report.disagreements.append(
-                            Disagreement(name, held.value, held.source, value, source)
-                        )
-                if average:
-                    pairs = [(held.value, held.count), *((v, c) for v, c, _ in held.repeats)]
-                    total = sum(c for _, c in pairs)
-                    result = sum(v * c for v, c in pairs) / total
-                    out_counts[i] = max(out_counts[i], total)
-                    report.averaged += 1
-            matrix[i, names.index(name)] = result
+        for name, held in joined.values[key].items():
+            value, total = _merged_value(name, held, tolerance, average, report)
+            matrix[i, column[name]] = value
+            out_counts[i] = max(out_counts[i], total)
     report.rows = len(kept)
     if report.disagreements and not average:
-        shown = [str(d) for d in report.disagreements[:20]]
-        if len(report.disagreements) > 20:
-            shown.append(f"... and {len(report.disagreements) - 20} more")
-        raise MergeError(
-            "\n".join(
-                [
-                    f"{len(report.disagreements)} value(s) disagree by more than "
-                    f"{tolerance:g} (relative); nothing written. Average repeated "
-                    "measurements with --average, or raise --tolerance:",
-                    *shown,
-                ]
-            )
-        )
-    dataset = LabeledDataset(
-        space=space,
-        architectures=[archs[k] for k in kept],
-        metric_names=names,
-        values=matrix,
-        counts=out_counts,
-    )
-    return dataset, report
+        raise _disagreement_error(report, tolerance)
+    archs = [joined.archs[key] for key in kept]
+    return LabeledDataset(space, archs, names, matrix, out_counts), report
 
 
 __all__ = ["Disagreement", "MergeError", "MergeReport", "merge_files"]

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -24,9 +24,11 @@ import numpy as np
 from autobuild_dsl.data.dataset import (
     DatasetError,
     LabeledDataset,
-    RowError,
+    Row,
     from_records,
+    load_records,
     parse_row,
+    row_error,
 )
 from autobuild_dsl.data.splits import LabelStats, label_stats
 from autobuild_dsl.space.model import Space
@@ -56,17 +58,14 @@ class MixedDataset(LabeledDataset):
         """Each row's space name."""
         return [a.space for a in self.architectures]
 
+    @classmethod
+    def of(cls, plain: LabeledDataset, spaces: list[Space]) -> MixedDataset:
+        """`plain`'s rows (of any of `spaces`) as a mixed dataset."""
+        kept = {f.name: getattr(plain, f.name) for f in fields(LabeledDataset) if f.init}
+        return cls(**kept, spaces=spaces)
+
     def subset(self, indices: Sequence[int] | np.ndarray) -> MixedDataset:
-        plain = super().subset(indices)
-        return MixedDataset(
-            space=plain.space,
-            architectures=plain.architectures,
-            metric_names=plain.metric_names,
-            values=plain.values,
-            counts=plain.counts,
-            sources=plain.sources,
-            spaces=list(self.spaces),
-        )
+        return MixedDataset.of(super().subset(indices), list(self.spaces))
 
     def label_stats(self, labels: np.ndarray, train: Sequence[int] | None = None) -> LabelStats:
         """`splits.label_stats` over `train`, per-stage parts from the primary space's rows."""
@@ -88,11 +87,7 @@ class MixedDataset(LabeledDataset):
 
     def _plain(self) -> LabeledDataset:
         return LabeledDataset(
-            space=self.space,
-            architectures=self.architectures,
-            metric_names=self.metric_names,
-            values=self.values,
-            counts=self.counts,
+            self.space, self.architectures, self.metric_names, self.values, self.counts
         )
 
 
@@ -108,54 +103,30 @@ def load_mixed_dataset(path: str | Path, spaces: Sequence[Space]) -> MixedDatase
     if len(by_name) != len(spaces):
         raise DatasetError("two of the spaces have the same name")
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise DatasetError(f"{path}: cannot read: {error}") from None
     known = ", ".join(by_name)
-    records = []
-    errors: list[RowError] = []
-    for number, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
+
+    def parse(number: int, line: str) -> Row:
         try:
             record = json.loads(line)
-        except json.JSONDecodeError:
+        except ValueError:
             record = None  # parse_row reports it
         arch = record.get("arch") if isinstance(record, dict) else None
         name = arch.get("space") if isinstance(arch, dict) else None
         space = by_name.get(name) if isinstance(name, str) else None
         if space is None and isinstance(arch, dict):
-            reason = (
-                f"arch.space {name!r} is not one of the spaces given ({known})"
-                if name is not None
-                else f"arch has no 'space' field: a mixed dataset needs one ({known})"
+            if name is None:
+                raise row_error(
+                    str(path),
+                    number,
+                    f"arch has no 'space' field: a mixed dataset needs one ({known})",
+                )
+            raise row_error(
+                str(path), number, f"arch.space {name!r} is not one of the spaces given ({known})"
             )
-            errors.append(RowError(file=str(path), row=number, reason=reason))
-            continue
-        try:
-            checked, metrics, count = parse_row(space or spaces[0], str(path), number, line)
-        except DatasetError as error:
-            errors.extend(error.errors)
-            continue
-        records.append((checked, metrics, count, f"{path}:{number}"))
-    if errors:
-        noun = "row" if len(errors) == 1 else "rows"
-        raise DatasetError(f"{path}: {len(errors)} bad {noun}:", errors)
-    if not records:
-        raise DatasetError(f"{path}: holds no rows")
-    plain, _ = from_records(spaces[0], records)
-    return MixedDataset(
-        space=plain.space,
-        architectures=plain.architectures,
-        metric_names=plain.metric_names,
-        values=plain.values,
-        counts=plain.counts,
-        sources=plain.sources,
-        spaces=spaces,
-    )
+        return parse_row(space or spaces[0], str(path), number, line)
+
+    plain, _ = from_records(spaces[0], load_records(path, parse))
+    return MixedDataset.of(plain, spaces)
 
 
 __all__ = ["MixedDataset", "load_mixed_dataset"]

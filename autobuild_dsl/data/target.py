@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
-from lark import Token, Tree
 from pydantic import BaseModel, ConfigDict
 
 from autobuild_dsl.errors import AbcError
@@ -32,22 +31,31 @@ from autobuild_dsl.space.expr import (
 
 if TYPE_CHECKING:
     from autobuild_dsl.data.dataset import LabeledDataset
+    from autobuild_dsl.lang.syntax import LocatedExpr
 
 
 class TargetError(AbcError, ValueError):
     """A target expression that does not parse, or cannot be evaluated on the data."""
 
+    code = "target"
 
-# Grammar rules a target may not use, with what to say about them.
-_NOT_ARITHMETIC = {
-    "comparison": "a comparison",
-    "and_expr": "'and'",
-    "or_expr": "'or'",
-    "not_op": "'not'",
-    "true": "'true'",
-    "false": "'false'",
-    "string": "a string",
-}
+
+_COMPARISONS = ("==", "!=", "<=", ">=", "<", ">")
+
+
+def _not_arithmetic(expr: Expr) -> str | None:
+    """What to call an expression a target may not use, or None."""
+    if isinstance(expr, Binary) and expr.op in ("and", "or"):
+        return f"'{expr.op}'"
+    if isinstance(expr, Binary) and expr.op in _COMPARISONS:
+        return "a comparison"
+    if isinstance(expr, Unary) and expr.op == "not":
+        return "'not'"
+    if isinstance(expr, Const) and isinstance(expr.value, bool):
+        return "'true'" if expr.value else "'false'"
+    if isinstance(expr, Const) and isinstance(expr.value, str):
+        return "a string"
+    return None
 
 
 def _located(text: str, line: int, column: int, message: str) -> TargetError:
@@ -60,31 +68,20 @@ def _located(text: str, line: int, column: int, message: str) -> TargetError:
     )
 
 
-def _check_arithmetic(text: str, tree: Tree | Token) -> None:
-    if isinstance(tree, Token):
-        return
-    what = _NOT_ARITHMETIC.get(str(tree.data))
+def _check_arithmetic(text: str, node: LocatedExpr) -> None:
+    what = None if node.grouped else _not_arithmetic(node.expr)
     if what is not None:
         # Point at the operator when there is one (`a < b`), else at the node.
-        token = next(
-            (
-                k
-                for k in tree.children
-                if isinstance(k, Token) and k.type in ("COMPARE_OP", "AND", "OR", "NOT")
-            ),
-            None,
-        )
-        line = token.line if token is not None else tree.meta.line
-        column = token.column if token is not None else tree.meta.column
+        at = node.op_loc or node.loc
         raise _located(
             text,
-            line or 1,
-            column or 1,
+            at.line or 1,
+            at.column or 1,
             f"{what} is not allowed; a target is arithmetic over metrics (+ - * /, "
             "log, exp, sqrt, abs, min, max)",
         )
-    for child in tree.children:
-        _check_arithmetic(text, child)
+    for part in node.parts:
+        _check_arithmetic(text, part)
 
 
 class Target(BaseModel):
@@ -253,28 +250,25 @@ def _vector(expr: Expr, columns: dict[str, np.ndarray]) -> np.ndarray | float:
 
 def parse_target(text: str) -> Target:
     """Parse a target expression; syntax errors show the expression with a caret."""
-    from autobuild_dsl.lang.diagnostics import DiagnosticSink, SourceFile
-    from autobuild_dsl.lang.lower import Lowerer
-    from autobuild_dsl.lang.parser import parse
+    from autobuild_dsl.lang import parse_expression
+    from autobuild_dsl.lang.diagnostics import DiagnosticSink
 
     if not text.strip():
         raise TargetError("the target expression is empty (e.g. `top1` or `acc - 0.5 * lat`)")
-    source = SourceFile(path="<target>", text=text)
     sink = DiagnosticSink()
-    tree = parse(source, sink, start="target")
-    if tree is None or sink.items:
+    located = parse_expression(text, "<target>", sink)
+    if located is None:
         first = sink.items[0]
         # The grammar is shared with .abs files: say "expression", and drop strings,
         # which a target cannot use anyway.
         message = first.message.replace("the end of the file", "the end of the expression")
         message = message.replace(', a string in double quotes ("...")', "")
         raise _located(text, first.line, first.column, message)
-    body = tree.children[0]
-    _check_arithmetic(text, body)
-    expr = Lowerer(sink)._expr(source, body)
-    if sink.items:
-        first = sink.items[0]
-        raise _located(text, first.line, first.column, first.message)
+    _check_arithmetic(text, located)
+    if located.problems:
+        loc, message = located.problems[0]
+        raise _located(text, max(loc.line, 1), max(loc.column, 1), message)
+    expr = located.strict()
     return Target(text=format_expr(expr), expr=expr)
 
 

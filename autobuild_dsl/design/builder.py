@@ -30,6 +30,8 @@ MAX_POPS = 5_000_000
 class BuildError(AbcError, ValueError):
     """The request cannot be met (unknown unit, k too large, no combination satisfies the rules)."""
 
+    code = "build"
+
 
 class ScoredModule(BaseModel):
     """One module of a unit with its comparable score (higher is better)."""
@@ -83,6 +85,11 @@ class BuiltArchitecture(BaseModel):
     front: int | None = Field(
         default=None, description="several runs: Pareto front over the runs (1 = best)"
     )
+
+
+def same_globals(a: dict[str, Value], b: dict[str, Value]) -> bool:
+    """The same global assignment (True is not 1: a flag and a number are different)."""
+    return a.keys() == b.keys() and all(type(a[k]) is type(b[k]) and a[k] == b[k] for k in a)
 
 
 def _even_quotas(sizes: list[int], k: int) -> dict[int, int]:

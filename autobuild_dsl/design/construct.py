@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -32,22 +31,25 @@ from autobuild_dsl.design.builder import (
     best_architectures,
     merge_selections,
     reduced_space_text,
+    same_globals,
     select_top_k,
 )
+from autobuild_dsl.design.multi_run import pareto_candidates, pareto_fronts
 from autobuild_dsl.design.rank import RankResult, UnitScores, context_domain
+from autobuild_dsl.errors import Remedy
 from autobuild_dsl.space.decisions import (
     ArchitectureError,
     architecture_from_modules,
-    architecture_modules,
     canonicalize,
-    decision_value,
     index_of,
     same_value,
 )
 from autobuild_dsl.space.expr import Value
+from autobuild_dsl.space.keys import DecisionKey
 from autobuild_dsl.space.model import Space
 
 SelectionMode = Literal["unconstrained", "constrained"]
+_NEED_TOP_K = Remedy("top_k", "(the modules kept per unit)", "K")
 
 
 class BuildResult(BaseModel):
@@ -100,10 +102,6 @@ def normalize_top_k(space: Space, top_k: int | dict[str, int] | Sequence[int]) -
     if bad:
         raise BuildError(f"k for unit '{bad[0]}' must be at least 1, got {ks[bad[0]]}")
     return ks
-
-
-def _same_globals(a: dict[str, Value], b: dict[str, Value]) -> bool:
-    return a.keys() == b.keys() and all(type(a[k]) is type(b[k]) and a[k] == b[k] for k in a)
 
 
 def _key(values: dict[str, Value]) -> tuple:
@@ -166,15 +164,16 @@ def _ids(table: UnitScores) -> np.ndarray:
 
 def _owned(space: Space, stages: Sequence[str], table: UnitScores, names: Sequence[str]) -> list:
     """Per unit state of the table: its own values of the context names it decides."""
-    mine = [n for n in names if n.partition(".")[0] in stages]
+    mine = [n for n in names if DecisionKey.parse(n).owner in stages]
     values = []
     for state in table.unit_states:
         own: dict[str, Value] = {}
         for j, s_index in enumerate(state):
             s = table.stage_states[j][s_index]
-            own[f"{stages[j]}.depth"] = s.depth
+            own[DecisionKey.depth(stages[j])] = s.depth
             for choice, value in s.choices.items():
-                own[space.ties.get(f"{stages[j]}.{choice}", f"{stages[j]}.{choice}")] = value
+                key = DecisionKey.choice(stages[j], choice)
+                own[space.ties.get(key, key)] = value
         values.append({n: own.get(n) for n in mine})
     return values
 
@@ -264,26 +263,11 @@ def build_from_rankings(
     assignment whose best architecture scores highest is kept (so the reduced space has
     exactly the product of the k's); `all_globals` keeps every assignment.
     """
-    if not rankings:
-        raise BuildError("no ranking to build from")
-    if n < 0:
-        raise BuildError(f"n must be at least 0, got {n}")
-    if mode not in ("unconstrained", "constrained"):
-        raise BuildError(f"unknown selection mode '{mode}' (unconstrained, constrained)")
-    ks = normalize_top_k(space, top_k) if top_k is not None else None
-    if mode == "constrained" and ks is None:
-        raise BuildError("the constrained selection needs --top-k (the modules kept per unit)")
-    units = [u.name for u in index_of(space).units]
-    for ranking in rankings:
-        scored = {t.unit for t in ranking.tables}
-        missing = [u for u in units if u not in scored]
-        if missing:
-            raise BuildError(f"{ranking.run}: no scores for unit '{missing[0]}'")
-    per_size = mode == "constrained"
+    ks, units = _checked(space, rankings, top_k, n, mode)
     assignments: list[dict[str, Value]] = []
     for ranking in rankings:
         for values in ranking.assignments():
-            if not any(_same_globals(values, seen) for seen in assignments):
+            if not any(same_globals(values, seen) for seen in assignments):
                 assignments.append(values)
     if ks is None and (space.rules or space.ties or len(rankings) > 1):
         keep: int | None = None  # a rule can reject combinations: every module may be needed
@@ -293,93 +277,29 @@ def build_from_rankings(
     per_run_tables: list[list[ModuleTable]] = [[] for _ in rankings]
     for values in assignments:
         kept: dict[str, np.ndarray] | None = None
-        selection: dict[str, list[ScoredModule]] = {}
         if ks is not None:
-            kept = {}
+            kept, selection = {}, {}
             for unit in units:
-                ids: list[np.ndarray] = []
-                for ranking in rankings:
-                    tables = [t for t in ranking.for_globals(values) if t.unit == unit]
-                    if not tables:
-                        continue
-                    view = _UnitView(tables)
-                    if ks[unit] > len(view.ids):
-                        raise BuildError(
-                            f"unit '{unit}'{_where(tables[0])} has {len(view.ids):,} module(s); "
-                            f"cannot keep {ks[unit]}"
-                        )
-                    if per_size:
-                        picked = select_top_k(
-                            ModuleTable(units={unit: view.overall(view.ids)}),
-                            {unit: ks[unit]},
-                            mode=mode,
-                            quotas=quotas,
-                        ).units[unit]
-                        wanted = {repr([p.model_dump() for p in m.parts]) for m in picked}
-                        every = view.overall(view.ids)
-                        ids.append(
-                            np.array(
-                                [
-                                    i
-                                    for i, m in zip(view.ids.tolist(), every, strict=True)
-                                    if repr([p.model_dump() for p in m.parts]) in wanted
-                                ],
-                                dtype=np.int64,
-                            )
-                        )
-                    else:
-                        ids.append(view.kept_ids(ks[unit], False))
-                union = np.array(list(dict.fromkeys(np.concatenate(ids).tolist())), np.int64)
-                kept[unit] = union
-                views = [
-                    _UnitView(tables)
-                    for ranking in rankings
-                    if (tables := [t for t in ranking.for_globals(values) if t.unit == unit])
-                ]
-                held = [set(v.ids.tolist()) for v in views]
-                selection[unit] = []
-                for module_id in union.tolist():
-                    # Shown with the first run's overall score that has the module.
-                    view = next(v for v, ids in zip(views, held, strict=True) if module_id in ids)
-                    selection[unit].extend(view.overall(np.array([module_id], dtype=np.int64)))
+                kept[unit], selection[unit] = _kept_modules(
+                    rankings, values, unit, ks[unit], mode, quotas
+                )
+            selections.append(ModuleTable(globals=dict(values), units=selection))
         for r, ranking in enumerate(rankings):
             if ranking.for_globals(values):
                 per_run_tables[r].extend(_tables_for(space, ranking, values, kept, keep))
-        if ks is not None:
-            selections.append(ModuleTable(globals=dict(values), units=selection))
     notes: list[str] = []
     if len(assignments) > 1 and not all_globals:
         chosen_globals, note = _best_assignment(space, per_run_tables[0])
         notes.append(note)
         per_run_tables = [
-            [t for t in tables if _same_globals(t.globals, chosen_globals)]
+            [t for t in tables if same_globals(t.globals, chosen_globals)]
             for tables in per_run_tables
         ]
-        selections = [t for t in selections if _same_globals(t.globals, chosen_globals)]
+        selections = [t for t in selections if same_globals(t.globals, chosen_globals)]
     if not selections:
         selections = _selection_of(per_run_tables[0])
-    if len(rankings) == 1:
-        architectures = best_architectures(space, per_run_tables[0], n) if n else []
-    else:
-        architectures = _pareto_candidates(space, per_run_tables, n)
-    if n and not architectures:
-        raise BuildError(_no_combination(space))
-    for built in architectures:
-        try:
-            canonicalize(space, built.arch)
-        except ArchitectureError as error:  # the builder's own guarantee: a bug if it fails
-            raise BuildError(f"a built architecture is not in the space: {error}") from None
-    if n and len(architectures) < n:
-        notes.append(
-            f"only {len(architectures)} combination(s) of the kept modules satisfy the "
-            f"space's rules (asked for {n}); keep more modules per unit"
-        )
-    if len(rankings) > 1:
-        notes.append(
-            "several runs: the kept modules are the union of each run's top-k; each run "
-            "proposes its best architectures by its own scores, ordered by Pareto front over "
-            "the runs (scores of different targets are never added)"
-        )
+    architectures = _built(space, per_run_tables, n)
+    notes += _build_notes(len(architectures), n, len(rankings))
     return BuildResult(
         space=space.name,
         runs=[r.run for r in rankings],
@@ -391,12 +311,132 @@ def build_from_rankings(
     )
 
 
+def _checked(
+    space: Space,
+    rankings: Sequence[RankResult],
+    top_k: int | dict[str, int] | Sequence[int] | None,
+    n: int,
+    mode: str,
+) -> tuple[dict[str, int] | None, list[str]]:
+    """The k per unit (None: no top-k) and the space's units, once the inputs are checked."""
+    if not rankings:
+        raise BuildError("no ranking to build from")
+    if n < 0:
+        raise BuildError(f"n must be at least 0, got {n}")
+    if mode not in ("unconstrained", "constrained"):
+        raise BuildError(f"unknown selection mode '{mode}' (unconstrained, constrained)")
+    ks = normalize_top_k(space, top_k) if top_k is not None else None
+    if mode == "constrained" and ks is None:
+        raise BuildError("the constrained selection needs top_k", remedies=(_NEED_TOP_K,))
+    units = [u.name for u in index_of(space).units]
+    for ranking in rankings:
+        scored = {t.unit for t in ranking.tables}
+        missing = [u for u in units if u not in scored]
+        if missing:
+            raise BuildError(f"{ranking.run}: no scores for unit '{missing[0]}'")
+    return ks, units
+
+
+def _kept_modules(
+    rankings: Sequence[RankResult],
+    values: dict[str, Value],
+    unit: str,
+    k: int,
+    mode: SelectionMode,
+    quotas: dict[str, dict[int, int]] | None,
+) -> tuple[np.ndarray, list[ScoredModule]]:
+    """The unit's kept module ids under these globals (the union of each run's top k) and
+    the kept modules, each with the first run's overall score that has it."""
+    ids: list[np.ndarray] = []
+    for ranking in rankings:
+        tables = [t for t in ranking.for_globals(values) if t.unit == unit]
+        if not tables:
+            continue
+        view = _UnitView(tables)
+        if k > len(view.ids):
+            raise BuildError(
+                f"unit '{unit}'{_where(tables[0])} has {len(view.ids):,} module(s); cannot keep {k}"
+            )
+        if mode == "constrained":
+            ids.append(_quota_ids(view, unit, k, mode, quotas))
+        else:
+            ids.append(view.kept_ids(k, False))
+    union = np.array(list(dict.fromkeys(np.concatenate(ids).tolist())), np.int64)
+    views = [
+        _UnitView(tables)
+        for ranking in rankings
+        if (tables := [t for t in ranking.for_globals(values) if t.unit == unit])
+    ]
+    held = [set(v.ids.tolist()) for v in views]
+    selection: list[ScoredModule] = []
+    for module_id in union.tolist():
+        view = next(v for v, ids in zip(views, held, strict=True) if module_id in ids)
+        selection.extend(view.overall(np.array([module_id], dtype=np.int64)))
+    return union, selection
+
+
+def _quota_ids(
+    view: _UnitView,
+    unit: str,
+    k: int,
+    mode: SelectionMode,
+    quotas: dict[str, dict[int, int]] | None,
+) -> np.ndarray:
+    """The constrained selection's module ids: an even quota of each module size."""
+    every = view.overall(view.ids)
+    picked = select_top_k(
+        ModuleTable(units={unit: every}), {unit: k}, mode=mode, quotas=quotas
+    ).units[unit]
+    wanted = {repr([p.model_dump() for p in m.parts]) for m in picked}
+    return np.array(
+        [
+            i
+            for i, m in zip(view.ids.tolist(), every, strict=True)
+            if repr([p.model_dump() for p in m.parts]) in wanted
+        ],
+        dtype=np.int64,
+    )
+
+
+def _built(
+    space: Space, per_run_tables: list[list[ModuleTable]], n: int
+) -> list[BuiltArchitecture]:
+    if len(per_run_tables) == 1:
+        architectures = best_architectures(space, per_run_tables[0], n) if n else []
+    else:
+        architectures = pareto_candidates(space, per_run_tables, n)
+    if n and not architectures:
+        raise BuildError(_no_combination(space))
+    for built in architectures:
+        try:
+            canonicalize(space, built.arch)
+        except ArchitectureError as error:  # the builder's own guarantee: a bug if it fails
+            raise BuildError(f"a built architecture is not in the space: {error}") from None
+    return architectures
+
+
+def _build_notes(built: int, n: int, runs: int) -> list[str]:
+    notes = []
+    if n and built < n:
+        notes.append(
+            f"only {built} combination(s) of the kept modules satisfy the "
+            f"space's rules (asked for {n}); keep more modules per unit"
+        )
+    if runs > 1:
+        notes.append(
+            "several runs: the kept modules are the union of each run's top-k; each run "
+            "proposes its best architectures by its own scores, ordered by Pareto front over "
+            "the runs (scores of different targets are never added)"
+        )
+    return notes
+
+
 def _selection_of(tables: list[ModuleTable]) -> list[ModuleTable]:
     """Without a top-k: the modules the builder used, one table per global assignment."""
     grouped: list[ModuleTable] = []
     for table in tables:
         for i, seen in enumerate(grouped):
-            if _same_globals(seen.globals, table.globals):
+            if same_globals(seen.globals, table.globals):
                 grouped[i] = merge_selections([seen, table.model_copy(update={"context": {}})])
                 break
         else:
@@ -404,129 +444,12 @@ def _selection_of(tables: list[ModuleTable]) -> list[ModuleTable]:
     return grouped
 
 
-def _pareto_candidates(
-    space: Space, per_run: list[list[ModuleTable]], n: int
-) -> list[BuiltArchitecture]:
-    """Several runs: each run's n best (its own scores), scored by every run, ordered by
-    Pareto front over the runs' summed scores, then by the best rank reached in any run
-    (each run's own best come first), then by mean rank across the runs."""
-    if not n:
-        return []
-    candidates: dict[str, BuiltArchitecture] = {}
-    for tables in per_run:
-        for built in best_architectures(space, tables, n):
-            candidates.setdefault(built.arch.key(), built)
-    pool = list(candidates.values())
-    columns = []
-    for tables in per_run:
-        lookup = _text_scores(tables)  # once per run, not per architecture
-        columns.append([_summed(space, tables, lookup, b) for b in pool])
-    scores = np.array(columns, dtype=float).T.reshape(len(pool), len(per_run))
-    fronts = pareto_fronts(scores)
-    ranks = np.argsort(np.argsort(-scores, axis=0, kind="stable"), axis=0, kind="stable")
-    # Within a front: first each run's own best ones (the extremes), then by mean rank.
-    best_rank = ranks.min(axis=1)
-    mean_rank = ranks.mean(axis=1)
-    order = sorted(range(len(pool)), key=lambda i: (fronts[i], best_rank[i], mean_rank[i]))
-    out = []
-    for i in order[:n]:
-        out.append(
-            pool[i].model_copy(
-                update={
-                    "score": float(scores[i, 0]),
-                    "run_scores": [float(v) for v in scores[i]],
-                    "front": int(fronts[i]),
-                }
-            )
-        )
-    return out
-
-
-def _summed(
-    space: Space,
-    tables: list[ModuleTable],
-    lookup: list[dict[str, dict[str, float]]],
-    built: BuiltArchitecture,
-) -> float:
-    """A built architecture's summed module score under another run's tables (-inf if one of
-    its modules is not in them)."""
-    from autobuild_dsl.design.builder import module_text
-
-    units = index_of(space).units
-    modules = architecture_modules(space, built.arch)
-    wanted = {u.name: " + ".join(module_text(p) for p in modules[u.name]) for u in units}
-    best = -math.inf
-    for t, table in enumerate(tables):
-        if not _same_globals(table.globals, built.globals):
-            continue
-        if table.context and not all(
-            same_value(v, built.context.get(k, decision_value(built.arch, k)))
-            for k, v in table.context.items()
-        ):
-            continue
-        total = 0.0
-        for unit in units:
-            found = lookup[t][unit.name].get(wanted[unit.name])
-            if found is None:
-                break
-            total += found
-        else:
-            best = max(best, total)
-    return best
-
-
-def _text_scores(tables: list[ModuleTable]) -> list[dict[str, dict[str, float]]]:
-    """Per table, per unit: module text -> score."""
-    from autobuild_dsl.design.builder import module_text
-
-    return [
-        {
-            unit: {" + ".join(module_text(p) for p in m.parts): m.score for m in modules}
-            for unit, modules in table.units.items()
-        }
-        for table in tables
-    ]
-
-
-def pareto_fronts(values: np.ndarray, chunk: int = 256) -> np.ndarray:
-    """[points, objectives] (higher is better) -> front number per point (1 = not dominated).
-
-    Counts, for every point, the points that dominate it, then peels fronts off by
-    subtracting what each front dominates: n^2 comparisons in all (a scan per front was
-    n^2 per front, minutes for the thousands of candidates of a large -n).
-    """
-    count = values.shape[0]
-    front = np.zeros(count, dtype=np.int64)
-    if count == 0:
-        return front
-    values = values.reshape(count, -1)
-
-    def dominated_counts(rows: np.ndarray) -> np.ndarray:
-        total = np.zeros(count, dtype=np.int64)
-        for start in range(0, len(rows), chunk):
-            a = values[rows[start : start + chunk]][:, None, :]
-            better = np.all(a >= values[None], axis=2) & np.any(a > values[None], axis=2)
-            total += better.sum(axis=0)
-        return total
-
-    dominated_by = dominated_counts(np.arange(count))
-    number = 1
-    while True:
-        current = np.flatnonzero((front == 0) & (dominated_by == 0))
-        if not len(current):
-            break
-        front[current] = number
-        dominated_by -= dominated_counts(current)
-        number += 1
-    return front
-
-
 def _no_combination(space: Space) -> str:
     rules = "; ".join(f"`{rule.text}`" for rule in space.rules) or "the ties"
     return (
         "no combination of the kept modules satisfies the space's rules "
         f"({rules}): the best modules of different units disagree under them. Keep more "
-        "modules per unit (a larger --top-k), or leave --top-k out to build from every module"
+        "modules per unit (a larger top_k), or no top_k to build from every module"
     )
 
 
@@ -536,7 +459,7 @@ def _best_assignment(space: Space, tables: list[ModuleTable]) -> tuple[dict[str,
     groups: list[tuple[dict[str, Value], list[ModuleTable]]] = []
     for table in tables:
         for values, members in groups:
-            if _same_globals(values, table.globals):
+            if same_globals(values, table.globals):
                 members.append(table)
                 break
         else:
@@ -554,7 +477,7 @@ def _best_assignment(space: Space, tables: list[ModuleTable]) -> tuple[dict[str,
     if len(best) > 1:
         other = ", ".join(f"{k} = {v}" for k, v in best[1][1].items())
         note += f"; next: {other} at {best[1][0]:.4g}"
-    note += f"; {len(groups)} assignments scored); --all-globals keeps them all"
+    note += f"; {len(groups)} assignments scored); the all_globals option keeps them all"
     return chosen, note
 
 
@@ -649,6 +572,7 @@ __all__ = [
     "architecture_lines",
     "build_from_rankings",
     "normalize_top_k",
+    "pareto_fronts",
     "reduced_space",
     "valid_combinations",
 ]

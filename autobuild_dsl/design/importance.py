@@ -26,12 +26,14 @@ CHART_FORMATS = (".png", ".svg", ".pdf")
 class ChartError(AbcError, ValueError):
     """The chart cannot be written (unknown format)."""
 
+    code = "chart"
+
 
 def feature_importance(run: TrainedRun, data: str | Path | None = None) -> list[FeatureScore]:
     """Every (category, value) of the run's node features with its FE-MLP score, each
     marked seen or unseen in the labeled data (`data`, default the file the run records;
     `seen` stays None when it cannot be read)."""
-    from autobuild_dsl.graphs.encode import _vkey
+    from autobuild_dsl.space.values import value_key as _vkey
 
     rows = run_feature_importance(run)
     seen = seen_values(run, data)

@@ -209,29 +209,56 @@ def top_rooted_subgraphs(
     IR graphs built or read.
     """
     from autobuild_dsl.scorer.model import pack_graphs
-    from autobuild_dsl.scorer.run import node_norms
 
+    encoder, archs, source, levels = _subgraph_inputs(run, top, archs, hops)
+    raw = encoder.graphs(archs, progress)
+    packed = pack_graphs([encoder.encode_graph(g) for g in raw])
+    score, norm = _node_scores(run, packed)
+    ids = _wl_ids(packed.x.numpy(), _in_neighbours(packed), max(levels))
+    candidates = _candidates(ids, score, levels, top)
+    subgraphs = _fold_rows(encoder, raw, packed, ids, norm, candidates, top, per_location)
+    hop_srcc = run.metrics.mean.hop_srcc if run.metrics is not None else []
+    return SubgraphReport(
+        run=str(run.path),
+        source=source,
+        graphs=len(raw),
+        hops=levels,
+        hop_srcc=list(hop_srcc),
+        subgraphs=subgraphs,
+        op_types=op_type_scores(run, raw),
+    )
+
+
+def _subgraph_inputs(
+    run: TrainedRun, top: int, archs: Sequence[Architecture] | None, hops: Sequence[int] | None
+) -> tuple[IrEncoder, list[Architecture], str, list[int]]:
+    """The run's IR encoder, the architectures to score (and where they came from) and the
+    hop levels that compete, once checked."""
     if run.config.encoding != "ir":
-        raise IrError(f"{run.path}: rooted subgraphs are for runs trained with --encoding ir")
+        raise IrError(f"{run.path}: rooted subgraphs are for runs trained with encoding 'ir'")
     if top < 1:
         raise IrError("top must be at least 1")
     encoder = run.encoder()
     assert isinstance(encoder, IrEncoder)
     if archs is None:
-        archs, source = _run_architectures(run, encoder)
+        chosen, source = _run_architectures(run, encoder)
     else:
-        archs, source = list(archs), f"{len(archs)} given architecture(s)"
-    if not archs:
+        chosen, source = list(archs), f"{len(archs)} given architecture(s)"
+    if not chosen:
         raise IrError("no architectures to score")
     levels = sorted(set(hops)) if hops is not None else list(range(1, run.num_hops))
     bad = [h for h in levels if not 0 <= h < run.num_hops]
     if bad or not levels:
         raise IrError(f"hop {bad[0] if bad else '?'} is not one of 0..{run.num_hops - 1}")
+    return encoder, chosen, source, levels
 
-    raw = encoder.graphs(archs, progress)
-    packed = pack_graphs([encoder.encode_graph(g) for g in raw])
+
+def _node_scores(run: TrainedRun, packed: Any) -> tuple[np.ndarray, np.ndarray]:
+    """[hops, nodes] z-scored norms and raw norms, members weighted by their held-out
+    SRCC at each hop."""
+    from autobuild_dsl.scorer.run import node_norms
+
     total = int(packed.node_ptr[-1])
-    # z-scored norms, members weighted by their held-out SRCC at each hop.
     score = np.zeros((run.num_hops, total))
     norm = np.zeros((run.num_hops, total))
     weights = np.array([[m.hop_weight(h) for h in range(run.num_hops)] for m in run.members])
@@ -246,18 +273,25 @@ def top_rooted_subgraphs(
                 sd = moments.sd if moments.sd > 0 else 1.0
                 score[h] += weights[k, h] * (values[h] - moments.mean) / sd
                 norm[h] += weights[k, h] * values[h]
+    return score, norm
 
-    # In-neighbour table (nodes x max in-degree, -1 padding) from the packed graphs.
+
+def _in_neighbours(packed: Any) -> np.ndarray:
+    """In-neighbour table (nodes x max in-degree, -1 padding) from the packed graphs."""
+    total = int(packed.node_ptr[-1])
     local = np.arange(total)
     rel = packed.rel_nbr.numpy()[1:]  # slot 0 is the node itself
     mask = packed.nbr_mask.numpy()[1:]
-    in_nbrs = np.where(mask, local[None, :] + rel, -1).T if rel.size else np.full((total, 0), -1)
-    ids = _wl_ids(packed.x.numpy(), in_nbrs, max(levels))
-    graph_of = np.repeat(np.arange(len(raw)), np.diff(packed.node_ptr.numpy()))
-    starts = packed.node_ptr.numpy()[:-1]
+    return np.where(mask, local[None, :] + rel, -1).T if rel.size else np.full((total, 0), -1)
 
-    # Per hop the best distinct subgraphs; more than `top`, as look-alikes fold together.
-    candidates: list[tuple[float, int, int]] = []  # (score, hop, first node holding it)
+
+def _candidates(
+    ids: np.ndarray, score: np.ndarray, levels: list[int], top: int
+) -> list[tuple[float, int, int]]:
+    """Per hop the best distinct subgraphs, (score, hop, first node holding it), best
+    first; more than `top`, as look-alikes fold together."""
+    total = score.shape[1]
+    candidates: list[tuple[float, int, int]] = []
     for h in levels:
         order = np.argsort(ids[h], kind="stable")
         _, first = np.unique(ids[h][order], return_index=True)
@@ -265,7 +299,22 @@ def top_rooted_subgraphs(
         best = np.argsort(-means, kind="stable")[: top * _LOOKALIKES]
         candidates.extend((float(means[g]), h, int(order[first[g]])) for g in best)
     candidates.sort(key=lambda c: (-c[0], c[1], c[2]))
+    return candidates
 
+
+def _fold_rows(
+    encoder: IrEncoder,
+    raw: Sequence[IrGraph],
+    packed: Any,
+    ids: np.ndarray,
+    norm: np.ndarray,
+    candidates: list[tuple[float, int, int]],
+    top: int,
+    per_location: bool,
+) -> list[RootedSubgraph]:
+    """The `top` rows: candidates in order, look-alikes folded into the row they match."""
+    graph_of = np.repeat(np.arange(len(raw)), np.diff(packed.node_ptr.numpy()))
+    starts = packed.node_ptr.numpy()[:-1]
     rows: dict[tuple[Any, ...], RootedSubgraph] = {}
     holders_of: dict[tuple[Any, ...], set[int]] = {}
     for value, h, node in candidates:
@@ -307,7 +356,7 @@ def top_rooted_subgraphs(
             example=example,
             example_space=graph.space,
         )
-    subgraphs = [
+    return [
         row.model_copy(
             update={
                 "occurrences": len(holders_of[key]),
@@ -316,16 +365,6 @@ def top_rooted_subgraphs(
         )
         for key, row in rows.items()
     ]
-    hop_srcc = run.metrics.mean.hop_srcc if run.metrics is not None else []
-    return SubgraphReport(
-        run=str(run.path),
-        source=source,
-        graphs=len(raw),
-        hops=levels,
-        hop_srcc=list(hop_srcc),
-        subgraphs=subgraphs,
-        op_types=op_type_scores(run, raw),
-    )
 
 
 __all__ = [

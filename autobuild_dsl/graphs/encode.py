@@ -35,7 +35,9 @@ if TYPE_CHECKING:
 
 from autobuild_dsl.space.architecture import Architecture
 from autobuild_dsl.space.decisions import index_of, stage_module_choices
-from autobuild_dsl.space.expr import Binary, Call, Expr, LayerRef, Ref, Unary, Value
+from autobuild_dsl.space.expr import Value, names_in
+from autobuild_dsl.space.keys import DEPTH, DecisionKey
+from autobuild_dsl.space.layers import layer_names
 from autobuild_dsl.space.model import (
     INPUT_NAMES,
     LayerOption,
@@ -46,6 +48,7 @@ from autobuild_dsl.space.model import (
 )
 from autobuild_dsl.space.resolve import ResolveError, resolve_node
 from autobuild_dsl.space.resolved import NodePosition
+from autobuild_dsl.space.values import ValueKey, value_key
 
 Progress = Callable[[int, int], None]
 
@@ -55,6 +58,8 @@ _MAX_TEMPLATE_COMBINATIONS = 200_000
 
 class EncodeError(AbcError, ValueError):
     """An architecture (or module) cannot be encoded for this space; the message says why."""
+
+    code = "encode"
 
 
 class FeatureCategory(BaseModel):
@@ -70,46 +75,21 @@ class FeatureCategory(BaseModel):
     )
 
 
-def _vkey(value: object) -> tuple[str, object]:
-    """A hashable key under which 3 == 3.0 but True != 1 (Python's dicts conflate those)."""
-    if isinstance(value, bool):
-        return ("b", value)
-    if isinstance(value, int | float):
-        return ("n", float(value))
-    return ("s", str(value))
-
-
 def _sorted_values(values: Iterable[Value]) -> list[Value]:
-    unique: dict[tuple[str, object], Value] = {}
+    """Distinct values (3 and 3.0 are two: space/values.py) in a fixed order whatever the
+    input order: booleans, then numbers by magnitude, then strings."""
+    unique: dict[ValueKey, Value] = {}
     for value in values:
-        unique.setdefault(_vkey(value), value)
-    # Booleans, then numbers, then strings: a fixed order whatever the input order.
-    return [unique[k] for k in sorted(unique, key=lambda k: (k[0], k[1]))]
-
-
-def _expr_names(expr: Expr | None, scalars: set[str], layer: set[str]) -> None:
-    if expr is None:
-        return
-    if isinstance(expr, Ref):
-        scalars.add(expr.name)
-    elif isinstance(expr, LayerRef):
-        layer.add(expr.name)
-    elif isinstance(expr, Unary):
-        _expr_names(expr.operand, scalars, layer)
-    elif isinstance(expr, Binary):
-        _expr_names(expr.left, scalars, layer)
-        _expr_names(expr.right, scalars, layer)
-    elif isinstance(expr, Call):
-        for arg in expr.args:
-            _expr_names(arg, scalars, layer)
+        unique.setdefault(value_key(value), value)
+    rank = {"b": 0, "i": 1, "f": 1, "s": 2}
+    return [unique[k] for k in sorted(unique, key=lambda k: (rank[k[0]], k[1], k[0]))]
 
 
 def _template_names(template: NodeTemplate) -> tuple[set[str], set[str]]:
-    scalars: set[str] = set()
-    layer: set[str] = set()
-    _expr_names(template.condition, scalars, layer)
-    for expr in template.attrs.values():
-        _expr_names(expr, scalars, layer)
+    """The scalar names and the layer-choice names a template reads."""
+    exprs = [e for e in (template.condition, *template.attrs.values()) if e is not None]
+    scalars = {name for expr in exprs for name in names_in(expr)}
+    layer: set[str] = set().union(*(layer_names(expr) for expr in exprs))
     # The layer's input is no decision: attributes that follow it are not features.
     return scalars - set(INPUT_NAMES), layer
 
@@ -217,8 +197,8 @@ class GraphEncoder:
         space = self.space
         if name in space.choices:
             return list(space.choices[name])
-        owner, _, choice = name.partition(".")
-        if choice == "depth":
+        owner, choice = DecisionKey.parse(name)
+        if choice == DEPTH:
             return list(space.stage(owner).depths)
         if choice:
             domains = stage_module_choices(space, space.stage(owner))
@@ -278,13 +258,15 @@ class GraphEncoder:
             for option in stage.options:
                 slots += [("layer", i, t, option) for i, t in enumerate(option.nodes)]
             # Values seen at one position (same slot, same first-layer flag), per op/attr.
-            groups: dict[tuple, set[tuple[str, object]]] = {}
+            groups: dict[tuple, set[ValueKey]] = {}
             for role, slot, template, option in slots:
                 for first, op, attrs in self._template_nodes(plan, template, option, role):
                     ops.add(op)
                     for attr, value in attrs.items():
                         values.setdefault((op, attr), []).append(value)
-                        groups.setdefault((role, slot, first, op, attr), set()).add(_vkey(value))
+                        groups.setdefault((role, slot, first, op, attr), set()).add(
+                            value_key(value)
+                        )
             for (_, _, _, op, attr), seen in groups.items():
                 if len(seen) > 1:
                     varying.add((op, attr))
@@ -319,7 +301,7 @@ class GraphEncoder:
                 FeatureCategory(name=shown, group="global", vocab=_sorted_values(domain))
             )
         self.categories: list[FeatureCategory] = categories
-        self._codes = [{_vkey(v): i + 1 for i, v in enumerate(c.vocab)} for c in categories]
+        self._codes = [{value_key(v): i + 1 for i, v in enumerate(c.vocab)} for c in categories]
         column = {(c.group, c.name): i for i, c in enumerate(categories)}
         self._op_col = column.get(("op", "op"))
         self._attr_cols = [
@@ -335,7 +317,7 @@ class GraphEncoder:
         return len(self.categories)
 
     def _code(self, col: int, value: object, what: str) -> int:
-        code = self._codes[col].get(_vkey(value))
+        code = self._codes[col].get(value_key(value))
         if code is None:
             category = self.categories[col]
             shown = ", ".join(str(v) for v in category.vocab)
@@ -463,7 +445,7 @@ class GraphEncoder:
         table = np.concatenate(blocks) if blocks else np.zeros((0, width + 2), dtype=np.int64)
         for col, name, codes in self._global_columns:
             value = globals_.get(name)
-            code = codes.get(_vkey(value))
+            code = codes.get(value_key(value))
             if code is None:
                 shown = ", ".join(str(v) for v in self.categories[col].vocab)
                 raise EncodeError(f"globals.{name} = {value!r} is not one of {shown}")
@@ -501,18 +483,11 @@ class GraphEncoder:
             self._edge_cache[key] = cached
         return cached
 
-    def _env(self, scalars: dict[str, Value]) -> dict[str, Value]:
-        env = dict(scalars)
-        for alias, keeper in self._ties.items():
-            if keeper in env:
-                env[alias] = env[keeper]
-        return env
-
     # ----- public API ----------------------------------------------------------------
 
     def encode_tensors(self, arch: Architecture) -> GraphTensors:
         """The sequence graph of one (canonical) architecture, as plain tensors."""
-        env = self._env(self._index.scalars(arch))
+        env = self._index.with_ties(self._index.scalars(arch))
         layers = []
         for plan in self._plans:
             chosen = arch.stages.get(plan.stage.name)
@@ -579,14 +554,14 @@ class GraphEncoder:
         globals_.update(globals or {})
         scalars: dict[str, Value] = dict(globals_)
         for stage in self.space.stages:
-            scalars[f"{stage.name}.depth"] = stage.depths[0]
+            scalars[DecisionKey.depth(stage.name)] = stage.depths[0]
             for name, domain in stage_module_choices(self.space, stage).items():
-                scalars[f"{stage.name}.{name}"] = domain[0]
+                scalars[DecisionKey.choice(stage.name, name)] = domain[0]
         mine: dict[str, Value] = {}
         for stage_name, part in zip(unit.stages, module, strict=True):
-            mine[f"{stage_name}.depth"] = part.depth
+            mine[DecisionKey.depth(stage_name)] = part.depth
             for name, value in part.choices.items():
-                mine[f"{stage_name}.{name}"] = value
+                mine[DecisionKey.choice(stage_name, name)] = value
         given = dict(context or {})
         scalars.update(given)
         scalars.update(mine)
@@ -607,7 +582,7 @@ class GraphEncoder:
                 f"unit {unit_name} reads {', '.join(missing)} of other stages: give them as "
                 "its context"
             )
-        env = self._env(scalars)
+        env = self._index.with_ties(scalars)
         plans = [self._plan_of[s] for s in unit.stages]
         layers = [part.layers[: part.depth] for part in module]
         return self._graph(plans, env, layers, globals_)

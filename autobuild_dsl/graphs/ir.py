@@ -67,6 +67,8 @@ _MODULE_NAME = re.compile(r"^/nodes\.(\d+)/")
 class IrError(EncodeError):
     """An architecture cannot be turned into an IR graph (or encoded with these vocabularies)."""
 
+    code = "ir"
+
 
 # ----- the raw graph (vocabulary-free; what the disk cache holds) ---------------------------
 
@@ -131,7 +133,7 @@ def export_ir(space: Space, arch: Architecture) -> IrGraph:
     """Compile `arch`, export it to ONNX in memory and read its IR graph."""
     import onnx
 
-    from autobuild_dsl.compile.network import CompileError, build_module, example_inputs
+    from autobuild_dsl.compile.network import NetworkBuildError, build_module, example_inputs
     from autobuild_dsl.compile.onnx_export import OPSET
     from autobuild_dsl.space.resolve import ResolveError, resolve
 
@@ -140,7 +142,7 @@ def export_ir(space: Space, arch: Architecture) -> IrGraph:
         # Built on meta and given empty storage: no weight initialisation (the values do
         # not matter, only the graph); zeroed below so no uninitialised NaN is traced.
         module = build_module(net, device="meta").to_empty(device="cpu").eval()
-    except (ResolveError, CompileError, ValueError) as error:
+    except (ResolveError, NetworkBuildError, ValueError) as error:
         raise IrError(f"{space.name}: cannot compile the architecture: {error}") from None
     with torch.no_grad():
         for tensor in [*module.parameters(), *module.buffers()]:

@@ -3,24 +3,45 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from autobuild_dsl.lang.diagnostics import CompileError, Diagnostic, DiagnosticSink
+from autobuild_dsl.lang.diagnostics import (
+    CompileError,
+    Diagnostic,
+    DiagnosticSink,
+    Location,
+    SourceFile,
+)
+from autobuild_dsl.lang.syntax import LocatedExpr, Module
 from autobuild_dsl.space.model import Space
 
-__all__ = ["CompileError", "Diagnostic", "compile_file", "compile_text"]
+if TYPE_CHECKING:
+    from autobuild_dsl.lang.lower import Lowerer
+
+__all__ = [
+    "CompileError",
+    "Diagnostic",
+    "LocatedExpr",
+    "Location",
+    "compile_file",
+    "compile_text",
+    "parse_expression",
+]
 
 
 def compile_text(text: str, path: str = "<text>", space: str | None = None) -> Space:
     """Compile `.abs` text to a Space, or raise CompileError with every diagnostic."""
     from autobuild_dsl.lang.checks import check_space
-    from autobuild_dsl.lang.lower import Finaliser, Lowerer
+    from autobuild_dsl.lang.finalise import Finaliser
+    from autobuild_dsl.lang.lower import Lowerer
 
     sink = DiagnosticSink()
     lowerer = Lowerer(sink)
-    source, tree = lowerer.load_file(path, text)
-    if tree is None:
+    source, module = lowerer.load_file(path, text)
+    if module is None:
         sink.raise_if_any()
-    draft = lowerer.draft(source, tree, space)
+    assert module is not None
+    draft = lowerer.draft(source, module, space)
     if draft is None:
         if not sink.items:
             sink.error(source, 1, 1, "the file holds no space (`space NAME { ... }`)")
@@ -31,26 +52,38 @@ def compile_text(text: str, path: str = "<text>", space: str | None = None) -> S
     assert result is not None
     check_space(result, draft, sink)
     sink.raise_if_any()
-    _check_siblings(lowerer, source, tree, result.name, sink)
+    _check_siblings(lowerer, source, module, result.name, sink)
     return result
 
 
-def _check_siblings(lowerer, source, tree, chosen: str, sink: DiagnosticSink) -> None:  # type: ignore[no-untyped-def]
+def _check_siblings(
+    lowerer: Lowerer, source: SourceFile, module: Module, chosen: str, sink: DiagnosticSink
+) -> None:
     """Every other space of the file is checked too: a file is right or wrong as a whole,
     whichever space a command picks from it."""
     from autobuild_dsl.lang.checks import check_space
-    from autobuild_dsl.lang.lower import Finaliser
+    from autobuild_dsl.lang.finalise import Finaliser
 
-    for name, _ in lowerer.space_names(tree):
+    for decl in module.spaces:
+        name = decl.name.text
         if name == chosen:
             continue
-        draft = lowerer.draft(source, tree, name)
+        draft = lowerer.draft(source, module, name)
         if draft is None:
             continue
         other = Finaliser(draft, sink).run()
         if other is not None and not sink.items:
             check_space(other, draft, sink)
     sink.raise_if_any()
+
+
+def parse_expression(
+    text: str, path: str = "<expression>", sink: DiagnosticSink | None = None
+) -> LocatedExpr | None:
+    """One expression as located nodes; see `lang.transform.parse_expression`."""
+    from autobuild_dsl.lang.transform import parse_expression as parse
+
+    return parse(text, path, sink)
 
 
 def compile_file(path: str | Path, space: str | None = None) -> Space:

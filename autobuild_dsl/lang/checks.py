@@ -22,7 +22,7 @@ def check_space(space: Space, draft, sink: DiagnosticSink) -> None:
     def report(where: str | None, message: str) -> None:
         path, line, column = _at(where)
         if path not in sources:
-            source = _find_source(draft, path)
+            source = _find_source(draft, path, sink.sources)
             sources[path] = source
         sink.error(sources[path], line, column, message)
 
@@ -146,11 +146,11 @@ def check_op(node, shape) -> None:  # type: ignore[no-untyped-def]
             )
 
 
-def _find_source(draft, path: str) -> SourceFile:
+def _find_source(draft, path: str, sources: dict[str, SourceFile]) -> SourceFile:
     from pathlib import Path
 
-    if draft is not None and draft.loc.source.path == path:
-        return draft.loc.source
+    if draft is not None and draft.loc.path == path and path in sources:
+        return sources[path]
     try:
         return SourceFile(path=path, text=Path(path).read_text(encoding="utf-8-sig"))
     except OSError:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from pydantic import BaseModel
 
 from autobuild_dsl.errors import EXIT_COMPILE_ERROR, AbcError
@@ -21,10 +23,17 @@ class SourceFile(BaseModel):
         return ""
 
 
-class Location(BaseModel):
+@dataclass(frozen=True, slots=True)
+class Location:
+    """Where something is written. `parent` is where it was reached from: the space that
+    `extends` an inherited one, or the stage family a stage's body item is shared by."""
+
     path: str
     line: int
     column: int
+    # The last line of the construct (the formatter keeps comments inside it).
+    end_line: int = 0
+    parent: Location | None = None
 
     def __str__(self) -> str:
         return f"{self.path}:{self.line}:{self.column}"
@@ -43,7 +52,6 @@ class Diagnostic(BaseModel):
         head = f"{self.path}:{self.line}:{self.column}: error: {self.message}"
         if not self.source_line:
             return head
-        caret = " " * (max(self.column, 1) - 1) + "^"
         # Tabs keep their width so the caret lines up under the spot.
         prefix = "".join("\t" if ch == "\t" else " " for ch in self.source_line[: self.column - 1])
         caret = prefix + "^"
@@ -69,6 +77,16 @@ class DiagnosticSink:
 
     def __init__(self) -> None:
         self.items: list[Diagnostic] = []
+        # The files read so far, so a Location (a path) can quote its line.
+        self.sources: dict[str, SourceFile] = {}
+
+    def add_source(self, source: SourceFile) -> None:
+        self.sources.setdefault(source.path, source)
+
+    def at(self, loc: Location, message: str) -> None:
+        """An error at a Location of a file this sink has seen (see `add_source`)."""
+        source = self.sources.get(loc.path) or SourceFile(path=loc.path, text="")
+        self.error(source, loc.line, loc.column, message)
 
     def error(self, source: SourceFile, line: int, column: int, message: str) -> None:
         line = max(line, 1)

@@ -1,6 +1,6 @@
 """`abc fmt`: print a `.abs` file in canonical form, keeping every comment.
 
-The formatter works on the syntax tree (not the lowered Space), so families of stages,
+The formatter works on the located syntax (not the lowered Space), so families of stages,
 `let` constants and derived spaces keep the shape the user gave them. Full-line comments
 stay above the item that follows them; a comment on a code line stays at the end of it.
 Formatting is idempotent: formatting formatted text changes nothing.
@@ -8,64 +8,65 @@ Formatting is idempotent: formatting formatted text changes nothing.
 
 from __future__ import annotations
 
-from functools import cache
+from collections.abc import Callable
+from typing import Any
 
-from lark import Lark, Token, Tree
-
-from autobuild_dsl.lang.diagnostics import DiagnosticSink, SourceFile
-from autobuild_dsl.lang.lower import Lowerer, _kids, normalize_newlines
-from autobuild_dsl.lang.parser import grammar_text, parse
+from autobuild_dsl.lang import syntax
+from autobuild_dsl.lang.diagnostics import DiagnosticSink, Location, SourceFile
+from autobuild_dsl.lang.lower import normalize_newlines
+from autobuild_dsl.lang.transform import parse_module
 from autobuild_dsl.space.expr import Const, format_expr, quote_string
 
 INDENT = "  "
 MAX_WIDTH = 100
 
-_comments: list[Token] = []
-
-
-@cache
-def _comment_parser() -> Lark:
-    return Lark(
-        grammar_text(),
-        parser="lalr",
-        start="start",
-        propagate_positions=True,
-        maybe_placeholders=False,
-        lexer_callbacks={"COMMENT": _comments.append},
-    )
-
 
 def format_file(path: str, text: str) -> str:
     """The canonical text; raises CompileError (with diagnostics) if the text does not parse."""
     sink = DiagnosticSink()
-    text = normalize_newlines(text)
-    source = SourceFile(path=path, text=text)
-    if parse(source, sink) is None:
+    source = SourceFile(path=path, text=normalize_newlines(text))
+    module = parse_module(source, sink, comments=True)
+    if module is None:
         sink.raise_if_any()
-    _comments.clear()
-    tree = _comment_parser().parse(text)
-    comments = sorted(((c.line, str(c).rstrip()) for c in _comments), key=lambda c: c[0])
-    # A lenient lowerer: the formatter prints what is written, even an unknown function.
-    printer = _Printer(comments, Lowerer(sink, lenient=True), source)
-    for index, decl in enumerate(tree.children):
+    assert module is not None
+    printer = _Printer(module.comments)
+    for index, decl in enumerate(module.spaces):
         if index:
             printer.blank()
         printer.space(decl)
     printer.flush_comments(10**9, "")
-    out = "\n".join(printer.lines).rstrip("\n") + "\n"
-    return out
+    return "\n".join(printer.lines).rstrip("\n") + "\n"
 
 
 class _Printer:
-    def __init__(
-        self, comments: list[tuple[int, str]], lowerer: Lowerer, source: SourceFile
-    ) -> None:
+    """Prints located nodes, placing each comment by the line it was written on."""
+
+    def __init__(self, comments: list[tuple[int, str]]) -> None:
         self.comments = comments
         self.next_comment = 0
         self.lines: list[str] = []
-        self.lowerer = lowerer
-        self.source = source
         self.last_end_line = 0
+        # Items printed on one line, and items printed by a method of their own.
+        self._one_line: dict[type, Callable[[Any], str]] = {
+            syntax.Description: lambda d: f"description {d.text}",
+            syntax.InputDecl: lambda d: f"input({self.args(d.args)})",
+            syntax.ChoiceDecl: lambda d: f"choice {d.name} = {self.domain(d.domain)}",
+            syntax.LetDecl: lambda d: f"let {d.name} = {self.expr(d.value)}",
+            syntax.SkipDecl: lambda d: f"skip {d.source} -> {d.target}",
+            syntax.RequireDecl: lambda d: f"require {self.expr(d.expr)}",
+            syntax.UnitDecl: lambda d: f"unit {d.name} = {' + '.join(d.members)}",
+            syntax.DepthDecl: lambda d: f"depth {d.low}" + (f"..{d.high}" if d.high else ""),
+            syntax.EdgeDecl: lambda d: f"{d.word} {self.node_item(d.node)}",
+        }
+        self._blocks: dict[type, Callable[[Any, str], None]] = {
+            syntax.FixedDecl: self.fixed_block,
+            syntax.StageDecl: self.stage_decl,
+            syntax.StagesDecl: self.stages_decl,
+            syntax.SectionDecl: self.section,
+            syntax.RestrictDecl: self.restrict,
+            syntax.CodeDecl: self.code,
+            syntax.LayerDecl: self.layer,
+        }
 
     # ----- emission -------------------------------------------------------------------
 
@@ -73,188 +74,120 @@ class _Printer:
         if self.lines and self.lines[-1] != "":
             self.lines.append("")
 
+    def _keep_gap(self, line: int) -> None:
+        """Keep one blank line where the user left a gap before `line`."""
+        if (
+            self.last_end_line
+            and line > self.last_end_line + 1
+            and self.lines
+            and self.lines[-1] != ""
+            and not self.lines[-1].endswith("{")
+        ):
+            self.lines.append("")
+
+    def _trailing(self, line: int) -> str:
+        """The comments written on lines up to `line` (after its code), as one suffix."""
+        trailing = []
+        while (
+            self.next_comment < len(self.comments) and self.comments[self.next_comment][0] <= line
+        ):
+            trailing.append(self.comments[self.next_comment][1])
+            self.next_comment += 1
+        return "  " + " ".join(trailing) if trailing else ""
+
     def flush_comments(self, before_line: int, indent: str) -> None:
         while (
             self.next_comment < len(self.comments)
             and self.comments[self.next_comment][0] < before_line
         ):
             line, text = self.comments[self.next_comment]
-            # Keep one blank line where the user left a gap before a comment.
-            if (
-                self.last_end_line
-                and line > self.last_end_line + 1
-                and self.lines
-                and self.lines[-1] != ""
-                and not self.lines[-1].endswith("{")
-            ):
-                self.lines.append("")
+            self._keep_gap(line)
             self.lines.append(indent + text)
             self.last_end_line = line
             self.next_comment += 1
 
-    def emit(self, item: Tree | Token, indent: str, texts: list[str]) -> None:
-        start, end = _span(item)
-        self.flush_comments(start, indent)
-        if (
-            self.last_end_line
-            and start > self.last_end_line + 1
-            and self.lines
-            and self.lines[-1] != ""
-            and not self.lines[-1].endswith("{")
-        ):
-            self.lines.append("")
-        trailing = []
-        while self.next_comment < len(self.comments) and self.comments[self.next_comment][0] <= end:
-            trailing.append(self.comments[self.next_comment][1])
-            self.next_comment += 1
+    def emit(self, loc: Location, indent: str, texts: list[str]) -> None:
+        self.flush_comments(loc.line, indent)
+        self._keep_gap(loc.line)
         out = [indent + t for t in texts]
-        if trailing:
-            out[-1] = out[-1] + "  " + " ".join(trailing)
+        out[-1] += self._trailing(loc.end_line)
         self.lines.extend(out)
-        self.last_end_line = end
+        self.last_end_line = loc.end_line
 
-    def open(self, item: Tree, indent: str, header: str) -> None:
-        start, _ = _span(item)
-        self.flush_comments(start, indent)
-        if (
-            self.last_end_line
-            and start > self.last_end_line + 1
-            and self.lines
-            and self.lines[-1] != ""
-            and not self.lines[-1].endswith("{")
-        ):
-            self.lines.append("")
-        trailing = []
-        while (
-            self.next_comment < len(self.comments) and self.comments[self.next_comment][0] == start
-        ):
-            trailing.append(self.comments[self.next_comment][1])
-            self.next_comment += 1
-        self.lines.append(indent + header + ("  " + " ".join(trailing) if trailing else ""))
-        self.last_end_line = start
+    def open(self, loc: Location, indent: str, header: str) -> None:
+        self.flush_comments(loc.line, indent)
+        self._keep_gap(loc.line)
+        self.lines.append(indent + header + self._trailing(loc.line))
+        self.last_end_line = loc.line
 
-    def close(self, item: Tree, indent: str, text: str = "}") -> None:
-        _, end = _span(item)
-        self.flush_comments(end, indent + INDENT)
-        trailing = []
-        while self.next_comment < len(self.comments) and self.comments[self.next_comment][0] == end:
-            trailing.append(self.comments[self.next_comment][1])
-            self.next_comment += 1
-        self.lines.append(indent + text + ("  " + " ".join(trailing) if trailing else ""))
-        self.last_end_line = end
+    def close(self, loc: Location, indent: str, text: str = "}") -> None:
+        self.flush_comments(loc.end_line, indent + INDENT)
+        self.lines.append(indent + text + self._trailing(loc.end_line))
+        self.last_end_line = loc.end_line
 
     # ----- structure --------------------------------------------------------------------
 
-    def space(self, decl: Tree) -> None:
-        kids = _kids(decl)
-        header = f"space {kids[1]}"
-        items = kids[2:]
-        if items and isinstance(items[0], Tree) and items[0].data == "extends_clause":
-            ext = _kids(items[0])
-            header += f" extends {ext[1]}"
-            if len(ext) > 3:
-                header += f" from {ext[3]}"
-            items = items[1:]
-        self.open(decl, "", header + " {")
-        for item in items:
+    def space(self, decl: syntax.SpaceDecl) -> None:
+        header = f"space {decl.name}"
+        if decl.extends is not None:
+            header += f" extends {decl.extends.name}"
+            if decl.extends.path is not None:
+                header += f" from {decl.extends.path}"
+        self.open(decl.loc, "", header + " {")
+        for item in decl.items:
             self.item(item, INDENT)
-        self.close(decl, "")
+        self.close(decl.loc, "")
 
-    def item(self, item: Tree, indent: str) -> None:
-        kind = item.data
-        kids = _kids(item)
-        if kind == "description":
-            self.emit(item, indent, [f"description {kids[1]}"])
-        elif kind == "input_decl":
-            self.emit(item, indent, [f"input({self.args(kids[1:])})"])
-        elif kind == "choice_decl":
-            self.emit(item, indent, [f"choice {kids[1]} = {self.domain(kids[2])}"])
-        elif kind == "let_decl":
-            self.emit(item, indent, [f"let {kids[1]} = {self.expr(kids[2])}"])
-        elif kind == "fixed_block":
-            name = (
-                f" {kids[1]}"
-                if len(kids) > 1 and isinstance(kids[1], Token) and kids[1].type == "NAME"
-                else ""
-            )
-            nodes = kids[2:] if name else kids[1:]
-            self.open(item, indent, f"{kids[0]}{name} {{")
-            for node in nodes:
-                self.emit(node, indent + INDENT, [self.node_item(node)])
-            self.close(item, indent)
-        elif kind == "stage_decl":
-            self.open(item, indent, f"stage {kids[1]} {{")
-            for sub in kids[2:]:
-                self.stage_item(sub, indent + INDENT)
-            self.close(item, indent)
-        elif kind == "stages_decl":
-            self.stages_decl(item, indent)
-        elif kind == "section_decl":
-            self.open(item, indent, f"section {kids[1]} {{")
-            for sub in kids[2:]:
-                self.item(sub, indent + INDENT)
-            self.close(item, indent)
-        elif kind == "skip_decl":
-            self.emit(item, indent, [f"skip {kids[1]} -> {kids[2]}"])
-        elif kind == "require_decl":
-            self.emit(item, indent, [f"require {self.expr(kids[1])}"])
-        elif kind == "unit_decl":
-            names = [str(k) for k in kids[2:] if not (isinstance(k, Token) and k.type == "PLUS")]
-            self.emit(item, indent, [f"unit {kids[1]} = {' + '.join(names)}"])
-        elif kind == "restrict_decl":
-            self.restrict(item, indent)
-        elif kind == "code_decl":
-            entries = [_kids(e) for e in kids[3:]]
-            lines = [f"code {kids[1]} = {kids[2]} {{"]
-            lines += [f"{INDENT}{self.value(e[0])} -> {self.assignment(e[1])}" for e in entries]
-            self.emit(item, indent, [*lines, "}"])
+    def item(self, item: Any, indent: str) -> None:
+        text = self._one_line.get(type(item))
+        if text is not None:
+            self.emit(item.loc, indent, [text(item)])
+        else:
+            self._blocks[type(item)](item, indent)
 
-    def stages_decl(self, item: Tree, indent: str) -> None:
-        kids = _kids(item)
-        columns = []
-        index = 1
-        while isinstance(kids[index], Token) and kids[index].type == "NAME":
-            columns.append(str(kids[index]))
-            index += 1
-        rows = [k for k in kids[index:] if isinstance(k, Tree) and k.data == "stage_row"]
-        body = [k for k in kids[index:] if not (isinstance(k, Tree) and k.data == "stage_row")]
-        self.open(item, indent, f"stages ({', '.join(columns)}) {{")
-        for row in rows:
-            row_kids = _kids(row)
-            values = ", ".join(self.expr(v) for v in row_kids[1:])
-            self.emit(row, indent + INDENT, [f"{row_kids[0]} = ({values})"])
+    def _block(self, loc: Location, indent: str, header: str, items: list) -> None:
+        self.open(loc, indent, header + " {")
+        for sub in items:
+            self.item(sub, indent + INDENT)
+        self.close(loc, indent)
+
+    def fixed_block(self, item: syntax.FixedDecl, indent: str) -> None:
+        name = f" {item.name}" if item.name is not None else ""
+        self.open(item.loc, indent, f"{item.kind}{name} {{")
+        for node in item.nodes:
+            self.emit(node.loc, indent + INDENT, [self.node_item(node)])
+        self.close(item.loc, indent)
+
+    def stage_decl(self, item: syntax.StageDecl, indent: str) -> None:
+        self._block(item.loc, indent, f"stage {item.name}", item.items)
+
+    def section(self, item: syntax.SectionDecl, indent: str) -> None:
+        self._block(item.loc, indent, f"section {item.name}", item.items)
+
+    def stages_decl(self, item: syntax.StagesDecl, indent: str) -> None:
+        columns = ", ".join(c.text for c in item.columns)
+        self.open(item.loc, indent, f"stages ({columns}) {{")
+        for row in item.rows:
+            values = ", ".join(self.expr(v) for v in row.values)
+            self.emit(row.loc, indent + INDENT, [f"{row.name} = ({values})"])
         # The body's brace follows the rows' closing brace on one line: `} {`.
-        last_row_end = _span(rows[-1])[1] if rows else _span(item)[0]
+        last_row_end = item.rows[-1].loc.end_line if item.rows else item.loc.line
         self.flush_comments(last_row_end + 1, indent + INDENT)
         self.lines.append(indent + "} {")
-        for sub in body:
-            self.stage_item(sub, indent + INDENT)
-        self.close(item, indent)
+        for sub in item.items:
+            self.item(sub, indent + INDENT)
+        self.close(item.loc, indent)
 
-    def stage_item(self, item: Tree, indent: str) -> None:
-        kind = item.data
-        kids = _kids(item)
-        if kind == "depth_decl":
-            text = f"depth {kids[1]}" + (f"..{kids[2]}" if len(kids) > 2 else "")
-            self.emit(item, indent, [text])
-        elif kind == "layer_decl":
-            self.layer(item, indent)
-        elif kind in ("before_decl", "after_decl"):
-            word = "before" if kind == "before_decl" else "after"
-            self.emit(item, indent, [f"{word} {self.node_item(kids[1])}"])
-        else:
-            self.item(item, indent)
-
-    def layer(self, item: Tree, indent: str) -> None:
-        alternatives = [self.alternative(a) for a in _kids(item)[1:]]
+    def layer(self, item: syntax.LayerDecl, indent: str) -> None:
+        alternatives = [self.alternative(a) for a in item.alternatives]
         if all(len(a) == 1 for a in alternatives):
             flat = [a[0] for a in alternatives]
             one_line = "layer " + " | ".join(flat)
             if len(indent) + len(one_line) <= MAX_WIDTH:
-                self.emit(item, indent, [one_line])
+                self.emit(item.loc, indent, [one_line])
                 return
             lines = ["layer " + flat[0]] + [f"{INDENT}{INDENT}| {alt}" for alt in flat[1:]]
-            self.emit(item, indent, lines)
+            self.emit(item.loc, indent, lines)
             return
         lines: list[str] = []
         for number, alternative in enumerate(alternatives):
@@ -263,103 +196,80 @@ class _Printer:
                 lines.append(lead + alternative[0])
             else:
                 lines.extend([lead + alternative[0], *alternative[1:]])
-        self.emit(item, indent, lines)
+        self.emit(item.loc, indent, lines)
 
-    def alternative(self, alternative: Tree) -> list[str]:
-        kids = _kids(alternative)
-        suffix = (
-            f" as {kids[-1]}"
-            if len(kids) >= 3 and isinstance(kids[-2], Token) and kids[-2].type == "AS"
-            else ""
-        )
-        clause = next(
-            (k for k in kids if isinstance(k, Tree) and k.data == "residual_clause"), None
-        )
-        if clause is not None:
-            settings = self.args(_kids(clause)[1:])
+    def alternative(self, alternative: syntax.Alternative) -> list[str]:
+        suffix = f" as {alternative.label}" if alternative.label is not None else ""
+        if alternative.residual is not None:
+            settings = self.args(alternative.residual.args)
             suffix = f" residual({settings})" + suffix if settings else " residual" + suffix
-        body = kids[0]
-        if isinstance(body, Tree) and body.data == "node_block":
-            nodes = [self.node_item(n) for n in _kids(body)]
+        body = alternative.body
+        if isinstance(body, syntax.NodeBlock):
+            nodes = [self.node_item(n) for n in body.items]
             return ["{", *[INDENT + n for n in nodes], "}" + suffix]
         return [self.call(body) + suffix]
 
-    def restrict(self, item: Tree, indent: str) -> None:
-        kids = _kids(item)
+    def restrict(self, item: syntax.RestrictDecl, indent: str) -> None:
         modules = []
-        for module in kids[3:]:
+        for module in item.modules:
             parts = []
-            for stage_module in _kids(module):
-                if isinstance(stage_module, Token):
-                    continue
-                assignments = [self.assignment(a) for a in _kids(stage_module)]
-                has_choices = any(
-                    isinstance(k, Token) and k.type == "LSQB" for k in stage_module.children[1:]
-                ) and isinstance(stage_module.children[0], Tree)
-                if has_choices:
-                    parts.append(f"{assignments[0]} [{', '.join(assignments[1:])}]")
+            for part in module.parts:
+                layers = ", ".join(self.assignment(a) for a in part.layers)
+                if part.choices is not None:
+                    parts.append(f"{self.assignment(part.choices)} [{layers}]")
                 else:
-                    parts.append(f"[{', '.join(assignments)}]")
+                    parts.append(f"[{layers}]")
             modules.append(" + ".join(parts))
-        lines = [f"restrict {kids[1]} to {{"] + [f"{INDENT}{m}," for m in modules] + ["}"]
-        self.emit(item, indent, lines)
+        lines = [f"restrict {item.target} to {{"] + [f"{INDENT}{m}," for m in modules] + ["}"]
+        self.emit(item.loc, indent, lines)
+
+    def code(self, item: syntax.CodeDecl, indent: str) -> None:
+        lines = [f"code {item.name} = {item.kind} {{"]
+        lines += [
+            f"{INDENT}{self.value(e.token)} -> {self.assignment(e.assignment)}"
+            for e in item.entries
+        ]
+        self.emit(item.loc, indent, [*lines, "}"])
 
     # ----- leaves -----------------------------------------------------------------------
 
-    def node_item(self, item: Tree) -> str:
-        kids = _kids(item)
-        text = self.call(kids[0])
-        if len(kids) > 2:
-            text += f" if {self.expr(kids[2])}"
+    def node_item(self, item: syntax.NodeItem) -> str:
+        text = self.call(item.call)
+        if item.condition is not None:
+            text += f" if {self.expr(item.condition)}"
         return text
 
-    def call(self, call: Tree) -> str:
-        kids = _kids(call)
-        return f"{kids[0]}({self.args(kids[1:])})"
+    def call(self, call: syntax.CallNode) -> str:
+        return f"{call.op}({self.args(call.args)})"
 
-    def args(self, args: list) -> str:
+    def args(self, args: list[syntax.Arg]) -> str:
         parts = []
         for arg in args:
-            arg_kids = _kids(arg)
-            value = arg_kids[1]
-            if isinstance(value, Tree) and value.data in ("set_domain", "range_domain"):
-                parts.append(f"{arg_kids[0]} = {self.domain(value)}")
-            else:
-                parts.append(f"{arg_kids[0]} = {self.expr(value)}")
+            value = arg.value
+            text = self.expr(value) if isinstance(value, syntax.LocatedExpr) else self.domain(value)
+            parts.append(f"{arg.name} = {text}")
         return ", ".join(parts)
 
-    def assignment(self, tree: Tree) -> str:
-        pairs = []
-        for pair in _kids(tree):
-            pair_kids = _kids(pair)
-            pairs.append(f"{pair_kids[0]} = {self.value(pair_kids[1])}")
+    def assignment(self, assignment: syntax.Assignment) -> str:
+        pairs = [f"{pair.name} = {self.value(pair.value)}" for pair in assignment.pairs]
         return "(" + ", ".join(pairs) + ")"
 
-    def domain(self, tree: Tree) -> str:
-        kids = _kids(tree)
-        if tree.data == "range_domain":
-            text = f"{kids[0]}..{kids[1]}"
-            if len(kids) > 3:
-                text += f" step {kids[3]}"
+    def domain(self, domain: syntax.Domain) -> str:
+        if isinstance(domain, syntax.RangeDomain):
+            text = f"{domain.low_text}..{domain.high_text}"
+            if domain.step_text is not None:
+                text += f" step {domain.step_text}"
             return text
-        return "{" + ", ".join(self.value(k) for k in kids) + "}"
+        return "{" + ", ".join(self.value(v) for v in domain.values) + "}"
 
-    def value(self, tree: Tree | Token) -> str:
-        value = self.lowerer._value(self.source, tree)
-        if isinstance(tree, Tree) and tree.data == "string":
+    def value(self, node: syntax.ValueNode) -> str:
+        if node.quoted:
             # A string stays a string (the same value as the bare word, but safe to write).
-            return quote_string(str(value))
-        if isinstance(value, str):
-            return value  # a bare word (symbol) stays bare
-        return format_expr(Const(value=value), source=True)
+            return quote_string(str(node.value))
+        if isinstance(node.value, str):
+            return node.value  # a bare word (symbol) stays bare
+        return format_expr(Const(value=node.value), source=True)
 
-    def expr(self, tree: Tree | Token) -> str:
+    def expr(self, located: syntax.LocatedExpr) -> str:
         # `source=True`: strings keep their quotes, so the text means what it meant.
-        return format_expr(self.lowerer._expr(self.source, tree), source=True)
-
-
-def _span(item: Tree | Token) -> tuple[int, int]:
-    if isinstance(item, Token):
-        return item.line or 0, item.end_line or item.line or 0
-    meta = item.meta
-    return getattr(meta, "line", 0), getattr(meta, "end_line", getattr(meta, "line", 0))
+        return format_expr(located.expr, source=True)

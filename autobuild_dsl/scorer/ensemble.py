@@ -34,6 +34,8 @@ from autobuild_dsl.scorer.train import (
 class EnsembleError(AbcError, ValueError):
     """Members cannot be trained as asked (e.g. Ray requested but not installed)."""
 
+    code = "ensemble"
+
 
 @dataclass(frozen=True)
 class MemberSpec:

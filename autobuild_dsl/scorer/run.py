@@ -34,7 +34,7 @@ from autobuild_dsl import io as abc_io
 from autobuild_dsl.data.dataset import LabeledDataset
 from autobuild_dsl.data.splits import LabelStats, label_stats
 from autobuild_dsl.data.target import Target, TargetError, parse_target
-from autobuild_dsl.errors import AbcError
+from autobuild_dsl.errors import OVERWRITE, START_OVER, AbcError, Remedy
 from autobuild_dsl.scorer.ensemble import MemberResult, plan_members, run_members
 from autobuild_dsl.scorer.model import (
     FeatureScore,
@@ -67,6 +67,8 @@ _INFORMATIONAL = ("data", "space_file", "globals_seen")
 
 class RunError(AbcError, ValueError):
     """A run folder cannot be created, resumed or read; the message says why."""
+
+    code = "run"
 
 
 class CategoryInfo(BaseModel):
@@ -253,7 +255,8 @@ def _prepare_folder(out: Path, config: RunConfig, *, force: bool, resume: bool) 
         if differences:
             raise RunError(
                 f"{out}: cannot resume, the run was started with other settings "
-                f"({'; '.join(differences[:4])}); use --force to start over"
+                f"({'; '.join(differences[:4])})",
+                remedies=(START_OVER,),
             )
         return {
             name
@@ -264,8 +267,8 @@ def _prepare_folder(out: Path, config: RunConfig, *, force: bool, resume: bool) 
     if out.exists() and any(out.iterdir()):
         if not force:
             raise RunError(
-                f"{out} exists and is not empty; pass --force to overwrite it "
-                "(or --resume to finish an interrupted run)"
+                f"{out} exists and is not empty",
+                remedies=(OVERWRITE, Remedy("resume", "to finish an interrupted run")),
             )
         # Remove only what a run writes: a mistyped -o must not wipe unrelated files.
         shutil.rmtree(out / "members", ignore_errors=True)
@@ -569,13 +572,13 @@ def load_run(path: str | Path, *, partial: bool = False) -> TrainedRun:
         model.eval()
         members.append(LoadedMember(record=record, model=model))
     if not members:
-        raise RunError(f"{path}: no finished member (resume it with `abc train ... --resume`)")
+        raise RunError(f"{path}: no finished member (resume the training to finish it)")
     if len(members) < len(config.members) and not partial:
         missing = [n for n in config.members if n not in {m.record.name for m in members}]
         raise RunError(
             f"{path}: only {len(members)} of {len(config.members)} members finished (the run "
             f"was interrupted; missing {', '.join(missing[:5])}"
-            f"{' ...' if len(missing) > 5 else ''}); finish it with `abc train ... --resume`"
+            f"{' ...' if len(missing) > 5 else ''}); resume the training to finish it"
         )
     metrics = None
     metrics_path = path / "metrics.json"

@@ -28,6 +28,7 @@ from autobuild_dsl.space.decisions import (
     index_of,
     mutate,
 )
+from autobuild_dsl.space.keys import DecisionKey
 from autobuild_dsl.space.model import Space
 
 Objective = Callable[[Architecture], float]
@@ -207,12 +208,12 @@ def _suggest_architecture(space: Space, index, trial) -> dict:  # type: ignore[n
             continue
         for stage_name in unit.stages:
             stage = index.stages[stage_name]
-            depth = trial.suggest_categorical(f"{stage_name}.depth", list(stage.depths))
+            depth = trial.suggest_categorical(DecisionKey.depth(stage_name), list(stage.depths))
             choices = {
-                c: trial.suggest_categorical(f"{stage_name}.{c}", list(domain))
+                c: trial.suggest_categorical(DecisionKey.choice(stage_name, c), list(domain))
                 for c, domain in stage.choices.items()
                 # A tied choice is decided once, by the stage that keeps it.
-                if f"{stage_name}.{c}" not in space.ties
+                if DecisionKey.choice(stage_name, c) not in space.ties
             }
             layers = []
             for i in range(depth):
@@ -258,10 +259,10 @@ def _architecture_params(space: Space, index, arch: Architecture) -> tuple[dict,
         for stage_name in unit.stages:
             stage = index.stages[stage_name]
             chosen = arch.stages[stage_name]
-            put(f"{stage_name}.depth", chosen.depth, list(stage.depths))
+            put(DecisionKey.depth(stage_name), chosen.depth, list(stage.depths))
             for c, domain in stage.choices.items():
-                if f"{stage_name}.{c}" not in space.ties:
-                    put(f"{stage_name}.{c}", chosen.choices[c], list(domain))
+                if (key := DecisionKey.choice(stage_name, c)) not in space.ties:
+                    put(key, chosen.choices[c], list(domain))
             for i, layer in enumerate(chosen.layers):
                 configs = index.position_configs(stage_name, i)
                 put(

@@ -51,6 +51,8 @@ ARCH_PLACEHOLDER = "{arch}"
 class EvaluationError(AbcError, RuntimeError):
     """An evaluator could not produce metrics for an architecture (or was misconfigured)."""
 
+    code = "evaluation"
+
 
 # --------------------------------------------------------------------------- configs
 

@@ -32,7 +32,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from autobuild_dsl import io as abc_io
-from autobuild_dsl.errors import AbcError
+from autobuild_dsl.errors import START_OVER, AbcError, Remedy
 from autobuild_dsl.search.pareto import Objective, non_dominated
 from autobuild_dsl.space.architecture import Architecture
 from autobuild_dsl.space.decisions import ArchitectureError, canonicalize, index_of, mutate
@@ -49,6 +49,8 @@ TRIES_PER_ARCH = 50
 
 class SearchStateError(AbcError, ValueError):
     """The output folder holds a different or damaged search."""
+
+    code = "search-state"
 
 
 class SearchConfig(BaseModel):
@@ -169,8 +171,8 @@ def run_search(
             if stray:
                 raise SearchStateError(
                     f"{out_dir} holds {' and '.join(stray)} but no {STATE_FILE}: not a "
-                    "checkpoint this search can resume; use another folder, or --force to "
-                    "discard them"
+                    "checkpoint this search can resume; use another folder",
+                    remedies=(Remedy("force", "to discard them"),),
                 )
         return _run_search(space, runner, config, out_dir, progress)
 
@@ -432,12 +434,14 @@ def _check_resumable(state: _State, print_: str, config: SearchConfig) -> None:
         ]
         what = "; ".join(diffs) or "the space or the evaluator differ"
         raise SearchStateError(
-            f"the folder holds a different search ({what}); use another folder or --force"
+            f"the folder holds a different search ({what}); use another folder",
+            remedies=(START_OVER,),
         )
     if state.records > config.budget:
         raise SearchStateError(
             f"the folder already holds {state.records} evaluations, more than the budget "
-            f"{config.budget}; give --budget {state.records} or more, or use another folder"
+            f"{config.budget}; use another folder",
+            remedies=(Remedy("budget", "or more", str(state.records)),),
         )
 
 

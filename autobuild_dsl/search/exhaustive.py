@@ -30,6 +30,8 @@ DEFAULT_MAX_ARCHITECTURES = 2_000_000
 class SpaceTooLarge(AbcError, ValueError):
     """The space is over the limit; carries its size and the estimated time to score it."""
 
+    code = "space-too-large"
+
     def __init__(self, size: int, limit: int, seconds: float | None, reason: str) -> None:
         self.size = size
         self.limit = limit

@@ -37,7 +37,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from autobuild_dsl.data.dataset import LabeledDataset, from_records, write_text_atomic
-from autobuild_dsl.errors import AbcError
+from autobuild_dsl.errors import CONTINUE, START_OVER, AbcError, Remedy
 from autobuild_dsl.search.baselines import regularized_evolution
 from autobuild_dsl.search.evolution import Evaluates
 from autobuild_dsl.search.pareto import Objective, non_dominated, objective_matrix
@@ -68,6 +68,8 @@ AUTO_K_FACTOR = 1.5
 
 class LoopError(AbcError, ValueError):
     """The loop cannot start or resume (bad settings, a different loop in the folder)."""
+
+    code = "loop"
 
 
 class LoopConfig(BaseModel):
@@ -106,8 +108,8 @@ class LoopConfig(BaseModel):
             return list(self.objectives)
         if len(self.targets) > 1:
             raise LoopError(
-                "several targets need objectives for the search inside the reduced space, "
-                "e.g. --objectives 'max acc, min macs'"
+                "several targets need objectives for the search inside the reduced space",
+                remedies=(Remedy("objectives", "", "'max acc, min macs'"),),
             )
         return [Objective(direction="max", expr=self.targets[0])]
 
@@ -467,10 +469,7 @@ class _Loop:
         resumed_from = 0
         if state is not None:
             if not resume:
-                raise LoopError(
-                    f"{self.out} holds a loop already; pass --resume to continue it or "
-                    "--force to start over"
-                )
+                raise LoopError(f"{self.out} holds a loop already", remedies=(CONTINUE, START_OVER))
             _check_resumable(state, print_, self.config)
             self.records = _read_records(self.out / RECORDS_FILE)
             resumed_from = len(self.records)
@@ -486,7 +485,8 @@ class _Loop:
             if len(self.records) > self.config.budget:
                 raise LoopError(
                     f"the folder holds {len(self.records)} evaluations, more than the budget "
-                    f"{self.config.budget}; give --budget {len(self.records)} or more"
+                    f"{self.config.budget}",
+                    remedies=(Remedy("budget", "or more", str(len(self.records))),),
                 )
         # The labels file: the user's labels, then every evaluation (repaired on resume).
         labels_text = self.labels.to_jsonl() + "".join(
@@ -729,7 +729,8 @@ def _check_resumable(state: _State, print_: str, config: LoopConfig) -> None:
         ]
         what = "; ".join(diffs) or "the space, the labels or the evaluator differ"
         raise LoopError(
-            f"the folder holds a different loop ({what}); use another folder or --force"
+            f"the folder holds a different loop ({what}); use another folder",
+            remedies=(START_OVER,),
         )
 
 

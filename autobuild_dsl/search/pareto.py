@@ -16,7 +16,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from autobuild_dsl.errors import AbcError
+from autobuild_dsl.errors import AbcError, Remedy
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*\Z")
 _OBJECTIVE = re.compile(r"\s*(max|min|maximize|minimize)\s+(.+?)\s*\Z", re.IGNORECASE | re.DOTALL)
@@ -24,6 +24,8 @@ _OBJECTIVE = re.compile(r"\s*(max|min|maximize|minimize)\s+(.+?)\s*\Z", re.IGNOR
 
 class ObjectiveError(AbcError, ValueError):
     """An objective could not be parsed, or a metric it needs is missing or not finite."""
+
+    code = "objective"
 
 
 class Objective(BaseModel):
@@ -85,7 +87,10 @@ def parse_objectives(text: str | Sequence[str]) -> list[Objective]:
         parts.extend(_split_top_level(chunk))
     objectives = [parse_objective(p) for p in parts if p.strip()]
     if not objectives:
-        raise ObjectiveError("no objectives given; e.g. --objectives 'max acc, min latency'")
+        raise ObjectiveError(
+            "no objectives given (e.g. 'max acc, min latency')",
+            remedies=(Remedy("objectives", "", "'max acc, min latency'"),),
+        )
     labels = [o.label for o in objectives]
     if len(set(labels)) != len(labels):
         raise ObjectiveError(f"an objective is repeated: {', '.join(labels)}")

@@ -18,12 +18,18 @@ from autobuild_dsl.errors import AbcError
 from autobuild_dsl.space.expr import Value
 
 
-class StageArch(BaseModel):
+class StageDecisions(BaseModel):
+    """One stage's decisions: its depth, stage-level choices and per-layer choices."""
+
     model_config = ConfigDict(frozen=True)
 
     depth: int
     choices: dict[str, Value] = Field(default_factory=dict)
     layers: list[dict[str, Value]]
+
+
+class StageArch(StageDecisions):
+    """A stage of an architecture (tied choices stored once, under their keeper)."""
 
 
 class Architecture(BaseModel):
@@ -37,6 +43,14 @@ class Architecture(BaseModel):
         """A canonical string: equal architectures, and only they, have equal keys."""
         return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
 
+    def __eq__(self, other: object) -> bool:
+        # By the key, as hashing is: 3 and 3.0 are different values (space/values.py),
+        # which Python's == on the dicts would conflate.
+        if not isinstance(other, Architecture):
+            return NotImplemented
+        # Python's == first (fast, and never False for equal values), the key to confirm.
+        return self.__dict__ == other.__dict__ and self.key() == other.key()
+
     def __hash__(self) -> int:
         return hash(self.key())
 
@@ -46,6 +60,8 @@ class Architecture(BaseModel):
 
 class ArchitectureFileError(AbcError, ValueError):
     """A file of architectures cannot be read; the message says which file and line."""
+
+    code = "architecture-file"
 
 
 def read_architecture_records(path: str | Path) -> list[tuple[str, dict[str, Any]]]:

@@ -19,20 +19,8 @@ import random
 from collections.abc import Iterator, Sequence
 
 from autobuild_dsl.errors import AbcError
-from autobuild_dsl.space.expr import (
-    Binary,
-    Call,
-    Const,
-    Expr,
-    ExprError,
-    LayerRef,
-    Ref,
-    Unary,
-    Value,
-    _binary,
-    _call,
-    _number,
-)
+from autobuild_dsl.space import expr as ex
+from autobuild_dsl.space.expr import Binary, Call, Const, Expr, ExprError, Ref, Unary, Value
 
 # Folded expressions are nested tuples: ("c", type name, value) for a constant (the type
 # keeps 1, 1.0 and True apart), ("r", name), ("u", op, x) (op "-", "not", or "bool" for
@@ -45,6 +33,8 @@ _ERROR: Folded = ("e",)  # evaluating raised: the rule does not hold (as `_holds
 class TooManyStates(AbcError, ValueError):
     """The rules keep too many distinct partial states for the DP."""
 
+    code = "too-many-states"
+
 
 def _const(value: Value) -> Folded:
     return ("c", type(value).__name__, value)
@@ -55,7 +45,7 @@ def to_folded(expr: Expr) -> Folded:
         return _const(expr.value)
     if isinstance(expr, Ref):
         return ("r", expr.name)
-    if isinstance(expr, LayerRef):
+    if isinstance(expr, ex.LayerRef):
         return _ERROR  # rules never read per-layer choices
     if isinstance(expr, Unary):
         return ("u", expr.op, to_folded(expr.operand))
@@ -84,7 +74,7 @@ def fold(node: Folded, env: dict[str, Value]) -> Folded:
                 return _const(not x[2])
             if node[1] == "bool":  # what `and`/`or` return once their left is decided
                 return _const(bool(x[2]))
-            return _const(-_number(x[2], "-"))
+            return _const(-ex._number(x[2], "-"))
         if kind == "b":
             op = node[1]
             left = fold(node[2], env)
@@ -104,14 +94,14 @@ def fold(node: Folded, env: dict[str, Value]) -> Folded:
             if right[0] == "e":
                 return _ERROR
             if left[0] == "c" and right[0] == "c":
-                return _const(_binary(op, left[2], right[2]))
+                return _const(ex._binary(op, left[2], right[2]))
             return ("b", op, left, right)
         if kind == "f":
             args = tuple(fold(a, env) for a in node[2])
             if any(a[0] == "e" for a in args):
                 return _ERROR
             if all(a[0] == "c" for a in args):
-                return _const(_call(node[1], [_number(a[2], node[1]) for a in args]))
+                return _const(ex._call(node[1], [ex._number(a[2], node[1]) for a in args]))
             return ("f", node[1], args)
     except ExprError:
         return _ERROR

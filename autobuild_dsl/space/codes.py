@@ -18,6 +18,8 @@ from autobuild_dsl.space.model import ArchitectureCode, Space
 class CodeError(AbcError, ValueError):
     """A code cannot be read for this space; the message says which token and why."""
 
+    code = "space-code"
+
 
 def pick_code(space: Space, name: str | None) -> tuple[str, ArchitectureCode]:
     if name is not None:

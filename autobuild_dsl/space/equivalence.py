@@ -168,6 +168,8 @@ _COUNTED: dict[str, int] = {}
 class TooFewNetworks(AbcError, ValueError):
     """A distinct sample asked for more networks than the draws could find."""
 
+    code = "too-few-networks"
+
 
 def sample_distinct(
     space: Space, n: int, seed: int = 0, tries_per_network: int = 50

@@ -20,46 +20,48 @@ Value = bool | int | float | str
 class ExprError(AbcError, ValueError):
     """An expression could not be evaluated (unknown name, bad operand, non-finite result)."""
 
+    code = "expression"
 
-class Const(BaseModel):
+
+class _Node(BaseModel):
+    """An expression node: frozen, told apart by `kind` in JSON."""
+
     model_config = ConfigDict(frozen=True)
+
+
+class Const(_Node):
     kind: Literal["const"] = "const"
     value: Value
 
 
-class Ref(BaseModel):
+class Ref(_Node):
     """A name: a constant, a choice (`resolution`, `s1.mult`), a depth (`s1.depth`), a metric."""
 
-    model_config = ConfigDict(frozen=True)
     kind: Literal["ref"] = "ref"
     name: str
 
 
-class LayerRef(BaseModel):
+class LayerRef(_Node):
     """The per-layer choice written in place as a set, e.g. `kernel = {3, 5, 7}`."""
 
-    model_config = ConfigDict(frozen=True)
     kind: Literal["layer"] = "layer"
     name: str
 
 
-class Unary(BaseModel):
-    model_config = ConfigDict(frozen=True)
+class Unary(_Node):
     kind: Literal["unary"] = "unary"
     op: Literal["-", "not"]
     operand: Expr
 
 
-class Binary(BaseModel):
-    model_config = ConfigDict(frozen=True)
+class Binary(_Node):
     kind: Literal["binary"] = "binary"
     op: Literal["+", "-", "*", "/", "and", "or", "==", "!=", "<", "<=", ">", ">="]
     left: Expr
     right: Expr
 
 
-class Call(BaseModel):
-    model_config = ConfigDict(frozen=True)
+class Call(_Node):
     kind: Literal["call"] = "call"
     func: str
     args: list[Expr]

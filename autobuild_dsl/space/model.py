@@ -15,8 +15,16 @@ import hashlib
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SerializationInfo, model_serializer
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SerializationInfo,
+    model_serializer,
+)
 
+from autobuild_dsl.space.architecture import StageDecisions
 from autobuild_dsl.space.expr import Expr, Value
 
 # Serialisation context that leaves source positions out (for equality and digests).
@@ -161,14 +169,9 @@ class Rule(_Located):
     where: str | None = None
 
 
-class StageModule(BaseModel):
-    """One stage's part of a module: its depth, stage-level choices and per-layer choices."""
-
-    model_config = ConfigDict(frozen=True)
-
-    depth: int
-    choices: dict[str, Value] = Field(default_factory=dict)
-    layers: list[dict[str, Value]]
+class StageModule(StageDecisions):
+    """One stage's part of a module (its tied choices included, as ranked modules hold
+    them); not an architecture's stage: the two never compare equal."""
 
 
 class ArchitectureCode(BaseModel):
@@ -210,6 +213,21 @@ class Space(BaseModel):
     codes: dict[str, ArchitectureCode] = Field(
         default_factory=dict, description="compact architecture codes, by name"
     )
+    # The decision index (space/index.py), built on first use by `index_of`: derived
+    # from the fields, so it takes no part in equality, copies for pickling or JSON.
+    _decision_index: Any = PrivateAttr(default=None)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Space):
+            return NotImplemented
+        return self.__dict__ == other.__dict__
+
+    __hash__ = None  # type: ignore[assignment]  # lists inside: not hashable, as before
+
+    def __getstate__(self) -> dict[Any, Any]:
+        state = super().__getstate__()
+        state["__pydantic_private__"] = {"_decision_index": None}  # rebuilt where needed
+        return state
 
     @property
     def stages(self) -> list[Stage]:

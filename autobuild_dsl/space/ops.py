@@ -176,6 +176,22 @@ def _norm(default: str) -> AttrSpec:
 
 
 _OUT = AttrSpec("int", required=True, doc="output channels", minimum=1)
+_ORDER = AttrSpec("enum", "post", values=("post", "pre"), doc="post- or pre-activation")
+
+
+def _resnet_block(name: str, doc: str, stride: str, groups: str, **extra: AttrSpec) -> OpSpec:
+    """`basic` and `bottleneck`: the same attributes around their own 3x3 conv(s)."""
+    attrs = {
+        "out": _OUT,
+        **extra,
+        "stride": AttrSpec("int", 1, doc=stride, minimum=1),
+        "groups": AttrSpec("int", 1, doc=groups, minimum=1),
+        "act": _act("relu"),
+        "order": _ORDER,
+    }
+    return OpSpec(name, doc, attrs, _block_shape)
+
+
 _OUT_OPTIONAL = AttrSpec("int", 0, doc="output channels (0 keeps the input channels)", minimum=0)
 
 CATALOG: dict[str, OpSpec] = {
@@ -238,39 +254,23 @@ CATALOG: dict[str, OpSpec] = {
             },
             _mbconv_shape,
         ),
-        OpSpec(
+        _resnet_block(
             "basic",
             "ResNet basic block: two 3x3 convs with batch norm; the input is added back "
             "(a 1x1 conv + batch norm when the shape changes). order post: conv-BN-act, "
             "conv-BN, add, act (He et al. 2016a); order pre: BN-act-conv twice, then add "
             "(He et al. 2016b; its projection is a 1x1 conv on the pre-activated input).",
-            {
-                "out": _OUT,
-                "stride": AttrSpec("int", 1, doc="stride of the first 3x3 conv", minimum=1),
-                "groups": AttrSpec("int", 1, doc="groups of the 3x3 convs", minimum=1),
-                "act": _act("relu"),
-                "order": AttrSpec(
-                    "enum", "post", values=("post", "pre"), doc="post- or pre-activation"
-                ),
-            },
-            _block_shape,
+            stride="stride of the first 3x3 conv",
+            groups="groups of the 3x3 convs",
         ),
-        OpSpec(
+        _resnet_block(
             "bottleneck",
             "ResNet bottleneck block (torchvision's v1.5): 1x1 conv to `mid`, 3x3 conv "
             "(stride, groups), 1x1 conv to `out`, each with batch norm; the input is added "
             "back (a 1x1 conv + batch norm when the shape changes). order as for `basic`.",
-            {
-                "out": _OUT,
-                "mid": AttrSpec("int", 0, doc="inner width (0: out / 4)", minimum=0),
-                "stride": AttrSpec("int", 1, doc="stride of the 3x3 conv", minimum=1),
-                "groups": AttrSpec("int", 1, doc="groups of the 3x3 conv (ResNeXt)", minimum=1),
-                "act": _act("relu"),
-                "order": AttrSpec(
-                    "enum", "post", values=("post", "pre"), doc="post- or pre-activation"
-                ),
-            },
-            _block_shape,
+            stride="stride of the 3x3 conv",
+            groups="groups of the 3x3 conv (ResNeXt)",
+            mid=AttrSpec("int", 0, doc="inner width (0: out / 4)", minimum=0),
         ),
         OpSpec(
             "shuffle",

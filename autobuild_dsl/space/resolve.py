@@ -8,6 +8,7 @@ from autobuild_dsl.errors import AbcError
 from autobuild_dsl.space.architecture import Architecture
 from autobuild_dsl.space.decisions import index_of
 from autobuild_dsl.space.expr import ExprError, Value, evaluate, names_in
+from autobuild_dsl.space.flow import FlowError, flow
 from autobuild_dsl.space.model import INPUT_NAMES, LayerOption, NodeTemplate, Space, Stage
 from autobuild_dsl.space.ops import CATALOG, Shape
 from autobuild_dsl.space.resolved import (
@@ -23,13 +24,7 @@ from autobuild_dsl.space.resolved import (
 class ResolveError(AbcError, ValueError):
     """An attribute could not be evaluated for this architecture (the message says where)."""
 
-
-def _env(space: Space, arch: Architecture) -> dict[str, Value]:
-    env = index_of(space).scalars(arch)
-    for alias, keeper in space.ties.items():
-        if keeper in env:
-            env[alias] = env[keeper]
-    return env
+    code = "resolve"
 
 
 def _lookup(env: dict[str, Value], where: str | None):
@@ -41,14 +36,23 @@ def _lookup(env: dict[str, Value], where: str | None):
     return lookup
 
 
-def _node(
+def resolve_node(
     template: NodeTemplate,
     env: dict[str, Value],
     layer: dict[str, Value] | None,
     position: NodePosition,
+    *,
     first_layer: bool,
     skip_input_attrs: bool = False,
 ) -> ResolvedNode | None:
+    """One node template evaluated on its own: None when its condition is false.
+
+    `env` maps scalar decisions (and globals) to values, `layer` a layer's own choices
+    (None outside a layer). The graph encoder resolves templates one at a time, for
+    single modules and for every value a feature can take, without a whole architecture.
+    Raises ResolveError when an attribute cannot be evaluated. With `skip_input_attrs`, an
+    attribute that reads `in_channels`/`in_size` (absent from `env`) is left out.
+    """
     lookup = _lookup(env, template.where)
     layer_lookup = (lambda name: layer[name]) if layer is not None else None
     # A stage's stride applies to its first layer only (timm's rule). A later layer's
@@ -79,26 +83,6 @@ def _node(
     return ResolvedNode(op=template.op, attrs=attrs, position=position, where=template.where)
 
 
-def resolve_node(
-    template: NodeTemplate,
-    env: dict[str, Value],
-    layer: dict[str, Value] | None,
-    position: NodePosition,
-    *,
-    first_layer: bool,
-    skip_input_attrs: bool = False,
-) -> ResolvedNode | None:
-    """One node template evaluated on its own: None when its condition is false.
-
-    `env` maps scalar decisions (and globals) to values, `layer` a layer's own choices
-    (None outside a layer). The graph encoder resolves templates one at a time, for
-    single modules and for every value a feature can take, without a whole architecture.
-    Raises ResolveError when an attribute cannot be evaluated. With `skip_input_attrs`, an
-    attribute that reads `in_channels`/`in_size` (absent from `env`) is left out.
-    """
-    return _node(template, env, layer, position, first_layer, skip_input_attrs)
-
-
 def _reads_input(expr) -> bool:  # type: ignore[no-untyped-def]
     return any(name in INPUT_NAMES for name in names_in(expr))
 
@@ -110,7 +94,8 @@ def reads_input(template: NodeTemplate) -> bool:
 
 def resolve(space: Space, arch: Architecture) -> ResolvedNetwork:
     """The concrete network of a (canonical) architecture."""
-    env = _env(space, arch)
+    index = index_of(space)
+    env = index.with_ties(index.scalars(arch))
     lookup = _lookup(env, None)
     try:
         values = {key: evaluate(expr, lookup) for key, expr in space.input.items()}
@@ -147,9 +132,7 @@ class _Builder:
         """`in_channels` and `in_size`: the shape the next node receives."""
         shape = Shape(self.spec.channels, self.spec.size)
         if self.nodes:
-            partial = ResolvedNetwork.model_construct(
-                space=self.space, input=self.spec, nodes=self.nodes, skips=self.skips, residuals=[]
-            )
+            partial = ResolvedNetwork.model_construct(**self._fields(residuals=[]))
             shape = flow_shapes(partial)[-1]
         return {INPUT_NAMES[0]: shape.channels, INPUT_NAMES[1]: shape.size}
 
@@ -167,7 +150,7 @@ class _Builder:
             layer_input = self.input_env()
         if layer_input is not None:
             env = {**env, **layer_input}
-        node = _node(template, env, layer, position, first_layer)
+        node = resolve_node(template, env, layer, position, first_layer=first_layer)
         if node is not None:
             self.nodes.append(node)
 
@@ -196,14 +179,17 @@ class _Builder:
                 )
             )
 
+    def _fields(self, residuals: list[ResidualSpan]) -> dict[str, object]:
+        return {
+            "space": self.space,
+            "input": self.spec,
+            "nodes": self.nodes,
+            "skips": self.skips,
+            "residuals": residuals,
+        }
+
     def network(self) -> ResolvedNetwork:
-        return ResolvedNetwork(
-            space=self.space,
-            input=self.spec,
-            nodes=self.nodes,
-            skips=self.skips,
-            residuals=self.residuals,
-        )
+        return ResolvedNetwork(**self._fields(self.residuals))  # type: ignore[arg-type]
 
 
 def _stage_nodes(
@@ -237,54 +223,25 @@ def _stage_nodes(
 def flow_shapes(
     net: ResolvedNetwork, check: Callable[[ResolvedNode, Shape], None] | None = None
 ) -> list[Shape]:
-    """The output shape of every node, by the catalog's shape rules (skips concatenate).
-    `check(node, input shape)` may add rules of its own (raising ValueError)."""
-    shape = Shape(net.input.channels, net.input.size)
-    shapes: list[Shape] = []
-    groups: dict[str, list[Shape]] = {}
-    sources = {link.source: link for link in net.skips}
-    targets = {link.target: link for link in net.skips}
-    previous: tuple[str, int | None] | None = None
-    for node in net.nodes:
-        pos = node.position
-        stage = pos.block if pos.part == "stage" else None
-        layer_key = (pos.block, pos.layer_index) if pos.role == "layer" else None
-        if stage in sources and pos.role == "layer" and layer_key != previous:
-            group = groups.setdefault(sources[stage].source, [])
-            if pos.layer_index == 0:
-                group.append(shape)
-        if stage in targets and pos.role == "layer" and layer_key != previous:
-            group = groups.get(targets[stage].source, [])
-            if group:
-                skip = group.pop()
-                if skip.size != shape.size:
-                    raise ResolveError(
-                        f"skip {targets[stage].source} -> {stage}: spatial size {skip.size} "
-                        f"does not match {shape.size} at layer {pos.layer_index} of {stage}"
-                    )
-                shape = Shape(shape.channels + skip.channels, shape.size)
+    """The output shape of every node, by the catalog's shape rules and the one skip plan
+    the compiler wires (space/flow.py: skips concatenate). `check(node, input shape)` may
+    add rules of its own (raising ValueError)."""
+
+    def where(index: int) -> str:
+        node = net.nodes[index]
         at = f"{node.where}: " if node.where else ""
+        return f"{at}{node.op} in {node.position.block}"
+
+    def node_shape(index: int, shape: Shape) -> Shape:
+        node = net.nodes[index]
         try:
             if check is not None:
                 check(node, shape)
-            shape = CATALOG[node.op].shape(shape, node.attrs)
+            return CATALOG[node.op].shape(shape, node.attrs)
         except (ValueError, ArithmeticError) as error:
-            raise ResolveError(f"{at}{node.op} in {pos.block}: {error}") from None
-        if shape.size < 1 or shape.channels < 1:
-            raise ResolveError(f"{at}{node.op} in {pos.block}: the feature map vanishes ({shape})")
-        shapes.append(shape)
-        previous = layer_key
-        # After the last node of a source layer, its output joins the skip group.
-        index = len(shapes) - 1
-        following = net.nodes[index + 1] if index + 1 < len(net.nodes) else None
-        if (
-            stage in sources
-            and pos.role == "layer"
-            and (
-                following is None
-                or (following.position.block, following.position.layer_index) != layer_key
-                or following.position.role != "layer"
-            )
-        ):
-            groups.setdefault(stage, []).append(shape)
-    return shapes
+            raise ResolveError(f"{where(index)}: {error}") from None
+
+    try:
+        return flow(net, node_shape).out_shapes
+    except FlowError as error:
+        raise ResolveError(f"{where(error.index)}: {error}") from None

@@ -44,6 +44,8 @@ RAY_HINT = "pip install 'autobuild-dsl[ray]'"
 class ParallelError(AbcError, RuntimeError):
     """Work cannot be fanned out as asked (Ray missing or unreachable)."""
 
+    code = "parallel"
+
 
 # Worker side: the state of this process's pool (by pool token; one per process pool,
 # a few per Ray worker process, which Ray reuses across tasks and pools).

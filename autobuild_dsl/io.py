@@ -263,6 +263,14 @@ def remove_claim(path: str | os.PathLike[str]) -> None:
         claim_path(path).unlink()
 
 
+def cache_dir(env: str, name: str) -> Path:
+    """`$<env>` when set, else `$XDG_CACHE_HOME/autobuild-dsl/<name>` (~/.cache/...)."""
+    explicit = os.environ.get(env)
+    if explicit:
+        return Path(explicit)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "autobuild-dsl" / name
+
+
 def die_with_parent() -> None:
     """Pool initializer: make this worker die when its parent does (Linux), so killing
     the parent with SIGKILL does not leave workers running."""

@@ -5,6 +5,8 @@ search (the paper's ES baseline) on the SD v1.4 U-Net spaces.
     python benchmarks/bench_search.py --skip-hw --fid --fid-limit 4096  # FID space: a prefix
     python benchmarks/bench_search.py --fid              # all 786,432 of sd14_unet_fid (hours)
     python benchmarks/bench_search.py --run RUN          # score with your trained run
+    python benchmarks/bench_search.py --skip-evolution --skip-hw --fid --fid-limit 65536 \
+        --jobs 1 2 --repeats 2                           # 1 vs 2 workers, interleaved
 
 Without --run the exhaustive search scores with a real scorer ensemble of the paper's ES
 shape (20 MSE-only predictors: 5 folds x 4 seeds, trained by `autobuild_dsl.scorer`) that
@@ -17,11 +19,13 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
 import resource
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -145,8 +149,11 @@ def bench_exhaustive(
     limit: int | None,
     batch_size: int,
     top: int,
-    jobs: int = 1,
+    jobs: Sequence[int] = (1,),
+    repeats: int = 1,
 ) -> None:
+    """Exhaustive search (or a prefix of `limit` architectures) with each of `jobs` worker
+    counts, `repeats` times, interleaved; one ensemble for all of them."""
     space = compile_file(ROOT / "spaces" / space_file)
     with tempfile.TemporaryDirectory() as scratch:
         if run:
@@ -158,37 +165,61 @@ def bench_exhaustive(
                 "20-member ES ensemble on SYNTHETIC labels, "
                 f"trained in {time.perf_counter() - start:.0f} s (not counted)"
             )
-        label += f"; {jobs} worker process(es)"
-        evaluator = make_evaluator(PredictorConfig(run=run, batch_size=batch_size), space)
-        runner = EvaluationRunner(space, evaluator=evaluator, jobs=jobs)
-        size = space_size(space)
+        for _ in range(repeats):
+            for count in jobs:
+                _exhaustive_once(space, run, label, limit, batch_size, top, count)
+
+
+def _exhaustive_once(
+    space: Space, run: str, label: str, limit: int | None, batch_size: int, top: int, jobs: int
+) -> None:
+    label += f"; {jobs} worker process(es)"
+    evaluator = make_evaluator(PredictorConfig(run=run, batch_size=batch_size), space)
+    size = space_size(space)
+    cpu = _cpu_seconds()
+    start = time.perf_counter()
+    # Worker start-up (spawn, imports, loading the run) is counted: it is part of a search.
+    with EvaluationRunner(space, evaluator=evaluator, jobs=jobs) as runner:
         if limit is not None and limit < size:
             # Score only a prefix of the enumeration, through the same runner.
-            archs = iter_architectures(space)
-            start = time.perf_counter()
+            # A finite stream: workers finish and are joined, so their CPU time counts.
+            archs = itertools.islice(iter_architectures(space), limit)
             done = 0
             batches = iter(lambda: list(itertools.islice(archs, batch_size)), [])
+            first = None
             for batch, _ in runner.stream(batches):
                 done += len(batch)
-                if done >= limit:
-                    break
-            seconds = time.perf_counter() - start
-            rate = done / seconds
-            _say(
-                f"exhaustive {space.name}: {done:,} of {size:,} in {seconds:.1f} s = "
-                f"{rate:,.0f} archs/s ({label}); whole space est. {size / rate:.0f} s; "
-                f"peak RSS {_peak_mib():.0f} MiB"
-            )
-            return
-        objective = parse_objectives(f"max {evaluator.metric}")[0]  # type: ignore[attr-defined]
-        config = ExhaustiveConfig(objective=objective, top=top, batch_size=batch_size)
-        result = exhaustive_search(space, runner, config)
+                if first is None:
+                    first = (time.perf_counter(), done)
+        else:
+            objective = parse_objectives(f"max {evaluator.metric}")[0]  # type: ignore[attr-defined]
+            config = ExhaustiveConfig(objective=objective, top=top, batch_size=batch_size)
+            result = exhaustive_search(space, runner, config)
+            done, first = result.evaluated, None
+    seconds = time.perf_counter() - start
+    cpu = _cpu_seconds() - cpu  # workers are reaped by now: their CPU time is counted
+    rate = done / seconds
+    steady = ""
+    if first is not None and done > first[1]:
+        after = (done - first[1]) / max(start + seconds - first[0], 1e-9)
+        steady = f", {after:,.0f}/s after the first batch"
+    what = "all" if done >= size else f"a prefix: {done:,} of {size:,}"
     _say(
-        f"exhaustive {space.name}: {result.evaluated:,} of {result.size:,} in "
-        f"{result.seconds:.1f} s = {result.throughput:,.0f} archs/s "
-        f"(first batch {result.first_batch_throughput:,.0f}/s; {label}); "
-        f"top-{top} kept; peak RSS {_peak_mib():.0f} MiB"
+        f"exhaustive {space.name} ({what}): {seconds:.1f} s wall, {cpu:.1f} s CPU = "
+        f"{rate:,.0f} archs/s{steady} ({label}); whole space est. "
+        f"{size / rate / 60:.1f} min; peak RSS {_peak_mib():.0f} MiB; load {_load()}"
     )
+
+
+def _cpu_seconds() -> float:
+    """CPU seconds of this process and of its finished (reaped) children."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def _load() -> str:
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
 _LINES: list[str] = []
@@ -214,7 +245,10 @@ def main() -> None:
     parser.add_argument("--hw-limit", type=int, help="score only this many of the HW space")
     parser.add_argument("--batch-size", type=int, default=2048)
     parser.add_argument("--top", type=int, default=4)
-    parser.add_argument("--jobs", type=int, default=1, help="exhaustive: worker processes")
+    parser.add_argument(
+        "--jobs", type=int, nargs="+", default=[1], help="exhaustive: worker processes (each)"
+    )
+    parser.add_argument("--repeats", type=int, default=1, help="exhaustive: runs of each --jobs")
     parser.add_argument("--skip-evolution", action="store_true")
     parser.add_argument("--skip-hw", action="store_true", help="no exhaustive run on the HW space")
     parser.add_argument("--markdown", help="write the results section here")
@@ -226,11 +260,23 @@ def main() -> None:
         bench_evolution(args.data)
     if not args.skip_hw:
         bench_exhaustive(
-            "sd14_unet_hw.abs", args.run, args.hw_limit, args.batch_size, args.top, args.jobs
+            "sd14_unet_hw.abs",
+            args.run,
+            args.hw_limit,
+            args.batch_size,
+            args.top,
+            args.jobs,
+            args.repeats,
         )
     if args.fid:
         bench_exhaustive(
-            "sd14_unet_fid.abs", args.run, args.fid_limit, args.batch_size, args.top, args.jobs
+            "sd14_unet_fid.abs",
+            args.run,
+            args.fid_limit,
+            args.batch_size,
+            args.top,
+            args.jobs,
+            args.repeats,
         )
     if args.markdown:
         command = "python benchmarks/bench_search.py " + " ".join(

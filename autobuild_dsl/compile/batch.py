@@ -16,7 +16,8 @@ hard kill is cut off on resume, so the finished file is always valid JSON lines.
 
 Work runs in this process (`jobs=1`), in a pool of spawned processes (`jobs>1`; each
 worker fixes torch's and ONNX Runtime's thread counts), or on a Ray cluster
-(`ray="auto"`, `"local"` or an address; Ray is an optional extra, imported only then).
+(`ray="auto"`, `"local"` or an address; Ray is an optional extra, imported only then),
+through `autobuild_dsl.parallel`. Reading the input files is `compile.batch_input`.
 """
 
 from __future__ import annotations
@@ -25,17 +26,22 @@ import contextlib
 import json
 import math
 import os
-import signal
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from autobuild_dsl import io as abc_io
+
+# Re-exported: the batch's input readers are part of its interface (`X as X`).
+from autobuild_dsl.compile.batch_input import BatchError as BatchError
+from autobuild_dsl.compile.batch_input import _listing
+from autobuild_dsl.compile.batch_input import canonical_arch as canonical_arch
+from autobuild_dsl.compile.batch_input import read_arch_records as read_arch_records
+from autobuild_dsl.compile.batch_input import read_architectures as read_architectures
+from autobuild_dsl.compile.batch_input import read_labels as read_labels
 from autobuild_dsl.compile.measure import (
     Device,
     LatencyPlan,
@@ -45,9 +51,10 @@ from autobuild_dsl.compile.measure import (
     prepare,
     time_latencies,
 )
-from autobuild_dsl.errors import CONTINUE, OVERWRITE, AbcError, Remedy
+from autobuild_dsl.errors import CONTINUE, OVERWRITE, Remedy
+from autobuild_dsl.parallel import Fanout, machine_load, torch_threads
 from autobuild_dsl.space.architecture import Architecture
-from autobuild_dsl.space.decisions import ArchitectureError, canonicalize
+from autobuild_dsl.space.decisions import canonicalize
 from autobuild_dsl.space.model import Space
 
 # Settings that latency rows record as metrics, and the MeasureSettings field of each.
@@ -56,15 +63,6 @@ LATENCY_SETTINGS = {
     "latency_warmup": "warmup",
     "latency_repeats": "repeats",
 }
-# How many bad input lines an error message quotes before summarising the rest.
-_SHOWN = 20
-
-
-class BatchError(AbcError, ValueError):
-    """Bad input for a batch measurement: unreadable files, architectures outside the space,
-    an output that cannot be resumed."""
-
-    code = "batch"
 
 
 class MeasureSettings(BaseModel):
@@ -93,14 +91,8 @@ class MeasureSettings(BaseModel):
     name: str = Field("latency", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
 
     def plan(self) -> LatencyPlan:
-        return LatencyPlan(
-            warmup=self.warmup,
-            repeats=self.repeats,
-            ci=self.ci,
-            time_cap=self.time_cap,
-            max_repeats=self.max_repeats,
-            clock=pick_clock(self.clock, self.threads),
-        )
+        timing = self.model_dump(include={"warmup", "repeats", "ci", "time_cap", "max_repeats"})
+        return LatencyPlan(**timing, clock=pick_clock(self.clock, self.threads))
 
     def named(self, metrics: dict[str, float | int]) -> dict[str, float | int]:
         """`metrics` with latency's keys under `name`."""
@@ -142,143 +134,6 @@ class BatchReport:
     repaired: bool = False  # a torn last line of the output was cut off
 
 
-# ------------------------------------------------------------------------ reading input
-
-
-def read_arch_records(path: str | os.PathLike[str]) -> list[tuple[str, dict[str, Any]]]:
-    """The raw architectures in a file, each with where it was (`file` or `file:line`).
-
-    Accepts one JSON architecture (any layout), a JSON list of them, or JSON lines; an item
-    may be the architecture itself or an object holding it under "arch" (as `abc sample`
-    and dataset files write it)."""
-    return _records(str(path), _read_items(path))
-
-
-def _read_items(path: str | os.PathLike[str]) -> list[tuple[str, object]]:
-    """The JSON items of the file (one JSON value, a list, or JSON lines), with where."""
-    name = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise BatchError(f"{name}: no such file") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise BatchError(f"{name}: cannot read: {error}") from None
-    items: list[tuple[str, object]] = []
-    try:
-        whole = json.loads(text)
-    except ValueError:  # JSONDecodeError, or an integer of more than 4300 digits
-        errors = []
-        for number, line in enumerate(text.split("\n"), start=1):
-            if not line.strip():
-                continue
-            try:
-                items.append((f"{name}:{number}", json.loads(line)))
-            except json.JSONDecodeError as error:
-                errors.append(
-                    f"{name}:{number}: not valid JSON: {error.msg} (column {error.colno})"
-                )
-            except ValueError as error:
-                errors.append(f"{name}:{number}: not valid JSON: {error}")
-        if errors:
-            raise BatchError(_listing(errors)) from None
-    else:
-        if isinstance(whole, list):
-            items = [(f"{name}[{i}]", item) for i, item in enumerate(whole)]
-        else:
-            items = [(name, whole)]
-    return items
-
-
-def _records(name: str, items: list[tuple[str, object]]) -> list[tuple[str, dict[str, Any]]]:
-    records: list[tuple[str, dict[str, Any]]] = []
-    errors = []
-    for where, item in items:
-        if isinstance(item, dict) and "arch" in item:
-            item = item["arch"]
-        if isinstance(item, dict):
-            records.append((where, item))
-        else:
-            errors.append(f"{where}: expected an architecture object (or one under 'arch')")
-    if errors:
-        raise BatchError(_listing(errors))
-    if not records:
-        raise BatchError(f"{name}: holds no architecture")
-    return records
-
-
-def read_labels(path: str | os.PathLike[str], space: Space) -> dict[str, dict[str, float]]:
-    """The metrics the rows of an architecture file already carry (`{"arch", "metrics"}`
-    rows, as dataset files hold them), by canonical key. A file of bare architectures has
-    none. An architecture given twice with different metrics is an error: which to keep
-    is the user's call (`abc data merge --average` averages repeats)."""
-    labels: dict[str, dict[str, float]] = {}
-    where_of: dict[str, str] = {}
-    for where, item in _read_items(path):
-        if not isinstance(item, dict) or not isinstance(item.get("metrics"), dict):
-            continue
-        metrics = {
-            k: float(v)
-            for k, v in item["metrics"].items()
-            if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-        }
-        if not metrics or not isinstance(item.get("arch"), dict):
-            continue
-        key = canonical_arch(space, where, item["arch"]).key()
-        if key in labels and labels[key] != metrics:
-            raise BatchError(
-                f"{where}: this architecture is also on {where_of[key]} with other metrics; "
-                "average repeated rows first (merging the data with averaging on)"
-            )
-        labels[key], where_of[key] = metrics, where
-    return labels
-
-
-def canonical_arch(space: Space, where: str, raw: dict[str, Any]) -> Architecture:
-    """`raw` checked against `space`; an error says where, which field and why."""
-    named = raw.get("space")
-    if named is not None and named != space.name:
-        # An architecture names its space; one of another space is not taken as ours.
-        raise BatchError(
-            f"{where}: the architecture is of space {_quoted(named)}, not '{space.name}'"
-        )
-    try:
-        return canonicalize(space, raw)
-    except ArchitectureError as error:
-        claimed = raw.get("space")
-        hint = ""
-        if isinstance(claimed, str) and claimed != space.name:
-            hint = f" (the architecture names space '{claimed}', this is '{space.name}')"
-        raise BatchError(f"{where}: {error}{hint}") from None
-
-
-def _quoted(value: object) -> str:
-    return f"'{value}'" if isinstance(value, str) else json.dumps(value, default=str)
-
-
-def read_architectures(
-    path: str | os.PathLike[str], space: Space
-) -> list[tuple[str, Architecture]]:
-    """Every architecture of the file, canonical; all bad ones reported together."""
-    good: list[tuple[str, Architecture]] = []
-    errors: list[str] = []
-    for where, raw in read_arch_records(path):
-        try:
-            good.append((where, canonical_arch(space, where, raw)))
-        except BatchError as error:
-            errors.append(str(error))
-    if errors:
-        noun = "architecture" if len(errors) == 1 else "architectures"
-        raise BatchError(_listing(errors, f"{len(errors)} {noun} outside space {space.name}:"))
-    return good
-
-
-def _listing(lines: Sequence[str], title: str | None = None) -> str:
-    shown = list(lines[:_SHOWN])
-    if len(lines) > _SHOWN:
-        shown.append(f"... and {len(lines) - _SHOWN} more")
-    return "\n".join([title, *shown] if title else shown)
-
-
 # ------------------------------------------------------------------------- the output
 
 
@@ -302,67 +157,18 @@ def measured_keys(
     requested metrics, measured with the same settings: otherwise resuming would mix
     numbers that do not compare."""
     out = Path(path)
-    data = out.read_bytes()
-    torn = b""
-    if data and not data.endswith(b"\n"):
-        cut = data.rfind(b"\n") + 1
-        try:
-            json.loads(data[cut:])
-        except ValueError:
-            # A hard kill in the middle of a line: the torn tail is cut off (and measured
-            # again), but only once the rest is known to be this command's own rows.
-            torn, data = data[cut:], data[:cut]
-        else:
-            data += b"\n"
+    data, torn = _split_torn(out.read_bytes())
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise BatchError(f"{out}: cannot resume: not a measure output (not UTF-8 text)") from None
-    expected = settings.named(_expected_settings(settings))
-    # Rows also carry the metrics their input rows had (measure keeps them); which metrics
-    # this output measures is the sidecar's to say (checked below).
-    wanted = list(settings.named({m: 0 for m in settings.metrics}))
     keys: set[str] = set()
     errors: list[str] = []
     for number, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
-        where = f"{out}:{number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            errors.append(f"{where}: not valid JSON: {error.msg}")
-            continue
-        if not isinstance(record, dict) or not isinstance(record.get("metrics"), dict):
-            errors.append(f"{where}: not a dataset row (expected 'arch' and 'metrics')")
-            continue
-        if not isinstance(record.get("arch"), dict):
-            errors.append(f"{where}: missing 'arch'")
-            continue
-        try:
-            arch = canonical_arch(space, where, record["arch"])
-        except BatchError as error:
-            errors.append(str(error))
-            continue
-        metrics = record["metrics"]
-        missing = [m for m in wanted if m not in metrics]
-        if missing:
-            what = f"has no {', '.join(missing)}"
-            raise BatchError(
-                f"{where}: cannot resume: this row {what} (it has "
-                f"{', '.join(sorted(set(metrics) - set(LATENCY_SETTINGS)))}); measure into a "
-                "new file, or resume with the metrics it was measured with",
-                remedies=(Remedy("metrics", "as the file was measured"),),
-            )
-        for metric, value in expected.items():
-            if metrics.get(metric) != value:
-                option = LATENCY_SETTINGS["latency" + metric[len(settings.name) :]]
-                raise BatchError(
-                    f"{where}: cannot resume: measured with {metric} = "
-                    f"{_plain(metrics.get(metric))}, this run uses {value}; resume with the same "
-                    f"--{option}, or measure into a new file"
-                )
-        keys.add(arch.key())
+        if line.strip():
+            key = _row_key(f"{out}:{number}", line, space, settings, errors)
+            if key is not None:
+                keys.add(key)
     if errors:
         raise BatchError(_listing(errors, f"{out}: cannot resume:"))
     try:  # the sidecar catches what rows cannot show (another space version, command)
@@ -373,15 +179,70 @@ def measured_keys(
         raise BatchError(f"{out}: cannot resume: not a measure output (no dataset row)")
     if not claimed and keys:  # an output of an older version: claim it from now on
         abc_io.write_claim(out, "measure", **_claim(space, settings))
-    repaired = False
     if torn:
         with out.open("r+b") as handle:
             handle.truncate(len(data))
-        repaired = True
     elif data and not out.read_bytes().endswith(b"\n"):
         with out.open("ab") as handle:
             handle.write(b"\n")
-    return keys, repaired
+    return keys, bool(torn)
+
+
+def _split_torn(data: bytes) -> tuple[bytes, bytes]:
+    """(the whole lines, a torn last line or b"") of an output's bytes."""
+    if not data or data.endswith(b"\n"):
+        return data, b""
+    cut = data.rfind(b"\n") + 1
+    try:
+        json.loads(data[cut:])
+    except ValueError:
+        # A hard kill in the middle of a line: the torn tail is cut off (and measured
+        # again), but only once the rest is known to be this command's own rows.
+        return data[:cut], data[cut:]
+    return data + b"\n", b""
+
+
+def _row_key(
+    where: str, line: str, space: Space, settings: MeasureSettings, errors: list[str]
+) -> str | None:
+    """The canonical key of one output row; a malformed row goes to `errors`, a row
+    measured otherwise than `settings` is an error at once."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as error:
+        errors.append(f"{where}: not valid JSON: {error.msg}")
+        return None
+    if not isinstance(record, dict) or not isinstance(record.get("metrics"), dict):
+        errors.append(f"{where}: not a dataset row (expected 'arch' and 'metrics')")
+        return None
+    if not isinstance(record.get("arch"), dict):
+        errors.append(f"{where}: missing 'arch'")
+        return None
+    try:
+        arch = canonical_arch(space, where, record["arch"])
+    except BatchError as error:
+        errors.append(str(error))
+        return None
+    metrics = record["metrics"]
+    # Rows also carry the metrics their input rows had (measure keeps them); which metrics
+    # this output measures is the sidecar's to say.
+    missing = [m for m in _named_metrics(settings) if m not in metrics]
+    if missing:
+        raise BatchError(
+            f"{where}: cannot resume: this row has no {', '.join(missing)} (it has "
+            f"{', '.join(sorted(set(metrics) - set(LATENCY_SETTINGS)))}); measure into a "
+            "new file, or resume with the metrics it was measured with",
+            remedies=(Remedy("metrics", "as the file was measured"),),
+        )
+    for metric, value in settings.named(_expected_settings(settings)).items():
+        if metrics.get(metric) != value:
+            option = LATENCY_SETTINGS["latency" + metric[len(settings.name) :]]
+            raise BatchError(
+                f"{where}: cannot resume: measured with {metric} = "
+                f"{_plain(metrics.get(metric))}, this run uses {value}; resume with the same "
+                f"--{option}, or measure into a new file"
+            )
+    return arch.key()
 
 
 def _claim(space: Space, settings: MeasureSettings) -> dict[str, Any]:
@@ -400,49 +261,28 @@ def _plain(value: object) -> str:
     return "nothing" if value is None else json.dumps(value)
 
 
+def _named_metrics(settings: MeasureSettings) -> dict[str, float | int]:
+    return settings.named({m: 0 for m in settings.metrics})
+
+
 # ------------------------------------------------------------------------- the workers
 
-# Per-process state of a worker: (space JSON, settings JSON) -> (space, settings).
-_STATE: dict[tuple[str, str], tuple[Space, MeasureSettings]] = {}
-
-
-def _state(space_json: str, settings_json: str) -> tuple[Space, MeasureSettings]:
-    key = (space_json, settings_json)
-    if key not in _STATE:
-        _STATE.clear()
-        _STATE[key] = (
-            Space.from_json(space_json),
-            MeasureSettings.model_validate_json(settings_json),
-        )
-    return _STATE[key]
-
-
-def _fix_threads(threads: int) -> None:
-    import torch
-
-    torch.set_num_threads(threads)
-    with contextlib.suppress(RuntimeError):  # only settable before the first parallel op
-        torch.set_num_interop_threads(1)
-
-
-def _init_worker(space_json: str, settings_json: str) -> None:
-    # Ctrl-C reaches the whole process group: only the parent reacts (it stops the pool).
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    abc_io.die_with_parent()
-    _, settings = _state(space_json, settings_json)
-    _fix_threads(settings.threads)
-
-
 Result = tuple[str, dict[str, float | int] | None, str | None]
+WorkerState = tuple[Space, MeasureSettings]
 
 
-def _measure_group(space_json: str, settings_json: str, archs_json: list[str]) -> list[Result]:
+def _worker_state(space_json: str, settings_json: str) -> WorkerState:
+    """Built once per worker process (or once here, inline)."""
+    return Space.from_json(space_json), MeasureSettings.model_validate_json(settings_json)
+
+
+def _measure_group(state: WorkerState, archs_json: list[str]) -> list[Result]:
     """Measure a group of architectures, their latencies timed interleaved: (canonical
     key, metrics or None, error or None) each. Failures come back as text, so one network
     that does not compile does not stop the batch."""
     from autobuild_dsl.space.resolve import resolve
 
-    space, settings = _state(space_json, settings_json)
+    space, settings = state
     results: list[Result] = []
     prepared: list[tuple[int, tuple[object, dict]]] = []
     for arch_json in archs_json:
@@ -485,107 +325,36 @@ def _anchor_session(space: Space, settings: MeasureSettings) -> tuple[object, di
     return session
 
 
-def _ray_measure(space_json: str, settings_json: str, archs_json: list[str]) -> list[Result]:
-    _, settings = _state(space_json, settings_json)
-    _fix_threads(settings.threads)
-    return _measure_group(space_json, settings_json, archs_json)
-
-
-def _run_inline(space_json: str, settings_json: str, groups: list[list[str]]) -> Iterator[Result]:
-    import torch
-
-    settings = MeasureSettings.model_validate_json(settings_json)
-    before = torch.get_num_threads()
-    torch.set_num_threads(settings.threads)
-    try:
-        for group in groups:
-            yield from _measure_group(space_json, settings_json, group)
-    finally:
-        torch.set_num_threads(before)
-
-
-def _run_pool(
-    space_json: str, settings_json: str, groups: list[list[str]], jobs: int
-) -> Iterator[Result]:
-    # Spawned, not forked: a fork of a process that already runs torch's thread pools can
-    # deadlock. Each worker imports torch once and measures many networks.
-    pool = ProcessPoolExecutor(
-        max_workers=jobs,
-        mp_context=get_context("spawn"),
-        initializer=_init_worker,
-        initargs=(space_json, settings_json),
-    )
-    queue = list(reversed(groups))
-    running: set[Future[list[Result]]] = set()
-    finished = False
-    try:
-        while queue or running:
-            # A bounded window: an interruption leaves little submitted work behind.
-            while queue and len(running) < 2 * jobs:
-                running.add(pool.submit(_measure_group, space_json, settings_json, queue.pop()))
-            done, running = wait(running, return_when=FIRST_COMPLETED)
-            for future in done:
-                yield from future.result()
-        finished = True
-    finally:
-        if not finished:  # interrupted: stop the workers now, their results are not wanted
-            for process in list(getattr(pool, "_processes", {}).values()):
-                process.terminate()
-        pool.shutdown(wait=finished, cancel_futures=True)
-
-
-def _import_ray() -> Any:
-    try:
-        import ray
-    except ImportError:
-        raise BatchError(
-            "measuring on Ray needs the optional 'ray' extra: pip install 'autobuild-dsl[ray]'"
-        ) from None
-    return ray
-
-
-def _run_ray(
+def _results(
     space_json: str,
-    settings_json: str,
-    groups: list[list[str]],
-    address: str,
+    settings: MeasureSettings,
+    todo: Sequence[Architecture],
     jobs: int,
-    threads: int,
+    ray: str | None,
 ) -> Iterator[Result]:
-    ray = _import_ray()
-    started = not ray.is_initialized()
-    if started:
-        try:
-            ray.init(
-                address=None if address == "local" else address,
-                include_dashboard=False,
-                log_to_driver=False,
-            )
-        except Exception as error:  # ConnectionError, ValueError, RuntimeError, ...
-            where = "a local Ray cluster" if address == "local" else f"Ray at '{address}'"
-            raise BatchError(
-                f"cannot start or reach {where}: {str(error) or type(error).__name__}"
-            ) from None
-    try:
-        if jobs <= 1:  # as many tasks in flight as the cluster has room for
-            jobs = max(1, int(ray.cluster_resources().get("CPU", 1)) // threads)
-        task = ray.remote(num_cpus=threads)(_ray_measure)
-        space_ref = ray.put(space_json)
-        queue = list(reversed(groups))
-        running: list[Any] = []
-        try:
-            while queue or running:
-                while queue and len(running) < jobs:
-                    running.append(task.remote(space_ref, settings_json, queue.pop()))
-                done, running = ray.wait(running, num_returns=1)
-                yield from ray.get(done[0])
-        finally:
-            for ref in running:
-                with contextlib.suppress(Exception):
-                    ray.cancel(ref, force=True)
-    finally:
-        if started:  # a cluster this call connected to (or started) is let go again
-            ray.shutdown()
+    """Measure `todo` in groups (timed interleaved within a group), inline, in a pool of
+    processes or on Ray; closing the iterator stops what still runs."""
+    payloads = [arch.model_dump_json() for arch in todo]
+    # Interleaving matters for latency only; without it a group of one keeps progress fine.
+    size = settings.interleave if "latency" in settings.metrics else 1
+    if jobs > 1 and "latency" in settings.metrics:
+        # Every worker gets groups: fewer, so all of them have work.
+        size = max(1, min(size, math.ceil(len(payloads) / jobs)))
+    groups = [payloads[i : i + size] for i in range(0, len(payloads), size)]
+    inline = ray is None and (jobs <= 1 or len(groups) <= 1)
+    fanout: Fanout[None] = Fanout(
+        _worker_state,
+        (space_json, settings.model_dump_json()),
+        jobs=1 if inline else min(jobs, len(groups)) if ray is None else jobs,
+        ray_address=ray,
+        threads=settings.threads,
+        error=BatchError,
+    )
+    # Inline, this process measures with the asked threads (workers set their own).
+    threads = torch_threads(settings.threads) if inline else contextlib.nullcontext()
+    with fanout, threads:
+        for _, results in fanout.map(_measure_group, ((None, group) for group in groups)):
+            yield from results
 
 
 # ------------------------------------------------------------------------- the batch
@@ -685,49 +454,24 @@ def _measure_locked(
     )
     if not todo:
         return report
-    space_json = space.to_json()
     if retest and settings.name not in _named_metrics(settings):
         raise BatchError("a retest measures latency twice: add latency to the metrics")
-    if ray is not None:
-        _import_ray()  # now, not at the first result: a missing extra is a clear error
-    results = _results(space_json, settings, todo, jobs, ray)
-    labels = labels or {}
-    finished = 0
-    handle = None
+    results = _results(space.to_json(), settings, todo, jobs, ray)
+    output = _Output(path, _claim(space, settings) if fresh else None)
     try:
-        for key, metrics, error in results:
-            finished += 1
+        for finished, (key, metrics, error) in enumerate(results, start=1):
             if metrics is None:
                 report.failures.append((key, error or "failed"))
             else:
-                if handle is None:
-                    if fresh:
-                        abc_io.write_atomic(path, b"")
-                        abc_io.write_claim(path, "measure", **_claim(space, settings))
-                    handle = path.open("a", encoding="utf-8")
-                given = labels.get(key) or {}
-                report.replaced.extend(m for m in given if m in metrics)
-                report.kept_labels += bool(given)
-                if settings.name in metrics:
-                    report.first[key] = float(metrics[settings.name])
-                    if f"{settings.name}_rel" in metrics:
-                        report.first_rel[key] = float(metrics[f"{settings.name}_rel"])
-                    spread = metrics.get(f"{settings.name}_spread")
-                    if spread is not None:
-                        report.spreads.append(float(spread))
-                handle.write(dataset_row(distinct[key], {**given, **metrics}))
-                handle.flush()  # on disk before the next one finishes: nothing to lose
+                given = (labels or {}).get(key) or {}
+                _note_row(report, settings.name, key, given, metrics)
+                output.append(dataset_row(distinct[key], {**given, **metrics}))
                 report.measured += 1
             if progress is not None:
                 progress(BatchProgress(finished, len(todo), len(report.failures), key))
     finally:
-        close = getattr(results, "close", None)
-        if close is not None:
-            close()  # stops a pool or Ray tasks still running after an interruption
-        if handle is not None:
-            handle.flush()
-            os.fsync(handle.fileno())
-            handle.close()
+        results.close()  # stops a pool or Ray tasks still running after an interruption
+        output.close()
     report.replaced = sorted(set(report.replaced))
     if retest and report.first:
         again = settings.model_copy(update={"metrics": ("latency",), "seed": settings.seed + 1})
@@ -742,32 +486,49 @@ def _measure_locked(
     return report
 
 
-def _named_metrics(settings: MeasureSettings) -> dict[str, float | int]:
-    return settings.named({m: 0 for m in settings.metrics})
+class _Output:
+    """The output file, opened for appending at the first row: created (with its claim)
+    then when `claim` is given, so a run that measures nothing leaves no file."""
+
+    def __init__(self, path: Path, claim: dict[str, Any] | None) -> None:
+        self.path = path
+        self.claim = claim
+        self.handle: Any = None
+
+    def append(self, row: str) -> None:
+        if self.handle is None:
+            if self.claim is not None:
+                abc_io.write_atomic(self.path, b"")
+                abc_io.write_claim(self.path, "measure", **self.claim)
+            self.handle = self.path.open("a", encoding="utf-8")
+        self.handle.write(row)
+        self.handle.flush()  # on disk before the next one finishes: nothing to lose
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle.flush()
+            os.fsync(self.handle.fileno())
+            self.handle.close()
+            self.handle = None
 
 
-def _results(
-    space_json: str,
-    settings: MeasureSettings,
-    todo: Sequence[Architecture],
-    jobs: int,
-    ray: str | None,
-) -> Iterator[Result]:
-    """Measure `todo` in groups (timed interleaved within a group), inline, in a pool of
-    processes or on Ray."""
-    settings_json = settings.model_dump_json()
-    payloads = [arch.model_dump_json() for arch in todo]
-    # Interleaving matters for latency only; without it a group of one keeps progress fine.
-    size = settings.interleave if "latency" in settings.metrics else 1
-    if jobs > 1 and "latency" in settings.metrics:
-        # Every worker gets groups: fewer, so all of them have work.
-        size = max(1, min(size, math.ceil(len(payloads) / jobs)))
-    groups = [payloads[i : i + size] for i in range(0, len(payloads), size)]
-    if ray is not None:
-        return _run_ray(space_json, settings_json, groups, ray, jobs, settings.threads)
-    if jobs > 1 and len(groups) > 1:
-        return _run_pool(space_json, settings_json, groups, min(jobs, len(groups)))
-    return _run_inline(space_json, settings_json, groups)
+def _note_row(
+    report: BatchReport,
+    name: str,
+    key: str,
+    given: Mapping[str, float],
+    metrics: Mapping[str, float | int],
+) -> None:
+    """What the report keeps of one measured row: replaced labels, latency, spread."""
+    report.replaced.extend(m for m in given if m in metrics)
+    report.kept_labels += bool(given)
+    if name in metrics:
+        report.first[key] = float(metrics[name])
+        if f"{name}_rel" in metrics:
+            report.first_rel[key] = float(metrics[f"{name}_rel"])
+        spread = metrics.get(f"{name}_spread")
+        if spread is not None:
+            report.spreads.append(float(spread))
 
 
 def _add_retest(path: Path, space: Space, second: Mapping[str, Mapping[str, float]]) -> None:
@@ -809,11 +570,6 @@ def spearman(first: Sequence[float], second: Sequence[float]) -> float:
     return float((a * b).sum() / denominator) if denominator else float("nan")
 
 
-def _replace_with_empty(path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    abc_io.write_atomic(path, b"")
-
-
 def oversubscribed(jobs: int, threads: int) -> str | None:
     """A warning when parallel latency measurements would share CPU cores."""
     cores = os.cpu_count() or 1
@@ -828,12 +584,8 @@ def oversubscribed(jobs: int, threads: int) -> str | None:
 def busy_machine() -> str | None:
     """A warning when the load average exceeds the CPU cores: latency is then timed on a
     machine that other work slows down, by amounts that change from run to run."""
-    cores = os.cpu_count() or 1
-    try:
-        load = os.getloadavg()[0]
-    except OSError:  # not available on this platform
-        return None
-    if load > cores:
+    cores, load = machine_load()
+    if load is not None and load > cores:
         return (
             f"load average {load:.1f} > {cores} CPU cores: other work competes for the CPU, "
             "so latencies come out slower and noisier (see each row's spread)"

@@ -69,7 +69,8 @@ def seen_values(run: TrainedRun, data: str | Path | None = None) -> list[set[int
         return None
     encoder = run.encoder()
     seen: list[set[int]] = [set() for _ in run.config.categories]
-    for graph in dataset.graphs(encoder):
+    # Plain tensors, not PyG graphs: importing PyG alone cost ~1 s of every `abc rank`.
+    for graph in encoder.encode_many(dataset.architectures, as_data=False):
         codes = graph.x.numpy()
         for c in range(codes.shape[1]):
             # code = vocabulary index + 1; 0 is "n/a" (the category does not apply).

@@ -184,7 +184,9 @@ def predict_architectures(
     if not archs:
         return np.zeros(0), np.zeros(0)
     encoder = run.encoder()
-    return predict(run, [encoder.encode(arch) for arch in archs])
+    # Plain tensors where the encoder offers them: no PyG (and its ~1 s import) needed.
+    tensors = getattr(encoder, "encode_tensors", None)
+    return predict(run, [(tensors or encoder.encode)(arch) for arch in archs])
 
 
 def _break_ties(built: list[BuiltArchitecture]) -> tuple[list[BuiltArchitecture], int]:

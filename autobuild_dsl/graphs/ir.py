@@ -36,10 +36,8 @@ Modules: `ir_export` (the raw graph and its ONNX reading), `ir_fragments` (assem
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import hashlib
 import json
-import multiprocessing
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -62,6 +60,7 @@ from autobuild_dsl.graphs.ir_vocab import (
     _column,
     fit_categories,
 )
+from autobuild_dsl.parallel import Fanout
 from autobuild_dsl.space.architecture import Architecture
 from autobuild_dsl.space.model import Space
 
@@ -126,24 +125,18 @@ class BuildStats(BaseModel):
     fragment_cpu_seconds: float = Field(default=0.0, description="fragments and checks")
 
 
-# ----- worker processes ----------------------------------------------------------------------
-
-_WORKER_SPACES: dict[str, Space] = {}
+# ----- worker processes (autobuild_dsl.parallel) ------------------------------------------
 
 
-def _worker_init() -> None:
-    abc_io.die_with_parent()  # a kill -9 of the parent must not leave workers running
-    torch.set_num_threads(1)
+def _worker_spaces(space_jsons: dict[str, str]) -> dict[str, Space]:
+    """A worker's state: every space the encoder accepts, parsed once, by name."""
+    return {name: Space.from_json(text) for name, text in space_jsons.items()}
 
 
-def _worker_export(space_json: str, arch_json: str) -> tuple[str, float]:
+def _worker_export(spaces: dict[str, Space], arch_json: str) -> tuple[str, float]:
     start = time.process_time()
-    # Parsed once per worker; keyed by the JSON text itself (Space.digest() needs a Space).
-    space = _WORKER_SPACES.get(space_json)
-    if space is None:
-        space = _WORKER_SPACES[space_json] = Space.from_json(space_json)
     arch = Architecture.model_validate_json(arch_json)
-    graph = export_ir(space, arch).model_dump_json()
+    graph = export_ir(spaces[arch.space], arch).model_dump_json()
     return graph, time.process_time() - start
 
 
@@ -423,26 +416,15 @@ class IrEncoder:
         todo: list[tuple[Architecture, list[int]]],
         deliver: Callable[[Architecture, list[int], IrGraph], None],
     ) -> float:
-        """Export `todo` in worker processes; returns their CPU seconds."""
-        space_json = {s.name: s.to_json() for s in self.spaces}
-        context = multiprocessing.get_context("spawn")  # torch and fork do not mix
-        workers = min(self.jobs, len(todo))
-        with cf.ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init) as pool:
-            futures = {
-                pool.submit(_worker_export, space_json[arch.space], arch.to_json()): (arch, rows)
-                for arch, rows in todo
-            }
-            cpu = 0.0
-            try:
-                for future in cf.as_completed(futures):
-                    arch, rows = futures[future]
-                    text, seconds = future.result()
-                    cpu += seconds
-                    deliver(arch, rows, IrGraph.model_validate_json(text))
-            except BaseException:
-                for future in futures:
-                    future.cancel()
-                raise
+        """Export `todo` in worker processes (one torch thread each); returns their CPU
+        seconds."""
+        spaces = {s.name: s.to_json() for s in self.spaces}
+        cpu = 0.0
+        with Fanout(_worker_spaces, (spaces,), jobs=min(self.jobs, len(todo))) as fanout:
+            tasks = (((arch, rows), arch.to_json()) for arch, rows in todo)
+            for (arch, rows), (text, seconds) in fanout.map(_worker_export, tasks):
+                cpu += seconds
+                deliver(arch, rows, IrGraph.model_validate_json(text))
         return cpu
 
     # ----- encoding -------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Ensembles: which members to train (K folds x seeds) and where to train them.
 
 Members run in this process, in local worker processes (spawned, one torch thread each),
-or on a Ray cluster. Whatever runs them, each finished member is handed to `on_done` in
+or on a Ray cluster, through `autobuild_dsl.parallel`. Whatever runs them, each finished member is handed to `on_done` in
 this process, in completion order, so the caller can save it at once (and a rerun can skip
 it). Epoch progress is forwarded from local workers through a queue; Ray members report
 only when they finish.
@@ -9,7 +9,6 @@ only when they finish.
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import multiprocessing
 import queue as queue_module
 from collections.abc import Callable, Sequence
@@ -20,7 +19,7 @@ import torch
 
 from autobuild_dsl.data.splits import kfold_splits, train_test_split
 from autobuild_dsl.errors import AbcError
-from autobuild_dsl.io import die_with_parent
+from autobuild_dsl.parallel import Fanout
 from autobuild_dsl.scorer.model import PackedGraphs
 from autobuild_dsl.scorer.train import (
     EpochProgress,
@@ -119,35 +118,26 @@ def _train(
     )
 
 
-# ----- local worker processes ------------------------------------------------------------
-
-_WORKER: dict[str, object] = {}
+# ----- worker processes or Ray (autobuild_dsl.parallel) ----------------------------------
 
 
-def _init_worker(
+def _member_state(
     packed: PackedGraphs,
     y: np.ndarray,
     vocab_sizes: list[int],
     config: TrainConfig,
     events: multiprocessing.Queue | None,
-) -> None:
-    die_with_parent()  # a kill -9 of `abc train --jobs N` must not leave workers running
-    # One thread per worker: N workers on N cores, no oversubscription.
-    torch.set_num_threads(1)
-    _WORKER.update(packed=packed, y=y, vocab_sizes=vocab_sizes, config=config, events=events)
+) -> tuple[PackedGraphs, np.ndarray, list[int], TrainConfig, multiprocessing.Queue | None]:
+    return packed, y, vocab_sizes, config, events
 
 
-def _worker_train(spec: MemberSpec) -> MemberResult:
-    events = _WORKER["events"]
-    progress = events.put if events is not None else None  # type: ignore[attr-defined]
-    return _train(
-        spec,
-        _WORKER["packed"],  # type: ignore[arg-type]
-        _WORKER["y"],  # type: ignore[arg-type]
-        _WORKER["vocab_sizes"],  # type: ignore[arg-type]
-        _WORKER["config"],  # type: ignore[arg-type]
-        progress,
-    )
+def _worker_train(
+    state: tuple[PackedGraphs, np.ndarray, list[int], TrainConfig, multiprocessing.Queue | None],
+    spec: MemberSpec,
+) -> MemberResult:
+    packed, y, vocab_sizes, config, events = state
+    progress = events.put if events is not None else None
+    return _train(spec, packed, y, vocab_sizes, config, progress)
 
 
 def _drain(events: multiprocessing.Queue | None, progress: ProgressFn | None) -> None:
@@ -162,86 +152,37 @@ def _drain(events: multiprocessing.Queue | None, progress: ProgressFn | None) ->
             progress(event)
 
 
-def _run_local(
+def _run_elsewhere(
     specs: Sequence[MemberSpec],
     packed: PackedGraphs,
     y: np.ndarray,
     vocab_sizes: list[int],
     config: TrainConfig,
     jobs: int,
+    ray_address: str | None,
     progress: ProgressFn | None,
     on_done: Callable[[MemberResult], None],
 ) -> None:
-    ctx = multiprocessing.get_context("spawn")
-    events = ctx.Queue() if progress is not None else None
+    """Members in worker processes (one torch thread each) or on Ray. Epoch progress comes
+    back from local workers through a queue; Ray members report only when they finish."""
+    local_progress = progress is not None and ray_address is None
+    events = multiprocessing.get_context("spawn").Queue() if local_progress else None
     worker_config = config.model_copy(update={"threads": 1})
-    with cf.ProcessPoolExecutor(
-        max_workers=min(jobs, len(specs)),
-        mp_context=ctx,
-        initializer=_init_worker,
-        initargs=(packed, y, vocab_sizes, worker_config, events),
-    ) as pool:
-        pending = {pool.submit(_worker_train, spec) for spec in specs}
+    fanout: Fanout[MemberSpec] = Fanout(
+        _member_state,
+        (packed, y, vocab_sizes, worker_config, events),
+        jobs=min(jobs, len(specs)),
+        ray_address=ray_address,
+        error=EnsembleError,
+    )
+    with fanout:
         try:
-            while pending:
-                done, pending = cf.wait(pending, timeout=0.2, return_when=cf.FIRST_COMPLETED)
-                _drain(events, progress)
-                for future in done:
-                    on_done(future.result())
-        except BaseException:
-            for future in pending:
-                future.cancel()
-            raise
+            tasks = ((spec, spec) for spec in specs)
+            drain = (lambda: _drain(events, progress)) if events is not None else None
+            for _, result in fanout.map(_worker_train, tasks, window=len(specs), idle=drain):
+                on_done(result)
         finally:
             _drain(events, progress)
-
-
-# ----- Ray --------------------------------------------------------------------------------
-
-
-def _ray_train(
-    data: tuple[PackedGraphs, np.ndarray, list[int], TrainConfig], spec: MemberSpec
-) -> MemberResult:
-    torch.set_num_threads(1)
-    packed, y, vocab_sizes, config = data
-    return _train(spec, packed, y, vocab_sizes, config, None)
-
-
-def _run_ray(
-    specs: Sequence[MemberSpec],
-    packed: PackedGraphs,
-    y: np.ndarray,
-    vocab_sizes: list[int],
-    config: TrainConfig,
-    address: str,
-    on_done: Callable[[MemberResult], None],
-) -> None:
-    try:
-        import ray
-    except ImportError:
-        raise EnsembleError(
-            "training on Ray needs the optional extra: pip install 'autobuild-dsl[ray]'"
-        ) from None
-    started_here = False
-    if not ray.is_initialized():
-        # "local" starts a private single-machine instance (tests, laptops).
-        if address == "local":
-            ray.init(include_dashboard=False, log_to_driver=False)
-        else:
-            ray.init(address=address, log_to_driver=False)
-        started_here = True
-    try:
-        data_ref = ray.put((packed, y, vocab_sizes, config.model_copy(update={"threads": 1})))
-        remote = ray.remote(num_cpus=1)(_ray_train)
-        refs = {remote.remote(data_ref, spec): spec for spec in specs}
-        while refs:
-            done, _ = ray.wait(list(refs), num_returns=1)
-            for ref in done:
-                refs.pop(ref)
-                on_done(ray.get(ref))
-    finally:
-        if started_here:
-            ray.shutdown()
 
 
 def run_members(
@@ -260,10 +201,10 @@ def run_members(
     if not specs:
         return
     vocab = [int(v) for v in vocab_sizes]
-    if ray_address:
-        _run_ray(specs, packed, y, vocab, config, ray_address, on_done)
-    elif jobs > 1 and len(specs) > 1:
-        _run_local(specs, packed, y, vocab, config, jobs, progress, on_done)
+    if ray_address or (jobs > 1 and len(specs) > 1):
+        _run_elsewhere(
+            specs, packed, y, vocab, config, jobs, ray_address or None, progress, on_done
+        )
     else:
         for spec in specs:
             on_done(_train(spec, packed, y, vocab, config, progress))

@@ -7,10 +7,9 @@ used is deterministic on CPU.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -18,6 +17,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from autobuild_dsl.parallel import thread_note, torch_threads  # noqa: F401 (re-exported)
 from autobuild_dsl.scorer.loss import LossKind, scorer_loss
 from autobuild_dsl.scorer.model import ModelConfig, PackedGraphs, ScorerModel, check_codes
 from autobuild_dsl.scorer.softrank import resolve_backend
@@ -117,41 +117,6 @@ class TrainedMember:
     label: Moments  # training-split label mean/sd (the head predicts standardised labels)
     hop_norms: list[Moments]  # node-embedding norms at each hop over the training graphs
     graph_norms: list[Moments]  # mean-pooled graph-embedding norms at each hop, same graphs
-
-
-@contextlib.contextmanager
-def torch_threads(count: int) -> Iterator[None]:
-    """Run with `count` intra-op threads. Small graph batches are fastest on one thread;
-    more threads mostly add contention on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def thread_note(threads: int, jobs: int = 1) -> str | None:
-    """A warning when `threads` torch threads (in each of `jobs` processes) would share
-    cores with other work: measured on DyNAS-T, an epoch with 2 threads ran 11-37x slower
-    once another job held a core. None when the threads fit the idle cores."""
-    import os
-
-    if threads <= 1:
-        return None
-    cores = os.cpu_count() or 1
-    try:
-        busy = os.getloadavg()[0]
-    except OSError:  # no load average on this platform
-        busy = 0.0
-    idle = cores - busy
-    if threads * jobs <= idle:
-        return None
-    return (
-        f"{threads} torch threads x {jobs} process(es) asked, but only ~{max(idle, 0):.1f} of "
-        f"{cores} cores are idle (load {busy:.1f}); small graph batches are fastest on one "
-        "thread, and oversubscribed threads can slow training by an order of magnitude"
-    )
 
 
 def _batches(order: torch.Tensor, size: int) -> list[torch.Tensor]:

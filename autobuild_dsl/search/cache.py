@@ -13,14 +13,12 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from autobuild_dsl import io as abc_io
+
 
 def default_cache_dir() -> Path:
     """`$ABC_CACHE_DIR`, else `$XDG_CACHE_HOME/autobuild-dsl/evaluations` (~/.cache/...)."""
-    explicit = os.environ.get("ABC_CACHE_DIR")
-    if explicit:
-        return Path(explicit)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "autobuild-dsl" / "evaluations"
+    return abc_io.cache_dir("ABC_CACHE_DIR", "evaluations")
 
 
 def identity_hash(identity: str) -> str:

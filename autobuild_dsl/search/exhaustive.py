@@ -12,7 +12,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -111,38 +111,13 @@ def exhaustive_search(
             f"over the time limit {format_seconds(config.max_seconds)}",
         )
     objective = config.objective or _default_objective(first_metrics[0])
-    heap: list[tuple[float, _Reversed, Architecture, dict[str, float], str]] = []
-    # The top holds each network once: equivalent architectures (a no-op layer at another
-    # place) keep their best-scoring member.
-    network = network_keyer(space)
-    held: dict[str, tuple[float, _Reversed, Architecture, dict[str, float], str]] = {}
+    top = _Top(config.top, objective, network_keyer(space))
     done = 0
 
-    def take(batch: list[Architecture], metrics: list[dict[str, float]]) -> None:
+    def take(batch: Sequence[Architecture], metrics: list[dict[str, float]]) -> None:
         nonlocal done
         for arch, values in zip(batch, metrics, strict=True):
-            # Larger is better; on ties the smaller key wins, whatever the batch order.
-            score = -objective.minimised(values)
-            full = len(heap) >= config.top
-            if full and score < heap[0][0]:
-                continue  # the common case: no key needed (keys cost ~20 us each)
-            net = network(arch)
-            item = (score, _Reversed(arch.key()), arch, values, net)
-            old = held.get(net)
-            if old is not None:
-                if item[:2] > old[:2]:  # a better member of a network already held
-                    heap.remove(old)
-                    heapq.heapify(heap)
-                    heapq.heappush(heap, item)
-                    held[net] = item
-                continue
-            if not full:
-                heapq.heappush(heap, item)
-                held[net] = item
-            elif item[:2] > heap[0][:2]:
-                evicted = heapq.heapreplace(heap, item)
-                del held[evicted[4]]
-                held[net] = item
+            top.offer(arch, values)
         done += len(batch)
         if progress is not None:
             seconds = time.perf_counter() - start
@@ -150,21 +125,10 @@ def exhaustive_search(
                 ExhaustiveProgress(done=done, total=size, seconds=seconds, rate=done / seconds)
             )
 
-    take(list(first_batch), first_metrics)
+    take(first_batch, first_metrics)
     for batch, metrics in runner.stream(_batches(archs, config.batch_size)):
-        take(list(batch), metrics)
+        take(batch, metrics)
     seconds = time.perf_counter() - start
-    ranked = sorted(heap, key=lambda item: item[:2], reverse=True)
-    top = [
-        RankedArchitecture(
-            rank=i + 1,
-            key=arch.key(),
-            arch=arch.model_dump(mode="json"),
-            metrics=values,
-            value=objective.value(values),
-        )
-        for i, (_, _, arch, values, _) in enumerate(ranked)
-    ]
     return ExhaustiveResult(
         space=space.name,
         size=size,
@@ -173,8 +137,58 @@ def exhaustive_search(
         seconds=seconds,
         throughput=done / max(seconds, 1e-9),
         first_batch_throughput=first_rate,
-        top=top,
+        top=top.ranked(),
     )
+
+
+class _Top:
+    """The best `size` architectures by `objective`, each network once: of equivalent
+    architectures (a no-op layer at another place) the best-scoring member is kept."""
+
+    def __init__(self, size: int, objective: Objective, network: Callable[[Architecture], str]):
+        self.size = size
+        self.objective = objective
+        self.network = network
+        self.heap: list[tuple[float, _Reversed, Architecture, dict[str, float], str]] = []
+        self.held: dict[str, tuple[float, _Reversed, Architecture, dict[str, float], str]] = {}
+
+    def offer(self, arch: Architecture, values: dict[str, float]) -> None:
+        heap, held = self.heap, self.held
+        # Larger is better; on ties the smaller key wins, whatever the batch order.
+        score = -self.objective.minimised(values)
+        full = len(heap) >= self.size
+        if full and score < heap[0][0]:
+            return  # the common case: no key needed (keys cost ~20 us each)
+        net = self.network(arch)
+        item = (score, _Reversed(arch.key()), arch, values, net)
+        old = held.get(net)
+        if old is not None:
+            if item[:2] > old[:2]:  # a better member of a network already held
+                heap.remove(old)
+                heapq.heapify(heap)
+                heapq.heappush(heap, item)
+                held[net] = item
+            return
+        if not full:
+            heapq.heappush(heap, item)
+            held[net] = item
+        elif item[:2] > heap[0][:2]:
+            evicted = heapq.heapreplace(heap, item)
+            del held[evicted[4]]
+            held[net] = item
+
+    def ranked(self) -> list[RankedArchitecture]:
+        ranked = sorted(self.heap, key=lambda item: item[:2], reverse=True)
+        return [
+            RankedArchitecture(
+                rank=i + 1,
+                key=arch.key(),
+                arch=arch.model_dump(mode="json"),
+                metrics=values,
+                value=self.objective.value(values),
+            )
+            for i, (_, _, arch, values, _) in enumerate(ranked)
+        ]
 
 
 class _Reversed:

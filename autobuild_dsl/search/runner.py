@@ -4,23 +4,20 @@ Results are keyed by network (`space.equivalence.network_keyer`): two architectu
 compile to the same network are evaluated once, in memory and in the cache.
 
 Misses are split into chunks and spread over worker processes (`jobs`) or Ray tasks
-(`ray_address`; Ray is an optional dependency, imported only when asked for). Workers
-rebuild the evaluator from its config, so anything a config can describe runs anywhere.
+(`ray_address`; Ray is an optional dependency, imported only when asked for), through
+`autobuild_dsl.parallel` (one torch thread per worker). Workers rebuild the evaluator from
+its config, so anything a config can describe runs anywhere.
 Each finished chunk is written to the cache at once, so an interruption keeps it.
 """
 
 from __future__ import annotations
 
 import math
-import multiprocessing
-import signal
-import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
-from autobuild_dsl.io import die_with_parent
+from autobuild_dsl.parallel import Fanout
 from autobuild_dsl.search.cache import EvaluationCache
 from autobuild_dsl.search.evaluators import (
     EvaluationError,
@@ -38,6 +35,8 @@ from autobuild_dsl.space.resolve import ResolveError
 Metrics = dict[str, float]
 # Called with (finished, total) as chunks of a batch complete.
 OnEvaluated = Callable[[int, int], None]
+# A chunk of misses: (network key, architecture) pairs.
+Chunk = list[tuple[str, Architecture]]
 
 
 class EvaluationRunner:
@@ -70,8 +69,7 @@ class EvaluationRunner:
         self.network_key = network_keyer(space)
         self.paid = 0  # evaluations actually run
         self.hits = 0  # answered from the on-disk cache
-        self._pool: ProcessPoolExecutor | None = None
-        self._ray: Any = None
+        self._fanout: Fanout[Chunk] | None = None
 
     @property
     def identity(self) -> str:
@@ -154,7 +152,6 @@ class EvaluationRunner:
                 self.paid += len(batch)
                 yield batch, metrics
             return
-        window = window or 2 * self.jobs
         # Keys are not needed here (no cache); computing them would cost ~20 us each.
         chunks = ([("", arch) for arch in batch] for batch in batches)
         for chunk, metrics in self._run_chunks(chunks, window):
@@ -162,100 +159,27 @@ class EvaluationRunner:
             yield [arch for _, arch in chunk], metrics
 
     def _run_chunks(
-        self, chunks: Iterable[list[tuple[str, Architecture]]], window: int | None = None
-    ) -> Iterator[tuple[list[tuple[str, Architecture]], list[Metrics]]]:
+        self, chunks: Iterable[Chunk], window: int | None = None
+    ) -> Iterator[tuple[Chunk, list[Metrics]]]:
         if not self.remote:
             for chunk in chunks:
                 yield chunk, self.evaluator.evaluate([arch for _, arch in chunk])
-        elif self.ray_address is not None:
-            yield from self._run_ray(chunks, window)
-        else:
-            yield from self._run_pool(chunks, window)
-
-    def _run_pool(
-        self, chunks: Iterable[list[tuple[str, Architecture]]], window: int | None
-    ) -> Iterator[tuple[list[tuple[str, Architecture]], list[Metrics]]]:
-        pool = self._get_pool()
-        pending: dict[Future[list[Metrics]], list[tuple[str, Architecture]]] = {}
-        iterator = iter(chunks)
-        limit = window or sys.maxsize
-        exhausted = False
-        try:
-            while True:
-                while not exhausted and len(pending) < limit:
-                    chunk = next(iterator, None)
-                    if chunk is None:
-                        exhausted = True
-                        break
-                    future = pool.submit(_worker_evaluate, [a.to_json() for _, a in chunk])
-                    pending[future] = chunk
-                if not pending:
-                    return
-                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    chunk = pending.pop(future)
-                    yield chunk, future.result()
-        except BaseException:
-            # Do not wait for running evaluations (a Ctrl-C also reaches a user's command).
-            if self._pool is not None:
-                self._pool.shutdown(wait=False, cancel_futures=True)
-                self._pool = None
-            raise
-
-    def _get_pool(self) -> ProcessPoolExecutor:
-        if self._pool is None:
-            # spawn: forking a process that has started torch's thread pools can hang.
-            context = multiprocessing.get_context("spawn")
-            self._pool = ProcessPoolExecutor(
-                max_workers=self.jobs,
-                mp_context=context,
-                initializer=_worker_init,
-                initargs=(config_to_json(self.config), self.space.to_json(), list(sys.path)),
+            return
+        if self._fanout is None:
+            self._fanout = Fanout(
+                _worker_evaluator,
+                (config_to_json(self.config), self.space.to_json()),
+                jobs=self.jobs,
+                ray_address=self.ray_address,
+                error=EvaluationError,
             )
-        return self._pool
-
-    def _run_ray(
-        self, chunks: Iterable[list[tuple[str, Architecture]]], window: int | None
-    ) -> Iterator[tuple[list[tuple[str, Architecture]], list[Metrics]]]:
-        ray = self._get_ray()
-        task = ray.remote(_ray_evaluate)
-        config_json, space_json = config_to_json(self.config), self.space.to_json()
-        pending: dict[Any, list[tuple[str, Architecture]]] = {}
-        iterator = iter(chunks)
-        limit = window or sys.maxsize
-        exhausted = False
-        while True:
-            while not exhausted and len(pending) < limit:
-                chunk = next(iterator, None)
-                if chunk is None:
-                    exhausted = True
-                    break
-                ref = task.remote(config_json, space_json, [a.to_json() for _, a in chunk])
-                pending[ref] = chunk
-            if not pending:
-                return
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            for ref in ready:
-                chunk = pending.pop(ref)
-                yield chunk, ray.get(ref)
-
-    def _get_ray(self) -> Any:
-        if self._ray is None:
-            try:
-                import ray
-            except ImportError:
-                raise EvaluationError(
-                    "running on Ray needs the optional dependency ray: pip install 'autobuild-dsl[ray]'"
-                ) from None
-            if not ray.is_initialized():
-                ray.init(address=self.ray_address, ignore_reinit_error=True, log_to_driver=False)
-            self._ray = ray
-        return self._ray
+        tasks = ((chunk, [a.to_json() for _, a in chunk]) for chunk in chunks)
+        yield from self._fanout.map(_worker_evaluate, tasks, window=window)
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+        if self._fanout is not None:
+            self._fanout.close()
+            self._fanout = None
         self.evaluator.close()
 
     def __enter__(self) -> EvaluationRunner:
@@ -265,31 +189,12 @@ class EvaluationRunner:
         self.close()
 
 
-# Worker side: one evaluator per process, built once from its config.
-_WORKER: dict[str, Evaluator] = {}
+# Worker side: one evaluator per worker process, built once from its config.
 
 
-def _worker_init(config_json: str, space_json: str, path: list[str]) -> None:
-    # The parent handles Ctrl-C; workers would only print tracebacks.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    die_with_parent()  # a kill -9 of the parent must not leave workers running
-    for entry in path:
-        if entry not in sys.path:
-            sys.path.append(entry)
-    _WORKER["evaluator"] = make_evaluator(
-        config_from_json(config_json), Space.from_json(space_json)
-    )
+def _worker_evaluator(config_json: str, space_json: str) -> Evaluator:
+    return make_evaluator(config_from_json(config_json), Space.from_json(space_json))
 
 
-def _worker_evaluate(arch_jsons: list[str]) -> list[Metrics]:
-    evaluator = _WORKER["evaluator"]
-    return evaluator.evaluate([Architecture.model_validate_json(a) for a in arch_jsons])
-
-
-def _ray_evaluate(config_json: str, space_json: str, arch_jsons: list[str]) -> list[Metrics]:
-    key = f"{config_json}|{hash(space_json)}"
-    evaluator = _WORKER.get(key)
-    if evaluator is None:
-        evaluator = make_evaluator(config_from_json(config_json), Space.from_json(space_json))
-        _WORKER[key] = evaluator
+def _worker_evaluate(evaluator: Evaluator, arch_jsons: list[str]) -> list[Metrics]:
     return evaluator.evaluate([Architecture.model_validate_json(a) for a in arch_jsons])

@@ -31,9 +31,9 @@ space, see `anchor_architecture`) is timed in every round next to the others, an
 network also gets `latency_rel`, the median over rounds of its run's time divided by the
 anchor's run in the same round (unitless: "this many anchors"), and `latency_anchor`, the
 anchor's median in ms while it was timed. A slow-down that hits the network and the anchor
-alike cancels in the ratio; on this 2-core shared machine it took test-retest Spearman from
-0.90 to 0.95 at load 18-29 and the two passes' median ratio from 1.73 to 0.94
-(docs/results/latency.md). With an anchor the stopping rule watches the ratio's interval.
+alike cancels in the ratio: on 60 OFA networks measured twice on an idle 2-core machine,
+test-retest Spearman 0.688 in ms and 0.996 anchored (docs/results/latency.md). With an
+anchor the stopping rule watches the ratio's interval.
 """
 
 from __future__ import annotations

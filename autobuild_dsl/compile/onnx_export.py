@@ -51,6 +51,36 @@ def _spec_of(module: nn.Module, net: ResolvedNetwork | None) -> ResolvedNetwork:
     return spec
 
 
+def export_call(
+    module: torch.nn.Module,
+    inputs: dict[str, torch.Tensor],
+    target: io.BytesIO | str,
+    *,
+    opset: int = OPSET,
+    dynamic_axes: dict[str, dict[int, str]] | None = None,
+    export_params: bool = True,
+) -> None:
+    """The one call of the exporter: `module(**inputs)` to ONNX at `target` (a path or a
+    buffer) with the TorchScript exporter (`dynamo=False`: no onnxscript needed), output
+    `out`, constants folded (in eval mode Conv + BatchNorm fold into Conv)."""
+    with torch.no_grad(), warnings.catch_warnings():
+        # The TorchScript exporter warns that it is deprecated in favour of dynamo.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module,
+            (),
+            target,  # type: ignore[arg-type]
+            kwargs=inputs,
+            input_names=list(inputs),
+            output_names=["out"],
+            opset_version=opset,
+            dynamo=False,
+            dynamic_axes=dynamic_axes,
+            do_constant_folding=True,
+            export_params=export_params,
+        )
+
+
 def export_onnx(
     module: nn.Module,
     net: ResolvedNetwork | None = None,
@@ -93,21 +123,7 @@ def export_onnx(
         else:
             target = str(out_path)
     try:
-        with torch.no_grad(), warnings.catch_warnings():
-            # The TorchScript exporter warns that it is deprecated in favour of dynamo.
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                module,
-                (),
-                target,  # type: ignore[arg-type]
-                kwargs=inputs,
-                input_names=names,
-                output_names=["out"],
-                opset_version=opset,
-                dynamo=False,
-                dynamic_axes=dynamic,
-                do_constant_folding=True,
-            )
+        export_call(module, inputs, target, opset=opset, dynamic_axes=dynamic)
         if scratch is not None:
             model = onnx.load(str(target), load_external_data=True)
             data_name = out_path.name + ".data"

@@ -18,6 +18,7 @@ import numpy as np
 from autobuild_dsl.design.rank_model import StageState, _parts, _vkey
 from autobuild_dsl.space.decisions import index_of, stage_module_choices, unit_modules
 from autobuild_dsl.space.expr import Value
+from autobuild_dsl.space.keys import DecisionKey
 from autobuild_dsl.space.model import Space, Stage, StageModule, Unit
 
 # ----- enumerating a unit's modules as index arrays ---------------------------------------
@@ -183,7 +184,7 @@ def _feasible(space: Space, modules: _Modules, values: dict[str, Value]) -> np.n
                 feasible_states.setdefault(variable_index, set()).add(state_index)
             for key, value in env.items():
                 keeper_values.setdefault(key, set()).add(_vkey(value))
-    unit_var = index.variable_of[f"{modules.unit.stages[0]}.depth"]
+    unit_var = index.variable_of[DecisionKey.depth(modules.unit.stages[0])]
     variable = index.variables[unit_var]
     own_index = {
         tuple(sorted((k, _vkey(v)) for k, v in state)): i for i, state in enumerate(variable.states)
@@ -196,9 +197,9 @@ def _feasible(space: Space, modules: _Modules, values: dict[str, Value]) -> np.n
         for j, s_index in enumerate(state):
             stage = modules.stages[j]
             s = modules.stage_states[j][s_index]
-            own.append((f"{stage.name}.depth", _vkey(s.depth)))
+            own.append((DecisionKey.depth(stage.name), _vkey(s.depth)))
             for name, value in s.choices.items():
-                key = f"{stage.name}.{name}"
+                key = DecisionKey.choice(stage.name, name)
                 keeper = space.ties.get(key)
                 if keeper is None:
                     own.append((key, _vkey(value)))

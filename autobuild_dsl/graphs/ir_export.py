@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import re
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -169,23 +168,11 @@ def to_onnx(module: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> Any:
     """`module(**inputs)` exported in memory (the settings above), shapes inferred."""
     import onnx
 
-    from autobuild_dsl.compile.onnx_export import OPSET
+    from autobuild_dsl.compile.onnx_export import export_call
 
     buffer = io.BytesIO()
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-        torch.onnx.export(
-            module,
-            (),
-            buffer,
-            kwargs=inputs,
-            input_names=list(inputs),
-            output_names=["out"],
-            opset_version=OPSET,
-            dynamo=False,
-            do_constant_folding=True,  # with eval mode: Conv + BatchNorm fold into Conv
-            export_params=False,  # the graph only: no 20 MB of weights to write and parse
-        )
+    # The graph only (`export_params=False`): no 20 MB of weights to write and parse.
+    export_call(module, inputs, buffer, export_params=False)
     return onnx.shape_inference.infer_shapes(onnx.load_from_string(buffer.getvalue()))
 
 

@@ -26,6 +26,7 @@ from autobuild_dsl.space.expr import (
     format_value,
     names_in,
 )
+from autobuild_dsl.space.keys import DEPTH, DecisionKey
 from autobuild_dsl.space.model import (
     INPUT_NAMES,
     FixedBlock,
@@ -58,9 +59,9 @@ class Finaliser(RuleLowering):
         domains: dict[str, list[Value]] = values_of(self.draft.choices)
         for stage in self.stages:
             for name, domain in stage.choices.items():
-                domains[f"{stage.name}.{name}"] = domain.value
+                domains[DecisionKey.choice(stage.name, name)] = domain.value
             if stage.depths:
-                domains[f"{stage.name}.depth"] = list(stage.depths)
+                domains[DecisionKey.depth(stage.name)] = list(stage.depths)
         return domains
 
     def run(self) -> Space | None:
@@ -157,11 +158,15 @@ class Finaliser(RuleLowering):
     ) -> str | None:
         if "." in name:
             return name if name in domains else None
-        if stage is not None and name == "depth" and f"{stage.name}.depth" in domains:
+        if stage is not None and name == DEPTH and DecisionKey.depth(stage.name) in domains:
             # A bare `depth` inside a stage (or a family's body) is that stage's depth.
-            return f"{stage.name}.depth"
-        if stage is not None and f"{stage.name}.{name}" in domains and name in stage.choices:
-            return f"{stage.name}.{name}"
+            return DecisionKey.depth(stage.name)
+        if (
+            stage is not None
+            and DecisionKey.choice(stage.name, name) in domains
+            and name in stage.choices
+        ):
+            return DecisionKey.choice(stage.name, name)
         if name in self.draft.choices:
             return name
         return None

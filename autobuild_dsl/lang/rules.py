@@ -19,6 +19,7 @@ from autobuild_dsl.space.expr import (
     format_value,
     names_in,
 )
+from autobuild_dsl.space.keys import DecisionKey
 from autobuild_dsl.space.model import Rule
 
 if TYPE_CHECKING:
@@ -75,8 +76,8 @@ class RuleLowering:
                 and expr.op == "=="
                 and isinstance(expr.left, Ref)
                 and isinstance(expr.right, Ref)
-                and not expr.left.name.endswith(".depth")
-                and not expr.right.name.endswith(".depth")
+                and not DecisionKey.parse(expr.left.name).is_depth
+                and not DecisionKey.parse(expr.right.name).is_depth
             ):
                 a, b = find(expr.left.name), find(expr.right.name)
                 if a == b:
@@ -135,7 +136,7 @@ class RuleLowering:
                     own[name] = self._resolve(expr, stage, own, domains, stage.loc, "let")
                     if len(self.sink.items) > before or bad & set(names_in(expr)):
                         bad.add(name)
-                        poisoned.add(f"{stage.name}.{name}")
+                        poisoned.add(DecisionKey.choice(stage.name, name))
                 per_stage[stage.name] = {name: own[name] for name in stage.lets}
         finally:
             self.sink = real_sink

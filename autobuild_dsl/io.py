@@ -121,6 +121,19 @@ def atomic_path(
         raise
 
 
+def append_synced(path: str | os.PathLike[str], data: bytes | str) -> None:
+    """Append `data` and fsync before returning: a record appended (an evaluation, a
+    search step) survives a kill -9 right after it. A journal, not a whole-file rewrite."""
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, payload)
+        if FSYNC:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_atomic(
     path: str | os.PathLike[str], data: bytes | str, *, overwrite: bool = True, durable: bool = True
 ) -> Path:

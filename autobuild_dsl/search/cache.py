@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -80,13 +79,7 @@ class EvaluationCache:
             header = json.dumps({"evaluator": self.identity}) + "\n"
         # Start on a fresh line if a previous writer was cut off mid-line.
         prefix = "" if new_file or _ends_with_newline(self.path) else "\n"
-        payload = (header + prefix + "\n".join(lines) + "\n").encode("utf-8")
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, payload)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        abc_io.append_synced(self.path, header + prefix + "\n".join(lines) + "\n")
         for key, metrics in fresh:
             self._entries[key] = metrics
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -494,13 +493,7 @@ def _rewrite_records(path: Path, records: Sequence[SearchRecord]) -> None:
 
 
 def _append_records(path: Path, records: Sequence[SearchRecord]) -> None:
-    payload = "".join(_record_line(r) for r in records).encode("utf-8")
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, payload)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    abc_io.append_synced(path, "".join(_record_line(r) for r in records))
 
 
 def _write_front(path: Path, config: SearchConfig, records: Sequence[SearchRecord]) -> None:

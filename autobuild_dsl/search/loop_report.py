@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
+from autobuild_dsl import io as abc_io
 from autobuild_dsl.data.dataset import write_text_atomic
 from autobuild_dsl.search.loop_state import PLOT_FILE, REPORT_FILE, LoopResult
 
@@ -77,7 +77,8 @@ def _plot(result: LoopResult, path: Path) -> bool:
     axis.grid(alpha=0.3)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    figure.savefig(tmp, dpi=110)
-    plt.close(figure)
-    os.replace(tmp, path)
+    try:
+        with abc_io.atomic_path(path, suffix=".png") as tmp:
+            figure.savefig(tmp, dpi=110)
+    finally:
+        plt.close(figure)

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from autobuild_dsl import io as abc_io
 from autobuild_dsl.data.dataset import LabeledDataset, write_text_atomic
 from autobuild_dsl.errors import START_OVER, AbcError, Remedy
 from autobuild_dsl.search.evolution import read_checkpoint
@@ -178,14 +178,7 @@ def label_line(arch: Architecture, metrics: dict[str, float]) -> str:
     return json.dumps({"arch": arch.model_dump(mode="json"), "metrics": metrics}) + "\n"
 
 
-def append_synced(path: Path, text: str) -> None:
-    """Append and fsync: a finished evaluation survives a kill -9 right after it."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, text.encode("utf-8"))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+append_synced = abc_io.append_synced  # kept importable from here
 
 
 def rewrite(path: Path, text: str) -> None:

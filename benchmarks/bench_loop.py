@@ -199,7 +199,11 @@ def es_top1(run_folder: Path, table: Table) -> float:
 
 def variant(args) -> str:  # type: ignore[no-untyped-def]
     """The loop settings a trial depends on, in its folder and cache names."""
-    return f"{args.inner}_p{args.per_round}" + (f"_k{args.top_k}" if args.top_k else "")
+    return (
+        f"{args.inner}_p{args.per_round}"
+        + (f"_k{args.top_k}" if args.top_k else "")
+        + ("_nowiden" if args.no_widen_on_stall else "")
+    )
 
 
 def others(table: Table, space, work: Path, seed: int, b: int, warm, out: Path, args) -> dict:  # type: ignore[no-untyped-def]
@@ -244,7 +248,8 @@ def single(table: Table, space, work: Path, seed: int, args) -> dict:  # type: i
         out = work / f"single_s{seed}_b{b}_{variant(args)}"
         config = LoopConfig(targets=["mean_acc"], budget=b, per_round=args.per_round,
                             inner=args.inner, top_k=args.top_k, epochs=args.epochs,
-                            folds=args.folds, seed=seed)  # fmt: skip
+                            folds=args.folds, seed=seed,
+                            widen_on_stall=not args.no_widen_on_stall)  # fmt: skip
         first = work / f"r00_s{seed}_e{args.epochs}_f{args.folds}"
         if first.exists() and not out.exists():
             # Round 0 trains on the labels alone, the same for every B and variant: reuse it.
@@ -465,6 +470,12 @@ def arguments() -> argparse.Namespace:
     parser.add_argument(
         "--top-k", type=int, default=TOP_K, help="loop: the first k (default: from the budget)"
     )
+    parser.add_argument(
+        "--no-widen-on-stall",
+        action="store_true",
+        help="loop: widen k only when the reduced space is exhausted, not after a round "
+        "that found nothing better",
+    )
     parser.add_argument("--work", type=Path, default=ROOT / "out" / "bench" / "loop")
     parser.add_argument("--markdown", type=Path, help="write the results section here")
     parser.add_argument(
@@ -600,6 +611,7 @@ def main() -> int:
         f"--seeds {args.seeds} --epochs {args.epochs} --folds {args.folds} "
         f"--inner {args.inner} --per-round {args.per_round}"
         + (f" --top-k {args.top_k}" if args.top_k else "")
+        + (" --no-widen-on-stall" if args.no_widen_on_stall else "")
     )
     section += [
         f"Command: `{command}`. The loops took {sum(x[1] for x in measured) / 60:.0f} min CPU "

@@ -108,3 +108,30 @@ def test_measure_resume_and_loop_identity_accept_an_edited_space(spaces, tmp_pat
     config = LoopConfig(targets=["acc"], budget=8)
     assert fingerprint(original, labels, config, "e") == fingerprint(edited, labels, config, "e")
     assert fingerprint(original, labels, config, "e") != fingerprint(changed, labels, config, "e")
+
+
+def test_a_training_run_resumes_with_an_edited_space(spaces, tmp_path: Path) -> None:
+    from autobuild_dsl.data.dataset import LabeledDataset
+    from autobuild_dsl.scorer import EnsembleConfig, TrainConfig, train_run
+    from autobuild_dsl.scorer.records import RunError
+
+    original, edited, changed = spaces
+    archs = sample(original, 24, seed=2)
+    acc = [[float(sum(op != "identity" for op in _ops(a)))] for a in archs]
+    kwargs = dict(
+        train=TrainConfig(epochs=1, batch_size=8), ensemble=EnsembleConfig(folds=2, seeds=1)
+    )
+    out = tmp_path / "run"
+    train_run(original, LabeledDataset(original, archs, ["acc"], acc), "acc", out, **kwargs)
+    (out / "members" / "f1s0.json").unlink()  # interrupted: one member to finish
+    weights = (out / "members" / "f0s0.pt").read_bytes()
+    data = LabeledDataset(edited, archs, ["acc"], acc)
+    train_run(edited, data, "acc", out, resume=True, **kwargs)
+    assert (out / "members" / "f0s0.pt").read_bytes() == weights  # not trained again
+    with pytest.raises(RunError, match="space differs"):
+        data = LabeledDataset(changed, archs, ["acc"], acc)
+        train_run(changed, data, "acc", out, resume=True, **kwargs)
+
+
+def _ops(arch) -> list[str]:
+    return [layer["op"] for stage in arch.stages.values() for layer in stage.layers]

@@ -188,7 +188,17 @@ def _config_differences(old: RunConfig, new: RunConfig) -> list[str]:
             dump["train"].pop(key, None)
         for key in _INFORMATIONAL:
             dump.pop(key, None)
+    # The space by its meaning (Space.digest): where its text sits in a file, or which
+    # checkout it was compiled from, is not part of it.
+    a["space"], b["space"] = _space_digest(old.space), _space_digest(new.space)
     return [f"{key} differs" for key in sorted(set(a) | set(b)) if a.get(key) != b.get(key)]
+
+
+def _space_digest(space_json: dict[str, Any]) -> str:
+    try:
+        return Space.model_validate(space_json).digest()
+    except ValueError:  # not a Space (a hand-edited config): compare the text as it is
+        return json.dumps(space_json, sort_keys=True)
 
 
 def _labeled(dataset: LabeledDataset, target: Target) -> tuple[LabeledDataset, np.ndarray]:

@@ -95,6 +95,12 @@ def test_the_space_holds_its_index_without_changing_its_identity() -> None:
     again = pickle.loads(pickle.dumps(space))
     assert again == space and again._decision_index is None
     assert index_of(again).size() == index.size()
+    # A space pickled by a version that held no index (no private state) still works.
+    state = space.__getstate__()
+    state["__pydantic_private__"] = None
+    older = type(space).__new__(type(space))
+    older.__setstate__(state)
+    assert older == space and index_of(older).size() == index.size()
     rng = random.Random(0)
     arch = sample(space, 1, seed=1)[0]
     assert canonicalize(space, mutate(space, arch, rng, mode="layer")) is not None

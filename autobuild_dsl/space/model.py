@@ -229,6 +229,12 @@ class Space(BaseModel):
         state["__pydantic_private__"] = {"_decision_index": None}  # rebuilt where needed
         return state
 
+    def __setstate__(self, state: dict[Any, Any]) -> None:
+        # A space pickled before it held an index has no private state: give it an empty one.
+        if not state.get("__pydantic_private__"):
+            state = {**state, "__pydantic_private__": {"_decision_index": None}}
+        super().__setstate__(state)
+
     @property
     def stages(self) -> list[Stage]:
         return [part for part in self.parts if isinstance(part, Stage)]

@@ -171,6 +171,14 @@ def analyse(out: Path) -> dict:
     data = _read_jsonl(out / "data.jsonl")
     built = _read_jsonl(out / "built_measured.jsonl")
     measured = data + built
+    # The labels and the built networks are measured minutes apart, and this machine's
+    # speed drifts between the two (docs/results/latency.md). Both are put on one scale
+    # through the anchor timed next to every network: its latency in anchors (`lat_rel`)
+    # times the anchor's median ms while the labels were measured.
+    anchor_ms = float(np.median([r["metrics"]["lat_anchor"] for r in data]))
+    for row in measured:
+        row["metrics"]["lat_ms"] = row["metrics"]["lat"]
+        row["metrics"]["lat"] = row["metrics"]["lat_rel"] * anchor_ms
 
     ops = sorted(
         {layer["op"] for r in table for s in r["arch"]["stages"].values() for layer in s["layers"]}
@@ -274,7 +282,10 @@ def write_report(demo: Demo) -> None:
         "",
         "## Where the built networks land",
         "",
-        "Target of each built network with its *measured* latency and its true accuracy from",
+        "Target of each built network with its *measured* latency (anchored: its latency in"
+        " anchor networks timed in the same rounds, times the anchor's median ms while the"
+        " labels were measured, so networks measured minutes apart share one scale) and its"
+        " true accuracy from",
         f"the table, its percentile among the {len(a['data'])} labels, and among all 3969 distinct networks",
         "(their latency from a linear fit of every measured network's latency on its layers,",
         "one indicator per layer position and operation: Spearman",

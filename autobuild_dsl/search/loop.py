@@ -35,19 +35,18 @@ from typing import Any, Literal
 
 import numpy as np
 
+from autobuild_dsl import io as abc_io
 from autobuild_dsl.data.dataset import LabeledDataset, from_records, write_text_atomic
 from autobuild_dsl.errors import CONTINUE, START_OVER, Remedy
 from autobuild_dsl.search.baselines import regularized_evolution, tpe_search
-from autobuild_dsl.search.evolution import Evaluates
+from autobuild_dsl.search.evolution import FRONT_FILE, TRIES_PER_ARCH, Evaluates
 from autobuild_dsl.search.loop_report import write_report
 from autobuild_dsl.search.loop_state import (
     AUTO_K_FACTOR,
-    FRONT_FILE,
     LABELS_FILE,
     RECORDS_FILE,
     ROUNDS_DIR,
     STATE_FILE,
-    TRIES_PER_ARCH,
     LoopConfig,
     LoopError,
     LoopProgress,
@@ -56,7 +55,6 @@ from autobuild_dsl.search.loop_state import (
     LoopState,
     ProgressCallback,
     RoundInfo,
-    append_synced,
     check_resumable,
     fingerprint,
     label_line,
@@ -162,8 +160,8 @@ class _Loop:
             arch=arch.model_dump(mode="json"),
             metrics=metrics,
         )
-        append_synced(self.out / RECORDS_FILE, record.model_dump_json() + "\n")
-        append_synced(self.out / LABELS_FILE, label_line(arch, metrics))
+        abc_io.append_synced(self.out / RECORDS_FILE, record.model_dump_json() + "\n")
+        abc_io.append_synced(self.out / LABELS_FILE, label_line(arch, metrics))
         self.records.append(record)
         self.recorded.add(key)
         self.known[key] = metrics

@@ -14,7 +14,6 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from autobuild_dsl import io as abc_io
 from autobuild_dsl.data.dataset import LabeledDataset, write_text_atomic
 from autobuild_dsl.errors import START_OVER, AbcError, Remedy
 from autobuild_dsl.search.evolution import read_checkpoint
@@ -27,10 +26,8 @@ RECORDS_FILE = "evaluations.jsonl"
 LABELS_FILE = "labels.jsonl"
 REPORT_FILE = "report.md"
 PLOT_FILE = "progress.png"
-FRONT_FILE = "front.jsonl"
 ROUNDS_DIR = "rounds"
 STATE_VERSION = 1
-TRIES_PER_ARCH = 50
 # Automatic k: the first reduced space holds this many times the budget. Small enough that
 # the evaluations cover a good part of it, large enough to hold what the scores misplace
 # (on NAS-Bench-Macro the best network uses a stage module of true marginal rank 5).
@@ -176,9 +173,6 @@ def fingerprint(space: Space, labels: LabeledDataset, config: LoopConfig, evalua
 
 def label_line(arch: Architecture, metrics: dict[str, float]) -> str:
     return json.dumps({"arch": arch.model_dump(mode="json"), "metrics": metrics}) + "\n"
-
-
-append_synced = abc_io.append_synced  # kept importable from here
 
 
 def rewrite(path: Path, text: str) -> None:

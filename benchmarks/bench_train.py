@@ -242,6 +242,33 @@ def show(row: Row) -> None:
     print(line, flush=True)
 
 
+def unique_rows_line(bench: Bench, dataset: LabeledDataset, encoder: GraphEncoder) -> str:
+    """Distinct Weisfeiler-Lehman colours per hop (scorer/dedup.py): over all graphs, and
+    the mean over one epoch's training batches: the rows a layer computed once per colour
+    would need, against the nodes it computes today."""
+    import torch
+
+    from autobuild_dsl.data.splits import train_test_split
+    from autobuild_dsl.scorer.dedup import unique_rows, wl_colours
+    from autobuild_dsl.scorer.model import pack_graphs
+
+    train = TrainConfig()
+    packed = pack_graphs(encoder.encode_many(dataset.architectures))
+    colours = wl_colours(packed, train.num_layers)
+    split = train_test_split(packed.num_graphs, bench.test_fraction, 0)
+    shuffle = torch.randperm(len(split.train), generator=torch.Generator().manual_seed(0))
+    order = torch.tensor(list(split.train))[shuffle]
+    batches = [b for b in order.split(train.batch_size) if b.shape[0] == train.batch_size]
+    per_batch = np.mean([unique_rows(packed, colours, b) for b in batches], axis=0)
+    nodes = float(np.mean([int(packed.counts[b].sum()) for b in batches]))
+    return (
+        f"{bench.name:>15}: {int(packed.node_ptr[-1])} nodes, distinct rows at hop 0..L "
+        f"{' '.join(str(c) for c in unique_rows(packed, colours))}; per batch of "
+        f"{train.batch_size} ({nodes:.0f} nodes, mean of {len(batches)}) "
+        f"{' '.join(f'{c:.0f}' for c in per_batch)}"
+    )
+
+
 def markdown(rows: list[Row], command: str, load_before: float, load_after: float) -> str:
     train = TrainConfig()
     by_bench: dict[str, dict[str, Row]] = {}
@@ -354,6 +381,11 @@ def main() -> None:
     parser.add_argument("--losses", default=",".join(LOSSES), help="ranked, mse or both")
     parser.add_argument("--json", action="store_true", help="one JSON line per data set/loss")
     parser.add_argument("--markdown", help="write the results section (markdown) here")
+    parser.add_argument(
+        "--unique-rows",
+        action="store_true",
+        help="only count distinct receptive fields per hop (no training)",
+    )
     args = parser.parse_args()
     names = args.only.split(",") if args.only else list(BENCHES)
     unknown = [n for n in names if n not in BENCHES]
@@ -374,6 +406,9 @@ def main() -> None:
             print(f"{name}: skipped ({error})")
             continue
         encoder = GraphEncoder(space)
+        if args.unique_rows:
+            print(unique_rows_line(bench, dataset, encoder), flush=True)
+            continue
         for loss in losses:
             train = TrainConfig(epochs=args.epochs, loss=loss)  # type: ignore[arg-type]
             row = run_row(bench, space, dataset, encoder, train, seeds)

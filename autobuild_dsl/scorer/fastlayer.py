@@ -9,6 +9,10 @@ plus the mean pooling of every hop as ONE autograd node (instead of ~150). When 
 node's predecessor is the row just before it (chains packed in order), the predecessor's
 message is a shifted view of the same tensor: no gather forward, no scatter backward.
 
+For chained float32 batches the element-wise work between a layer's matmuls runs as one C
+loop each way (ckernel.py), when a C compiler is at hand; the tensor ops below are the
+fallback and the reference (tests/test_scorer_ckernel.py).
+
 Same numbers as `GATv2Layer`'s generic path (and so PyG's GATv2Conv) within float rounding;
 tests/test_scorer_fast.py compares outputs and gradients.
 """
@@ -20,6 +24,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
+
+from autobuild_dsl.scorer import ckernel
 
 Mode = Literal["plain", "relu", "relu_residual"]
 
@@ -49,6 +55,21 @@ class _Saved:
     mode: Mode
 
 
+@dataclass
+class _KernelSaved:
+    """What one layer's backward needs when the C kernels ran it (ckernel.py)."""
+
+    h: torch.Tensor
+    weight: torch.Tensor
+    both: torch.Tensor  # [nodes, 2 out]: source | target
+    att: torch.Tensor
+    att_shape: torch.Size
+    has_other: torch.Tensor
+    w: torch.Tensor
+    relu: torch.Tensor
+    mode: Mode
+
+
 def _messages(
     source: torch.Tensor, target: torch.Tensor, other: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -73,12 +94,16 @@ def layer_forward(
     has_other: torch.Tensor,
     mode: Mode,
     slope: float,
-) -> tuple[torch.Tensor, _Saved]:
+) -> tuple[torch.Tensor, _Saved | _KernelSaved]:
     weight_l, bias_l, weight_r, bias_r, att_param, bias = params
     dim = bias.shape[0]
     att = att_param.reshape(-1)
     weight = torch.cat([weight_l, weight_r])
     both = torch.addmm(torch.cat([bias_l, bias_r]), h, weight.t())
+    if other is None and ckernel.applies(h, dim):
+        out, relu_out, w = ckernel.forward(both, h, att, has_other, bias, slope, mode)
+        kept = _KernelSaved(h, weight, both, att, att_param.shape, has_other, w, relu_out, mode)
+        return out, kept
     source, target = both[:, :dim], both[:, dim:]
     pre_target, diff = _messages(source, target, other)
     act_self = _leaky_relu(source + target, slope)
@@ -98,10 +123,12 @@ def layer_forward(
 
 
 def layer_backward(
-    s: _Saved, grad: torch.Tensor, other: torch.Tensor | None, slope: float
+    s: _Saved | _KernelSaved, grad: torch.Tensor, other: torch.Tensor | None, slope: float
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """(gradient of h, gradients of the layer's parameters in PARAMS order)."""
     dim = s.att.shape[0]
+    if isinstance(s, _KernelSaved):
+        return _kernel_backward(s, grad, slope)
     grad_pre = grad if s.relu is None else _threshold_backward(grad, s.relu, 0)
     grad_bias = grad_pre.sum(0)
     # d out / d w = diff; d w / d logit difference = w (1 - w), 0 where no predecessor
@@ -122,6 +149,28 @@ def layer_backward(
         grad_source[:-1].add_(grad_message[1:])
     else:
         grad_source.index_add_(0, other, grad_message)
+    return _through_matmul(s, grad, grad_both, grad_att, grad_bias)
+
+
+def _kernel_backward(
+    s: _KernelSaved, grad: torch.Tensor, slope: float
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    grad_both, grad_att, grad_bias = ckernel.backward(
+        s.both, s.w, s.relu, grad, s.att, s.has_other, slope, s.mode
+    )
+    return _through_matmul(s, grad, grad_both, grad_att, grad_bias)
+
+
+def _through_matmul(
+    s: _Saved | _KernelSaved,
+    grad: torch.Tensor,
+    grad_both: torch.Tensor,
+    grad_att: torch.Tensor,
+    grad_bias: torch.Tensor,
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """From the gradient of [source | target] back through the layer's matmul: (gradient
+    of h, the parameters' gradients in PARAMS order)."""
+    dim = s.att.shape[0]
     grad_weight = grad_both.t() @ s.h
     grad_bias_both = grad_both.sum(0)
     if s.mode == "relu_residual":

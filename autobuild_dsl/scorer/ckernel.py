@@ -19,6 +19,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -32,11 +33,14 @@ _SOURCE = r"""
 #define MAX_DIM 512
 static inline float lrelu(float x, float s) { return x > 0.f ? x : x * s; }
 
-/* both: [n, 2d] (source | target); h: [n, d] (residual input, mode 2 only). */
+/* both: [n, 2d] (source | target); h: [n, d] (residual input, mode 2 only). With a pool
+   table (pt not NULL), row i's output is also added to pt[pb[i], pc:pc + d] (row width
+   pw): the graph sums of the hop. */
 void gat_forward(long n, int d, const float *restrict both, const float *restrict h,
                  const float *restrict att, const float *restrict has,
                  const float *restrict bias, float slope, int mode, float *out,
-                 float *relu, float *restrict w) {
+                 float *relu, float *restrict w, const long *restrict pb,
+                 float *restrict pt, long pw, long pc) {
     for (long i = 0; i < n; i++) {
         const float *s = both + i * 2 * d, *t = s + d;
         const float *p = (i > 0 && has[i] != 0.f) ? both + (i - 1) * 2 * d : s;
@@ -55,24 +59,39 @@ void gat_forward(long n, int d, const float *restrict both, const float *restric
             r[k] = v;
             o[k] = mode == 2 ? v + hi[k] : v;
         }
+        if (pt) {
+            float *dst = pt + pb[i] * pw + pc;
+            for (int k = 0; k < d; k++) dst[k] += o[k];
+        }
     }
 }
 
 /* grad_both: [n, 2d] out; grad_att, grad_bias: [d], zeroed by the caller. Row i's
-   predecessor message gradient is added to row i - 1's source gradient. */
+   predecessor message gradient is added to row i - 1's source gradient. The output's
+   gradient is grad (NULL: none) plus, with a pool table, pt[pb[i], pc:pc + d]; with
+   gfull it is written there (the residual skip needs it). */
 void gat_backward(long n, int d, const float *restrict both, const float *restrict w,
                   const float *restrict relu, const float *restrict grad,
                   const float *restrict att, const float *restrict has, float slope,
                   int mode, float *restrict grad_both, float *restrict grad_att,
-                  float *restrict grad_bias) {
+                  float *restrict grad_bias, const long *restrict pb,
+                  const float *restrict pt, long pw, long pc, float *restrict gfull) {
+    float gin[MAX_DIM];
     float gp[MAX_DIM], gm[MAX_DIM];
     for (long i = 0; i < n; i++) {
         const float *s = both + i * 2 * d, *t = s + d;
         const float *p = (i > 0 && has[i] != 0.f) ? both + (i - 1) * 2 * d : s;
-        const float *g = grad + i * d, *r = relu + i * d;
+        const float *r = relu + i * d;
+        for (int k = 0; k < d; k++) gin[k] = grad ? grad[i * d + k] : 0.f;
+        if (pt) {
+            const float *src = pt + pb[i] * pw + pc;
+            for (int k = 0; k < d; k++) gin[k] += src[k];
+        }
+        if (gfull)
+            for (int k = 0; k < d; k++) gfull[i * d + k] = gin[k];
         float wi = w[i], dot = 0.f;
         for (int k = 0; k < d; k++) {
-            gp[k] = (mode == 0 || r[k] > 0.f) ? g[k] : 0.f;
+            gp[k] = (mode == 0 || r[k] > 0.f) ? gin[k] : 0.f;
             dot += gp[k] * (p[k] - s[k]);
         }
         float gl = dot * (wi - wi * wi);
@@ -134,8 +153,11 @@ def _build() -> ctypes.CDLL | None:
     except (OSError, subprocess.SubprocessError):
         return None
     vp, i64, i32, f32 = ctypes.c_void_p, ctypes.c_long, ctypes.c_int, ctypes.c_float
-    lib.gat_forward.argtypes = [i64, i32, vp, vp, vp, vp, vp, f32, i32, vp, vp, vp]
-    lib.gat_backward.argtypes = [i64, i32, vp, vp, vp, vp, vp, vp, f32, i32, vp, vp, vp]
+    pool = [vp, vp, i64, i64]
+    lib.gat_forward.argtypes = [i64, i32, vp, vp, vp, vp, vp, f32, i32, vp, vp, vp, *pool]
+    lib.gat_backward.argtypes = [
+        i64, i32, vp, vp, vp, vp, vp, vp, f32, i32, vp, vp, vp, *pool, vp
+    ]  # fmt: skip
     lib.gat_forward.restype = lib.gat_backward.restype = None
     return lib
 
@@ -172,9 +194,27 @@ def applies(h: torch.Tensor, dim: int) -> bool:
     )
 
 
-def _ptr(t: torch.Tensor) -> int:
-    assert t.is_contiguous() and t.dtype == torch.float32
+def _ptr(t: torch.Tensor | None) -> int | None:
+    if t is None:
+        return None
+    assert t.is_contiguous() and t.dtype in (torch.float32, torch.int64)
     return t.data_ptr()
+
+
+@dataclass(frozen=True)
+class Pool:
+    """Columns [col, col + hidden) of `table` ([graphs, width], contiguous) hold a hop's
+    graph sums (forward) or their gradients (backward); `batch`: graph of each node."""
+
+    batch: torch.Tensor
+    table: torch.Tensor
+    col: int
+
+    def args(self) -> tuple[int | None, int | None, int, int]:
+        return _ptr(self.batch), _ptr(self.table), self.table.shape[1], self.col
+
+
+NO_POOL = (None, None, 0, 0)
 
 
 def forward(
@@ -185,8 +225,10 @@ def forward(
     bias: torch.Tensor,
     slope: float,
     mode: str,
+    pool: Pool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(output, ReLU output (the output itself unless residual), attention weight)."""
+    """(output, ReLU output (the output itself unless residual), attention weight); with
+    `pool`, the output is also summed per graph into its table."""
     lib = library()
     assert lib is not None
     n, dim = both.shape[0], bias.shape[0]
@@ -196,7 +238,7 @@ def forward(
     w = torch.empty(n)
     lib.gat_forward(
         n, dim, _ptr(both), _ptr(h), _ptr(att), _ptr(has_other), _ptr(bias), slope,
-        MODES[mode], _ptr(out), _ptr(relu), _ptr(w),
+        MODES[mode], _ptr(out), _ptr(relu), _ptr(w), *(pool.args() if pool else NO_POOL),
     )  # fmt: skip
     return out, relu, w
 
@@ -205,22 +247,28 @@ def backward(
     both: torch.Tensor,
     w: torch.Tensor,
     relu: torch.Tensor,
-    grad: torch.Tensor,
+    grad: torch.Tensor | None,
     att: torch.Tensor,
     has_other: torch.Tensor,
     slope: float,
     mode: str,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(gradient of `both`, of the attention vector, of the output bias)."""
+    pool: Pool | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(gradient of `both`, of the attention vector, of the output bias, of the output).
+    The output's gradient is `grad` (None: zero) plus, with `pool`, its graph's row of
+    the pooled gradient table."""
     lib = library()
     assert lib is not None
     n, dim = both.shape[0], att.shape[0]
-    grad, att, has_other = grad.contiguous(), att.contiguous(), has_other.contiguous()
+    att, has_other = att.contiguous(), has_other.contiguous()
+    grad = None if grad is None else grad.contiguous()
     grad_both = torch.empty(n, 2 * dim)
     grad_att = torch.zeros(dim)
     grad_bias = torch.zeros(dim)
+    grad_out = torch.empty(n, dim) if pool is not None or grad is None else grad
     lib.gat_backward(
         n, dim, _ptr(both), _ptr(w), _ptr(relu), _ptr(grad), _ptr(att), _ptr(has_other),
         slope, MODES[mode], _ptr(grad_both), _ptr(grad_att), _ptr(grad_bias),
+        *(pool.args() if pool else NO_POOL), _ptr(grad_out) if grad_out is not grad else None,
     )  # fmt: skip
-    return grad_both, grad_att, grad_bias
+    return grad_both, grad_att, grad_bias, grad_out

@@ -94,16 +94,21 @@ def layer_forward(
     has_other: torch.Tensor,
     mode: Mode,
     slope: float,
+    pool: ckernel.Pool | None = None,
 ) -> tuple[torch.Tensor, _Saved | _KernelSaved]:
+    """(output, what backward needs). `pool` (C kernels only): also sum the output per
+    graph into the pool's table."""
     weight_l, bias_l, weight_r, bias_r, att_param, bias = params
     dim = bias.shape[0]
     att = att_param.reshape(-1)
     weight = torch.cat([weight_l, weight_r])
     both = torch.addmm(torch.cat([bias_l, bias_r]), h, weight.t())
     if other is None and ckernel.applies(h, dim):
-        out, relu_out, w = ckernel.forward(both, h, att, has_other, bias, slope, mode)
+        out, relu_out, w = ckernel.forward(both, h, att, has_other, bias, slope, mode, pool)
         kept = _KernelSaved(h, weight, both, att, att_param.shape, has_other, w, relu_out, mode)
         return out, kept
+    if pool is not None:
+        raise ValueError("pooling inside the layer needs the C kernels")
     source, target = both[:, :dim], both[:, dim:]
     pre_target, diff = _messages(source, target, other)
     act_self = _leaky_relu(source + target, slope)
@@ -123,12 +128,18 @@ def layer_forward(
 
 
 def layer_backward(
-    s: _Saved | _KernelSaved, grad: torch.Tensor, other: torch.Tensor | None, slope: float
+    s: _Saved | _KernelSaved,
+    grad: torch.Tensor | None,
+    other: torch.Tensor | None,
+    slope: float,
+    pool: ckernel.Pool | None = None,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """(gradient of h, gradients of the layer's parameters in PARAMS order)."""
+    """(gradient of h, gradients of the layer's parameters in PARAMS order). With the C
+    kernels, the output's gradient is `grad` (None: zero) plus the pool's rows."""
     dim = s.att.shape[0]
     if isinstance(s, _KernelSaved):
-        return _kernel_backward(s, grad, slope)
+        return _kernel_backward(s, grad, slope, pool)
+    assert grad is not None and pool is None
     grad_pre = grad if s.relu is None else _threshold_backward(grad, s.relu, 0)
     grad_bias = grad_pre.sum(0)
     # d out / d w = diff; d w / d logit difference = w (1 - w), 0 where no predecessor
@@ -153,12 +164,12 @@ def layer_backward(
 
 
 def _kernel_backward(
-    s: _KernelSaved, grad: torch.Tensor, slope: float
+    s: _KernelSaved, grad: torch.Tensor | None, slope: float, pool: ckernel.Pool | None
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    grad_both, grad_att, grad_bias = ckernel.backward(
-        s.both, s.w, s.relu, grad, s.att, s.has_other, slope, s.mode
+    grad_both, grad_att, grad_bias, grad_out = ckernel.backward(
+        s.both, s.w, s.relu, grad, s.att, s.has_other, slope, s.mode, pool
     )
-    return _through_matmul(s, grad, grad_both, grad_att, grad_bias)
+    return _through_matmul(s, grad_out, grad_both, grad_att, grad_bias)
 
 
 def _through_matmul(
@@ -230,6 +241,11 @@ class GATv2Stack(torch.autograd.Function):
         residual: bool,
         *params: torch.Tensor,
     ) -> torch.Tensor:
+        ctx.nbrs, ctx.pool = nbrs, pool
+        ctx.widths = [int(h0.shape[1])] + [int(p.shape[0]) for p in params[5::PARAMS_PER_LAYER]]
+        if nbrs.other is None and ckernel.applies(h0, max(ctx.widths[1:])):
+            pooled, ctx.saved = _pooling_kernels(h0, nbrs, pool, residual, params, ctx.widths)
+            return pooled
         hops, saved = [h0], []
         for first in range(0, len(params), PARAMS_PER_LAYER):
             mode: Mode = "relu_residual" if residual and first else "relu"
@@ -241,13 +257,16 @@ class GATv2Stack(torch.autograd.Function):
         stacked = torch.cat(hops, dim=1)
         pooled = torch.zeros(inv_counts.shape[0], stacked.shape[1], dtype=stacked.dtype)
         pooled.index_add_(0, batch, stacked).mul_(inv_counts[:, None])
-        ctx.saved, ctx.nbrs, ctx.pool = saved, nbrs, pool
-        ctx.widths = [int(h.shape[1]) for h in hops]
+        ctx.saved = saved
         return pooled
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
         batch, inv_counts = ctx.pool
+        if isinstance(ctx.saved[0], _KernelSaved):
+            grads = _pooling_kernels_backward(ctx, grad)
+            del ctx.saved
+            return (grads[0], None, None, None, *grads[1:])
         # Each node gets its graph's pooled gradient / node count, at every hop.
         per_node = (grad * inv_counts[:, None]).index_select(0, batch)
         node_grads = per_node.split(ctx.widths, dim=1)
@@ -261,6 +280,47 @@ class GATv2Stack(torch.autograd.Function):
             grads[:0] = layer_grads
         del ctx.saved
         return (flowing, None, None, None, *grads)
+
+
+def _pooling_kernels(
+    h0: torch.Tensor,
+    nbrs: Neighbours,
+    pool: tuple[torch.Tensor, torch.Tensor],
+    residual: bool,
+    params: Sequence[torch.Tensor],
+    widths: list[int],
+) -> tuple[torch.Tensor, list[_Saved | _KernelSaved]]:
+    """GATv2Stack's forward on the C kernels, each layer adding its output to the graph
+    sums as it goes (no per-node copy of every hop)."""
+    batch, inv_counts = pool
+    batch = batch.contiguous()
+    pooled = torch.zeros(inv_counts.shape[0], sum(widths))
+    pooled[:, : widths[0]].index_add_(0, batch, h0)
+    h, saved = h0, []
+    for layer, first in enumerate(range(0, len(params), PARAMS_PER_LAYER)):
+        mode: Mode = "relu_residual" if residual and first else "relu"
+        into = ckernel.Pool(batch, pooled, sum(widths[: layer + 1]))
+        layer_params_ = params[first : first + PARAMS_PER_LAYER]
+        h, s = layer_forward(h, layer_params_, None, nbrs.has_other, mode, nbrs.slope, into)
+        saved.append(s)
+    return pooled.mul_(inv_counts[:, None]), saved
+
+
+def _pooling_kernels_backward(ctx: Any, grad: torch.Tensor) -> list[torch.Tensor]:
+    """[gradient of h0, the parameters' gradients] for `_pooling_kernels`."""
+    batch, inv_counts = ctx.pool
+    batch = batch.contiguous()
+    # Each node gets its graph's pooled gradient / node count, at every hop.
+    table = (grad * inv_counts[:, None]).contiguous()
+    widths = ctx.widths
+    grads: list[torch.Tensor] = []
+    flowing: torch.Tensor | None = None
+    for layer in range(len(ctx.saved) - 1, -1, -1):
+        rows = ckernel.Pool(batch, table, sum(widths[: layer + 1]))
+        flowing, layer_grads = layer_backward(ctx.saved[layer], flowing, None, ctx.nbrs.slope, rows)
+        grads[:0] = layer_grads
+    assert flowing is not None
+    return [flowing + table[:, : widths[0]].index_select(0, batch), *grads]
 
 
 def layer_params(conv: torch.nn.Module) -> list[torch.Tensor]:

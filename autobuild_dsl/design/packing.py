@@ -8,7 +8,7 @@ by graph.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -251,6 +251,8 @@ class ModuleBatch:
     last: np.ndarray  # [M] node index in `packed` (-1: the module has no node)
     nodes: np.ndarray  # [M] nodes of the module's own graph
     previous: np.ndarray | None = None  # [nodes of `packed`]; None: graph order
+    # Per node range, the path-sum schedule (design.rank): the same for every member.
+    plans: dict[tuple[int, int], Any] = field(default_factory=dict, repr=False)
 
 
 def _graph_previous(packed: PackedGraphs) -> np.ndarray:

@@ -496,12 +496,12 @@ def module_norms(
                     continue
                 embeddings = model.node_embeddings(packed.select(torch.arange(start, stop)))
                 local = batch.last[mine] - first
-                local_previous = np.where(previous[first:end] >= 0, previous[first:end] - first, -1)
                 needed = [int(h) for h in np.unique(hops[mine])]
                 if score == "pooled":
                     # Every needed hop side by side: one pass of path sums for all of them.
                     widths = [embeddings[h].shape[1] for h in needed]
-                    sums = _path_sums(torch.cat([embeddings[h] for h in needed], 1), local_previous)
+                    steps = _chunk_steps(batch, previous, first, end)
+                    sums = _apply_steps(torch.cat([embeddings[h] for h in needed], 1), steps)
                     pooled = dict(zip(needed, sums.split(widths, dim=1), strict=True))
                 for h in needed:
                     pick = hops[mine] == h
@@ -518,19 +518,39 @@ def module_norms(
     return out
 
 
-def _path_sums(values: torch.Tensor, previous: np.ndarray) -> torch.Tensor:
-    """values [nodes, d] -> for every node, the sum of `values` over it and every node
-    reached by following `previous` (pointer jumping: log2(longest path) steps, each over
-    the nodes whose path is not yet summed to its start)."""
-    sums = values.clone()
-    pointer = torch.from_numpy(np.asarray(previous, dtype=np.int64))
-    active = torch.nonzero(pointer >= 0).squeeze(1)
+Steps = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+def _jump_steps(previous: np.ndarray) -> Steps:
+    """Path sums along `previous` (every node: itself plus each node reached by following
+    it) by pointer jumping: log2(longest path) steps. The schedule: per step, (the nodes still summing, the
+    node each adds). It depends on the batch only, so members share it."""
+    pointer = np.array(previous, dtype=np.int64)  # a copy: the caller's array stays
+    active = np.flatnonzero(pointer >= 0)
+    steps: Steps = []
     while len(active):
         target = pointer[active]
-        sums[active] = sums[active] + sums[target]  # the right side reads the old sums
+        steps.append((torch.from_numpy(active), torch.from_numpy(target)))
         pointer[active] = pointer[target]
         active = active[pointer[active] >= 0]
+    return steps
+
+
+def _apply_steps(values: torch.Tensor, steps: Steps) -> torch.Tensor:
+    sums = values.clone()
+    for active, target in steps:
+        # The right side reads the old sums (as one pointer-jumping step must).
+        sums.index_copy_(0, active, sums.index_select(0, active) + sums.index_select(0, target))
     return sums
+
+
+def _chunk_steps(batch: ModuleBatch, previous: np.ndarray, first: int, end: int) -> Steps:
+    """The schedule of nodes first..end of the batch, made once and kept on the batch."""
+    key = (first, end)
+    if key not in batch.plans:
+        local = np.where(previous[first:end] >= 0, previous[first:end] - first, -1)
+        batch.plans[key] = _jump_steps(local)
+    return batch.plans[key]
 
 
 def standardize_members(

@@ -181,3 +181,16 @@ def test_cli_outputs_are_byte_identical_cold_warm_and_uncached(
         entry.unlink()  # as if never cached
     uncached = outputs("uncached")
     assert cold == warm == uncached
+
+
+def test_ranking_does_not_change_the_runs_search_fingerprint(run_dir: Path) -> None:
+    """A search's evaluation cache keys on the run's files: what ranking adds under
+    RUN/cache/ must not make the same run look retrained."""
+    from autobuild_dsl.search.evaluators import PredictorConfig, PredictorEvaluator
+
+    space = load_run(run_dir).space
+    before = PredictorEvaluator(PredictorConfig(run=str(run_dir)), space).identity
+    rank_module.rank_modules(load_run(run_dir))
+    seen_values(load_run(run_dir))
+    assert (run_dir / rank_cache.CACHE_DIR).is_dir()
+    assert PredictorEvaluator(PredictorConfig(run=str(run_dir)), space).identity == before

@@ -36,16 +36,9 @@ def run_dir(tmp_path: Path) -> Path:
     data_file = tmp_path / "data.jsonl"
     save_dataset(data, data_file)
     out = tmp_path / "run"
-    train_run(
-        data.space,
-        data,
-        "acc",
-        out,
-        train=TrainConfig(epochs=3, batch_size=16),
-        ensemble=EnsembleConfig(folds=2, seeds=1),
-        space_path=str(MACRO),
-        data_path=str(data_file),
-    )
+    small = {"train": TrainConfig(epochs=3, batch_size=16), "ensemble": EnsembleConfig(folds=2)}
+    files = {"space_path": str(MACRO), "data_path": str(data_file)}  # rank reads the data
+    train_run(data.space, data, "acc", out, **small, **files)  # type: ignore[arg-type]
     return out
 
 

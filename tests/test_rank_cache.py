@@ -13,7 +13,7 @@ from autobuild_dsl.data.dataset import LabeledDataset, save_dataset
 from autobuild_dsl.design import rank as rank_module
 from autobuild_dsl.design import rank_cache
 from autobuild_dsl.design.importance import seen_values
-from autobuild_dsl.design.packing import _graph_previous
+from autobuild_dsl.design.packing import _graph_previous, apply_steps, jump_steps
 from autobuild_dsl.design.ranking_workflow import scores_csv
 from autobuild_dsl.lang import compile_file
 from autobuild_dsl.scorer import EnsembleConfig, TrainConfig, load_run, train_run
@@ -128,14 +128,14 @@ def test_shared_path_sum_schedule_is_bit_identical() -> None:
     # A forest: every node's predecessor comes before it (or -1).
     previous = np.array([-1] + [int(rng.integers(-1, i)) for i in range(1, 500)])
     values = torch.from_numpy(rng.normal(size=(500, 24)).astype(np.float32))
-    steps = rank_module._jump_steps(previous)
-    got = rank_module._apply_steps(values, steps)
+    steps = jump_steps(previous)
+    got = apply_steps(values, steps)
     assert torch.equal(got, _reference_path_sums(values, previous))
     # Graph-ordered chains too (the slow packing path).
     chains = _graph_previous(types_packed([3, 1, 5, 4]))
     values = values[: len(chains)]
     assert torch.equal(
-        rank_module._apply_steps(values, rank_module._jump_steps(chains)),
+        apply_steps(values, jump_steps(chains)),
         _reference_path_sums(values, chains),
     )
 

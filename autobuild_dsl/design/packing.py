@@ -238,6 +238,34 @@ def _prefix_forest(
     return _packed(x, parents - np.arange(total), has_input, node_ptr), parent, parents
 
 
+Steps = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+def jump_steps(previous: np.ndarray) -> Steps:
+    """The schedule of path sums along `previous` (every node: itself plus each node
+    reached by following it) by pointer jumping, log2(longest path) steps: per step, (the
+    nodes still summing, the node each adds). It depends on the batch only, so every
+    member reuses it (`ModuleBatch.path_steps`)."""
+    pointer = np.array(previous, dtype=np.int64)  # a copy: the caller's array stays
+    active = np.flatnonzero(pointer >= 0)
+    steps: Steps = []
+    while len(active):
+        target = pointer[active]
+        steps.append((torch.from_numpy(active), torch.from_numpy(target)))
+        pointer[active] = pointer[target]
+        active = active[pointer[active] >= 0]
+    return steps
+
+
+def apply_steps(values: torch.Tensor, steps: Steps) -> torch.Tensor:
+    """values [nodes, d] -> their path sums, following a `jump_steps` schedule."""
+    sums = values.clone()
+    for active, target in steps:
+        # The right side reads the old sums (as one pointer-jumping step must).
+        sums.index_copy_(0, active, sums.index_select(0, active) + sums.index_select(0, target))
+    return sums
+
+
 @dataclass
 class ModuleBatch:
     """Graphs holding every module's nodes, and where each module's last node is.
@@ -252,7 +280,15 @@ class ModuleBatch:
     nodes: np.ndarray  # [M] nodes of the module's own graph
     previous: np.ndarray | None = None  # [nodes of `packed`]; None: graph order
     # Per node range, the path-sum schedule (design.rank): the same for every member.
-    plans: dict[tuple[int, int], Any] = field(default_factory=dict, repr=False)
+    plans: dict[tuple[int, int], Steps] = field(default_factory=dict, repr=False)
+
+    def path_steps(self, previous: np.ndarray, first: int, end: int) -> Steps:
+        """The schedule of nodes first..end, made once and kept for the next member."""
+        key = (first, end)
+        if key not in self.plans:
+            local = np.where(previous[first:end] >= 0, previous[first:end] - first, -1)
+            self.plans[key] = jump_steps(local)
+        return self.plans[key]
 
 
 def _graph_previous(packed: PackedGraphs) -> np.ndarray:

@@ -37,7 +37,6 @@ numpy indexing; each member then runs one batched forward over all of them.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import math
 import time
@@ -53,6 +52,7 @@ from autobuild_dsl.design.packing import (
     ModuleBatch,
     _concat,
     _graph_previous,
+    apply_steps,
     pack_modules,
 )
 from autobuild_dsl.design.rank_model import (
@@ -270,12 +270,12 @@ def rank_modules(
     mu, sd = _norm_moments(run, score, num_layers + 1)
     contexts = {u.name: unit_contexts(space, encoder, u) for u in all_units}
     jobs = _plan_jobs(space, assignments, all_units, contexts)
-    key = _norms_key(run, score, jobs) if cache else None
-    stored = rank_cache.load_arrays(run.path, _norms_name(score, jobs), key) if key else None
+    name, key = rank_cache.norms_entry(run, score, jobs)
+    stored = rank_cache.load_arrays(run.path, name, key) if cache else None
     if stored is None:
         stored = _member_norms(run, encoder, jobs, score, threads, progress)
-        if key:
-            rank_cache.save_arrays(run.path, _norms_name(score, jobs), key, stored)
+        if cache:
+            rank_cache.save_arrays(run.path, name, key, stored)
     raw, nodes = stored["raw"], stored["nodes"]
     hop = np.clip(np.minimum(nodes - 1, num_layers), 0, None)
     z = standardize_members(raw, mu, sd, hop)
@@ -405,24 +405,6 @@ def _member_norms(
     return {"raw": raw, "nodes": np.asarray(batch.nodes), "has_node": batch.last >= 0}
 
 
-def _norms_name(score: str, jobs: list[Job]) -> str:
-    """One cache entry per score kind and choice of globals and units (a retrained run
-    replaces its entry instead of adding one)."""
-    asked = [(_globals_key(v), _globals_key(c), m.unit.name) for v, c, m, _ in jobs]
-    return f"rank-{score}-{rank_cache.cache_key(asked)[:16]}"
-
-
-def _norms_key(run: TrainedRun, score: str, jobs: list[Job]) -> str:
-    """What the stored norms were computed from: the run's content, its space, the score
-    kind and every scored module."""
-    modules = hashlib.sha256()
-    for values, context, kept, excluded in jobs:
-        modules.update(repr((_globals_key(values), _globals_key(context), excluded)).encode())
-        modules.update(kept.unit.name.encode() + kept.module_ids().tobytes())
-    content = rank_cache.run_digest(run)
-    return rank_cache.cache_key(content, run.space.digest(), score, modules.hexdigest())
-
-
 def _unit_tables(
     run: TrainedRun,
     jobs: list[Job],
@@ -543,8 +525,8 @@ def module_norms(
                 if score == "pooled":
                     # Every needed hop side by side: one pass of path sums for all of them.
                     widths = [embeddings[h].shape[1] for h in needed]
-                    steps = _chunk_steps(batch, previous, first, end)
-                    sums = _apply_steps(torch.cat([embeddings[h] for h in needed], 1), steps)
+                    steps = batch.path_steps(previous, first, end)
+                    sums = apply_steps(torch.cat([embeddings[h] for h in needed], 1), steps)
                     pooled = dict(zip(needed, sums.split(widths, dim=1), strict=True))
                 for h in needed:
                     pick = hops[mine] == h
@@ -559,41 +541,6 @@ def module_norms(
     finally:
         model.train(was_training)
     return out
-
-
-Steps = list[tuple[torch.Tensor, torch.Tensor]]
-
-
-def _jump_steps(previous: np.ndarray) -> Steps:
-    """Path sums along `previous` (every node: itself plus each node reached by following
-    it) by pointer jumping: log2(longest path) steps. The schedule: per step, (the nodes still summing, the
-    node each adds). It depends on the batch only, so members share it."""
-    pointer = np.array(previous, dtype=np.int64)  # a copy: the caller's array stays
-    active = np.flatnonzero(pointer >= 0)
-    steps: Steps = []
-    while len(active):
-        target = pointer[active]
-        steps.append((torch.from_numpy(active), torch.from_numpy(target)))
-        pointer[active] = pointer[target]
-        active = active[pointer[active] >= 0]
-    return steps
-
-
-def _apply_steps(values: torch.Tensor, steps: Steps) -> torch.Tensor:
-    sums = values.clone()
-    for active, target in steps:
-        # The right side reads the old sums (as one pointer-jumping step must).
-        sums.index_copy_(0, active, sums.index_select(0, active) + sums.index_select(0, target))
-    return sums
-
-
-def _chunk_steps(batch: ModuleBatch, previous: np.ndarray, first: int, end: int) -> Steps:
-    """The schedule of nodes first..end of the batch, made once and kept on the batch."""
-    key = (first, end)
-    if key not in batch.plans:
-        local = np.where(previous[first:end] >= 0, previous[first:end] - first, -1)
-        batch.plans[key] = _jump_steps(local)
-    return batch.plans[key]
 
 
 def standardize_members(

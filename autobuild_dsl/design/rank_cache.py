@@ -29,6 +29,7 @@ import numpy as np
 from autobuild_dsl import io as abc_io
 
 if TYPE_CHECKING:
+    from autobuild_dsl.design.module_sets import _Modules
     from autobuild_dsl.scorer.run import TrainedRun
 
 # Bump when what is stored, or how it is computed, changes.
@@ -53,6 +54,24 @@ def cache_key(*parts: Any) -> str:
     """A SHA-256 over the format version and `parts` (JSON)."""
     text = json.dumps([CACHE_VERSION, *parts], sort_keys=True, default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def norms_entry(
+    run: TrainedRun, score: str, jobs: list[tuple[Any, Any, _Modules, int]]
+) -> tuple[str, str]:
+    """(entry name, key) of the members' module norms for these ranking jobs (design.rank:
+    each (globals, context, modules, excluded)). One entry per score kind and choice of
+    globals and units, so a retrained run replaces its entry instead of adding one; the key
+    covers the run's content, its space, the score kind and every scored module."""
+    from autobuild_dsl.design.rank_model import _globals_key
+
+    asked = [(_globals_key(v), _globals_key(c), m.unit.name) for v, c, m, _ in jobs]
+    modules = hashlib.sha256()
+    for values, context, kept, excluded in jobs:
+        modules.update(repr((_globals_key(values), _globals_key(context), excluded)).encode())
+        modules.update(kept.unit.name.encode() + kept.module_ids().tobytes())
+    key = cache_key(run_digest(run), run.space.digest(), score, modules.hexdigest())
+    return f"rank-{score}-{cache_key(asked)[:16]}", key
 
 
 def _folder(run_path: str | Path) -> Path:
@@ -114,6 +133,7 @@ __all__ = [
     "file_digest",
     "load_arrays",
     "load_json",
+    "norms_entry",
     "run_digest",
     "save_arrays",
     "save_json",

@@ -8,11 +8,12 @@ the run alone. Both are kept under RUN/cache/, written atomically (`autobuild_ds
   seen-values.json           per feature category, the vocabulary indices the data holds
 
 Each entry records the key it was computed for: a SHA-256 of the run's content (its
-config, member records and the members' weights as loaded), the space digest, this cache's format
-version and what was asked (score kind, global assignments, units, the modules scored).
-An entry whose key differs is recomputed and replaced, so a retrained run, an edited data
-file or a new version of the scoring never reads old numbers. A run folder that cannot be
-written (read-only) is simply not cached.
+config, member records and the members' weights as loaded), the space digest, this cache's
+format version and what was asked (score kind, global assignments, units, the modules
+scored); the seen values key on the data file's bytes. An entry whose key differs is
+recomputed and replaced, so a retrained run or an edited data file never reads old
+numbers; a change to how the numbers are computed must bump CACHE_VERSION. A damaged entry
+is recomputed; a run folder that cannot be written (read-only) is simply not cached.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from autobuild_dsl import io as abc_io
+from autobuild_dsl.design.rank_model import _globals_key
 
 if TYPE_CHECKING:
     from autobuild_dsl.design.module_sets import _Modules
@@ -63,8 +65,6 @@ def norms_entry(
     each (globals, context, modules, excluded)). One entry per score kind and choice of
     globals and units, so a retrained run replaces its entry instead of adding one; the key
     covers the run's content, its space, the score kind and every scored module."""
-    from autobuild_dsl.design.rank_model import _globals_key
-
     asked = [(_globals_key(v), _globals_key(c), m.unit.name) for v, c, m, _ in jobs]
     modules = hashlib.sha256()
     for values, context, kept, excluded in jobs:

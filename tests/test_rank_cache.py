@@ -187,3 +187,38 @@ def test_ranking_does_not_change_the_runs_search_fingerprint(run_dir: Path) -> N
     seen_values(load_run(run_dir))
     assert (run_dir / rank_cache.CACHE_DIR).is_dir()
     assert PredictorEvaluator(PredictorConfig(run=str(run_dir)), space).identity == before
+
+
+def test_pooled_norms_equal_full_width_path_sums_bit_for_bit() -> None:
+    """Pooled norms from per-hop plans (only the nodes on the modules' paths) are the same
+    floats as the path sums over the whole batch at every hop side by side (the old way).
+    OFA MobileNetV3 stage 1: 2-4 layers, so hops 1-3 in one prefix forest."""
+    from autobuild_dsl.design.module_sets import enumerate_modules
+    from autobuild_dsl.design.packing import pack_modules
+    from autobuild_dsl.graphs.encode import GraphEncoder
+    from autobuild_dsl.scorer.model import ModelConfig, ScorerModel
+
+    space = compile_file(MACRO.parent / "mbv3.abs")
+    encoder = GraphEncoder(space)
+    torch.manual_seed(0)
+    vocab = [len(c.vocab) for c in encoder.categories]
+    model = ScorerModel(ModelConfig(vocab_sizes=vocab, num_layers=3)).eval()
+    unit = rank_module._chosen_units(space, None)[0]
+    batch = pack_modules(encoder, enumerate_modules(space, unit), {"resolution": 224}, None)
+    hops = np.clip(np.minimum(batch.nodes - 1, 3), 0, None)
+    got = rank_module.module_norms(model, batch, hops, score="pooled")
+    needed = sorted({int(h) for h in hops})
+    with torch.inference_mode():
+        embeddings = model.node_embeddings(batch.packed.select())
+        widths = [embeddings[h].shape[1] for h in needed]
+        full = _reference_path_sums(torch.cat([embeddings[h] for h in needed], 1), batch.previous)
+        pooled = dict(zip(needed, full.split(widths, 1), strict=True))
+        expected = np.zeros(len(hops))
+        for h in needed:
+            pick = np.flatnonzero(hops == h)
+            sizes = torch.from_numpy(batch.nodes[pick]).to(full.dtype).clamp(min=1)[:, None]
+            rows = pooled[h][torch.from_numpy(batch.last[pick])] / sizes
+            norms = torch.linalg.vector_norm(rows, ord=model.config.norm_ord, dim=-1)
+            expected[pick] = norms.double().numpy()
+    assert needed == [1, 2, 3]
+    assert np.array_equal(got, expected)

@@ -521,21 +521,18 @@ def module_norms(
                     continue
                 embeddings = model.node_embeddings(packed.select(torch.arange(start, stop)))
                 local = batch.last[mine] - first
-                needed = [int(h) for h in np.unique(hops[mine])]
-                if score == "pooled":
-                    # Every needed hop side by side: one pass of path sums for all of them.
-                    widths = [embeddings[h].shape[1] for h in needed]
-                    steps = batch.path_steps(previous, first, end)
-                    sums = apply_steps(torch.cat([embeddings[h] for h in needed], 1), steps)
-                    pooled = dict(zip(needed, sums.split(widths, dim=1), strict=True))
-                for h in needed:
+                for h in [int(h) for h in np.unique(hops[mine])]:
                     pick = hops[mine] == h
-                    at = torch.from_numpy(local[pick])
                     if score == "last":
-                        rows = embeddings[h][at]
+                        rows = embeddings[h][torch.from_numpy(local[pick])]
                     else:
-                        sizes = torch.from_numpy(batch.nodes[mine[pick]]).to(pooled[h].dtype)
-                        rows = pooled[h][at] / sizes.clamp(min=1)[:, None]
+                        # Path sums over just these modules' nodes and their prefixes, at
+                        # this hop only (each element is summed in the same order as over
+                        # the whole batch: the same numbers, a third of the work or less).
+                        nodes, steps, at = batch.pooled_plan(previous, first, end, h, local[pick])
+                        sums = apply_steps(embeddings[h].index_select(0, nodes), steps)
+                        sizes = torch.from_numpy(batch.nodes[mine[pick]]).to(sums.dtype)
+                        rows = sums.index_select(0, at) / sizes.clamp(min=1)[:, None]
                     norms = torch.linalg.vector_norm(rows, ord=model.config.norm_ord, dim=-1)
                     out[mine[pick]] = norms.double().numpy()
     finally:

@@ -66,3 +66,78 @@ def test_ranges_deep_in_a_large_space_tile_it() -> None:
         ]
         assert both == parts and len(set(both)) == len(both)
     assert len(list(iter_architectures(space, size - 3))) == 3
+
+
+@pytest.fixture(scope="module")
+def macro_pair_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two tiny predictors (one fold, two seeds) on the toy metric of NAS-Bench-Macro."""
+    from autobuild_dsl.data import from_records
+    from autobuild_dsl.scorer import EnsembleConfig, TrainConfig, train_run
+    from autobuild_dsl.space.decisions import sample
+    from tests.test_search import macro_code, toy_metrics
+
+    space = compile_file(MACRO)
+    archs = sample(space, 80, seed=1)
+    dataset, _ = from_records(
+        space, [(a, {"acc": toy_metrics(macro_code(a))["acc"]}, 1, None) for a in archs]
+    )
+    out = tmp_path_factory.mktemp("run") / "run"
+    train_run(
+        space,
+        dataset,
+        "acc",
+        out,
+        train=TrainConfig(epochs=2, loss="mse"),
+        ensemble=EnsembleConfig(folds=1, seeds=2),
+    )
+    return out
+
+
+def test_workers_scoring_their_own_ranges_find_the_true_top(macro_pair_run: Path) -> None:
+    """A 2-member predictor over the first 1,200 networks (in ranges of 250): one process
+    and two workers (each enumerating its ranges, returning its best) give the top that
+    scoring them all at once with the plain per-member forward gives (same networks, same
+    values)."""
+    import numpy as np
+
+    from autobuild_dsl.scorer import load_run, pack_graphs
+    from autobuild_dsl.scorer.train import predict_packed
+    from autobuild_dsl.search.evaluators import PredictorConfig
+    from autobuild_dsl.search.exhaustive import ExhaustiveConfig, exhaustive_search
+    from autobuild_dsl.search.pareto import parse_objectives
+    from autobuild_dsl.search.runner import EvaluationRunner
+    from autobuild_dsl.space.equivalence import network_key
+
+    space = compile_file(MACRO)
+    archs = list(itertools.islice(iter_architectures(space), 1200))
+    run = load_run(macro_pair_run)
+    packed = pack_graphs(run.encoder().encode_many(archs))
+    preds = np.stack(
+        [
+            predict_packed(m.model, packed).double().numpy() * m.record.label.sd
+            + m.record.label.mean
+            for m in run.members
+        ]
+    )
+    weights = np.array([m.prediction_weight for m in run.members])
+    weights = weights / weights.sum() if weights.sum() > 0 else np.full(2, 0.5)
+    mean = weights @ preds
+    best: dict[str, tuple[float, str]] = {}
+    for arch, value in zip(archs, mean, strict=True):
+        net, key = network_key(space, arch), arch.key()
+        if net not in best or (-value, key) < (-best[net][0], best[net][1]):
+            best[net] = (float(value), key)
+    truth = sorted(best.values(), key=lambda item: (-item[0], item[1]))[:6]
+    config = ExhaustiveConfig(
+        objective=parse_objectives("max acc")[0], top=6, batch_size=250, limit=1200
+    )
+    tops = []
+    for jobs in (1, 2):
+        predictor = PredictorConfig(run=str(macro_pair_run), batch_size=100)
+        with EvaluationRunner(space, predictor, jobs=jobs) as runner:
+            result = exhaustive_search(space, runner, config)
+            assert runner.paid == result.evaluated == len(archs)
+        tops.append([(r.key, r.value) for r in result.top])
+    assert tops[0] == tops[1]  # the same ranges, computed alike wherever they run
+    assert [k for k, _ in tops[0]] == [k for _, k in truth]
+    assert [v for _, v in tops[0]] == pytest.approx([v for v, _ in truth], rel=1e-6)

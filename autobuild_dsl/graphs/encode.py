@@ -189,6 +189,7 @@ class GraphEncoder:
         self._ties = dict(space.ties)
         self._scan()
         self._row_cache: dict[tuple, np.ndarray] = {}
+        self._stage_cache: dict[tuple, list[np.ndarray]] = {}
         self._edge_cache: dict[tuple, np.ndarray] = {}
 
     # ----- categories (derived once from the space) --------------------------------
@@ -411,16 +412,30 @@ class GraphEncoder:
     def _stage_block(
         self, plan: _StagePlan, env: dict[str, Value], layers: Sequence[dict[str, Value]]
     ) -> list[np.ndarray]:
-        blocks = []
+        blocks: list[np.ndarray] = []
         if not layers:
             return blocks  # an absent stage (depth 0) is no node, not even its extras
+        # The whole stage as one block, cached by the same keys as its rows: exhaustive
+        # search encodes every stage of every network, and one key per stage (and one
+        # block to concatenate) costs less than one per row.
+        key = (
+            plan.position,
+            tuple((type(env.get(n)), env.get(n)) for n in plan.refs),
+            tuple(tuple(sorted((k, type(v).__name__, v) for k, v in x.items())) for x in layers),
+        )
+        cached = self._stage_cache.get(key)
+        if cached is not None:
+            return cached
         if plan.stage.before:
             blocks.append(self._rows(plan, env, "before", -1, None))
         for i, layer in enumerate(layers):
             blocks.append(self._rows(plan, env, "layer", i, layer))
         if plan.stage.after:
             blocks.append(self._rows(plan, env, "after", -1, None))
-        return blocks
+        whole = np.concatenate(blocks)
+        whole.setflags(write=False)
+        self._stage_cache[key] = [whole]
+        return [whole]
 
     def _graph(
         self,

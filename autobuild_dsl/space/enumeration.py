@@ -171,13 +171,27 @@ def iter_architectures(
             return
         begin, skip = found
         combos = product_from(joints, begin)
+    # Where each unit's variable sits in a combination: (component, position in its joint).
+    spot = {
+        v: (c, i) for c, comp in enumerate(index.components) for i, v in enumerate(comp.variables)
+    }
+    unit_at = [spot[index.variable_of[DecisionKey.depth(unit.stages[0])]] for unit in index.units]
+    fillings_of: dict[tuple[int, int, int], list] = {}
     for combo in combos:
         env: dict[str, Value] = {}
         for component, joint in zip(index.components, combo, strict=True):
             for variable_index, state_index in zip(component.variables, joint, strict=True):
                 env.update(index.variables[variable_index].states[state_index])
         globals_ = {name: env[name] for name in space.choices}
-        per_unit = [list(_unit_layer_choices(index, unit, env)) for unit in index.units]
+        per_unit = []
+        for unit, (c, v) in zip(index.units, unit_at, strict=True):
+            # A unit's layer choices depend on its own variable's state alone: built once
+            # per state (the stages are frozen, so architectures may share them).
+            state = (c, v, combo[c][v])
+            found = fillings_of.get(state)
+            if found is None:
+                found = fillings_of[state] = list(_unit_layer_choices(index, unit, env))
+            per_unit.append(found)
         if skip:
             fillings = product_from(per_unit, _digits(skip, [len(p) for p in per_unit]))
             skip = 0

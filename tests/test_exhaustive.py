@@ -71,26 +71,10 @@ def test_ranges_deep_in_a_large_space_tile_it() -> None:
 @pytest.fixture(scope="module")
 def macro_pair_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Two tiny predictors (one fold, two seeds) on the toy metric of NAS-Bench-Macro."""
-    from autobuild_dsl.data import from_records
-    from autobuild_dsl.scorer import EnsembleConfig, TrainConfig, train_run
-    from autobuild_dsl.space.decisions import sample
-    from tests.test_search import macro_code, toy_metrics
+    from tests.test_search import train_toy_run
 
-    space = compile_file(MACRO)
-    archs = sample(space, 80, seed=1)
-    dataset, _ = from_records(
-        space, [(a, {"acc": toy_metrics(macro_code(a))["acc"]}, 1, None) for a in archs]
-    )
     out = tmp_path_factory.mktemp("run") / "run"
-    train_run(
-        space,
-        dataset,
-        "acc",
-        out,
-        train=TrainConfig(epochs=2, loss="mse"),
-        ensemble=EnsembleConfig(folds=1, seeds=2),
-    )
-    return out
+    return train_toy_run(compile_file(MACRO), out, seeds=2, epochs=2, count=80)
 
 
 def test_workers_scoring_their_own_ranges_find_the_true_top(macro_pair_run: Path) -> None:

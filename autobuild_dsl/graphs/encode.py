@@ -189,7 +189,6 @@ class GraphEncoder:
         self._ties = dict(space.ties)
         self._scan()
         self._row_cache: dict[tuple, np.ndarray] = {}
-        self._stage_cache: dict[tuple, list[np.ndarray]] = {}
         self._edge_cache: dict[tuple, np.ndarray] = {}
 
     # ----- categories (derived once from the space) --------------------------------
@@ -412,30 +411,19 @@ class GraphEncoder:
     def _stage_block(
         self, plan: _StagePlan, env: dict[str, Value], layers: Sequence[dict[str, Value]]
     ) -> list[np.ndarray]:
-        blocks: list[np.ndarray] = []
         if not layers:
-            return blocks  # an absent stage (depth 0) is no node, not even its extras
-        # The whole stage as one block, cached by the same keys as its rows: exhaustive
-        # search encodes every stage of every network, and one key per stage (and one
-        # block to concatenate) costs less than one per row.
-        key = (
-            plan.position,
-            tuple((type(env.get(n)), env.get(n)) for n in plan.refs),
-            tuple(tuple(sorted((k, type(v).__name__, v) for k, v in x.items())) for x in layers),
-        )
-        cached = self._stage_cache.get(key)
-        if cached is not None:
-            return cached
-        if plan.stage.before:
-            blocks.append(self._rows(plan, env, "before", -1, None))
-        for i, layer in enumerate(layers):
-            blocks.append(self._rows(plan, env, "layer", i, layer))
-        if plan.stage.after:
-            blocks.append(self._rows(plan, env, "after", -1, None))
-        whole = np.concatenate(blocks)
-        whole.setflags(write=False)
-        self._stage_cache[key] = [whole]
-        return [whole]
+            return []  # an absent stage (depth 0) is no node, not even its extras
+        # The whole stage as one cached block (a 3-tuple key; rows have 5): one lookup per
+        # stage instead of one per row, for exhaustive search. _graph copies it.
+        env_key = tuple((type(env.get(n)), env.get(n)) for n in plan.refs)
+        shapes = [tuple(sorted((k, type(v).__name__, v) for k, v in x.items())) for x in layers]
+        key = (plan.position, env_key, tuple(shapes))
+        if (cached := self._row_cache.get(key)) is None:
+            before = [self._rows(plan, env, "before", -1, None)] if plan.stage.before else []
+            after = [self._rows(plan, env, "after", -1, None)] if plan.stage.after else []
+            rows = [self._rows(plan, env, "layer", i, x) for i, x in enumerate(layers)]
+            cached = self._row_cache[key] = np.concatenate(before + rows + after)
+        return [cached]
 
     def _graph(
         self,

@@ -242,30 +242,46 @@ def show(row: Row) -> None:
     print(line, flush=True)
 
 
+def _distinct_per_hop(packed: object, hops: int) -> list[int]:
+    """Distinct node contexts at hop 0..hops (scorer/shared.py's plan)."""
+    from autobuild_dsl.scorer.shared import plan
+
+    planned = plan(packed, hops)  # type: ignore[arg-type]
+    return [int(planned.x.shape[0])] + [h.size for h in planned.hops]
+
+
 def unique_rows_line(bench: Bench, dataset: LabeledDataset, encoder: GraphEncoder) -> str:
-    """Distinct Weisfeiler-Lehman colours per hop (scorer/dedup.py): over all graphs, and
-    the mean over one epoch's training batches: the rows a layer computed once per colour
-    would need, against the nodes it computes today."""
+    """Distinct node contexts per hop (nodes with the same k-hop in-neighbourhood have the
+    same hop-k embedding): over all graphs, and the mean over one epoch's training batches:
+    the rows a layer computed once per context would need, against the nodes it computes
+    today."""
     import torch
 
     from autobuild_dsl.data.splits import train_test_split
-    from autobuild_dsl.scorer.dedup import unique_rows, wl_colours
-    from autobuild_dsl.scorer.model import pack_graphs
+    from autobuild_dsl.scorer.model import PackedGraphs, pack_graphs
 
     train = TrainConfig()
     packed = pack_graphs(encoder.encode_many(dataset.architectures))
-    colours = wl_colours(packed, train.num_layers)
     split = train_test_split(packed.num_graphs, bench.test_fraction, 0)
     shuffle = torch.randperm(len(split.train), generator=torch.Generator().manual_seed(0))
     order = torch.tensor(list(split.train))[shuffle]
     batches = [b for b in order.split(train.batch_size) if b.shape[0] == train.batch_size]
-    per_batch = np.mean([unique_rows(packed, colours, b) for b in batches], axis=0)
-    nodes = float(np.mean([int(packed.counts[b].sum()) for b in batches]))
+    per_batch = []
+    for b in batches:
+        # The batch's graphs repacked: neighbours are relative offsets, so they carry over.
+        nodes = torch.cat([torch.arange(packed.node_ptr[g], packed.node_ptr[g + 1]) for g in b])
+        ptr = torch.zeros(b.shape[0] + 1, dtype=torch.long)
+        ptr[1:] = torch.cumsum(packed.counts[b], 0)
+        sub = PackedGraphs(
+            packed.x[nodes], packed.rel_nbr[:, nodes], packed.nbr_mask[:, nodes], ptr
+        )
+        per_batch.append(_distinct_per_hop(sub, train.num_layers))
+    nodes_mean = float(np.mean([int(packed.counts[b].sum()) for b in batches]))
     return (
         f"{bench.name:>15}: {int(packed.node_ptr[-1])} nodes, distinct rows at hop 0..L "
-        f"{' '.join(str(c) for c in unique_rows(packed, colours))}; per batch of "
-        f"{train.batch_size} ({nodes:.0f} nodes, mean of {len(batches)}) "
-        f"{' '.join(f'{c:.0f}' for c in per_batch)}"
+        f"{' '.join(str(c) for c in _distinct_per_hop(packed, train.num_layers))}; per batch "
+        f"of {train.batch_size} ({nodes_mean:.0f} nodes, mean of {len(batches)}) "
+        f"{' '.join(f'{c:.0f}' for c in np.mean(per_batch, axis=0))}"
     )
 
 

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import torch
 
+from autobuild_dsl.io import cache_dir
+
 # Hidden sizes above this take the tensor-op path (the C loop keeps one row on the stack).
 MAX_DIM = 512
 MODES = {"plain": 0, "relu": 1, "relu_residual": 2}
@@ -116,11 +118,6 @@ void gat_backward(long n, int d, const float *restrict both, const float *restri
 """
 
 
-def _cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "autobuild_dsl" / "kernels"
-
-
 def _build() -> ctypes.CDLL | None:
     """Compile (once per source and machine) and load the kernels; None when impossible."""
     if os.environ.get("ABC_NO_CKERNEL"):
@@ -133,7 +130,7 @@ def _build() -> ctypes.CDLL | None:
     key = hashlib.sha256(
         "\0".join([_SOURCE, platform.machine(), platform.processor(), _cpu_flags()]).encode()
     ).hexdigest()[:16]
-    target = _cache_dir() / f"gat2slot-{key}.so"
+    target = cache_dir("ABC_KERNEL_CACHE", "kernels") / f"gat2slot-{key}.so"
     try:
         if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)

@@ -80,6 +80,7 @@ TOP_K: int | None = None
 INNER_TEXT = {
     "evolution": "regularized evolution (Stage-Full mutation)",
     "tpe": "TPE over the kept modules",
+    "guided": "the networks the round's scorers place best (guided)",
 }  # accuracy (%) below which a network adds nothing to the second hypervolume
 
 
@@ -206,6 +207,13 @@ def variant(args) -> str:  # type: ignore[no-untyped-def]
     )
 
 
+def front_variant(args) -> str:  # type: ignore[no-untyped-def]
+    """The Figure 5 loop's settings in its folder and cache names ("" for the first ones)."""
+    if (args.inner, args.front_round, args.front_top_k) == ("evolution", 125, 3):
+        return ""
+    return f"_{args.inner}_p{args.front_round}_k{args.front_top_k}"
+
+
 def others(table: Table, space, work: Path, seed: int, b: int, warm, out: Path, args) -> dict:  # type: ignore[no-untyped-def]
     """What the other methods of the single-objective table find, kept in `work`."""
     path = work / f"others_s{seed}_b{b}_e{args.epochs}_f{args.folds}.json"
@@ -308,15 +316,17 @@ def front_trial(table: Table, space, work: Path, seed: int, args) -> dict:  # ty
         targets=[f"mean_acc - {a} * mmacs" for a in COSTS],
         objectives=objectives,
         budget=args.front_budget,
-        top_k=3,
+        top_k=args.front_top_k,
         per_round=args.front_round,
+        inner=args.inner,
         per_generation=25,
         epochs=args.epochs,
         folds=args.folds,
         seed=seed,
     )
     start, cpu = time.perf_counter(), time.process_time()
-    loop = run_loop(space, labels, Runner(table), config, work / f"front_s{seed}", resume=True)
+    loop = run_loop(space, labels, Runner(table), config, work / f"front_s{seed}{front_variant(args)}",
+                    resume=True)  # fmt: skip
     seconds = {"AutoBuild-NAS": (time.perf_counter() - start, time.process_time() - cpu)}
     results["AutoBuild-NAS"] = summary(
         np.array([[-r.metrics["mean_acc"], r.metrics["mmacs"]] for r in loop.records])
@@ -454,6 +464,7 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--budgets", default="16,32,64", help="B (single objective)")
     parser.add_argument("--front-budget", type=int, default=250)
     parser.add_argument("--front-round", type=int, default=125, help="evaluations per round")
+    parser.add_argument("--front-top-k", type=int, default=3, help="Figure 5 loop: the first k")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument(
         "--first-seed", type=int, default=0, help="run seeds FIRST..SEEDS-1 (split over processes)"
@@ -462,7 +473,7 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--parts", default="single,front")
     parser.add_argument(
-        "--inner", choices=["evolution", "tpe"], default=INNER, help="the loop's inner search"
+        "--inner", choices=list(INNER_TEXT), default=INNER, help="the loop's inner search"
     )
     parser.add_argument(
         "--per-round", type=int, default=PER_ROUND, help="loop: evaluations a round"
@@ -515,7 +526,8 @@ def run_trials(args: argparse.Namespace, table: Table, space) -> tuple[list, lis
                 print(f"single seed {seed}: true rank at B={budgets[-1]}: {shown}", flush=True)
         if "front" in parts:
             trial = cached(
-                f"front_s{seed}", lambda seed=seed: front_trial(table, space, args.work, seed, args)
+                f"front_s{seed}{front_variant(args)}",
+                lambda seed=seed: front_trial(table, space, args.work, seed, args),
             )
             if trial is None:
                 continue

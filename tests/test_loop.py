@@ -123,7 +123,7 @@ def test_same_seed_same_result(tmp_path: Path) -> None:
     assert auto.rounds[0].k == 3 and auto.rounds[0].reduced_size == 27
 
 
-@pytest.mark.parametrize("inner", ["evolution", "tpe"])
+@pytest.mark.parametrize("inner", ["evolution", "tpe", "guided"])
 def test_resume_after_a_kill_mid_round_pays_nothing_twice(tmp_path: Path, inner: str) -> None:
     data = labels()
 
@@ -257,3 +257,45 @@ def test_warm_started_baselines_use_the_labels() -> None:
         warm=[(a, acc(a)) for a in good],
     )
     assert sum(warm_calls) / len(warm_calls) > sum(cold_calls) / len(cold_calls)
+
+
+def test_guided_pays_for_what_the_scorers_place_best(tmp_path: Path) -> None:
+    from autobuild_dsl.scorer import graph_scores, load_run
+    from autobuild_dsl.search.loop_guided import candidates
+
+    data = labels()
+    evaluator = Counting()
+    result = run_loop(
+        SPACE, data, evaluator, config(inner="guided", budget=6), tmp_path, space_file=SPACE_FILE
+    )
+    assert len(evaluator.paid) == 6
+    # Round 0: the reduced space's networks not held, in the order of the round's scores.
+    run = load_run(tmp_path / "rounds" / "r00" / "target0")
+    reduced = compile_file(tmp_path / "rounds" / "r00" / "reduced.abs")
+    held = {network_key(SPACE, a) for a in data.architectures}
+    pool = candidates(reduced, held, lambda a: network_key(SPACE, a), "unused")
+    assert len(pool) > 6
+    scores = graph_scores(run, run.encoder().encode_many(pool))
+    best_first = sorted(range(len(pool)), key=lambda i: -scores[i])
+    assert [Architecture.model_validate_json(k).stages for k in evaluator.paid] == [
+        pool[i].stages for i in best_first[:6]
+    ]
+    assert result.rounds[0].evaluated == 6
+    # The scores rank like the target on the networks of the space (trained for 3 epochs).
+    from autobuild_dsl.scorer.train import spearman
+
+    everything = run.encoder().encode_many(ALL)
+    assert spearman(graph_scores(run, everything), [acc(a) for a in ALL]) > 0.5
+
+
+def test_guided_picks_take_turns_between_targets() -> None:
+    import numpy as np
+
+    from autobuild_dsl.search.loop_guided import guided_picks
+
+    pool = ALL[:5]
+    first = np.array([5.0, 4.0, 3.0, 2.0, 1.0])  # prefers 0, 1, 2, ...
+    second = np.array([1.0, 5.0, 2.0, 3.0, 4.0])  # prefers 1, 4, 3, ...
+    picked = guided_picks(pool, [first, second], 4)
+    assert picked == [pool[0], pool[1], pool[2], pool[4]]
+    assert guided_picks(pool, [first], 9) == pool  # never more than the pool

@@ -40,6 +40,7 @@ from autobuild_dsl.data.dataset import LabeledDataset, from_records, write_text_
 from autobuild_dsl.errors import CONTINUE, START_OVER, Remedy
 from autobuild_dsl.search.baselines import regularized_evolution, tpe_search
 from autobuild_dsl.search.evolution import FRONT_FILE, TRIES_PER_ARCH, Evaluates
+from autobuild_dsl.search.loop_guided import candidates, guided_picks, score_pool
 from autobuild_dsl.search.loop_report import write_report
 from autobuild_dsl.search.loop_state import (
     AUTO_K_FACTOR,
@@ -63,7 +64,7 @@ from autobuild_dsl.search.loop_state import (
     read_state,
     rewrite,
 )
-from autobuild_dsl.search.pareto import non_dominated, objective_matrix
+from autobuild_dsl.search.pareto import dominated_by, non_dominated, objective_matrix
 from autobuild_dsl.space.architecture import Architecture
 from autobuild_dsl.space.decisions import (
     ArchitectureError,
@@ -118,6 +119,7 @@ class _Loop:
         self._k = config.top_k or 0  # 0: chosen from the budget in the first round
         self._round_keys: list[str] = []
         self._round_set: set[str] = set()
+        self._runs: list[Any] = []  # this round's trained runs, one per target
 
     # ---- bookkeeping
 
@@ -217,7 +219,7 @@ class _Loop:
         from autobuild_dsl.scorer import EnsembleConfig, MemberDone, TrainConfig, train_run
 
         data = self.dataset(round_)
-        rankings = []
+        rankings, runs = [], []
         for t, target in enumerate(self.config.targets):
             folder = self.out / ROUNDS_DIR / f"r{round_:02d}" / f"target{t}"
 
@@ -249,6 +251,8 @@ class _Loop:
             )
             self._report("rank", round_, self._k, f"target {t + 1}/{len(self.config.targets)}")
             rankings.append(rank_modules(run))
+            runs.append(run)
+        self._runs = runs
         return rankings
 
     def reduce(self, rankings: list[Any], k: int, round_: int) -> tuple[Space, Any, bool]:
@@ -283,7 +287,14 @@ class _Loop:
             if _inside(reduced, self.archs[k])
         ]
         rng_seed = f"autobuild-dsl/loop:{self.config.seed}:{round_}:{self._k}"
-        if len(self.objectives) == 1:
+        if self.config.inner == "guided":
+            # Held as in an uninterrupted run: not this round's records not yet re-asked.
+            prior = [*self._held_before(round_), *self._round_keys]
+            held_networks = {self.network_key(self.archs[k]) for k in prior}
+            pool = candidates(reduced, held_networks, self.network_key, rng_seed)
+            for pick in guided_picks(pool, score_pool(self._runs, pool), count):
+                self.pay(round_, [pick])  # one at a time: each is recorded as it finishes
+        elif len(self.objectives) == 1:
             objective = self.objectives[0]
             sign = 1.0 if objective.direction == "max" else -1.0
             warm = [(self.archs[k], sign * objective.value(self.known[k])) for k in held]
@@ -486,7 +497,7 @@ class _Loop:
         labels = [i for i, k in enumerate(keys) if self.round_of[k] < 0]
         beyond = 0
         for i in front:
-            if self.round_of[keys[i]] >= 0 and not _dominated_by(matrix[i], matrix[labels]):
+            if self.round_of[keys[i]] >= 0 and not dominated_by(matrix[i], matrix[labels]):
                 beyond += 1
         curve = []
         label_keys = keys[: self.label_count]
@@ -568,13 +579,6 @@ def _inside(space: Space, arch: Architecture) -> bool:
     except ArchitectureError:
         return False
     return True
-
-
-def _dominated_by(point: np.ndarray, others: np.ndarray) -> bool:
-    """Whether a row of `others` dominates `point` (minimisation)."""
-    if len(others) == 0:
-        return False
-    return bool(np.any(np.all(others <= point, axis=1) & np.any(others < point, axis=1)))
 
 
 __all__ = [

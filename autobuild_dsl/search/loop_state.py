@@ -66,10 +66,12 @@ class LoopConfig(BaseModel):
         description="also keep one more module per unit after a round that "
         "found nothing better (not only when the reduced space is exhausted)",
     )
-    inner: Literal["evolution", "tpe"] = Field(
+    inner: Literal["evolution", "tpe", "guided"] = Field(
         default="evolution",
-        description="one objective: the search inside the reduced space, warm-started with "
-        "the labels inside it (regularized evolution with Stage-Full mutation, or TPE)",
+        description="the search inside the reduced space: 'guided' pays for the networks "
+        "the round's scorers place best (targets taking turns); with one objective, "
+        "'evolution' (regularized evolution, Stage-Full mutation) or 'tpe', warm-started "
+        "with the labels inside it",
     )
     seed: int = 0
     epochs: int = Field(default=100, ge=1, description="scorer training epochs")

@@ -203,15 +203,30 @@ def variant(args) -> str:  # type: ignore[no-untyped-def]
     return (
         f"{args.inner}_p{args.per_round}"
         + (f"_k{args.top_k}" if args.top_k else "")
+        + ("_f8" if args.inner == "guided" and not args.top_k else "")
         + ("_nowiden" if args.no_widen_on_stall else "")
     )
 
 
 def front_variant(args) -> str:  # type: ignore[no-untyped-def]
     """The Figure 5 loop's settings in its folder and cache names ("" for the first ones)."""
-    if (args.inner, args.front_round, args.front_top_k) == ("evolution", 125, 3):
+    costs = "" if args.front_costs == "fixed" else f"_{args.front_costs}"
+    if (args.inner, args.front_round, args.front_top_k, costs) == ("evolution", 125, 3, ""):
         return ""
-    return f"_{args.inner}_p{args.front_round}_k{args.front_top_k}"
+    k = args.front_top_k or ("auto8" if args.inner == "guided" else "auto")
+    return f"_{args.inner}_p{args.front_round}_k{k}{costs}"
+
+
+def front_costs(args, label_points: np.ndarray) -> list[float]:  # type: ignore[no-untyped-def]
+    """The a of the three targets `mean_acc - a * MMACs`: fixed (COSTS), or `labels`: the
+    10th, 50th and 90th percentiles of the slopes along the labels' front, which a user
+    has (the true front's slopes are not theirs to see)."""
+    if args.front_costs == "fixed":
+        return list(COSTS)
+    front = label_points[non_dominated(label_points)]
+    front = front[np.argsort(front[:, 1])]
+    slopes = np.diff(-front[:, 0]) / np.diff(front[:, 1])
+    return [float(v) for v in np.quantile(slopes[slopes > 0], [0.1, 0.5, 0.9])]
 
 
 def others(table: Table, space, work: Path, seed: int, b: int, warm, out: Path, args) -> dict:  # type: ignore[no-untyped-def]
@@ -313,10 +328,10 @@ def front_trial(table: Table, space, work: Path, seed: int, args) -> dict:  # ty
 
     results: dict[str, dict] = {}
     config = LoopConfig(
-        targets=[f"mean_acc - {a} * mmacs" for a in COSTS],
+        targets=[f"mean_acc - {a:.3g} * mmacs" for a in front_costs(args, label_points)],
         objectives=objectives,
         budget=args.front_budget,
-        top_k=args.front_top_k,
+        top_k=args.front_top_k or None,
         per_round=args.front_round,
         inner=args.inner,
         per_generation=25,
@@ -464,7 +479,13 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--budgets", default="16,32,64", help="B (single objective)")
     parser.add_argument("--front-budget", type=int, default=250)
     parser.add_argument("--front-round", type=int, default=125, help="evaluations per round")
-    parser.add_argument("--front-top-k", type=int, default=3, help="Figure 5 loop: the first k")
+    parser.add_argument("--front-top-k", type=int, default=3, help="Figure 5 loop: the first k (0: from the budget)")
+    parser.add_argument(
+        "--front-costs",
+        choices=["fixed", "labels"],
+        default="fixed",
+        help="Figure 5 targets' a: fixed 0.02, 0.1, 0.5, or from the labels' front slopes",
+    )
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument(
         "--first-seed", type=int, default=0, help="run seeds FIRST..SEEDS-1 (split over processes)"

@@ -43,7 +43,6 @@ from autobuild_dsl.search.evolution import FRONT_FILE, TRIES_PER_ARCH, Evaluates
 from autobuild_dsl.search.loop_guided import candidates, guided_picks, score_pool
 from autobuild_dsl.search.loop_report import write_report
 from autobuild_dsl.search.loop_state import (
-    AUTO_K_FACTOR,
     LABELS_FILE,
     RECORDS_FILE,
     ROUNDS_DIR,
@@ -292,8 +291,11 @@ class _Loop:
             prior = [*self._held_before(round_), *self._round_keys]
             held_networks = {self.network_key(self.archs[k]) for k in prior}
             pool = candidates(reduced, held_networks, self.network_key, rng_seed)
-            for pick in guided_picks(pool, score_pool(self._runs, pool), count):
-                self.pay(round_, [pick])  # one at a time: each is recorded as it finishes
+            picks = guided_picks(pool, score_pool(self._runs, pool), count)
+            # `jobs` at a time (run in parallel by the runner, which caches each as it
+            # finishes), so a kill loses at most what was in flight.
+            for start in range(0, len(picks), max(1, self.jobs)):
+                self.pay(round_, picks[start : start + max(1, self.jobs)])
         elif len(self.objectives) == 1:
             objective = self.objectives[0]
             sign = 1.0 if objective.direction == "max" else -1.0
@@ -456,11 +458,11 @@ class _Loop:
         return info
 
     def _auto_k(self, rankings: list[Any], round_: int) -> int:
-        """The smallest k whose reduced space holds AUTO_K_FACTOR x the budget."""
+        """The smallest k whose reduced space holds `k_factor()` x the budget."""
         k = 1
         while True:
             reduced, _, can_grow = self.reduce(rankings, k, round_)
-            if index_of(reduced).size() >= AUTO_K_FACTOR * self.config.budget or not can_grow:
+            if index_of(reduced).size() >= self.config.k_factor() * self.config.budget or not can_grow:
                 return k
             k += 1
 

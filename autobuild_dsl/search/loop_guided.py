@@ -3,10 +3,10 @@ scorers place them.
 
 Every network of the reduced space that is not held yet is scored by each target's
 ensemble (`scorer.graph_scores`: the ranked embedding norm the scorers were trained to
-order by), and the round pays for the best ones. With several targets, the targets take
-turns, each adding its best candidate not picked yet, so every trade-off the user named
-gets its share of the round (the union of each target's picks, as the reduced space is
-the union of each target's top-k modules).
+order by), and the round pays for the best ones. With several targets (one per
+trade-off, e.g. `acc - a * macs` for a spread of a), the best are those no other
+candidate beats on every target: the predicted Pareto front between the targets'
+slopes, taken layer by layer (non-dominated sorting).
 
 Retraining between rounds on what was just paid for sharpens the scores where the best
 networks are, which is where the next round looks.
@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from autobuild_dsl.search.pareto import non_dominated
 from autobuild_dsl.space.architecture import Architecture
 from autobuild_dsl.space.enumeration import iter_architectures
 from autobuild_dsl.space.index import index_of
@@ -59,20 +60,38 @@ def guided_picks(
     scores: Sequence[np.ndarray],
     count: int,
 ) -> list[Architecture]:
-    """Up to `count` of `pool`, the targets taking turns to add their best not picked yet
-    (ties: the pool's order, so the choice is deterministic)."""
-    orders = [iter(np.argsort(-np.asarray(s), kind="stable")) for s in scores]
+    """Up to `count` of `pool`, best first.
+
+    One target: in the order of its scores. Several: the candidates no other candidate
+    beats on every target's score come first (each target weighs the objectives
+    differently, so these are the predicted Pareto front between the targets' slopes),
+    then the next such layer, and so on; within a layer the targets take turns adding
+    their best. Ties keep the pool's order, so the choice is deterministic.
+    """
+    matrix = np.column_stack([np.asarray(s, dtype=np.float64) for s in scores])
+    remaining = np.arange(len(pool))
     chosen: list[int] = []
+    while len(remaining) and len(chosen) < count:
+        layer = remaining[non_dominated(-matrix[remaining])] if matrix.shape[1] > 1 else remaining
+        chosen.extend(_turns(matrix[layer], layer)[: count - len(chosen)])
+        remaining = np.setdiff1d(remaining, layer)
+    return [pool[i] for i in chosen]
+
+
+def _turns(matrix: np.ndarray, ids: np.ndarray) -> list[int]:
+    """`ids` ordered by the targets taking turns, each adding its best not yet added."""
+    orders = [iter(np.argsort(-matrix[:, t], kind="stable")) for t in range(matrix.shape[1])]
+    out: list[int] = []
     taken: set[int] = set()
     for order in itertools.cycle(orders):
-        if len(chosen) >= min(count, len(pool)):
-            break
+        if len(out) == len(ids):
+            return out
         for i in order:
             if int(i) not in taken:
                 taken.add(int(i))
-                chosen.append(int(i))
+                out.append(int(ids[i]))
                 break
-    return [pool[i] for i in chosen]
+    return out
 
 
 def score_pool(runs: Sequence[object], pool: Sequence[Architecture]) -> list[np.ndarray]:

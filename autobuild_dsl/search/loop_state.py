@@ -32,6 +32,9 @@ STATE_VERSION = 1
 # the evaluations cover a good part of it, large enough to hold what the scores misplace
 # (on NAS-Bench-Macro the best network uses a stage module of true marginal rank 5).
 AUTO_K_FACTOR = 1.5
+# The guided search pays for candidates in the scorers' order, so a larger reduced space
+# costs no evaluations; it bounds where the scores are trusted to look.
+GUIDED_K_FACTOR = 8.0
 
 
 class LoopError(AbcError, ValueError):
@@ -55,7 +58,8 @@ class LoopConfig(BaseModel):
         default=None,
         ge=1,
         description="modules kept per unit at the start; None: the smallest k whose reduced "
-        f"space holds {AUTO_K_FACTOR:g} x the budget",
+        f"space holds {AUTO_K_FACTOR:g} x the budget ({GUIDED_K_FACTOR:g} x for the guided "
+        "search)",
     )
     per_round: int = Field(default=16, ge=1, description="evaluations between retrainings")
     per_generation: int = Field(
@@ -66,8 +70,8 @@ class LoopConfig(BaseModel):
         description="also keep one more module per unit after a round that "
         "found nothing better (not only when the reduced space is exhausted)",
     )
-    inner: Literal["evolution", "tpe", "guided"] = Field(
-        default="evolution",
+    inner: Literal["guided", "evolution", "tpe"] = Field(
+        default="guided",
         description="the search inside the reduced space: 'guided' pays for the networks "
         "the round's scorers place best (targets taking turns); with one objective, "
         "'evolution' (regularized evolution, Stage-Full mutation) or 'tpe', warm-started "
@@ -77,6 +81,10 @@ class LoopConfig(BaseModel):
     epochs: int = Field(default=100, ge=1, description="scorer training epochs")
     folds: int = Field(default=5, ge=1, description="ensemble folds per target")
     ensemble_seeds: int = Field(default=1, ge=1)
+
+    def k_factor(self) -> float:
+        """How many times the budget the first reduced space holds when k is automatic."""
+        return GUIDED_K_FACTOR if self.inner == "guided" else AUTO_K_FACTOR
 
     def search_objectives(self) -> list[Objective]:
         if self.objectives:

@@ -74,8 +74,8 @@ COLD_METHODS = ["Stage-Full (no labels)", "Layer-Full (no labels)"]
 COSTS = [0.02, 0.1, 0.5]  # a in mean_acc - a * MMACs: slopes along the true front
 USEFUL = 85.0
 # The loop's settings, chosen on seeds 100-104 (docs/loop.md), reported on seeds 0-4.
-INNER = "evolution"
-PER_ROUND = 16
+INNER = "guided"
+PER_ROUND = 8
 TOP_K: int | None = None
 INNER_TEXT = {
     "evolution": "regularized evolution (Stage-Full mutation)",
@@ -215,6 +215,10 @@ def front_variant(args) -> str:  # type: ignore[no-untyped-def]
         return ""
     k = args.front_top_k or ("auto8" if args.inner == "guided" else "auto")
     return f"_{args.inner}_p{args.front_round}_k{k}{costs}"
+
+
+def k_factor(args) -> float:  # type: ignore[no-untyped-def]
+    return LoopConfig(targets=["x"], budget=1, inner=args.inner).k_factor()
 
 
 def front_costs(args, label_points: np.ndarray) -> list[float]:  # type: ignore[no-untyped-def]
@@ -478,8 +482,10 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--labels", type=int, default=200, help="N")
     parser.add_argument("--budgets", default="16,32,64", help="B (single objective)")
     parser.add_argument("--front-budget", type=int, default=250)
-    parser.add_argument("--front-round", type=int, default=125, help="evaluations per round")
-    parser.add_argument("--front-top-k", type=int, default=3, help="Figure 5 loop: the first k (0: from the budget)")
+    parser.add_argument("--front-round", type=int, default=50, help="evaluations per round")
+    parser.add_argument(
+        "--front-top-k", type=int, default=0, help="Figure 5 loop: the first k (0: from the budget)"
+    )
     parser.add_argument(
         "--front-costs",
         choices=["fixed", "labels"],
@@ -572,9 +578,15 @@ def single_section(args: argparse.Namespace, table: Table, singles: list[dict]) 
         "settings were chosen on seeds 100-104, see docs/loop.md). Scorers: "
         f"{args.folds}-fold ranked ensembles,",
         f"{args.epochs} epochs, retrained every {args.per_round} evaluations; inside the reduced "
-        f"space: {INNER_TEXT[args.inner]}",
-        "warm-started with the labels inside it. The loop's first k is the smallest whose",
-        "reduced space holds 1.5 x B networks; one run per B. RE and TPE are warm-started with",
+        f"space: {INNER_TEXT[args.inner]}"
+        + ("." if args.inner == "guided" else ", warm-started with the labels inside it."),
+        "The loop's first k is "
+        + (
+            f"{args.top_k}"
+            if args.top_k
+            else f"the smallest whose reduced space holds {k_factor(args):g} x B networks"
+        )
+        + "; one run per B. RE and TPE are warm-started with",
         "the same N labels on the full space. Every method pays once per network (a proposal",
         "equivalent to a held network is free). One-shot AutoBuild and ES use the first",
         "round's ensemble (ES: its prediction head over all networks) and pay nothing.",
@@ -592,8 +604,14 @@ def front_section(args: argparse.Namespace, table: Table, fronts: list[dict]) ->
     return [
         "The paper's Figure 5 on truth: max accuracy, min MMACs, targets "
         f"{', '.join(f'`mean_acc - {a} * mmacs`' for a in COSTS)},",
-        f"B = {args.front_budget} evaluations (AutoBuild-NAS: {args.front_round} per round), "
-        f"{len(fronts)} seeds. Like for like: every",
+        f"B = {args.front_budget} evaluations (AutoBuild-NAS: {args.front_round} per round, "
+        f"{INNER_TEXT[args.inner]}, first k "
+        + (
+            f"{args.front_top_k}"
+            if args.front_top_k
+            else f"the smallest whose reduced space holds {k_factor(args):g} x B"
+        )
+        + f"), {len(fronts)} seeds. Like for like: every",
         "method is given the same N labels for free, and its front is over the labels and its",
         "evaluations. Stage-Full and Layer-Full start from the labels (their first generation",
         "mutates the labels' front); the '(no labels)' rows are the paper's setting (50 random",
@@ -642,7 +660,7 @@ def main() -> int:
         f"python benchmarks/bench_loop.py --labels {args.labels} --budgets {args.budgets} "
         f"--front-budget {args.front_budget} --front-round {args.front_round} "
         f"--seeds {args.seeds} --epochs {args.epochs} --folds {args.folds} "
-        f"--inner {args.inner} --per-round {args.per_round}"
+        f"--inner {args.inner} --per-round {args.per_round} --front-top-k {args.front_top_k}"
         + (f" --top-k {args.top_k}" if args.top_k else "")
         + (" --no-widen-on-stall" if args.no_widen_on_stall else "")
     )

@@ -46,7 +46,7 @@ from autobuild_dsl.cli.progress import ProgressView
     help="Modules kept per unit at the start (it grows when the reduced space is exhausted "
     "or a round stalls) [default: the smallest k whose reduced space holds 1.5 x the budget].",
 )
-@opt.count("--per-round", default=16, help="Evaluations between retrainings of the scorers.")
+@opt.count("--per-round", default=8, help="Evaluations between retrainings of the scorers.")
 @click.option(
     "--inner",
     type=click.Choice(["guided", "evolution", "tpe"]),

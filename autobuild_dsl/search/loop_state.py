@@ -61,7 +61,7 @@ class LoopConfig(BaseModel):
         f"space holds {AUTO_K_FACTOR:g} x the budget ({GUIDED_K_FACTOR:g} x for the guided "
         "search)",
     )
-    per_round: int = Field(default=16, ge=1, description="evaluations between retrainings")
+    per_round: int = Field(default=8, ge=1, description="evaluations between retrainings")
     per_generation: int = Field(
         default=8, ge=1, description="several objectives: mutants evaluated per batch"
     )

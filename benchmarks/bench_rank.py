@@ -3,6 +3,7 @@
     python benchmarks/bench_rank.py                        # both parts
     python benchmarks/bench_rank.py --only speed           # OFA MobileNetV3 timing only
     python benchmarks/bench_rank.py --only macro --seeds 2 # NAS-Bench-Macro quality only
+    python benchmarks/bench_rank.py --only startup --ofa-run RUN   # whole-process times
     python benchmarks/bench_rank.py --markdown docs/results/rank_build.md
 
 speed: import the DyNAS-T OFA MobileNetV3 data (as `abc data import --from ofa` does),
@@ -14,6 +15,13 @@ commands (a fresh Python process: imports included). For scale, it also times sc
 modules one at a time (each built alone and run through one predictor, as the authors'
 code does) on a sample and extrapolates to all modules.
 
+startup: `abc rank RUN` and `abc build RUN -k 3 -n 20 -o DIR` as a user runs them, each in
+a fresh process (imports, loading the 20 members, ranking, writing, interpreter exit), cold
+(no RUN/cache/: the first call after training) and warm (the cache the first call wrote),
+wall and CPU time (the CPU time is what the command costs; on a shared machine the wall
+time also holds waiting for a core), and the slowest imports of a warm `abc rank`
+(`python -X importtime`).
+
 macro: NAS-Bench-Macro (all 6,561 CIFAR-10 networks measured). Per seed: draw 200 random
 architectures, train a run on their `mean_acc` (20 members, the paper's settings), rank
 every module, build the 4 best architectures, and look up their true accuracy and rank
@@ -24,6 +32,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -99,7 +109,8 @@ def bench_speed(data_dir: Path, epochs: int, run_dir: Path | None, repeats: int)
     run.encoder()  # build the encoder (and import torch_geometric) outside the timing
     units = index_of(space).units
     modules = sum(enumerate_modules(space, u).count for u in units)
-    rank_min, rank_median, ranking = _timed(lambda: rank_modules(run), repeats)
+    # cache=False: every repeat runs the members (a warm call reads RUN/cache/ instead).
+    rank_min, rank_median, ranking = _timed(lambda: rank_modules(run, cache=False), repeats)
     build_min, build_median, built = _timed(
         lambda: build_from_rankings(space, [ranking], top_k=4, n=100), repeats
     )
@@ -155,6 +166,142 @@ def bench_speed(data_dir: Path, epochs: int, run_dir: Path | None, repeats: int)
         "repeats": repeats,
         "load": load,
     }
+
+
+# ----- startup: whole-process times of the two commands -----------------------------------
+
+
+def _cli_times(args: list[str], before: Callable[[], None] | None = None) -> tuple[float, float]:
+    """(wall, CPU) seconds of one `abc ARGS` in a fresh process (its children included)."""
+    if before is not None:
+        before()
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu0 = usage.ru_utime + usage.ru_stime
+    wall = _cli_seconds(args)
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, usage.ru_utime + usage.ru_stime - cpu0
+
+
+def _slowest_imports(args: list[str], count: int = 6) -> dict[str, Any]:
+    """`-X importtime` of `abc ARGS`: all imports, torch's share, the slowest top-level."""
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "autobuild_dsl", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    top, torch_seconds = [], 0.0
+    for line in done.stderr.splitlines():
+        if not line.startswith("import time:") or "|" not in line:
+            continue
+        _, cumulative, name = line.split("|")
+        if not cumulative.strip().isdigit():
+            continue
+        seconds = int(cumulative) / 1e6
+        if name.strip() == "torch" and not torch_seconds:
+            torch_seconds = seconds
+        if name[1:2] != " ":  # top level (nested names are indented)
+            top.append((name.strip(), seconds))
+    top.sort(key=lambda r: -r[1])
+    return {"total": sum(s for _, s in top), "torch": torch_seconds, "top": top[:count]}
+
+
+def bench_startup(run_path: Path, repeats: int) -> dict:
+    """Cold (RUN/cache/ removed first) and warm calls of both commands, interleaved."""
+    from autobuild_dsl.design.rank_cache import CACHE_DIR
+
+    scratch = Path(tempfile.mkdtemp(prefix="bench_startup_"))
+
+    def drop_cache() -> None:
+        shutil.rmtree(run_path / CACHE_DIR, ignore_errors=True)
+
+    commands = {
+        "rank": ["rank", str(run_path)],
+        "build": ["build", str(run_path), "-k", "3", "-n", "20", "-o", str(scratch / "built")],
+    }
+    times: dict[str, list[tuple[float, float]]] = {}
+    for _ in range(repeats):
+        for name, args in commands.items():
+            extra = ["--force"] if name == "build" else []
+            times.setdefault(f"{name} cold", []).append(_cli_times(args + extra, drop_cache))
+            times.setdefault(f"{name} warm", []).append(_cli_times(args + extra))
+    return {
+        "run": str(run_path),
+        "times": times,
+        "imports": _slowest_imports(commands["rank"]),
+        "load": os.getloadavg(),
+        "repeats": repeats,
+    }
+
+
+def _startup_lines(s: dict) -> list[str]:
+    load = ", ".join(f"{v:.1f}" for v in s["load"])
+    lines = [
+        "### Startup: the commands as a user runs them",
+        "",
+        "Each command in a fresh Python process on a 20-member DyNAS-T run (5 folds x 4 "
+        f"seeds, as above; `{s['run']}`), one torch thread, `rank` printing its tables, "
+        "`build` writing its folder. Cold: no "
+        "`RUN/cache/` (the first call after training: 20 forward passes over every module, "
+        "and the labeled data read to mark unseen feature values); warm: the cache the "
+        f"first call wrote. Min and median of {s['repeats']}, interleaved; load average "
+        f"when done {load} on 2 cores (the wall time holds the waits for a core; the CPU "
+        "time is what the command itself costs).",
+        "",
+        "| command | wall min / median | CPU min / median |",
+        "|---|---|---|",
+    ]
+    shown = {"rank": "`abc rank RUN`", "build": "`abc build RUN -k 3 -n 20 -o DIR`"}
+    for key, values in s["times"].items():
+        name, state = key.split()
+        walls = [w for w, _ in values]
+        cpus = [c for _, c in values]
+        lines.append(
+            f"| {shown[name]} ({state}) | {min(walls):.2f} / {statistics.median(walls):.2f} s "
+            f"| {min(cpus):.2f} / {statistics.median(cpus):.2f} s |"
+        )
+    imports = s["imports"]
+    lines += [
+        "",
+        f"Imports of a warm `abc rank RUN` (`python -X importtime`): {imports['total']:.2f} s "
+        f"in all, {imports['torch']:.2f} s of it `torch`. Slowest top-level imports "
+        "(cumulative):",
+        "",
+    ]
+    lines += [f"- `{name}` {seconds:.2f} s" for name, seconds in imports["top"]]
+    return [*lines, ""]
+
+
+def _splice_section(path: Path, section: list[str], command: str) -> str:
+    """`path`'s text with its "### Startup" section replaced by `section` (inserted before
+    the next section when absent) and `command` added to its "Produced by" block."""
+    text = path.read_text(encoding="utf-8") if path.is_file() else ""
+    lines = text.splitlines()
+    title = section[0]
+    if title in lines:
+        start = lines.index(title)
+        end = next(
+            (
+                i
+                for i in range(start + 1, len(lines))
+                if lines[i].startswith(("### ", "Produced by"))
+            ),
+            len(lines),
+        )
+        lines[start:end] = section
+    else:
+        at = next((i for i, x in enumerate(lines) if x.startswith("### Quality")), None)
+        at = (
+            at
+            if at is not None
+            else next((i for i, x in enumerate(lines) if x.startswith("Produced by")), len(lines))
+        )
+        lines[at:at] = section
+    if command not in lines and "```" in lines:
+        fence = len(lines) - 1 - lines[::-1].index("```")  # the closing fence
+        lines.insert(fence, command)
+    return "\n".join(lines) + "\n"
 
 
 # ----- quality: NAS-Bench-Macro -----------------------------------------------------------
@@ -323,7 +470,7 @@ def _macro_lines(m: dict) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", default=str(SHARED), help="folder of the shared data sets")
-    parser.add_argument("--only", choices=["speed", "macro"], help="one part only")
+    parser.add_argument("--only", choices=["speed", "startup", "macro"], help="one part only")
     parser.add_argument("--ofa-epochs", type=int, default=5, help="epochs of the OFA ensemble")
     parser.add_argument("--ofa-run", help="load this OFA run folder instead of training one")
     parser.add_argument("--repeats", type=int, default=3, help="timed repetitions")
@@ -335,7 +482,21 @@ def main() -> None:
     data_dir = Path(args.data)
     lines = ["## Module ranking and building (`abc rank`, `abc build`)", ""]
     command = " ".join(["python benchmarks/bench_rank.py", *sys.argv[1:]])
-    if args.only != "macro":
+    if args.only == "startup":
+        if not args.ofa_run:
+            parser.error("--only startup needs --ofa-run RUN (a 20-member run)")
+        startup = bench_startup(Path(args.ofa_run), args.repeats)
+        for key, values in startup["times"].items():
+            print(
+                f"{key}: wall min {min(w for w, _ in values):.2f} s, "
+                f"CPU min {min(c for _, c in values):.2f} s"
+            )
+        imports = startup["imports"]
+        print(f"imports {imports['total']:.2f} s, torch {imports['torch']:.2f} s")
+        for name, seconds in imports["top"]:
+            print(f"import {name}: {seconds:.2f} s")
+        lines += _startup_lines(startup)
+    if args.only not in ("macro", "startup"):
         try:
             speed = bench_speed(
                 data_dir,
@@ -356,7 +517,7 @@ def main() -> None:
                 f"= {speed['one_at_a_time_all']:.0f} s for all"
             )
             lines += _speed_lines(speed)
-    if args.only != "speed":
+    if args.only not in ("speed", "startup"):
         chart = ROOT / "docs" / "figures" / "rank_importance_macro.png" if args.markdown else None
         try:
             macro = bench_macro(data_dir, args.seeds, args.labeled, args.epochs, chart)
@@ -372,7 +533,11 @@ def main() -> None:
                 )
             lines += _macro_lines(macro)
     lines += ["Produced by:", "", "```", command.strip(), "```", ""]
-    if args.markdown:
+    if args.markdown and args.only == "startup":
+        out = Path(args.markdown)  # only this section changes: the others keep their runs
+        out.write_text(_splice_section(out, lines[2:-6], command.strip()), encoding="utf-8")
+        print(f"wrote {out}")
+    elif args.markdown:
         out = Path(args.markdown)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text("\n".join(lines), encoding="utf-8")

@@ -8,6 +8,11 @@ search (the paper's ES baseline) on the SD v1.4 U-Net spaces.
     python benchmarks/bench_search.py --skip-evolution --skip-hw --fid --fid-limit 65536 \
         --jobs 1 2 --repeats 2                           # 1 vs 2 workers, interleaved
 
+Each exhaustive run goes through `exhaustive_search` as `abc search --exhaustive` does
+(a prefix: `ExhaustiveConfig.limit`), worker start-up included, and prints wall and CPU
+time (this process and its reaped workers), the rate, the rate after the first range
+(start-up excluded) and the whole space projected at both rates.
+
 Without --run the exhaustive search scores with a real scorer ensemble of the paper's ES
 shape (20 MSE-only predictors: 5 folds x 4 seeds, trained by `autobuild_dsl.scorer`) that
 is trained for a few epochs on 68 random architectures with SYNTHETIC labels (a formula of
@@ -18,7 +23,6 @@ nothing. Training it takes a few seconds and is not counted in the throughput.
 from __future__ import annotations
 
 import argparse
-import itertools
 import os
 import resource
 import subprocess
@@ -38,11 +42,15 @@ from autobuild_dsl.search.evaluators import (  # noqa: E402
     make_evaluator,
 )
 from autobuild_dsl.search.evolution import SearchConfig, run_search  # noqa: E402
-from autobuild_dsl.search.exhaustive import ExhaustiveConfig, exhaustive_search  # noqa: E402
+from autobuild_dsl.search.exhaustive import (  # noqa: E402
+    ExhaustiveConfig,
+    ExhaustiveProgress,
+    exhaustive_search,
+)
 from autobuild_dsl.search.pareto import parse_objectives  # noqa: E402
 from autobuild_dsl.search.runner import EvaluationRunner  # noqa: E402
 from autobuild_dsl.space.architecture import Architecture  # noqa: E402
-from autobuild_dsl.space.decisions import iter_architectures, space_size  # noqa: E402
+from autobuild_dsl.space.decisions import space_size  # noqa: E402
 from autobuild_dsl.space.model import Space  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
@@ -173,41 +181,41 @@ def bench_exhaustive(
 def _exhaustive_once(
     space: Space, run: str, label: str, limit: int | None, batch_size: int, top: int, jobs: int
 ) -> None:
+    """One exhaustive search (of the first `limit` architectures: the same code path, the
+    enumeration cut short) as `abc search --exhaustive` runs it."""
     label += f"; {jobs} worker process(es)"
-    evaluator = make_evaluator(PredictorConfig(run=run, batch_size=batch_size), space)
+    config = PredictorConfig(run=run, batch_size=batch_size)
     size = space_size(space)
+    first: list[float] = []  # (seconds, done) at the first finished range
+
+    def note(event: ExhaustiveProgress) -> None:
+        if not first:
+            first.extend((event.seconds, event.done))
+
     cpu = _cpu_seconds()
     start = time.perf_counter()
     # Worker start-up (spawn, imports, loading the run) is counted: it is part of a search.
-    with EvaluationRunner(space, evaluator=evaluator, jobs=jobs) as runner:
-        if limit is not None and limit < size:
-            # Score only a prefix of the enumeration, through the same runner.
-            # A finite stream: workers finish and are joined, so their CPU time counts.
-            archs = itertools.islice(iter_architectures(space), limit)
-            done = 0
-            batches = iter(lambda: list(itertools.islice(archs, batch_size)), [])
-            first = None
-            for batch, _ in runner.stream(batches):
-                done += len(batch)
-                if first is None:
-                    first = (time.perf_counter(), done)
-        else:
-            objective = parse_objectives(f"max {evaluator.metric}")[0]  # type: ignore[attr-defined]
-            config = ExhaustiveConfig(objective=objective, top=top, batch_size=batch_size)
-            result = exhaustive_search(space, runner, config)
-            done, first = result.evaluated, None
+    with EvaluationRunner(space, config, jobs=jobs) as runner:
+        metric = runner.evaluator.metric  # type: ignore[attr-defined]
+        objective = parse_objectives(f"max {metric}")[0]
+        search = ExhaustiveConfig(objective=objective, top=top, batch_size=batch_size, limit=limit)
+        result = exhaustive_search(space, runner, search, progress=note)
     seconds = time.perf_counter() - start
     cpu = _cpu_seconds() - cpu  # workers are reaped by now: their CPU time is counted
+    done = result.evaluated
     rate = done / seconds
     steady = ""
-    if first is not None and done > first[1]:
-        after = (done - first[1]) / max(start + seconds - first[0], 1e-9)
-        steady = f", {after:,.0f}/s after the first batch"
+    if first and done > first[1]:
+        after = (done - first[1]) / max(result.seconds - first[0], 1e-9)
+        steady = (
+            f"; {after:,.0f}/s after the first range (whole space at that rate: "
+            f"{size / after / 60:.1f} min)"
+        )
     what = "all" if done >= size else f"a prefix: {done:,} of {size:,}"
     _say(
         f"exhaustive {space.name} ({what}): {seconds:.1f} s wall, {cpu:.1f} s CPU = "
-        f"{rate:,.0f} archs/s{steady} ({label}); whole space est. "
-        f"{size / rate / 60:.1f} min; peak RSS {_peak_mib():.0f} MiB; load {_load()}"
+        f"{rate:,.0f} archs/s ({label}){steady}; whole space est. {size / rate / 60:.1f} min; "
+        f"peak RSS {_peak_mib():.0f} MiB; load {_load()}"
     )
 
 
@@ -286,8 +294,10 @@ def main() -> None:
             "## Search and exhaustive-search throughput",
             "",
             "Evolutionary search on NAS-Bench-Macro (lookup evaluator, budget 250) and the",
-            "exhaustive search (the paper's ES baseline) over a U-Net space with a predictor",
-            "ensemble, as printed by the benchmark:",
+            "exhaustive search (the paper's ES baseline) over the U-Net spaces with a predictor",
+            "ensemble (without --run: 20 members trained for 3 epochs on SYNTHETIC labels), as",
+            "printed by the benchmark; wall and CPU time (this process and its reaped workers)",
+            "include worker start-up, and each line gives the machine's load:",
             "",
             "```text",
             *_LINES,

@@ -42,7 +42,7 @@ BENCHES = [
     Bench("scorer", "bench_train.py"),
     Bench("rank_build", "bench_rank.py"),
     Bench("build_quality", "bench_build_quality.py"),
-    Bench("search", "bench_search.py"),
+    Bench("search", "bench_search.py", ("--fid", "--fid-limit", "65536", "--jobs", "1", "2")),
     Bench("loop", "bench_loop.py"),
     Bench("ir", "bench_ir.py"),
 ]

@@ -474,27 +474,31 @@ REDUCED = """space r extends nas_bench_macro from "{macro}" {{
 """
 
 
-@pytest.fixture(scope="module")
-def macro_run(tmp_path_factory: pytest.TempPathFactory, macro) -> Path:
-    """A tiny trained predictor on the toy metric (one member, one epoch)."""
+def train_toy_run(space, out: Path, seeds: int = 1, epochs: int = 1, count: int = 60) -> Path:
+    """A tiny predictor ensemble (one fold, `seeds` members) on the toy metric."""
     from autobuild_dsl.data import from_records
     from autobuild_dsl.scorer import EnsembleConfig, TrainConfig, train_run
     from autobuild_dsl.space.decisions import sample
 
-    archs = sample(macro, 60, seed=0)
+    archs = sample(space, count, seed=seeds - 1)
     dataset, _ = from_records(
-        macro, [(a, {"acc": toy_metrics(macro_code(a))["acc"]}, 1, None) for a in archs]
+        space, [(a, {"acc": toy_metrics(macro_code(a))["acc"]}, 1, None) for a in archs]
     )
-    out = tmp_path_factory.mktemp("run") / "run"
     train_run(
-        macro,
+        space,
         dataset,
         "acc",
         out,
-        train=TrainConfig(epochs=1, loss="mse"),
-        ensemble=EnsembleConfig(folds=1, seeds=1),
+        train=TrainConfig(epochs=epochs, loss="mse"),
+        ensemble=EnsembleConfig(folds=1, seeds=seeds),
     )
     return out
+
+
+@pytest.fixture(scope="module")
+def macro_run(tmp_path_factory: pytest.TempPathFactory, macro) -> Path:
+    """A tiny trained predictor on the toy metric (one member, one epoch)."""
+    return train_toy_run(macro, tmp_path_factory.mktemp("run") / "run")
 
 
 def test_predictor_exhaustive_search_of_a_reduced_space(tmp_path: Path, macro_run: Path) -> None:

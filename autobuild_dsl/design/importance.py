@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from autobuild_dsl import io
+from autobuild_dsl.design import rank_cache
 from autobuild_dsl.errors import AbcError
 from autobuild_dsl.scorer.model import FeatureScore
 from autobuild_dsl.scorer.run import TrainedRun, run_feature_importance
@@ -56,13 +57,33 @@ def seen_values(run: TrainedRun, data: str | Path | None = None) -> list[set[int
     """Per feature category (in column order), the vocabulary indices some node of the
     labeled data holds; None when the data cannot be read (or the run is not a sequence
     encoding)."""
-    from autobuild_dsl.data.dataset import DatasetError, load_dataset
-
     if run.config.encoding != "sequence":
         return None
     path = Path(data if data is not None else run.config.data)
     if not str(path) or not path.is_file():
         return None
+    # A pure function of the data file's bytes and the run's features: kept in the run.
+    try:
+        key = rank_cache.cache_key(
+            "seen",
+            rank_cache.file_digest(path),
+            run.space.digest(),
+            run.config.model_dump_json(include={"categories"}),
+        )
+    except OSError:
+        return None
+    stored = rank_cache.load_json(run.path, "seen-values", key)
+    if stored is not None:
+        return [set(values) for values in stored]
+    seen = _read_seen(run, path)
+    if seen is not None:
+        rank_cache.save_json(run.path, "seen-values", key, [sorted(s) for s in seen])
+    return seen
+
+
+def _read_seen(run: TrainedRun, path: Path) -> list[set[int]] | None:
+    from autobuild_dsl.data.dataset import DatasetError, load_dataset
+
     try:
         dataset = load_dataset(path, run.space)
     except DatasetError:

@@ -8,7 +8,7 @@ by graph.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -238,6 +238,34 @@ def _prefix_forest(
     return _packed(x, parents - np.arange(total), has_input, node_ptr), parent, parents
 
 
+Steps = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+def jump_steps(previous: np.ndarray) -> Steps:
+    """The schedule of path sums along `previous` (every node: itself plus each node
+    reached by following it) by pointer jumping, log2(longest path) steps: per step, (the
+    nodes still summing, the node each adds). It depends on the batch only, so every
+    member reuses it (`ModuleBatch.pooled_plan`)."""
+    pointer = np.array(previous, dtype=np.int64)  # a copy: the caller's array stays
+    active = np.flatnonzero(pointer >= 0)
+    steps: Steps = []
+    while len(active):
+        target = pointer[active]
+        steps.append((torch.from_numpy(active), torch.from_numpy(target)))
+        pointer[active] = pointer[target]
+        active = active[pointer[active] >= 0]
+    return steps
+
+
+def apply_steps(values: torch.Tensor, steps: Steps) -> torch.Tensor:
+    """values [nodes, d] -> their path sums, following a `jump_steps` schedule."""
+    sums = values.clone()
+    for active, target in steps:
+        # The right side reads the old sums (as one pointer-jumping step must).
+        sums.index_copy_(0, active, sums.index_select(0, active) + sums.index_select(0, target))
+    return sums
+
+
 @dataclass
 class ModuleBatch:
     """Graphs holding every module's nodes, and where each module's last node is.
@@ -251,6 +279,34 @@ class ModuleBatch:
     last: np.ndarray  # [M] node index in `packed` (-1: the module has no node)
     nodes: np.ndarray  # [M] nodes of the module's own graph
     previous: np.ndarray | None = None  # [nodes of `packed`]; None: graph order
+    # Per (node range, hop): the pooled-sum plan (design.rank), the same for every member.
+    plans: dict[tuple[int, int, int], Any] = field(default_factory=dict, repr=False)
+
+    def pooled_plan(
+        self, previous: np.ndarray, first: int, end: int, hop: int, last: np.ndarray
+    ) -> tuple[torch.Tensor, Steps, torch.Tensor]:
+        """For modules ending at `last` (node indices within first..end): (the nodes on
+        their paths, the path-sum schedule over just those, where each module's last node
+        is among them). Made once per range and hop, kept for the next member."""
+        key = (first, end, hop)
+        kept = self.plans.get(key)
+        if kept is not None and np.array_equal(kept[0], last):
+            return kept[1]
+        local = np.where(previous[first:end] >= 0, previous[first:end] - first, -1)
+        on_path = np.zeros(len(local), dtype=bool)
+        frontier = np.unique(last)
+        while len(frontier):  # the modules' last nodes, then their prefixes
+            on_path[frontier] = True
+            frontier = np.unique(local[frontier])
+            frontier = frontier[frontier >= 0]
+            frontier = frontier[~on_path[frontier]]
+        nodes = np.flatnonzero(on_path)
+        position = np.full(len(local), -1, dtype=np.int64)
+        position[nodes] = np.arange(len(nodes))
+        sub_previous = np.where(local[nodes] >= 0, position[local[nodes]], -1)
+        plan = (torch.from_numpy(nodes), jump_steps(sub_previous), torch.from_numpy(position[last]))
+        self.plans[key] = (np.array(last), plan)
+        return plan
 
 
 def _graph_previous(packed: PackedGraphs) -> np.ndarray:

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from autobuild_dsl import io as abc_io
 from autobuild_dsl.design.importance import feature_importance, importance_chart
 from autobuild_dsl.design.rank import RankError, RankProgress, RankResult, ScoreKind, rank_modules
@@ -113,20 +115,20 @@ def scores_csv(result: RankResult) -> str:
         glob = [table.globals.get(n) for n in names]
         glob += [table.context.get(n, "") for n in contexts]
         glob = [json.dumps(v) if isinstance(v, bool) else v for v in glob]
-        for rank, i in enumerate(table.order().tolist(), start=1):
-            writer.writerow(
-                [
-                    table.unit,
-                    *glob,
-                    rank,
-                    f"{table.score[i]:.6g}",
-                    f"{table.z[i]:.6g}",
-                    int(table.size[i]),
-                    int(table.nodes[i]),
-                    int(table.hop[i]),
-                    texts[i],
-                ]
-            )
+        order = table.order()
+        # Whole columns as Python lists, best first: no numpy scalar per cell.
+        columns = [
+            [f"{v:.6g}" for v in table.score[order].tolist()],
+            [f"{v:.6g}" for v in table.z[order].tolist()],
+            np.asarray(table.size)[order].astype(np.int64).tolist(),
+            np.asarray(table.nodes)[order].astype(np.int64).tolist(),
+            np.asarray(table.hop)[order].astype(np.int64).tolist(),
+            [texts[i] for i in order.tolist()],
+        ]
+        writer.writerows(
+            [table.unit, *glob, rank, *cells]
+            for rank, cells in enumerate(zip(*columns, strict=True), start=1)
+        )
     return buffer.getvalue()
 
 

@@ -411,16 +411,19 @@ class GraphEncoder:
     def _stage_block(
         self, plan: _StagePlan, env: dict[str, Value], layers: Sequence[dict[str, Value]]
     ) -> list[np.ndarray]:
-        blocks = []
         if not layers:
-            return blocks  # an absent stage (depth 0) is no node, not even its extras
-        if plan.stage.before:
-            blocks.append(self._rows(plan, env, "before", -1, None))
-        for i, layer in enumerate(layers):
-            blocks.append(self._rows(plan, env, "layer", i, layer))
-        if plan.stage.after:
-            blocks.append(self._rows(plan, env, "after", -1, None))
-        return blocks
+            return []  # an absent stage (depth 0) is no node, not even its extras
+        # The whole stage as one cached block (a 3-tuple key; rows have 5): one lookup per
+        # stage instead of one per row, for exhaustive search. _graph copies it.
+        env_key = tuple((type(env.get(n)), env.get(n)) for n in plan.refs)
+        shapes = [tuple(sorted((k, type(v).__name__, v) for k, v in x.items())) for x in layers]
+        key = (plan.position, env_key, tuple(shapes))
+        if (cached := self._row_cache.get(key)) is None:
+            before = [self._rows(plan, env, "before", -1, None)] if plan.stage.before else []
+            after = [self._rows(plan, env, "after", -1, None)] if plan.stage.after else []
+            rows = [self._rows(plan, env, "layer", i, x) for i, x in enumerate(layers)]
+            cached = self._row_cache[key] = np.concatenate(before + rows + after)
+        return [cached]
 
     def _graph(
         self,

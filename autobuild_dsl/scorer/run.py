@@ -60,11 +60,11 @@ from autobuild_dsl.scorer.records import (  # noqa: F401  (re-exported: run.py w
     summarise,
     summary_json,
 )
+from autobuild_dsl.scorer.shared import predict_members
 from autobuild_dsl.scorer.softrank import resolve_backend
 from autobuild_dsl.scorer.train import (
     TrainConfig,
     embed,
-    predict_packed,
 )
 from autobuild_dsl.space.expr import Value
 from autobuild_dsl.space.model import Space
@@ -520,8 +520,9 @@ def member_predictions(run: TrainedRun, graphs: Sequence[Any] | PackedGraphs) ->
     packed = _as_packed(graphs, run.members[0].model)
     rows = []
     with torch.inference_mode():
-        for member in run.members:
-            pred = predict_packed(member.model, packed)
+        # Planned once for all members: each distinct node context is computed once.
+        preds = predict_members([m.model for m in run.members], packed)
+        for member, pred in zip(run.members, preds, strict=True):
             label = member.record.label
             rows.append(pred.double().numpy() * (label.sd if label.sd > 0 else 1.0) + label.mean)
     return np.stack(rows)

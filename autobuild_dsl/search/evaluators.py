@@ -410,8 +410,12 @@ class PredictorEvaluator(Evaluator):
         self.metric = _run_metric_name(self._run)
 
     def _fingerprint(self) -> str:
+        from autobuild_dsl.design.rank_cache import CACHE_DIR
+
         root = Path(self.config.run)
         files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
+        # RUN/cache/ holds what `abc rank` derived from the run, not the run itself.
+        files = [p for p in files if root / CACHE_DIR not in p.parents]
         digest = hashlib.sha256()
         for path in files:
             stat = path.stat()

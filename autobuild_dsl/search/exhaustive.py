@@ -1,23 +1,25 @@
 """Exhaustive search: score every architecture of a space, keep the best N (the paper's ES).
 
-Architectures are enumerated lazily and scored batch by batch, so memory holds one batch
-(times the number of batches in flight) and a heap of N, never the space. The first batch
+The enumeration is cut into ranges of `batch_size` positions. Whoever scores a range (this
+process, or a worker process with its own evaluator) enumerates it itself and sends back
+only its best N, which are merged here; so memory holds a range per worker and a heap of N,
+never the space, and nothing per architecture crosses a process boundary. The first range
 measures the throughput; a space larger than `max_architectures` (or whose estimated time
 exceeds `max_seconds`) is refused then, with its size and the estimate. The top N holds
-each network once: of architectures that compile to the same network, the best-scoring.
-"""
+each network once: of architectures that compile to the same network, the best-scoring."""
 
 from __future__ import annotations
 
 import heapq
-import itertools
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from autobuild_dsl.errors import AbcError
+from autobuild_dsl.search.evaluators import EvaluationError
 from autobuild_dsl.search.pareto import Objective, ObjectiveError
 from autobuild_dsl.space.architecture import Architecture
 from autobuild_dsl.space.decisions import iter_architectures, space_size
@@ -52,6 +54,9 @@ class ExhaustiveConfig(BaseModel):
     batch_size: int = Field(default=2048, ge=1)
     max_architectures: int = Field(default=DEFAULT_MAX_ARCHITECTURES, ge=1)
     max_seconds: float | None = Field(default=None, gt=0)
+    limit: int | None = Field(
+        default=None, ge=1, description="score only the first N of the enumeration (a prefix)"
+    )
 
 
 class RankedArchitecture(BaseModel):
@@ -88,46 +93,47 @@ def exhaustive_search(
     config: ExhaustiveConfig,
     progress: Callable[[ExhaustiveProgress], None] | None = None,
 ) -> ExhaustiveResult:
-    """Score every architecture with `runner.stream` (see `runner.EvaluationRunner`)."""
+    """Score every architecture through `runner` (see `runner.EvaluationRunner.map`).
+
+    The enumeration is cut into ranges of `batch_size` positions; whoever scores a range
+    (this process, or a worker with its own evaluator) enumerates it itself
+    (`iter_architectures(space, start, stop)`) and returns only its best `top`, which are
+    merged here: nothing per architecture crosses a process boundary.
+    """
     size = space_size(space)
-    archs = iter_architectures(space)
-    start = time.perf_counter()
-    first = list(itertools.islice(archs, config.batch_size))
-    if not first:
+    wanted = size if config.limit is None else min(size, config.limit)
+    if not wanted:
         raise ValueError("the space is empty")
-    [(first_batch, first_metrics)] = list(runner.stream([first]))
+    start = time.perf_counter()
+    step = config.batch_size
+    task = _RangeTask(start=0, stop=min(step, wanted), objective=config.objective, top=config.top)
+    [(_, first)] = list(runner.map(score_range, [(None, task)]))
     elapsed = max(time.perf_counter() - start, 1e-9)
-    first_rate = len(first) / elapsed
-    estimate = size / first_rate
-    if size > config.max_architectures:
-        raise SpaceTooLarge(
-            size, config.max_architectures, estimate, f"over the limit {config.max_architectures:,}"
-        )
-    if config.max_seconds is not None and estimate > config.max_seconds:
-        raise SpaceTooLarge(
-            size,
-            config.max_architectures,
-            estimate,
-            f"over the time limit {format_seconds(config.max_seconds)}",
-        )
-    objective = config.objective or _default_objective(first_metrics[0])
+    first_rate = first.count / elapsed
+    _check_limits(size, wanted, wanted / first_rate, config)
+    objective = first.objective
     top = _Top(config.top, objective, network_keyer(space))
     done = 0
 
-    def take(batch: Sequence[Architecture], metrics: list[dict[str, float]]) -> None:
+    def take(result: _RangeResult) -> None:
         nonlocal done
-        for arch, values in zip(batch, metrics, strict=True):
-            top.offer(arch, values)
-        done += len(batch)
+        for item in result.items:
+            top.push(item)
+        done += result.count
+        runner.paid += result.count
         if progress is not None:
             seconds = time.perf_counter() - start
             progress(
-                ExhaustiveProgress(done=done, total=size, seconds=seconds, rate=done / seconds)
+                ExhaustiveProgress(done=done, total=wanted, seconds=seconds, rate=done / seconds)
             )
 
-    take(first_batch, first_metrics)
-    for batch, metrics in runner.stream(_batches(archs, config.batch_size)):
-        take(batch, metrics)
+    take(first)
+    tasks = (
+        (None, _RangeTask(start=a, stop=min(a + step, wanted), objective=objective, top=config.top))
+        for a in range(task.stop, wanted, step)
+    )
+    for _, result in runner.map(score_range, tasks):
+        take(result)
     seconds = time.perf_counter() - start
     return ExhaustiveResult(
         space=space.name,
@@ -141,6 +147,59 @@ def exhaustive_search(
     )
 
 
+def _check_limits(size: int, wanted: int, estimate: float, config: ExhaustiveConfig) -> None:
+    if wanted > config.max_architectures:
+        raise SpaceTooLarge(
+            size, config.max_architectures, estimate, f"over the limit {config.max_architectures:,}"
+        )
+    if config.max_seconds is not None and estimate > config.max_seconds:
+        raise SpaceTooLarge(
+            size,
+            config.max_architectures,
+            estimate,
+            f"over the time limit {format_seconds(config.max_seconds)}",
+        )
+
+
+# Worker side: a range of the enumeration in, its best candidates out.
+
+# A candidate: (score: larger is better, key reversed for ties, architecture, metrics,
+# network key).
+_Item = tuple[float, "_Reversed", Architecture, dict[str, float], str]
+
+
+@dataclass(frozen=True)
+class _RangeTask:
+    start: int
+    stop: int
+    objective: Objective | None  # None: the default objective of the first metrics seen
+    top: int
+
+
+@dataclass(frozen=True)
+class _RangeResult:
+    count: int
+    objective: Objective
+    items: list[_Item]
+
+
+def score_range(evaluator: Any, task: _RangeTask) -> _RangeResult:
+    """Enumerate positions start..stop-1 of the evaluator's space, evaluate them (one call)
+    and keep the best `task.top` (each network once)."""
+    space = evaluator.space
+    batch = list(iter_architectures(space, task.start, task.stop))
+    metrics = evaluator.evaluate(batch)
+    if len(metrics) != len(batch):
+        raise EvaluationError(
+            f"the evaluator returned {len(metrics)} results for {len(batch)} architectures"
+        )
+    objective = task.objective or _default_objective(metrics[0])
+    top = _Top(task.top, objective, network_keyer(space))
+    for arch, values in zip(batch, metrics, strict=True):
+        top.offer(arch, values)
+    return _RangeResult(count=len(batch), objective=objective, items=top.heap)
+
+
 class _Top:
     """The best `size` architectures by `objective`, each network once: of equivalent
     architectures (a no-op layer at another place) the best-scoring member is kept."""
@@ -149,18 +208,21 @@ class _Top:
         self.size = size
         self.objective = objective
         self.network = network
-        self.heap: list[tuple[float, _Reversed, Architecture, dict[str, float], str]] = []
-        self.held: dict[str, tuple[float, _Reversed, Architecture, dict[str, float], str]] = {}
+        self.heap: list[_Item] = []
+        self.held: dict[str, _Item] = {}
 
     def offer(self, arch: Architecture, values: dict[str, float]) -> None:
-        heap, held = self.heap, self.held
         # Larger is better; on ties the smaller key wins, whatever the batch order.
         score = -self.objective.minimised(values)
-        full = len(heap) >= self.size
-        if full and score < heap[0][0]:
+        if len(self.heap) >= self.size and score < self.heap[0][0]:
             return  # the common case: no key needed (keys cost ~20 us each)
-        net = self.network(arch)
-        item = (score, _Reversed(arch.key()), arch, values, net)
+        self.push((score, _Reversed(arch.key()), arch, values, self.network(arch)))
+
+    def push(self, item: _Item) -> None:
+        """Offer a scored candidate (also one another `_Top` kept: merging is exact, since
+        a network's best member is in the top of whichever range holds it)."""
+        heap, held = self.heap, self.held
+        net = item[4]
         old = held.get(net)
         if old is not None:
             if item[:2] > old[:2]:  # a better member of a network already held
@@ -169,7 +231,7 @@ class _Top:
                 heapq.heappush(heap, item)
                 held[net] = item
             return
-        if not full:
+        if len(heap) < self.size:
             heapq.heappush(heap, item)
             held[net] = item
         elif item[:2] > heap[0][:2]:
@@ -210,11 +272,6 @@ class _Reversed:
 
     def __hash__(self) -> int:
         return hash(self.text)
-
-
-def _batches(archs: Iterator[Architecture], size: int) -> Iterator[list[Architecture]]:
-    while batch := list(itertools.islice(archs, size)):
-        yield batch
 
 
 def _default_objective(metrics: dict[str, float]) -> Objective:

@@ -69,7 +69,7 @@ class EvaluationRunner:
         self.network_key = network_keyer(space)
         self.paid = 0  # evaluations actually run
         self.hits = 0  # answered from the on-disk cache
-        self._fanout: Fanout[Chunk] | None = None
+        self._fanout: Fanout[Any] | None = None
 
     @property
     def identity(self) -> str:
@@ -141,30 +141,27 @@ class EvaluationRunner:
             # Not a network of the space: keyed as written; the evaluator will say why.
             return "arch:" + arch.key()
 
-    def stream(
-        self, batches: Iterable[Sequence[Architecture]], window: int | None = None
-    ) -> Iterator[tuple[Sequence[Architecture], list[Metrics]]]:
-        """Evaluate a stream of batches without the cache, at most `window` in flight;
-        yields (batch, metrics) in completion order. Memory stays bounded by the window."""
+    def map(
+        self, fn: Callable[[Evaluator, Any], Any], tasks: Iterable[tuple[Any, Any]]
+    ) -> Iterator[tuple[Any, Any]]:
+        """(tag, fn(evaluator, payload)) for each (tag, payload), in completion order: here
+        with this runner's evaluator, or in the workers with each one's own (`fn` must be
+        a top-level function; payloads and results must pickle). The cache is not used."""
         if not self.remote:
-            for batch in batches:
-                metrics = self.evaluator.evaluate(list(batch))
-                self.paid += len(batch)
-                yield batch, metrics
+            for tag, payload in tasks:
+                yield tag, fn(self.evaluator, payload)
             return
-        # Keys are not needed here (no cache); computing them would cost ~20 us each.
-        chunks = ([("", arch) for arch in batch] for batch in batches)
-        for chunk, metrics in self._run_chunks(chunks, window):
-            self.paid += len(chunk)
-            yield [arch for _, arch in chunk], metrics
+        yield from self._pool().map(fn, tasks)
 
-    def _run_chunks(
-        self, chunks: Iterable[Chunk], window: int | None = None
-    ) -> Iterator[tuple[Chunk, list[Metrics]]]:
+    def _run_chunks(self, chunks: Iterable[Chunk]) -> Iterator[tuple[Chunk, list[Metrics]]]:
         if not self.remote:
             for chunk in chunks:
                 yield chunk, self.evaluator.evaluate([arch for _, arch in chunk])
             return
+        tasks = ((chunk, [a.to_json() for _, a in chunk]) for chunk in chunks)
+        yield from self._pool().map(_worker_evaluate, tasks)
+
+    def _pool(self) -> Fanout[Any]:
         if self._fanout is None:
             self._fanout = Fanout(
                 _worker_evaluator,
@@ -173,8 +170,7 @@ class EvaluationRunner:
                 ray_address=self.ray_address,
                 error=EvaluationError,
             )
-        tasks = ((chunk, [a.to_json() for _, a in chunk]) for chunk in chunks)
-        yield from self._fanout.map(_worker_evaluate, tasks, window=window)
+        return self._fanout
 
     def close(self) -> None:
         if self._fanout is not None:

@@ -4,7 +4,8 @@ mapping between an architecture and its modules (one per unit)."""
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 from autobuild_dsl.space.architecture import Architecture, StageArch
 from autobuild_dsl.space.canonical import stage_module_choices
@@ -146,8 +147,12 @@ def architecture_modules(space: Space, arch: Architecture) -> dict[str, list[Sta
     return out
 
 
-def iter_architectures(space: Space) -> Iterator[Architecture]:
-    """Every architecture of the space, in a deterministic order, streamed.
+def iter_architectures(
+    space: Space, start: int = 0, stop: int | None = None
+) -> Iterator[Architecture]:
+    """Every architecture of the space, in a deterministic order, streamed; with `start` /
+    `stop`, only positions start..stop-1 of that order (as `islice`, without walking the
+    ones before `start`: workers of an exhaustive search each enumerate their own ranges).
 
     Walks the rule-satisfying scalar assignments of each component (never the product of
     all modules), then every choice of layers for those scalars, so a tied U-Net space is
@@ -155,17 +160,108 @@ def iter_architectures(space: Space) -> Iterator[Architecture]:
     """
     index = index_of(space)
     joints = [component.joint for component in index.components]
-    for combo in itertools.product(*joints):
+    left = None if stop is None else stop - start
+    if left is not None and left <= 0:
+        return
+    combos: Iterator[tuple] = itertools.product(*joints)
+    skip = 0
+    if start > 0:
+        found = _locate(index, joints, start)
+        if found is None:
+            return
+        begin, skip = found
+        combos = product_from(joints, begin)
+    # Where each unit's variable sits in a combination: (component, position in its joint).
+    spot = {
+        v: (c, i) for c, comp in enumerate(index.components) for i, v in enumerate(comp.variables)
+    }
+    unit_at = [spot[index.variable_of[DecisionKey.depth(unit.stages[0])]] for unit in index.units]
+    fillings_of: dict[tuple[int, int, int], list] = {}
+    for combo in combos:
         env: dict[str, Value] = {}
         for component, joint in zip(index.components, combo, strict=True):
             for variable_index, state_index in zip(component.variables, joint, strict=True):
                 env.update(index.variables[variable_index].states[state_index])
         globals_ = {name: env[name] for name in space.choices}
-        per_unit = [list(_unit_layer_choices(index, unit, env)) for unit in index.units]
-        for parts in itertools.product(*per_unit):
+        per_unit = []
+        for unit, (c, v) in zip(index.units, unit_at, strict=True):
+            # A unit's layer choices depend on its own variable's state alone: built once
+            # per state (the stages are frozen, so architectures may share them).
+            state = (c, v, combo[c][v])
+            found = fillings_of.get(state)
+            if found is None:
+                found = fillings_of[state] = list(_unit_layer_choices(index, unit, env))
+            per_unit.append(found)
+        if skip:
+            fillings = product_from(per_unit, _digits(skip, [len(p) for p in per_unit]))
+            skip = 0
+        else:
+            fillings = itertools.product(*per_unit)
+        for parts in fillings:
             stages = {name: stage for unit_parts in parts for name, stage in unit_parts}
             # Values come from the space itself: skip re-validation in this hot loop.
             yield Architecture.model_construct(space=space.name, globals=globals_, stages=stages)
+            if left is not None:
+                left -= 1
+                if not left:
+                    return
+
+
+def product_from(lists: Sequence[Sequence[Any]], begin: Sequence[int]) -> Iterator[tuple]:
+    """`itertools.product(*lists)` from the tuple of indices `begin` on, without walking
+    the tuples before it: one C-level product per position where the suffix restarts."""
+    if not lists:
+        yield ()
+        return
+    last = len(lists) - 1
+    for k in range(last, -1, -1):
+        first = begin[k] + (0 if k == last else 1)
+        fixed = [[lists[i][begin[i]]] for i in range(k)]
+        yield from itertools.product(*fixed, lists[k][first:], *lists[k + 1 :])
+
+
+def _digits(offset: int, radices: list[int]) -> list[int]:
+    """`offset` in the mixed radix `radices` (the last digit changes fastest)."""
+    digits = [0] * len(radices)
+    for position in range(len(radices) - 1, -1, -1):
+        offset, digits[position] = divmod(offset, radices[position])
+    return digits
+
+
+def _locate(
+    index: DecisionIndex, joints: list[list[tuple]], start: int
+) -> tuple[list[int], int] | None:
+    """Where position `start` of the enumeration lies: (the index of each component's
+    joint state, the offset among that combination's layer fillings); None past the end.
+    A combination of joint states holds the product of their weights."""
+    weights = [
+        [_joint_weight(index, component.variables, joint) for joint in joint_list]
+        for component, joint_list in zip(index.components, joints, strict=True)
+    ]
+    rest, held, begin = start, 1, []
+    for position, row in enumerate(weights):
+        below = 1  # architectures per unit of weight, over the components after this one
+        for later in weights[position + 1 :]:
+            below *= sum(later)
+        picked = 0
+        while picked < len(row):
+            count = held * row[picked] * below
+            if rest < count:
+                break
+            rest -= count
+            picked += 1
+        else:
+            return None
+        begin.append(picked)
+        held *= row[picked]
+    return begin, rest
+
+
+def _joint_weight(index: DecisionIndex, variables: list[int], joint: tuple) -> int:
+    weight = 1
+    for variable_index, state_index in zip(variables, joint, strict=True):
+        weight *= index.variables[variable_index].weights[state_index]
+    return weight
 
 
 def _unit_layer_choices(

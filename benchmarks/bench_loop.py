@@ -203,7 +203,6 @@ def variant(args) -> str:  # type: ignore[no-untyped-def]
     return (
         f"{args.inner}_p{args.per_round}"
         + (f"_k{args.top_k}" if args.top_k else "")
-        + ("_f8" if args.inner == "guided" and not args.top_k else "")
         + ("_nowiden" if args.no_widen_on_stall else "")
     )
 
@@ -213,12 +212,18 @@ def front_variant(args) -> str:  # type: ignore[no-untyped-def]
     costs = "" if args.front_costs == "fixed" else f"_{args.front_costs}"
     if (args.inner, args.front_round, args.front_top_k, costs) == ("evolution", 125, 3, ""):
         return ""
-    k = args.front_top_k or ("auto8" if args.inner == "guided" else "auto")
+    k = args.front_top_k or "auto"
     return f"_{args.inner}_p{args.front_round}_k{k}{costs}"
 
 
-def k_factor(args) -> float:  # type: ignore[no-untyped-def]
-    return LoopConfig(targets=["x"], budget=1, inner=args.inner).k_factor()
+def k_factor(args, objectives: int = 1) -> float:  # type: ignore[no-untyped-def]
+    config = LoopConfig(
+        targets=["x"] * objectives,
+        objectives=[Objective(direction="max", expr="x")] * objectives,
+        budget=1,
+        inner=args.inner,
+    )
+    return config.k_factor()
 
 
 def front_costs(args, label_points: np.ndarray) -> list[float]:  # type: ignore[no-untyped-def]
@@ -609,7 +614,9 @@ def front_section(args: argparse.Namespace, table: Table, fronts: list[dict]) ->
         + (
             f"{args.front_top_k}"
             if args.front_top_k
-            else f"the smallest whose reduced space holds {k_factor(args):g} x B"
+            else "every module: the whole space"
+            if k_factor(args, 2) == float("inf")
+            else f"the smallest whose reduced space holds {k_factor(args, 2):g} x B"
         )
         + f"), {len(fronts)} seeds. Like for like: every",
         "method is given the same N labels for free, and its front is over the labels and its",

@@ -117,14 +117,23 @@ def test_same_seed_same_result(tmp_path: Path) -> None:
     assert first.rounds == second.rounds
     other = run_loop(SPACE, data, Counting(), config(seed=2), tmp_path / "c")
     assert [r.key for r in other.records] != [r.key for r in first.records]
-    # Without --top-k, k is the smallest whose reduced space holds 8 x the budget for the
-    # guided search (k = 4 gives 64 < 96 networks, k = 5 gives 125), 1.5 x for evolution
-    # (k = 2 gives 2^3 = 8 < 18 networks, k = 3 gives 27).
+    # Without --top-k, k is the smallest whose reduced space holds 1.5 x the budget:
+    # k = 2 gives 2^3 = 8 < 18 networks, k = 3 gives 27.
     auto = run_loop(SPACE, data, Counting(), config(top_k=None), tmp_path / "d")
-    assert auto.rounds[0].k == 5 and auto.rounds[0].reduced_size == 125
-    evolution = config(top_k=None, inner="evolution")
-    auto = run_loop(SPACE, data, Counting(), evolution, tmp_path / "e")
     assert auto.rounds[0].k == 3 and auto.rounds[0].reduced_size == 27
+    # ... but a guided search for a front starts from the whole space.
+    front = config(
+        top_k=None,
+        targets=["acc - 0.1 * macs", "acc - 1.0 * macs"],
+        objectives=[{"direction": "max", "expr": "acc"}, {"direction": "min", "expr": "macs"}],
+    )
+    assert front.k_factor() == float("inf")
+    assert (
+        config(
+            top_k=None, inner="evolution", **front.model_dump(include={"targets", "objectives"})
+        ).k_factor()
+        == 1.5
+    )
 
 
 @pytest.mark.parametrize("inner", ["evolution", "tpe", "guided"])

@@ -462,7 +462,10 @@ class _Loop:
         k = 1
         while True:
             reduced, _, can_grow = self.reduce(rankings, k, round_)
-            if index_of(reduced).size() >= self.config.k_factor() * self.config.budget or not can_grow:
+            if (
+                index_of(reduced).size() >= self.config.k_factor() * self.config.budget
+                or not can_grow
+            ):
                 return k
             k += 1
 

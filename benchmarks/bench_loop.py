@@ -34,6 +34,7 @@ run in parallel processes (`--first-seed S --seeds S+1`) and a last run collects
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import random
@@ -389,6 +390,14 @@ def single_table(trials: list[dict], table: Table, budgets: list[int]) -> list[s
     return lines
 
 
+K_TEXT = {
+    "": "",
+    "_k3": ", first k = 3",
+    "_k27": ", the whole space (k = 27)",
+    "_f8": ", first k from 8 x B",
+}
+
+
 def tune_table(args: argparse.Namespace, table: Table) -> list[str]:
     """The loop variants' single-objective trials kept in `--work` for the chosen seeds
     (run them with `--parts single --inner I --per-round P`): median true rank (rank-1
@@ -398,15 +407,18 @@ def tune_table(args: argparse.Namespace, table: Table) -> list[str]:
     lines.append("|---" * (len(budgets) + 1) + "|")
     rows: dict[str, list[dict]] = {}
     for inner in INNER_TEXT:
-        for per_round, k in ((16, ""), (32, ""), (16, "_k3")):
-            name = f"{inner}, retrained every {per_round}" + (", first k = 3" if k else "")
+        for per_round, k in itertools.product((16, 32, 8, 4), ("", "_k3", "_k27", "_f8")):
+            name = f"{inner}, retrained every {per_round}" + K_TEXT[k]
             for seed in range(args.first_seed, args.seeds):
                 path = args.work / f"single_s{seed}_{inner}_p{per_round}{k}.json"
                 if path.exists():
                     rows.setdefault(name, []).append(json.loads(path.read_text()))
     for method in ("RE (warm)", "TPE (warm)"):
         if rows:
-            rows[f"{method} on the full space"] = next(iter(rows.values()))
+            # The baselines do not depend on the variant: from the one with most trials.
+            rows[f"{method} on the full space"] = max(
+                rows.values(), key=lambda t: (len(t), len(t[0]["found"]["loop"]))
+            )
     for name, trials in rows.items():
         method = name.split(" on the full space")[0] if "full space" in name else "loop"
         cells = []

@@ -214,7 +214,8 @@ def front_variant(args) -> str:  # type: ignore[no-untyped-def]
     if (args.inner, args.front_round, args.front_top_k, costs) == ("evolution", 125, 3, ""):
         return ""
     k = args.front_top_k or "auto"
-    return f"_{args.inner}_p{args.front_round}_k{k}{costs}"
+    refine = f"_r{args.front_refine:g}" if args.front_refine else ""
+    return f"_{args.inner}_p{args.front_round}_k{k}{costs}{refine}"
 
 
 def k_factor(args, objectives: int = 1) -> float:  # type: ignore[no-untyped-def]
@@ -342,6 +343,7 @@ def front_trial(table: Table, space, work: Path, seed: int, args) -> dict:  # ty
         objectives=objectives,
         budget=args.front_budget,
         top_k=args.front_top_k or None,
+        refine=args.front_refine,
         per_round=args.front_round,
         inner=args.inner,
         per_generation=25,
@@ -502,6 +504,12 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--front-round", type=int, default=50, help="evaluations per round")
     parser.add_argument(
         "--front-top-k", type=int, default=0, help="Figure 5 loop: the first k (0: from the budget)"
+    )
+    parser.add_argument(
+        "--front-refine",
+        type=float,
+        default=0.5,
+        help="Figure 5 guided loop: share of each round spent on Layer-Full mutation",
     )
     parser.add_argument(
         "--front-costs",

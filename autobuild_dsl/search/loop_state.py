@@ -75,6 +75,13 @@ class LoopConfig(BaseModel):
         "'evolution' (regularized evolution, Stage-Full mutation) or 'tpe', warm-started "
         "with the labels inside it",
     )
+    refine: float = Field(
+        default=0.5,
+        ge=0.0,
+        le=1.0,
+        description="guided search, several objectives: the share of each round spent on "
+        "Layer-Full Pareto mutation of the front held (the rest follows the scores)",
+    )
     seed: int = 0
     epochs: int = Field(default=100, ge=1, description="scorer training epochs")
     folds: int = Field(default=5, ge=1, description="ensemble folds per target")
@@ -242,3 +249,12 @@ def load_loop(out_dir: str | Path) -> LoopState:
     if state is None:
         raise LoopError(f"{out_dir}: no {STATE_FILE}; not a loop folder")
     return state
+
+
+def target_metrics(text: str) -> list[str]:
+    from autobuild_dsl.data import TargetError, parse_target
+
+    try:
+        return list(parse_target(text).metrics)
+    except TargetError as error:
+        raise LoopError(f"target `{text}`: {error}") from None

@@ -501,14 +501,14 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--labels", type=int, default=200, help="N")
     parser.add_argument("--budgets", default="16,32,64", help="B (single objective)")
     parser.add_argument("--front-budget", type=int, default=250)
-    parser.add_argument("--front-round", type=int, default=50, help="evaluations per round")
+    parser.add_argument("--front-round", type=int, default=25, help="evaluations per round")
     parser.add_argument(
         "--front-top-k", type=int, default=0, help="Figure 5 loop: the first k (0: from the budget)"
     )
     parser.add_argument(
         "--front-refine",
         type=float,
-        default=0.5,
+        default=0.0,
         help="Figure 5 guided loop: share of each round spent on Layer-Full mutation",
     )
     parser.add_argument(

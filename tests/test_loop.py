@@ -314,3 +314,30 @@ def test_guided_picks_take_turns_between_targets() -> None:
     picked = guided_picks(pool, [first, second], 4)
     assert picked == [pool[0], pool[1], pool[2], pool[4]]
     assert guided_picks(pool, [first], 9) == pool  # never more than the pool
+
+
+def test_guided_front_refines_by_layer_mutation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import autobuild_dsl.search.loop as loop_module
+
+    modes: list[str] = []
+    original = loop_module.mutate
+
+    def recording(space, arch, rng, mode="layer"):  # type: ignore[no-untyped-def]
+        modes.append(mode)
+        return original(space, arch, rng, mode=mode)
+
+    monkeypatch.setattr(loop_module, "mutate", recording)
+    objectives = [{"direction": "max", "expr": "acc"}, {"direction": "min", "expr": "macs"}]
+    targets = ["acc - 0.1 * macs", "acc - 1.0 * macs"]
+    for refine, out in ((1.0, "all"), (0.0, "none")):
+        modes.clear()
+        evaluator = Counting()
+        settings = config(
+            targets=targets, objectives=objectives, refine=refine, budget=6, top_k=None
+        )
+        run_loop(SPACE, labels(), evaluator, settings, tmp_path / out)
+        assert len(evaluator.paid) == 6
+        # refine 1: every evaluation is a Layer-Full mutant of the front; 0: none is.
+        assert (set(modes), len(modes) >= 6) == (({"layer"}, True) if refine else (set(), False))

@@ -76,7 +76,7 @@ class LoopConfig(BaseModel):
         "with the labels inside it",
     )
     refine: float = Field(
-        default=0.5,
+        default=0.0,
         ge=0.0,
         le=1.0,
         description="guided search, several objectives: the share of each round spent on "

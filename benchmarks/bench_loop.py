@@ -34,6 +34,7 @@ run in parallel processes (`--first-seed S --seeds S+1`) and a last run collects
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import random
@@ -74,12 +75,13 @@ COLD_METHODS = ["Stage-Full (no labels)", "Layer-Full (no labels)"]
 COSTS = [0.02, 0.1, 0.5]  # a in mean_acc - a * MMACs: slopes along the true front
 USEFUL = 85.0
 # The loop's settings, chosen on seeds 100-104 (docs/loop.md), reported on seeds 0-4.
-INNER = "evolution"
-PER_ROUND = 16
+INNER = "guided"
+PER_ROUND = 8
 TOP_K: int | None = None
 INNER_TEXT = {
     "evolution": "regularized evolution (Stage-Full mutation)",
     "tpe": "TPE over the kept modules",
+    "guided": "the networks the round's scorers place best (guided)",
 }  # accuracy (%) below which a network adds nothing to the second hypervolume
 
 
@@ -206,6 +208,38 @@ def variant(args) -> str:  # type: ignore[no-untyped-def]
     )
 
 
+def front_variant(args) -> str:  # type: ignore[no-untyped-def]
+    """The Figure 5 loop's settings in its folder and cache names ("" for the first ones)."""
+    costs = "" if args.front_costs == "fixed" else f"_{args.front_costs}"
+    if (args.inner, args.front_round, args.front_top_k, costs) == ("evolution", 125, 3, ""):
+        return ""
+    k = args.front_top_k or "auto"
+    refine = f"_r{args.front_refine:g}" if args.front_refine else ""
+    return f"_{args.inner}_p{args.front_round}_k{k}{costs}{refine}"
+
+
+def k_factor(args, objectives: int = 1) -> float:  # type: ignore[no-untyped-def]
+    config = LoopConfig(
+        targets=["x"] * objectives,
+        objectives=[Objective(direction="max", expr="x")] * objectives,
+        budget=1,
+        inner=args.inner,
+    )
+    return config.k_factor()
+
+
+def front_costs(args, label_points: np.ndarray) -> list[float]:  # type: ignore[no-untyped-def]
+    """The a of the three targets `mean_acc - a * MMACs`: fixed (COSTS), or `labels`: the
+    10th, 50th and 90th percentiles of the slopes along the labels' front, which a user
+    has (the true front's slopes are not theirs to see)."""
+    if args.front_costs == "fixed":
+        return list(COSTS)
+    front = label_points[non_dominated(label_points)]
+    front = front[np.argsort(front[:, 1])]
+    slopes = np.diff(-front[:, 0]) / np.diff(front[:, 1])
+    return [float(v) for v in np.quantile(slopes[slopes > 0], [0.1, 0.5, 0.9])]
+
+
 def others(table: Table, space, work: Path, seed: int, b: int, warm, out: Path, args) -> dict:  # type: ignore[no-untyped-def]
     """What the other methods of the single-objective table find, kept in `work`."""
     path = work / f"others_s{seed}_b{b}_e{args.epochs}_f{args.folds}.json"
@@ -305,18 +339,21 @@ def front_trial(table: Table, space, work: Path, seed: int, args) -> dict:  # ty
 
     results: dict[str, dict] = {}
     config = LoopConfig(
-        targets=[f"mean_acc - {a} * mmacs" for a in COSTS],
+        targets=[f"mean_acc - {a:.3g} * mmacs" for a in front_costs(args, label_points)],
         objectives=objectives,
         budget=args.front_budget,
-        top_k=3,
+        top_k=args.front_top_k or None,
+        refine=args.front_refine,
         per_round=args.front_round,
+        inner=args.inner,
         per_generation=25,
         epochs=args.epochs,
         folds=args.folds,
         seed=seed,
     )
     start, cpu = time.perf_counter(), time.process_time()
-    loop = run_loop(space, labels, Runner(table), config, work / f"front_s{seed}", resume=True)
+    loop = run_loop(space, labels, Runner(table), config, work / f"front_s{seed}{front_variant(args)}",
+                    resume=True)  # fmt: skip
     seconds = {"AutoBuild-NAS": (time.perf_counter() - start, time.process_time() - cpu)}
     results["AutoBuild-NAS"] = summary(
         np.array([[-r.metrics["mean_acc"], r.metrics["mmacs"]] for r in loop.records])
@@ -355,6 +392,14 @@ def single_table(trials: list[dict], table: Table, budgets: list[int]) -> list[s
     return lines
 
 
+K_TEXT = {
+    "": "",
+    "_k3": ", first k = 3",
+    "_k27": ", the whole space (k = 27)",
+    "_f8": ", first k from 8 x B",
+}
+
+
 def tune_table(args: argparse.Namespace, table: Table) -> list[str]:
     """The loop variants' single-objective trials kept in `--work` for the chosen seeds
     (run them with `--parts single --inner I --per-round P`): median true rank (rank-1
@@ -364,15 +409,18 @@ def tune_table(args: argparse.Namespace, table: Table) -> list[str]:
     lines.append("|---" * (len(budgets) + 1) + "|")
     rows: dict[str, list[dict]] = {}
     for inner in INNER_TEXT:
-        for per_round, k in ((16, ""), (32, ""), (16, "_k3")):
-            name = f"{inner}, retrained every {per_round}" + (", first k = 3" if k else "")
+        for per_round, k in itertools.product((16, 32, 8, 4), ("", "_k3", "_k27", "_f8")):
+            name = f"{inner}, retrained every {per_round}" + K_TEXT[k]
             for seed in range(args.first_seed, args.seeds):
                 path = args.work / f"single_s{seed}_{inner}_p{per_round}{k}.json"
                 if path.exists():
                     rows.setdefault(name, []).append(json.loads(path.read_text()))
     for method in ("RE (warm)", "TPE (warm)"):
         if rows:
-            rows[f"{method} on the full space"] = next(iter(rows.values()))
+            # The baselines do not depend on the variant: from the one with most trials.
+            rows[f"{method} on the full space"] = max(
+                rows.values(), key=lambda t: (len(t), len(t[0]["found"]["loop"]))
+            )
     for name, trials in rows.items():
         method = name.split(" on the full space")[0] if "full space" in name else "loop"
         cells = []
@@ -453,7 +501,22 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--labels", type=int, default=200, help="N")
     parser.add_argument("--budgets", default="16,32,64", help="B (single objective)")
     parser.add_argument("--front-budget", type=int, default=250)
-    parser.add_argument("--front-round", type=int, default=125, help="evaluations per round")
+    parser.add_argument("--front-round", type=int, default=25, help="evaluations per round")
+    parser.add_argument(
+        "--front-top-k", type=int, default=0, help="Figure 5 loop: the first k (0: from the budget)"
+    )
+    parser.add_argument(
+        "--front-refine",
+        type=float,
+        default=0.0,
+        help="Figure 5 guided loop: share of each round spent on Layer-Full mutation",
+    )
+    parser.add_argument(
+        "--front-costs",
+        choices=["fixed", "labels"],
+        default="fixed",
+        help="Figure 5 targets' a: fixed 0.02, 0.1, 0.5, or from the labels' front slopes",
+    )
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument(
         "--first-seed", type=int, default=0, help="run seeds FIRST..SEEDS-1 (split over processes)"
@@ -462,7 +525,7 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--parts", default="single,front")
     parser.add_argument(
-        "--inner", choices=["evolution", "tpe"], default=INNER, help="the loop's inner search"
+        "--inner", choices=list(INNER_TEXT), default=INNER, help="the loop's inner search"
     )
     parser.add_argument(
         "--per-round", type=int, default=PER_ROUND, help="loop: evaluations a round"
@@ -515,7 +578,8 @@ def run_trials(args: argparse.Namespace, table: Table, space) -> tuple[list, lis
                 print(f"single seed {seed}: true rank at B={budgets[-1]}: {shown}", flush=True)
         if "front" in parts:
             trial = cached(
-                f"front_s{seed}", lambda seed=seed: front_trial(table, space, args.work, seed, args)
+                f"front_s{seed}{front_variant(args)}",
+                lambda seed=seed: front_trial(table, space, args.work, seed, args),
             )
             if trial is None:
                 continue
@@ -539,9 +603,15 @@ def single_section(args: argparse.Namespace, table: Table, singles: list[dict]) 
         "settings were chosen on seeds 100-104, see docs/loop.md). Scorers: "
         f"{args.folds}-fold ranked ensembles,",
         f"{args.epochs} epochs, retrained every {args.per_round} evaluations; inside the reduced "
-        f"space: {INNER_TEXT[args.inner]}",
-        "warm-started with the labels inside it. The loop's first k is the smallest whose",
-        "reduced space holds 1.5 x B networks; one run per B. RE and TPE are warm-started with",
+        f"space: {INNER_TEXT[args.inner]}"
+        + ("." if args.inner == "guided" else ", warm-started with the labels inside it."),
+        "The loop's first k is "
+        + (
+            f"{args.top_k}"
+            if args.top_k
+            else f"the smallest whose reduced space holds {k_factor(args):g} x B networks"
+        )
+        + "; one run per B. RE and TPE are warm-started with",
         "the same N labels on the full space. Every method pays once per network (a proposal",
         "equivalent to a held network is free). One-shot AutoBuild and ES use the first",
         "round's ensemble (ES: its prediction head over all networks) and pay nothing.",
@@ -559,8 +629,16 @@ def front_section(args: argparse.Namespace, table: Table, fronts: list[dict]) ->
     return [
         "The paper's Figure 5 on truth: max accuracy, min MMACs, targets "
         f"{', '.join(f'`mean_acc - {a} * mmacs`' for a in COSTS)},",
-        f"B = {args.front_budget} evaluations (AutoBuild-NAS: {args.front_round} per round), "
-        f"{len(fronts)} seeds. Like for like: every",
+        f"B = {args.front_budget} evaluations (AutoBuild-NAS: {args.front_round} per round, "
+        f"{INNER_TEXT[args.inner]}, first k "
+        + (
+            f"{args.front_top_k}"
+            if args.front_top_k
+            else "every module: the whole space"
+            if k_factor(args, 2) == float("inf")
+            else f"the smallest whose reduced space holds {k_factor(args, 2):g} x B"
+        )
+        + f"), {len(fronts)} seeds. Like for like: every",
         "method is given the same N labels for free, and its front is over the labels and its",
         "evaluations. Stage-Full and Layer-Full start from the labels (their first generation",
         "mutates the labels' front); the '(no labels)' rows are the paper's setting (50 random",
@@ -609,7 +687,7 @@ def main() -> int:
         f"python benchmarks/bench_loop.py --labels {args.labels} --budgets {args.budgets} "
         f"--front-budget {args.front_budget} --front-round {args.front_round} "
         f"--seeds {args.seeds} --epochs {args.epochs} --folds {args.folds} "
-        f"--inner {args.inner} --per-round {args.per_round}"
+        f"--inner {args.inner} --per-round {args.per_round} --front-top-k {args.front_top_k}"
         + (f" --top-k {args.top_k}" if args.top_k else "")
         + (" --no-widen-on-stall" if args.no_widen_on_stall else "")
     )

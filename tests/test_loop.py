@@ -121,9 +121,22 @@ def test_same_seed_same_result(tmp_path: Path) -> None:
     # k = 2 gives 2^3 = 8 < 18 networks, k = 3 gives 27.
     auto = run_loop(SPACE, data, Counting(), config(top_k=None), tmp_path / "d")
     assert auto.rounds[0].k == 3 and auto.rounds[0].reduced_size == 27
+    # ... but a guided search for a front starts from the whole space.
+    front = config(
+        top_k=None,
+        targets=["acc - 0.1 * macs", "acc - 1.0 * macs"],
+        objectives=[{"direction": "max", "expr": "acc"}, {"direction": "min", "expr": "macs"}],
+    )
+    assert front.k_factor() == float("inf")
+    assert (
+        config(
+            top_k=None, inner="evolution", **front.model_dump(include={"targets", "objectives"})
+        ).k_factor()
+        == 1.5
+    )
 
 
-@pytest.mark.parametrize("inner", ["evolution", "tpe"])
+@pytest.mark.parametrize("inner", ["evolution", "tpe", "guided"])
 def test_resume_after_a_kill_mid_round_pays_nothing_twice(tmp_path: Path, inner: str) -> None:
     data = labels()
 
@@ -169,7 +182,8 @@ def test_resume_after_a_kill_mid_round_pays_nothing_twice(tmp_path: Path, inner:
         )
 
 
-def test_several_targets_search_a_front(tmp_path: Path) -> None:
+@pytest.mark.parametrize("inner", ["guided", "evolution"])
+def test_several_targets_search_a_front(tmp_path: Path, inner: str) -> None:
     data = labels()
     evaluator = Counting()
     result = run_loop(
@@ -179,6 +193,7 @@ def test_several_targets_search_a_front(tmp_path: Path) -> None:
         config(
             targets=["acc - 0.1 * macs", "acc - 1.0 * macs"],
             objectives=[{"direction": "max", "expr": "acc"}, {"direction": "min", "expr": "macs"}],
+            inner=inner,
         ),
         tmp_path,
     )
@@ -257,3 +272,72 @@ def test_warm_started_baselines_use_the_labels() -> None:
         warm=[(a, acc(a)) for a in good],
     )
     assert sum(warm_calls) / len(warm_calls) > sum(cold_calls) / len(cold_calls)
+
+
+def test_guided_pays_for_what_the_scorers_place_best(tmp_path: Path) -> None:
+    from autobuild_dsl.scorer import graph_scores, load_run
+    from autobuild_dsl.search.loop_guided import candidates
+
+    data = labels()
+    evaluator = Counting()
+    result = run_loop(
+        SPACE, data, evaluator, config(inner="guided", budget=6), tmp_path, space_file=SPACE_FILE
+    )
+    assert len(evaluator.paid) == 6
+    # Round 0: the reduced space's networks not held, in the order of the round's scores.
+    run = load_run(tmp_path / "rounds" / "r00" / "target0")
+    reduced = compile_file(tmp_path / "rounds" / "r00" / "reduced.abs")
+    held = {network_key(SPACE, a) for a in data.architectures}
+    pool = candidates(reduced, held, lambda a: network_key(SPACE, a), "unused")
+    assert len(pool) > 6
+    scores = graph_scores(run, run.encoder().encode_many(pool))
+    best_first = sorted(range(len(pool)), key=lambda i: -scores[i])
+    assert [Architecture.model_validate_json(k).stages for k in evaluator.paid] == [
+        pool[i].stages for i in best_first[:6]
+    ]
+    assert result.rounds[0].evaluated == 6
+    # The scores rank like the target on the networks of the space (trained for 3 epochs).
+    from autobuild_dsl.scorer.train import spearman
+
+    everything = run.encoder().encode_many(ALL)
+    assert spearman(graph_scores(run, everything), [acc(a) for a in ALL]) > 0.5
+
+
+def test_guided_picks_take_turns_between_targets() -> None:
+    import numpy as np
+
+    from autobuild_dsl.search.loop_guided import guided_picks
+
+    pool = ALL[:5]
+    first = np.array([5.0, 4.0, 3.0, 2.0, 1.0])  # prefers 0, 1, 2, ...
+    second = np.array([1.0, 5.0, 2.0, 3.0, 4.0])  # prefers 1, 4, 3, ...
+    picked = guided_picks(pool, [first, second], 4)
+    assert picked == [pool[0], pool[1], pool[2], pool[4]]
+    assert guided_picks(pool, [first], 9) == pool  # never more than the pool
+
+
+def test_guided_front_refines_by_layer_mutation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import autobuild_dsl.search.loop as loop_module
+
+    modes: list[str] = []
+    original = loop_module.mutate
+
+    def recording(space, arch, rng, mode="layer"):  # type: ignore[no-untyped-def]
+        modes.append(mode)
+        return original(space, arch, rng, mode=mode)
+
+    monkeypatch.setattr(loop_module, "mutate", recording)
+    objectives = [{"direction": "max", "expr": "acc"}, {"direction": "min", "expr": "macs"}]
+    targets = ["acc - 0.1 * macs", "acc - 1.0 * macs"]
+    for refine, out in ((1.0, "all"), (0.0, "none")):
+        modes.clear()
+        evaluator = Counting()
+        settings = config(
+            targets=targets, objectives=objectives, refine=refine, budget=6, top_k=None
+        )
+        run_loop(SPACE, labels(), evaluator, settings, tmp_path / out)
+        assert len(evaluator.paid) == 6
+        # refine 1: every evaluation is a Layer-Full mutant of the front; 0: none is.
+        assert (set(modes), len(modes) >= 6) == (({"layer"}, True) if refine else (set(), False))

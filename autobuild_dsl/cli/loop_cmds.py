@@ -46,7 +46,16 @@ from autobuild_dsl.cli.progress import ProgressView
     help="Modules kept per unit at the start (it grows when the reduced space is exhausted "
     "or a round stalls) [default: the smallest k whose reduced space holds 1.5 x the budget].",
 )
-@opt.count("--per-round", default=16, help="Evaluations between retrainings of the scorers.")
+@opt.count("--per-round", default=8, help="Evaluations between retrainings of the scorers.")
+@click.option(
+    "--inner",
+    type=click.Choice(["guided", "evolution", "tpe"]),
+    default="guided",
+    show_default=True,
+    help="The search inside the reduced space: pay for the networks the round's scorers "
+    "place best (guided), or regularized evolution / TPE warm-started with the labels "
+    "inside it (one objective; several objectives use Pareto mutation).",
+)
 @click.option(
     "--widen-on-stall/--no-widen-on-stall",
     default=True,

@@ -6,6 +6,7 @@ training, ensembles and run folders.
     mean, spread = predict(run, graphs)                   # predictions in target units
 """
 
+from autobuild_dsl.scorer.graph_scores import graph_scores
 from autobuild_dsl.scorer.model import (
     FeatureScore,
     GATv2Layer,
@@ -67,6 +68,7 @@ __all__ = [
     "available_backend",
     "default_num_layers",
     "feature_importance",
+    "graph_scores",
     "load_run",
     "member_predictions",
     "node_norms",

@@ -1,26 +1,16 @@
 """AutoBuild-NAS as a loop: reduce the space with scorers, evaluate, learn, repeat.
 
-Each round:
+Each round trains one scorer ensemble per target on the labels held so far (the user's
+plus every evaluation), keeps the union of each target's top-k modules per unit (the
+paper's AutoBuild-NAS space, section 5.1), spends `per_round` real evaluations inside it
+(`inner`: guided by the scores, see loop_guided; or regularized evolution / TPE /
+Pareto mutation warm-started with the labels inside it) and appends each evaluation
+(fsync'd) the moment it finishes. k grows when the reduced space holds nothing new or a
+round found nothing better (`widen_on_stall`); the loop stops at the budget.
 
-1. train one scorer ensemble per target expression on the labels held so far (the user's
-   labels plus every evaluation of earlier rounds);
-2. rank every unit's modules with each ensemble and keep the union of each target's
-   top-k per unit (the paper's AutoBuild-NAS space, section 5.1);
-3. search that reduced space with real evaluations, `per_round` new ones: regularized
-   evolution or TPE (`inner`) warm-started with the labels inside it (one objective), or
-   Stage-Full Pareto mutation of the front of the labels inside it (several objectives);
-   the search counts networks, so a proposal equivalent to a held one is free;
-4. every evaluation is appended (fsync'd) to `evaluations.jsonl` and `labels.jsonl` the
-   moment it finishes.
-
-When the reduced space holds nothing new, or a round found nothing better than what was
-held before it (`widen_on_stall`), k grows by one (and stays grown); the loop stops at the
-budget, or when even the full space is exhausted.
-
-Resuming: `loop.json` (replaced atomically after each round) holds the finished rounds.
-A rerun retrains the interrupted round's scorers on the same labels (finished members are
-reused), proposes the same architectures, and answers those already evaluated from
-`evaluations.jsonl`, so nothing is paid twice and the result equals an uninterrupted run.
+Resuming: `loop.json` (replaced atomically after each round) holds the finished rounds;
+a rerun retrains the interrupted round on the same labels (finished members reused),
+proposes the same architectures and answers those already paid from `evaluations.jsonl`.
 Every random choice is drawn from a generator seeded by (seed, round, step).
 """
 
@@ -40,9 +30,9 @@ from autobuild_dsl.data.dataset import LabeledDataset, from_records, write_text_
 from autobuild_dsl.errors import CONTINUE, START_OVER, Remedy
 from autobuild_dsl.search.baselines import regularized_evolution, tpe_search
 from autobuild_dsl.search.evolution import FRONT_FILE, TRIES_PER_ARCH, Evaluates
+from autobuild_dsl.search.loop_guided import candidates, guided_picks, score_pool
 from autobuild_dsl.search.loop_report import write_report
 from autobuild_dsl.search.loop_state import (
-    AUTO_K_FACTOR,
     LABELS_FILE,
     RECORDS_FILE,
     ROUNDS_DIR,
@@ -62,8 +52,9 @@ from autobuild_dsl.search.loop_state import (
     read_records,
     read_state,
     rewrite,
+    target_metrics,
 )
-from autobuild_dsl.search.pareto import non_dominated, objective_matrix
+from autobuild_dsl.search.pareto import dominated_by, non_dominated, objective_matrix
 from autobuild_dsl.space.architecture import Architecture
 from autobuild_dsl.space.decisions import (
     ArchitectureError,
@@ -118,6 +109,7 @@ class _Loop:
         self._k = config.top_k or 0  # 0: chosen from the budget in the first round
         self._round_keys: list[str] = []
         self._round_set: set[str] = set()
+        self._runs: list[Any] = []  # this round's trained runs, one per target
 
     # ---- bookkeeping
 
@@ -217,7 +209,7 @@ class _Loop:
         from autobuild_dsl.scorer import EnsembleConfig, MemberDone, TrainConfig, train_run
 
         data = self.dataset(round_)
-        rankings = []
+        rankings, runs = [], []
         for t, target in enumerate(self.config.targets):
             folder = self.out / ROUNDS_DIR / f"r{round_:02d}" / f"target{t}"
 
@@ -249,6 +241,8 @@ class _Loop:
             )
             self._report("rank", round_, self._k, f"target {t + 1}/{len(self.config.targets)}")
             rankings.append(rank_modules(run))
+            runs.append(run)
+        self._runs = runs
         return rankings
 
     def reduce(self, rankings: list[Any], k: int, round_: int) -> tuple[Space, Any, bool]:
@@ -283,7 +277,24 @@ class _Loop:
             if _inside(reduced, self.archs[k])
         ]
         rng_seed = f"autobuild-dsl/loop:{self.config.seed}:{round_}:{self._k}"
-        if len(self.objectives) == 1:
+        if self.config.inner == "guided":
+            # Held as in an uninterrupted run: not this round's records not yet re-asked.
+            prior = [*self._held_before(round_), *self._round_keys]
+            held_networks = {self.network_key(self.archs[k]) for k in prior}
+            pool = candidates(reduced, held_networks, self.network_key, rng_seed)
+            several = len(self.objectives) > 1
+            # Several objectives: part of the round refines the front by mutation.
+            share = count - int(count * self.config.refine) if several else count
+            picks = guided_picks(pool, score_pool(self._runs, pool), share)
+            # `jobs` at a time (run in parallel by the runner, which caches each as it
+            # finishes), so a kill loses at most what was in flight.
+            for start in range(0, len(picks), max(1, self.jobs)):
+                self.pay(round_, picks[start : start + max(1, self.jobs)])
+            left = count - (len(self._round_keys) - before)
+            if several and left > 0:
+                now = [*held, *(k for k in self._round_keys if k not in set(held))]
+                self._pareto(round_, reduced, left, now, rng_seed, mode="layer")
+        elif len(self.objectives) == 1:
             objective = self.objectives[0]
             sign = 1.0 if objective.direction == "max" else -1.0
             warm = [(self.archs[k], sign * objective.value(self.known[k])) for k in held]
@@ -306,9 +317,16 @@ class _Loop:
         return len(self._round_keys) - before
 
     def _pareto(
-        self, round_: int, reduced: Space, count: int, held: list[str], rng_seed: str
+        self,
+        round_: int,
+        reduced: Space,
+        count: int,
+        held: list[str],
+        rng_seed: str,
+        mode: str = "stage",
     ) -> None:
-        """Stage-Full Pareto search in the reduced space, starting from the labels' front."""
+        """Pareto mutation search (Stage-Full, or Layer-Full with `mode="layer"`) in the
+        reduced space, starting from the front of what is held inside it."""
         pool = list(held)
         seen = set(self._held_before(round_)) | self._round_set
         left, step = count, 0
@@ -329,7 +347,7 @@ class _Loop:
                     break
                 if front:
                     parent = self.archs[pool[front[rng.randrange(len(front))]]]
-                    child = mutate(reduced, parent, rng, mode="stage")
+                    child = mutate(reduced, parent, rng, mode=mode)
                 else:
                     child = index.sample(rng)
                 key = child.key()
@@ -445,11 +463,14 @@ class _Loop:
         return info
 
     def _auto_k(self, rankings: list[Any], round_: int) -> int:
-        """The smallest k whose reduced space holds AUTO_K_FACTOR x the budget."""
+        """The smallest k whose reduced space holds `k_factor()` x the budget."""
         k = 1
         while True:
             reduced, _, can_grow = self.reduce(rankings, k, round_)
-            if index_of(reduced).size() >= AUTO_K_FACTOR * self.config.budget or not can_grow:
+            if (
+                index_of(reduced).size() >= self.config.k_factor() * self.config.budget
+                or not can_grow
+            ):
                 return k
             k += 1
 
@@ -486,7 +507,7 @@ class _Loop:
         labels = [i for i, k in enumerate(keys) if self.round_of[k] < 0]
         beyond = 0
         for i in front:
-            if self.round_of[keys[i]] >= 0 and not _dominated_by(matrix[i], matrix[labels]):
+            if self.round_of[keys[i]] >= 0 and not dominated_by(matrix[i], matrix[labels]):
                 beyond += 1
         curve = []
         label_keys = keys[: self.label_count]
@@ -532,9 +553,7 @@ def run_loop(
     parallel.
     """
     config.search_objectives()  # fail before any work if the objectives are missing
-    missing = [
-        m for t in config.targets for m in _target_metrics(t) if m not in labels.metric_names
-    ]
+    missing = [m for t in config.targets for m in target_metrics(t) if m not in labels.metric_names]
     if missing:
         raise LoopError(
             f"target metric '{missing[0]}' is not in the labels "
@@ -553,28 +572,12 @@ def run_loop(
     return loop.run(resume)
 
 
-def _target_metrics(text: str) -> list[str]:
-    from autobuild_dsl.data import TargetError, parse_target
-
-    try:
-        return list(parse_target(text).metrics)
-    except TargetError as error:
-        raise LoopError(f"target `{text}`: {error}") from None
-
-
 def _inside(space: Space, arch: Architecture) -> bool:
     try:
         canonicalize(space, arch)
     except ArchitectureError:
         return False
     return True
-
-
-def _dominated_by(point: np.ndarray, others: np.ndarray) -> bool:
-    """Whether a row of `others` dominates `point` (minimisation)."""
-    if len(others) == 0:
-        return False
-    return bool(np.any(np.all(others <= point, axis=1) & np.any(others < point, axis=1)))
 
 
 __all__ = [

@@ -154,6 +154,13 @@ def non_dominated(points: np.ndarray) -> list[int]:
     return sorted(int(i) for i in front)
 
 
+def dominated_by(point: np.ndarray, others: np.ndarray) -> bool:
+    """Whether a row of `others` dominates `point` (minimisation)."""
+    if len(others) == 0:
+        return False
+    return bool(np.any(np.all(others <= point, axis=1) & np.any(others < point, axis=1)))
+
+
 def pareto_front(
     objectives: Sequence[Objective], metrics: Sequence[Mapping[str, float]]
 ) -> list[int]:

@@ -600,7 +600,7 @@ def single_section(args: argparse.Namespace, table: Table, singles: list[dict]) 
         f"evaluations: median true rank among the {table.networks} distinct networks and, in",
         f"brackets, the seeds that found rank 1 ({table.sorted[0]:.2f}); seeds "
         f"{', '.join(str(t['seed']) for t in singles)} (the loop's",
-        "settings were chosen on seeds 100-104, see docs/loop.md). Scorers: "
+        "settings were chosen on seeds 100-109, see docs/loop.md). Scorers: "
         f"{args.folds}-fold ranked ensembles,",
         f"{args.epochs} epochs, retrained every {args.per_round} evaluations; inside the reduced "
         f"space: {INNER_TEXT[args.inner]}"
@@ -692,7 +692,9 @@ def main() -> int:
         + (" --no-widen-on-stall" if args.no_widen_on_stall else "")
     )
     section += [
-        f"Command: `{command}`. The loops took {sum(x[1] for x in measured) / 60:.0f} min CPU "
+        f"Command: `{command}`"
+        + (" (`--cached-only`: the trials kept in `--work`)" if args.cached_only else "")
+        + f". The loops took {sum(x[1] for x in measured) / 60:.0f} min CPU "
         "in all (scorer training",
         f"dominates; {sum(x[0] for x in measured) / 60:.0f} min wall summed over the trials, "
         "which ran several at a time",

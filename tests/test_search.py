@@ -639,3 +639,33 @@ def test_lookup_search_on_nas_bench_macro_matches_the_benchmark(
     assert two.front == one.front
     with pytest.raises(EvaluationError, match="not in the table"):
         lookup.evaluate([Architecture(space="nas_bench_macro", stages={})])
+
+
+def test_a_predictor_whose_heads_never_beat_chance_says_so(
+    tmp_path: Path, macro_run: Path, macro
+) -> None:
+    import shutil
+
+    from autobuild_dsl.space.decisions import sample
+
+    run = tmp_path / "run"
+    shutil.copytree(macro_run, run)
+    spec = f"predictor:{run}"
+    # A run whose heads were measured fine says nothing ...
+    for record in (run / "members").glob("*.json"):
+        data = json.loads(record.read_text())
+        data["metrics"]["pred_srcc"] = 0.4
+        record.write_text(json.dumps(data))
+    assert make_evaluator(parse_evaluator_spec(spec), macro).notes == []
+    # ... one whose every head anti-correlated on its held-out rows warns.
+    for record in (run / "members").glob("*.json"):
+        data = json.loads(record.read_text())
+        data["metrics"]["pred_srcc"] = -0.9
+        record.write_text(json.dumps(data))
+    notes = make_evaluator(parse_evaluator_spec(spec), macro).notes
+    assert len(notes) == 1 and "beats chance" in notes[0] and "-0.90" in notes[0]
+    archs = tmp_path / "archs.jsonl"
+    archs.write_text(sample(macro, 1, seed=0)[0].model_dump_json() + "\n")
+    result = CliRunner().invoke(cli, ["predict", str(run), str(archs), "--json"])
+    assert result.exit_code == 0, result.output
+    assert "beats chance" in result.output

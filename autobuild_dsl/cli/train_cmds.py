@@ -269,6 +269,7 @@ def predict_cmd(
 
     Prints the ensemble mean and spread (the members' weighted standard deviation).
     """
+    from autobuild_dsl.scorer.graph_scores import prediction_doubt
     from autobuild_dsl.scorer.run import load_run, predict
     from autobuild_dsl.space.architecture import read_architecture_records
     from autobuild_dsl.space.decisions import ArchitectureError, canonicalize
@@ -283,6 +284,9 @@ def predict_cmd(
             raise UserError(f"{where}: {escape(str(error))}") from None
     graphs = run.encoder().encode_many(archs)
     mean, std = predict(run, graphs)
+    doubt = prediction_doubt(run)
+    if doubt:
+        err_console.print(f"note: {escape(doubt)}", style="yellow", soft_wrap=True)
     lines = [
         json.dumps({"row": i, "mean": float(m), "std": float(s)})
         for i, (m, s) in enumerate(zip(mean, std, strict=True))

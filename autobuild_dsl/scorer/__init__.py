@@ -6,7 +6,7 @@ training, ensembles and run folders.
     mean, spread = predict(run, graphs)                   # predictions in target units
 """
 
-from autobuild_dsl.scorer.graph_scores import graph_scores
+from autobuild_dsl.scorer.graph_scores import graph_scores, prediction_doubt
 from autobuild_dsl.scorer.model import (
     FeatureScore,
     GATv2Layer,
@@ -74,6 +74,7 @@ __all__ = [
     "node_norms",
     "pack_graphs",
     "predict",
+    "prediction_doubt",
     "run_feature_importance",
     "soft_rank",
     "soft_spearman",

@@ -408,6 +408,9 @@ class PredictorEvaluator(Evaluator):
 
         self._tensor_graphs = isinstance(self._encoder, GraphEncoder)
         self.metric = _run_metric_name(self._run)
+        (doubt,) = _needed("predictor", "autobuild_dsl.scorer", "prediction_doubt")
+        warning = doubt(self._run)
+        self.notes = [f"{run_path}: {warning}"] if warning else []
 
     def _fingerprint(self) -> str:
         from autobuild_dsl.design.rank_cache import CACHE_DIR

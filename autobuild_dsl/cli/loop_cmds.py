@@ -44,7 +44,8 @@ from autobuild_dsl.cli.progress import ProgressView
     "--top-k",
     type=click.IntRange(min=1),
     help="Modules kept per unit at the start (it grows when the reduced space is exhausted "
-    "or a round stalls) [default: the smallest k whose reduced space holds 1.5 x the budget].",
+    "or a round stalls) [default: the smallest k whose reduced space holds 1.5 x the budget; "
+    "the guided search with --objectives: every module].",
 )
 @opt.count("--per-round", default=8, help="Evaluations between retrainings of the scorers.")
 @click.option(

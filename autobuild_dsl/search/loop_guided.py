@@ -15,6 +15,7 @@ networks are, which is where the next round looks.
 from __future__ import annotations
 
 import itertools
+import json
 import random
 from collections.abc import Callable, Sequence
 
@@ -101,9 +102,18 @@ def score_pool(runs: Sequence[object], pool: Sequence[Architecture]) -> list[np.
     if not pool:
         return [np.zeros(0) for _ in runs]
     scores = []
+    encoded: dict[str, object] = {}
     for run in runs:
-        graphs = run.encoder().encode_many(list(pool))  # type: ignore[attr-defined]
-        scores.append(graph_scores(run, graphs))  # type: ignore[arg-type]
+        # Targets' runs on the same labels encode alike: encode the pool once for them.
+        config = run.config  # type: ignore[attr-defined]
+        same = json.dumps(
+            [config.encoding, config.space, config.encoder_state,
+             [c.model_dump(mode="json") for c in config.categories]],
+            sort_keys=True, default=str,
+        )  # fmt: skip
+        if same not in encoded:
+            encoded[same] = run.encoder().encode_many(list(pool))  # type: ignore[attr-defined]
+        scores.append(graph_scores(run, encoded[same]))  # type: ignore[arg-type]
     return scores
 
 

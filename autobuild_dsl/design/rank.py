@@ -323,12 +323,7 @@ def _hop_srcc(run: TrainedRun, hops: int) -> np.ndarray:
     """[members, hops] held-out SRCC of each member at each hop (NaN where unknown)."""
     return np.array(
         [
-            [
-                m.record.metrics.hop_srcc[h]
-                if h < len(m.record.metrics.hop_srcc) and m.record.metrics.hop_srcc[h] is not None
-                else np.nan
-                for h in range(hops)
-            ]
+            [np.nan if m.hop_srcc(h) is None else m.hop_srcc(h) for h in range(hops)]
             for m in run.members
         ],
         dtype=np.float64,

@@ -387,10 +387,14 @@ class LoadedMember:
     def name(self) -> str:
         return self.record.name
 
+    def hop_srcc(self, hop: int) -> float | None:
+        """This member's held-out SRCC at `hop` (None where it was not measured)."""
+        values = self.record.metrics.hop_srcc
+        return values[hop] if hop < len(values) else None
+
     def hop_weight(self, hop: int) -> float:
         """This member's weight for scores at `hop`: its held-out SRCC there (>= 0)."""
-        values = self.record.metrics.hop_srcc
-        value = values[hop] if hop < len(values) else None
+        value = self.hop_srcc(hop)
         return max(value, 0.0) if value is not None else 0.0
 
     @property

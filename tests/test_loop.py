@@ -17,12 +17,13 @@ from autobuild_dsl.search.baselines import regularized_evolution, tpe_search
 from autobuild_dsl.search.loop import LoopConfig, LoopError, run_loop
 from autobuild_dsl.space.architecture import Architecture
 from autobuild_dsl.space.decisions import iter_architectures, sample
-from autobuild_dsl.space.equivalence import network_key
+from autobuild_dsl.space.equivalence import network_key, network_keyer
 
 SPACE_FILE = "spaces/nas_bench_macro.abs"
 SPACE = compile_file(SPACE_FILE)
 WEIGHT = {"identity": 0.0, "mb_e3k3": 1.0, "mb_e6k5": 2.0}
 ALL = list(iter_architectures(SPACE))
+KEY = network_keyer(SPACE)  # remembered across the tests: the whole space is keyed once
 
 
 def acc(arch: Architecture) -> float:
@@ -387,7 +388,7 @@ def test_free_metrics_fill_the_rows_and_guide_the_front(tmp_path: Path) -> None:
     # front, in (accuracy calibrated from the scorer's score, exact MACs).
     run = load_run(tmp_path / "rounds" / "r00" / "target0")
     held = {network_key(SPACE, a) for a in archs}
-    pool = candidates(SPACE, held, lambda a: network_key(SPACE, a), "unused")
+    pool = candidates(SPACE, held, KEY, "unused")
     scores = graph_scores(run, run.encoder().encode_many(pool))
     held_acc = np.array([acc(a) for a in archs])
     predicted = calibrated(graph_scores(run, run.encoder().encode_many(archs)), held_acc, scores)
@@ -464,3 +465,28 @@ def test_front_picks_add_the_most_hypervolume() -> None:
     values = np.array([70.0, 90.0, 80.0, 93.0])
     mapped = calibrated(scores, values, np.array([0.0, 0.3, 0.7, 1.0]))
     assert np.all(np.diff(mapped) >= 0) and mapped[0] == 70.0 and mapped[-1] == 93.0
+
+
+def test_objectives_learned_by_their_own_targets_pick_by_hypervolume(tmp_path: Path) -> None:
+    import numpy as np
+
+    from autobuild_dsl.scorer import graph_scores, load_run
+    from autobuild_dsl.search.loop_guided import calibrated, candidates, front_picks
+
+    data = labels()
+    evaluator = Counting()
+    objectives = [{"direction": "max", "expr": "acc"}, {"direction": "min", "expr": "macs"}]
+    settings = config(targets=["acc", "-(macs)"], objectives=objectives, budget=3, top_k=None)
+    run_loop(SPACE, data, evaluator, settings, tmp_path)
+    held = data.architectures
+    pool = candidates(SPACE, {KEY(a) for a in held}, KEY, "x")
+    predicted, held_values = [], []
+    for t, truth in enumerate((acc, lambda a: -macs(a))):
+        run = load_run(tmp_path / "rounds" / "r00" / f"target{t}")
+        values = np.array([truth(a) for a in held])
+        held_scores = graph_scores(run, run.encoder().encode_many(held))
+        scores = graph_scores(run, run.encoder().encode_many(pool))
+        predicted.append(calibrated(held_scores, values, scores))
+        held_values.append(values)
+    expected = [a.stages for a in front_picks(pool, predicted, held_values, 3)]
+    assert [Architecture.model_validate_json(k).stages for k in evaluator.paid] == expected

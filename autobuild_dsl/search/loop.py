@@ -28,7 +28,7 @@ from autobuild_dsl.errors import CONTINUE, START_OVER, Remedy
 from autobuild_dsl.search.baselines import regularized_evolution, tpe_search
 from autobuild_dsl.search.evaluators import Evaluator
 from autobuild_dsl.search.evolution import FRONT_FILE, Evaluates
-from autobuild_dsl.search.loop_free import FreeMetrics
+from autobuild_dsl.search.loop_free import FreeMetrics, front_values
 from autobuild_dsl.search.loop_guided import (
     candidates,
     front_picks,
@@ -336,15 +336,17 @@ class _Loop:
         self, pool: list[Architecture], prior: list[str], count: int, several: bool
     ) -> list[Architecture]:
         scores = score_pool(self._runs, pool)
-        if not (several and self.free is not None and pool):
+        if not (several and pool):
             return guided_picks(pool, scores, count)
         held = [k for k in prior if k not in self.aliases]
-        values = self.free.front_values(
-            self.objectives, self.config.targets, self._runs, pool, scores,
+        values = front_values(
+            self.free, self.objectives, self.config.targets, self._runs, pool, scores,
             [self.archs[k] for k in held], [self.known[k] for k in held],
         )  # fmt: skip
         if values is not None:  # two objectives in their units: the most hypervolume
             return front_picks(pool, values[0], values[1], count)
+        if self.free is None:
+            return guided_picks(pool, scores, count)
         # Otherwise the objectives the free metrics answer join the scores as exact columns.
         exact = self.free.exact(self.objectives, self.labels.architectures[0])
         return guided_picks(pool, scores + self.free.columns(exact, pool), count)

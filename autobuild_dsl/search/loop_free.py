@@ -74,45 +74,46 @@ class FreeMetrics:
         names = set(self.names(example))
         return [o for o in objectives if set(objective_metrics(o)) <= names]
 
-    def front_values(
-        self,
-        objectives: Sequence[Objective],
-        targets: Sequence[str],
-        runs: Sequence[object],
-        pool: Sequence[Architecture],
-        pool_scores: Sequence[np.ndarray],
-        held: Sequence[Architecture],
-        held_rows: Sequence[Mapping[str, float]],
-    ) -> tuple[list[np.ndarray], list[np.ndarray]] | None:
-        """For two objectives, each either answered by the free metrics or learned by its
-        own target (`oriented_target`): their values (higher is better) over the pool,
-        predicted ones calibrated to the held networks, and over the held networks.
-        None when the objectives are not of that kind (the caller then sorts by scores)."""
-        if len(objectives) != 2 or not held:
-            return None
-        exact = self.exact(objectives, held[0])
-        pool_values, held_values = [], []
-        held_scores: list[np.ndarray] | None = None
-        for objective in objectives:
-            values = np.array([-objective.minimised(row) for row in held_rows])
-            held_values.append(values)
-            if objective in exact:
-                pool_values += self.columns([objective], pool)
-                continue
-            target = oriented_target(objective)
-            if target not in targets:
-                return None
-            j = list(targets).index(target)
-            held_scores = held_scores or score_pool(runs, held)
-            pool_values.append(calibrated(held_scores[j], values, pool_scores[j]))
-        return pool_values, held_values
-
     def columns(
         self, objectives: Sequence[Objective], archs: Sequence[Architecture]
     ) -> list[np.ndarray]:
         """Each objective's exact value per architecture, oriented so higher is better."""
         rows = self.of(archs)
         return [np.array([-o.minimised(row) for row in rows]) for o in objectives]
+
+
+def front_values(
+    free: FreeMetrics | None,
+    objectives: Sequence[Objective],
+    targets: Sequence[str],
+    runs: Sequence[object],
+    pool: Sequence[Architecture],
+    pool_scores: Sequence[np.ndarray],
+    held: Sequence[Architecture],
+    held_rows: Sequence[Mapping[str, float]],
+) -> tuple[list[np.ndarray], list[np.ndarray]] | None:
+    """For two objectives, each either answered by the free metrics or learned by its own
+    target (`oriented_target`): their values (higher is better) over the pool, predicted
+    ones calibrated to the held networks, and over the held networks. None when the
+    objectives are not of that kind (the caller then sorts by the scores)."""
+    if len(objectives) != 2 or not held:
+        return None
+    exact = free.exact(objectives, held[0]) if free is not None else []
+    pool_values, held_values = [], []
+    held_scores: list[np.ndarray] | None = None
+    for objective in objectives:
+        values = np.array([-objective.minimised(row) for row in held_rows])
+        held_values.append(values)
+        if free is not None and objective in exact:
+            pool_values += free.columns([objective], pool)
+            continue
+        target = oriented_target(objective)
+        if target not in targets:
+            return None
+        j = list(targets).index(target)
+        held_scores = held_scores or score_pool(runs, held)
+        pool_values.append(calibrated(held_scores[j], values, pool_scores[j]))
+    return pool_values, held_values
 
 
 def default_targets(objectives: Sequence[Objective], free_names: Sequence[str]) -> list[str]:
@@ -136,4 +137,10 @@ def objective_metrics(objective: Objective) -> list[str]:
     return [objective.expr] if objective.is_metric else target_metrics(objective.expr)
 
 
-__all__ = ["FreeMetrics", "default_targets", "objective_metrics", "oriented_target"]
+__all__ = [
+    "FreeMetrics",
+    "default_targets",
+    "front_values",
+    "objective_metrics",
+    "oriented_target",
+]

@@ -146,17 +146,23 @@ def network_keyer(space: Space) -> Callable[[Architecture], str]:
     different networks (at worst it keeps apart two equal ones that differ by a choice the
     network does not read). Keys of the two kinds are never mixed for one space.
     """
-    if may_have_equivalences(space):
-        return _Memo(space)
-    return Architecture.key
+    if not may_have_equivalences(space):
+        return Architecture.key
+    digest = space.digest()
+    if digest not in _MEMOS:
+        if len(_MEMOS) >= 8:  # a few spaces per process; forget the oldest
+            del _MEMOS[next(iter(_MEMOS))]
+        _MEMOS[digest] = _Memo(space)
+    return _MEMOS[digest]
 
 
 class _Memo:
-    """`network_key` of one space, remembered by architecture key: searches and the loop
-    ask again for the architectures they saw (a round scores the same pool as the last),
-    and resolving a network costs ~1 ms where its key string costs ~20 us."""
+    """`network_key` of one space, remembered by architecture key (one per space and
+    process): searches and the loop ask again for the architectures they saw (a round
+    scores the same pool as the last), and resolving a network costs ~1 ms where its key
+    string costs ~20 us."""
 
-    LIMIT = 200_000  # entries; forgotten all at once past this, so memory stays bounded
+    LIMIT = 50_000  # entries (~25 MB); forgotten all at once past this
 
     def __init__(self, space: Space) -> None:
         self.space = space
@@ -184,6 +190,7 @@ def count_distinct_networks(space: Space, limit: int = COUNT_LIMIT) -> int | Non
 
 
 _COUNTED: dict[str, int] = {}
+_MEMOS: dict[str, _Memo] = {}
 
 
 class TooFewNetworks(AbcError, ValueError):

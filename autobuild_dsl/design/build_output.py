@@ -33,7 +33,7 @@ from autobuild_dsl.design.rank import RankProgress, RankResult, ScoreKind
 from autobuild_dsl.design.ranking_workflow import run_encoding
 from autobuild_dsl.design.workflow import build_networks
 from autobuild_dsl.errors import Remedy
-from autobuild_dsl.scorer.run import TrainedRun
+from autobuild_dsl.scorer.records import TrainedRun
 from autobuild_dsl.space.decisions import canonicalize, space_size
 from autobuild_dsl.space.model import Space
 

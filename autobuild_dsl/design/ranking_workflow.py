@@ -27,7 +27,7 @@ from autobuild_dsl import io as abc_io
 from autobuild_dsl.design.importance import feature_importance, importance_chart
 from autobuild_dsl.design.rank import RankError, RankProgress, RankResult, ScoreKind, rank_modules
 from autobuild_dsl.errors import AbcError
-from autobuild_dsl.scorer.run import TrainedRun
+from autobuild_dsl.scorer.records import TrainedRun
 
 IR_NOTE = (
     "module scoring does not apply to this run: it uses the ONNX-IR encoding (one node "

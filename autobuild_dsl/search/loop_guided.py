@@ -97,7 +97,7 @@ def _turns(matrix: np.ndarray, ids: np.ndarray) -> list[int]:
 
 def score_pool(runs: Sequence[object], pool: Sequence[Architecture]) -> list[np.ndarray]:
     """Each run's score of every architecture of the pool."""
-    from autobuild_dsl.scorer import graph_scores
+    from autobuild_dsl.scorer.graph_scores import graph_scores
 
     if not pool:
         return [np.zeros(0) for _ in runs]

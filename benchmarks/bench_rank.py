@@ -207,28 +207,56 @@ def _slowest_imports(args: list[str], count: int = 6) -> dict[str, Any]:
     return {"total": sum(s for _, s in top), "torch": torch_seconds, "top": top[:count]}
 
 
+# What `abc train` runs at its end (design.ranking_workflow.prime_cache), in its own process.
+PRIME = (
+    "import sys, time\n"
+    "from autobuild_dsl.design.ranking_workflow import prime_cache\n"
+    "from autobuild_dsl.scorer.records import load_run\n"
+    "run = load_run(sys.argv[1])\n"
+    "start = time.process_time()\n"
+    "assert prime_cache(run)\n"
+    "print(time.process_time() - start)\n"
+)
+
+
 def bench_startup(run_path: Path, repeats: int) -> dict:
-    """Cold (RUN/cache/ removed first) and warm calls of both commands, interleaved."""
+    """Both commands in three cases, interleaved: after train (RUN/cache/ holds what `abc
+    train` writes at its end), warm (a repeat call: the cache the previous call left) and
+    cold (RUN/cache/ removed first)."""
     from autobuild_dsl.design.rank_cache import CACHE_DIR
 
     scratch = Path(tempfile.mkdtemp(prefix="bench_startup_"))
+    primed: list[float] = []  # CPU seconds the priming adds to `abc train`
 
     def drop_cache() -> None:
         shutil.rmtree(run_path / CACHE_DIR, ignore_errors=True)
+
+    def after_train() -> None:
+        drop_cache()
+        done = subprocess.run(
+            [sys.executable, "-c", PRIME, str(run_path)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        primed.append(float(done.stdout.split()[-1]))
 
     commands = {
         "rank": ["rank", str(run_path)],
         "build": ["build", str(run_path), "-k", "3", "-n", "20", "-o", str(scratch / "built")],
     }
+    cases = {"after-train": after_train, "warm": None, "cold": drop_cache}
     times: dict[str, list[tuple[float, float]]] = {}
     for _ in range(repeats):
         for name, args in commands.items():
             extra = ["--force"] if name == "build" else []
-            times.setdefault(f"{name} cold", []).append(_cli_times(args + extra, drop_cache))
-            times.setdefault(f"{name} warm", []).append(_cli_times(args + extra))
+            for case, before in cases.items():
+                times.setdefault(f"{name} {case}", []).append(_cli_times(args + extra, before))
     return {
         "run": str(run_path),
         "times": times,
+        "primed": primed,
         "imports": _slowest_imports(commands["rank"]),
         "load": os.getloadavg(),
         "repeats": repeats,
@@ -241,11 +269,14 @@ def _startup_lines(s: dict) -> list[str]:
         "### Startup: the commands as a user runs them",
         "",
         "Each command in a fresh Python process on a 20-member DyNAS-T run (5 folds x 4 "
-        f"seeds, as above; `{s['run']}`), one torch thread, `rank` printing its tables, "
-        "`build` writing its folder. Cold: no "
-        "`RUN/cache/` (the first call after training: 20 forward passes over every module, "
-        "and the labeled data read to mark unseen feature values); warm: the cache the "
-        f"first call wrote. Min and median of {s['repeats']}, interleaved; load average "
+        f"seeds; `{s['run']}`), one torch thread, `rank` printing its tables, `build` "
+        "writing its folder. After-train: `RUN/cache/` holds what `abc train` writes at its "
+        "end (design.ranking_workflow.prime_cache, run here in a process of its own: the "
+        "module norms, feature importance and seen feature values of the default request), "
+        "so this is a user's first call; warm: a repeat call (the cache the previous call "
+        "left, with `build`'s predictions); cold: no `RUN/cache/` (20 forward passes over "
+        "every module, the labeled data read, torch imported). Whole process (imports, "
+        f"interpreter exit), min and median of {s['repeats']}, interleaved; load average "
         f"when done {load} on 2 cores (the wall time holds the waits for a core; the CPU "
         "time is what the command itself costs).",
         "",
@@ -261,6 +292,12 @@ def _startup_lines(s: dict) -> list[str]:
             f"| {shown[name]} ({state}) | {min(walls):.2f} / {statistics.median(walls):.2f} s "
             f"| {min(cpus):.2f} / {statistics.median(cpus):.2f} s |"
         )
+    if s["primed"]:
+        lines += [
+            "",
+            f"The priming adds {min(s['primed']):.2f} s CPU (min of {len(s['primed'])}) to "
+            "the end of `abc train` (not counting its imports: training has them loaded).",
+        ]
     imports = s["imports"]
     lines += [
         "",
@@ -488,9 +525,14 @@ def main() -> None:
         startup = bench_startup(Path(args.ofa_run), args.repeats)
         for key, values in startup["times"].items():
             print(
-                f"{key}: wall min {min(w for w, _ in values):.2f} s, "
-                f"CPU min {min(c for _, c in values):.2f} s"
+                f"{key}: wall min {min(w for w, _ in values):.2f} s "
+                f"(median {statistics.median(w for w, _ in values):.2f}), "
+                f"CPU min {min(c for _, c in values):.2f} s "
+                f"(median {statistics.median(c for _, c in values):.2f})"
             )
+        if startup["primed"]:
+            print(f"abc train's priming: {min(startup['primed']):.2f} s CPU")
+        print(f"load average {', '.join(f'{v:.2f}' for v in startup['load'])}")
         imports = startup["imports"]
         print(f"imports {imports['total']:.2f} s, torch {imports['torch']:.2f} s")
         for name, seconds in imports["top"]:

@@ -70,7 +70,7 @@ from autobuild_dsl.space.model import Space, Unit
 from autobuild_dsl.space.values import find_value
 
 if TYPE_CHECKING:  # torch: imported only when the members run (not on a cache hit)
-    from autobuild_dsl.design.packing import ModuleBatch
+    from autobuild_dsl.design.packing import ModuleBatch, pack_modules
     from autobuild_dsl.scorer.model import ScorerModel
 
 # A (unit, size) label group needs this many training labels for Eq. 5; smaller groups
@@ -538,6 +538,15 @@ def module_norms(
     return out
 
 
+def __getattr__(name: str) -> Any:
+    """`ModuleBatch` and `pack_modules` (design.packing, which imports torch) on first use."""
+    if name in ("ModuleBatch", "pack_modules"):
+        from autobuild_dsl.design import packing
+
+        return getattr(packing, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def standardize_members(
     raw: np.ndarray, mean: np.ndarray, sd: np.ndarray, hops: np.ndarray
 ) -> np.ndarray:
@@ -545,15 +554,16 @@ def standardize_members(
     return standardize(raw, mean[:, hops], sd[:, hops])
 
 
-# The ranking API in one place: the models and helpers live in rank_model and module_sets,
-# and are re-exported here for callers of `design.rank` (packing, which needs torch, is
-# imported where the members run).
+# The ranking API in one place: the models and helpers live in rank_model, module_sets and
+# packing, and are re-exported here for callers of `design.rank` (packing's names on first
+# use, by `__getattr__`: it imports torch).
 __all__ = [
     "GRAPH_CHUNK",
     "MAX_CONTEXTS",
     "MIN_GROUP",
     "SCORE_KINDS",
     "Mode",
+    "ModuleBatch",
     "ProgressFn",
     "RankError",
     "RankProgress",
@@ -571,6 +581,7 @@ __all__ = [
     "layer_text",
     "module_description",
     "module_norms",
+    "pack_modules",
     "rank_modules",
     "shift",
     "standardize",

@@ -1,19 +1,31 @@
-"""What ranking computes that is a pure function of a run, kept in the run folder.
+"""What ranking and building compute that is a pure function of a run, kept in the run
+folder.
 
-`abc rank` and `abc build` run 20 members' forward passes over every module and re-read the
-labeled data (to mark feature values no label holds) on every call, though both depend on
-the run alone. Both are kept under RUN/cache/, written atomically (`autobuild_dsl.io`):
+`abc rank` and `abc build` run 20 members' forward passes over every module, read the
+members' FE-MLP tables, predict the built networks and re-read the labeled data (to mark
+feature values no label holds) on every call, though all of it depends on the run alone.
+It is kept under RUN/cache/, written atomically (`autobuild_dsl.io`):
 
   rank-SCORE-SELECTION.npz   each member's module norms, the modules' node counts
+  importance.json            the ensemble's feature importance (design.importance)
+  predict-KEY.npz            the ensemble's predictions of one set of architectures
+                             (design.workflow; the newest 32 are kept)
   seen-values.json           per feature category, the vocabulary indices the data holds
 
+`abc train` writes the first three for the default options at its end
+(design.ranking_workflow.prime_cache), so a user's first `abc rank` reads them.
+
 Each entry records the key it was computed for: a SHA-256 of the run's content (its
-config, member records and the members' weights as loaded), the space digest, this cache's
+config, member records and the bytes of the members' weight files, so a cache check reads
+files and needs no torch; a model changed in memory after loading counts as other
+weights: scorer.records.LoadedMember.weights_digest), the space digest, this cache's
 format version and what was asked (score kind, global assignments, units, the modules
-scored); the seen values key on the data file's bytes. An entry whose key differs is
-recomputed and replaced, so a retrained run or an edited data file never reads old
-numbers; a change to how the numbers are computed must bump CACHE_VERSION. A damaged entry
-is recomputed; a run folder that cannot be written (read-only) is simply not cached.
+scored; the architectures predicted); the seen values key on the data file's bytes. An
+entry whose key differs is recomputed and replaced, so a retrained run or an edited data
+file never reads old numbers, and what was computed is kept only when the run's key is
+unchanged afterwards (weights replaced while it ran are not filed under the old bytes); a
+change to how the numbers are computed must bump CACHE_VERSION. A damaged entry is
+recomputed; a run folder that cannot be written (read-only) is simply not cached.
 """
 
 from __future__ import annotations

@@ -101,6 +101,26 @@ def rank_run(
     return report
 
 
+def prime_cache(
+    run: TrainedRun,
+    *,
+    threads: int = 1,
+    progress: Callable[[RankProgress], None] | None = None,
+) -> bool:
+    """Compute and keep in RUN/cache/ what `abc rank RUN` and `abc build RUN` read with
+    their default options: the members' module norms, the feature importance and the
+    feature values the labeled data holds. `abc train` calls it at the end (torch is
+    loaded then anyway), so a user's first `rank` is a cache hit that imports no torch.
+    False (nothing kept) where ranking with the defaults fails: `abc rank` reports why."""
+    try:
+        feature_importance(run)
+        if run_encoding(run) == "sequence":
+            rank_modules(run, threads=threads, progress=progress)
+    except AbcError:
+        return False
+    return True
+
+
 def scores_csv(result: RankResult) -> str:
     """Every module of every unit and global assignment, one row each, best first."""
     names = list(result.assignments()[0]) if result.tables else []
@@ -155,6 +175,7 @@ __all__ = [
     "IR_NOTE",
     "RankReport",
     "default_run_dir",
+    "prime_cache",
     "rank_run",
     "run_encoding",
     "scores_csv",

@@ -13,8 +13,9 @@ name could not tell the two apart.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from autobuild_dsl.lazy import lazy_names
 
 # name -> the module under autobuild_dsl.scorer that defines it
 _HOMES: dict[str, str] = {
@@ -55,13 +56,7 @@ _HOMES: dict[str, str] = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module 'autobuild_dsl.scorer' has no attribute '{name}'")
-    value = getattr(importlib.import_module(f"autobuild_dsl.scorer.{home}"), name)
-    globals()[name] = value  # once: later lookups skip this function
-    return value
+__getattr__ = lazy_names(__name__, _HOMES)
 
 
 def __dir__() -> list[str]:

@@ -320,7 +320,7 @@ def test_guided_picks_take_turns_between_targets() -> None:
 def test_guided_front_refines_by_layer_mutation(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import autobuild_dsl.search.loop as loop_module
+    import autobuild_dsl.search.loop_guided as loop_module
 
     modes: list[str] = []
     original = loop_module.mutate
@@ -342,3 +342,126 @@ def test_guided_front_refines_by_layer_mutation(
         assert len(evaluator.paid) == 6
         # refine 1: every evaluation is a Layer-Full mutant of the front; 0: none is.
         assert (set(modes), len(modes) >= 6) == (({"layer"}, True) if refine else (set(), False))
+
+
+class FreeMacs:
+    """A free evaluator: exact MACs, counting each architecture it is asked for."""
+
+    identity = "macs counter"
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    def evaluate(self, archs: Sequence[Architecture]) -> list[dict[str, float]]:
+        self.asked += [network_key(SPACE, a) for a in archs]
+        return [{"macs": macs(a)} for a in archs]
+
+
+class AccOnly(Counting):
+    def evaluate(self, archs, on_evaluated=None):  # type: ignore[no-untyped-def]
+        return [{"acc": row["acc"]} for row in super().evaluate(archs, on_evaluated)]
+
+
+def test_free_metrics_fill_the_rows_and_guide_the_front(tmp_path: Path) -> None:
+    import numpy as np
+
+    from autobuild_dsl.scorer import graph_scores, load_run
+    from autobuild_dsl.search.loop_guided import (
+        calibrated,
+        candidates,
+        front_picks,
+        guided_picks,
+    )
+
+    archs = sample(SPACE, 40, seed=0)
+    data = from_records(SPACE, [(a, {"acc": acc(a)}, 1, None) for a in archs])[0]  # no macs
+    free, evaluator = FreeMacs(), AccOnly()
+    objectives = [{"direction": "max", "expr": "acc"}, {"direction": "min", "expr": "macs"}]
+    settings = config(objectives=objectives, budget=6, top_k=None)
+    result = run_loop(SPACE, data, evaluator, settings, tmp_path, free=free)
+    assert len(evaluator.paid) == 6
+    assert len(free.asked) == len(set(free.asked))  # once per network, never again
+    for record in result.records:  # the evaluator gave accuracy only; MACs were added
+        assert record.metrics["macs"] == macs(Architecture.model_validate(record.arch))
+    assert all("macs" in row["metrics"] for row in result.front)
+    # Round 0 paid, one by one, the candidates adding the most hypervolume to the labels'
+    # front, in (accuracy calibrated from the scorer's score, exact MACs).
+    run = load_run(tmp_path / "rounds" / "r00" / "target0")
+    held = {network_key(SPACE, a) for a in archs}
+    pool = candidates(SPACE, held, lambda a: network_key(SPACE, a), "unused")
+    scores = graph_scores(run, run.encoder().encode_many(pool))
+    held_acc = np.array([acc(a) for a in archs])
+    predicted = calibrated(graph_scores(run, run.encoder().encode_many(archs)), held_acc, scores)
+    expected = front_picks(
+        pool,
+        [predicted, -np.array([macs(a) for a in pool])],
+        [held_acc, -np.array([macs(a) for a in archs])],
+        6,
+    )
+    expected_stages = [a.stages for a in expected]
+    assert expected_stages != [a.stages for a in guided_picks(pool, [scores], 6)]
+    assert [Architecture.model_validate_json(k).stages for k in evaluator.paid] == expected_stages
+    # The checkpoint knows the free evaluator: resuming without it is refused.
+    with pytest.raises(LoopError):
+        run_loop(SPACE, data, AccOnly(), settings, tmp_path, resume=True)
+
+
+def test_improve_makes_targets_of_the_objectives_free_metrics_leave(tmp_path: Path) -> None:
+    archs = sample(SPACE, 30, seed=2)
+    data = from_records(SPACE, [(a, {"acc": acc(a)}, 1, None) for a in archs])[0]
+    (tmp_path / "labels.jsonl").write_text(data.to_jsonl())
+    functions = tmp_path / "metrics.py"
+    functions.write_text(
+        "W = {'identity': 0.0, 'mb_e3k3': 1.0, 'mb_e6k5': 2.0}\n"
+        "def ops(arch):\n"
+        "    return [l['op'] for s in arch.stages.values() for l in s.layers]\n"
+        "def accuracy(arch):\n"
+        "    return {'acc': sum(W[o] * (1 + i / 10) for i, o in enumerate(ops(arch)))}\n"
+        "def count(arch):\n"
+        "    return {'macs': float(sum(W[o] ** 2 for o in ops(arch)))}\n"
+    )
+    out = tmp_path / "loop"
+    args = ["improve", SPACE_FILE, str(tmp_path / "labels.jsonl"),
+            "--objectives", "max acc, min macs", "--evaluator", f"python:{functions}:accuracy",
+            "--free", f"python:{functions}:count", "--budget", "4", "--per-round", "4",
+            "--epochs", "2", "--folds", "2", "-o", str(out)]  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    state = json.loads((out / "loop.json").read_text())
+    assert state["config"]["targets"] == ["acc"]  # macs is free: only accuracy is learned
+    records = [json.loads(x) for x in (out / "evaluations.jsonl").read_text().splitlines()]
+    assert len(records) == 4 and all(set(r["metrics"]) == {"acc", "macs"} for r in records)
+    every = CliRunner().invoke(cli, [*args[:4], "max acc", *args[5:], "--force"])
+    assert every.exit_code == 0, every.output  # one objective, not free: target acc
+    bad = [*args[:4], "min macs", *args[5:], "--force"]
+    refused = CliRunner().invoke(cli, bad)
+    assert refused.exit_code == 1 and "nothing to learn" in refused.output
+
+
+def test_front_picks_add_the_most_hypervolume() -> None:
+    import numpy as np
+    from pymoo.indicators.hv import HV
+
+    from autobuild_dsl.search.loop_guided import _gains, calibrated, front_picks
+
+    rng = np.random.default_rng(0)
+    held = rng.uniform(0, 1, size=(12, 2))
+    points = rng.uniform(0, 1, size=(40, 2))
+    ref = np.array([1.2, 1.3])
+    base = HV(ref_point=ref)(held)
+    exact = [HV(ref_point=ref)(np.vstack([held, p])) - base for p in points]
+    assert np.allclose(_gains(points, held, ref), exact)
+    # Picks (higher is better on both axes, so the points are negated) in greedy order.
+    pool = ALL[:40]
+    picked = front_picks(pool, [-points[:, 0], -points[:, 1]], [-held[:, 0], -held[:, 1]], 3)
+    first = int(np.argmax(_gains(points, held, np.max(np.vstack([points, held]), axis=0) + 1e-6)))
+    assert picked[0] == pool[first] and len(set(map(id, picked))) == 3
+    # Nothing predicted to add anything: the rest still come, in the scores' order.
+    dominated = held.min(axis=0) + 0.5 + rng.uniform(0, 0.1, size=(5, 2))
+    assert len(front_picks(ALL[:5], [-dominated[:, 0], -dominated[:, 1]],
+                           [-held[:, 0], -held[:, 1]], 5)) == 5  # fmt: skip
+    # Calibration is monotone in the score and in the held values' units.
+    scores = np.array([0.1, 0.5, 0.2, 0.9])
+    values = np.array([70.0, 90.0, 80.0, 93.0])
+    mapped = calibrated(scores, values, np.array([0.0, 0.3, 0.7, 1.0]))
+    assert np.all(np.diff(mapped) >= 0) and mapped[0] == 70.0 and mapped[-1] == 93.0

@@ -26,11 +26,18 @@ from autobuild_dsl.cli.progress import ProgressView
     "--target",
     "targets",
     multiple=True,
-    required=True,
     help="A target expression to train a scorer on (repeat: one scorer each, the union "
-    "of their top-k modules is searched).",
+    "of their top-k modules is searched) [default with --objectives: one per objective "
+    "that --free does not answer].",
 )
 @opt.evaluator
+@click.option(
+    "--free",
+    "free_spec",
+    help="An evaluator cheap enough to run on every candidate, never counted in the budget "
+    "(e.g. measure:macs): its metrics are added to every label and evaluation that lacks "
+    "them, and with --objectives the objectives it answers guide the search exactly.",
+)
 @click.option(
     "--budget", type=click.IntRange(min=1), required=True, help="Real evaluations to pay for."
 )
@@ -76,6 +83,7 @@ def improve_cmd(
     space_file: str,
     data_file: str,
     evaluator_spec: str,
+    free_spec: str | None,
     out_dir: str,
     objectives: str | None,
     jobs: int,
@@ -92,10 +100,12 @@ def improve_cmd(
     A killed run continues with --resume without paying for any evaluation twice.
     """
     from autobuild_dsl.data.dataset import load_dataset
-    from autobuild_dsl.search.evaluators import parse_evaluator_spec
+    from autobuild_dsl.search.evaluators import make_evaluator, parse_evaluator_spec
     from autobuild_dsl.search.loop import LoopConfig, run_loop
+    from autobuild_dsl.search.loop_free import FreeMetrics, default_targets
     from autobuild_dsl.search.pareto import parse_objectives
     from autobuild_dsl.search.runner import EvaluationRunner
+    from autobuild_dsl.space.equivalence import network_keyer
 
     if resume and force:
         raise UserError("--resume and --force contradict each other; give one")
@@ -103,7 +113,15 @@ def improve_cmd(
     out = Path(out_dir)
     labels = load_dataset(data_file, space)
     parsed = parse_objectives(objectives) if objectives else []
+    free = make_evaluator(parse_evaluator_spec(free_spec), space) if free_spec else None
     loop["targets"] = list(loop["targets"])
+    if not loop["targets"]:
+        if not parsed:
+            raise UserError("give --target (or --objectives, and a target is made of each)")
+        names = (
+            FreeMetrics(free, network_keyer(space)).names(labels.architectures[0]) if free else []
+        )
+        loop["targets"] = default_targets(parsed, names)
     config = LoopConfig(objectives=parsed, **loop)
     config.search_objectives()
     if force:
@@ -124,6 +142,7 @@ def improve_cmd(
             resume=resume,
             space_file=space_file if not space_file.endswith(".json") else None,
             jobs=jobs,
+            free=free,
         )
     _render_loop(result, config.search_objectives(), runner, out)
 

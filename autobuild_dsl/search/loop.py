@@ -18,19 +18,24 @@ from __future__ import annotations
 
 import hashlib
 import json
-import random
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
-
-import numpy as np
 
 from autobuild_dsl import io as abc_io
 from autobuild_dsl.data.dataset import LabeledDataset, from_records, write_text_atomic
 from autobuild_dsl.errors import CONTINUE, START_OVER, Remedy
 from autobuild_dsl.search.baselines import regularized_evolution, tpe_search
-from autobuild_dsl.search.evolution import FRONT_FILE, TRIES_PER_ARCH, Evaluates
-from autobuild_dsl.search.loop_guided import candidates, guided_picks, score_pool
+from autobuild_dsl.search.evaluators import Evaluator
+from autobuild_dsl.search.evolution import FRONT_FILE, Evaluates
+from autobuild_dsl.search.loop_free import FreeMetrics
+from autobuild_dsl.search.loop_guided import (
+    candidates,
+    front_picks,
+    guided_picks,
+    pareto_mutation,
+    score_pool,
+)
 from autobuild_dsl.search.loop_report import write_report
 from autobuild_dsl.search.loop_state import (
     LABELS_FILE,
@@ -54,13 +59,17 @@ from autobuild_dsl.search.loop_state import (
     rewrite,
     target_metrics,
 )
-from autobuild_dsl.search.pareto import dominated_by, non_dominated, objective_matrix
+from autobuild_dsl.search.pareto import (
+    dominated_by,
+    extends_front,
+    non_dominated,
+    objective_matrix,
+)
 from autobuild_dsl.space.architecture import Architecture
 from autobuild_dsl.space.decisions import (
     ArchitectureError,
     canonicalize,
     index_of,
-    mutate,
 )
 from autobuild_dsl.space.equivalence import network_keyer
 from autobuild_dsl.space.model import Space
@@ -79,6 +88,7 @@ class _Loop:
         progress: ProgressCallback | None,
         space_file: Path | None,
         jobs: int,
+        free: FreeMetrics | None = None,
     ) -> None:
         self.space = space
         self.labels = labels
@@ -89,19 +99,21 @@ class _Loop:
         self.progress = progress
         self.space_file = space_file
         self.jobs = jobs
+        self.free = free
         self.records: list[LoopRecord] = []
         # key -> metrics of every architecture held (labels and evaluations)
         self.known: dict[str, dict[str, float]] = {}
         self.round_of: dict[str, int] = {}  # -1 for the user's labels
         self.archs: dict[str, Architecture] = {}
         # Equivalent architectures (one compiled network) are paid for once.
-        self.network_key = network_keyer(space)
+        self.network_key = network_keyer(space) if free is None else free.network_key
         self.by_network: dict[str, str] = {}
         self.recorded: set[str] = set()
         self.aliases: set[str] = set()  # equivalent to a held network, never paid for
         for i, arch in enumerate(labels.architectures):
             key = arch.key()
-            self.known[key] = labels.row_metrics(i)
+            row = labels.row_metrics(i)
+            self.known[key] = free.fill(arch, row) if free is not None else row
             self.round_of[key] = -1
             self.archs[key] = arch
             self.by_network.setdefault(self.network_key(arch), key)
@@ -186,7 +198,8 @@ class _Loop:
             metrics = self.runner.evaluate(todo, done)
             for arch, values in zip(todo, metrics, strict=True):
                 if arch.key() not in self.known:
-                    self._record(round_, arch, dict(values))
+                    row = dict(values) if self.free is None else self.free.fill(arch, dict(values))
+                    self._record(round_, arch, row)
         for arch in archs:
             # This round's evaluations in the order the search asked for them: the same
             # whether they were paid now or before an interruption.
@@ -201,7 +214,10 @@ class _Loop:
     def dataset(self, round_: int) -> LabeledDataset:
         keys = [k for k in self._held_before(round_) if k not in self.aliases]
         rows = [(self.archs[k], self.known[k], 1, None) for k in keys]
-        dataset, _ = from_records(self.space, rows, self.labels.metric_names)
+        names = list(self.labels.metric_names)
+        if self.free is not None:
+            names += [n for n in self.free.names(self.labels.architectures[0]) if n not in names]
+        dataset, _ = from_records(self.space, rows, names)
         return dataset
 
     def rankings(self, round_: int) -> list[Any]:
@@ -285,7 +301,7 @@ class _Loop:
             several = len(self.objectives) > 1
             # Several objectives: part of the round refines the front by mutation.
             share = count - int(count * self.config.refine) if several else count
-            picks = guided_picks(pool, score_pool(self._runs, pool), share)
+            picks = self._guided(pool, prior, share, several)
             # `jobs` at a time (run in parallel by the runner, which caches each as it
             # finishes), so a kill loses at most what was in flight.
             for start in range(0, len(picks), max(1, self.jobs)):
@@ -316,58 +332,41 @@ class _Loop:
             self._pareto(round_, reduced, count, held, rng_seed)
         return len(self._round_keys) - before
 
+    def _guided(
+        self, pool: list[Architecture], prior: list[str], count: int, several: bool
+    ) -> list[Architecture]:
+        scores = score_pool(self._runs, pool)
+        if not (several and self.free is not None and pool):
+            return guided_picks(pool, scores, count)
+        held = [k for k in prior if k not in self.aliases]
+        values = self.free.front_values(
+            self.objectives, self.config.targets, self._runs, pool, scores,
+            [self.archs[k] for k in held], [self.known[k] for k in held],
+        )  # fmt: skip
+        if values is not None:  # two objectives in their units: the most hypervolume
+            return front_picks(pool, values[0], values[1], count)
+        # Otherwise the objectives the free metrics answer join the scores as exact columns.
+        exact = self.free.exact(self.objectives, self.labels.architectures[0])
+        return guided_picks(pool, scores + self.free.columns(exact, pool), count)
+
     def _pareto(
-        self,
-        round_: int,
-        reduced: Space,
-        count: int,
-        held: list[str],
-        rng_seed: str,
+        self, round_: int, reduced: Space, count: int, held: list[str], rng_seed: str,
         mode: str = "stage",
-    ) -> None:
-        """Pareto mutation search (Stage-Full, or Layer-Full with `mode="layer"`) in the
-        reduced space, starting from the front of what is held inside it."""
-        pool = list(held)
-        seen = set(self._held_before(round_)) | self._round_set
-        left, step = count, 0
-        index = index_of(reduced)
-        while left > 0:
-            rng = random.Random(f"{rng_seed}:{step}")
-            step += 1
-            want = min(self.config.per_generation, left)
-            batch: list[Architecture] = []
-            keys: set[str] = set()
-            front = (
-                non_dominated(objective_matrix(self.objectives, [self.known[k] for k in pool]))
-                if pool
-                else []
-            )
-            for _ in range(want * TRIES_PER_ARCH):
-                if len(batch) == want:
-                    break
-                if front:
-                    parent = self.archs[pool[front[rng.randrange(len(front))]]]
-                    child = mutate(reduced, parent, rng, mode=mode)
-                else:
-                    child = index.sample(rng)
-                key = child.key()
-                if key in seen or key in keys:
-                    continue
-                keys.add(key)
-                batch.append(child)
-            if not batch:
-                return
-            self.pay(round_, batch)
-            for arch in batch:
-                seen.add(arch.key())
-                pool.append(arch.key())
-            left -= len(batch)
+    ) -> None:  # fmt: skip
+        """Pareto mutation (Stage-Full, or Layer-Full with `mode="layer"`) in the reduced
+        space, from the front of what is held inside it."""
+        pareto_mutation(
+            reduced, self.objectives, held, self.known, self.archs,
+            set(self._held_before(round_)) | self._round_set,
+            lambda batch: self.pay(round_, batch),
+            count, self.config.per_generation, rng_seed, mode,
+        )  # fmt: skip
 
     # ---- driver
 
     def run(self, resume: bool) -> LoopResult:
         self.out.mkdir(parents=True, exist_ok=True)
-        print_ = fingerprint(self.space, self.labels, self.config, self.runner.identity)
+        print_ = fingerprint(self.space, self.labels, self.config, self._identity())
         rounds, stopped, resumed_from = self._load(resume, print_)
         # The labels file: the user's labels, then every evaluation (repaired on resume).
         labels_text = self.labels.to_jsonl() + "".join(
@@ -391,6 +390,10 @@ class _Loop:
         )
         write_report(result, self.out)
         return result
+
+    def _identity(self) -> str:
+        free = "" if self.free is None else f" + free {self.free.identity}"
+        return self.runner.identity + free
 
     def _load(
         self, resume: bool, print_: str
@@ -477,21 +480,15 @@ class _Loop:
     def _improved(self, round_: int, held: set[str]) -> bool:
         """Whether a network of this round is better than every earlier one (for several
         objectives: not weakly dominated by any network held before the round)."""
-        before = [k for k in self.known if k in held]
-        new = [r.key for r in self.records if r.round == round_]
-        if not new:
-            return False
-        if not before:
-            return True
-        old = objective_matrix(self.objectives, [self.known[k] for k in before])
-        fresh = objective_matrix(self.objectives, [self.known[k] for k in new])
-        return any(not np.any(np.all(old <= point, axis=1)) for point in fresh)
+        before = [self.known[k] for k in self.known if k in held]
+        new = [self.known[r.key] for r in self.records if r.round == round_]
+        return extends_front(self.objectives, before, new)
 
     def _write_state(self, print_: str, rounds: list[RoundInfo], stopped: str) -> None:
         state = LoopState(
             fingerprint=print_,
             config=self.config,
-            evaluator=self.runner.identity,
+            evaluator=self._identity(),
             k=self._k,
             rounds=rounds,
             stopped=stopped,  # type: ignore[arg-type]
@@ -544,20 +541,25 @@ def run_loop(
     resume: bool = False,
     space_file: str | Path | None = None,
     jobs: int = 1,
+    free: Evaluator | None = None,
 ) -> LoopResult:
     """Run (or, with `resume`, continue) an AutoBuild-NAS loop in `out_dir`.
 
     `runner` evaluates architectures (an `EvaluationRunner`: any evaluator kind, cached);
     `labels` are the architectures already measured; `space_file`, when given, lets each
     round write its reduced space as an `.abs` file; `jobs` trains ensemble members in
-    parallel.
+    parallel; `free` is an evaluator cheap enough for every candidate (see loop_free).
     """
     config.search_objectives()  # fail before any work if the objectives are missing
-    missing = [m for t in config.targets for m in target_metrics(t) if m not in labels.metric_names]
+    free_metrics = None if free is None else FreeMetrics(free, network_keyer(space))
+    have = list(labels.metric_names)
+    if free_metrics is not None and len(labels):
+        have += free_metrics.names(labels.architectures[0])
+    missing = [m for t in config.targets for m in target_metrics(t) if m not in have]
     if missing:
         raise LoopError(
             f"target metric '{missing[0]}' is not in the labels "
-            f"(they have: {', '.join(labels.metric_names) or 'none'})"
+            f"(they have: {', '.join(have) or 'none'})"
         )
     loop = _Loop(
         space,
@@ -568,6 +570,7 @@ def run_loop(
         progress,
         Path(space_file) if space_file is not None else None,
         jobs,
+        free_metrics,
     )
     return loop.run(resume)
 

@@ -161,6 +161,22 @@ def dominated_by(point: np.ndarray, others: np.ndarray) -> bool:
     return bool(np.any(np.all(others <= point, axis=1) & np.any(others < point, axis=1)))
 
 
+def extends_front(
+    objectives: Sequence[Objective],
+    before: Sequence[Mapping[str, float]],
+    new: Sequence[Mapping[str, float]],
+) -> bool:
+    """Whether some row of `new` is not weakly dominated by any row of `before` (with one
+    objective: strictly better than all of them)."""
+    if not new:
+        return False
+    if not before:
+        return True
+    old = objective_matrix(objectives, before)
+    fresh = objective_matrix(objectives, new)
+    return any(not np.any(np.all(old <= point, axis=1)) for point in fresh)
+
+
 def pareto_front(
     objectives: Sequence[Objective], metrics: Sequence[Mapping[str, float]]
 ) -> list[int]:

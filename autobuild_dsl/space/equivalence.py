@@ -26,7 +26,7 @@ import hashlib
 import json
 import random
 from collections.abc import Callable, Iterable, Iterator
-from functools import lru_cache, partial
+from functools import lru_cache
 
 from autobuild_dsl.errors import AbcError
 from autobuild_dsl.space.architecture import Architecture
@@ -147,8 +147,29 @@ def network_keyer(space: Space) -> Callable[[Architecture], str]:
     network does not read). Keys of the two kinds are never mixed for one space.
     """
     if may_have_equivalences(space):
-        return partial(network_key, space)
+        return _Memo(space)
     return Architecture.key
+
+
+class _Memo:
+    """`network_key` of one space, remembered by architecture key: searches and the loop
+    ask again for the architectures they saw (a round scores the same pool as the last),
+    and resolving a network costs ~1 ms where its key string costs ~20 us."""
+
+    LIMIT = 200_000  # entries; forgotten all at once past this, so memory stays bounded
+
+    def __init__(self, space: Space) -> None:
+        self.space = space
+        self.keys: dict[str, str] = {}
+
+    def __call__(self, arch: Architecture) -> str:
+        text = arch.key()
+        key = self.keys.get(text)
+        if key is None:
+            if len(self.keys) >= self.LIMIT:
+                self.keys.clear()
+            key = self.keys[text] = network_key(self.space, arch)
+        return key
 
 
 def count_distinct_networks(space: Space, limit: int = COUNT_LIMIT) -> int | None:

@@ -365,7 +365,8 @@ class AccOnly(Counting):
 def test_free_metrics_fill_the_rows_and_guide_the_front(tmp_path: Path) -> None:
     import numpy as np
 
-    from autobuild_dsl.scorer import graph_scores, load_run
+    from autobuild_dsl.scorer import load_run
+    from autobuild_dsl.scorer.graph_scores import graph_scores
     from autobuild_dsl.search.loop_guided import (
         calibrated,
         candidates,

@@ -329,7 +329,8 @@ def test_train_primes_the_cache_and_warm_commands_import_no_torch(
 
     build = ["build", str(run_dir), "-k", "2", "-n", "3", "-o", built, "--force", "--quiet"]
     assert not imports_torch("rank", str(run_dir), "--quiet")
-    assert imports_torch(*build)  # its first call predicts its networks
+    assert not imports_torch("build", str(run_dir), "-o", built + "-default", "--quiet")
+    assert imports_torch(*build)  # a first call of other options predicts its networks
     assert not imports_torch(*build)
 
 
@@ -345,4 +346,4 @@ def test_abc_train_leaves_the_cache_of_the_default_ranking(tmp_path: Path) -> No
     result = CliRunner().invoke(cli, [*args, "--epochs", "2", "--batch-size", "8", "--quiet"])
     assert result.exit_code == 0, result.output
     cached = {p.name.split("-")[0] for p in (out / rank_cache.CACHE_DIR).iterdir()}
-    assert {"rank", "importance.json", "seen"} <= cached
+    assert {"rank", "importance.json", "seen", "predict"} <= cached

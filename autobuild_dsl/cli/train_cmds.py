@@ -157,8 +157,9 @@ def train_cmd(
     """Train AutoBuild scorers on DATA_FILE (labeled architectures of SPACE_FILE) into a run.
 
     The run folder holds the configuration, each member's weights, held-out metrics and the
-    statistics that module ranking needs; at the end it ranks with the default options into
-    RUN/cache/, so a first `abc rank RUN` reads it. An interrupted run continues with --resume.
+    statistics that module ranking needs; at the end it ranks and builds with the default
+    options into RUN/cache/, so a first `abc rank RUN` or `abc build RUN -o DIR` reads it.
+    An interrupted run continues with --resume.
     """
     from autobuild_dsl.scorer.run import EnsembleConfig, summary_json
     from autobuild_dsl.scorer.workflow import train_from_file

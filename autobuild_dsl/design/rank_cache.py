@@ -12,7 +12,7 @@ It is kept under RUN/cache/, written atomically (`autobuild_dsl.io`):
                              (design.workflow; the newest 32 are kept)
   seen-values.json           per feature category, the vocabulary indices the data holds
 
-`abc train` writes the first three for the default options at its end
+`abc train` writes them for the default options at its end
 (design.ranking_workflow.prime_cache), so a user's first `abc rank` reads them.
 
 Each entry records the key it was computed for: a SHA-256 of the run's content (its

@@ -107,15 +107,19 @@ def prime_cache(
     threads: int = 1,
     progress: Callable[[RankProgress], None] | None = None,
 ) -> bool:
-    """Compute and keep in RUN/cache/ what `abc rank RUN` and `abc build RUN` read with
-    their default options: the members' module norms, the feature importance and the
-    feature values the labeled data holds. `abc train` calls it at the end (torch is
-    loaded then anyway), so a user's first `rank` is a cache hit that imports no torch.
-    False (nothing kept) where ranking with the defaults fails: `abc rank` reports why."""
+    """Compute and keep in RUN/cache/ what `abc rank RUN` and `abc build RUN -o DIR` read
+    with their default options: the members' module norms, the feature importance, the
+    feature values the labeled data holds and the predictions of the default build's
+    networks. `abc train` calls it at the end (torch is loaded then anyway), so a user's
+    first `rank` (and first default `build`) is a cache hit that imports no torch. False
+    (nothing kept) where ranking with the defaults fails: `abc rank` reports why."""
+    from autobuild_dsl.design.workflow import DEFAULT_BUILT, build_networks
+
     try:
         feature_importance(run)
         if run_encoding(run) == "sequence":
             rank_modules(run, threads=threads, progress=progress)
+            build_networks([run], top_k=None, n=DEFAULT_BUILT, threads=threads)
     except AbcError:
         return False
     return True

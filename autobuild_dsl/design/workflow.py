@@ -50,6 +50,8 @@ from autobuild_dsl.space.decisions import (
 from autobuild_dsl.space.equivalence import network_keyer
 from autobuild_dsl.space.model import Space, StageModule
 
+# Architectures a build makes unless told (`abc build -n`).
+DEFAULT_BUILT = 10
 # Candidates drawn beyond n so that a tie at the cut can still be promoted.
 EXTRA_CANDIDATES = 10
 # Without a top-k, one-module changes try this many of a unit's best modules.
@@ -291,4 +293,4 @@ def _one_module_changes(
     return notes
 
 
-__all__ = ["build_networks", "predict_architectures"]
+__all__ = ["DEFAULT_BUILT", "build_networks", "predict_architectures"]

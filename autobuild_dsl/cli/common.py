@@ -355,7 +355,7 @@ def _literal(text: str) -> Any:
 
 
 def load_run(path: str) -> Any:
-    """A trained run folder (scorer.run.load_run), named when it does not exist."""
+    """A trained run folder (scorer.records.load_run), named when it does not exist."""
     from autobuild_dsl.scorer.records import load_run as load
 
     if not Path(path).exists():

@@ -16,6 +16,7 @@
   not the command's own instead of "repairing" it.
 - `die_with_parent`: a pool initializer; on Linux a worker gets SIGKILL when its parent
   dies (prctl PR_SET_PDEATHSIG), so a kill -9 of `abc train --jobs 4` leaves no workers.
+- `file_digest`: the SHA-256 of a file's bytes (what caches key a file on).
 
 Nothing here prints; every failure is an `OutputError` (or an OSError from the system).
 """
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import secrets
@@ -282,6 +284,15 @@ def cache_dir(env: str, name: str) -> Path:
     if explicit:
         return Path(explicit)
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "autobuild-dsl" / name
+
+
+def file_digest(path: str | os.PathLike[str]) -> str:
+    """SHA-256 (hex) of a file's bytes, read in blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def die_with_parent() -> None:

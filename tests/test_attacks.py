@@ -870,9 +870,9 @@ def test_build_with_a_huge_n_checks_one_module_changes_of_the_best_only(
     seen: list[int] = []
     original = workflow._one_module_changes
 
-    def spy(space, run, ranking, result, built):
+    def spy(space, run, ranking, result, built, *rest):
         seen.append(len(built))
-        return original(space, run, ranking, result, built)
+        return original(space, run, ranking, result, built, *rest)
 
     monkeypatch.setattr(workflow, "_one_module_changes", spy)
     run = load_run(tiny_macro_run)

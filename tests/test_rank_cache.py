@@ -14,7 +14,7 @@ from autobuild_dsl.design import rank as rank_module
 from autobuild_dsl.design import rank_cache
 from autobuild_dsl.design.importance import seen_values
 from autobuild_dsl.design.packing import _graph_previous, apply_steps, jump_steps
-from autobuild_dsl.design.ranking_workflow import scores_csv
+from autobuild_dsl.design.ranking_workflow import prime_cache, scores_csv
 from autobuild_dsl.lang import compile_file
 from autobuild_dsl.scorer import EnsembleConfig, TrainConfig, load_run, train_run
 from autobuild_dsl.space.decisions import sample
@@ -173,7 +173,11 @@ def test_cli_outputs_are_byte_identical_cold_warm_and_uncached(
     for entry in (run_dir / rank_cache.CACHE_DIR).iterdir():
         entry.unlink()  # as if never cached
     uncached = outputs("uncached")
-    assert cold == warm == uncached
+    for entry in (run_dir / rank_cache.CACHE_DIR).iterdir():
+        entry.unlink()
+    assert prime_cache(load_run(run_dir))  # what `abc train` leaves
+    after_train = outputs("after-train")
+    assert cold == warm == uncached == after_train
 
 
 def test_ranking_does_not_change_the_runs_search_fingerprint(run_dir: Path) -> None:
@@ -222,3 +226,124 @@ def test_pooled_norms_equal_full_width_path_sums_bit_for_bit() -> None:
             expected[pick] = norms.double().numpy()
     assert needed == [1, 2, 3]
     assert np.array_equal(got, expected)
+
+
+def test_a_warm_call_loads_no_member_model(run_dir: Path) -> None:
+    """Reading a run loads no weights; a cache hit (ranking, feature importance) never
+    needs them, and so no torch."""
+    from autobuild_dsl.design.ranking_workflow import rank_run
+
+    rank_run(load_run(run_dir))  # fill the cache
+    run = load_run(run_dir)
+    assert all(m._model is None for m in run.members)  # type: ignore[attr-defined]
+    rank_run(run)
+    assert all(m._model is None for m in run.members)  # type: ignore[attr-defined]
+
+
+def test_weight_file_digest_follows_the_bytes_and_the_model_in_memory(run_dir: Path) -> None:
+    member = load_run(run_dir).members[0]
+    on_disk = member.weights_digest()
+    assert on_disk.startswith("file:")
+    assert member.model is not None  # loads it
+    assert member.weights_digest() == on_disk  # the same bytes, loaded
+    with torch.no_grad():
+        next(member.model.parameters()).add_(1.0)
+    assert member.weights_digest().startswith("state:")
+    weights = run_dir / member.record.weights
+    weights.write_bytes(weights.read_bytes() + b"\0")  # other bytes, same name
+    assert load_run(run_dir).members[0].weights_digest() != on_disk
+
+
+def test_weights_replaced_while_ranking_are_not_cached_under_the_old_bytes(
+    run_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original = rank_module._member_norms
+    weights = run_dir / load_run(run_dir).members[0].record.weights
+
+    def retrain_meanwhile(*args: object, **kwargs: object) -> object:
+        state = torch.load(weights, weights_only=True)
+        torch.save({k: v * 1.5 + 0.1 for k, v in state.items()}, weights)
+        return original(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(rank_module, "_member_norms", retrain_meanwhile)
+    rank_module.rank_modules(load_run(run_dir))
+    assert not list((run_dir / rank_cache.CACHE_DIR).glob("rank-*.npz"))
+
+
+def test_damaged_importance_entry_is_recomputed(run_dir: Path) -> None:
+    from autobuild_dsl.design.importance import run_importance
+
+    expected = run_importance(load_run(run_dir))
+    entry = run_dir / rank_cache.CACHE_DIR / "importance.json"
+    assert entry.is_file()
+    text = entry.read_text()
+    entry.write_text(text.replace('"raw"', '"rwa"'))
+    assert run_importance(load_run(run_dir)) == expected
+
+
+def test_cached_predictions_follow_the_weights(run_dir: Path) -> None:
+    from autobuild_dsl.design.workflow import predict_architectures
+
+    run = load_run(run_dir)
+    archs = sample(run.space, 6, seed=1)
+    first = predict_architectures(run, archs)
+    assert list((run_dir / rank_cache.CACHE_DIR).glob("predict-*.npz"))
+    again = predict_architectures(load_run(run_dir), archs)
+    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
+    with torch.no_grad():
+        for p in run.members[0].model.parameters():
+            p.mul_(1.5)
+    changed = predict_architectures(run, archs)
+    fresh = predict_architectures(run, archs, cache=False)
+    assert np.array_equal(changed[0], fresh[0])
+    assert not np.array_equal(changed[0], first[0])
+
+
+def test_train_primes_the_cache_and_warm_commands_import_no_torch(
+    run_dir: Path, tmp_path: Path
+) -> None:
+    """`abc train` ends by ranking with the defaults into RUN/cache/ (prime_cache); then
+    `abc rank RUN` imports no torch, nor does a repeated `abc build`."""
+    import json
+    import subprocess
+    import sys
+
+    assert prime_cache(load_run(run_dir))
+    built = str(tmp_path / "built")
+    code = (
+        "import json, sys\n"
+        "from autobuild_dsl.cli import cli\n"
+        "try:\n"
+        "    cli.main(sys.argv[1:], standalone_mode=False)\n"
+        "except SystemExit as stop:\n"
+        "    assert not stop.code, stop.code\n"
+        "print(json.dumps('torch' in sys.modules))\n"
+    )
+
+    def imports_torch(*args: str) -> bool:
+        done = subprocess.run(
+            [sys.executable, "-c", code, *args], capture_output=True, text=True, check=False
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    build = ["build", str(run_dir), "-k", "2", "-n", "3", "-o", built, "--force", "--quiet"]
+    assert not imports_torch("rank", str(run_dir), "--quiet")
+    assert not imports_torch("build", str(run_dir), "-o", built + "-default", "--quiet")
+    assert imports_torch(*build)  # a first call of other options predicts its networks
+    assert not imports_torch(*build)
+
+
+def test_abc_train_leaves_the_cache_of_the_default_ranking(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from autobuild_dsl.cli import cli
+
+    data_file = tmp_path / "data.jsonl"
+    save_dataset(_dataset(30, seed=5), data_file)
+    out = tmp_path / "run"
+    args = ["train", str(MACRO), str(data_file), "--target", "acc", "-o", str(out)]
+    result = CliRunner().invoke(cli, [*args, "--epochs", "2", "--batch-size", "8", "--quiet"])
+    assert result.exit_code == 0, result.output
+    cached = {p.name.split("-")[0] for p in (out / rank_cache.CACHE_DIR).iterdir()}
+    assert {"rank", "importance.json", "seen", "predict"} <= cached

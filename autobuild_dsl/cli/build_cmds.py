@@ -21,6 +21,7 @@ from autobuild_dsl.cli.common import (
     parse_globals,
 )
 from autobuild_dsl.cli.progress import RankView
+from autobuild_dsl.design.workflow import DEFAULT_BUILT
 
 
 def _parse_top_k(text: str | None) -> int | list[int] | dict[str, int] | None:
@@ -50,7 +51,11 @@ def _parse_top_k(text: str | None) -> int | list[int] | dict[str, int] | None:
     "reduced space.",
 )
 @opt.count(
-    "-n", "n", default=10, help="Architectures to build (highest summed module score).", minimum=0
+    "-n",
+    "n",
+    default=DEFAULT_BUILT,
+    help="Architectures to build (highest summed module score).",
+    minimum=0,
 )
 @opt.choice(
     "--mode",

@@ -355,8 +355,8 @@ def _literal(text: str) -> Any:
 
 
 def load_run(path: str) -> Any:
-    """A trained run folder (scorer.run.load_run), named when it does not exist."""
-    from autobuild_dsl.scorer.run import load_run as load
+    """A trained run folder (scorer.records.load_run), named when it does not exist."""
+    from autobuild_dsl.scorer.records import load_run as load
 
     if not Path(path).exists():
         raise UserError(f"{path}: no such run folder")

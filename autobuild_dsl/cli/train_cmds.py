@@ -26,7 +26,7 @@ from autobuild_dsl.cli.ir_support import (
     export_jobs_option,
     record_space,
 )
-from autobuild_dsl.cli.progress import TrainView
+from autobuild_dsl.cli.progress import RankView, TrainView
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
@@ -157,7 +157,9 @@ def train_cmd(
     """Train AutoBuild scorers on DATA_FILE (labeled architectures of SPACE_FILE) into a run.
 
     The run folder holds the configuration, each member's weights, held-out metrics and the
-    statistics that module ranking needs. An interrupted run continues with --resume.
+    statistics that module ranking needs; at the end it ranks and builds with the default
+    options into RUN/cache/, so a first `abc rank RUN` or `abc build RUN -o DIR` reads it.
+    An interrupted run continues with --resume.
     """
     from autobuild_dsl.scorer.run import EnsembleConfig, summary_json
     from autobuild_dsl.scorer.workflow import train_from_file
@@ -194,6 +196,7 @@ def train_cmd(
         )
     run = outcome.run
     assert run.metrics is not None
+    _prime_rank_cache(run, train.threads, show)
     if outcome.left_out > 0 and not as_json:
         # Said even with --quiet: training on fewer rows than given is never silent.
         err_console.print(
@@ -205,6 +208,15 @@ def train_cmd(
         click.echo(json.dumps(summary_json(run.metrics)))
     elif not quiet:
         _render_metrics(run, output)
+
+
+def _prime_rank_cache(run: Any, threads: int, show: bool) -> None:
+    """Rank with the defaults now, into RUN/cache/: the first `abc rank RUN` / `abc build
+    RUN` then reads it instead of loading torch and running every member."""
+    from autobuild_dsl.design.ranking_workflow import prime_cache
+
+    with RankView() if show else nullcontext() as progress:
+        prime_cache(run, threads=threads, progress=progress)
 
 
 def train_notes(show: bool) -> Callable[[Any], None]:

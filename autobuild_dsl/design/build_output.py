@@ -31,9 +31,9 @@ from autobuild_dsl.design.construct import (
 )
 from autobuild_dsl.design.rank import RankProgress, RankResult, ScoreKind
 from autobuild_dsl.design.ranking_workflow import run_encoding
-from autobuild_dsl.design.workflow import build_networks
+from autobuild_dsl.design.workflow import DEFAULT_BUILT, build_networks
 from autobuild_dsl.errors import Remedy
-from autobuild_dsl.scorer.run import TrainedRun
+from autobuild_dsl.scorer.records import TrainedRun
 from autobuild_dsl.space.decisions import canonicalize, space_size
 from autobuild_dsl.space.model import Space
 
@@ -129,7 +129,7 @@ def build_to_folder(
     output: str | Path,
     *,
     top_k: int | dict[str, int] | Sequence[int] | None = None,
-    n: int = 10,
+    n: int = DEFAULT_BUILT,
     mode: SelectionMode = "unconstrained",
     score: ScoreKind = "pooled",
     standardize: bool = False,

@@ -17,8 +17,8 @@ from pathlib import Path
 from autobuild_dsl import io
 from autobuild_dsl.design import rank_cache
 from autobuild_dsl.errors import AbcError
-from autobuild_dsl.scorer.model import FeatureScore
-from autobuild_dsl.scorer.run import TrainedRun, run_feature_importance
+from autobuild_dsl.scorer.config import FeatureScore
+from autobuild_dsl.scorer.records import TrainedRun
 from autobuild_dsl.space.expr import format_value
 
 CHART_FORMATS = (".png", ".svg", ".pdf")
@@ -36,7 +36,7 @@ def feature_importance(run: TrainedRun, data: str | Path | None = None) -> list[
     `seen` stays None when it cannot be read)."""
     from autobuild_dsl.space.values import value_key as _vkey
 
-    rows = run_feature_importance(run)
+    rows = run_importance(run)
     seen = seen_values(run, data)
     if seen is None:
         return rows
@@ -51,6 +51,24 @@ def feature_importance(run: TrainedRun, data: str | Path | None = None) -> list[
         index = vocab_index[row.category].get(_vkey(row.value))
         marked.append(row.model_copy(update={"seen": index in seen[c]}))
     return marked
+
+
+def run_importance(run: TrainedRun) -> list[FeatureScore]:
+    """`scorer.run_feature_importance`, kept in RUN/cache/ (keyed on the run's content):
+    reading the members' FE-MLP tables needs their models, and so torch."""
+    key = rank_cache.cache_key("importance", rank_cache.run_digest(run))
+    stored = rank_cache.load_json(run.path, "importance", key)
+    if stored is not None:
+        try:
+            return [FeatureScore.model_validate(row) for row in stored]
+        except (TypeError, ValueError):
+            pass  # damaged: recompute
+    from autobuild_dsl.scorer.run import run_feature_importance
+
+    rows = run_feature_importance(run)
+    if rank_cache.cache_key("importance", rank_cache.run_digest(run)) == key:
+        rank_cache.save_json(run.path, "importance", key, [r.model_dump(mode="json") for r in rows])
+    return rows
 
 
 def seen_values(run: TrainedRun, data: str | Path | None = None) -> list[set[int]] | None:
@@ -169,6 +187,7 @@ __all__ = [
     "ChartError",
     "feature_importance",
     "importance_chart",
+    "run_importance",
     "seen_values",
     "value_text",
 ]

@@ -41,20 +41,12 @@ import itertools
 import math
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from autobuild_dsl.design import rank_cache
 from autobuild_dsl.design.module_sets import _feasible, _Modules, enumerate_modules
-from autobuild_dsl.design.packing import (
-    ModuleBatch,
-    _concat,
-    _graph_previous,
-    apply_steps,
-    pack_modules,
-)
 from autobuild_dsl.design.rank_model import (
     SCORE_KINDS,
     Mode,
@@ -70,14 +62,16 @@ from autobuild_dsl.design.rank_model import (
     layer_text,
     module_description,
 )
-from autobuild_dsl.parallel import torch_threads
-from autobuild_dsl.scorer.model import ScorerModel, check_codes
-from autobuild_dsl.scorer.run import TrainedRun
+from autobuild_dsl.scorer.records import TrainedRun
 from autobuild_dsl.space.decisions import index_of, stage_module_choices
 from autobuild_dsl.space.expr import Value, format_value
 from autobuild_dsl.space.keys import DEPTH, DecisionKey
 from autobuild_dsl.space.model import Space, Unit
 from autobuild_dsl.space.values import find_value
+
+if TYPE_CHECKING:  # torch: imported only when the members run (not on a cache hit)
+    from autobuild_dsl.design.packing import ModuleBatch, pack_modules
+    from autobuild_dsl.scorer.model import ScorerModel
 
 # A (unit, size) label group needs this many training labels for Eq. 5; smaller groups
 # fall back to the overall label statistics (and the result says so).
@@ -274,7 +268,9 @@ def rank_modules(
     stored = rank_cache.load_arrays(run.path, name, key) if cache else None
     if stored is None:
         stored = _member_norms(run, encoder, jobs, score, threads, progress)
-        if cache:
+        # Kept only if the weights it ran with are the ones keyed (a file replaced
+        # between the check and the loading is not filed under the old bytes).
+        if cache and rank_cache.norms_entry(run, score, jobs)[1] == key:
             rank_cache.save_arrays(run.path, name, key, stored)
     raw, nodes = stored["raw"], stored["nodes"]
     hop = np.clip(np.minimum(nodes - 1, num_layers), 0, None)
@@ -383,6 +379,8 @@ def _member_norms(
 ) -> dict[str, np.ndarray]:
     """Every job's modules in one batch, and one forward per member over all of them:
     raw [members, M] norms, nodes [M] per module, has_node [M]."""
+    from autobuild_dsl.design.packing import _concat, pack_modules
+    from autobuild_dsl.parallel import torch_threads
 
     batches: list[ModuleBatch] = []
     for values, context, kept, _ in jobs:
@@ -496,6 +494,11 @@ def module_norms(
     built alone. No prediction head, and no norm that no score reads. 0 for a module with
     no node.
     """
+    import torch
+
+    from autobuild_dsl.design.packing import _graph_previous, apply_steps
+    from autobuild_dsl.scorer.model import check_codes
+
     if score not in SCORE_KINDS:
         raise RankError(f"unknown module score '{score}' (one of {', '.join(SCORE_KINDS)})")
     packed = batch.packed
@@ -535,6 +538,15 @@ def module_norms(
     return out
 
 
+def __getattr__(name: str) -> Any:
+    """`ModuleBatch` and `pack_modules` (design.packing, which imports torch) on first use."""
+    if name in ("ModuleBatch", "pack_modules"):
+        from autobuild_dsl.design import packing
+
+        return getattr(packing, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def standardize_members(
     raw: np.ndarray, mean: np.ndarray, sd: np.ndarray, hops: np.ndarray
 ) -> np.ndarray:
@@ -543,7 +555,8 @@ def standardize_members(
 
 
 # The ranking API in one place: the models and helpers live in rank_model, module_sets and
-# packing, and are re-exported here for callers of `design.rank`.
+# packing, and are re-exported here for callers of `design.rank` (packing's names on first
+# use, by `__getattr__`: it imports torch).
 __all__ = [
     "GRAPH_CHUNK",
     "MAX_CONTEXTS",

@@ -1,19 +1,31 @@
-"""What ranking computes that is a pure function of a run, kept in the run folder.
+"""What ranking and building compute that is a pure function of a run, kept in the run
+folder.
 
-`abc rank` and `abc build` run 20 members' forward passes over every module and re-read the
-labeled data (to mark feature values no label holds) on every call, though both depend on
-the run alone. Both are kept under RUN/cache/, written atomically (`autobuild_dsl.io`):
+`abc rank` and `abc build` run 20 members' forward passes over every module, read the
+members' FE-MLP tables, predict the built networks and re-read the labeled data (to mark
+feature values no label holds) on every call, though all of it depends on the run alone.
+It is kept under RUN/cache/, written atomically (`autobuild_dsl.io`):
 
   rank-SCORE-SELECTION.npz   each member's module norms, the modules' node counts
+  importance.json            the ensemble's feature importance (design.importance)
+  predict-KEY.npz            the ensemble's predictions of one set of architectures
+                             (design.workflow; the newest 32 are kept)
   seen-values.json           per feature category, the vocabulary indices the data holds
 
+`abc train` writes them for the default options at its end
+(design.ranking_workflow.prime_cache), so a user's first `abc rank` reads them.
+
 Each entry records the key it was computed for: a SHA-256 of the run's content (its
-config, member records and the members' weights as loaded), the space digest, this cache's
+config, member records and the bytes of the members' weight files, so a cache check reads
+files and needs no torch; a model changed in memory after loading counts as other
+weights: scorer.records.LoadedMember.weights_digest), the space digest, this cache's
 format version and what was asked (score kind, global assignments, units, the modules
-scored); the seen values key on the data file's bytes. An entry whose key differs is
-recomputed and replaced, so a retrained run or an edited data file never reads old
-numbers; a change to how the numbers are computed must bump CACHE_VERSION. A damaged entry
-is recomputed; a run folder that cannot be written (read-only) is simply not cached.
+scored; the architectures predicted); the seen values key on the data file's bytes. An
+entry whose key differs is recomputed and replaced, so a retrained run or an edited data
+file never reads old numbers, and what was computed is kept only when the run's key is
+unchanged afterwards (weights replaced while it ran are not filed under the old bytes); a
+change to how the numbers are computed must bump CACHE_VERSION. A damaged entry is
+recomputed; a run folder that cannot be written (read-only) is simply not cached.
 """
 
 from __future__ import annotations
@@ -32,7 +44,7 @@ from autobuild_dsl.design.rank_model import _globals_key
 
 if TYPE_CHECKING:
     from autobuild_dsl.design.module_sets import _Modules
-    from autobuild_dsl.scorer.run import TrainedRun
+    from autobuild_dsl.scorer.records import TrainedRun
 
 # Bump when what is stored, or how it is computed, changes.
 CACHE_VERSION = 1
@@ -41,14 +53,13 @@ CACHE_DIR = "cache"
 
 def run_digest(run: TrainedRun) -> str:
     """SHA-256 of what a run computes with: its configuration, each member's record and
-    each member's weights as loaded (in memory: a model changed after loading is a
-    different run, whatever its files say)."""
+    each member's weights (`LoadedMember.weights_digest`: the weight file's bytes while
+    the model is not loaded, so a cache check needs no torch; a model changed in memory
+    after loading is a different run, whatever its files say)."""
     digest = hashlib.sha256(run.config.model_dump_json().encode("utf-8"))
     for member in run.members:
         digest.update(member.record.model_dump_json().encode("utf-8"))
-        for name, tensor in member.model.state_dict().items():
-            digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}:".encode())
-            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        digest.update(member.weights_digest().encode())
     return digest.hexdigest()
 
 
@@ -99,6 +110,18 @@ def save_arrays(run_path: str | Path, name: str, key: str, arrays: dict[str, np.
         pass  # a read-only run folder: no cache, the next call computes again
 
 
+def prune(run_path: str | Path, prefix: str, kept: int) -> None:
+    """Remove all but the `kept` newest entries whose name starts with `prefix`."""
+    try:
+        entries = sorted(
+            _folder(run_path).glob(f"{prefix}*"), key=lambda p: p.stat().st_mtime_ns, reverse=True
+        )
+        for entry in entries[kept:]:
+            entry.unlink(missing_ok=True)
+    except OSError:
+        pass  # read-only, or removed meanwhile: nothing to keep small
+
+
 def load_json(run_path: str | Path, name: str, key: str) -> Any:
     """The value stored under `name` when it was computed for `key`; else None."""
     file = _folder(run_path) / f"{name}.json"
@@ -117,13 +140,7 @@ def save_json(run_path: str | Path, name: str, key: str, value: Any) -> None:
         abc_io.write_atomic(_folder(run_path) / f"{name}.json", text, durable=False)
 
 
-def file_digest(path: str | Path) -> str:
-    """SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+file_digest = abc_io.file_digest
 
 
 __all__ = [
@@ -134,6 +151,7 @@ __all__ = [
     "load_arrays",
     "load_json",
     "norms_entry",
+    "prune",
     "run_digest",
     "save_arrays",
     "save_json",

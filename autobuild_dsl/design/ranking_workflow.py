@@ -27,7 +27,7 @@ from autobuild_dsl import io as abc_io
 from autobuild_dsl.design.importance import feature_importance, importance_chart
 from autobuild_dsl.design.rank import RankError, RankProgress, RankResult, ScoreKind, rank_modules
 from autobuild_dsl.errors import AbcError
-from autobuild_dsl.scorer.run import TrainedRun
+from autobuild_dsl.scorer.records import TrainedRun
 
 IR_NOTE = (
     "module scoring does not apply to this run: it uses the ONNX-IR encoding (one node "
@@ -101,6 +101,30 @@ def rank_run(
     return report
 
 
+def prime_cache(
+    run: TrainedRun,
+    *,
+    threads: int = 1,
+    progress: Callable[[RankProgress], None] | None = None,
+) -> bool:
+    """Compute and keep in RUN/cache/ what `abc rank RUN` and `abc build RUN -o DIR` read
+    with their default options: the members' module norms, the feature importance, the
+    feature values the labeled data holds and the predictions of the default build's
+    networks. `abc train` calls it at the end (torch is loaded then anyway), so a user's
+    first `rank` (and first default `build`) is a cache hit that imports no torch. False
+    (nothing kept) where ranking with the defaults fails: `abc rank` reports why."""
+    from autobuild_dsl.design.workflow import DEFAULT_BUILT, build_networks
+
+    try:
+        feature_importance(run)
+        if run_encoding(run) == "sequence":
+            rank_modules(run, threads=threads, progress=progress)
+            build_networks([run], top_k=None, n=DEFAULT_BUILT, threads=threads)
+    except AbcError:
+        return False
+    return True
+
+
 def scores_csv(result: RankResult) -> str:
     """Every module of every unit and global assignment, one row each, best first."""
     names = list(result.assignments()[0]) if result.tables else []
@@ -155,6 +179,7 @@ __all__ = [
     "IR_NOTE",
     "RankReport",
     "default_run_dir",
+    "prime_cache",
     "rank_run",
     "run_encoding",
     "scores_csv",

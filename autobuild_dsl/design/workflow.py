@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from autobuild_dsl.design import rank_cache
 from autobuild_dsl.design.builder import BuildError, BuiltArchitecture, ScoredModule
 from autobuild_dsl.design.construct import BuildResult, SelectionMode, build_from_rankings
 from autobuild_dsl.design.rank import (
@@ -38,8 +39,7 @@ from autobuild_dsl.design.rank import (
     module_description,
     rank_modules,
 )
-from autobuild_dsl.scorer.run import TrainedRun, predict
-from autobuild_dsl.scorer.train import torch_threads
+from autobuild_dsl.scorer.records import TrainedRun
 from autobuild_dsl.space.architecture import Architecture
 from autobuild_dsl.space.decisions import (
     architecture_from_modules,
@@ -50,6 +50,8 @@ from autobuild_dsl.space.decisions import (
 from autobuild_dsl.space.equivalence import network_keyer
 from autobuild_dsl.space.model import Space, StageModule
 
+# Architectures a build makes unless told (`abc build -n`).
+DEFAULT_BUILT = 10
 # Candidates drawn beyond n so that a tie at the cut can still be promoted.
 EXTRA_CANDIDATES = 10
 # Without a top-k, one-module changes try this many of a unit's best modules.
@@ -57,6 +59,10 @@ CHANGE_CANDIDATES = 10
 # One-module changes are checked for this many of the best builds: each costs about
 # units x candidates predictions, so checking every one of thousands takes minutes.
 CHANGE_CHECKED = 100
+# Predictions kept in RUN/cache/ (one entry per set of architectures asked; a build asks
+# twice: its candidates and their one-module changes), the newest first.
+PREDICT_ENTRY = "predict-"
+PREDICT_KEPT = 32
 
 ProgressFn = Callable[[RankProgress], None]
 
@@ -117,8 +123,7 @@ def build_networks(
             f"{merged} built architecture(s) left out: the same network as a better-placed "
             "one (e.g. an identity layer at another position of its stage)"
         )
-    with torch_threads(threads):
-        built = _with_predictions(runs, distinct)
+    built = _with_predictions(runs, distinct, threads)
     if tie_break and not several:
         built, moved = _break_ties(built)
         if moved:
@@ -133,10 +138,8 @@ def build_networks(
             f"space's rules (asked for {n}); keep more modules per unit"
         )
     if check_changes and built:
-        with torch_threads(threads):
-            notes.extend(
-                _one_module_changes(space, runs[0], rankings[0], result, built[:CHANGE_CHECKED])
-            )
+        checked = built[:CHANGE_CHECKED]
+        notes.extend(_one_module_changes(space, runs[0], rankings[0], result, checked, threads))
     return result.model_copy(update={"architectures": built, "notes": notes}), rankings
 
 
@@ -157,13 +160,13 @@ def _distinct_networks(
 
 
 def _with_predictions(
-    runs: Sequence[TrainedRun], architectures: list[BuiltArchitecture]
+    runs: Sequence[TrainedRun], architectures: list[BuiltArchitecture], threads: int = 1
 ) -> list[BuiltArchitecture]:
     if not architectures:
         return []
     means, sds = [], []
     for run in runs:
-        mean, sd = predict_architectures(run, [b.arch for b in architectures])
+        mean, sd = predict_architectures(run, [b.arch for b in architectures], threads=threads)
         means.append(mean)
         sds.append(sd)
     return [
@@ -178,15 +181,35 @@ def _with_predictions(
 
 
 def predict_architectures(
-    run: TrainedRun, archs: Sequence[Architecture]
+    run: TrainedRun, archs: Sequence[Architecture], *, threads: int = 1, cache: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The run's ensemble prediction (mean, member spread) for each architecture."""
+    """The run's ensemble prediction (mean, member spread) for each architecture.
+
+    `cache`: keep them in the run folder (design.rank_cache), keyed on the run's content
+    and the architectures asked, so a repeated build needs no torch."""
     if not archs:
         return np.zeros(0), np.zeros(0)
+    # One entry per request: the same numbers as computing them, to the bit (a forward's
+    # floats can depend on what else is in its batch).
+    asked = [a.key() for a in archs]
+    key = rank_cache.cache_key("predict", rank_cache.run_digest(run), asked)
+    name = f"{PREDICT_ENTRY}{key[:16]}"
+    stored = rank_cache.load_arrays(run.path, name, key) if cache else None
+    if stored is not None:
+        return stored["mean"], stored["sd"]
+    from autobuild_dsl.parallel import torch_threads
+    from autobuild_dsl.scorer.run import predict
+
     encoder = run.encoder()
     # Plain tensors where the encoder offers them: no PyG (and its ~1 s import) needed.
     tensors = getattr(encoder, "encode_tensors", None)
-    return predict(run, [(tensors or encoder.encode)(arch) for arch in archs])
+    with torch_threads(threads):
+        mean, sd = predict(run, [(tensors or encoder.encode)(arch) for arch in archs])
+    # Kept only if computed with the weights keyed (see rank_cache.run_digest).
+    if cache and rank_cache.cache_key("predict", rank_cache.run_digest(run), asked) == key:
+        rank_cache.save_arrays(run.path, name, key, {"mean": mean, "sd": sd})
+        rank_cache.prune(run.path, PREDICT_ENTRY, PREDICT_KEPT)
+    return mean, sd
 
 
 def _break_ties(built: list[BuiltArchitecture]) -> tuple[list[BuiltArchitecture], int]:
@@ -228,6 +251,7 @@ def _one_module_changes(
     ranking: RankResult,
     result: BuildResult,
     built: list[BuiltArchitecture],
+    threads: int = 1,
 ) -> list[str]:
     """Notes for built architectures the ensemble predicts clearly worse than a neighbour
     that differs in one unit's module."""
@@ -245,7 +269,7 @@ def _one_module_changes(
                     variants.append((b, unit, module.parts, arch))
     if not variants:
         return []
-    mean, _ = predict_architectures(run, [v[3] for v in variants])
+    mean, _ = predict_architectures(run, [v[3] for v in variants], threads=threads)
     notes = []
     stages = {u.name: u.stages for u in units}
     # Index the variants by their built architecture once: a scan per architecture is
@@ -269,4 +293,4 @@ def _one_module_changes(
     return notes
 
 
-__all__ = ["build_networks", "predict_architectures"]
+__all__ = ["DEFAULT_BUILT", "build_networks", "predict_architectures"]

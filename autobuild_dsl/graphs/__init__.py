@@ -7,8 +7,9 @@ sequence encoder never touch.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from autobuild_dsl.lazy import lazy_names
 
 if TYPE_CHECKING:
     from autobuild_dsl.graphs.encode import (
@@ -32,11 +33,7 @@ _WHERE = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"autobuild_dsl.graphs.{module}"), name)
+__getattr__ = lazy_names(__name__, _WHERE)
 
 
 __all__ = [

@@ -8,14 +8,12 @@ regression term is used (the paper's Exhaustive-Search predictor).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 
+from autobuild_dsl.scorer.config import LossKind
 from autobuild_dsl.scorer.model import ScorerOutput
 from autobuild_dsl.scorer.softrank import hard_rank, soft_rank, soft_spearman
-
-LossKind = Literal["ranked", "mse"]
 
 
 @dataclass

@@ -14,12 +14,12 @@ import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+# Torch-free (scorer.config): reading a run needs no torch; importable from here as before.
+from autobuild_dsl.scorer.config import FeatureScore, ModelConfig
 from autobuild_dsl.scorer.fastlayer import (
     GATv2Stack,
     Mode,
@@ -30,25 +30,6 @@ from autobuild_dsl.scorer.fastlayer import (
 
 # Spread of the FE-MLP's initial value embeddings (see FeatureEmbedding).
 FE_INIT_STD = 0.01
-
-
-class ModelConfig(BaseModel):
-    """The shape of a scorer network (everything needed to rebuild it from weights)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    vocab_sizes: list[int] = Field(description="values per feature category, n/a slot excluded")
-    num_layers: int = Field(default=4, ge=1, description="message-passing layers (hops)")
-    hidden: int = Field(default=32, ge=1)
-    fe_dim: int = Field(default=8, ge=1, description="embedding width inside each FE-MLP")
-    head_hidden: int = Field(default=32, ge=1)
-    batch_norm: bool = Field(
-        default=False, description="BatchNorm after each GATv2, as in the authors' code"
-    )
-    residual: bool = Field(default=True, description="skip connections between hops >= 1")
-    norm_ord: Literal[1, 2] = Field(
-        default=1, description="norm that scores embeddings (L1: paper)"
-    )
 
 
 # --------------------------------------------------------------------------- graph packing
@@ -515,21 +496,6 @@ class ScorerModel(nn.Module):
 
 
 # --------------------------------------------------------------------------- importance
-
-
-class FeatureScore(BaseModel):
-    """The FE-MLP score of one value of one feature category (higher = more important)."""
-
-    category: str
-    group: str
-    value: object
-    score: float = Field(description="|scalar|: the value's contribution to the hop-0 norm")
-    raw: float = Field(description="the scalar before abs")
-    seen: bool | None = Field(
-        default=None,
-        description="whether the value occurs in the labeled data (None: not known); an "
-        "unseen value's score was never fitted to a label",
-    )
 
 
 def feature_importance(model: ScorerModel, categories: Sequence[object]) -> list[FeatureScore]:

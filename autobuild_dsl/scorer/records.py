@@ -1,20 +1,32 @@
-"""What a run folder holds: its configuration, member records and metrics (pydantic), and
-the progress events of training one. Split from run.py, which re-exports every name."""
+"""What a run folder holds: its configuration, member records and metrics (pydantic), the
+progress events of training one, and reading a folder back (`load_run`). Split from
+run.py, which re-exports every name. Nothing here imports torch: a member's model is
+loaded from its weight file on first use (`LoadedMember.model`)."""
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from autobuild_dsl import io as abc_io
 from autobuild_dsl.data.splits import LabelStats
 from autobuild_dsl.errors import AbcError
-from autobuild_dsl.scorer.model import ModelConfig
-from autobuild_dsl.scorer.train import EpochProgress, MemberMetrics, Moments, TrainConfig
+from autobuild_dsl.scorer.config import (
+    EpochProgress,
+    MemberMetrics,
+    ModelConfig,
+    Moments,
+    TrainConfig,
+)
 from autobuild_dsl.space.expr import Value
+from autobuild_dsl.space.model import Space
 
 RUN_FORMAT = "autobuild-scorer-run"
 RUN_VERSION = 1
@@ -165,3 +177,207 @@ def summary_json(metrics: RunMetrics) -> dict[str, Any]:
         "seconds_per_epoch": mean.seconds_per_epoch,
         "cpu_seconds_per_epoch": mean.cpu_seconds_per_epoch,
     }
+
+
+# ----- reading a run folder (no torch until a member's model is used) ---------------------
+
+
+class LoadedMember:
+    """One finished member of a run: its record, and its model, which is loaded (with
+    torch) from the weight file on first use: reading a run and answering from RUN/cache/
+    needs neither."""
+
+    def __init__(
+        self,
+        record: MemberRecord,
+        model: Any = None,
+        *,
+        weights: Path | None = None,
+        model_config: ModelConfig | None = None,
+    ) -> None:
+        if model is None and (weights is None or model_config is None):
+            raise ValueError("a member needs its model, or its weight file and model config")
+        self.record = record
+        self._model = model
+        self._weights = weights
+        self._model_config = model_config
+        self._loaded_bytes: str | None = None  # SHA-256 of the file the model came from
+        self._loaded_state: str | None = None  # ... and of its state right after loading
+
+    @property
+    def name(self) -> str:
+        return self.record.name
+
+    @property
+    def model(self) -> Any:
+        """The member's ScorerModel (eval mode), loaded on first use."""
+        if self._model is None:
+            self._model = self._load()
+        return self._model
+
+    def _load(self) -> Any:
+        import io
+
+        import torch
+
+        from autobuild_dsl.scorer.model import ScorerModel
+
+        assert self._weights is not None and self._model_config is not None
+        model = ScorerModel(self._model_config)
+        try:
+            # The bytes hashed are the bytes loaded: a file replaced meanwhile cannot be
+            # computed with under the old file's name.
+            data = self._weights.read_bytes()
+            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+            model.load_state_dict(state)
+        except (OSError, RuntimeError, ValueError, EOFError) as error:
+            raise RunError(f"{self._weights}: cannot load weights: {error}") from None
+        model.eval()
+        self._loaded_bytes = hashlib.sha256(data).hexdigest()
+        self._loaded_state = _state_digest(model)
+        return model
+
+    def weights_digest(self) -> str:
+        """What names the weights this member computes with, read without torch while the
+        model is not loaded: the SHA-256 of its weight file (of the bytes it was loaded
+        from, once loaded). A model changed in memory after loading, or given without a
+        file, is named by its state (torch is loaded then anyway)."""
+        if self._model is None:
+            assert self._weights is not None
+            try:
+                return f"file:{abc_io.file_digest(self._weights)}"
+            except OSError as error:
+                raise RunError(f"{self._weights}: cannot read weights: {error}") from None
+        state = _state_digest(self._model)
+        if self._loaded_bytes is not None and state == self._loaded_state:
+            return f"file:{self._loaded_bytes}"
+        return f"state:{state}"
+
+    def hop_srcc(self, hop: int) -> float | None:
+        """This member's held-out SRCC at `hop` (None where it was not measured)."""
+        values = self.record.metrics.hop_srcc
+        return values[hop] if hop < len(values) else None
+
+    def hop_weight(self, hop: int) -> float:
+        """This member's weight for scores at `hop`: its held-out SRCC there (>= 0)."""
+        value = self.hop_srcc(hop)
+        return max(value, 0.0) if value is not None else 0.0
+
+    @property
+    def prediction_weight(self) -> float:
+        """Weight in `predict`: the held-out SRCC of the prediction head (>= 0)."""
+        value = self.record.metrics.pred_srcc
+        return max(value, 0.0) if value is not None else 0.0
+
+    def __repr__(self) -> str:
+        return f"LoadedMember({self.name!r}, loaded={self._model is not None})"
+
+
+def _state_digest(model: Any) -> str:
+    """SHA-256 of a model's parameters and buffers (names, shapes, dtypes, values)."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}:".encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+@dataclass
+class TrainedRun:
+    path: Path
+    config: RunConfig
+    members: list[LoadedMember]
+    metrics: RunMetrics | None = None
+    _encoder: Any = field(default=None, repr=False)
+
+    @cached_property
+    def space(self) -> Space:
+        return Space.model_validate(self.config.space)
+
+    @property
+    def target(self) -> str:
+        return self.config.target
+
+    @property
+    def target_name(self) -> str:
+        """The target's text: a metric name for plain targets (`top1`)."""
+        return self.config.target
+
+    @property
+    def categories(self) -> list[CategoryInfo]:
+        return self.config.categories
+
+    @property
+    def num_hops(self) -> int:
+        return self.config.model.num_layers + 1
+
+    def encoder(self) -> Any:
+        """The run's graph encoder (built once): a GraphEncoder for the run's space, or for
+        `encoding: ir` an IrEncoder with the run's fitted vocabularies."""
+        if self._encoder is None and self.config.encoding == "ir":
+            from autobuild_dsl.graphs.ir import IrEncoder
+
+            if self.config.encoder_state is None:
+                raise RunError(f"{self.path}: an ir run without its encoder state")
+            self._encoder = IrEncoder.from_state(self.config.encoder_state)
+        if self._encoder is None:
+            from autobuild_dsl.graphs.encode import GraphEncoder
+
+            self._encoder = GraphEncoder(self.space)
+            names = [c.name for c in self._encoder.categories]
+            if names != [c.name for c in self.config.categories]:
+                raise RunError(
+                    f"{self.path}: the encoder's features ({', '.join(names)}) differ from "
+                    "the run's; it was trained with another version of the encoder"
+                )
+        return self._encoder
+
+
+def _read_record(path: Path, name: str) -> MemberRecord:
+    file = path / "members" / f"{name}.json"
+    try:
+        return MemberRecord.model_validate_json(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise RunError(f"{file}: cannot read member record: {error}") from None
+
+
+def load_run(path: str | Path, *, partial: bool = False) -> TrainedRun:
+    """A trained run folder: its config and every finished member (models load on first
+    use, in eval mode).
+    A run with unfinished members (interrupted) is refused unless `partial`: its ensemble
+    would silently be smaller (one member: no spread, `std` 0)."""
+    path = Path(path)
+    config_path = path / "config.json"
+    if not config_path.is_file():
+        raise RunError(f"{path}: not a run folder (no config.json)")
+    try:
+        config = RunConfig.model_validate_json(config_path.read_text(encoding="utf-8"))
+    except ValueError as error:
+        raise RunError(f"{config_path}: not a run configuration: {error}") from None
+    members: list[LoadedMember] = []
+    for name in config.members:
+        if not (path / "members" / f"{name}.json").exists():
+            continue  # not finished (an interrupted run)
+        record = _read_record(path, name)
+        weights = path / record.weights
+        if not weights.is_file():
+            raise RunError(f"{weights}: cannot load weights: no such file")
+        # The model itself is loaded (with torch) when first used: LoadedMember.model.
+        members.append(LoadedMember(record, weights=weights, model_config=config.model))
+    if not members:
+        raise RunError(f"{path}: no finished member (resume the training to finish it)")
+    if len(members) < len(config.members) and not partial:
+        missing = [n for n in config.members if n not in {m.record.name for m in members}]
+        raise RunError(
+            f"{path}: only {len(members)} of {len(config.members)} members finished (the run "
+            f"was interrupted; missing {', '.join(missing[:5])}"
+            f"{' ...' if len(missing) > 5 else ''}); resume the training to finish it"
+        )
+    metrics = None
+    metrics_path = path / "metrics.json"
+    if metrics_path.is_file():
+        try:
+            metrics = RunMetrics.model_validate_json(metrics_path.read_text(encoding="utf-8"))
+        except ValueError:
+            metrics = None
+    return TrainedRun(path=path, config=config, members=members, metrics=metrics)

@@ -20,8 +20,7 @@ import hashlib
 import json
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from functools import cached_property
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +48,7 @@ from autobuild_dsl.scorer.records import (  # noqa: F401  (re-exported: run.py w
     CategoryInfo,
     EnsembleConfig,
     GlobalCount,
+    LoadedMember,
     MemberDone,
     MemberRecord,
     ProgressEvent,
@@ -57,6 +57,9 @@ from autobuild_dsl.scorer.records import (  # noqa: F401  (re-exported: run.py w
     RunMetrics,
     RunProgress,
     SummaryMetrics,
+    TrainedRun,
+    _read_record,
+    load_run,
     summarise,
     summary_json,
 )
@@ -376,135 +379,6 @@ def train_run(
 
 
 # ----- loading and using a run ---------------------------------------------------------------
-
-
-@dataclass
-class LoadedMember:
-    record: MemberRecord
-    model: ScorerModel
-
-    @property
-    def name(self) -> str:
-        return self.record.name
-
-    def hop_srcc(self, hop: int) -> float | None:
-        """This member's held-out SRCC at `hop` (None where it was not measured)."""
-        values = self.record.metrics.hop_srcc
-        return values[hop] if hop < len(values) else None
-
-    def hop_weight(self, hop: int) -> float:
-        """This member's weight for scores at `hop`: its held-out SRCC there (>= 0)."""
-        value = self.hop_srcc(hop)
-        return max(value, 0.0) if value is not None else 0.0
-
-    @property
-    def prediction_weight(self) -> float:
-        """Weight in `predict`: the held-out SRCC of the prediction head (>= 0)."""
-        value = self.record.metrics.pred_srcc
-        return max(value, 0.0) if value is not None else 0.0
-
-
-@dataclass
-class TrainedRun:
-    path: Path
-    config: RunConfig
-    members: list[LoadedMember]
-    metrics: RunMetrics | None = None
-    _encoder: Any = field(default=None, repr=False)
-
-    @cached_property
-    def space(self) -> Space:
-        return Space.model_validate(self.config.space)
-
-    @property
-    def target(self) -> str:
-        return self.config.target
-
-    @property
-    def target_name(self) -> str:
-        """The target's text: a metric name for plain targets (`top1`)."""
-        return self.config.target
-
-    @property
-    def categories(self) -> list[CategoryInfo]:
-        return self.config.categories
-
-    @property
-    def num_hops(self) -> int:
-        return self.config.model.num_layers + 1
-
-    def encoder(self) -> Any:
-        """The run's graph encoder (built once): a GraphEncoder for the run's space, or for
-        `encoding: ir` an IrEncoder with the run's fitted vocabularies."""
-        if self._encoder is None and self.config.encoding == "ir":
-            from autobuild_dsl.graphs.ir import IrEncoder
-
-            if self.config.encoder_state is None:
-                raise RunError(f"{self.path}: an ir run without its encoder state")
-            self._encoder = IrEncoder.from_state(self.config.encoder_state)
-        if self._encoder is None:
-            from autobuild_dsl.graphs.encode import GraphEncoder
-
-            self._encoder = GraphEncoder(self.space)
-            names = [c.name for c in self._encoder.categories]
-            if names != [c.name for c in self.config.categories]:
-                raise RunError(
-                    f"{self.path}: the encoder's features ({', '.join(names)}) differ from "
-                    "the run's; it was trained with another version of the encoder"
-                )
-        return self._encoder
-
-
-def _read_record(path: Path, name: str) -> MemberRecord:
-    file = path / "members" / f"{name}.json"
-    try:
-        return MemberRecord.model_validate_json(file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise RunError(f"{file}: cannot read member record: {error}") from None
-
-
-def load_run(path: str | Path, *, partial: bool = False) -> TrainedRun:
-    """A trained run folder: its config and every finished member's model (eval mode).
-    A run with unfinished members (interrupted) is refused unless `partial`: its ensemble
-    would silently be smaller (one member: no spread, `std` 0)."""
-    path = Path(path)
-    config_path = path / "config.json"
-    if not config_path.is_file():
-        raise RunError(f"{path}: not a run folder (no config.json)")
-    try:
-        config = RunConfig.model_validate_json(config_path.read_text(encoding="utf-8"))
-    except ValueError as error:
-        raise RunError(f"{config_path}: not a run configuration: {error}") from None
-    members: list[LoadedMember] = []
-    for name in config.members:
-        if not (path / "members" / f"{name}.json").exists():
-            continue  # not finished (an interrupted run)
-        record = _read_record(path, name)
-        model = ScorerModel(config.model)
-        try:
-            state = torch.load(path / record.weights, map_location="cpu", weights_only=True)
-            model.load_state_dict(state)
-        except (OSError, RuntimeError, ValueError) as error:
-            raise RunError(f"{path / record.weights}: cannot load weights: {error}") from None
-        model.eval()
-        members.append(LoadedMember(record=record, model=model))
-    if not members:
-        raise RunError(f"{path}: no finished member (resume the training to finish it)")
-    if len(members) < len(config.members) and not partial:
-        missing = [n for n in config.members if n not in {m.record.name for m in members}]
-        raise RunError(
-            f"{path}: only {len(members)} of {len(config.members)} members finished (the run "
-            f"was interrupted; missing {', '.join(missing[:5])}"
-            f"{' ...' if len(missing) > 5 else ''}); resume the training to finish it"
-        )
-    metrics = None
-    metrics_path = path / "metrics.json"
-    if metrics_path.is_file():
-        try:
-            metrics = RunMetrics.model_validate_json(metrics_path.read_text(encoding="utf-8"))
-        except ValueError:
-            metrics = None
-    return TrainedRun(path=path, config=config, members=members, metrics=metrics)
 
 
 def _as_packed(graphs: Sequence[Any] | PackedGraphs, model: ScorerModel) -> PackedGraphs:

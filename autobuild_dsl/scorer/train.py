@@ -11,15 +11,20 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
 from autobuild_dsl.parallel import thread_note, torch_threads  # noqa: F401 (re-exported)
+from autobuild_dsl.scorer.config import (  # noqa: F401  (re-exported: train.py was their home)
+    EpochProgress,
+    MemberMetrics,
+    ModelConfig,
+    Moments,
+    TrainConfig,
+)
 from autobuild_dsl.scorer.loss import LossKind, scorer_loss
-from autobuild_dsl.scorer.model import ModelConfig, PackedGraphs, ScorerModel, check_codes
+from autobuild_dsl.scorer.model import PackedGraphs, ScorerModel, check_codes
 from autobuild_dsl.scorer.softrank import resolve_backend
 
 # Graphs per forward pass when evaluating (bounds memory, not a training setting).
@@ -27,83 +32,6 @@ EVAL_CHUNK = 4096
 # Nodes per forward pass when only predicting: a chunk's activations (4096 x 32 floats,
 # 512 KiB) stay in cache between the layers' ops; 4x larger chunks ran ~15% slower.
 PREDICT_NODES = 4096
-
-
-class TrainConfig(BaseModel):
-    """Hyper-parameters of one predictor; the defaults are the paper's except the learning
-    rate (see `lr`) and BatchNorm (see `batch_norm`)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    epochs: int = Field(default=200, ge=1)
-    batch_size: int = Field(default=128, ge=2)
-    # 10x the authors' 1e-4: at 1e-4 our network underfits in 200 epochs (train SRCC of
-    # the predictions = test SRCC = 0.98 on DyNAS-T); at 1e-3 both reach 0.993.
-    lr: float = Field(default=1e-3, gt=0)
-    weight_decay: float = Field(default=1e-5, ge=0)
-    loss: LossKind = "ranked"
-    rank_lambda: float = Field(default=1.0, ge=0, description="weight of the ranking term")
-    regularization_strength: float = Field(default=1.0, gt=0, description="soft-rank epsilon")
-    norm_ord: Literal[1, 2] = Field(default=1, description="norm of the embeddings (L1: paper)")
-    softrank_backend: Literal["auto", "torchsort", "torch"] = "auto"
-    num_layers: int = Field(default=4, ge=1)
-    hidden: int = Field(default=32, ge=1)
-    fe_dim: int = Field(default=8, ge=1)
-    # Off by default, unlike the authors' code: with it the HELP hop-0 SRCC (the feature
-    # importances) fell from 0.95 to 0.4-0.6 and the predictions did not improve, at ~12%
-    # more time per epoch; --batch-norm restores it.
-    batch_norm: bool = False
-    threads: int = Field(default=1, ge=1, description="torch threads while training")
-    eval_every: int = Field(
-        default=10, ge=0, description="epochs between held-out checks for progress (0: never)"
-    )
-
-    def model_config_for(self, vocab_sizes: Sequence[int]) -> ModelConfig:
-        return ModelConfig(
-            vocab_sizes=list(vocab_sizes),
-            num_layers=self.num_layers,
-            hidden=self.hidden,
-            fe_dim=self.fe_dim,
-            batch_norm=self.batch_norm,
-            norm_ord=self.norm_ord,
-        )
-
-
-class Moments(BaseModel):
-    mean: float
-    sd: float
-    count: int
-
-
-class MemberMetrics(BaseModel):
-    """Held-out metrics of one member (None where the test split is too small)."""
-
-    hop_srcc: list[float | None] = Field(description="SRCC of hop-l graph-embedding norms")
-    pred_srcc: float | None = Field(description="SRCC of the prediction head")
-    mae: float | None = Field(description="mean absolute error, in target units")
-    n_train: int
-    n_test: int
-    epochs: int
-    train_seconds: float
-    seconds_per_epoch: float
-    cpu_seconds_per_epoch: float | None = Field(
-        default=None,
-        description="CPU time of the training process per epoch: what an epoch costs, "
-        "unlike wall time not inflated by other jobs on a shared machine (absent in runs "
-        "written before it existed)",
-    )
-
-
-@dataclass
-class EpochProgress:
-    """Sent after every epoch; `test_srcc` only on evaluation epochs."""
-
-    member: str
-    epoch: int
-    epochs: int
-    loss: float
-    srcc: float | None  # mean soft SRCC over hops on the training batches
-    test_srcc: float | None  # mean held-out SRCC over hops (ranked) or of the head (mse)
 
 
 ProgressFn = Callable[[EpochProgress], None]

@@ -277,7 +277,7 @@ def test_warm_started_baselines_use_the_labels() -> None:
 
 def test_guided_pays_for_what_the_scorers_place_best(tmp_path: Path) -> None:
     from autobuild_dsl.scorer import load_run
-    from autobuild_dsl.scorer.graph_scores import graph_scores
+    from autobuild_dsl.scorer.embedding_scores import graph_scores
     from autobuild_dsl.search.loop_guided import candidates
 
     data = labels()
@@ -367,7 +367,7 @@ def test_free_metrics_fill_the_rows_and_guide_the_front(tmp_path: Path) -> None:
     import numpy as np
 
     from autobuild_dsl.scorer import load_run
-    from autobuild_dsl.scorer.graph_scores import graph_scores
+    from autobuild_dsl.scorer.embedding_scores import graph_scores
     from autobuild_dsl.search.loop_guided import (
         calibrated,
         candidates,

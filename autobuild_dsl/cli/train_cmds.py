@@ -281,7 +281,7 @@ def predict_cmd(
 
     Prints the ensemble mean and spread (the members' weighted standard deviation).
     """
-    from autobuild_dsl.scorer.graph_scores import prediction_doubt
+    from autobuild_dsl.scorer.embedding_scores import prediction_doubt
     from autobuild_dsl.scorer.run import load_run, predict
     from autobuild_dsl.space.architecture import read_architecture_records
     from autobuild_dsl.space.decisions import ArchitectureError, canonicalize

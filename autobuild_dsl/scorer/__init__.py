@@ -7,8 +7,7 @@ training, ensembles and run folders.
 
 The names below are imported on first use (PEP 562): importing a torch-free part of the
 package (scorer.config, scorer.records, reading a run folder) does not import torch.
-`graph_scores` is the submodule (import the function from `scorer.graph_scores`): a lazy
-name could not tell the two apart.
+No name below is also a submodule's name (a lazy name could not tell the two apart).
 """
 
 from __future__ import annotations
@@ -19,7 +18,9 @@ from autobuild_dsl.lazy import lazy_names
 
 # name -> the module under autobuild_dsl.scorer that defines it
 _HOMES: dict[str, str] = {
-    "prediction_doubt": "graph_scores",
+    "graph_scores": "embedding_scores",
+    "member_weights": "embedding_scores",
+    "prediction_doubt": "embedding_scores",
     "FeatureScore": "config",
     "ModelConfig": "config",
     "MemberMetrics": "config",
@@ -72,7 +73,7 @@ if TYPE_CHECKING:
         Moments,
         TrainConfig,
     )
-    from autobuild_dsl.scorer.graph_scores import prediction_doubt
+    from autobuild_dsl.scorer.embedding_scores import graph_scores, member_weights, prediction_doubt
     from autobuild_dsl.scorer.model import (
         GATv2Layer,
         GraphBatch,
@@ -126,8 +127,10 @@ __all__ = [
     "available_backend",
     "default_num_layers",
     "feature_importance",
+    "graph_scores",
     "load_run",
     "member_predictions",
+    "member_weights",
     "node_norms",
     "pack_graphs",
     "predict",

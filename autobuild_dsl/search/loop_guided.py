@@ -156,7 +156,7 @@ def calibrated(held_scores: np.ndarray, held_values: np.ndarray, scores: np.ndar
 
 def score_pool(runs: Sequence[object], pool: Sequence[Architecture]) -> list[np.ndarray]:
     """Each run's score of every architecture of the pool."""
-    from autobuild_dsl.scorer.graph_scores import graph_scores
+    from autobuild_dsl.scorer.embedding_scores import graph_scores
 
     if not pool:
         return [np.zeros(0) for _ in runs]

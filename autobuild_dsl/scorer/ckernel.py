@@ -41,7 +41,7 @@ static inline float lrelu(float x, float s) { return x > 0.f ? x : x * s; }
    (residual input, mode 2 only). With a pool table (pt not NULL), row i's output is also
    added to pt[pb[i], pc:pc + d] (row width pw): the graph sums of the hop. Modes are
    compile-time constants in each instance, so the inner loops vectorise. */
-INLINE void forward_rows(long n, int d, float *restrict both, const float *restrict h,
+INLINE void forward_rows(long n, const int d, float *restrict both, const float *restrict h,
                          const float *restrict att, const float *restrict has,
                          const float *restrict bias, const float *restrict bl,
                          const float *restrict br, float slope, const int mode,
@@ -91,19 +91,22 @@ void gat_forward(long n, int d, float *both, const float *h, const float *att,
                  const float *has, const float *bias, const float *bl, const float *br,
                  float slope, int mode, float *out, float *relu, float *w, const long *pb,
                  float *pt, long pw, long pc) {
-    if (mode == 0)
-        forward_rows(n, d, both, h, att, has, bias, bl, br, slope, 0, out, relu, w, pb, pt, pw, pc);
-    else if (mode == 1)
-        forward_rows(n, d, both, h, att, has, bias, bl, br, slope, 1, out, relu, w, pb, pt, pw, pc);
-    else
-        forward_rows(n, d, both, h, att, has, bias, bl, br, slope, 2, out, relu, w, pb, pt, pw, pc);
+#define FWD(D, M) forward_rows(n, D, both, h, att, has, bias, bl, br, slope, M, out, relu, \
+                                  w, pb, pt, pw, pc)
+    /* hidden 32 (the default) with its width a constant: unrolled, sums in registers */
+    if (d == 32) {
+        if (mode == 0) FWD(32, 0); else if (mode == 1) FWD(32, 1); else FWD(32, 2);
+    } else {
+        if (mode == 0) FWD(d, 0); else if (mode == 1) FWD(d, 1); else FWD(d, 2);
+    }
+#undef FWD
 }
 
 /* grad_both: [n, 2d] out; grad_att, grad_bias, grad_bb ([2d]: the gradients of bl | br):
    zeroed by the caller. Row i's predecessor message gradient is added to row i - 1's
    source gradient. The output's gradient is grad (NULL: none) plus, with a pool table,
    pt[pb[i], pc:pc + d]; with gfull it is written there (the residual skip needs it). */
-INLINE void backward_rows(long n, int d, const float *restrict both, const float *restrict w,
+INLINE void backward_rows(long n, const int d, const float *restrict both, const float *restrict w,
                           const float *restrict relu, const float *restrict grad,
                           const float *restrict att, const float *restrict has, float slope,
                           const int mode, float *restrict grad_both, float *restrict grad_att,
@@ -170,12 +173,14 @@ void gat_backward(long n, int d, const float *both, const float *w, const float 
                   int mode, float *grad_both, float *grad_att, float *grad_bias,
                   float *grad_bb, const long *pb, const float *pt, long pw, long pc,
                   float *gfull) {
-    if (mode == 0)
-        backward_rows(n, d, both, w, relu, grad, att, has, slope, 0, grad_both, grad_att,
-                      grad_bias, grad_bb, pb, pt, pw, pc, gfull);
-    else
-        backward_rows(n, d, both, w, relu, grad, att, has, slope, 1, grad_both, grad_att,
-                      grad_bias, grad_bb, pb, pt, pw, pc, gfull);
+#define BWD(D, M) backward_rows(n, D, both, w, relu, grad, att, has, slope, M, grad_both, \
+                                   grad_att, grad_bias, grad_bb, pb, pt, pw, pc, gfull)
+    if (d == 32) {
+        if (mode == 0) BWD(32, 0); else BWD(32, 1);
+    } else {
+        if (mode == 0) BWD(d, 0); else BWD(d, 1);
+    }
+#undef BWD
 }
 """
 

@@ -18,8 +18,16 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from autobuild_dsl.parallel import thread_note, torch_threads  # noqa: F401 (re-exported)
+from autobuild_dsl.scorer import fused
 from autobuild_dsl.scorer.loss import LossKind, scorer_loss
-from autobuild_dsl.scorer.model import ModelConfig, PackedGraphs, ScorerModel, check_codes
+from autobuild_dsl.scorer.model import (
+    GraphBatch,
+    ModelConfig,
+    PackedGraphs,
+    ScorerModel,
+    ScorerOutput,
+    check_codes,
+)
 from autobuild_dsl.scorer.softrank import resolve_backend
 
 # Graphs per forward pass when evaluating (bounds memory, not a training setting).
@@ -320,10 +328,13 @@ class _Epochs:
     order: torch.Generator
     flat: torch.nn.Parameter = field(init=False)
     optimizer: torch.optim.Optimizer = field(init=False)
+    layout: fused.FlatLayout = field(init=False)
+    whole: bool | None = field(init=False, default=None)  # fused.applies, once known
 
     def __post_init__(self) -> None:
         # Fused AdamW on one flat tensor: one kernel, no per-parameter Python loop.
         self.flat = flatten_parameters(self.model)
+        self.layout = fused.FlatLayout.of(self.model)
         self.optimizer = torch.optim.AdamW(
             [self.flat],
             lr=self.config.lr,
@@ -340,7 +351,7 @@ class _Epochs:
         total, srcc_sum, srcc_count = 0.0, 0.0, 0
         for batch_idx, batch in zip(chunks, self.packed.select_many(chunks), strict=True):
             loss = scorer_loss(
-                self.model.training_forward(batch),
+                self._forward(batch),
                 self.y_std[batch_idx],
                 kind=config.loss,
                 rank_lambda=config.rank_lambda,
@@ -357,6 +368,14 @@ class _Epochs:
                 srcc_sum += sum(loss.hop_srcc) / len(loss.hop_srcc)
                 srcc_count += 1
         return total / max(len(chunks), 1), srcc_sum / srcc_count if srcc_count else None
+
+    def _forward(self, batch: GraphBatch) -> ScorerOutput:
+        # Every batch of one packed set takes the same path: decide on the first.
+        if self.whole is None:
+            self.whole = fused.applies(self.model, batch)
+        if self.whole:
+            return fused.fused_forward(self.model, self.layout, self.flat, batch)
+        return self.model.training_forward(batch)
 
 
 def train_member(

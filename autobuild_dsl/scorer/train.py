@@ -162,6 +162,41 @@ def unit_ranks(values: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(ranks / norm if norm > 0 else ranks)
 
 
+def unit_ranks_many(values: np.ndarray, sizes: Sequence[int]) -> list[torch.Tensor]:
+    """`unit_ranks` of consecutive slices of `values` (`sizes` long each): an epoch's
+    batches at once, the batches of the common size as rows of one matrix."""
+    common = sizes[0] if sizes else 0
+    rows = 0
+    while rows < len(sizes) and sizes[rows] == common:
+        rows += 1
+    out: list[torch.Tensor] = []
+    if rows and common > 1:
+        block = np.asarray(values[: rows * common], dtype=np.float64).reshape(rows, common)
+        order = np.argsort(block, axis=1, kind="mergesort")
+        ordered = np.take_along_axis(block, order, axis=1)
+        position = np.broadcast_to(np.arange(common), block.shape)
+        starts = np.ones(block.shape, dtype=bool)
+        starts[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+        ends = np.ones(block.shape, dtype=bool)
+        ends[:, :-1] = starts[:, 1:]
+        # Each tie group's first and last position, spread over the group.
+        first = np.maximum.accumulate(np.where(starts, position, 0), axis=1)
+        last = np.minimum.accumulate(np.where(ends, position, common)[:, ::-1], axis=1)[:, ::-1]
+        ranks = np.empty(block.shape)
+        np.put_along_axis(ranks, order, (first + last) / 2.0 + 1.0, axis=1)
+        ranks -= ranks.mean(axis=1, keepdims=True)
+        norm = np.sqrt(np.einsum("ij,ij->i", ranks, ranks))[:, None]
+        ranks = np.divide(ranks, norm, out=ranks, where=norm > 0)
+        out = list(torch.from_numpy(ranks).unbind(0))
+    else:
+        rows = 0
+    offset = rows * common
+    for size in sizes[rows:]:
+        out.append(unit_ranks(values[offset : offset + size]))
+        offset += size
+    return out
+
+
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
     """Spearman's rank correlation (NaN when either side is constant or holds NaN)."""
     a = np.asarray(a, dtype=np.float64)
@@ -348,8 +383,10 @@ class _Epochs:
         self.model.train()
         perm = self.train[torch.randperm(self.train.shape[0], generator=self.order)]
         chunks = _batches(perm, config.batch_size)
+        units = unit_ranks_many(self.y[perm.numpy()], [int(c.shape[0]) for c in chunks])
         total, srcc_sum, srcc_count = 0.0, 0.0, 0
-        for batch_idx, batch in zip(chunks, self.packed.select_many(chunks), strict=True):
+        batches = self.packed.select_many(chunks)
+        for batch_idx, batch, unit in zip(chunks, batches, units, strict=True):
             loss = scorer_loss(
                 self._forward(batch),
                 self.y_std[batch_idx],
@@ -358,7 +395,7 @@ class _Epochs:
                 regularization_strength=config.regularization_strength,
                 norm_ord=config.norm_ord,
                 backend=self.backend,
-                target_unit=unit_ranks(self.y[batch_idx.numpy()]),
+                target_unit=unit,
             )
             self.flat.grad.zero_()  # type: ignore[union-attr]
             loss.total.backward()

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch._utils import _flatten_dense_tensors
 
 from autobuild_dsl.scorer import ckernel
 from autobuild_dsl.scorer.fastlayer import (
@@ -121,7 +122,8 @@ class _WholeNetwork(torch.autograd.Function):
         for param, grad in zip(layout.conv, stack[1:], strict=True):
             grads[id(param)] = grad
         _features_backward(model, ctx.raw, ctx.codes, stack[0], grads)
-        flat_grad = torch.cat([grads[id(p)].reshape(-1) for p in layout.params])
+        # One C++ call flattens and concatenates (a Python reshape per parameter cost more).
+        flat_grad = _flatten_dense_tensors([grads[id(p)] for p in layout.params])
         return flat_grad, None, None, None
 
 

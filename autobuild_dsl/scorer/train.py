@@ -162,9 +162,11 @@ def unit_ranks(values: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(ranks / norm if norm > 0 else ranks)
 
 
-def unit_ranks_many(values: np.ndarray, sizes: Sequence[int]) -> list[torch.Tensor]:
-    """`unit_ranks` of consecutive slices of `values` (`sizes` long each): an epoch's
-    batches at once, the batches of the common size as rows of one matrix."""
+def unit_ranks_many(
+    values: np.ndarray, sizes: Sequence[int], dtype: torch.dtype = torch.float64
+) -> list[torch.Tensor]:
+    """`unit_ranks` of consecutive slices of `values` (`sizes` long each), as `dtype`: an
+    epoch's batches at once, the batches of the common size as rows of one matrix."""
     common = sizes[0] if sizes else 0
     rows = 0
     while rows < len(sizes) and sizes[rows] == common:
@@ -187,12 +189,12 @@ def unit_ranks_many(values: np.ndarray, sizes: Sequence[int]) -> list[torch.Tens
         ranks -= ranks.mean(axis=1, keepdims=True)
         norm = np.sqrt(np.einsum("ij,ij->i", ranks, ranks))[:, None]
         ranks = np.divide(ranks, norm, out=ranks, where=norm > 0)
-        out = list(torch.from_numpy(ranks).unbind(0))
+        out = list(torch.from_numpy(ranks).to(dtype).unbind(0))
     else:
         rows = 0
     offset = rows * common
     for size in sizes[rows:]:
-        out.append(unit_ranks(values[offset : offset + size]))
+        out.append(unit_ranks(values[offset : offset + size]).to(dtype))
         offset += size
     return out
 
@@ -383,7 +385,9 @@ class _Epochs:
         self.model.train()
         perm = self.train[torch.randperm(self.train.shape[0], generator=self.order)]
         chunks = _batches(perm, config.batch_size)
-        units = unit_ranks_many(self.y[perm.numpy()], [int(c.shape[0]) for c in chunks])
+        sizes = [int(c.shape[0]) for c in chunks]
+        # float32: the loss's side of the correlation; converted once, not per batch.
+        units = unit_ranks_many(self.y[perm.numpy()], sizes, torch.float32)
         total, srcc_sum, srcc_count = 0.0, 0.0, 0
         batches = self.packed.select_many(chunks)
         for batch_idx, batch, unit in zip(chunks, batches, units, strict=True):

@@ -13,7 +13,13 @@ from typing import Literal
 import torch
 
 from autobuild_dsl.scorer.model import ScorerOutput
-from autobuild_dsl.scorer.softrank import hard_rank, soft_rank, soft_spearman
+from autobuild_dsl.scorer.softrank import (
+    hard_rank,
+    resolve_backend,
+    soft_rank,
+    soft_spearman,
+    unit_spearman,
+)
 
 LossKind = Literal["ranked", "mse"]
 
@@ -47,6 +53,8 @@ def scorer_loss(
     norms = output.graph_norms(norm_ord)  # [hops, graphs]
     if target_unit is None:
         srcc = soft_spearman(norms, hard_rank(target), regularization_strength, backend)
+    elif resolve_backend(backend) == "torchsort":
+        srcc = unit_spearman(norms, target_unit, regularization_strength)
     else:
         ranks = soft_rank(norms, regularization_strength, backend)
         centred = ranks - ranks.mean(dim=1, keepdim=True)

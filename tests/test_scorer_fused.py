@@ -23,8 +23,8 @@ def _model(residual: bool = True) -> ScorerModel:
     return model
 
 
-@pytest.mark.parametrize("residual", [True, False])
-def test_whole_network_node_matches_the_per_module_path(residual: bool) -> None:
+@pytest.mark.parametrize(("residual", "kind"), [(True, "ranked"), (False, "ranked"), (True, "mse")])
+def test_whole_network_node_matches_the_per_module_path(residual: bool, kind: str) -> None:
     packed = pack_graphs(_chains())
     batch = packed.select(torch.tensor([3, 0, 11, 7, 1, 25, 18, 2, 30, 12]))
     model = _model(residual)
@@ -37,7 +37,8 @@ def test_whole_network_node_matches_the_per_module_path(residual: bool) -> None:
         flat.grad.zero_()
         out = output_of()
         # The training loss reads both outputs: the head's and every hop's pooled norm.
-        scorer_loss(out, target, backend="torch").total.backward()
+        # (mse: the prediction alone, no gradient reaches the pooled hops or their norms)
+        scorer_loss(out, target, kind=kind, backend="torch").total.backward()  # type: ignore[arg-type]
         return out.prediction.detach(), out.pooled.detach(), flat.grad.clone()
 
     prediction, pooled, grad = run(lambda: fused.fused_forward(model, layout, flat, batch))

@@ -66,9 +66,10 @@ def applies(model: ScorerModel, batch: GraphBatch) -> bool:
 def fused_forward(
     model: ScorerModel, layout: FlatLayout, flat: torch.Tensor, batch: GraphBatch
 ) -> ScorerOutput:
-    """`model.training_forward(batch)` as one autograd node whose only input is `flat`."""
-    prediction, pooled = _WholeNetwork.apply(flat, model, layout, batch)
-    return ScorerOutput(prediction, [], pooled, model.hop_of_column)
+    """`model.training_forward(batch)` as one autograd node whose only input is `flat`
+    (the pooled hops' L1 norms, what the ranked loss reads, computed inside it too)."""
+    prediction, pooled, l1_norms = _WholeNetwork.apply(flat, model, layout, batch)
+    return ScorerOutput(prediction, [], pooled, model.hop_of_column, l1_norms)
 
 
 class _WholeNetwork(torch.autograd.Function):
@@ -95,11 +96,18 @@ class _WholeNetwork(torch.autograd.Function):
             inputs.append(out.relu_() if i < len(layout.linears) - 1 else out)
         ctx.nbrs, ctx.pool, ctx.widths, ctx.saved = nbrs, pool, widths, saved
         ctx.model, ctx.layout, ctx.raw, ctx.codes, ctx.inputs = model, layout, raw, codes, inputs
-        return inputs[-1].squeeze(-1), pooled
+        ctx.pooled = pooled
+        ctx.set_materialize_grads(False)  # an unused output's gradient stays None: no work
+        # As ScorerOutput.graph_norms(1) computes them: [hops, graphs].
+        l1_norms = (pooled.abs() @ model.hop_of_column.T).T
+        return inputs[-1].squeeze(-1), pooled, l1_norms
 
     @staticmethod
     def backward(  # type: ignore[override]
-        ctx: Any, grad_prediction: torch.Tensor | None, grad_pooled: torch.Tensor | None
+        ctx: Any,
+        grad_prediction: torch.Tensor | None,
+        grad_pooled: torch.Tensor | None,
+        grad_norms: torch.Tensor | None,
     ) -> tuple[torch.Tensor | None, ...]:
         model: ScorerModel = ctx.model
         layout: FlatLayout = ctx.layout
@@ -109,6 +117,9 @@ class _WholeNetwork(torch.autograd.Function):
             grad_pooled = ctx.inputs[0].new_zeros(graphs, sum(ctx.widths))
         else:  # the head's gradient is added to it below: not the caller's tensor
             grad_pooled = grad_pooled.clone()
+        if grad_norms is not None:  # d |pooled| summed per hop
+            spread = grad_norms.T @ model.hop_of_column
+            grad_pooled.addcmul_(ctx.pooled.sign(), spread)
         if grad_prediction is not None:
             grad_head = _head_backward(layout.linears, ctx.inputs, grad_prediction, grads)
             grad_pooled[:, -model.config.hidden :] += grad_head

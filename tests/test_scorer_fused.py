@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
 from autobuild_dsl.scorer import ModelConfig, ScorerModel, ckernel, fused, pack_graphs
 from autobuild_dsl.scorer.loss import scorer_loss
-from autobuild_dsl.scorer.train import TrainConfig, flatten_parameters, train_member
-from tests.test_scorer_ckernel import _chains
+from autobuild_dsl.scorer.train import flatten_parameters
+from tests.test_scorer_ckernel import _chains, small_member
 
 pytestmark = pytest.mark.skipif(ckernel.library() is None, reason="no C compiler here")
 
@@ -61,12 +60,8 @@ def test_the_node_needs_the_kernels_and_no_batch_norm(monkeypatch: pytest.Monkey
 def test_training_through_the_node_ends_where_the_per_module_path_does(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    packed = pack_graphs(_chains(60, seed=4))
-    y = np.random.default_rng(0).normal(size=60)
-    config = TrainConfig(epochs=3, batch_size=16, num_layers=2, hidden=8, eval_every=0)
-
     def member() -> tuple[list[float | None], list[torch.Tensor]]:
-        trained = train_member(packed, y, range(48), range(48, 60), [3, 4, 6], config, seed=2)
+        trained = small_member()
         return trained.metrics.hop_srcc, [p.detach().clone() for p in trained.model.parameters()]
 
     calls: list[bool] = []

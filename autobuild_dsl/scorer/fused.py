@@ -95,8 +95,12 @@ class _WholeNetwork(torch.autograd.Function):
             out = torch.addmm(linear.bias, inputs[-1], linear.weight.t())
             inputs.append(out.relu_() if i < len(layout.linears) - 1 else out)
         ctx.nbrs, ctx.pool, ctx.widths, ctx.saved = nbrs, pool, widths, saved
-        ctx.model, ctx.layout, ctx.raw, ctx.codes, ctx.inputs = model, layout, raw, codes, inputs
-        ctx.pooled = pooled
+        ctx.model, ctx.layout, ctx.raw, ctx.codes = model, layout, raw, codes
+        # Outputs (pooled, and the head's first input, a view of it) go through
+        # save_for_backward: kept on ctx they would make a reference cycle with the
+        # output's grad_fn, and every step's saved tensors would leak.
+        ctx.hidden = inputs[1:-1]
+        ctx.save_for_backward(pooled)
         ctx.set_materialize_grads(False)  # an unused output's gradient stays None: no work
         # As ScorerOutput.graph_norms(1) computes them: [hops, graphs].
         l1_norms = (pooled.abs() @ model.hop_of_column.T).T
@@ -112,16 +116,15 @@ class _WholeNetwork(torch.autograd.Function):
         model: ScorerModel = ctx.model
         layout: FlatLayout = ctx.layout
         grads: dict[int, torch.Tensor] = {}
-        graphs = ctx.inputs[0].shape[0]
-        if grad_pooled is None:
-            grad_pooled = ctx.inputs[0].new_zeros(graphs, sum(ctx.widths))
-        else:  # the head's gradient is added to it below: not the caller's tensor
-            grad_pooled = grad_pooled.clone()
+        (pooled,) = ctx.saved_tensors
+        # The head's gradient is added to it below: a fresh tensor, not the caller's.
+        grad_pooled = pooled.new_zeros(pooled.shape) if grad_pooled is None else grad_pooled.clone()
         if grad_norms is not None:  # d |pooled| summed per hop
             spread = grad_norms.T @ model.hop_of_column
-            grad_pooled.addcmul_(ctx.pooled.sign(), spread)
+            grad_pooled.addcmul_(pooled.sign(), spread)
         if grad_prediction is not None:
-            grad_head = _head_backward(layout.linears, ctx.inputs, grad_prediction, grads)
+            inputs = [pooled[:, -model.config.hidden :], *ctx.hidden]
+            grad_head = _head_backward(layout.linears, inputs, grad_prediction, grads)
             grad_pooled[:, -model.config.hidden :] += grad_head
         else:
             for linear in layout.linears:

@@ -8,7 +8,7 @@ import torch
 from torch_geometric.data import Data
 
 from autobuild_dsl.scorer import ModelConfig, ScorerModel, ckernel, pack_graphs
-from autobuild_dsl.scorer.train import TrainConfig, train_member
+from autobuild_dsl.scorer.train import TrainConfig, TrainedMember, train_member
 
 pytestmark = pytest.mark.skipif(ckernel.library() is None, reason="no C compiler here")
 
@@ -63,15 +63,19 @@ def test_kernel_forward_and_gradients_match_the_tensor_ops(
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
 
 
-def test_training_with_the_kernel_ends_where_the_tensor_ops_do(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def small_member() -> TrainedMember:
+    """A small seeded member on chained graphs: 3 epochs of batches of 16."""
     packed = pack_graphs(_chains(60, seed=4))
     y = np.random.default_rng(0).normal(size=60)
     config = TrainConfig(epochs=3, batch_size=16, num_layers=2, hidden=8, eval_every=0)
+    return train_member(packed, y, range(48), range(48, 60), [3, 4, 6], config, seed=2)
 
+
+def test_training_with_the_kernel_ends_where_the_tensor_ops_do(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     def member() -> tuple[list[float | None], torch.Tensor]:
-        trained = train_member(packed, y, range(48), range(48, 60), [3, 4, 6], config, seed=2)
+        trained = small_member()
         return trained.metrics.hop_srcc, trained.model.convs[1].att.detach().clone()
 
     hops, att = member()

@@ -169,3 +169,40 @@ def test_flat_parameters_step_exactly_like_separate_ones() -> None:
     for a, b in zip(flat_model.parameters(), plain_model.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
         assert a.untyped_storage().data_ptr() != flat.untyped_storage().data_ptr()
+
+
+def test_an_epochs_unit_ranks_at_once_equal_each_batchs() -> None:
+    from autobuild_dsl.scorer.train import unit_ranks_many
+
+    rng = np.random.default_rng(3)
+    values = rng.integers(0, 6, size=50).astype(np.float64)  # many ties
+    values[10:15] = 2.0  # a batch that ties throughout
+    sizes = [5, 5, 5, 5, 5, 5, 5, 5, 10]
+    got = unit_ranks_many(values, sizes)
+    starts = np.cumsum([0, *sizes[:-1]])
+    assert len(got) == len(sizes)
+    for start, size, ranks in zip(starts, sizes, got, strict=True):
+        torch.testing.assert_close(ranks, unit_ranks(values[start : start + size]))
+    assert float(got[2].abs().sum()) == 0.0
+
+
+def test_flat_adamw_steps_as_torchs_fused_adamw() -> None:
+    from autobuild_dsl.scorer.train import FlatAdamW
+
+    gen = torch.Generator().manual_seed(0)
+    ours = torch.nn.Parameter(torch.randn(300, generator=gen))
+    ours.grad = torch.zeros(300)
+    theirs = torch.nn.Parameter(ours.detach().clone())
+    theirs.grad = torch.zeros(300)
+    optimizer = torch.optim.AdamW([theirs], lr=1e-3, weight_decay=1e-5, fused=True)
+    flat_adamw = FlatAdamW(ours, lr=1e-3, weight_decay=1e-5)
+    for _ in range(25):
+        grad = torch.randn(300, generator=gen)
+        ours.grad.copy_(grad)
+        theirs.grad.copy_(grad)
+        flat_adamw.step()
+        optimizer.step()
+    assert not torch.equal(
+        ours.detach(), torch.randn(300, generator=torch.Generator().manual_seed(0))
+    )
+    torch.testing.assert_close(ours.detach(), theirs.detach(), rtol=0, atol=1e-7)

@@ -105,3 +105,35 @@ def test_backend_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
         resolve_backend("torchsort")
     values = torch.randn(2, 5)
     torch.testing.assert_close(soft_rank(values), soft_rank_torch(values))
+
+
+@needs_torchsort
+@pytest.mark.parametrize("strength", [0.1, 1.0])
+def test_one_node_unit_spearman_matches_soft_rank_then_pearson(strength: float) -> None:
+    from autobuild_dsl.scorer.softrank import unit_spearman
+    from autobuild_dsl.scorer.train import unit_ranks
+
+    gen = torch.Generator().manual_seed(0)
+    values = torch.randn(5, 64, generator=gen, dtype=torch.float64)
+    values[2, :8] = values[2, 8]  # tied values in one row
+    labels = np.round(np.random.default_rng(1).normal(size=64), 1)  # tied labels
+    unit = unit_ranks(labels)
+    weights = torch.randn(5, generator=gen, dtype=torch.float64)
+
+    def run(fn) -> tuple[torch.Tensor, torch.Tensor]:
+        x = values.clone().requires_grad_()
+        srcc = fn(x)
+        (srcc * weights).sum().backward()
+        return srcc.detach(), x.grad
+
+    got, grad = run(lambda x: unit_spearman(x, unit, strength))
+
+    def reference(x: torch.Tensor) -> torch.Tensor:
+        ranks = soft_rank(x, strength, "torchsort")
+        centred = ranks - ranks.mean(dim=1, keepdim=True)
+        return (centred @ unit) / centred.norm(dim=1).clamp(min=1e-12)
+
+    expected, grad_ref = run(reference)
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+    assert grad_ref.abs().sum() > 0
+    torch.testing.assert_close(grad, grad_ref, rtol=1e-8, atol=1e-12)

@@ -33,18 +33,24 @@ MODES = {"plain": 0, "relu": 1, "relu_residual": 2}
 _SOURCE = r"""
 #include <math.h>
 #define MAX_DIM 512
+#define INLINE static inline __attribute__((always_inline))
 static inline float lrelu(float x, float s) { return x > 0.f ? x : x * s; }
 
-/* both: [n, 2d] (source | target); h: [n, d] (residual input, mode 2 only). With a pool
-   table (pt not NULL), row i's output is also added to pt[pb[i], pc:pc + d] (row width
-   pw): the graph sums of the hop. */
-void gat_forward(long n, int d, const float *restrict both, const float *restrict h,
-                 const float *restrict att, const float *restrict has,
-                 const float *restrict bias, float slope, int mode, float *out,
-                 float *relu, float *restrict w, const long *restrict pb,
-                 float *restrict pt, long pw, long pc) {
+/* both: [n, 2d], h @ [W_l; W_r]^T without the biases: row i gets bl | br added here, in
+   place, before it is read (row i - 1, the predecessor, already has them). h: [n, d]
+   (residual input, mode 2 only). With a pool table (pt not NULL), row i's output is also
+   added to pt[pb[i], pc:pc + d] (row width pw): the graph sums of the hop. Modes are
+   compile-time constants in each instance, so the inner loops vectorise. */
+INLINE void forward_rows(long n, const int d, float *restrict both, const float *restrict h,
+                         const float *restrict att, const float *restrict has,
+                         const float *restrict bias, const float *restrict bl,
+                         const float *restrict br, float slope, const int mode,
+                         float *restrict out, float *restrict relu, float *restrict w,
+                         const long *restrict pb, float *restrict pt, long pw, long pc) {
     for (long i = 0; i < n; i++) {
-        const float *s = both + i * 2 * d, *t = s + d;
+        float *s = both + i * 2 * d, *t = s + d;
+        #pragma omp simd
+        for (int k = 0; k < d; k++) { s[k] += bl[k]; t[k] += br[k]; }
         const float *p = (i > 0 && has[i] != 0.f) ? both + (i - 1) * 2 * d : s;
         float acc = 0.f;
         #pragma omp simd reduction(+:acc)
@@ -52,52 +58,93 @@ void gat_forward(long n, int d, const float *restrict both, const float *restric
             acc += att[k] * (lrelu(p[k] + t[k], slope) - lrelu(s[k] + t[k], slope));
         float wi = has[i] / (1.f + expf(-acc));
         w[i] = wi;
-        float *o = out + i * d, *r = relu + i * d;
-        const float *hi = h + i * d;
-        for (int k = 0; k < d; k++) {
-            float v = s[k] + wi * (p[k] - s[k]) + bias[k];
-            if (mode == 0) { o[k] = v; continue; }
-            v = v > 0.f ? v : 0.f;
-            r[k] = v;
-            o[k] = mode == 2 ? v + hi[k] : v;
+        float *o = out + i * d;
+        if (mode == 0) {
+            #pragma omp simd
+            for (int k = 0; k < d; k++) o[k] = s[k] + wi * (p[k] - s[k]) + bias[k];
+        } else if (mode == 1) {
+            #pragma omp simd
+            for (int k = 0; k < d; k++) {
+                float v = s[k] + wi * (p[k] - s[k]) + bias[k];
+                o[k] = v > 0.f ? v : 0.f;
+            }
+        } else {
+            float *r = relu + i * d;
+            const float *hi = h + i * d;
+            #pragma omp simd
+            for (int k = 0; k < d; k++) {
+                float v = s[k] + wi * (p[k] - s[k]) + bias[k];
+                v = v > 0.f ? v : 0.f;
+                r[k] = v;
+                o[k] = v + hi[k];
+            }
         }
         if (pt) {
             float *dst = pt + pb[i] * pw + pc;
+            #pragma omp simd
             for (int k = 0; k < d; k++) dst[k] += o[k];
         }
     }
 }
 
-/* grad_both: [n, 2d] out; grad_att, grad_bias: [d], zeroed by the caller. Row i's
-   predecessor message gradient is added to row i - 1's source gradient. The output's
-   gradient is grad (NULL: none) plus, with a pool table, pt[pb[i], pc:pc + d]; with
-   gfull it is written there (the residual skip needs it). */
-void gat_backward(long n, int d, const float *restrict both, const float *restrict w,
-                  const float *restrict relu, const float *restrict grad,
-                  const float *restrict att, const float *restrict has, float slope,
-                  int mode, float *restrict grad_both, float *restrict grad_att,
-                  float *restrict grad_bias, const long *restrict pb,
-                  const float *restrict pt, long pw, long pc, float *restrict gfull) {
-    float gin[MAX_DIM];
-    float gp[MAX_DIM], gm[MAX_DIM];
+void gat_forward(long n, int d, float *both, const float *h, const float *att,
+                 const float *has, const float *bias, const float *bl, const float *br,
+                 float slope, int mode, float *out, float *relu, float *w, const long *pb,
+                 float *pt, long pw, long pc) {
+#define FWD(D, M) forward_rows(n, D, both, h, att, has, bias, bl, br, slope, M, out, relu, \
+                                  w, pb, pt, pw, pc)
+    /* hidden 32 (the default) with its width a constant: unrolled, sums in registers */
+    if (d == 32) {
+        if (mode == 0) FWD(32, 0); else if (mode == 1) FWD(32, 1); else FWD(32, 2);
+    } else {
+        if (mode == 0) FWD(d, 0); else if (mode == 1) FWD(d, 1); else FWD(d, 2);
+    }
+#undef FWD
+}
+
+/* grad_both: [n, 2d] out; grad_att, grad_bias, grad_bb ([2d]: the gradients of bl | br):
+   zeroed by the caller. Row i's predecessor message gradient is added to row i - 1's
+   source gradient. The output's gradient is grad (NULL: none) plus, with a pool table,
+   pt[pb[i], pc:pc + d]; with gfull it is written there (the residual skip needs it). */
+INLINE void backward_rows(long n, const int d, const float *restrict both, const float *restrict w,
+                          const float *restrict relu, const float *restrict grad,
+                          const float *restrict att, const float *restrict has, float slope,
+                          const int mode, float *restrict grad_both, float *restrict grad_att,
+                          float *restrict grad_bias, float *restrict grad_bb,
+                          const long *restrict pb, const float *restrict pt, long pw, long pc,
+                          float *restrict gfull) {
+    float gin[MAX_DIM], gp[MAX_DIM], gm[MAX_DIM];
+    float *restrict gbl = grad_bb, *restrict gbr = grad_bb + d;
     for (long i = 0; i < n; i++) {
         const float *s = both + i * 2 * d, *t = s + d;
         const float *p = (i > 0 && has[i] != 0.f) ? both + (i - 1) * 2 * d : s;
         const float *r = relu + i * d;
-        for (int k = 0; k < d; k++) gin[k] = grad ? grad[i * d + k] : 0.f;
+        if (grad) {
+            const float *gi = grad + i * d;
+            #pragma omp simd
+            for (int k = 0; k < d; k++) gin[k] = gi[k];
+        } else {
+            for (int k = 0; k < d; k++) gin[k] = 0.f;
+        }
         if (pt) {
             const float *src = pt + pb[i] * pw + pc;
+            #pragma omp simd
             for (int k = 0; k < d; k++) gin[k] += src[k];
         }
-        if (gfull)
-            for (int k = 0; k < d; k++) gfull[i * d + k] = gin[k];
+        if (gfull) {
+            float *gf = gfull + i * d;
+            #pragma omp simd
+            for (int k = 0; k < d; k++) gf[k] = gin[k];
+        }
         float wi = w[i], dot = 0.f;
+        #pragma omp simd reduction(+:dot)
         for (int k = 0; k < d; k++) {
             gp[k] = (mode == 0 || r[k] > 0.f) ? gin[k] : 0.f;
             dot += gp[k] * (p[k] - s[k]);
         }
         float gl = dot * (wi - wi * wi);
         float *gs = grad_both + i * 2 * d, *gt = gs + d;
+        #pragma omp simd
         for (int k = 0; k < d; k++) {
             float zs = s[k] + t[k], zo = p[k] + t[k];
             grad_att[k] += gl * (lrelu(zo, slope) - lrelu(zs, slope));
@@ -105,15 +152,35 @@ void gat_backward(long n, int d, const float *restrict both, const float *restri
             float ga = gl * att[k];
             float gself = zs > 0.f ? ga : ga * slope;
             float gother = zo > 0.f ? ga : ga * slope;
-            gm[k] = gother + gp[k] * wi;
-            gt[k] = gother - gself;
-            gs[k] = gp[k] - gm[k] + gt[k];
+            float m = gother + gp[k] * wi;
+            float tk = gother - gself;
+            gm[k] = m;
+            gt[k] = tk;
+            gs[k] = gp[k] - m + tk;
+            gbl[k] += gp[k] - m + tk;
+            gbr[k] += tk;
         }
         if (i > 0) {
             float *prev = grad_both + (i - 1) * 2 * d;
-            for (int k = 0; k < d; k++) prev[k] += gm[k];
+            #pragma omp simd
+            for (int k = 0; k < d; k++) { prev[k] += gm[k]; gbl[k] += gm[k]; }
         }
     }
+}
+
+void gat_backward(long n, int d, const float *both, const float *w, const float *relu,
+                  const float *grad, const float *att, const float *has, float slope,
+                  int mode, float *grad_both, float *grad_att, float *grad_bias,
+                  float *grad_bb, const long *pb, const float *pt, long pw, long pc,
+                  float *gfull) {
+#define BWD(D, M) backward_rows(n, D, both, w, relu, grad, att, has, slope, M, grad_both, \
+                                   grad_att, grad_bias, grad_bb, pb, pt, pw, pc, gfull)
+    if (d == 32) {
+        if (mode == 0) BWD(32, 0); else BWD(32, 1);
+    } else {
+        if (mode == 0) BWD(d, 0); else BWD(d, 1);
+    }
+#undef BWD
 }
 """
 
@@ -151,9 +218,9 @@ def _build() -> ctypes.CDLL | None:
         return None
     vp, i64, i32, f32 = ctypes.c_void_p, ctypes.c_long, ctypes.c_int, ctypes.c_float
     pool = [vp, vp, i64, i64]
-    lib.gat_forward.argtypes = [i64, i32, vp, vp, vp, vp, vp, f32, i32, vp, vp, vp, *pool]
+    lib.gat_forward.argtypes = [i64, i32, vp, vp, vp, vp, vp, vp, vp, f32, i32, vp, vp, vp, *pool]
     lib.gat_backward.argtypes = [
-        i64, i32, vp, vp, vp, vp, vp, vp, f32, i32, vp, vp, vp, *pool, vp
+        i64, i32, vp, vp, vp, vp, vp, vp, f32, i32, vp, vp, vp, vp, *pool, vp
     ]  # fmt: skip
     lib.gat_forward.restype = lib.gat_backward.restype = None
     return lib
@@ -220,22 +287,30 @@ def forward(
     att: torch.Tensor,
     has_other: torch.Tensor,
     bias: torch.Tensor,
+    bias_both: torch.Tensor,
     slope: float,
     mode: str,
     pool: Pool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(output, ReLU output (the output itself unless residual), attention weight); with
-    `pool`, the output is also summed per graph into its table."""
+    """(output, ReLU output (the output itself unless residual), attention weight).
+    `both` is h @ [W_l; W_r]^T without biases: the kernel adds `bias_both` (b_l | b_r)
+    to it in place (one pass less than addmm's copy of the broadcast bias). With `pool`,
+    the output is also summed per graph into its table."""
     lib = library()
-    assert lib is not None
+    assert lib is not None and both.is_contiguous()
     n, dim = both.shape[0], bias.shape[0]
-    h, att, has_other, bias = (t.contiguous() for t in (h, att, has_other, bias))
+    h, att, has_other, bias, bias_both = (
+        t.contiguous() for t in (h, att, has_other, bias, bias_both)
+    )
     out = torch.empty(n, dim)
     relu = torch.empty(n, dim) if mode == "relu_residual" else out
     w = torch.empty(n)
+    bb = _ptr(bias_both)
+    assert bb is not None and bias_both.dtype == torch.float32
     lib.gat_forward(
-        n, dim, _ptr(both), _ptr(h), _ptr(att), _ptr(has_other), _ptr(bias), slope,
-        MODES[mode], _ptr(out), _ptr(relu), _ptr(w), *(pool.args() if pool else NO_POOL),
+        n, dim, both.data_ptr(), _ptr(h), _ptr(att), _ptr(has_other), _ptr(bias), bb,
+        bb + 4 * dim, slope, MODES[mode], out.data_ptr(), relu.data_ptr(), w.data_ptr(),
+        *(pool.args() if pool else NO_POOL),
     )  # fmt: skip
     return out, relu, w
 
@@ -250,22 +325,24 @@ def backward(
     slope: float,
     mode: str,
     pool: Pool | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(gradient of `both`, of the attention vector, of the output bias, of the output).
-    The output's gradient is `grad` (None: zero) plus, with `pool`, its graph's row of
-    the pooled gradient table."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(gradient of `both`, of the attention vector, of the output bias, of the output,
+    of `bias_both`). The output's gradient is `grad` (None: zero) plus, with `pool`, its
+    graph's row of the pooled gradient table."""
     lib = library()
     assert lib is not None
     n, dim = both.shape[0], att.shape[0]
     att, has_other = att.contiguous(), has_other.contiguous()
     grad = None if grad is None else grad.contiguous()
     grad_both = torch.empty(n, 2 * dim)
-    grad_att = torch.zeros(dim)
-    grad_bias = torch.zeros(dim)
+    # One zeroed buffer for the three sums the kernel accumulates.
+    sums = torch.zeros(4 * dim)
+    grad_att, grad_bias, grad_bias_both = sums.split([dim, dim, 2 * dim])
     grad_out = torch.empty(n, dim) if pool is not None or grad is None else grad
     lib.gat_backward(
         n, dim, _ptr(both), _ptr(w), _ptr(relu), _ptr(grad), _ptr(att), _ptr(has_other),
-        slope, MODES[mode], _ptr(grad_both), _ptr(grad_att), _ptr(grad_bias),
-        *(pool.args() if pool else NO_POOL), _ptr(grad_out) if grad_out is not grad else None,
+        slope, MODES[mode], grad_both.data_ptr(), grad_att.data_ptr(), grad_bias.data_ptr(),
+        grad_bias_both.data_ptr(), *(pool.args() if pool else NO_POOL),
+        _ptr(grad_out) if grad_out is not grad else None,
     )  # fmt: skip
-    return grad_both, grad_att, grad_bias, grad_out
+    return grad_both, grad_att, grad_bias, grad_out, grad_bias_both

@@ -102,13 +102,18 @@ def layer_forward(
     dim = bias.shape[0]
     att = att_param.reshape(-1)
     weight = torch.cat([weight_l, weight_r])
-    both = torch.addmm(torch.cat([bias_l, bias_r]), h, weight.t())
+    bias_both = torch.cat([bias_l, bias_r])
     if other is None and ckernel.applies(h, dim):
-        out, relu_out, w = ckernel.forward(both, h, att, has_other, bias, slope, mode, pool)
+        # The kernel adds the biases as it reads each row: mm, not addmm.
+        both = torch.mm(h, weight.t())
+        out, relu_out, w = ckernel.forward(
+            both, h, att, has_other, bias, bias_both, slope, mode, pool
+        )
         kept = _KernelSaved(h, weight, both, att, att_param.shape, has_other, w, relu_out, mode)
         return out, kept
     if pool is not None:
         raise ValueError("pooling inside the layer needs the C kernels")
+    both = torch.addmm(bias_both, h, weight.t())
     source, target = both[:, :dim], both[:, dim:]
     pre_target, diff = _messages(source, target, other)
     act_self = _leaky_relu(source + target, slope)
@@ -166,10 +171,10 @@ def layer_backward(
 def _kernel_backward(
     s: _KernelSaved, grad: torch.Tensor | None, slope: float, pool: ckernel.Pool | None
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    grad_both, grad_att, grad_bias, grad_out = ckernel.backward(
+    grad_both, grad_att, grad_bias, grad_out, grad_bias_both = ckernel.backward(
         s.both, s.w, s.relu, grad, s.att, s.has_other, slope, s.mode, pool
     )
-    return _through_matmul(s, grad_out, grad_both, grad_att, grad_bias)
+    return _through_matmul(s, grad_out, grad_both, grad_att, grad_bias, grad_bias_both)
 
 
 def _through_matmul(
@@ -178,12 +183,15 @@ def _through_matmul(
     grad_both: torch.Tensor,
     grad_att: torch.Tensor,
     grad_bias: torch.Tensor,
+    grad_bias_both: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """From the gradient of [source | target] back through the layer's matmul: (gradient
-    of h, the parameters' gradients in PARAMS order)."""
+    of h, the parameters' gradients in PARAMS order). `grad_bias_both`: the column sums
+    of `grad_both` when the caller has them (the C kernel does)."""
     dim = s.att.shape[0]
     grad_weight = grad_both.t() @ s.h
-    grad_bias_both = grad_both.sum(0)
+    if grad_bias_both is None:
+        grad_bias_both = grad_both.sum(0)
     if s.mode == "relu_residual":
         grad_h = torch.addmm(grad, grad_both, s.weight)
     else:

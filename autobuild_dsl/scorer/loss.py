@@ -13,7 +13,13 @@ import torch
 
 from autobuild_dsl.scorer.config import LossKind
 from autobuild_dsl.scorer.model import ScorerOutput
-from autobuild_dsl.scorer.softrank import hard_rank, soft_rank, soft_spearman
+from autobuild_dsl.scorer.softrank import (
+    hard_rank,
+    resolve_backend,
+    soft_rank,
+    soft_spearman,
+    unit_spearman,
+)
 
 
 @dataclass
@@ -37,13 +43,16 @@ def scorer_loss(
     """Loss of one batch; `target` is the standardised label of each graph.
     `target_unit`: the target's ranks, centred and scaled to unit norm, when the caller
     has them (the trainer computes an epoch's at once, in numpy)."""
-    mse = torch.mean((output.prediction - target) ** 2)
+    # One op (and one backward node), the same mean of squared differences.
+    mse = torch.nn.functional.mse_loss(output.prediction, target)
     # A correlation needs at least two graphs (a trailing batch of one has none).
     if kind == "mse" or rank_lambda == 0 or target.shape[0] < 2:
         return LossValue(total=mse, mse=float(mse.detach()), hop_srcc=None)
     norms = output.graph_norms(norm_ord)  # [hops, graphs]
     if target_unit is None:
         srcc = soft_spearman(norms, hard_rank(target), regularization_strength, backend)
+    elif resolve_backend(backend) == "torchsort":
+        srcc = unit_spearman(norms, target_unit, regularization_strength)
     else:
         ranks = soft_rank(norms, regularization_strength, backend)
         centred = ranks - ranks.mean(dim=1, keepdim=True)

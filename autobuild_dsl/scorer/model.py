@@ -374,6 +374,7 @@ class ScorerOutput:
     node_embeddings: list[torch.Tensor]  # per hop 0..L: [nodes, dim_l]
     pooled: torch.Tensor  # [graphs, sum of dim_l]: every hop's graph embedding, side by side
     hop_of_column: torch.Tensor  # [hops, sum of dim_l] 0/1: which hop each column belongs to
+    l1_norms: torch.Tensor | None = None  # graph_norms(1), when the forward computed it
 
     @property
     def graph_embeddings(self) -> list[torch.Tensor]:
@@ -383,6 +384,8 @@ class ScorerOutput:
     def graph_norms(self, ord: int = 1) -> torch.Tensor:
         """[hops, graphs]: the norm of each graph embedding at each hop."""
         # One matmul sums each hop's columns: fewer autograd nodes than a norm per hop.
+        if ord == 1 and self.l1_norms is not None:
+            return self.l1_norms
         if ord == 1:
             return (self.pooled.abs() @ self.hop_of_column.T).T
         if ord == 2:

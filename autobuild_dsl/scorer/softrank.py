@@ -16,7 +16,7 @@ within each pooled block the gradient is averaged.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -24,6 +24,8 @@ Backend = Literal["torchsort", "torch"]
 
 try:  # optional compiled backend
     import torchsort as _torchsort
+    from torchsort.isotonic_cpu import isotonic_l2 as _isotonic_l2
+    from torchsort.isotonic_cpu import isotonic_l2_backward as _isotonic_l2_backward
 except ImportError:  # pragma: no cover - depends on the environment
     _torchsort = None
 
@@ -156,3 +158,47 @@ def soft_spearman(
     """
     ranks = soft_rank(pred, regularization_strength, backend)
     return _pearson(ranks, target_ranks.to(ranks.dtype)[None, :].expand_as(ranks))
+
+
+class _UnitSpearman(torch.autograd.Function):
+    """Soft SRCC of each row of [H, n] values against a fixed centred unit-norm rank vector,
+    in one node: torchsort's L2 soft rank (its sort and isotonic fit, then its backward),
+    the centring and the correlation worked in sorted order, with their gradient written
+    out. `soft_rank` + centring + a dot over a norm as autograd ops is ~25 small nodes per
+    batch, each costing more than its arithmetic on 5 x 128 values."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, values: torch.Tensor, unit: torch.Tensor, strength: float
+    ) -> torch.Tensor:
+        n = values.shape[1]
+        s, perm = torch.sort(values * (1.0 / strength), dim=1, descending=True)
+        dual = _isotonic_l2(s - torch.arange(n, 0, -1, dtype=s.dtype))
+        centred = s - dual
+        centred -= centred.mean(dim=1, keepdim=True)
+        unit_sorted = unit.to(s.dtype)[perm]  # the fixed side, in each row's sorted order
+        norm = centred.norm(dim=1).clamp_(min=1e-12)
+        srcc = torch.linalg.vecdot(centred, unit_sorted) / norm
+        ctx.strength = strength
+        ctx.save_for_backward(s, dual, perm, centred, unit_sorted, norm, srcc)
+        return srcc
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+        s, dual, perm, centred, unit_sorted, norm, srcc = ctx.saved_tensors
+        # d srcc / d centred = (unit - srcc * centred / norm) / norm; then the centring.
+        grad_c = torch.addcmul(unit_sorted, centred, (srcc / norm)[:, None], value=-1.0)
+        grad_c.mul_((grad / norm)[:, None])
+        grad_c -= grad_c.mean(dim=1, keepdim=True)
+        grad_s = grad_c - _isotonic_l2_backward(s, dual, grad_c)
+        grad_values = torch.empty_like(grad_s).scatter_(1, perm, grad_s)
+        return grad_values.mul_(1.0 / ctx.strength), None, None
+
+
+def unit_spearman(values: torch.Tensor, unit: torch.Tensor, strength: float) -> torch.Tensor:
+    """[H]: soft SRCC of each row of `values` [H, n] against `unit` [n] (ranks, centred,
+    unit norm), with torchsort's soft rank; equal within rounding to `soft_rank`, centring
+    and `unit @ centred / |centred|`. Needs torchsort (see `available_backend`)."""
+    if _torchsort is None:
+        raise ValueError("unit_spearman needs torchsort")
+    return _UnitSpearman.apply(values, unit, strength)

@@ -102,10 +102,9 @@ def improve_cmd(
     from autobuild_dsl.data.dataset import load_dataset
     from autobuild_dsl.search.evaluators import make_evaluator, parse_evaluator_spec
     from autobuild_dsl.search.loop import LoopConfig, run_loop
-    from autobuild_dsl.search.loop_free import FreeMetrics, default_targets
+    from autobuild_dsl.search.loop_free import default_targets, free_metrics_of
     from autobuild_dsl.search.pareto import parse_objectives
     from autobuild_dsl.search.runner import EvaluationRunner
-    from autobuild_dsl.space.equivalence import network_keyer
 
     if resume and force:
         raise UserError("--resume and --force contradict each other; give one")
@@ -118,9 +117,7 @@ def improve_cmd(
     if not loop["targets"]:
         if not parsed:
             raise UserError("give --target (or --objectives, and a target is made of each)")
-        names = (
-            FreeMetrics(free, network_keyer(space)).names(labels.architectures[0]) if free else []
-        )
+        names = free_metrics_of(free, space, labels).names() if free else []
         loop["targets"] = default_targets(parsed, names)
     config = LoopConfig(objectives=parsed, **loop)
     config.search_objectives()

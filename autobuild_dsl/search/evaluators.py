@@ -30,6 +30,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from autobuild_dsl import io as abc_io
 from autobuild_dsl.errors import AbcError
 from autobuild_dsl.space.architecture import Architecture
 from autobuild_dsl.space.decisions import ArchitectureError, canonicalize
@@ -254,11 +255,7 @@ def _metrics_of(value: object, where: str) -> dict[str, float]:
 
 
 def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
+    return abc_io.file_digest(path)[:16]  # short: it is part of a cache key prefix
 
 
 # --------------------------------------------------------------------------- lookup

@@ -28,7 +28,7 @@ from autobuild_dsl.errors import CONTINUE, START_OVER, Remedy
 from autobuild_dsl.search.baselines import regularized_evolution, tpe_search
 from autobuild_dsl.search.evaluators import Evaluator
 from autobuild_dsl.search.evolution import FRONT_FILE, Evaluates
-from autobuild_dsl.search.loop_free import FreeMetrics, front_values
+from autobuild_dsl.search.loop_free import FreeMetrics, free_metrics_of, front_values
 from autobuild_dsl.search.loop_guided import (
     candidates,
     front_picks,
@@ -216,7 +216,7 @@ class _Loop:
         rows = [(self.archs[k], self.known[k], 1, None) for k in keys]
         names = list(self.labels.metric_names)
         if self.free is not None:
-            names += [n for n in self.free.names(self.labels.architectures[0]) if n not in names]
+            names += [n for n in self.free.names() if n not in names]
         dataset, _ = from_records(self.space, rows, names)
         return dataset
 
@@ -348,7 +348,7 @@ class _Loop:
         if self.free is None:
             return guided_picks(pool, scores, count)
         # Otherwise the objectives the free metrics answer join the scores as exact columns.
-        exact = self.free.exact(self.objectives, self.labels.architectures[0])
+        exact = self.free.exact(self.objectives)
         return guided_picks(pool, scores + self.free.columns(exact, pool), count)
 
     def _pareto(
@@ -553,10 +553,10 @@ def run_loop(
     parallel; `free` is an evaluator cheap enough for every candidate (see loop_free).
     """
     config.search_objectives()  # fail before any work if the objectives are missing
-    free_metrics = None if free is None else FreeMetrics(free, network_keyer(space))
+    free_metrics = None if free is None else free_metrics_of(free, space, labels)
     have = list(labels.metric_names)
-    if free_metrics is not None and len(labels):
-        have += free_metrics.names(labels.architectures[0])
+    if free_metrics is not None:
+        have += free_metrics.names()
     missing = [m for t in config.targets for m in target_metrics(t) if m not in have]
     if missing:
         raise LoopError(

@@ -20,22 +20,34 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
+from autobuild_dsl.data.dataset import LabeledDataset
 from autobuild_dsl.search.evaluators import Evaluator
 from autobuild_dsl.search.loop_guided import calibrated, score_pool
 from autobuild_dsl.search.loop_state import LoopError, target_metrics
 from autobuild_dsl.search.pareto import Objective
 from autobuild_dsl.space.architecture import Architecture
+from autobuild_dsl.space.enumeration import iter_architectures
+from autobuild_dsl.space.equivalence import network_keyer
+from autobuild_dsl.space.model import Space
 
-# Candidates are measured in chunks this size, so progress can be shown between them.
+# Candidates are measured in chunks of this size: one evaluator call never holds a
+# whole space's networks (a `measure` evaluator builds every one it is given).
 CHUNK = 512
 
 
 class FreeMetrics:
-    """An evaluator's metrics for any architecture, computed once per network."""
+    """An evaluator's metrics for any architecture, computed once per network. `probe`
+    (any architecture of the space, e.g. the first label) tells which metrics it gives."""
 
-    def __init__(self, evaluator: Evaluator, network_key: Callable[[Architecture], str]) -> None:
+    def __init__(
+        self,
+        evaluator: Evaluator,
+        network_key: Callable[[Architecture], str],
+        probe: Architecture,
+    ) -> None:
         self.evaluator = evaluator
         self.network_key = network_key
+        self.probe = probe
         self._by_network: dict[str, dict[str, float]] = {}
         self._names: list[str] | None = None
 
@@ -43,10 +55,10 @@ class FreeMetrics:
     def identity(self) -> str:
         return self.evaluator.identity
 
-    def names(self, example: Architecture) -> list[str]:
-        """The metrics it gives (learned from one architecture, e.g. the first label)."""
+    def names(self) -> list[str]:
+        """The metrics it gives (those it gave for the probe)."""
         if self._names is None:
-            self._names = list(self.of([example])[0])
+            self._names = list(self.of([self.probe])[0])
             if not self._names:
                 raise LoopError(f"the free evaluator ({self.identity}) gave no metrics")
         return self._names
@@ -69,9 +81,9 @@ class FreeMetrics:
         """`metrics` with the free ones it lacks added."""
         return {**self.of([arch])[0], **metrics}
 
-    def exact(self, objectives: Sequence[Objective], example: Architecture) -> list[Objective]:
+    def exact(self, objectives: Sequence[Objective]) -> list[Objective]:
         """The objectives the free metrics answer on their own."""
-        names = set(self.names(example))
+        names = set(self.names())
         return [o for o in objectives if set(objective_metrics(o)) <= names]
 
     def columns(
@@ -80,6 +92,13 @@ class FreeMetrics:
         """Each objective's exact value per architecture, oriented so higher is better."""
         rows = self.of(archs)
         return [np.array([-o.minimised(row) for row in rows]) for o in objectives]
+
+
+def free_metrics_of(evaluator: Evaluator, space: Space, labels: LabeledDataset) -> FreeMetrics:
+    """The free metrics of `evaluator` for a loop over `space` starting from `labels`
+    (probed with the first label, or the space's first architecture when there is none)."""
+    probe = labels.architectures[0] if len(labels) else next(iter_architectures(space))
+    return FreeMetrics(evaluator, network_keyer(space), probe)
 
 
 def front_values(
@@ -98,7 +117,7 @@ def front_values(
     objectives are not of that kind (the caller then sorts by the scores)."""
     if len(objectives) != 2 or not held:
         return None
-    exact = free.exact(objectives, held[0]) if free is not None else []
+    exact = free.exact(objectives) if free is not None else []
     pool_values, held_values = [], []
     held_scores: list[np.ndarray] | None = None
     for objective in objectives:
@@ -140,6 +159,7 @@ def objective_metrics(objective: Objective) -> list[str]:
 __all__ = [
     "FreeMetrics",
     "default_targets",
+    "free_metrics_of",
     "front_values",
     "objective_metrics",
     "oriented_target",

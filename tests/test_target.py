@@ -81,7 +81,7 @@ def test_syntax_error_shows_a_caret_under_the_expression() -> None:
         ("acc + true", "'true' is not allowed", 7),
         ("floor(acc)", "unknown function 'floor'", 1),
         ("log(a, b)", "log() takes 1 argument(s), got 2", 1),
-        ("acc +", "unexpected the end of the expression", 6),
+        ("acc +", "unexpected end of the expression", 6),
         ("x ^ 2", "unexpected character '^'", 3),
     ],
 )

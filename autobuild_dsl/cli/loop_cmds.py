@@ -155,9 +155,13 @@ def _discard_loop(out: Path) -> None:
 
 
 def _loop_progress(bar: ProgressView, budget: int) -> Any:
-    task = bar.add("round 0", total=budget)
+    # The bar is made on the first event: an input the loop refuses shows no empty bar.
+    tasks: list[Any] = []
 
     def show(event: Any) -> None:
+        if not tasks:
+            tasks.append(bar.add("round 0", total=budget))
+        task = tasks[0]
         best = " · ".join(f"{label} {value:.6g}" for label, value in event.best.items())
         left = event.budget - event.evaluated
         bar.update(

@@ -261,7 +261,7 @@ def parse_target(text: str) -> Target:
         first = sink.items[0]
         # The grammar is shared with .abs files: say "expression", and drop strings,
         # which a target cannot use anyway.
-        message = first.message.replace("the end of the file", "the end of the expression")
+        message = first.message.replace("end of the file", "end of the expression")
         message = message.replace(', a string in double quotes ("...")', "")
         raise _located(text, first.line, first.column, message)
     _check_arithmetic(text, located)

@@ -61,7 +61,7 @@ def describe_terminal(name: str) -> str:
 
 def _describe_token(token: Token) -> str:
     if token.type == "$END":
-        return "the end of the file"
+        return "end of the file"
     if token.type in ("NAME", "INT", "FLOAT", "STRING"):
         return f"{_TOKEN_KINDS[token.type]} '{token.value}'"
     return f"'{token.value}'"

@@ -165,6 +165,25 @@ def test_graphs_are_encoded_once_per_encoder() -> None:
     assert dataset.graphs(GraphEncoder(space)) is not first
 
 
+def test_training_graphs_are_plain_tensors_packing_like_pyg_graphs() -> None:
+    """`graphs` gives what the scorer packs without PyG objects: the same packed tensors."""
+    from autobuild_dsl.graphs import GraphEncoder
+    from autobuild_dsl.graphs.encode import GraphTensors
+    from autobuild_dsl.scorer.model import pack_graphs
+
+    space = space_of(MACRO)
+    archs = sample(space, 6, seed=2)
+    dataset = LabeledDataset(
+        space=space, architectures=archs, metric_names=["a"], values=[[1.0]] * 6
+    )
+    encoder = GraphEncoder(space)
+    plain = dataset.graphs(encoder)
+    assert all(isinstance(g, GraphTensors) for g in plain)
+    ours, theirs = pack_graphs(plain), pack_graphs(encoder.encode_many(archs))
+    for name in ("x", "rel_nbr", "nbr_mask", "node_ptr", "stage_index", "layer_index"):
+        assert getattr(ours, name).equal(getattr(theirs, name)), name
+
+
 # ----- importers (synthetic files) -------------------------------------------------
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from autobuild_dsl.data.dataset import LabeledDataset, save_dataset
+from autobuild_dsl.data.dataset import LabeledDataset, load_dataset, save_dataset
 from autobuild_dsl.design import rank as rank_module
 from autobuild_dsl.design import rank_cache
 from autobuild_dsl.design.importance import seen_values
@@ -87,6 +87,20 @@ def test_a_damaged_cache_entry_is_recomputed(run_dir: Path) -> None:
     for entry in (run_dir / rank_cache.CACHE_DIR).glob("rank-*.npz"):
         entry.write_bytes(entry.read_bytes()[:100])
     assert scores_csv(rank_module.rank_modules(load_run(run_dir))) == expected
+
+
+def test_seen_values_from_the_loaded_rows_equal_those_read_from_the_file(
+    run_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`abc train` hands prime_cache the rows it loaded: the file is not read again."""
+    import autobuild_dsl.data.dataset as dataset_module
+
+    run = load_run(run_dir)
+    loaded = load_dataset(run.config.data, run.space)
+    expected = seen_values(run)
+    (run_dir / rank_cache.CACHE_DIR / "seen-values.json").unlink()
+    monkeypatch.setattr(dataset_module, "load_dataset", _no_forward)
+    assert seen_values(run, loaded=loaded) == expected
 
 
 def test_seen_values_follow_the_data_file(run_dir: Path, tmp_path: Path) -> None:

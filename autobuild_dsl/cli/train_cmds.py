@@ -196,7 +196,7 @@ def train_cmd(
         )
     run = outcome.run
     assert run.metrics is not None
-    _prime_rank_cache(run, train.threads, show)
+    _prime_rank_cache(run, train.threads, show, outcome.dataset)
     if outcome.left_out > 0 and not as_json:
         # Said even with --quiet: training on fewer rows than given is never silent.
         err_console.print(
@@ -210,13 +210,13 @@ def train_cmd(
         _render_metrics(run, output)
 
 
-def _prime_rank_cache(run: Any, threads: int, show: bool) -> None:
+def _prime_rank_cache(run: Any, threads: int, show: bool, loaded: Any = None) -> None:
     """Rank with the defaults now, into RUN/cache/: the first `abc rank RUN` / `abc build
     RUN` then reads it instead of loading torch and running every member."""
     from autobuild_dsl.design.ranking_workflow import prime_cache
 
     with RankView() if show else nullcontext() as progress:
-        prime_cache(run, threads=threads, progress=progress)
+        prime_cache(run, threads=threads, progress=progress, loaded=loaded)
 
 
 def train_notes(show: bool) -> Callable[[Any], None]:

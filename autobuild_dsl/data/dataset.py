@@ -31,7 +31,7 @@ from autobuild_dsl.space.model import Space
 if TYPE_CHECKING:
     from torch_geometric.data import Data
 
-    from autobuild_dsl.graphs.encode import GraphEncoder
+    from autobuild_dsl.graphs.encode import GraphEncoder, GraphTensors
 
 _METRIC_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Words the target grammar reads as keywords, so a metric so named could not be used.
@@ -156,12 +156,20 @@ class LabeledDataset:
             sources=[self.sources[i] for i in idx] if self.sources is not None else None,
         )
 
-    def graphs(self, encoder: GraphEncoder) -> list[Data]:
-        """Every architecture as a graph; encoded once per dataset and encoder."""
+    def graphs(self, encoder: GraphEncoder) -> list[Data] | list[GraphTensors]:
+        """Every architecture as a graph; encoded once per dataset and encoder. Plain
+        tensors (`GraphTensors`) where the encoder offers them: what the scorer packs,
+        without importing PyG (~2-3 s) or building its objects (half the encoding time)."""
         entry = self._graph_cache.get(id(encoder))
         # The entry holds the encoder itself, so its id cannot be reused while cached.
         if entry is None or entry[0] is not encoder:
-            entry = (encoder, encoder.encode_many(self.architectures))
+            tensors = getattr(encoder, "encode_tensors", None)
+            graphs = (
+                [tensors(arch) for arch in self.architectures]
+                if tensors is not None
+                else encoder.encode_many(self.architectures)
+            )
+            entry = (encoder, graphs)
             self._graph_cache[id(encoder)] = entry
         return entry[1]
 

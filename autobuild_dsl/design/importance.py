@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from autobuild_dsl import io
 from autobuild_dsl.design import rank_cache
@@ -20,6 +21,9 @@ from autobuild_dsl.errors import AbcError
 from autobuild_dsl.scorer.config import FeatureScore
 from autobuild_dsl.scorer.records import TrainedRun
 from autobuild_dsl.space.expr import format_value
+
+if TYPE_CHECKING:
+    from autobuild_dsl.data.dataset import LabeledDataset
 
 CHART_FORMATS = (".png", ".svg", ".pdf")
 
@@ -30,14 +34,16 @@ class ChartError(AbcError, ValueError):
     code = "chart"
 
 
-def feature_importance(run: TrainedRun, data: str | Path | None = None) -> list[FeatureScore]:
+def feature_importance(
+    run: TrainedRun, data: str | Path | None = None, *, loaded: LabeledDataset | None = None
+) -> list[FeatureScore]:
     """Every (category, value) of the run's node features with its FE-MLP score, each
     marked seen or unseen in the labeled data (`data`, default the file the run records;
-    `seen` stays None when it cannot be read)."""
+    `seen` stays None when it cannot be read). `loaded`: that file's rows, already loaded."""
     from autobuild_dsl.space.values import value_key as _vkey
 
     rows = run_importance(run)
-    seen = seen_values(run, data)
+    seen = seen_values(run, data, loaded=loaded)
     if seen is None:
         return rows
     names = [c.name for c in run.config.categories]
@@ -71,10 +77,12 @@ def run_importance(run: TrainedRun) -> list[FeatureScore]:
     return rows
 
 
-def seen_values(run: TrainedRun, data: str | Path | None = None) -> list[set[int]] | None:
+def seen_values(
+    run: TrainedRun, data: str | Path | None = None, *, loaded: LabeledDataset | None = None
+) -> list[set[int]] | None:
     """Per feature category (in column order), the vocabulary indices some node of the
     labeled data holds; None when the data cannot be read (or the run is not a sequence
-    encoding)."""
+    encoding). `loaded`: the data file's rows, already loaded (not read again)."""
     if run.config.encoding != "sequence":
         return None
     path = Path(data if data is not None else run.config.data)
@@ -93,17 +101,17 @@ def seen_values(run: TrainedRun, data: str | Path | None = None) -> list[set[int
     stored = rank_cache.load_json(run.path, "seen-values", key)
     if stored is not None:
         return [set(values) for values in stored]
-    seen = _read_seen(run, path)
+    seen = _read_seen(run, path, loaded)
     if seen is not None:
         rank_cache.save_json(run.path, "seen-values", key, [sorted(s) for s in seen])
     return seen
 
 
-def _read_seen(run: TrainedRun, path: Path) -> list[set[int]] | None:
+def _read_seen(run: TrainedRun, path: Path, loaded: LabeledDataset | None) -> list[set[int]] | None:
     from autobuild_dsl.data.dataset import DatasetError, load_dataset
 
     try:
-        dataset = load_dataset(path, run.space)
+        dataset = loaded if loaded is not None else load_dataset(path, run.space)
     except DatasetError:
         return None
     encoder = run.encoder()

@@ -19,7 +19,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -28,6 +28,9 @@ from autobuild_dsl.design.importance import feature_importance, importance_chart
 from autobuild_dsl.design.rank import RankError, RankProgress, RankResult, ScoreKind, rank_modules
 from autobuild_dsl.errors import AbcError
 from autobuild_dsl.scorer.records import TrainedRun
+
+if TYPE_CHECKING:
+    from autobuild_dsl.data.dataset import LabeledDataset
 
 IR_NOTE = (
     "module scoring does not apply to this run: it uses the ONNX-IR encoding (one node "
@@ -106,6 +109,7 @@ def prime_cache(
     *,
     threads: int = 1,
     progress: Callable[[RankProgress], None] | None = None,
+    loaded: LabeledDataset | None = None,
 ) -> bool:
     """Compute and keep in RUN/cache/ what `abc rank RUN` and `abc build RUN -o DIR` read
     with their default options: the members' module norms, the feature importance, the
@@ -116,7 +120,7 @@ def prime_cache(
     from autobuild_dsl.design.workflow import DEFAULT_BUILT, build_networks
 
     try:
-        feature_importance(run)
+        feature_importance(run, loaded=loaded)
         if run_encoding(run) == "sequence":
             rank_modules(run, threads=threads, progress=progress)
             build_networks([run], top_k=None, n=DEFAULT_BUILT, threads=threads)

@@ -42,6 +42,9 @@ class TrainOutcome:
 
     run: TrainedRun
     rows_given: int
+    # The file's rows as loaded (before rows lacking the target were left out): what
+    # `design.ranking_workflow.prime_cache` reads instead of loading the file again.
+    dataset: LabeledDataset | None = None
 
     @property
     def left_out(self) -> int:
@@ -156,7 +159,7 @@ def train_from_file(
         encoder=encoder,
         **run_options,
     )
-    return TrainOutcome(run=run, rows_given=len(dataset))
+    return TrainOutcome(run=run, rows_given=len(dataset), dataset=dataset)
 
 
 __all__ = [

@@ -44,7 +44,7 @@ class ChainBatch:
     `has_prev[i]`."""
 
     x: np.ndarray  # [nodes, categories] int64 feature codes
-    has_prev: np.ndarray  # [nodes] float32, 1 where the node has a predecessor
+    has_prev: np.ndarray  # [nodes] bool: the node has a predecessor
     starts: np.ndarray  # [graphs] first node of each graph
     counts: np.ndarray  # [graphs] nodes per graph
 
@@ -65,8 +65,8 @@ def chain_batch(graphs: Sequence[Any], vocab_sizes: Sequence[int]) -> ChainBatch
         src, dst = src[keep], dst[keep]
         if src.size and (dst.min() < 1 or dst.max() >= n or np.any(src != dst - 1)):
             return None  # an edge that is not node -> next node
-        has_prev = np.zeros(n, dtype=np.float32)
-        has_prev[dst] = 1.0
+        has_prev = np.zeros(n, dtype=bool)
+        has_prev[dst] = True
         if int(has_prev.sum()) != dst.size:
             return None  # the same edge twice: two in-edges
         xs.append(x)
@@ -78,7 +78,7 @@ def chain_batch(graphs: Sequence[Any], vocab_sizes: Sequence[int]) -> ChainBatch
     count = np.asarray(counts, dtype=np.int64)
     return ChainBatch(
         x=x_all,
-        has_prev=np.concatenate(prevs) if prevs else np.zeros(0, np.float32),
+        has_prev=np.concatenate(prevs) if prevs else np.zeros(0, dtype=bool),
         starts=np.cumsum(count) - count,
         counts=count,
     )
@@ -173,10 +173,9 @@ def plan(batch: ChainBatch, num_layers: int) -> ChainPlan:
         _, first, ids = np.unique(x, axis=0, return_index=True, return_inverse=True)
         ids = ids.reshape(-1)
     rows0 = x[first]
-    has_prev = batch.has_prev > 0
     self_rows, prev_rows = [], []
     for _ in range(num_layers):
-        pred = np.where(has_prev, np.roll(ids, 1), -1)  # the predecessor's row, -1: none
+        pred = np.where(batch.has_prev, np.roll(ids, 1), -1)  # the predecessor's row, -1: none
         width = int(ids.max(initial=0)) + 2
         first, ids_next = _distinct(ids.astype(np.int64) * width + pred + 1)
         self_rows.append(ids[first])
@@ -198,13 +197,12 @@ def _layer(
     source_all = h @ state[p + "lin_l.weight"].T + state[p + "lin_l.bias"]
     target = (h @ state[p + "lin_r.weight"].T + state[p + "lin_r.bias"])[rows[0]]
     source = source_all[rows[0]]
-    has_prev = rows[1] >= 0
-    # No predecessor: the padded slot reads the node itself (weight 0, as in GATv2Layer).
-    other = source_all[np.where(has_prev, rows[1], rows[0])]
+    # No predecessor: the padded slot reads the node itself, so its message equals the
+    # self message and the output is exact whatever weight it gets (as in GATv2Layer).
+    other = source_all[np.where(rows[1] >= 0, rows[1], rows[0])]
     act_self = _leaky_relu(source + target)
     act_other = _leaky_relu(other + target)
-    logit = (act_other - act_self) @ state[p + "att"].reshape(-1)
-    weight = _sigmoid(logit) * has_prev.astype(np.float32)
+    weight = _sigmoid((act_other - act_self) @ state[p + "att"].reshape(-1))
     out = source + weight[:, None] * (other - source) + state[p + "bias"]
     if config.batch_norm:
         n = f"norms.{layer}."

@@ -190,3 +190,26 @@ def test_a_model_loaded_and_changed_in_memory_is_what_is_predicted_with(
     assert before is not None and after is not None
     assert not np.allclose(before[0], after[0])
     np.testing.assert_allclose(after[0], run_module.predict(run, graphs)[0], rtol=1e-5)
+
+
+def test_chunks_of_whole_graphs_give_the_same_predictions(
+    runs: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from types import SimpleNamespace
+
+    from autobuild_dsl.scorer import numpy_predict
+
+    run = load_run(runs["mbv3"])
+    graphs: list[object] = [run.encoder().encode_arrays(a) for a in sample(run.space, 40, seed=3)]
+    width = len(run.config.model.vocab_sizes)
+    empty = np.zeros((0, width), dtype=np.int64)
+    graphs.insert(7, SimpleNamespace(x=empty, edge_index=np.zeros((2, 0), dtype=np.int64)))
+    whole = predict_numpy(run, graphs)
+    monkeypatch.setattr(numpy_predict, "CHUNK_NODES", 50)  # ~3 graphs a chunk
+    assert len(numpy_predict._chunks(chain_batch(graphs, run.config.model.vocab_sizes))) > 10
+    chunked = predict_numpy(run, graphs)
+    assert whole is not None and chunked is not None
+    np.testing.assert_allclose(chunked[0], whole[0], rtol=1e-6)
+    # The graph without nodes pools to zeros, as in the torch path.
+    tensors = [g.tensors() if hasattr(g, "tensors") else g for g in graphs]
+    np.testing.assert_allclose(whole[0], run_module.predict(run, tensors)[0], rtol=1e-5)

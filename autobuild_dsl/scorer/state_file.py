@@ -26,10 +26,6 @@ import numpy as np
 _STORAGE_DTYPES = {"FloatStorage": np.dtype("<f4"), "LongStorage": np.dtype("<i8")}
 
 
-class _Unsupported(Exception):
-    """Something a scorer's state dict does not hold: read it with torch instead."""
-
-
 class _StorageType:
     def __init__(self, dtype: np.dtype) -> None:
         self.dtype = dtype
@@ -46,13 +42,13 @@ def _rebuild_tensor(
 ) -> np.ndarray:
     """`torch._utils._rebuild_tensor_v2` for numpy: a copy of the strided view."""
     if hooks or metadata:
-        raise _Unsupported("tensor with hooks or metadata")
+        raise pickle.UnpicklingError("tensor with hooks or metadata")
     if len(size) != len(stride) or any(s < 0 for s in (*size, *stride)) or offset < 0:
-        raise _Unsupported("bad tensor geometry")
+        raise pickle.UnpicklingError("bad tensor geometry")
     if all(size):
         last = offset + sum((n - 1) * s for n, s in zip(size, stride, strict=True))
         if last >= storage.shape[0]:
-            raise _Unsupported("tensor outside its storage")
+            raise pickle.UnpicklingError("tensor outside its storage")
     item = storage.itemsize
     view = np.lib.stride_tricks.as_strided(
         storage[offset:], shape=size, strides=[s * item for s in stride], writeable=False
@@ -61,7 +57,9 @@ def _rebuild_tensor(
 
 
 class _StateUnpickler(pickle.Unpickler):
-    """Unpickles data.pkl with storages read from the zip; refuses any other class."""
+    """Unpickles data.pkl with storages read from the zip. Anything a scorer's state dict
+    does not hold raises UnpicklingError (as the pickle docs suggest for a restricted
+    unpickler): `read_state` then returns None."""
 
     def __init__(self, data: bytes, archive: zipfile.ZipFile, prefix: str) -> None:
         super().__init__(io.BytesIO(data))
@@ -76,18 +74,18 @@ class _StateUnpickler(pickle.Unpickler):
             return collections.OrderedDict
         if module == "torch" and name in _STORAGE_DTYPES:
             return _StorageType(_STORAGE_DTYPES[name])
-        raise _Unsupported(f"{module}.{name}")
+        raise pickle.UnpicklingError(f"{module}.{name}")
 
     def persistent_load(self, pid: Any) -> np.ndarray:
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
-            raise _Unsupported("persistent id")
+            raise pickle.UnpicklingError("persistent id")
         _, kind, key, location, numel = pid
         if not isinstance(kind, _StorageType) or location != "cpu":
-            raise _Unsupported("storage")
+            raise pickle.UnpicklingError("storage")
         if key not in self._storages:
             raw = self._archive.read(f"{self._prefix}data/{key}")
             if len(raw) != numel * kind.dtype.itemsize:
-                raise _Unsupported("storage size")
+                raise pickle.UnpicklingError("storage size")
             self._storages[key] = np.frombuffer(raw, dtype=kind.dtype)
         return self._storages[key]
 
@@ -105,7 +103,7 @@ def read_state(data: bytes) -> dict[str, np.ndarray] | None:
             if f"{prefix}byteorder" in names and archive.read(f"{prefix}byteorder") != b"little":
                 return None
             state = _StateUnpickler(archive.read(pickles[0]), archive, prefix).load()
-    except (_Unsupported, pickle.UnpicklingError, zipfile.BadZipFile, KeyError, EOFError):
+    except (pickle.UnpicklingError, zipfile.BadZipFile, KeyError, EOFError):
         return None
     except (ValueError, TypeError, AttributeError, IndexError):  # a malformed pickle
         return None

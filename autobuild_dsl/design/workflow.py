@@ -63,6 +63,9 @@ CHANGE_CHECKED = 100
 # twice: its candidates and their one-module changes), the newest first.
 PREDICT_ENTRY = "predict-"
 PREDICT_KEPT = 32
+# In the predictions' cache key: 2 = chain graphs predicted in numpy (older entries were
+# computed with torch, equal to float rounding only).
+PREDICT_VERSION = 2
 
 ProgressFn = Callable[[RankProgress], None]
 
@@ -185,28 +188,40 @@ def predict_architectures(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The run's ensemble prediction (mean, member spread) for each architecture.
 
-    `cache`: keep them in the run folder (design.rank_cache), keyed on the run's content
-    and the architectures asked, so a repeated build needs no torch."""
+    Chain graphs (no skip links) are predicted in numpy (scorer.numpy_predict: no torch
+    import, whether or not torch is loaded, so every process gives the same numbers);
+    other graphs with torch. `cache`: keep them in the run folder (design.rank_cache),
+    keyed on the run's content and the architectures asked."""
     if not archs:
         return np.zeros(0), np.zeros(0)
     # One entry per request: the same numbers as computing them, to the bit (a forward's
     # floats can depend on what else is in its batch).
     asked = [a.key() for a in archs]
-    key = rank_cache.cache_key("predict", rank_cache.run_digest(run), asked)
+    key = rank_cache.cache_key("predict", PREDICT_VERSION, rank_cache.run_digest(run), asked)
     name = f"{PREDICT_ENTRY}{key[:16]}"
     stored = rank_cache.load_arrays(run.path, name, key) if cache else None
     if stored is not None:
         return stored["mean"], stored["sd"]
-    from autobuild_dsl.parallel import torch_threads
-    from autobuild_dsl.scorer.run import predict
-
     encoder = run.encoder()
-    # Plain tensors where the encoder offers them: no PyG (and its ~1 s import) needed.
-    tensors = getattr(encoder, "encode_tensors", None)
-    with torch_threads(threads):
-        mean, sd = predict(run, [(tensors or encoder.encode)(arch) for arch in archs])
+    arrays = getattr(encoder, "encode_arrays", None)  # sequence graphs as numpy arrays
+    graphs = [arrays(arch) for arch in archs] if arrays is not None else None
+    computed = None
+    if graphs is not None:
+        from autobuild_dsl.scorer.numpy_predict import predict_numpy
+
+        computed = predict_numpy(run, graphs)
+    if computed is None:
+        from autobuild_dsl.parallel import torch_threads
+        from autobuild_dsl.scorer.run import predict
+
+        # Plain tensors where the encoder offers them: no PyG (and its ~1 s import).
+        tensors = [g.tensors() for g in graphs] if graphs is not None else None
+        with torch_threads(threads):
+            computed = predict(run, tensors or [encoder.encode(arch) for arch in archs])
+    mean, sd = computed
     # Kept only if computed with the weights keyed (see rank_cache.run_digest).
-    if cache and rank_cache.cache_key("predict", rank_cache.run_digest(run), asked) == key:
+    again = rank_cache.cache_key("predict", PREDICT_VERSION, rank_cache.run_digest(run), asked)
+    if cache and again == key:
         rank_cache.save_arrays(run.path, name, key, {"mean": mean, "sd": sd})
         rank_cache.prune(run.path, PREDICT_ENTRY, PREDICT_KEPT)
     return mean, sd

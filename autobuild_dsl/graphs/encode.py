@@ -95,9 +95,8 @@ def _template_names(template: NodeTemplate) -> tuple[set[str], set[str]]:
 
 
 # torch and PyG are imported on first use, not with this module: PyG pulls in
-# torch._dynamo (~1 s), and the CLI imports `EncodeError` and `GraphEncoder` on paths
-# that never build a graph (`abc --help`; `abc rank` packs module graphs itself). `SequenceGraph` is still importable
-# from here (module `__getattr__`), and pickles by that name.
+# torch._dynamo (~1 s), and the CLI imports `EncodeError` and `GraphEncoder` on paths that
+# never build a graph. `SequenceGraph` is importable from here (module `__getattr__`).
 _SEQUENCE_GRAPH: type | None = None
 
 
@@ -133,7 +132,8 @@ def _sequence_graph_class() -> type:
 @dataclass(frozen=True)
 class GraphTensors:
     """A sequence graph as plain tensors (the attributes a `SequenceGraph` has), without
-    PyG: what the scorer packs directly (module graphs, prediction-only encoding)."""
+    PyG: what the scorer packs directly (module graphs, prediction-only encoding). From
+    `encode_arrays` the fields are numpy int64 arrays (no torch needed); `tensors()`."""
 
     x: Any  # torch.Tensor [nodes, categories] long
     edge_index: Any  # [2, edges] long
@@ -144,15 +144,15 @@ class GraphTensors:
     def num_nodes(self) -> int:
         return int(self.x.shape[0])
 
+    def tensors(self) -> GraphTensors:
+        """The same graph with torch tensors (sharing the numpy arrays' memory)."""
+        import torch
+
+        return GraphTensors(**{name: torch.as_tensor(a) for name, a in vars(self).items()})
+
     def to_data(self) -> Data:
         """The same graph as a PyG `SequenceGraph` (imports PyG)."""
-        return _sequence_graph_class()(
-            x=self.x,
-            edge_index=self.edge_index,
-            stage_index=self.stage_index,
-            layer_index=self.layer_index,
-            num_nodes=self.num_nodes,
-        )
+        return _sequence_graph_class()(**vars(self), num_nodes=self.num_nodes)
 
 
 def __getattr__(name: str) -> Any:
@@ -459,13 +459,11 @@ class GraphEncoder:
             if s.source in spans and s.target in spans
         )
         edges = self._edges(count, skips)
-        import torch
-
-        return GraphTensors(
-            x=torch.from_numpy(np.ascontiguousarray(table[:, :width])),
-            edge_index=torch.from_numpy(edges.copy()),
-            stage_index=torch.from_numpy(table[:, width].copy()),
-            layer_index=torch.from_numpy(table[:, width + 1].copy()),
+        return GraphTensors(  # numpy arrays: callers that want tensors call .tensors()
+            x=np.ascontiguousarray(table[:, :width]),
+            edge_index=edges.copy(),
+            stage_index=table[:, width].copy(),
+            layer_index=table[:, width + 1].copy(),
         )
 
     def _edges(self, count: int, skips: tuple[tuple[int, int], ...]) -> np.ndarray:
@@ -478,18 +476,18 @@ class GraphEncoder:
             extra = [(a, b) for a, b in skips if b != a + 1]
             if extra:
                 parts.append(np.array(extra, dtype=np.int64).T)
-            cached = (
-                np.concatenate(parts, axis=1).astype(np.int64)
-                if parts
-                else np.zeros((2, 0), dtype=np.int64)
-            )
-            self._edge_cache[key] = cached
+            parts = parts or [np.zeros((2, 0), dtype=np.int64)]
+            cached = self._edge_cache[key] = np.concatenate(parts, axis=1).astype(np.int64)
         return cached
 
     # ----- public API ----------------------------------------------------------------
 
     def encode_tensors(self, arch: Architecture) -> GraphTensors:
         """The sequence graph of one (canonical) architecture, as plain tensors."""
+        return self.encode_arrays(arch).tensors()
+
+    def encode_arrays(self, arch: Architecture) -> GraphTensors:
+        """`encode_tensors` with numpy arrays: needs no torch (scorer.numpy_predict)."""
         env = self._index.with_ties(self._index.scalars(arch))
         layers = []
         for plan in self._plans:
@@ -588,7 +586,7 @@ class GraphEncoder:
         env = self._index.with_ties(scalars)
         plans = [self._plan_of[s] for s in unit.stages]
         layers = [part.layers[: part.depth] for part in module]
-        return self._graph(plans, env, layers, globals_)
+        return self._graph(plans, env, layers, globals_).tensors()
 
 
 __all__ = [  # noqa: F822

@@ -13,6 +13,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 from pydantic import BaseModel, Field
 
 from autobuild_dsl import io as abc_io
@@ -237,6 +238,22 @@ class LoadedMember:
         self._loaded_state = _state_digest(model)
         return model
 
+    def numpy_state(self) -> dict[str, np.ndarray] | None:
+        """The member's weights as numpy arrays, for scorer.numpy_predict: read from its
+        file without torch while the model is not loaded (None where the file holds
+        anything but plain tensors: scorer.state_file), else the loaded model's state
+        (what it computes with, even if changed in memory after loading)."""
+        if self._model is not None:
+            state = self._model.state_dict().items()
+            return {name: t.detach().cpu().numpy() for name, t in state}
+        from autobuild_dsl.scorer.state_file import read_state
+
+        assert self._weights is not None
+        try:
+            return read_state(self._weights.read_bytes())
+        except OSError:
+            return None  # loading with torch reports it
+
     def weights_digest(self) -> str:
         """What names the weights this member computes with, read without torch while the
         model is not loaded: the SHA-256 of its weight file (of the bytes it was loaded
@@ -271,6 +288,31 @@ class LoadedMember:
 
     def __repr__(self) -> str:
         return f"LoadedMember({self.name!r}, loaded={self._model is not None})"
+
+
+def normalised_weights(values: Sequence[float]) -> np.ndarray:
+    """Member weights (held-out SRCCs, >= 0) scaled to sum to 1."""
+    w = np.asarray(values, dtype=np.float64)
+    # No member beats chance: fall back to an unweighted ensemble.
+    return w / w.sum() if w.sum() > 0 else np.full(len(w), 1.0 / len(w))
+
+
+def in_target_units(member: LoadedMember, standardised: np.ndarray) -> np.ndarray:
+    """A member's head output (standardised with its training labels' moments) in target
+    units, as float64."""
+    label = member.record.label
+    return standardised.astype(np.float64) * (label.sd if label.sd > 0 else 1.0) + label.mean
+
+
+def ensemble_moments(
+    members: Sequence[LoadedMember], preds: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, spread) of the members' predictions [members, graphs] in target units:
+    weighted by each member's held-out SRCC of its predictions (the paper's weighting of
+    Exhaustive-Search predictors); the spread is the weighted standard deviation."""
+    w = normalised_weights([m.prediction_weight for m in members])
+    mean = w @ preds
+    return mean, np.sqrt(np.maximum(w @ (preds - mean) ** 2, 0.0))
 
 
 def _state_digest(model: Any) -> str:

@@ -59,7 +59,10 @@ from autobuild_dsl.scorer.records import (  # noqa: F401  (re-exported: run.py w
     SummaryMetrics,
     TrainedRun,
     _read_record,
+    ensemble_moments,
+    in_target_units,
     load_run,
+    normalised_weights,
     summarise,
     summary_json,
 )
@@ -387,36 +390,20 @@ def _as_packed(graphs: Sequence[Any] | PackedGraphs, model: ScorerModel) -> Pack
     return packed
 
 
-def _weights(values: Sequence[float]) -> np.ndarray:
-    w = np.asarray(values, dtype=np.float64)
-    # No member beats chance: fall back to an unweighted ensemble.
-    return w / w.sum() if w.sum() > 0 else np.full(len(w), 1.0 / len(w))
-
-
 def member_predictions(run: TrainedRun, graphs: Sequence[Any] | PackedGraphs) -> np.ndarray:
     """[members, graphs]: each member's prediction in target units."""
     packed = _as_packed(graphs, run.members[0].model)
-    rows = []
     with torch.inference_mode():
         # Planned once for all members: each distinct node context is computed once.
         preds = predict_members([m.model for m in run.members], packed)
-        for member, pred in zip(run.members, preds, strict=True):
-            label = member.record.label
-            rows.append(pred.double().numpy() * (label.sd if label.sd > 0 else 1.0) + label.mean)
+        rows = [in_target_units(m, p.numpy()) for m, p in zip(run.members, preds, strict=True)]
     return np.stack(rows)
 
 
 def predict(run: TrainedRun, graphs: Sequence[Any] | PackedGraphs) -> tuple[np.ndarray, np.ndarray]:
-    """(mean, spread) of the members' predictions, in target units.
-
-    Members are weighted by the held-out SRCC of their predictions (the paper's weighting
-    of Exhaustive-Search predictors); the spread is the weighted standard deviation.
-    """
-    preds = member_predictions(run, graphs)
-    w = _weights([m.prediction_weight for m in run.members])
-    mean = w @ preds
-    spread = np.sqrt(np.maximum(w @ (preds - mean) ** 2, 0.0))
-    return mean, spread
+    """(mean, spread) of the members' predictions, in target units (weighted by their
+    held-out SRCC: records.ensemble_moments)."""
+    return ensemble_moments(run.members, member_predictions(run, graphs))
 
 
 def node_norms(
@@ -434,7 +421,7 @@ def node_norms(
 
 def run_feature_importance(run: TrainedRun) -> list[FeatureScore]:
     """FE-MLP scores averaged over members, weighted by their held-out hop-0 SRCC."""
-    w = _weights([m.hop_weight(0) for m in run.members])
+    w = normalised_weights([m.hop_weight(0) for m in run.members])
     tables = [feature_importance(m.model, run.config.categories) for m in run.members]
     merged = []
     for i, row in enumerate(tables[0]):

@@ -257,7 +257,7 @@ def bench_startup(run_path: Path, repeats: int, baseline: Path | None = None) ->
     """Both commands in three cases, interleaved: after train (RUN/cache/ holds what `abc
     train` writes at its end), warm (a repeat call: the cache the previous call left) and
     cold (RUN/cache/ removed first); with `baseline` (another checkout, e.g. of main), its
-    code's cold and warm calls too, in the same rounds."""
+    code's calls in the same three cases too, in the same rounds."""
     from autobuild_dsl.design.rank_cache import CACHE_DIR
 
     scratch = Path(tempfile.mkdtemp(prefix="bench_startup_"))
@@ -267,16 +267,18 @@ def bench_startup(run_path: Path, repeats: int, baseline: Path | None = None) ->
     def drop_cache() -> None:
         shutil.rmtree(run_path / CACHE_DIR, ignore_errors=True)
 
-    def after_train() -> None:
+    def after_train(code: Path = ROOT) -> None:
         drop_cache()
         done = subprocess.run(
             [sys.executable, "-c", PRIME, str(run_path)],
-            cwd=ROOT,
+            cwd=code,  # the priming of that checkout's `abc train`
+            env=CLI_ENV,
             capture_output=True,
             text=True,
             check=True,
         )
-        primed.append(float(done.stdout.split()[-1]))
+        if code == ROOT:
+            primed.append(float(done.stdout.split()[-1]))
 
     commands = {
         "rank": ["rank", str(run_path)],
@@ -284,8 +286,12 @@ def bench_startup(run_path: Path, repeats: int, baseline: Path | None = None) ->
         "build-default": ["build", str(run_path), "-o", str(scratch / "default")],
     }
     cases = [("after-train", after_train, ROOT), ("warm", None, ROOT), ("cold", drop_cache, ROOT)]
-    if baseline is not None:  # its `abc train` writes no cache: a first call is a cold one
-        cases += [("cold", drop_cache, baseline), ("warm", None, baseline)]
+    if baseline is not None:
+        cases += [
+            ("after-train", lambda: after_train(baseline), baseline),
+            ("warm", None, baseline),
+            ("cold", drop_cache, baseline),
+        ]
     times: dict[str, list[tuple[float, float]]] = {}
     for _ in range(repeats):
         for name, args in commands.items():
@@ -316,10 +322,13 @@ def _startup_lines(s: dict) -> list[str]:
         "end (design.ranking_workflow.prime_cache, run here in a process of its own: the "
         "module norms, feature importance and seen feature values of the default options, "
         "and the predictions of the default build, `abc build RUN -o DIR`, not those of "
-        "`-k 3 -n 20`), so this is a user's first call; warm: a repeat call (the cache the previous call "
+        "`-k 3 -n 20`: a first such build predicts its networks itself, in numpy for chain "
+        "graphs, torch not imported), so this is a user's first call; warm: a repeat call "
+        "(the cache the previous call "
         "left, with `build`'s predictions); cold: no `RUN/cache/` (20 forward passes over "
         "every module, the labeled data read, torch imported). Whole process (imports, "
-        f"interpreter exit), min and median of {s['repeats']}, interleaved; load average "
+        "interpreter exit; Python's bytecode caches on, as a user's), min and median of "
+        f"{s['repeats']}, interleaved; load average "
         f"{start} at the start and {end} when done, on 2 cores (the wall time holds the "
         "waits for a core; the CPU time is what the command itself costs).",
         "",

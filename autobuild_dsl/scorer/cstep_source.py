@@ -1,0 +1,515 @@
+"""The C source of cstep.py: an epoch of training steps (forward, loss, backward, AdamW)
+on chained graphs, row by row. Kept apart from the Python so each module stays short.
+
+Forward: one pass over the rows does every layer of a row (row i of layer l needs only
+row i - 1's source message, computed just before), so a row's activations stay in cache.
+Backward: one pass over the rows in reverse; a row's source gradient is complete once the
+row after it (its only reader) has been done, so every layer's input gradient and weight
+gradients are made from it at once (`pend` carries row i + 1's message gradient).
+"""
+
+SOURCE = r"""
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#define MAXD 64
+#define MAXH 256
+#define MAXL 16
+#define BLOCK 16  /* rows per weight-gradient update */
+#define INLINE static inline __attribute__((always_inline))
+static inline float lrelu(float x, float s) { return x > 0.f ? x : x * s; }
+static inline long up16(long n) { return (n + 15) & ~15L; }
+
+/* C categories, S value slots, F FE width, L layers, d hidden, hh head width, residual,
+   the most nodes and graphs in a batch (the workspace is sized for them). */
+typedef struct { long C, S, F, L, d, hh, residual, maxn, maxg; } Dims;
+typedef struct { double slope, strength, lambda, lr, wd, b1, b2, eps; } Scal;
+/* Parameters (or their gradients) as pointers into the flat tensor at the offsets of
+   cstep.py: embed, weight, bias; per layer W_l, b_l, W_r, b_r, att, bias; W1 b1 W2 b2 W3 b3 */
+typedef struct {
+    float *embed, *fw, *fb;
+    float *wl[MAXL], *bl[MAXL], *wr[MAXL], *br[MAXL], *att[MAXL], *bias[MAXL];
+    float *w1, *b1, *w2, *b2, *w3, *b3;
+} Net;
+
+static void net_at(Net *net, float *base, const long *o, long L) {
+    net->embed = base + o[0]; net->fw = base + o[1]; net->fb = base + o[2];
+    for (long l = 0; l < L; l++) {
+        const long *p = o + 3 + 6 * l;
+        net->wl[l] = base + p[0]; net->bl[l] = base + p[1]; net->wr[l] = base + p[2];
+        net->br[l] = base + p[3]; net->att[l] = base + p[4]; net->bias[l] = base + p[5];
+    }
+    const long *h = o + 3 + 6 * L;
+    net->w1 = base + h[0]; net->b1 = base + h[1]; net->w2 = base + h[2];
+    net->b2 = base + h[3]; net->w3 = base + h[4]; net->b3 = base + h[5];
+}
+
+/* Every buffer a batch needs, carved from one float array. */
+typedef struct {
+    float *table, *gtable, *wt[MAXL], *bcat[MAXL], *raw, *h[MAXL + 1], *both[MAXL], *w[MAXL],
+        *r[MAXL], *wg[MAXL], *wh[MAXL], *pooled, *gpool, *inv, *z1, *z2, *pred, *norms, *gnorms, *pend, *gh, *gout;
+    long *gb;
+    double *rank;
+    long width;
+} Work;
+
+static long work_layout(const Dims *D, float *base, Work *W) {
+    long n = D->maxn, G = D->maxg, d = D->d, C = D->C, off = 0;
+    float *spare = 0;
+#define TAKE(ptr, count) do { if (base) (ptr) = base + off; off += up16(count); } while (0)
+    TAKE(W->table, C * D->S); TAKE(W->gtable, C * D->S); TAKE(W->raw, n * C);
+    TAKE(W->h[0], n * C);
+    for (long l = 0; l < D->L; l++) {
+        long din = l ? d : C;
+        TAKE(W->wt[l], din * 2 * d); TAKE(W->bcat[l], 2 * d); TAKE(W->h[l + 1], n * d);
+        TAKE(W->both[l], n * 2 * d); TAKE(W->w[l], n); TAKE(W->r[l], n * d);
+        TAKE(W->wg[l], BLOCK * 2 * d); TAKE(W->wh[l], BLOCK * din);
+    }
+    long width = C + D->L * d;
+    TAKE(W->pooled, G * width); TAKE(W->gpool, G * width); TAKE(W->inv, G);
+    TAKE(W->z1, G * D->hh); TAKE(W->z2, G * D->hh); TAKE(W->pred, G);
+    TAKE(W->norms, (D->L + 1) * G); TAKE(W->gnorms, (D->L + 1) * G); TAKE(W->pend, D->L * d);
+    TAKE(W->gh, MAXD); TAKE(W->gout, MAXD);
+    TAKE(spare, 2 * n);  /* longs: each node's graph in the batch */
+    if (base) { W->gb = (long *)spare; W->width = width; }
+    TAKE(spare, 2 * 12 * G);  /* doubles: the soft rank's scratch */
+    if (base) W->rank = (double *)spare;
+#undef TAKE
+    return off;
+}
+
+long cstep_work_floats(const long *dims) { return work_layout((const Dims *)dims, 0, 0); }
+
+/* The FE-MLP's value table, each layer's [W_l; W_r]^T ([din][2d]) and [b_l | b_r]. */
+static void prepare(const Dims *D, const Net *P, Work *W) {
+    long C = D->C, S = D->S, F = D->F, d = D->d;
+    for (long c = 0; c < C; c++)
+        for (long v = 0; v < S; v++) {
+            const float *e = P->embed + (c * S + v) * F;
+            float a = P->fb[c];
+            for (long f = 0; f < F; f++) a += e[f] * P->fw[c * F + f];
+            W->table[c * S + v] = a;
+        }
+    for (long l = 0; l < D->L; l++) {
+        long din = l ? d : C;
+        for (long j = 0; j < d; j++) {
+            for (long k = 0; k < din; k++) {
+                W->wt[l][k * 2 * d + j] = P->wl[l][j * din + k];
+                W->wt[l][k * 2 * d + d + j] = P->wr[l][j * din + k];
+            }
+            W->bcat[l][j] = P->bl[l][j];
+            W->bcat[l][d + j] = P->br[l][j];
+        }
+    }
+}
+
+/* ---------------------------------------------------------------- forward */
+
+/* Row i of a layer: both = h_i [W_l; W_r]^T + [b_l | b_r], attention over (self,
+   predecessor row), ReLU, then the residual skip. */
+INLINE void fwd_row(const int d, const int din, long i, const float *restrict hin,
+                    const float *restrict wt, const float *restrict bcat, float *restrict both,
+                    const float *restrict att, const float *restrict bias, float has,
+                    float slope, int residual, float *restrict out, float *restrict r,
+                    float *restrict w) {
+    float acc[2 * MAXD];
+    for (int j = 0; j < 2 * d; j++) acc[j] = bcat[j];
+    for (int k = 0; k < din; k++) {
+        const float hk = hin[k], *restrict row = wt + k * 2 * d;
+        #pragma omp simd
+        for (int j = 0; j < 2 * d; j++) acc[j] += hk * row[j];
+    }
+    float *s = both + i * 2 * d, *t = s + d;
+    for (int j = 0; j < 2 * d; j++) s[j] = acc[j];
+    const float *p = (i > 0 && has != 0.f) ? s - 2 * d : s;
+    float a = 0.f;
+    #pragma omp simd reduction(+:a)
+    for (int k = 0; k < d; k++)
+        a += att[k] * (lrelu(p[k] + t[k], slope) - lrelu(s[k] + t[k], slope));
+    float wi = has / (1.f + expf(-a));
+    w[i] = wi;
+    #pragma omp simd
+    for (int k = 0; k < d; k++) {
+        float v = s[k] + wi * (p[k] - s[k]) + bias[k];
+        v = v > 0.f ? v : 0.f;
+        r[k] = v;
+        out[k] = residual ? v + hin[k] : v;
+    }
+}
+
+INLINE void fwd_rows(const int d, const Dims *D, float slope, long n, const long *x,
+                     const unsigned char *has, const Net *P, Work *W) {
+    long C = D->C;
+    for (long i = 0; i < n; i++) {
+        float *pool = W->pooled + W->gb[i] * W->width;
+        for (long c = 0; c < C; c++) {
+            float v = W->table[c * D->S + x[i * C + c]];
+            W->raw[i * C + c] = v;
+            W->h[0][i * C + c] = fabsf(v);
+            pool[c] += fabsf(v);
+        }
+        for (long l = 0; l < D->L; l++) {
+            int res = D->residual && l > 0;
+            float *out = W->h[l + 1] + i * d, *r = res ? W->r[l] + i * d : out;
+            float hs = has[i] ? 1.f : 0.f;
+            if (l)  /* the input width a constant too: the row's sums stay in registers */
+                fwd_row(d, d, i, W->h[l] + i * d, W->wt[l], W->bcat[l], W->both[l], P->att[l],
+                        P->bias[l], hs, slope, res, out, r, W->w[l]);
+            else
+                fwd_row(d, (int)C, i, W->h[0] + i * C, W->wt[0], W->bcat[0], W->both[0],
+                        P->att[0], P->bias[0], hs, slope, res, out, r, W->w[0]);
+            float *dst = pool + C + l * d;
+            #pragma omp simd
+            for (int k = 0; k < d; k++) dst[k] += out[k];
+        }
+    }
+}
+
+/* The head on each graph's pooled last hop; the L1 norm of every hop's pooled embedding. */
+static void head_forward(const Dims *D, long G, const Net *P, Work *W) {
+    long d = D->d, hh = D->hh, width = W->width;
+    for (long g = 0; g < G; g++) {
+        const float *a = W->pooled + g * width + width - d;
+        float *z1 = W->z1 + g * hh, *z2 = W->z2 + g * hh;
+        for (long j = 0; j < hh; j++) {
+            float v = P->b1[j];
+            for (long k = 0; k < d; k++) v += P->w1[j * d + k] * a[k];
+            z1[j] = v > 0.f ? v : 0.f;
+        }
+        for (long j = 0; j < hh; j++) {
+            float v = P->b2[j];
+            for (long k = 0; k < hh; k++) v += P->w2[j * hh + k] * z1[k];
+            z2[j] = v > 0.f ? v : 0.f;
+        }
+        float v = P->b3[0];
+        for (long k = 0; k < hh; k++) v += P->w3[k] * z2[k];
+        W->pred[g] = v;
+        for (long h = 0; h <= D->L; h++) {
+            long lo = h ? D->C + (h - 1) * d : 0, hi = h ? lo + d : D->C;
+            float s = 0.f;
+            for (long k = lo; k < hi; k++) s += fabsf(W->pooled[g * width + k]);
+            W->norms[h * G + g] = s;
+        }
+    }
+}
+
+/* ---------------------------------------------------------------- loss */
+
+typedef struct { float v; long i; } Ranked;
+
+static int by_value_desc(const void *a, const void *b) {
+    const Ranked *x = a, *y = b;
+    if (x->v != y->v) return x->v > y->v ? -1 : 1;
+    return x->i < y->i ? -1 : (x->i > y->i);
+}
+
+/* Soft SRCC of `vals` [n] against the centred unit-norm ranks `unit` (torchsort's L2 soft
+   rank: sort, non-increasing isotonic fit of s - (n..1) by pool-adjacent-violators, s - fit),
+   and d(gout * srcc) / d vals into gvals. */
+static double soft_srcc(long n, const float *vals, const float *unit, double strength,
+                        double gout, float *gvals, double *scratch) {
+    double *s = scratch, *c = s + n, *us = c + n, *gc = us + n, *bs = gc + n, *bc = bs + n;
+    long *start = (long *)(bc + n);
+    Ranked *order = (Ranked *)(start + n);
+    for (long j = 0; j < n; j++) { order[j].v = vals[j] * (float)(1.0 / strength); order[j].i = j; }
+    qsort(order, n, sizeof(Ranked), by_value_desc);
+    long nb = 0;
+    for (long j = 0; j < n; j++) {
+        s[j] = order[j].v;
+        us[j] = unit[order[j].i];
+        double sum = s[j] - (double)(n - j), cnt = 1.0;
+        long first = j;
+        while (nb > 0 && bs[nb - 1] * cnt <= sum * bc[nb - 1]) {
+            nb--; sum += bs[nb]; cnt += bc[nb]; first = start[nb];
+        }
+        bs[nb] = sum; bc[nb] = cnt; start[nb] = first; nb++;
+    }
+    double mean = 0.0, norm = 0.0, dot = 0.0;
+    for (long b = 0; b < nb; b++) {
+        long end = b + 1 < nb ? start[b + 1] : n;
+        for (long j = start[b]; j < end; j++) c[j] = s[j] - bs[b] / bc[b];
+    }
+    for (long j = 0; j < n; j++) mean += c[j];
+    mean /= n;
+    for (long j = 0; j < n; j++) { c[j] -= mean; norm += c[j] * c[j]; dot += c[j] * us[j]; }
+    norm = sqrt(norm);
+    if (norm < 1e-12) norm = 1e-12;
+    double srcc = dot / norm, gmean = 0.0;
+    for (long j = 0; j < n; j++) { gc[j] = (us[j] - c[j] * srcc / norm) * gout / norm; gmean += gc[j]; }
+    gmean /= n;
+    for (long b = 0; b < nb; b++) {
+        long end = b + 1 < nb ? start[b + 1] : n;
+        double avg = 0.0;
+        for (long j = start[b]; j < end; j++) avg += gc[j] - gmean;
+        avg /= (double)(end - start[b]);
+        for (long j = start[b]; j < end; j++)
+            gvals[order[j].i] = (float)((gc[j] - gmean - avg) / strength);
+    }
+    return srcc;
+}
+
+/* Loss = MSE + lambda * mean_h (1 - SRCC_h) into out (total, mse, SRCC per hop; NaN when
+   a batch has < 2 graphs), and the gradient of the pooled table from the norms. */
+static void loss_grads(const Dims *D, const Scal *S, long G, const float *y,
+                       const float *unit, Work *W, float *out) {
+    long H = D->L + 1, width = W->width, d = D->d;
+    double mse = 0.0;
+    for (long g = 0; g < G; g++) mse += (double)(W->pred[g] - y[g]) * (W->pred[g] - y[g]);
+    mse /= G;
+    double total = mse;
+    int ranked = S->lambda > 0 && G >= 2;
+    for (long h = 0; h < H; h++) {
+        float *gn = W->gnorms + h * G;
+        if (ranked) {
+            double srcc = soft_srcc(G, W->norms + h * G, unit, S->strength, -S->lambda / H, gn,
+                                    W->rank);
+            total += S->lambda * (1.0 - srcc) / H;
+            out[2 + h] = (float)srcc;
+        } else {
+            memset(gn, 0, G * sizeof(float));
+            out[2 + h] = NAN;
+        }
+    }
+    out[0] = (float)total;
+    out[1] = (float)mse;
+    for (long g = 0; g < G; g++)
+        for (long h = 0; h < H; h++) {
+            long lo = h ? D->C + (h - 1) * d : 0, hi = h ? lo + d : D->C;
+            float gn = W->gnorms[h * G + g];
+            for (long k = lo; k < hi; k++) {
+                float p = W->pooled[g * width + k];
+                W->gpool[g * width + k] = p > 0.f ? gn : (p < 0.f ? -gn : 0.f);
+            }
+        }
+}
+
+/* ---------------------------------------------------------------- backward */
+
+static void head_backward(const Dims *D, long G, const float *y, const Net *P, Net *Gr,
+                          Work *W) {
+    long d = D->d, hh = D->hh, width = W->width;
+    float gz1[MAXH], gz2[MAXH];
+    for (long g = 0; g < G; g++) {
+        const float *a = W->pooled + g * width + width - d;
+        const float *z1 = W->z1 + g * hh, *z2 = W->z2 + g * hh;
+        float gp = 2.f * (W->pred[g] - y[g]) / (float)G;
+        Gr->b3[0] += gp;
+        for (long k = 0; k < hh; k++) {
+            Gr->w3[k] += gp * z2[k];
+            gz2[k] = z2[k] > 0.f ? gp * P->w3[k] : 0.f;
+            gz1[k] = 0.f;
+        }
+        for (long j = 0; j < hh; j++) {
+            Gr->b2[j] += gz2[j];
+            for (long k = 0; k < hh; k++) {
+                Gr->w2[j * hh + k] += gz2[j] * z1[k];
+                gz1[k] += gz2[j] * P->w2[j * hh + k];
+            }
+        }
+        float *ga = W->gpool + g * width + width - d;
+        for (long j = 0; j < hh; j++) {
+            float gj = z1[j] > 0.f ? gz1[j] : 0.f;
+            Gr->b1[j] += gj;
+            for (long k = 0; k < d; k++) {
+                Gr->w1[j * d + k] += gj * a[k];
+                ga[k] += gj * P->w1[j * d + k];
+            }
+        }
+        float inv = W->inv[g];
+        for (long k = 0; k < width; k++) W->gpool[g * width + k] *= inv;
+    }
+}
+
+/* Row i of a layer backward, given the gradient of its output: the parameters' gradients
+   (accumulated), the input's gradient into gh, and pend: in, the message gradient row
+   i + 1 sent to this row's source; out, what this row sends to row i - 1. */
+INLINE void bwd_row(const int d, const int din, long i, const float *restrict hin,
+                    const float *restrict wl, const float *restrict wr,
+                    const float *restrict both, float wi, const float *restrict r, float has,
+                    const float *restrict att, float slope, int residual,
+                    const float *restrict gout, float *restrict pend, Net *Gr, long l,
+                    float *restrict gh, float *restrict wg, float *restrict wh) {
+    const float *s = both + i * 2 * d, *t = s + d;
+    const float *p = (i > 0 && has != 0.f) ? s - 2 * d : s;
+    float gp[MAXD], gs[MAXD], gt[MAXD], dot = 0.f;
+    float *restrict gatt = Gr->att[l], *restrict gbias = Gr->bias[l];
+    float *restrict gbl = Gr->bl[l], *restrict gbr = Gr->br[l];
+    #pragma omp simd reduction(+:dot)
+    for (int k = 0; k < d; k++) {
+        gp[k] = r[k] > 0.f ? gout[k] : 0.f;
+        dot += gp[k] * (p[k] - s[k]);
+    }
+    float gl = dot * (wi - wi * wi);
+    #pragma omp simd
+    for (int k = 0; k < d; k++) {
+        float zs = s[k] + t[k], zo = p[k] + t[k];
+        gatt[k] += gl * (lrelu(zo, slope) - lrelu(zs, slope));
+        gbias[k] += gp[k];
+        float ga = gl * att[k];
+        float gself = zs > 0.f ? ga : ga * slope, gother = zo > 0.f ? ga : ga * slope;
+        float m = gother + gp[k] * wi, tk = gother - gself;
+        float own = gp[k] - m + tk;
+        gs[k] = own + pend[k];
+        gt[k] = tk;
+        pend[k] = m;
+        /* own, then the message sent back, as ckernel's backward sums them: a dead unit's
+           terms cancel exactly there, and Adam would blow up a rounding residue. */
+        gbl[k] += own;
+        gbl[k] += m;
+        gbr[k] += tk;
+    }
+    float acc[MAXD];
+    for (int k = 0; k < din; k++) acc[k] = residual ? gout[k] : 0.f;
+    for (int j = 0; j < d; j++) {
+        const float a = gs[j], b = gt[j];
+        const float *restrict ml = wl + j * din, *restrict mr = wr + j * din;
+        #pragma omp simd
+        for (int k = 0; k < din; k++) acc[k] += a * ml[k] + b * mr[k];
+    }
+    /* The weight gradients later, BLOCK rows at once (wgrad_flush): keep this row's. */
+    for (int j = 0; j < d; j++) { wg[j] = gs[j]; wg[d + j] = gt[j]; }
+    for (int k = 0; k < din; k++) wh[k] = hin[k];
+    for (int k = 0; k < din; k++) gh[k] = acc[k];
+}
+
+/* [W_l; W_r] gradient += the kept rows' [gs | gt]^T @ h, a weight row at a time. */
+INLINE void wgrad_flush(const int d, const int din, int rows, const float *restrict wg,
+                        const float *restrict wh, float *restrict gwl, float *restrict gwr) {
+    for (int j = 0; j < 2 * d; j++) {
+        float *restrict dst = j < d ? gwl + j * din : gwr + (j - d) * din;
+        float acc[MAXD];
+        for (int k = 0; k < din; k++) acc[k] = dst[k];
+        for (int b = 0; b < rows; b++) {
+            const float a = wg[b * 2 * d + j], *restrict h = wh + b * din;
+            #pragma omp simd
+            for (int k = 0; k < din; k++) acc[k] += a * h[k];
+        }
+        for (int k = 0; k < din; k++) dst[k] = acc[k];
+    }
+}
+
+INLINE void flush_all(const int d, const Dims *D, int rows, Net *Gr, Work *W) {
+    wgrad_flush(d, (int)D->C, rows, W->wg[0], W->wh[0], Gr->wl[0], Gr->wr[0]);
+    for (long l = 1; l < D->L; l++)
+        wgrad_flush(d, d, rows, W->wg[l], W->wh[l], Gr->wl[l], Gr->wr[l]);
+}
+
+INLINE void bwd_rows(const int d, const Dims *D, float slope, long n, const long *x,
+                     const unsigned char *has, const Net *P, Net *Gr, Work *W) {
+    long C = D->C, L = D->L, width = W->width;
+    float *g = W->gout;
+    int kept = 0;
+    memset(W->pend, 0, L * d * sizeof(float));
+    for (long i = n - 1; i >= 0; i--) {
+        const float *gp = W->gpool + W->gb[i] * width;
+        for (int k = 0; k < d; k++) g[k] = gp[C + (L - 1) * d + k];
+        for (long l = L - 1; l >= 0; l--) {
+            long din = l ? d : C;
+            int res = D->residual && l > 0;
+            const float *r = res ? W->r[l] + i * d : W->h[l + 1] + i * d;
+            float hs = has[i] ? 1.f : 0.f;
+            float *wg = W->wg[l] + kept * 2 * d;
+            if (l)
+                bwd_row(d, d, i, W->h[l] + i * d, P->wl[l], P->wr[l], W->both[l], W->w[l][i], r,
+                        hs, P->att[l], slope, res, g, W->pend + l * d, Gr, l, W->gh, wg,
+                        W->wh[l] + kept * d);
+            else
+                bwd_row(d, (int)C, i, W->h[0] + i * C, P->wl[0], P->wr[0], W->both[0],
+                        W->w[0][i], r, hs, P->att[0], slope, res, g, W->pend, Gr, 0, W->gh, wg,
+                        W->wh[0] + kept * C);
+            const float *pc = gp + (l ? C + (l - 1) * d : 0);
+            for (long k = 0; k < din; k++) g[k] = W->gh[k] + pc[k];
+        }
+        for (long c = 0; c < C; c++) {  /* through abs into the value table */
+            float v = W->raw[i * C + c], sg = v > 0.f ? 1.f : (v < 0.f ? -1.f : 0.f);
+            W->gtable[c * D->S + x[i * C + c]] += g[c] * sg;
+        }
+        if (++kept == BLOCK) { flush_all(d, D, kept, Gr, W); kept = 0; }
+    }
+    if (kept) flush_all(d, D, kept, Gr, W);
+}
+
+static void features_backward(const Dims *D, const Net *P, Net *Gr, const Work *W) {
+    long C = D->C, S = D->S, F = D->F;
+    for (long c = 0; c < C; c++)
+        for (long v = 0; v < S; v++) {
+            float gt = W->gtable[c * S + v];
+            const float *e = P->embed + (c * S + v) * F;
+            float *ge = Gr->embed + (c * S + v) * F;
+            for (long f = 0; f < F; f++) {
+                ge[f] += gt * P->fw[c * F + f];
+                Gr->fw[c * F + f] += gt * e[f];
+            }
+            Gr->fb[c] += gt;
+        }
+}
+
+/* torch's AdamW: decoupled weight decay, bias corrections, eps outside the root. */
+static void adamw(long np, float *p, const float *g, float *m, float *v, double step,
+                  const Scal *S) {
+    double bc1 = 1.0 - pow(S->b1, step), bc2 = 1.0 - pow(S->b2, step);
+    float step_size = (float)(S->lr / bc1), bc2_sqrt = (float)sqrt(bc2);
+    float decay = (float)(1.0 - S->lr * S->wd), eps = (float)S->eps;
+    float b1 = (float)S->b1, b2 = (float)S->b2;
+    #pragma omp simd
+    for (long i = 0; i < np; i++) {
+        p[i] *= decay;
+        m[i] += (1.f - b1) * (g[i] - m[i]);
+        v[i] = b2 * v[i] + (1.f - b2) * g[i] * g[i];
+        p[i] -= step_size * m[i] / (sqrtf(v[i]) / bc2_sqrt + eps);
+    }
+}
+
+/* ---------------------------------------------------------------- one batch, an epoch */
+
+static void batch_step(const Dims *D, const Scal *S, long n, long G, const long *x,
+                       const unsigned char *has, const float *y, const float *unit,
+                       const Net *P, Net *Gr, Work *W, float *out) {
+    float slope = (float)S->slope;
+    prepare(D, P, W);
+    memset(W->pooled, 0, G * W->width * sizeof(float));
+    memset(W->gtable, 0, D->C * D->S * sizeof(float));
+    for (long g = 0; g < G; g++) W->inv[g] = 0.f;
+    for (long i = 0; i < n; i++) W->inv[W->gb[i]] += 1.f;
+    for (long g = 0; g < G; g++) W->inv[g] = 1.f / (W->inv[g] > 1.f ? W->inv[g] : 1.f);
+    if (D->d == 32) fwd_rows(32, D, slope, n, x, has, P, W);
+    else fwd_rows((int)D->d, D, slope, n, x, has, P, W);
+    for (long g = 0; g < G; g++)
+        for (long k = 0; k < W->width; k++) W->pooled[g * W->width + k] *= W->inv[g];
+    head_forward(D, G, P, W);
+    loss_grads(D, S, G, y, unit, W, out);
+    head_backward(D, G, y, P, Gr, W);
+    if (D->d == 32) bwd_rows(32, D, slope, n, x, has, P, Gr, W);
+    else bwd_rows((int)D->d, D, slope, n, x, has, P, Gr, W);
+    features_backward(D, P, Gr, W);
+}
+
+/* nb batches: batch b is nodes node_off[b].. and graphs graph_off[b].. of x [nodes, C],
+   has [nodes] (a predecessor row), gb [nodes] (graph, counted over the epoch), y and unit
+   [graphs]. Each: forward, loss, backward into grad, then AdamW on param (np floats) with
+   moments m, v and the step count *stepc. out: (total, mse, SRCC per hop) per batch. */
+int cstep_epoch(const long *dims, const double *scal, const long *offs, long np, float *param,
+                float *grad, float *m, float *v, float *stepc, long nb, const long *node_off,
+                const long *graph_off, const long *x, const unsigned char *has, const long *gb,
+                const float *y, const float *unit, float *work, float *out) {
+    const Dims *D = (const Dims *)dims;
+    const Scal *S = (const Scal *)scal;
+    Work W;
+    Net P, Gr;
+    work_layout(D, work, &W);
+    net_at(&P, param, offs, D->L);
+    net_at(&Gr, grad, offs, D->L);
+    for (long b = 0; b < nb; b++) {
+        long n0 = node_off[b], n = node_off[b + 1] - n0;
+        long g0 = graph_off[b], G = graph_off[b + 1] - g0;
+        if (n > D->maxn || G > D->maxg || G < 1) return -1;
+        for (long i = 0; i < n; i++) W.gb[i] = gb[n0 + i] - g0;
+        memset(grad, 0, np * sizeof(float));
+        batch_step(D, S, n, G, x + n0 * D->C, has + n0, y + g0, unit + g0, &P, &Gr, &W,
+                   out + b * (3 + D->L));
+        *stepc += 1.f;
+        adamw(np, param, grad, m, v, (double)*stepc, S);
+    }
+    return 0;
+}
+"""

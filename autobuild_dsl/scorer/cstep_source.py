@@ -16,6 +16,7 @@ SOURCE = r"""
 #define MAXH 256
 #define MAXL 16
 #define BLOCK 16  /* rows per weight-gradient update */
+#define RB 8  /* rows per block of the layers' matmuls */
 #define INLINE static inline __attribute__((always_inline))
 static inline float lrelu(float x, float s) { return x > 0.f ? x : x * s; }
 static inline long up16(long n) { return (n + 15) & ~15L; }
@@ -47,7 +48,7 @@ static void net_at(Net *net, float *base, const long *o, long L) {
 /* Every buffer a batch needs, carved from one float array. */
 typedef struct {
     float *table, *gtable, *wt[MAXL], *bcat[MAXL], *raw, *h[MAXL + 1], *both[MAXL], *w[MAXL],
-        *r[MAXL], *wg[MAXL], *wh[MAXL], *pooled, *gpool, *inv, *z1, *z2, *pred, *norms, *gnorms, *pend, *gh, *gout;
+        *r[MAXL], *wg[MAXL], *wh[MAXL], *pooled, *gpool, *inv, *z1, *z2, *pred, *norms, *gnorms, *pend;
     long *gb;
     double *rank;
     long width;
@@ -69,7 +70,6 @@ static long work_layout(const Dims *D, float *base, Work *W) {
     TAKE(W->pooled, G * width); TAKE(W->gpool, G * width); TAKE(W->inv, G);
     TAKE(W->z1, G * D->hh); TAKE(W->z2, G * D->hh); TAKE(W->pred, G);
     TAKE(W->norms, (D->L + 1) * G); TAKE(W->gnorms, (D->L + 1) * G); TAKE(W->pend, D->L * d);
-    TAKE(W->gh, MAXD); TAKE(W->gout, MAXD);
     TAKE(spare, 2 * n);  /* longs: each node's graph in the batch */
     if (base) { W->gb = (long *)spare; W->width = width; }
     TAKE(spare, 2 * 12 * G);  /* doubles: the soft rank's scratch */
@@ -105,23 +105,13 @@ static void prepare(const Dims *D, const Net *P, Work *W) {
 
 /* ---------------------------------------------------------------- forward */
 
-/* Row i of a layer: both = h_i [W_l; W_r]^T + [b_l | b_r], attention over (self,
-   predecessor row), ReLU, then the residual skip. */
-INLINE void fwd_row(const int d, const int din, long i, const float *restrict hin,
-                    const float *restrict wt, const float *restrict bcat, float *restrict both,
+/* Row i's attention over (self, predecessor row), given its both = [source | target]:
+   ReLU, then the residual skip (h: the layer's input row). */
+INLINE void att_fwd(const int d, long i, const float *restrict s, const float *restrict h,
                     const float *restrict att, const float *restrict bias, float has,
                     float slope, int residual, float *restrict out, float *restrict r,
                     float *restrict w) {
-    float acc[2 * MAXD];
-    for (int j = 0; j < 2 * d; j++) acc[j] = bcat[j];
-    for (int k = 0; k < din; k++) {
-        const float hk = hin[k], *restrict row = wt + k * 2 * d;
-        #pragma omp simd
-        for (int j = 0; j < 2 * d; j++) acc[j] += hk * row[j];
-    }
-    float *s = both + i * 2 * d, *t = s + d;
-    for (int j = 0; j < 2 * d; j++) s[j] = acc[j];
-    const float *p = (i > 0 && has != 0.f) ? s - 2 * d : s;
+    const float *t = s + d, *p = (i > 0 && has != 0.f) ? s - 2 * d : s;
     float a = 0.f;
     #pragma omp simd reduction(+:a)
     for (int k = 0; k < d; k++)
@@ -133,14 +123,43 @@ INLINE void fwd_row(const int d, const int din, long i, const float *restrict hi
         float v = s[k] + wi * (p[k] - s[k]) + bias[k];
         v = v > 0.f ? v : 0.f;
         r[k] = v;
-        out[k] = residual ? v + hin[k] : v;
+        out[k] = residual ? v + h[k] : v;
     }
 }
 
-INLINE void fwd_rows(const int d, const Dims *D, float slope, long n, const long *x,
-                     const unsigned char *has, const Net *P, Work *W) {
+/* Rows i0 .. i0 + R - 1 of layer l: both = h [W_l; W_r]^T + [b_l | b_r] for the R rows at
+   once (each weight row loaded once, R rows of sums in registers), then each row's
+   attention in order (row i reads row i - 1's source). */
+INLINE void fwd_block(const int d, const int din, const int R, long i0, long l, int res,
+                      const unsigned char *has, float slope, const Net *P, Work *W) {
+    const float *restrict wt = W->wt[l], *restrict bcat = W->bcat[l];
+    const float *restrict hin = W->h[l] + i0 * din;
+    float acc[R][2 * MAXD];
+    for (int r = 0; r < R; r++)
+        for (int j = 0; j < 2 * d; j++) acc[r][j] = bcat[j];
+    for (int k = 0; k < din; k++) {
+        const float *restrict row = wt + k * 2 * d;
+        for (int r = 0; r < R; r++) {
+            const float hk = hin[r * din + k];
+            #pragma omp simd
+            for (int j = 0; j < 2 * d; j++) acc[r][j] += hk * row[j];
+        }
+    }
+    for (int r = 0; r < R; r++) {
+        long i = i0 + r;
+        float *s = W->both[l] + i * 2 * d;
+        for (int j = 0; j < 2 * d; j++) s[j] = acc[r][j];
+        float *out = W->h[l + 1] + i * d, *rr = res ? W->r[l] + i * d : out;
+        att_fwd(d, i, s, hin + r * din, P->att[l], P->bias[l], has[i] ? 1.f : 0.f, slope, res,
+                out, rr, W->w[l]);
+    }
+}
+
+/* Rows i0 .. i0 + R - 1 through the FE-MLP and every layer, summed into their graphs. */
+INLINE void fwd_group(const int d, const int R, const Dims *D, float slope, long i0,
+                      const long *x, const unsigned char *has, const Net *P, Work *W) {
     long C = D->C;
-    for (long i = 0; i < n; i++) {
+    for (long i = i0; i < i0 + R; i++) {
         float *pool = W->pooled + W->gb[i] * W->width;
         for (long c = 0; c < C; c++) {
             float v = W->table[c * D->S + x[i * C + c]];
@@ -148,21 +167,25 @@ INLINE void fwd_rows(const int d, const Dims *D, float slope, long n, const long
             W->h[0][i * C + c] = fabsf(v);
             pool[c] += fabsf(v);
         }
-        for (long l = 0; l < D->L; l++) {
-            int res = D->residual && l > 0;
-            float *out = W->h[l + 1] + i * d, *r = res ? W->r[l] + i * d : out;
-            float hs = has[i] ? 1.f : 0.f;
-            if (l)  /* the input width a constant too: the row's sums stay in registers */
-                fwd_row(d, d, i, W->h[l] + i * d, W->wt[l], W->bcat[l], W->both[l], P->att[l],
-                        P->bias[l], hs, slope, res, out, r, W->w[l]);
-            else
-                fwd_row(d, (int)C, i, W->h[0] + i * C, W->wt[0], W->bcat[0], W->both[0],
-                        P->att[0], P->bias[0], hs, slope, res, out, r, W->w[0]);
-            float *dst = pool + C + l * d;
+    }
+    for (long l = 0; l < D->L; l++) {
+        int res = D->residual && l > 0;
+        if (l) fwd_block(d, d, R, i0, l, res, has, slope, P, W);
+        else fwd_block(d, (int)C, R, i0, 0, res, has, slope, P, W);
+        for (long i = i0; i < i0 + R; i++) {
+            float *dst = W->pooled + W->gb[i] * W->width + C + l * d;
+            const float *out = W->h[l + 1] + i * d;
             #pragma omp simd
             for (int k = 0; k < d; k++) dst[k] += out[k];
         }
     }
+}
+
+INLINE void fwd_rows(const int d, const Dims *D, float slope, long n, const long *x,
+                     const unsigned char *has, const Net *P, Work *W) {
+    long i0 = 0;
+    for (; i0 + RB <= n; i0 += RB) fwd_group(d, RB, D, slope, i0, x, has, P, W);
+    for (; i0 < n; i0++) fwd_group(d, 1, D, slope, i0, x, has, P, W);
 }
 
 /* The head on each graph's pooled last hop; the L1 norm of every hop's pooled embedding. */
@@ -320,18 +343,16 @@ static void head_backward(const Dims *D, long G, const float *y, const Net *P, N
     }
 }
 
-/* Row i of a layer backward, given the gradient of its output: the parameters' gradients
-   (accumulated), the input's gradient into gh, and pend: in, the message gradient row
-   i + 1 sent to this row's source; out, what this row sends to row i - 1. */
-INLINE void bwd_row(const int d, const int din, long i, const float *restrict hin,
-                    const float *restrict wl, const float *restrict wr,
-                    const float *restrict both, float wi, const float *restrict r, float has,
-                    const float *restrict att, float slope, int residual,
+/* Row i's attention backward, given its output's gradient: the attention's, biases' and
+   (into gs, gt) [source | target] gradients. pend: in, the message gradient row i + 1
+   sent to this row's source; out, what this row sends to row i - 1. */
+INLINE void att_bwd(const int d, long i, const float *restrict both, float wi,
+                    const float *restrict r, float has, const float *restrict att, float slope,
                     const float *restrict gout, float *restrict pend, Net *Gr, long l,
-                    float *restrict gh, float *restrict wg, float *restrict wh) {
+                    float *restrict gs, float *restrict gt) {
     const float *s = both + i * 2 * d, *t = s + d;
     const float *p = (i > 0 && has != 0.f) ? s - 2 * d : s;
-    float gp[MAXD], gs[MAXD], gt[MAXD], dot = 0.f;
+    float gp[MAXD], dot = 0.f;
     float *restrict gatt = Gr->att[l], *restrict gbias = Gr->bias[l];
     float *restrict gbl = Gr->bl[l], *restrict gbr = Gr->br[l];
     #pragma omp simd reduction(+:dot)
@@ -358,18 +379,38 @@ INLINE void bwd_row(const int d, const int din, long i, const float *restrict hi
         gbl[k] += m;
         gbr[k] += tk;
     }
-    float acc[MAXD];
-    for (int k = 0; k < din; k++) acc[k] = residual ? gout[k] : 0.f;
-    for (int j = 0; j < d; j++) {
-        const float a = gs[j], b = gt[j];
-        const float *restrict ml = wl + j * din, *restrict mr = wr + j * din;
-        #pragma omp simd
-        for (int k = 0; k < din; k++) acc[k] += a * ml[k] + b * mr[k];
+}
+
+/* Rows i0 .. i0 + R - 1 of layer l backward, last row first. g: in, each row's output
+   gradient; out, its input's (without the pooled hop's share). The rows' [gs | gt] and
+   inputs are kept in slots kept.. for the weight gradients (wgrad_flush). */
+INLINE void bwd_block(const int d, const int din, const int R, long i0, long l, int res,
+                      const unsigned char *has, float slope, const Net *P, Net *Gr, Work *W,
+                      float (*g)[MAXD], int kept) {
+    float gs[R][MAXD], gt[R][MAXD], acc[R][MAXD];
+    for (int r = R - 1; r >= 0; r--) {
+        long i = i0 + r;
+        const float *rr = res ? W->r[l] + i * d : W->h[l + 1] + i * d;
+        att_bwd(d, i, W->both[l], W->w[l][i], rr, has[i] ? 1.f : 0.f, P->att[l], slope, g[r],
+                W->pend + l * d, Gr, l, gs[r], gt[r]);
     }
-    /* The weight gradients later, BLOCK rows at once (wgrad_flush): keep this row's. */
-    for (int j = 0; j < d; j++) { wg[j] = gs[j]; wg[d + j] = gt[j]; }
-    for (int k = 0; k < din; k++) wh[k] = hin[k];
-    for (int k = 0; k < din; k++) gh[k] = acc[k];
+    for (int r = 0; r < R; r++) {
+        float *wg = W->wg[l] + (kept + r) * 2 * d, *wh = W->wh[l] + (kept + r) * din;
+        const float *h = W->h[l] + (i0 + r) * din;
+        for (int j = 0; j < d; j++) { wg[j] = gs[r][j]; wg[d + j] = gt[r][j]; }
+        for (int k = 0; k < din; k++) wh[k] = h[k];
+        for (int k = 0; k < din; k++) acc[r][k] = res ? g[r][k] : 0.f;
+    }
+    for (int j = 0; j < d; j++) {
+        const float *restrict ml = P->wl[l] + j * din, *restrict mr = P->wr[l] + j * din;
+        for (int r = 0; r < R; r++) {
+            const float a = gs[r][j], b = gt[r][j];
+            #pragma omp simd
+            for (int k = 0; k < din; k++) acc[r][k] += a * ml[k] + b * mr[k];
+        }
+    }
+    for (int r = 0; r < R; r++)
+        for (int k = 0; k < din; k++) g[r][k] = acc[r][k];
 }
 
 /* [W_l; W_r] gradient += the kept rows' [gs | gt]^T @ h, a weight row at a time. */
@@ -394,38 +435,47 @@ INLINE void flush_all(const int d, const Dims *D, int rows, Net *Gr, Work *W) {
         wgrad_flush(d, d, rows, W->wg[l], W->wh[l], Gr->wl[l], Gr->wr[l]);
 }
 
-INLINE void bwd_rows(const int d, const Dims *D, float slope, long n, const long *x,
-                     const unsigned char *has, const Net *P, Net *Gr, Work *W) {
+/* Rows i0 .. i0 + R - 1 back through every layer and the FE-MLP's abs into the value
+   table's gradient; returns the weight-gradient slots in use. */
+INLINE int bwd_group(const int d, const int R, const Dims *D, float slope, long i0,
+                     const long *x, const unsigned char *has, const Net *P, Net *Gr, Work *W,
+                     int kept) {
     long C = D->C, L = D->L, width = W->width;
-    float *g = W->gout;
-    int kept = 0;
-    memset(W->pend, 0, L * d * sizeof(float));
-    for (long i = n - 1; i >= 0; i--) {
-        const float *gp = W->gpool + W->gb[i] * width;
-        for (int k = 0; k < d; k++) g[k] = gp[C + (L - 1) * d + k];
-        for (long l = L - 1; l >= 0; l--) {
-            long din = l ? d : C;
-            int res = D->residual && l > 0;
-            const float *r = res ? W->r[l] + i * d : W->h[l + 1] + i * d;
-            float hs = has[i] ? 1.f : 0.f;
-            float *wg = W->wg[l] + kept * 2 * d;
-            if (l)
-                bwd_row(d, d, i, W->h[l] + i * d, P->wl[l], P->wr[l], W->both[l], W->w[l][i], r,
-                        hs, P->att[l], slope, res, g, W->pend + l * d, Gr, l, W->gh, wg,
-                        W->wh[l] + kept * d);
-            else
-                bwd_row(d, (int)C, i, W->h[0] + i * C, P->wl[0], P->wr[0], W->both[0],
-                        W->w[0][i], r, hs, P->att[0], slope, res, g, W->pend, Gr, 0, W->gh, wg,
-                        W->wh[0] + kept * C);
-            const float *pc = gp + (l ? C + (l - 1) * d : 0);
-            for (long k = 0; k < din; k++) g[k] = W->gh[k] + pc[k];
+    float g[R][MAXD];
+    if (kept + R > BLOCK) { flush_all(d, D, kept, Gr, W); kept = 0; }
+    for (int r = 0; r < R; r++) {
+        const float *gp = W->gpool + W->gb[i0 + r] * width + C + (L - 1) * d;
+        for (int k = 0; k < d; k++) g[r][k] = gp[k];
+    }
+    for (long l = L - 1; l >= 0; l--) {
+        int res = D->residual && l > 0;
+        if (l) bwd_block(d, d, R, i0, l, res, has, slope, P, Gr, W, g, kept);
+        else bwd_block(d, (int)C, R, i0, 0, res, has, slope, P, Gr, W, g, kept);
+        long din = l ? d : C, col = l ? C + (l - 1) * d : 0;
+        for (int r = 0; r < R; r++) {
+            const float *gp = W->gpool + W->gb[i0 + r] * width + col;
+            for (long k = 0; k < din; k++) g[r][k] += gp[k];
         }
+    }
+    for (int r = 0; r < R; r++) {
+        long i = i0 + r;
         for (long c = 0; c < C; c++) {  /* through abs into the value table */
             float v = W->raw[i * C + c], sg = v > 0.f ? 1.f : (v < 0.f ? -1.f : 0.f);
-            W->gtable[c * D->S + x[i * C + c]] += g[c] * sg;
+            W->gtable[c * D->S + x[i * C + c]] += g[r][c] * sg;
         }
-        if (++kept == BLOCK) { flush_all(d, D, kept, Gr, W); kept = 0; }
     }
+    return kept + R;
+}
+
+INLINE void bwd_rows(const int d, const Dims *D, float slope, long n, const long *x,
+                     const unsigned char *has, const Net *P, Net *Gr, Work *W) {
+    int kept = 0;
+    long i = n - 1;
+    memset(W->pend, 0, D->L * d * sizeof(float));
+    /* the rows past the last whole block first: the pass runs from the last row down */
+    for (; i >= n - n % RB; i--) kept = bwd_group(d, 1, D, slope, i, x, has, P, Gr, W, kept);
+    for (; i >= 0; i -= RB)
+        kept = bwd_group(d, RB, D, slope, i - RB + 1, x, has, P, Gr, W, kept);
     if (kept) flush_all(d, D, kept, Gr, W);
 }
 

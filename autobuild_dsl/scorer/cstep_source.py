@@ -48,7 +48,7 @@ static void net_at(Net *net, float *base, const long *o, long L) {
 /* Every buffer a batch needs, carved from one float array. */
 typedef struct {
     float *table, *gtable, *wt[MAXL], *bcat[MAXL], *raw, *h[MAXL + 1], *both[MAXL], *w[MAXL],
-        *r[MAXL], *wg[MAXL], *wh[MAXL], *pooled, *gpool, *inv, *z1, *z2, *pred, *norms, *gnorms, *pend;
+        *r[MAXL], *wg[MAXL], *wh[MAXL], *gwt0, *w1t, *w2t, *pooled, *gpool, *inv, *z1, *z2, *pred, *norms, *gnorms, *pend;
     long *gb;
     double *rank;
     long width;
@@ -59,7 +59,7 @@ static long work_layout(const Dims *D, float *base, Work *W) {
     float *spare = 0;
 #define TAKE(ptr, count) do { if (base) (ptr) = base + off; off += up16(count); } while (0)
     TAKE(W->table, C * D->S); TAKE(W->gtable, C * D->S); TAKE(W->raw, n * C);
-    TAKE(W->h[0], n * C);
+    TAKE(W->h[0], n * C); TAKE(W->gwt0, C * 2 * d);
     for (long l = 0; l < D->L; l++) {
         long din = l ? d : C;
         TAKE(W->wt[l], din * 2 * d); TAKE(W->bcat[l], 2 * d); TAKE(W->h[l + 1], n * d);
@@ -68,7 +68,7 @@ static long work_layout(const Dims *D, float *base, Work *W) {
     }
     long width = C + D->L * d;
     TAKE(W->pooled, G * width); TAKE(W->gpool, G * width); TAKE(W->inv, G);
-    TAKE(W->z1, G * D->hh); TAKE(W->z2, G * D->hh); TAKE(W->pred, G);
+    TAKE(W->w1t, d * D->hh); TAKE(W->w2t, D->hh * D->hh); TAKE(W->z1, G * D->hh); TAKE(W->z2, G * D->hh); TAKE(W->pred, G);
     TAKE(W->norms, (D->L + 1) * G); TAKE(W->gnorms, (D->L + 1) * G); TAKE(W->pend, D->L * d);
     TAKE(spare, 2 * n);  /* longs: each node's graph in the batch */
     if (base) { W->gb = (long *)spare; W->width = width; }
@@ -90,6 +90,10 @@ static void prepare(const Dims *D, const Net *P, Work *W) {
             for (long f = 0; f < F; f++) a += e[f] * P->fw[c * F + f];
             W->table[c * S + v] = a;
         }
+    for (long j = 0; j < D->hh; j++) {  /* the head's first two weights, transposed */
+        for (long k = 0; k < d; k++) W->w1t[k * D->hh + j] = P->w1[j * d + k];
+        for (long k = 0; k < D->hh; k++) W->w2t[k * D->hh + j] = P->w2[j * D->hh + k];
+    }
     for (long l = 0; l < D->L; l++) {
         long din = l ? d : C;
         for (long j = 0; j < d; j++) {
@@ -194,16 +198,15 @@ static void head_forward(const Dims *D, long G, const Net *P, Work *W) {
     for (long g = 0; g < G; g++) {
         const float *a = W->pooled + g * width + width - d;
         float *z1 = W->z1 + g * hh, *z2 = W->z2 + g * hh;
-        for (long j = 0; j < hh; j++) {
-            float v = P->b1[j];
-            for (long k = 0; k < d; k++) v += P->w1[j * d + k] * a[k];
-            z1[j] = v > 0.f ? v : 0.f;
-        }
-        for (long j = 0; j < hh; j++) {
-            float v = P->b2[j];
-            for (long k = 0; k < hh; k++) v += P->w2[j * hh + k] * z1[k];
-            z2[j] = v > 0.f ? v : 0.f;
-        }
+        /* along the outputs, on the transposed weights: no serial sums */
+        for (long j = 0; j < hh; j++) z1[j] = P->b1[j];
+        for (long k = 0; k < d; k++)
+            for (long j = 0; j < hh; j++) z1[j] += a[k] * W->w1t[k * hh + j];
+        for (long j = 0; j < hh; j++) z1[j] = z1[j] > 0.f ? z1[j] : 0.f;
+        for (long j = 0; j < hh; j++) z2[j] = P->b2[j];
+        for (long k = 0; k < hh; k++)
+            for (long j = 0; j < hh; j++) z2[j] += z1[k] * W->w2t[k * hh + j];
+        for (long j = 0; j < hh; j++) z2[j] = z2[j] > 0.f ? z2[j] : 0.f;
         float v = P->b3[0];
         for (long k = 0; k < hh; k++) v += P->w3[k] * z2[k];
         W->pred[g] = v;
@@ -401,38 +404,81 @@ INLINE void bwd_block(const int d, const int din, const int R, long i0, long l, 
         for (int k = 0; k < din; k++) wh[k] = h[k];
         for (int k = 0; k < din; k++) acc[r][k] = res ? g[r][k] : 0.f;
     }
+    if (l == 0) {  /* a few inputs: a dot with [gs | gt] each, on the transposed weights */
+        for (int r = 0; r < R; r++) {
+            const float *wg = W->wg[0] + (kept + r) * 2 * d;
+            for (int c = 0; c < din; c++) {
+                const float *restrict wt = W->wt[0] + c * 2 * d;
+                float sum = 0.f;
+                #pragma omp simd reduction(+:sum)
+                for (int j = 0; j < 2 * d; j++) sum += wt[j] * wg[j];
+                g[r][c] = sum;
+            }
+        }
+        return;
+    }
     for (int j = 0; j < d; j++) {
         const float *restrict ml = P->wl[l] + j * din, *restrict mr = P->wr[l] + j * din;
         for (int r = 0; r < R; r++) {
             const float a = gs[r][j], b = gt[r][j];
             #pragma omp simd
-            for (int k = 0; k < din; k++) acc[r][k] += a * ml[k] + b * mr[k];
+            for (int k = 0; k < din; k++) {  /* two statements: two FMAs */
+                acc[r][k] += a * ml[k];
+                acc[r][k] += b * mr[k];
+            }
         }
     }
     for (int r = 0; r < R; r++)
         for (int k = 0; k < din; k++) g[r][k] = acc[r][k];
 }
 
-/* [W_l; W_r] gradient += the kept rows' [gs | gt]^T @ h, a weight row at a time. */
-INLINE void wgrad_flush(const int d, const int din, int rows, const float *restrict wg,
+/* [W_l; W_r] gradient += the kept rows' [gs | gt]^T @ h, four weight rows at a time in
+   registers (each kept input row loaded once per four). */
+INLINE void wgrad_flush(const int d, int rows, const float *restrict wg,
                         const float *restrict wh, float *restrict gwl, float *restrict gwr) {
-    for (int j = 0; j < 2 * d; j++) {
-        float *restrict dst = j < d ? gwl + j * din : gwr + (j - d) * din;
-        float acc[MAXD];
-        for (int k = 0; k < din; k++) acc[k] = dst[k];
-        for (int b = 0; b < rows; b++) {
-            const float a = wg[b * 2 * d + j], *restrict h = wh + b * din;
-            #pragma omp simd
-            for (int k = 0; k < din; k++) acc[k] += a * h[k];
+    for (int j0 = 0; j0 < 2 * d; j0 += 4) {
+        const int nj = 2 * d - j0 < 4 ? 2 * d - j0 : 4;
+        float acc[4][MAXD];
+        for (int jj = 0; jj < nj; jj++) {
+            int j = j0 + jj;
+            const float *src = j < d ? gwl + j * d : gwr + (j - d) * d;
+            for (int k = 0; k < d; k++) acc[jj][k] = src[k];
         }
-        for (int k = 0; k < din; k++) dst[k] = acc[k];
+        for (int b = 0; b < rows; b++) {
+            const float *restrict h = wh + b * d, *restrict a = wg + b * 2 * d + j0;
+            for (int jj = 0; jj < nj; jj++) {
+                #pragma omp simd
+                for (int k = 0; k < d; k++) acc[jj][k] += a[jj] * h[k];
+            }
+        }
+        for (int jj = 0; jj < nj; jj++) {
+            int j = j0 + jj;
+            float *dst = j < d ? gwl + j * d : gwr + (j - d) * d;
+            for (int k = 0; k < d; k++) dst[k] = acc[jj][k];
+        }
+    }
+}
+
+/* Layer 0 (a few inputs): its gradient kept transposed, [inputs][2d], summed over the
+   kept rows along the outputs; added to W_l, W_r at the end of the batch. */
+INLINE void wgrad_flush0(const int d, int din, int rows, const float *restrict wg,
+                         const float *restrict wh, float *restrict gwt) {
+    for (int c = 0; c < din; c++) {
+        float acc[2 * MAXD], *restrict dst = gwt + c * 2 * d;
+        for (int j = 0; j < 2 * d; j++) acc[j] = dst[j];
+        for (int b = 0; b < rows; b++) {
+            const float hc = wh[b * din + c], *restrict a = wg + b * 2 * d;
+            #pragma omp simd
+            for (int j = 0; j < 2 * d; j++) acc[j] += hc * a[j];
+        }
+        for (int j = 0; j < 2 * d; j++) dst[j] = acc[j];
     }
 }
 
 INLINE void flush_all(const int d, const Dims *D, int rows, Net *Gr, Work *W) {
-    wgrad_flush(d, (int)D->C, rows, W->wg[0], W->wh[0], Gr->wl[0], Gr->wr[0]);
+    wgrad_flush0(d, (int)D->C, rows, W->wg[0], W->wh[0], W->gwt0);
     for (long l = 1; l < D->L; l++)
-        wgrad_flush(d, d, rows, W->wg[l], W->wh[l], Gr->wl[l], Gr->wr[l]);
+        wgrad_flush(d, rows, W->wg[l], W->wh[l], Gr->wl[l], Gr->wr[l]);
 }
 
 /* Rows i0 .. i0 + R - 1 back through every layer and the FE-MLP's abs into the value
@@ -472,11 +518,17 @@ INLINE void bwd_rows(const int d, const Dims *D, float slope, long n, const long
     int kept = 0;
     long i = n - 1;
     memset(W->pend, 0, D->L * d * sizeof(float));
+    memset(W->gwt0, 0, D->C * 2 * d * sizeof(float));
     /* the rows past the last whole block first: the pass runs from the last row down */
     for (; i >= n - n % RB; i--) kept = bwd_group(d, 1, D, slope, i, x, has, P, Gr, W, kept);
     for (; i >= 0; i -= RB)
         kept = bwd_group(d, RB, D, slope, i - RB + 1, x, has, P, Gr, W, kept);
     if (kept) flush_all(d, D, kept, Gr, W);
+    for (long c = 0; c < D->C; c++)
+        for (long j = 0; j < d; j++) {
+            Gr->wl[0][j * D->C + c] += W->gwt0[c * 2 * d + j];
+            Gr->wr[0][j * D->C + c] += W->gwt0[c * 2 * d + d + j];
+        }
 }
 
 static void features_backward(const Dims *D, const Net *P, Net *Gr, const Work *W) {

@@ -13,20 +13,12 @@ from autobuild_dsl.scorer.loss import scorer_loss
 from autobuild_dsl.scorer.softrank import available_backend
 from autobuild_dsl.scorer.train import FlatAdamW, flatten_parameters, unit_ranks
 from tests.test_scorer_ckernel import _chains, small_member
+from tests.test_scorer_fused import _model
 
 pytestmark = pytest.mark.skipif(
     cstep.library() is None or available_backend() != "torchsort",
     reason="needs a C compiler and torchsort",
 )
-
-
-def _model(residual: bool) -> ScorerModel:
-    torch.manual_seed(0)
-    model = ScorerModel(ModelConfig(vocab_sizes=[3, 4, 6], num_layers=3, residual=residual))
-    with torch.no_grad():  # non-zero biases and sizeable attention: every term counts
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.3)
-    return model
 
 
 @pytest.mark.parametrize("residual", [True, False])

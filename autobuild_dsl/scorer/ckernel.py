@@ -19,6 +19,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -244,16 +245,19 @@ def _cpu_flags() -> str:
     return ""
 
 
-_LIB: ctypes.CDLL | None = None
-_TRIED = False
+# Each library, built (or found missing) once per process: stem -> library or None.
+_LOADED: dict[str, ctypes.CDLL | None] = {}
+
+
+def load_once(stem: str, build: Callable[[], ctypes.CDLL | None]) -> ctypes.CDLL | None:
+    """`build()`'s library, called the first time `stem` is asked for only."""
+    if stem not in _LOADED:
+        _LOADED[stem] = build()
+    return _LOADED[stem]
 
 
 def library() -> ctypes.CDLL | None:
-    global _LIB, _TRIED
-    if not _TRIED:
-        _TRIED = True
-        _LIB = _build()
-    return _LIB
+    return load_once("gat2slot", _build)
 
 
 def applies(h: torch.Tensor, dim: int) -> bool:

@@ -37,23 +37,22 @@ MAX_LAYERS = 16
 BETAS = (0.9, 0.999)
 EPS = 1e-8
 
-_LIB: ctypes.CDLL | None = None
-_TRIED = False
+
+def _build() -> ctypes.CDLL | None:
+    lib = ckernel.compile_library(SOURCE, "cstep")
+    if lib is not None:
+        vp, i64 = ctypes.c_void_p, ctypes.c_long
+        lib.cstep_work_floats.argtypes = [vp]
+        lib.cstep_work_floats.restype = i64
+        lib.cstep_epoch.argtypes = [vp, vp, vp, i64, *[vp] * 5, i64, *[vp] * 9]
+        lib.cstep_epoch.restype = ctypes.c_int
+    return lib
 
 
 def library() -> ctypes.CDLL | None:
-    global _LIB, _TRIED
-    if not _TRIED:
-        _TRIED = True
-        lib = ckernel.compile_library(SOURCE, "cstep")
-        if lib is not None:
-            vp, i64 = ctypes.c_void_p, ctypes.c_long
-            lib.cstep_work_floats.argtypes = [vp]
-            lib.cstep_work_floats.restype = i64
-            lib.cstep_epoch.argtypes = [vp, vp, vp, i64, *[vp] * 5, i64, *[vp] * 9]
-            lib.cstep_epoch.restype = ctypes.c_int
-        _LIB = lib
-    return _LIB
+    """The C epoch, compiled once per machine and loaded once per process; None when it
+    cannot be (no compiler, ABC_NO_CKERNEL)."""
+    return ckernel.load_once("cstep", _build)
 
 
 def applies(model: ScorerModel, batch: GraphBatch, config: TrainConfig, backend: str) -> bool:

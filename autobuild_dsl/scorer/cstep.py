@@ -27,7 +27,7 @@ import torch
 from autobuild_dsl.scorer import ckernel, fused
 from autobuild_dsl.scorer.config import TrainConfig
 from autobuild_dsl.scorer.cstep_source import SOURCE
-from autobuild_dsl.scorer.model import GraphBatch, ScorerModel
+from autobuild_dsl.scorer.model import GraphBatch, PackedGraphs, ScorerModel
 
 # The C loops keep rows of these widths on the stack.
 MAX_DIM = 64
@@ -117,29 +117,35 @@ class EpochKernel:
         return torch.tensor([*self.shape, *self.capacity])
 
     def run(
-        self, whole: GraphBatch, sizes: list[int], y: torch.Tensor, unit: torch.Tensor
+        self,
+        packed: PackedGraphs,
+        order: torch.Tensor,
+        sizes: list[int],
+        y: torch.Tensor,
+        unit: torch.Tensor,
     ) -> torch.Tensor:
-        """Train on the batches of `whole` (`sizes` graphs each, in order): y and unit are
-        [graphs] float32 (standardised label; centred unit-norm ranks within each batch).
-        Returns [batches, 2 + hops]: total loss, MSE, soft SRCC per hop (NaN: none)."""
+        """Train on the graphs `order` of `packed` in batches of `sizes` graphs (the C side
+        cuts them: no gather here); y and unit are [graphs] in that order (standardised
+        label; centred unit-norm ranks within each batch). Returns [batches, 2 + hops]:
+        total loss, MSE, soft SRCC per hop (NaN: none)."""
         lib = library()
         assert lib is not None
+        order = order.contiguous()
         graph_off = np.concatenate([[0], np.cumsum(sizes)])
-        node_ptr = np.concatenate([[0], np.cumsum(whole.counts.numpy())])
-        node_off = node_ptr[graph_off]
-        dims = self._workspace(int(np.diff(node_off).max()), max(sizes))
-        graph_off_t, node_off_t = torch.from_numpy(graph_off), torch.from_numpy(node_off)
-        x, has, gb = (t.contiguous() for t in (whole.x, whole.nbr_mask[1], whole.batch))
+        counts = np.diff(packed.node_ptr.numpy())[order.numpy()]
+        dims = self._workspace(int(np.add.reduceat(counts, graph_off[:-1]).max()), max(sizes))
+        graph_off_t = torch.from_numpy(graph_off)
+        x, has, node_ptr = (t.contiguous() for t in (packed.x, packed.nbr_mask[1], packed.node_ptr))
         y, unit = y.contiguous().float(), unit.contiguous().float()
         exp_avg, exp_avg_sq, step = self.moments
         grad = self.flat.grad
-        assert grad is not None and x.dtype == gb.dtype == torch.int64
+        assert grad is not None and x.dtype == order.dtype == node_ptr.dtype == torch.int64
         out = torch.empty(len(sizes), 2 + self.hops)
         rc = lib.cstep_epoch(
             dims.data_ptr(), self.scalars.data_ptr(), self.offsets.data_ptr(), self.flat.numel(),
             self.flat.data_ptr(), grad.data_ptr(), exp_avg.data_ptr(), exp_avg_sq.data_ptr(),
-            step.data_ptr(), len(sizes), node_off_t.data_ptr(), graph_off_t.data_ptr(),
-            x.data_ptr(), has.data_ptr(), gb.data_ptr(), y.data_ptr(), unit.data_ptr(),
+            step.data_ptr(), len(sizes), graph_off_t.data_ptr(), order.data_ptr(),
+            node_ptr.data_ptr(), x.data_ptr(), has.data_ptr(), y.data_ptr(), unit.data_ptr(),
             self.work.data_ptr(), out.data_ptr(),
         )  # fmt: skip
         if rc != 0:

@@ -52,7 +52,8 @@ static void net_at(Net *net, float *base, const long *o, long L) {
 typedef struct {
     float *table, *gtable, *wt[MAXL], *bcat[MAXL], *raw, *h[MAXL + 1], *both[MAXL], *w[MAXL],
         *r[MAXL], *wg[MAXL], *wh[MAXL], *gwt0, *w1t, *w2t, *pooled, *gpool, *inv, *z1, *z2, *pred, *norms, *gnorms, *pend;
-    long *gb;
+    long *gb, *x;
+    unsigned char *has;
     double *rank;
     long width;
 } Work;
@@ -75,6 +76,10 @@ static long work_layout(const Dims *D, float *base, Work *W) {
     TAKE(W->norms, (D->L + 1) * G); TAKE(W->gnorms, (D->L + 1) * G); TAKE(W->pend, D->L * d);
     TAKE(spare, 2 * n);  /* longs: each node's graph in the batch */
     if (base) { W->gb = (long *)spare; W->width = width; }
+    TAKE(spare, 2 * n * C);  /* longs: the batch's feature codes */
+    if (base) W->x = (long *)spare;
+    TAKE(spare, n / 4 + 1);  /* bytes: whether each row has a predecessor */
+    if (base) W->has = (unsigned char *)spare;
     TAKE(spare, 2 * 12 * G);  /* doubles: the soft rank's scratch */
     if (base) W->rank = (double *)spare;
 #undef TAKE
@@ -502,14 +507,32 @@ static void batch_step(const Dims *D, const Scal *S, long n, long G, const long 
     features_backward(D, P, Gr, W);
 }
 
-/* nb batches: batch b is nodes node_off[b].. and graphs graph_off[b].. of x [nodes, C],
-   has [nodes] (a predecessor row), gb [nodes] (graph, counted over the epoch), y and unit
-   [graphs]. Each: forward, loss, backward into grad, then AdamW on param (np floats) with
-   moments m, v and the step count *stepc. out: (total, mse, SRCC per hop) per batch. */
+/* The rows of the graphs order[g0 .. g0 + G) of the packed set (graph k: rows
+   node_ptr[k] .. node_ptr[k + 1] of x [rows, C] and has [rows]) into the workspace, each
+   row's graph (0 .. G - 1) into gb; the row count, or -1 when the workspace is too small. */
+static long gather_batch(const Dims *D, long G, const long *order, const long *node_ptr,
+                         const long *x, const unsigned char *has, Work *W) {
+    long n = 0, C = D->C;
+    for (long g = 0; g < G; g++) {
+        long first = node_ptr[order[g]], count = node_ptr[order[g] + 1] - first;
+        if (n + count > D->maxn) return -1;
+        memcpy(W->x + n * C, x + first * C, count * C * sizeof(long));
+        memcpy(W->has + n, has + first, count);
+        for (long i = 0; i < count; i++) W->gb[n + i] = g;
+        n += count;
+    }
+    return n;
+}
+
+/* nb batches: batch b is the graphs order[graph_off[b] .. graph_off[b + 1]) of the packed
+   set (see gather_batch), with y and unit [graphs in epoch order]. Each: forward, loss,
+   backward into grad, then AdamW on param (np floats) with moments m, v and the step count
+   *stepc. out: (total, mse, SRCC per hop) per batch. 0, or -1 on a batch too large. */
 int cstep_epoch(const long *dims, const double *scal, const long *offs, long np, float *param,
-                float *grad, float *m, float *v, float *stepc, long nb, const long *node_off,
-                const long *graph_off, const long *x, const unsigned char *has, const long *gb,
-                const float *y, const float *unit, float *work, float *out) {
+                float *grad, float *m, float *v, float *stepc, long nb, const long *graph_off,
+                const long *order, const long *node_ptr, const long *x,
+                const unsigned char *has, const float *y, const float *unit, float *work,
+                float *out) {
     const Dims *D = (const Dims *)dims;
     const Scal *S = (const Scal *)scal;
     Work W;
@@ -518,12 +541,12 @@ int cstep_epoch(const long *dims, const double *scal, const long *offs, long np,
     net_at(&P, param, offs, D->L);
     net_at(&Gr, grad, offs, D->L);
     for (long b = 0; b < nb; b++) {
-        long n0 = node_off[b], n = node_off[b + 1] - n0;
         long g0 = graph_off[b], G = graph_off[b + 1] - g0;
-        if (n > D->maxn || G > D->maxg || G < 1) return -1;
-        for (long i = 0; i < n; i++) W.gb[i] = gb[n0 + i] - g0;
+        if (G > D->maxg || G < 1) return -1;
+        long n = gather_batch(D, G, order + g0, node_ptr, x, has, &W);
+        if (n < 0) return -1;
         memset(grad, 0, np * sizeof(float));
-        batch_step(D, S, n, G, x + n0 * D->C, has + n0, y + g0, unit + g0, &P, &Gr, &W,
+        batch_step(D, S, n, G, W.x, W.has, y + g0, unit + g0, &P, &Gr, &W,
                    out + b * (3 + D->L));
         *stepc += 1.f;
         adamw(np, param, grad, m, v, (double)*stepc, S);

@@ -344,8 +344,8 @@ class _Epochs:
         units = unit_ranks_many(self.y[perm.numpy()], sizes, torch.float32)
         kernel = self._epoch_kernel(chunks[0])
         if kernel is not None:
-            whole = self.packed.select(perm)
-            return cstep.summary(kernel.run(whole, sizes, self.y_std[perm], torch.cat(units)))
+            out = kernel.run(self.packed, perm, sizes, self.y_std[perm], torch.cat(units))
+            return cstep.summary(out)
         total, srcc_sum, srcc_count = 0.0, 0.0, 0
         batches = self.packed.select_many(chunks)
         for batch_idx, batch, unit in zip(chunks, batches, units, strict=True):

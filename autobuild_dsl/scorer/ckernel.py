@@ -19,6 +19,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -185,8 +186,9 @@ void gat_backward(long n, int d, const float *both, const float *w, const float 
 """
 
 
-def _build() -> ctypes.CDLL | None:
-    """Compile (once per source and machine) and load the kernels; None when impossible."""
+def compile_library(source: str, stem: str) -> ctypes.CDLL | None:
+    """Compile C `source` (once per source and machine, into the kernel cache) and load
+    it; None without a compiler, when it fails, or when ABC_NO_CKERNEL is set."""
     if os.environ.get("ABC_NO_CKERNEL"):
         return None
     compiler = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
@@ -195,15 +197,15 @@ def _build() -> ctypes.CDLL | None:
     # -march=native: the library is keyed by the machine, so a cache on a shared home
     # folder never hands one CPU's build to another.
     key = hashlib.sha256(
-        "\0".join([_SOURCE, platform.machine(), platform.processor(), _cpu_flags()]).encode()
+        "\0".join([source, platform.machine(), platform.processor(), _cpu_flags()]).encode()
     ).hexdigest()[:16]
-    target = cache_dir("ABC_KERNEL_CACHE", "kernels") / f"gat2slot-{key}.so"
+    target = cache_dir("ABC_KERNEL_CACHE", "kernels") / f"{stem}-{key}.so"
     try:
         if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
-                src = Path(scratch) / "gat2slot.c"
-                src.write_text(_SOURCE)
+                src = Path(scratch) / f"{stem}.c"
+                src.write_text(source)
                 built = Path(scratch) / target.name
                 flags = ["-O3", "-march=native", "-fopenmp-simd", "-shared", "-fPIC"]
                 subprocess.run(
@@ -213,8 +215,15 @@ def _build() -> ctypes.CDLL | None:
                     timeout=120,
                 )
                 os.replace(built, target)  # atomic: a concurrent builder sees all or none
-        lib = ctypes.CDLL(str(target))
+        return ctypes.CDLL(str(target))
     except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _build() -> ctypes.CDLL | None:
+    """Compile (once per source and machine) and load the kernels; None when impossible."""
+    lib = compile_library(_SOURCE, "gat2slot")
+    if lib is None:
         return None
     vp, i64, i32, f32 = ctypes.c_void_p, ctypes.c_long, ctypes.c_int, ctypes.c_float
     pool = [vp, vp, i64, i64]
@@ -236,16 +245,19 @@ def _cpu_flags() -> str:
     return ""
 
 
-_LIB: ctypes.CDLL | None = None
-_TRIED = False
+# Each library, built (or found missing) once per process: stem -> library or None.
+_LOADED: dict[str, ctypes.CDLL | None] = {}
+
+
+def load_once(stem: str, build: Callable[[], ctypes.CDLL | None]) -> ctypes.CDLL | None:
+    """`build()`'s library, called the first time `stem` is asked for only."""
+    if stem not in _LOADED:
+        _LOADED[stem] = build()
+    return _LOADED[stem]
 
 
 def library() -> ctypes.CDLL | None:
-    global _LIB, _TRIED
-    if not _TRIED:
-        _TRIED = True
-        _LIB = _build()
-    return _LIB
+    return load_once("gat2slot", _build)
 
 
 def applies(h: torch.Tensor, dim: int) -> bool:

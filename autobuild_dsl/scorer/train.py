@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from autobuild_dsl.parallel import thread_note, torch_threads  # noqa: F401 (re-exported)
-from autobuild_dsl.scorer import fused
+from autobuild_dsl.scorer import cstep, fused
 from autobuild_dsl.scorer.config import (  # noqa: F401  (re-exported: train.py was their home)
     EpochProgress,
     MemberMetrics,
@@ -324,6 +324,8 @@ class _Epochs:
     optimizer: FlatAdamW = field(init=False)
     layout: fused.FlatLayout = field(init=False)
     whole: bool | None = field(init=False, default=None)  # fused.applies, once known
+    # The epoch as one C call (cstep.applies, decided on the first epoch); False: not here.
+    c_epoch: cstep.EpochKernel | bool | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         # Fused AdamW on one flat tensor: one kernel, no per-parameter Python loop.
@@ -340,6 +342,10 @@ class _Epochs:
         sizes = [int(c.shape[0]) for c in chunks]
         # float32: the loss's side of the correlation; converted once, not per batch.
         units = unit_ranks_many(self.y[perm.numpy()], sizes, torch.float32)
+        kernel = self._epoch_kernel(chunks[0])
+        if kernel is not None:
+            out = kernel.run(self.packed, perm, sizes, self.y_std[perm], torch.cat(units))
+            return cstep.summary(out)
         total, srcc_sum, srcc_count = 0.0, 0.0, 0
         batches = self.packed.select_many(chunks)
         for batch_idx, batch, unit in zip(chunks, batches, units, strict=True):
@@ -361,6 +367,19 @@ class _Epochs:
                 srcc_sum += sum(loss.hop_srcc) / len(loss.hop_srcc)
                 srcc_count += 1
         return total / max(len(chunks), 1), srcc_sum / srcc_count if srcc_count else None
+
+    def _epoch_kernel(self, first: torch.Tensor) -> cstep.EpochKernel | None:
+        """The C epoch when it applies here (decided on the first batch's graphs)."""
+        if self.c_epoch is None:
+            opt = self.optimizer
+            usable = opt.fallback is None and cstep.applies(
+                self.model, self.packed.select(first), self.config, self.backend
+            )
+            moments = (opt.exp_avg, opt.exp_avg_sq, opt.step_count)
+            self.c_epoch = usable and cstep.EpochKernel(
+                self.model, self.layout, self.flat, moments, self.config
+            )
+        return self.c_epoch or None
 
     def _forward(self, batch: GraphBatch) -> ScorerOutput:
         # Every batch of one packed set takes the same path: decide on the first.

@@ -85,3 +85,21 @@ def test_build_refuses_to_overwrite_and_names_the_flag(runs, tmp_path: Path) -> 
     again = CliRunner().invoke(cli, ["build", str(by_cli), "-n", "1", "-o", str(tmp_path)])
     assert again.exit_code == 1
     assert "exists; pass --force to overwrite it" in " ".join(again.output.split())
+
+
+def test_head_note_only_when_no_member_head_beats_chance() -> None:
+    """`abc train` warns when every member's prediction head is anti-ranked on its held-out
+    rows (seen on NAS-Bench-Macro with 30 epochs of 133 rows), and only then."""
+    from types import SimpleNamespace
+
+    from autobuild_dsl.scorer.workflow import head_note
+
+    def run(*heads: float | None) -> object:
+        members = {f"m{i}": SimpleNamespace(pred_srcc=h) for i, h in enumerate(heads)}
+        return SimpleNamespace(metrics=SimpleNamespace(members=members))
+
+    note = head_note(run(-0.95, -0.91, None))  # type: ignore[arg-type]
+    assert note is not None and "-0.95 to -0.91" in note and "--epochs" in note
+    assert head_note(run(-0.95, 0.2)) is None  # type: ignore[arg-type]
+    assert head_note(run(None, None)) is None  # type: ignore[arg-type]
+    assert head_note(SimpleNamespace(metrics=None)) is None  # type: ignore[arg-type]

@@ -220,14 +220,14 @@ def _prime_rank_cache(run: Any, threads: int, show: bool, loaded: Any = None) ->
 
 
 def train_notes(show: bool) -> Callable[[Any], None]:
-    """Print the workflow's notes: rows left out and busy threads always, where the IR
-    graphs came from only with progress shown."""
+    """Print the workflow's notes: rows left out, busy threads and a prediction head no
+    better than chance always, where the IR graphs came from only with progress shown."""
 
     def tell(note: Any) -> None:
         if note.kind == "rows":
             err_console.print(f"note: {escape(note.text)}", soft_wrap=True)
-        elif note.kind == "threads":
-            err_console.print(f"note: {note.text}", style="yellow", highlight=False)
+        elif note.kind in ("threads", "head"):
+            err_console.print(f"note: {escape(note.text)}", style="yellow", highlight=False)
         elif show:
             err_console.print(note.text, markup=False)
 

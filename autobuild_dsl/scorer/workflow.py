@@ -28,11 +28,11 @@ Encoding = Literal["sequence", "ir"]
 
 @dataclass(frozen=True)
 class TrainNote:
-    """Something worth telling before training starts: rows left out for the target
-    (`rows`), torch threads that would share busy cores (`threads`), or where the ONNX-IR
-    graphs came from (`ir`)."""
+    """Something worth telling: before training, rows left out for the target (`rows`),
+    torch threads that would share busy cores (`threads`) or where the ONNX-IR graphs came
+    from (`ir`); after it, a prediction head no member got better than chance (`head`)."""
 
-    kind: Literal["rows", "threads", "ir"]
+    kind: Literal["rows", "threads", "ir", "head"]
     text: str
 
 
@@ -159,13 +159,38 @@ def train_from_file(
         encoder=encoder,
         **run_options,
     )
+    head = head_note(run)
+    if head:
+        tell(TrainNote("head", head))
     return TrainOutcome(run=run, rows_given=len(dataset), dataset=dataset)
+
+
+def head_note(run: TrainedRun) -> str | None:
+    """Why to distrust the run's predictions, when every member's prediction head ranks its
+    held-out rows no better than chance; None otherwise (or with no held-out SRCC).
+
+    Seen with few optimiser steps (e.g. 30 epochs of 133 rows: 60 steps): the ranked loss
+    grows the embeddings faster than the MSE term turns the head, whose starting sign then
+    decides, and the head can end anti-ranked (SRCC -0.9) while the embedding norms, which
+    module scores read, rank well."""
+    if run.metrics is None:
+        return None
+    heads = [m.pred_srcc for m in run.metrics.members.values() if m.pred_srcc is not None]
+    if not heads or max(heads) > 0:
+        return None
+    return (
+        f"no member's prediction head ranks its held-out rows better than chance (SRCC "
+        f"{min(heads):.2f} to {max(heads):.2f}): the run's predictions (build tie-breaks, "
+        "`abc predict`, `--evaluator predictor`) are unreliable; module scores read the "
+        "embedding norms and are not affected. More epochs (--epochs) usually fix the head."
+    )
 
 
 __all__ = [
     "TrainNote",
     "TrainOutcome",
     "fit_ir_encoder",
+    "head_note",
     "ir_note",
     "load_training_data",
     "train_from_file",

@@ -789,8 +789,8 @@ def main() -> int:
         + f". The loops took {sum(x[1] for x in measured) / 60:.0f} min CPU "
         "in all (scorer training",
         f"dominates; {sum(x[0] for x in measured) / 60:.0f} min wall summed over the trials, "
-        "which ran several at a time",
-        "with `--first-seed` on a shared, loaded 2-core machine).",
+        "which may run in parallel processes",
+        "over `--first-seed` ranges or `--parts`, and slow each other on 2 cores).",
         "",
     ]
     print(f"total {wall:.0f} s wall, {cpu:.0f} s CPU")

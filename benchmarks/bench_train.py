@@ -15,8 +15,8 @@ the authors' trainer is measured side by side by `benchmarks/bench_vs_authors.py
     dynast          OFA MobileNetV3 subnets from DyNAS-T, target top1 (2162 networks)
     help_2080ti_64  HELP OFA latencies, RTX 2080 Ti batch 64 (5000 networks)
     help_v100_1     HELP OFA latencies, V100 batch 1 (5000 networks)
-    macro           NAS-Bench-Macro mean_acc: train on a random 10% (656 networks, a
-                    different 10% per seed), test on the other 90% (5905 networks)
+    macro           NAS-Bench-Macro mean_acc, its 3,969 distinct networks: train on a
+                    random 10% (397, a different 10% per seed), test on the other 90%
 
 Seconds per epoch are training time only (no evaluation), one torch thread, one predictor
 at a time. The machine is shared: other processes inflate them, so the load average is

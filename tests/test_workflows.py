@@ -99,7 +99,7 @@ def test_head_note_only_when_no_member_head_beats_chance() -> None:
         return SimpleNamespace(metrics=SimpleNamespace(members=members))
 
     note = head_note(run(-0.95, -0.91, None))  # type: ignore[arg-type]
-    assert note is not None and "-0.95 to -0.91" in note and "--epochs" in note
+    assert note is not None and "-0.95 to -0.91" in note and "epochs" in note
     assert head_note(run(-0.95, 0.2)) is None  # type: ignore[arg-type]
     assert head_note(run(None, None)) is None  # type: ignore[arg-type]
     assert head_note(SimpleNamespace(metrics=None)) is None  # type: ignore[arg-type]

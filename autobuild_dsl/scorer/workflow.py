@@ -180,9 +180,9 @@ def head_note(run: TrainedRun) -> str | None:
         return None
     return (
         f"no member's prediction head ranks its held-out rows better than chance (SRCC "
-        f"{min(heads):.2f} to {max(heads):.2f}): the run's predictions (build tie-breaks, "
-        "`abc predict`, `--evaluator predictor`) are unreliable; module scores read the "
-        "embedding norms and are not affected. More epochs (--epochs) usually fix the head."
+        f"{min(heads):.2f} to {max(heads):.2f}): the run's predictions (a build's tie-breaks, "
+        "predicted values, a predictor evaluator) are unreliable; module scores read the "
+        "embedding norms and are not affected. More training epochs usually fix the head."
     )
 
 

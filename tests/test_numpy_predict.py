@@ -213,3 +213,22 @@ def test_chunks_of_whole_graphs_give_the_same_predictions(
     # The graph without nodes pools to zeros, as in the torch path.
     tensors = [g.tensors() if hasattr(g, "tensors") else g for g in graphs]
     np.testing.assert_allclose(whole[0], run_module.predict(run, tensors)[0], rtol=1e-5)
+
+
+def test_distinct_rows_folded_and_unfolded_agree() -> None:
+    """The one row-distinct step of both planners: equal rows share an id, ids follow the
+    rows' sorted order, `first` points at a row of each id; rows too wide to fold into
+    one int64 take `unique(axis=0)` and give the same ids."""
+    from autobuild_dsl.scorer.numpy_predict import distinct_rows
+
+    rng = np.random.default_rng(0)
+    small = rng.integers(0, 4, size=(500, 3))
+    ids, first = distinct_rows(small)
+    values, expected = np.unique(small, axis=0, return_inverse=True)
+    assert np.array_equal(ids, expected.reshape(-1))
+    assert np.array_equal(small[first], values)
+    wide = small * (2**40)  # radix product >= 2**62: no folding
+    wide_ids, wide_first = distinct_rows(wide)
+    assert np.array_equal(wide_ids, ids) and np.array_equal(wide[wide_first], values * 2**40)
+    empty_ids, empty_first = distinct_rows(np.zeros((0, 3), dtype=np.int64))
+    assert empty_ids.shape == (0,) and empty_first.shape == (0,)

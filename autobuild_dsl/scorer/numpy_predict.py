@@ -154,30 +154,42 @@ class ChainPlan:
     counts: np.ndarray  # [graphs] nodes per graph
 
 
-def _distinct(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(first node of each distinct key, each node's distinct id) of int64 keys."""
-    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
-    return first, inverse.reshape(-1)
+def distinct_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(each row's distinct id [n], one row of each distinct id) of an int [n, k] array;
+    ids follow the sorted order of the rows. Rows of small non-negative integers
+    are folded into one int64 first: a 1-D unique is a plain sort, far faster than
+    `unique(axis=0)`. The one row-distinct step of both planners (this one and
+    scorer.shared's)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    if rows.ndim == 1:
+        rows = rows[:, None]
+    if rows.shape[0] == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    radix = rows.max(axis=0) + 1
+    if rows.shape[1] and rows.min() >= 0 and float(np.prod(radix.astype(np.float64))) < 2**62:
+        folded = np.zeros(rows.shape[0], dtype=np.int64)
+        for column, base in enumerate(radix.tolist()):
+            folded = folded * int(base) + rows[:, column]
+        _, inverse = np.unique(folded, return_inverse=True)
+    else:  # too many value combinations to fold into one integer
+        _, inverse = np.unique(rows, axis=0, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    # One row of each id (its rows are equal, so any will do): a scatter, cheaper than
+    # unique's return_index, which needs a stable sort.
+    first = np.empty(int(inverse.max()) + 1, dtype=np.int64)
+    first[inverse] = np.arange(inverse.shape[0])
+    return inverse, first
 
 
 def plan(batch: ChainBatch, num_layers: int) -> ChainPlan:
     """The distinct contexts of `batch` at hops 0..num_layers."""
-    x = batch.x
-    radix = np.maximum(x.max(axis=0, initial=0), 0) + 1 if x.size else np.ones(x.shape[1])
-    if x.shape[1] and float(np.prod(radix.astype(np.float64))) < 2**62:
-        folded = np.zeros(x.shape[0], dtype=np.int64)
-        for column, base in enumerate(radix.tolist()):
-            folded = folded * int(base) + x[:, column]
-        first, ids = _distinct(folded)
-    else:  # too many code combinations to fold into one integer
-        _, first, ids = np.unique(x, axis=0, return_index=True, return_inverse=True)
-        ids = ids.reshape(-1)
-    rows0 = x[first]
+    ids, first = distinct_rows(batch.x)
+    rows0 = batch.x[first]
     self_rows, prev_rows = [], []
     for _ in range(num_layers):
         pred = np.where(batch.has_prev, np.roll(ids, 1), -1)  # the predecessor's row, -1: none
-        width = int(ids.max(initial=0)) + 2
-        first, ids_next = _distinct(ids.astype(np.int64) * width + pred + 1)
+        # A node's next context: its own row and its predecessor's (+1: 0 is none).
+        ids_next, first = distinct_rows(np.stack([ids, pred + 1], axis=1))
         self_rows.append(ids[first])
         prev_rows.append(pred[first])
         ids = ids_next
@@ -278,6 +290,7 @@ __all__ = [
     "ChainPlan",
     "chain_batch",
     "check_state",
+    "distinct_rows",
     "forward",
     "plan",
     "predict_numpy",
